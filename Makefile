@@ -1,0 +1,106 @@
+# Tamp: `make run` and `make test` do every set-up step themselves on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# Build cache shared by clones on this machine; a cold build on a new machine works too.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/tamp/target
+CACHE        := $(HOME)/.cache/tamp
+DEPS         := .deps
+VENV         := .venv
+PY           := $(VENV)/bin/python
+TAMP         := $(CARGO_TARGET_DIR)/debug/tamp
+TAMP_RELEASE := $(CARGO_TARGET_DIR)/release/tamp
+
+# ONNX Runtime: the shared library from the PyPI wheel, pinned by version and hash
+# (the `ort` crate 2.0.0-rc.15 pairs with ONNX Runtime 1.31).
+ORT_VERSION  := 1.31.1
+ORT_WHEEL    := onnxruntime-$(ORT_VERSION)-cp311-cp311-manylinux_2_28_x86_64.whl
+ORT_SHA256   := 5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+ORT_LIB      := $(DEPS)/ort/libonnxruntime.so.$(ORT_VERSION)
+
+# Fashion-MNIST from Debian's package, pinned by version and hash.
+FMNIST_DEB     := dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb
+FMNIST_VERSION := 0.0~git20200523.55506a9-1
+FMNIST_SHA256  := 39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
+FMNIST_DIR     := $(DEPS)/fashion-mnist/usr/share/datasets/fashion-mnist
+
+# The reference CNN is trained once per source hash and cached outside the clone.
+REF_HASH   := $(shell cat shared/train/src/*.rs shared/train/Cargo.toml shared/onnx/src/builder.rs | sha256sum | cut -c1-16)
+REF_CACHE  := $(CACHE)/models/fmnist-resnet8-$(REF_HASH)
+MODELS     := models
+FMNIST_REF := $(MODELS)/fmnist-resnet8
+
+.PHONY: help run test bench bench-eval build build-release ort venv data models clean
+
+help:
+	@echo "make run         set everything up, then evaluate the reference CNN and write baseline.json"
+	@echo "make test        set everything up, then run every test"
+	@echo "make bench-eval  Tamp's evaluation throughput beside Python onnxruntime's"
+
+## --- set-up -----------------------------------------------------------------------------
+
+ort: $(ORT_LIB)
+$(ORT_LIB):
+	@mkdir -p $(DEPS)/wheels $(DEPS)/ort
+	@[ "$$(uname -m)" = x86_64 ] || { echo "only x86_64 is pinned so far (see Makefile ORT_WHEEL)"; exit 1; }
+	@[ -f $(DEPS)/wheels/$(ORT_WHEEL) ] || python3 -m pip download --quiet --no-deps --only-binary :all: \
+		--python-version 3.11 --platform manylinux_2_28_x86_64 onnxruntime==$(ORT_VERSION) -d $(DEPS)/wheels
+	@echo "$(ORT_SHA256)  $(DEPS)/wheels/$(ORT_WHEEL)" | sha256sum -c --quiet
+	@python3 -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION)'))" \
+		$(DEPS)/wheels/$(ORT_WHEEL) $@.tmp
+	@mv $@.tmp $@
+	@echo "ONNX Runtime $(ORT_VERSION) -> $@"
+
+venv: $(VENV)/.done
+$(VENV)/.done: scripts/requirements.txt $(ORT_LIB)
+	@python3 -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt $(DEPS)/wheels/$(ORT_WHEEL)
+	@touch $@
+
+data: $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz
+$(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz:
+	@mkdir -p $(DEPS)/debs
+	@cd $(DEPS)/debs && { [ -f '$(FMNIST_DEB)' ] || apt-get download -q 'dataset-fashion-mnist=$(FMNIST_VERSION)' 2>/dev/null \
+		|| { apt-get update -qq && apt-get download -q 'dataset-fashion-mnist=$(FMNIST_VERSION)'; }; }
+	@echo "$(FMNIST_SHA256)  $(DEPS)/debs/$(FMNIST_DEB)" | sha256sum -c --quiet
+	@dpkg-deb -x '$(DEPS)/debs/$(FMNIST_DEB)' $(DEPS)/fashion-mnist
+	@touch $@
+
+build: $(ORT_LIB)
+	cargo build --workspace --bins
+
+build-release: $(ORT_LIB)
+	cargo build --release -p tamp-cli
+
+models: $(FMNIST_REF)/model.onnx
+$(FMNIST_REF)/model.onnx: $(REF_CACHE)/model.onnx
+	@mkdir -p $(MODELS)
+	@rm -rf $(FMNIST_REF) && cp -r $(REF_CACHE) $(FMNIST_REF)
+	@echo "reference CNN ready in $(FMNIST_REF) ($$(cat $(FMNIST_REF)/train.json | tr -d '\n ' | head -c 200))"
+$(REF_CACHE)/model.onnx: | data
+	@echo "training the Fashion-MNIST reference CNN (seeded; once per source hash, cached in $(REF_CACHE))"
+	@# glibc would otherwise unmap and re-fault every large activation buffer (sys time tripled).
+	MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=268435456 \
+		cargo run --quiet -p tamp-train --bin tamp-train-reference -- --data $(FMNIST_DIR) --out $(REF_CACHE).tmp
+	@rm -rf $(REF_CACHE) && mv $(REF_CACHE).tmp $(REF_CACHE)
+
+## --- the two commands ---------------------------------------------------------------------
+
+run: build models
+	$(TAMP) inspect $(FMNIST_REF)/model.onnx
+	$(TAMP) eval $(FMNIST_REF)/model.onnx --data $(FMNIST_REF)/eval.npz --metric top1 --metric top5 --metric f1_macro \
+		--threads 1 --baseline baseline.json
+
+test: build venv models
+	cargo test --workspace --all-targets --no-fail-fast
+
+## --- benchmarks -----------------------------------------------------------------------------
+
+bench: bench-eval
+
+bench-eval: build-release venv models
+	$(PY) scripts/bench_eval.py --tamp $(TAMP_RELEASE) --model $(FMNIST_REF)/model.onnx --data $(FMNIST_REF)/eval.npz
+
+clean:
+	rm -rf $(DEPS) $(VENV) $(MODELS) baseline.json

@@ -1,0 +1,45 @@
+//! `tamp`: the command-line entry point. Subcommands only parse arguments and print; the
+//! work happens in the shared crates.
+
+mod eval;
+mod inspect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tamp", version, about = "Compress ONNX models and prove what it did")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's ops, parameters, size, opsets, inputs/outputs and what ONNX Runtime can't run.
+    Inspect(inspect::Args),
+    /// Evaluate a model on a dataset: task metrics, latency, throughput, memory, size.
+    Eval(eval::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TAMP_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(&a),
+        Command::Eval(a) => eval::run(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined, so scripts and users see the whole reason.
+            let msg: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("error: {}", msg.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

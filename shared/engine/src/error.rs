@@ -1,0 +1,33 @@
+//! Engine errors: one line each, naming the problem, where it is and how to fix it.
+
+use std::path::PathBuf;
+
+/// Everything the engine can report.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Onnx(#[from] tamp_onnx::OnnxError),
+    #[error("ONNX Runtime library: {0}")]
+    Library(String),
+    #[error("ONNX Runtime {context}: {message}")]
+    Ort { context: String, message: String },
+    #[error("dataset {path}: {message}")]
+    Dataset { path: PathBuf, message: String },
+    #[error("metric '{metric}': {message}")]
+    Metric { metric: String, message: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl EngineError {
+    pub(crate) fn ort(context: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Self::Ort { context: context.into(), message: e.to_string() }
+    }
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,267 @@
+//! Evaluation of one model on one dataset: task metrics streamed batch by batch, latency,
+//! throughput, peak memory and size, gathered into an [`EvalReport`] that is also the
+//! `baseline.json` record (with hashes, seeds, versions and CPU features).
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, ArrayView2, Ix2};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tamp_onnx::{Model, TensorValue};
+
+use crate::dataset::{Dataset, Labels, batches};
+use crate::error::{EngineError, Result};
+use crate::metrics::{self, Needs, Targets};
+use crate::perf::{self, LatencyConfig, LatencyStats, MemoryStats, Throughput};
+use crate::runtime::{self, RuntimeInfo, Session, SessionConfig};
+
+/// What to measure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Metric names; empty picks `top1` for class labels and `cosine` for value labels.
+    pub metrics: Vec<String>,
+    /// The model output the metrics read; the first output when unset.
+    pub output: Option<String>,
+    pub batch_size: usize,
+    /// Evaluate a seeded sample of this many rows instead of all of them.
+    pub samples: Option<usize>,
+    pub seed: u64,
+    pub latency: LatencyConfig,
+    /// Batch sizes for throughput; empty skips it.
+    pub throughput_batches: Vec<usize>,
+    pub throughput_runs: usize,
+    pub session: SessionConfig,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            metrics: Vec::new(),
+            output: None,
+            batch_size: 32,
+            samples: None,
+            seed: 0,
+            latency: LatencyConfig::default(),
+            throughput_batches: vec![1, 32],
+            throughput_runs: 20,
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+/// The model side of a report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub params: usize,
+    pub opsets: Vec<(String, i64)>,
+}
+
+/// The data side of a report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataInfo {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub rows: usize,
+    pub evaluated_rows: usize,
+}
+
+/// The machine the numbers were measured on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CpuInfo {
+    pub model: String,
+    pub logical_cores: usize,
+    pub features: Vec<String>,
+}
+
+/// One evaluation; written as `baseline.json` for the baseline model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub tamp_version: String,
+    pub onnxruntime: RuntimeInfo,
+    pub model: ModelInfo,
+    pub dataset: DataInfo,
+    pub seed: u64,
+    pub output: String,
+    /// Metric name → value.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// Wall time of the metric pass (batching, inference, metrics), in seconds.
+    pub eval_seconds: f64,
+    /// Rows per second of the metric pass.
+    pub eval_rows_per_s: f64,
+    pub latency: LatencyStats,
+    pub throughput: Vec<Throughput>,
+    pub memory: MemoryStats,
+    pub cpu: CpuInfo,
+    pub session: SessionConfig,
+}
+
+impl<'de> Deserialize<'de> for RuntimeInfo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            version: String,
+            library: PathBuf,
+        }
+        let r = Raw::deserialize(d)?;
+        Ok(Self { version: r.version, library: r.library })
+    }
+}
+
+/// Progress reported while metrics stream.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// sha256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| EngineError::io(path, e))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Flattens an output to rows × features as f32.
+pub fn as_rows(v: &TensorValue) -> Result<Array2<f32>> {
+    let f = match v {
+        TensorValue::F32(a) => a.clone(),
+        TensorValue::F64(a) => a.mapv(|x| x as f32),
+        TensorValue::I64(a) => a.mapv(|x| x as f32),
+        TensorValue::I32(a) => a.mapv(|x| x as f32),
+        other => return Err(EngineError::Config(format!("metrics need a numeric output, got {:?}", other.data_type()))),
+    };
+    let rows = f.shape().first().copied().unwrap_or(1);
+    let cols = if rows == 0 { 0 } else { f.len() / rows };
+    f.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((rows, cols))
+        .map_err(|e| EngineError::Config(e.to_string()))?
+        .into_dimensionality::<Ix2>()
+        .map_err(|e| EngineError::Config(e.to_string()))
+}
+
+/// Evaluates `model_path` on `data`. `keep_outputs` collects the metric output of every
+/// evaluated row (for `--dump-outputs`); `progress` is told rows done and rows total.
+pub fn evaluate(
+    model_path: &Path,
+    data: &Dataset,
+    cfg: &EvalConfig,
+    keep_outputs: Option<&mut Vec<Array2<f32>>>,
+    progress: Progress<'_>,
+) -> Result<EvalReport> {
+    let model = Model::load(model_path)?;
+    let stats = tamp_onnx::graph::stats(model.graph());
+    let ort = runtime::runtime_info()?.clone();
+    let rss_before = perf::rss_mb();
+    perf::reset_peak_rss();
+    let mut session = Session::from_file(model_path, &cfg.session)?;
+    data.check_against(&session.inputs)?;
+    let output = match &cfg.output {
+        Some(o) if session.outputs.iter().any(|s| &s.name == o) => o.clone(),
+        Some(o) => {
+            let names: Vec<&str> = session.outputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(EngineError::Config(format!("the model has no output '{o}' (it has {names:?})")));
+        }
+        None => session.outputs.first().map(|s| s.name.clone()).ok_or_else(|| EngineError::Config("the model has no outputs".into()))?,
+    };
+    let metric_names: Vec<String> = if cfg.metrics.is_empty() {
+        match &data.labels {
+            Some(Labels::Classes(_)) => vec!["top1".into()],
+            Some(Labels::Values(_)) => vec!["cosine".into()],
+            None => vec![],
+        }
+    } else {
+        cfg.metrics.clone()
+    };
+    let mut active = Vec::new();
+    for name in &metric_names {
+        let def = metrics::lookup(name)?;
+        let ok = matches!((def.needs, &data.labels), (Needs::Classes, Some(Labels::Classes(_))) | (Needs::Values, Some(Labels::Values(_))));
+        if !ok {
+            let want = if def.needs == Needs::Classes { "integer class labels" } else { "float reference values" };
+            return Err(EngineError::Metric { metric: name.clone(), message: format!("needs {want} in the dataset's `labels` array, which {} has not", data.path.display()) });
+        }
+        active.push((def.name, (def.make)()));
+    }
+
+    let indices: Vec<usize> = match cfg.samples {
+        Some(n) => data.sample(n, cfg.seed),
+        None => (0..data.rows).collect(),
+    };
+    let mut kept = keep_outputs;
+    let mut done = 0;
+    let started = std::time::Instant::now();
+    for rows in batches(&indices, cfg.batch_size) {
+        let batch = data.select(rows);
+        let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let outs = session.run(&inputs)?;
+        let out = outs.iter().find(|(k, _)| *k == output).map(|(_, v)| v).ok_or_else(|| EngineError::Config(format!("output '{output}' missing from results")))?;
+        let out = as_rows(out)?;
+        let classes = data.class_labels(rows);
+        let values = data.value_labels(rows).map(|v| as_rows(&TensorValue::F32(v))).transpose()?;
+        let targets = Targets { classes: classes.as_deref(), values: values.as_ref().map(|v| v.view()) };
+        for (_, m) in &mut active {
+            m.update(ArrayView2::from(&out), targets)?;
+        }
+        if let Some(k) = kept.as_deref_mut() {
+            k.push(out);
+        }
+        done += rows.len();
+        progress(done, indices.len());
+    }
+    let mut metrics = std::collections::BTreeMap::new();
+    for (name, m) in &active {
+        metrics.insert((*name).to_owned(), m.finish()?);
+    }
+    let eval_seconds = started.elapsed().as_secs_f64();
+    let latency = perf::latency(&mut session, data, cfg.latency)?;
+    let throughput = perf::throughput(&mut session, data, &cfg.throughput_batches, cfg.throughput_runs)?;
+    let peak = perf::peak_rss_mb();
+    drop(session);
+    let size_bytes = model_size(model_path)?;
+    Ok(EvalReport {
+        tamp_version: crate::TAMP_VERSION.to_owned(),
+        onnxruntime: ort,
+        model: ModelInfo {
+            path: model_path.to_owned(),
+            sha256: file_sha256(model_path)?,
+            size_bytes,
+            params: stats.params,
+            opsets: model.proto.opset_import.iter().map(|o| (o.domain.clone().unwrap_or_default(), o.version.unwrap_or(0))).collect(),
+        },
+        dataset: DataInfo { path: data.path.clone(), sha256: data.sha256.clone(), rows: data.rows, evaluated_rows: indices.len() },
+        seed: cfg.seed,
+        output,
+        metrics,
+        eval_seconds,
+        eval_rows_per_s: indices.len() as f64 / eval_seconds.max(1e-9),
+        latency,
+        throughput,
+        memory: MemoryStats { peak_rss_mb: peak, session_peak_mb: (peak - rss_before).max(0.0) },
+        cpu: cpu_info(),
+        session: cfg.session.clone(),
+    })
+}
+
+/// Size on disk of a model with its external data files.
+pub fn model_size(path: &Path) -> Result<u64> {
+    let mut size = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?.len();
+    for f in tamp_onnx::model::external_files(path)? {
+        size += std::fs::metadata(&f).map_err(|e| EngineError::io(&f, e))?.len();
+    }
+    Ok(size)
+}
+
+/// CPU model, core count and the SIMD features that decide kernel choice.
+pub fn cpu_info() -> CpuInfo {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| text.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_owned());
+    let flags = field("flags").unwrap_or_default();
+    let interesting = ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8"];
+    CpuInfo {
+        model: field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_owned()),
+        logical_cores: std::thread::available_parallelism().map_or(1, usize::from),
+        features: flags.split_whitespace().filter(|f| interesting.contains(f)).map(str::to_owned).collect(),
+    }
+}

@@ -1,0 +1,19 @@
+//! Tamp's engine: ONNX Runtime sessions from a typed config, `.npz` datasets, streaming
+//! capture of intermediate tensors, task metrics as plugins, latency/throughput/memory
+//! measurement and the baseline record. Compression passes and the stage runner will live
+//! here too (see docs/architecture.md).
+
+pub mod capture;
+pub mod dataset;
+pub mod error;
+pub mod eval;
+pub mod metrics;
+pub mod perf;
+pub mod runtime;
+
+pub use dataset::Dataset;
+pub use error::EngineError;
+pub use runtime::{Session, SessionConfig};
+
+/// Tamp's version, recorded in every baseline and manifest.
+pub const TAMP_VERSION: &str = env!("CARGO_PKG_VERSION");

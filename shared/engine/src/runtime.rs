@@ -1,0 +1,293 @@
+//! ONNX Runtime through `ort` with `load-dynamic`: finding the shared library, one
+//! environment per process, sessions built from a typed [`SessionConfig`], and running
+//! them on [`TensorValue`]s.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::SessionInputValue;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, TensorElementType, TensorRef};
+use serde::{Deserialize, Serialize};
+use tamp_onnx::proto::tensor_proto::DataType;
+use tamp_onnx::{Model, TensorValue};
+
+use crate::error::{EngineError, Result};
+
+/// The ONNX Runtime release Tamp is built and tested against (the `ort` crate's pairing).
+pub const ORT_VERSION: &str = "1.31.1";
+const LIB_NAME: &str = "libonnxruntime.so.1.31.1";
+
+/// Graph optimisation level, as ONNX Runtime names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizationLevel {
+    Disable,
+    Basic,
+    Extended,
+    #[default]
+    All,
+}
+
+/// Where a session runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum ExecutionProvider {
+    #[default]
+    Cpu,
+    /// NVIDIA GPU; needs an ONNX Runtime library built with CUDA (the GPU worker image).
+    Cuda { device_id: i32 },
+}
+
+/// Session options. Zero thread counts let ONNX Runtime choose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+    pub optimization: OptimizationLevel,
+    /// Tried in order; CPU is always the fallback inside ONNX Runtime.
+    pub execution_providers: Vec<ExecutionProvider>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { intra_threads: 0, inter_threads: 0, optimization: OptimizationLevel::All, execution_providers: vec![ExecutionProvider::Cpu] }
+    }
+}
+
+/// Where the library was found, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeInfo {
+    pub version: String,
+    pub library: PathBuf,
+}
+
+struct Loaded {
+    env: Environment,
+    info: RuntimeInfo,
+}
+
+static RUNTIME: OnceLock<std::result::Result<Loaded, String>> = OnceLock::new();
+
+/// Candidate library paths, in the order they are tried: `ORT_DYLIB_PATH`; beside the
+/// executable (and its `lib/` or `../lib/`); the repository's `.deps/ort/` that `make ort`
+/// fills; the user cache `~/.cache/tamp/ort/`.
+pub fn library_candidates() -> Vec<PathBuf> {
+    let mut c = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        c.push(PathBuf::from(p));
+        return c;
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        c.push(dir.join(LIB_NAME));
+        c.push(dir.join("lib").join(LIB_NAME));
+        c.push(dir.join("../lib").join(LIB_NAME));
+    }
+    c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.deps/ort").join(LIB_NAME));
+    if let Some(home) = std::env::var_os("HOME") {
+        c.push(Path::new(&home).join(".cache/tamp/ort").join(LIB_NAME));
+    }
+    c
+}
+
+fn load() -> std::result::Result<Loaded, String> {
+    let candidates = library_candidates();
+    let from_env = std::env::var_os("ORT_DYLIB_PATH").is_some();
+    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        return Err(if from_env {
+            format!("ORT_DYLIB_PATH points to {}, which does not exist", tried.join(""))
+        } else {
+            format!("{LIB_NAME} not found (looked in {}); run `make ort` or set ORT_DYLIB_PATH", tried.join(", "))
+        });
+    };
+    let path = path.canonicalize().unwrap_or_else(|_| path.clone());
+    let env = ort::init_from(&path)
+        .map_err(|e| format!("cannot load {}: {e}", path.display()))?
+        .with_name("tamp")
+        .build()
+        .map_err(|e| format!("cannot create the environment: {e}"))?;
+    let version = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libonnxruntime.so."))
+        .unwrap_or(ORT_VERSION)
+        .to_owned();
+    Ok(Loaded { env, info: RuntimeInfo { version, library: path } })
+}
+
+fn loaded() -> Result<&'static Loaded> {
+    RUNTIME.get_or_init(load).as_ref().map_err(|e| EngineError::Library(e.clone()))
+}
+
+/// Loads ONNX Runtime once per process and reports which library is in use.
+pub fn runtime_info() -> Result<&'static RuntimeInfo> {
+    Ok(&loaded()?.info)
+}
+
+/// A model input or output as the session sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IoSpec {
+    pub name: String,
+    #[serde(serialize_with = "ser_data_type")]
+    pub elem: DataType,
+    /// -1 for dynamic dimensions.
+    pub shape: Vec<i64>,
+}
+
+fn ser_data_type<S: serde::Serializer>(dt: &DataType, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(dt.as_str_name())
+}
+
+/// An ONNX Runtime session plus its input/output signature.
+pub struct Session {
+    inner: ort::session::Session,
+    pub inputs: Vec<IoSpec>,
+    pub outputs: Vec<IoSpec>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("inputs", &self.inputs).field("outputs", &self.outputs).finish()
+    }
+}
+
+fn to_onnx_type(t: TensorElementType) -> DataType {
+    match t {
+        TensorElementType::Float32 => DataType::Float,
+        TensorElementType::Float64 => DataType::Double,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Float16 => DataType::Float16,
+        TensorElementType::Bfloat16 => DataType::Bfloat16,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Uint16 => DataType::Uint16,
+        TensorElementType::Uint32 => DataType::Uint32,
+        TensorElementType::Uint64 => DataType::Uint64,
+        TensorElementType::String => DataType::String,
+        _ => DataType::Undefined,
+    }
+}
+
+fn spec(o: &ort::value::Outlet) -> IoSpec {
+    let dt = o.dtype();
+    IoSpec {
+        name: o.name().to_owned(),
+        elem: dt.tensor_type().map_or(DataType::Undefined, to_onnx_type),
+        shape: dt.tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
+    }
+}
+
+impl Session {
+    /// Builds a session from an in-memory model.
+    pub fn from_model(model: &Model, cfg: &SessionConfig) -> Result<Self> {
+        Self::from_bytes(&model.to_bytes()?, cfg)
+    }
+
+    /// Builds a session from a model file (external data resolved by ONNX Runtime).
+    pub fn from_file(path: &Path, cfg: &SessionConfig) -> Result<Self> {
+        let mut b = builder(cfg)?;
+        let inner = b.commit_from_file(path).map_err(|e| EngineError::ort(format!("cannot load {}", path.display()), e))?;
+        Ok(Self::wrap(inner))
+    }
+
+    /// Builds a session from serialized model bytes.
+    pub fn from_bytes(bytes: &[u8], cfg: &SessionConfig) -> Result<Self> {
+        let mut b = builder(cfg)?;
+        let inner = b.commit_from_memory(bytes).map_err(|e| EngineError::ort("cannot load the model", e))?;
+        Ok(Self::wrap(inner))
+    }
+
+    fn wrap(inner: ort::session::Session) -> Self {
+        let inputs = inner.inputs().iter().map(spec).collect();
+        let outputs = inner.outputs().iter().map(spec).collect();
+        Self { inner, inputs, outputs }
+    }
+
+    /// Runs the model on named inputs and returns every output, in the session's order.
+    pub fn run(&mut self, inputs: &[(&str, &TensorValue)]) -> Result<Vec<(String, TensorValue)>> {
+        let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for (name, v) in inputs {
+            values.push(((*name).to_owned(), input_value(name, v)?));
+        }
+        let outputs = self.inner.run(values).map_err(|e| EngineError::ort("inference failed", e))?;
+        let mut out = Vec::with_capacity(outputs.len());
+        for (name, value) in outputs.iter() {
+            out.push((name.to_owned(), extract(name, &value)?));
+        }
+        Ok(out)
+    }
+}
+
+fn opt_err<T>(e: ort::Error<T>) -> EngineError
+where
+    ort::Error<T>: std::fmt::Display,
+{
+    EngineError::ort("session options", e)
+}
+
+fn builder(cfg: &SessionConfig) -> Result<ort::session::builder::SessionBuilder> {
+    let env = &loaded()?.env;
+    let mut b = ort::session::Session::builder(env).map_err(opt_err)?;
+    b = b
+        .with_optimization_level(match cfg.optimization {
+            OptimizationLevel::Disable => GraphOptimizationLevel::Disable,
+            OptimizationLevel::Basic => GraphOptimizationLevel::Level1,
+            OptimizationLevel::Extended => GraphOptimizationLevel::Level2,
+            OptimizationLevel::All => GraphOptimizationLevel::All,
+        })
+        .map_err(opt_err)?;
+    if cfg.intra_threads > 0 {
+        b = b.with_intra_threads(cfg.intra_threads).map_err(opt_err)?;
+    }
+    if cfg.inter_threads > 0 {
+        b = b.with_inter_threads(cfg.inter_threads).map_err(opt_err)?;
+    }
+    for ep in &cfg.execution_providers {
+        if let ExecutionProvider::Cuda { device_id } = ep {
+            return Err(EngineError::Config(format!(
+                "execution provider cuda (device {device_id}) needs the GPU build of ONNX Runtime, \
+                 which this installation ({LIB_NAME}, CPU) lacks; use kind: cpu"
+            )));
+        }
+    }
+    Ok(b)
+}
+
+fn input_value<'a>(name: &str, v: &'a TensorValue) -> Result<SessionInputValue<'a>> {
+    let err = |e: ort::Error| EngineError::ort(format!("input '{name}'"), e);
+    Ok(match v {
+        TensorValue::F32(a) => TensorRef::from_array_view(a.view()).map_err(err)?.into(),
+        TensorValue::F64(a) => TensorRef::from_array_view(a.view()).map_err(err)?.into(),
+        TensorValue::I64(a) => TensorRef::from_array_view(a.view()).map_err(err)?.into(),
+        TensorValue::I32(a) => TensorRef::from_array_view(a.view()).map_err(err)?.into(),
+        TensorValue::I8(a) => TensorRef::from_array_view(a.view()).map_err(err)?.into(),
+        TensorValue::U8(a) => TensorRef::from_array_view(a.view()).map_err(err)?.into(),
+        TensorValue::Bool(a) => TensorRef::from_array_view(a.view()).map_err(err)?.into(),
+    })
+}
+
+fn extract(name: &str, v: &DynValue) -> Result<TensorValue> {
+    let err = |e: ort::Error| EngineError::ort(format!("output '{name}'"), e);
+    let ty = v.dtype().tensor_type();
+    Ok(match ty {
+        Some(TensorElementType::Float32) => TensorValue::F32(v.try_extract_array::<f32>().map_err(err)?.to_owned()),
+        Some(TensorElementType::Float64) => TensorValue::F64(v.try_extract_array::<f64>().map_err(err)?.to_owned()),
+        Some(TensorElementType::Int64) => TensorValue::I64(v.try_extract_array::<i64>().map_err(err)?.to_owned()),
+        Some(TensorElementType::Int32) => TensorValue::I32(v.try_extract_array::<i32>().map_err(err)?.to_owned()),
+        Some(TensorElementType::Int8) => TensorValue::I8(v.try_extract_array::<i8>().map_err(err)?.to_owned()),
+        Some(TensorElementType::Uint8) => TensorValue::U8(v.try_extract_array::<u8>().map_err(err)?.to_owned()),
+        Some(TensorElementType::Bool) => TensorValue::Bool(v.try_extract_array::<bool>().map_err(err)?.to_owned()),
+        other => {
+            return Err(EngineError::Ort {
+                context: format!("output '{name}'"),
+                message: format!("element type {other:?} is not supported by Tamp's evaluator"),
+            });
+        }
+    })
+}

@@ -1,0 +1,31 @@
+//! Errors of the IR crate. Each says what went wrong, where, and how to fix it.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading, saving or reading an ONNX model.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{path} is not a valid ONNX model (protobuf decoding failed: {source}); \
+         re-export it or check that the upload was not truncated"
+    )]
+    Decode { path: PathBuf, source: prost::DecodeError },
+    #[error("{path} is not a valid ONNX model: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("external data for tensor '{tensor}': {reason}")]
+    ExternalData { tensor: String, reason: String },
+    #[error("tensor '{tensor}': {reason}")]
+    Tensor { tensor: String, reason: String },
+    #[error("model is {bytes} bytes, over protobuf's 2 GiB limit; save it with external data")]
+    TooLarge { bytes: usize },
+    #[error("graph is inconsistent: {0}")]
+    Graph(String),
+}
+
+impl OnnxError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+}
