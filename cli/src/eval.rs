@@ -40,9 +40,9 @@ pub struct Args {
     /// Timed single-sample runs for the latency percentiles.
     #[arg(long, default_value_t = 100)]
     runs: usize,
-    /// Batch sizes for throughput, comma-separated (empty: skip).
-    #[arg(long, value_delimiter = ',', default_value = "1,32")]
-    throughput: Vec<usize>,
+    /// Batch sizes for throughput, comma-separated ("" skips throughput).
+    #[arg(long, default_value = "1,32")]
+    throughput: String,
     /// Write the report to this file (the baseline record).
     #[arg(long)]
     baseline: Option<PathBuf>,
@@ -63,6 +63,13 @@ enum Opt {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    let throughput_batches = args
+        .throughput
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().ok().filter(|&b| b > 0).with_context(|| format!("--throughput: '{s}' is not a positive batch size")))
+        .collect::<Result<Vec<_>>>()?;
     let data = Dataset::load(&args.data)?;
     let cfg = EvalConfig {
         metrics: args.metrics.clone(),
@@ -71,7 +78,7 @@ pub fn run(args: &Args) -> Result<()> {
         samples: args.samples,
         seed: args.seed,
         latency: tamp_engine::perf::LatencyConfig { warmup: args.warmup, runs: args.runs },
-        throughput_batches: args.throughput.clone(),
+        throughput_batches,
         session: SessionConfig {
             intra_threads: args.threads,
             optimization: match args.optimization {

@@ -263,3 +263,35 @@ fn to_standard<T: Clone>(data: Vec<T>, shape: &[usize], fortran: bool) -> std::r
         ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| e.to_string())
     }
 }
+
+/// Writes named arrays as an uncompressed `.npz` (atomically: temp file, then rename).
+pub fn write_npz(path: &Path, arrays: &BTreeMap<String, TensorValue>) -> Result<()> {
+    use npyz::WriterBuilder;
+    let tmp = path.with_extension("npz.tmp");
+    let io = |e: std::io::Error| EngineError::io(path, e);
+    {
+        let mut npz = npyz::npz::NpzWriter::create(&tmp).map_err(io)?;
+        let opts = || zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(true);
+        macro_rules! put {
+            ($t:ty, $a:expr, $name:expr) => {{
+                let shape: Vec<u64> = $a.shape().iter().map(|&d| d as u64).collect();
+                let mut w = npz.array::<$t>($name, opts()).map_err(io)?.default_dtype().shape(&shape).begin_nd().map_err(io)?;
+                w.extend($a.iter().copied()).map_err(io)?;
+                w.finish().map_err(io)?;
+            }};
+        }
+        for (name, v) in arrays {
+            match v {
+                TensorValue::F32(a) => put!(f32, a, name),
+                TensorValue::F64(a) => put!(f64, a, name),
+                TensorValue::I64(a) => put!(i64, a, name),
+                TensorValue::I32(a) => put!(i32, a, name),
+                TensorValue::I8(a) => put!(i8, a, name),
+                TensorValue::U8(a) => put!(u8, a, name),
+                TensorValue::Bool(a) => put!(bool, a, name),
+            }
+        }
+        npz.zip_writer().finish().map_err(|e| EngineError::io(path, std::io::Error::other(e)))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)
+}

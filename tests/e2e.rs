@@ -1,0 +1,161 @@
+//! End-to-end: the `tamp` binary on the reference models, checked against Python
+//! onnxruntime (same library version) on the same data; and bad input giving one-line errors.
+//! Needs `make models venv` (the Makefile's `test` target does it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tamp() -> PathBuf {
+    // Test binaries live in target/<profile>/deps; the CLI one level up.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("tamp");
+    assert!(bin.exists(), "{} not built; run `cargo build -p tamp-cli` (make test does)", bin.display());
+    bin
+}
+
+fn python() -> PathBuf {
+    let py = root().join(".venv/bin/python");
+    assert!(py.exists(), "{} missing; run `make venv` (make test does)", py.display());
+    py
+}
+
+/// Reference models present on this machine: (name, model, eval set, metric output or None).
+fn reference_models() -> Vec<(String, PathBuf, PathBuf)> {
+    let dir = root().join("models");
+    let fmnist = dir.join("fmnist-resnet8");
+    assert!(fmnist.join("model.onnx").exists(), "reference CNN missing in {}; run `make models`", fmnist.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.join("model.onnx").exists() && p.join("eval.npz").exists() {
+            found.push((entry.file_name().to_string_lossy().into_owned(), p.join("model.onnx"), p.join("eval.npz")));
+        }
+    }
+    found.sort();
+    found
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    // .npy v1: magic(6) version(2) header_len(2) header, then little-endian data.
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
+    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
+    let shape_txt = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_txt.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let data = bytes[10 + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    (shape, data)
+}
+
+#[test]
+fn eval_agrees_with_python_onnxruntime_on_every_reference_model() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, model, data) in reference_models() {
+        let ours = dir.path().join(format!("{name}-tamp.npy"));
+        let theirs = dir.path().join(format!("{name}-ort.npy"));
+        let out = run(Command::new(tamp()).arg("eval").arg(&model).arg("--data").arg(&data).args(["--json", "--threads", "1", "--runs", "5", "--throughput", ""]).arg("--dump-outputs").arg(&ours));
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let py = run(Command::new(python()).arg(root().join("scripts/ort_reference.py")).arg(&model).arg(&data).arg("--out").arg(&theirs));
+        assert!(py.status.success(), "{name}: {}", String::from_utf8_lossy(&py.stderr));
+        let reference: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+        let (s1, a) = npy_f32(&ours);
+        let (s2, b) = npy_f32(&theirs);
+        assert_eq!(s1, s2, "{name}: output shapes differ");
+        let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(max <= 1e-5, "{name}: outputs differ by {max}");
+        if let Some(top1) = reference.get("top1") {
+            assert_eq!(report["metrics"]["top1"].as_f64(), top1.as_f64(), "{name}: top-1 must agree exactly");
+        }
+        assert_eq!(report["dataset"]["evaluated_rows"], reference["rows"]);
+    }
+}
+
+#[test]
+fn eval_writes_a_complete_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, data) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
+    let baseline = dir.path().join("baseline.json");
+    let out = run(Command::new(tamp()).arg("eval").arg(&model).arg("--data").arg(&data).args(["--samples", "500", "--seed", "3", "--metric", "top1", "--metric", "top5", "--runs", "20", "--throughput", "1,16"]).arg("--baseline").arg(&baseline));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for needle in ["top1", "latency P50 / P95 / P99", "throughput (batch 16)", "size on disk"] {
+        assert!(table.contains(needle), "table lacks {needle}:\n{table}");
+    }
+    let b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&baseline).unwrap()).unwrap();
+    assert_eq!(b["seed"], 3);
+    assert_eq!(b["dataset"]["evaluated_rows"], 500);
+    assert_eq!(b["model"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(b["dataset"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(b["onnxruntime"]["version"], "1.31.1");
+    assert!(b["metrics"]["top1"].as_f64().unwrap() > 60.0, "a trained model, not chance");
+    assert!(b["metrics"]["top5"].as_f64().unwrap() >= b["metrics"]["top1"].as_f64().unwrap());
+    assert!(b["cpu"]["logical_cores"].as_u64().unwrap() >= 1);
+    assert!(b["memory"]["peak_rss_mb"].as_f64().unwrap() > 0.0);
+}
+
+fn one_line_error(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "want one line, got:\n{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+fn make_npz(path: &Path, script: &str) {
+    let code = format!("import numpy as np\n{script}\n");
+    let out = run(Command::new(python()).arg("-c").arg(code).arg(path));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bad_inputs_give_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, data) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
+
+    let corrupt = dir.path().join("corrupt.onnx");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&corrupt, &bytes[..bytes.len() / 3]).unwrap();
+    let e = one_line_error(&run(Command::new(tamp()).arg("eval").arg(&corrupt).arg("--data").arg(&data)));
+    assert!(e.contains("corrupt.onnx") && e.contains("not a valid ONNX model"), "{e}");
+    let e = one_line_error(&run(Command::new(tamp()).arg("inspect").arg(&corrupt)));
+    assert!(e.contains("not a valid ONNX model"), "{e}");
+
+    let missing = dir.path().join("missing.npz");
+    make_npz(&missing, "import sys; np.savez(sys.argv[1], pixels=np.zeros((4,1,28,28), np.float32), labels=np.zeros(4, np.int64))");
+    let e = one_line_error(&run(Command::new(tamp()).arg("eval").arg(&model).arg("--data").arg(&missing)));
+    assert!(e.contains("missing input 'input'"), "{e}");
+
+    let nan = dir.path().join("nan.npz");
+    make_npz(&nan, "import sys; np.savez(sys.argv[1], input=np.full((4,1,28,28), np.nan, np.float32), labels=np.zeros(4, np.int64))");
+    let e = one_line_error(&run(Command::new(tamp()).arg("eval").arg(&model).arg("--data").arg(&nan)));
+    assert!(e.contains("NaN") && e.contains("'input'"), "{e}");
+
+    let e = one_line_error(&run(Command::new(tamp()).arg("eval").arg(&model).arg("--data").arg(dir.path().join("absent.npz"))));
+    assert!(e.contains("absent.npz"), "{e}");
+
+    let e = one_line_error(&run(Command::new(tamp()).arg("eval").arg(&model).arg("--data").arg(&data).args(["--metric", "cosine"])));
+    assert!(e.contains("cosine") && e.contains("float reference values"), "{e}");
+}
+
+#[test]
+fn inspect_reports_the_reference_cnn() {
+    let (_, model, _) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
+    let out = run(Command::new(tamp()).arg("inspect").arg(&model).arg("--json"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ops"]["Conv"], 9);
+    assert_eq!(v["ops"]["BatchNormalization"], 9);
+    assert!(v["runtime_error"].is_null());
+    assert_eq!(v["inputs"][0]["name"], "input");
+    assert_eq!(v["inputs"][0]["elem"], "FLOAT");
+    assert!(v["params"].as_u64().unwrap() > 50_000);
+}
