@@ -79,6 +79,26 @@ fn eval_agrees_with_python_onnxruntime_on_every_reference_model() {
     }
 }
 
+/// Load → save through Tamp's IR leaves a real model's outputs bit-identical in ONNX Runtime.
+#[test]
+fn ir_round_trip_keeps_reference_model_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, model, data) in reference_models() {
+        let resaved = dir.path().join(format!("{name}.onnx"));
+        let loaded = tamp_onnx::Model::load(&model).unwrap();
+        loaded.save(&resaved, &tamp_onnx::SaveOptions::default()).unwrap();
+        assert_eq!(tamp_onnx::Model::load(&resaved).unwrap(), loaded, "{name}: IR round trip must be lossless");
+        let mut outs = Vec::new();
+        for (tag, path) in [("orig", &model), ("resaved", &resaved)] {
+            let npy = dir.path().join(format!("{name}-{tag}.npy"));
+            let out = run(Command::new(tamp()).arg("eval").arg(path).arg("--data").arg(&data).args(["--samples", "256", "--json", "--runs", "1", "--throughput", ""]).arg("--dump-outputs").arg(&npy));
+            assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+            outs.push(npy_f32(&npy));
+        }
+        assert_eq!(outs[0], outs[1], "{name}: outputs changed after the round trip");
+    }
+}
+
 #[test]
 fn eval_writes_a_complete_baseline() {
     let dir = tempfile::tempdir().unwrap();

@@ -197,3 +197,33 @@ fn seeded_sampling_is_reproducible() {
     all.sort_unstable();
     assert_eq!(all, (0..100).collect::<Vec<_>>());
 }
+
+/// Builder graphs at the opsets real exporters emit (11–21), with a dynamic batch and
+/// sequence dimension, run in ONNX Runtime and survive a save/load round trip.
+#[test]
+fn opsets_11_to_21_with_dynamic_dims_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for opset in [11, 13, 15, 17, 18, 21] {
+        let mut b = GraphBuilder::new("dyn", opset);
+        let x = b.input_f32("x", &[None, None, Some(8)]);
+        let w = b.init_f32("w", weights(8, 8, opset as f32));
+        let y = b.op("MatMul", &[&x, &w], &[]);
+        let y = b.op("Relu", &[&y], &[]);
+        // Softmax over the last axis: its default axis changed at opset 13.
+        b.op_n("Softmax", &[&y], &["probs"], &[("axis", Attr::Int(-1))]);
+        b.output_f32("probs", &[None, None, Some(8)]);
+        let m = b.build();
+        let path = dir.path().join(format!("dyn{opset}.onnx"));
+        m.save(&path, &SaveOptions::default()).unwrap();
+        let mut s = Session::from_file(&path, &SessionConfig::default()).unwrap();
+        assert_eq!(s.inputs[0].shape, vec![-1, -1, 8], "opset {opset}");
+        for (batch, seq) in [(1, 3), (4, 7)] {
+            let x = TensorValue::F32(ArrayD::from_elem(IxDyn(&[batch, seq, 8]), 0.5));
+            let out = s.run(&[("x", &x)]).unwrap();
+            let TensorValue::F32(p) = &out[0].1 else { panic!() };
+            assert_eq!(p.shape(), &[batch, seq, 8]);
+            assert!((p.sum() - (batch * seq) as f32).abs() < 1e-4, "softmax rows sum to 1 at opset {opset}");
+        }
+        assert_eq!(Model::load(&path).unwrap(), m);
+    }
+}
