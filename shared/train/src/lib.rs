@@ -3,5 +3,4 @@
 //! Fine-tuning, QAT and distillation arrive here later (see docs/architecture.md).
 
 pub mod fmnist;
-pub mod npz;
 pub mod resnet;

@@ -12,7 +12,12 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use tamp_onnx::SaveOptions;
-use tamp_train::{fmnist, npz, resnet::ResNet};
+use std::collections::BTreeMap;
+
+use ndarray::{ArrayD, IxDyn};
+use tamp_engine::dataset::write_npz;
+use tamp_onnx::TensorValue;
+use tamp_train::{fmnist, resnet::ResNet};
 
 struct Args {
     data: PathBuf,
@@ -91,6 +96,14 @@ fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Writes rows of a split as a dataset: `input` [N,1,28,28] float32 and int64 `labels`.
+fn write_set(path: &std::path::Path, split: &fmnist::Split, rows: &[usize]) -> Result<()> {
+    let x = ArrayD::from_shape_vec(IxDyn(&[rows.len(), 1, 28, 28]), fmnist::normalised(split, rows))?;
+    let y = ArrayD::from_shape_vec(IxDyn(&[rows.len()]), rows.iter().map(|&r| i64::from(split.labels[r])).collect())?;
+    let arrays = BTreeMap::from([("input".to_owned(), TensorValue::F32(x)), ("labels".to_owned(), TensorValue::I64(y))]);
+    Ok(write_npz(path, &arrays)?)
+}
+
 fn main() -> Result<()> {
     let args = parse()?;
     let dev = Device::Cpu;
@@ -132,16 +145,12 @@ fn main() -> Result<()> {
     let model = net.export(17)?;
     model.save(args.out.join("model.onnx"), &SaveOptions::default())?;
     let test_rows: Vec<usize> = (0..test.rows).collect();
-    let eval_x = fmnist::normalised(&test, &test_rows);
-    let eval_y: Vec<i64> = test.labels.iter().map(|&l| i64::from(l)).collect();
-    npz::write(&args.out.join("eval.npz"), &[npz::F32Array { name: "input", shape: vec![test.rows as u64, 1, 28, 28], data: &eval_x }], &eval_y)?;
+    write_set(&args.out.join("eval.npz"), &test, &test_rows)?;
     // Calibration rows come from the training split, never the test split.
     let mut calib_rows: Vec<usize> = (0..train.rows).collect();
     calib_rows.shuffle(&mut ChaCha8Rng::seed_from_u64(args.seed + 1));
     calib_rows.truncate(args.calib_rows);
-    let calib_x = fmnist::normalised(&train, &calib_rows);
-    let calib_y: Vec<i64> = calib_rows.iter().map(|&r| i64::from(train.labels[r])).collect();
-    npz::write(&args.out.join("calib.npz"), &[npz::F32Array { name: "input", shape: vec![calib_rows.len() as u64, 1, 28, 28], data: &calib_x }], &calib_y)?;
+    write_set(&args.out.join("calib.npz"), &train, &calib_rows)?;
     let meta = serde_json::json!({
         "model": "fmnist-resnet8", "width": args.width, "epochs": args.epochs, "seed": args.seed,
         "train_rows": n_train, "candle_test_top1": acc, "train_seconds": started.elapsed().as_secs_f64(),
