@@ -179,3 +179,30 @@ fn inspect_reports_the_reference_cnn() {
     assert_eq!(v["inputs"][0]["elem"], "FLOAT");
     assert!(v["params"].as_u64().unwrap() > 50_000);
 }
+
+/// One streaming calibration pass over the reference CNN's calibration set serves min-max
+/// and entropy requests for every ReLU output; ranges are consistent with ReLU semantics.
+#[test]
+fn calibration_statistics_on_the_reference_cnn() {
+    use tamp_engine::calibrate::{Method, StatRequest, collect};
+    let (_, model_path, _) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
+    let model = tamp_onnx::Model::load(&model_path).unwrap();
+    let data = tamp_engine::Dataset::load(model_path.with_file_name("calib.npz")).unwrap();
+    let relus: Vec<String> = model.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("Relu")).map(|n| n.output[0].clone()).collect();
+    assert_eq!(relus.len(), 7);
+    let requests: Vec<StatRequest> = relus
+        .iter()
+        .flat_map(|v| [StatRequest { value: v.clone(), method: Method::MinMax }, StatRequest { value: v.clone(), method: Method::Entropy }])
+        .collect();
+    let indices = data.sample(256, 0);
+    let stats = collect(&model, &data, &indices, &requests, 64, 2048, &tamp_engine::SessionConfig::default()).unwrap();
+    assert_eq!(stats.len(), 7);
+    for (name, s) in &stats {
+        assert_eq!(s.min, 0.0, "{name}: ReLU output minimum");
+        assert!(s.max > 0.0);
+        let mm = s.range(Method::MinMax).unwrap();
+        let kl = s.range(Method::Entropy).unwrap();
+        assert!(kl.max > 0.0 && kl.max <= mm.max + 1e-6, "{name}: entropy range {kl:?} vs min-max {mm:?}");
+        assert_eq!(s.histogram.as_ref().unwrap().total(), s.count);
+    }
+}

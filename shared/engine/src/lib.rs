@@ -3,6 +3,7 @@
 //! measurement and the baseline record. Compression passes and the stage runner will live
 //! here too (see docs/architecture.md).
 
+pub mod calibrate;
 pub mod capture;
 pub mod dataset;
 pub mod error;

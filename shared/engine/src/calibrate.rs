@@ -1,0 +1,368 @@
+//! Activation statistics for calibration, gathered in one streaming pass. Passes request
+//! what they need per value ([`StatRequest`]); the requests are merged, every value is
+//! captured batch by batch, and each keeps a running min/max and (when asked) a fixed-size
+//! histogram that widens itself by merging bins, so memory is bounded by the histogram,
+//! never by the number of samples. Thresholds are then derived by min-max, percentile,
+//! entropy (KL, TensorRT-style) or MSE.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tamp_onnx::{Model, TensorValue};
+
+use crate::capture::capture;
+use crate::dataset::Dataset;
+use crate::error::{EngineError, Result};
+use crate::runtime::SessionConfig;
+
+/// How a clipping range is chosen from the statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "method", deny_unknown_fields)]
+pub enum Method {
+    MinMax,
+    /// Symmetric threshold at this percentile of |x| (e.g. 99.99).
+    Percentile { percentile: f64 },
+    /// Threshold minimising KL divergence between the clipped and the 8-bit distribution.
+    Entropy,
+    /// Threshold minimising expected squared quantisation error for symmetric int8.
+    Mse,
+}
+
+impl Method {
+    fn needs_histogram(self) -> bool {
+        !matches!(self, Self::MinMax)
+    }
+}
+
+/// What one pass wants to know about one value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatRequest {
+    pub value: String,
+    pub method: Method,
+}
+
+/// A symmetric histogram of values over [-range, range] with a fixed number of bins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub bins: Vec<u64>,
+    pub range: f32,
+}
+
+impl Histogram {
+    /// `bins` is rounded down to a multiple of 4 (the centre is a bin edge, and widening
+    /// merges pairs into the middle half).
+    pub fn new(bins: usize) -> Self {
+        Self { bins: vec![0; bins.max(4) & !3], range: 0.0 }
+    }
+
+    fn width(&self) -> f32 {
+        2.0 * self.range / self.bins.len() as f32
+    }
+
+    /// Doubles the range until it covers `amax`, merging bin pairs toward the centre.
+    fn widen(&mut self, amax: f32) {
+        if self.range == 0.0 {
+            self.range = amax.max(f32::MIN_POSITIVE);
+            return;
+        }
+        let n = self.bins.len();
+        while self.range < amax {
+            let mut merged = vec![0u64; n];
+            // Old bin i covers [-r + i·w, …); after doubling, bins n/4 .. 3n/4 hold the old range.
+            for (i, &c) in self.bins.iter().enumerate() {
+                merged[n / 4 + i / 2] += c;
+            }
+            self.bins = merged;
+            self.range *= 2.0;
+        }
+    }
+
+    /// Adds values (all finite).
+    pub fn add(&mut self, values: impl Iterator<Item = f32> + Clone) {
+        let amax = values.clone().fold(0.0f32, |m, v| m.max(v.abs()));
+        if amax > self.range || self.range == 0.0 {
+            self.widen(amax);
+        }
+        let (n, w) = (self.bins.len(), self.width());
+        for v in values {
+            let i = (((v + self.range) / w) as usize).min(n - 1);
+            self.bins[i] += 1;
+        }
+    }
+
+    /// Counts of |x| in n/2 bins over [0, range].
+    pub fn abs_bins(&self) -> Vec<u64> {
+        let half = self.bins.len() / 2;
+        (0..half).map(|i| self.bins[half + i] + self.bins[half - 1 - i]).collect()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.bins.iter().sum()
+    }
+}
+
+/// Running statistics of one value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueStats {
+    pub min: f32,
+    pub max: f32,
+    pub count: u64,
+    pub histogram: Option<Histogram>,
+}
+
+/// The clipping range chosen for one value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Range {
+    pub min: f32,
+    pub max: f32,
+}
+
+impl ValueStats {
+    /// The range `method` picks (symmetric methods return [-t, t] clipped to the observed
+    /// range, so a non-negative activation keeps min = 0 for asymmetric quantisation).
+    pub fn range(&self, method: Method) -> Result<Range> {
+        let sym = |t: f32| Range { min: (-t).max(self.min), max: t.min(self.max) };
+        let hist = || {
+            self.histogram.as_ref().ok_or_else(|| EngineError::Config("a histogram method was not requested during calibration".into()))
+        };
+        Ok(match method {
+            Method::MinMax => Range { min: self.min, max: self.max },
+            Method::Percentile { percentile } => sym(percentile_threshold(hist()?, percentile)),
+            Method::Entropy => sym(entropy_threshold(hist()?, 128)),
+            Method::Mse => sym(mse_threshold(hist()?, 127.5)),
+        })
+    }
+}
+
+fn bin_edge(h: &Histogram, abs_index: usize) -> f32 {
+    (abs_index as f32) * h.width()
+}
+
+/// Smallest threshold below which `percentile`% of |x| lies.
+pub fn percentile_threshold(h: &Histogram, percentile: f64) -> f32 {
+    let abs = h.abs_bins();
+    let target = (h.total() as f64 * percentile.clamp(0.0, 100.0) / 100.0).ceil() as u64;
+    let mut acc = 0;
+    for (i, &c) in abs.iter().enumerate() {
+        acc += c;
+        if acc >= target {
+            return bin_edge(h, i + 1);
+        }
+    }
+    h.range
+}
+
+/// TensorRT's entropy calibration: for each candidate threshold bin i ≥ `levels`, clip the
+/// |x| histogram at i (outliers folded into the last bin), quantise it to `levels` bins and
+/// expand back; pick the i with the smallest KL(P‖Q).
+pub fn entropy_threshold(h: &Histogram, levels: usize) -> f32 {
+    let abs: Vec<f64> = h.abs_bins().into_iter().map(|c| c as f64).collect();
+    let n = abs.len();
+    if n <= levels {
+        return h.range;
+    }
+    let mut best = (f64::INFINITY, n);
+    for i in (levels..=n).step_by(((n - levels) / 256).max(1)) {
+        let mut p: Vec<f64> = abs[..i].to_vec();
+        p[i - 1] += abs[i..].iter().sum::<f64>();
+        // Quantise p into `levels` groups, then spread each group's mass over its non-empty bins.
+        let mut q = vec![0.0f64; i];
+        for j in 0..levels {
+            let (start, end) = (j * i / levels, ((j + 1) * i / levels).max(j * i / levels + 1));
+            let mass: f64 = abs[start..end.min(i)].iter().sum();
+            let nonzero = abs[start..end.min(i)].iter().filter(|&&c| c > 0.0).count();
+            if nonzero > 0 {
+                for k in start..end.min(i) {
+                    if abs[k] > 0.0 {
+                        q[k] = mass / nonzero as f64;
+                    }
+                }
+            }
+        }
+        let (ps, qs): (f64, f64) = (p.iter().sum(), q.iter().sum());
+        if ps == 0.0 || qs == 0.0 {
+            continue;
+        }
+        let mut kl = 0.0;
+        for (&pk, &qk) in p.iter().zip(&q) {
+            if pk > 0.0 {
+                let (pn, qn) = (pk / ps, (qk / qs).max(1e-12));
+                kl += pn * (pn / qn).ln();
+            }
+        }
+        if kl < best.0 {
+            best = (kl, i);
+        }
+    }
+    bin_edge(h, best.1)
+}
+
+/// Threshold minimising E[(x − q(x))²] for a symmetric quantiser with `half_levels` steps per
+/// side: clipping error from bins above t plus uniform rounding noise (step²/12) below it.
+pub fn mse_threshold(h: &Histogram, half_levels: f64) -> f32 {
+    let abs = h.abs_bins();
+    let w = f64::from(h.width());
+    let mut best = (f64::INFINITY, abs.len());
+    for i in 1..=abs.len() {
+        let t = i as f64 * w;
+        let step = t / half_levels;
+        let mut err = 0.0;
+        for (k, &c) in abs.iter().enumerate() {
+            let centre = (k as f64 + 0.5) * w;
+            err += c as f64 * if centre > t { (centre - t).powi(2) } else { step * step / 12.0 };
+        }
+        if err < best.0 {
+            best = (err, i);
+        }
+    }
+    bin_edge(h, best.1)
+}
+
+/// Merged requests → statistics, updated batch by batch.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    stats: BTreeMap<String, ValueStats>,
+}
+
+impl Collector {
+    /// One entry per requested value; a histogram where any request on it needs one.
+    pub fn new(requests: &[StatRequest], bins: usize) -> Self {
+        let mut stats: BTreeMap<String, ValueStats> = BTreeMap::new();
+        for r in requests {
+            let s = stats.entry(r.value.clone()).or_insert(ValueStats { min: f32::INFINITY, max: f32::NEG_INFINITY, count: 0, histogram: None });
+            if r.method.needs_histogram() && s.histogram.is_none() {
+                s.histogram = Some(Histogram::new(bins));
+            }
+        }
+        Self { stats }
+    }
+
+    /// The values to capture.
+    pub fn values(&self) -> Vec<String> {
+        self.stats.keys().cloned().collect()
+    }
+
+    /// Adds one batch. Non-finite activations are an error naming the value.
+    pub fn observe(&mut self, batch: &BTreeMap<String, TensorValue>) -> Result<()> {
+        for (name, s) in &mut self.stats {
+            let Some(v) = batch.get(name) else { continue };
+            let TensorValue::F32(a) = v else {
+                return Err(EngineError::Config(format!("cannot calibrate '{name}': it is {:?}, not float", v.data_type())));
+            };
+            if let Some(bad) = a.iter().find(|x| !x.is_finite()) {
+                return Err(EngineError::Config(format!("activation '{name}' holds {bad} on the calibration data; check the data for extreme or invalid values")));
+            }
+            for &x in a {
+                s.min = s.min.min(x);
+                s.max = s.max.max(x);
+            }
+            s.count += a.len() as u64;
+            if let Some(h) = s.histogram.as_mut() {
+                h.add(a.iter().copied());
+            }
+        }
+        Ok(())
+    }
+
+    /// The statistics gathered.
+    pub fn finish(self) -> BTreeMap<String, ValueStats> {
+        self.stats
+    }
+}
+
+/// One streaming pass over `indices` of `data` serving every request.
+pub fn collect(
+    model: &Model,
+    data: &Dataset,
+    indices: &[usize],
+    requests: &[StatRequest],
+    batch_size: usize,
+    bins: usize,
+    cfg: &SessionConfig,
+) -> Result<BTreeMap<String, ValueStats>> {
+    let mut collector = Collector::new(requests, bins);
+    capture(model, data, indices, &collector.values(), batch_size, cfg, |_, batch| collector.observe(batch))?;
+    Ok(collector.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn gaussian(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|_| {
+                let (u1, u2): (f64, f64) = (rng.random_range(f64::EPSILON..1.0), rng.random());
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn histogram_widens_without_losing_counts() {
+        let mut h = Histogram::new(64);
+        h.add([0.5f32, -0.25].into_iter());
+        h.add([3.0f32, -7.5, 0.1].into_iter());
+        assert_eq!(h.total(), 5);
+        assert!(h.range >= 7.5);
+        // The widened histogram still places each value on its side of zero.
+        let neg: u64 = h.bins[..32].iter().sum();
+        assert_eq!(neg, 2);
+    }
+
+    #[test]
+    fn percentile_of_uniform_data() {
+        let mut h = Histogram::new(2048);
+        let v: Vec<f32> = (0..100_000).map(|i| (i as f32 / 50_000.0) - 1.0).collect();
+        h.add(v.iter().copied());
+        let t = percentile_threshold(&h, 99.0);
+        assert!((t - 0.99).abs() < 0.01, "{t}");
+    }
+
+    #[test]
+    fn entropy_clips_outliers_but_keeps_the_bulk() {
+        let mut v = gaussian(200_000, 1);
+        v.extend([40.0f32, -35.0, 38.0]);
+        let mut h = Histogram::new(2048);
+        for chunk in v.chunks(10_000) {
+            h.add(chunk.iter().copied());
+        }
+        let kl = entropy_threshold(&h, 128);
+        assert!(kl > 2.5 && kl < 20.0, "KL threshold {kl} should sit between the bulk and the outliers");
+    }
+
+    #[test]
+    fn mse_threshold_minimises_the_real_quantisation_error() {
+        let mut v = gaussian(100_000, 2);
+        v.extend(gaussian(2_000, 3).into_iter().map(|x| x * 6.0));
+        let mut h = Histogram::new(2048);
+        h.add(v.iter().copied());
+        let actual = |t: f32| -> f64 {
+            let step = t / 127.5;
+            v.iter().map(|&x| f64::from(x - (x.clamp(-t, t) / step).round() * step).powi(2)).sum()
+        };
+        let t = mse_threshold(&h, 127.5);
+        let amax = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        for other in [amax, 0.5 * t, 1.5 * t, 2.0] {
+            assert!(actual(t) <= actual(other) * 1.02, "t={t}: {} vs t={other}: {}", actual(t), actual(other));
+        }
+    }
+
+    #[test]
+    fn collector_merges_requests_and_rejects_nan() {
+        let reqs = [StatRequest { value: "a".into(), method: Method::MinMax }, StatRequest { value: "a".into(), method: Method::Entropy }];
+        let mut c = Collector::new(&reqs, 128);
+        assert_eq!(c.values(), vec!["a".to_owned()]);
+        let batch = |v: Vec<f32>| BTreeMap::from([("a".to_owned(), TensorValue::F32(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[v.len()]), v).unwrap()))]);
+        c.observe(&batch(vec![1.0, -2.0])).unwrap();
+        c.observe(&batch(vec![3.0])).unwrap();
+        assert!(c.observe(&batch(vec![f32::NAN])).unwrap_err().to_string().contains("'a'"));
+        let s = &c.finish()["a"];
+        assert_eq!((s.min, s.max, s.count), (-2.0, 3.0, 3));
+        assert_eq!(s.range(Method::MinMax).unwrap(), Range { min: -2.0, max: 3.0 });
+        assert!(s.histogram.is_some());
+    }
+}
