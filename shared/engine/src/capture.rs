@@ -35,7 +35,7 @@ pub fn with_outputs(model: &Model, values: &[String]) -> Result<Model> {
     if !unknown.is_empty() {
         return Err(EngineError::Config(format!("cannot capture {unknown:?}: no node in the main graph produces them")));
     }
-    Ok(patch.apply(model, "capture-outputs").map_err(|e| EngineError::Config(e.to_string()))?)
+    patch.apply(model, "capture-outputs").map_err(|e| EngineError::Config(e.to_string()))
 }
 
 /// Shapes of intermediates are often unknown or symbolic; ONNX Runtime only needs the type.

@@ -99,18 +99,6 @@ pub struct EvalReport {
     pub session: SessionConfig,
 }
 
-impl<'de> Deserialize<'de> for RuntimeInfo {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Raw {
-            version: String,
-            library: PathBuf,
-        }
-        let r = Raw::deserialize(d)?;
-        Ok(Self { version: r.version, library: r.library })
-    }
-}
-
 /// Progress reported while metrics stream.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 

@@ -58,7 +58,7 @@ impl Default for SessionConfig {
 }
 
 /// Where the library was found, for reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuntimeInfo {
     pub version: String,
     pub library: PathBuf,
