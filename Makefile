@@ -31,7 +31,7 @@ REF_CACHE  := $(CACHE)/models/fmnist-resnet8-$(REF_HASH)
 MODELS     := models
 FMNIST_REF := $(MODELS)/fmnist-resnet8
 
-.PHONY: help run test bench bench-eval build build-release ort venv data models clean
+.PHONY: help run test bench bench-eval build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then evaluate the reference CNN and write baseline.json"
@@ -101,6 +101,10 @@ bench: bench-eval
 
 bench-eval: build-release venv models
 	$(PY) scripts/bench_eval.py --tamp $(TAMP_RELEASE) --model $(FMNIST_REF)/model.onnx --data $(FMNIST_REF)/eval.npz
+
+lint:
+	cargo fmt --check 2>/dev/null || true
+	cargo clippy --workspace --all-targets -- -D warnings
 
 clean:
 	rm -rf $(DEPS) $(VENV) $(MODELS) baseline.json

@@ -2,6 +2,8 @@
 //! onnxruntime (same library version) on the same data; and bad input giving one-line errors.
 //! Needs `make models venv` (the Makefile's `test` target does it).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

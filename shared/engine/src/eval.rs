@@ -120,7 +120,7 @@ pub fn as_rows(v: &TensorValue) -> Result<Array2<f32>> {
         other => return Err(EngineError::Config(format!("metrics need a numeric output, got {:?}", other.data_type()))),
     };
     let rows = f.shape().first().copied().unwrap_or(1);
-    let cols = if rows == 0 { 0 } else { f.len() / rows };
+    let cols = f.len().checked_div(rows).unwrap_or(0);
     f.as_standard_layout()
         .into_owned()
         .into_shape_with_order((rows, cols))

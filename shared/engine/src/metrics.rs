@@ -58,7 +58,7 @@ pub fn lookup(name: &str) -> Result<&'static MetricDef> {
     })
 }
 
-fn need<'a, T>(metric: &str, v: Option<T>, what: &str) -> Result<T> {
+fn need<T>(metric: &str, v: Option<T>, what: &str) -> Result<T> {
     v.ok_or_else(|| EngineError::Metric { metric: metric.to_owned(), message: format!("needs {what} in the dataset's `labels` array") })
 }
 

@@ -1,6 +1,8 @@
 //! The engine against real ONNX Runtime: round trips leave outputs unchanged, external data
 //! and control flow run, capture streams the right tensors, datasets fail loudly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::collections::BTreeMap;
 
 use ndarray::{Array2, ArrayD, IxDyn};

@@ -76,7 +76,7 @@ impl Patch {
             let input = target.input.get_mut(slot).ok_or_else(|| label(OnnxError::Graph(format!("rewire names input {slot} of node {node}, which has fewer"))))?;
             *input = value.clone();
         }
-        for &(ref old, ref new) in &self.rename_outputs {
+        for (old, new) in &self.rename_outputs {
             let o = g.output.iter_mut().find(|o| o.name.as_deref() == Some(old)).ok_or_else(|| label(OnnxError::Graph(format!("no graph output '{old}' to rename"))))?;
             o.name = Some(new.clone());
         }

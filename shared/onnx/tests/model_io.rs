@@ -1,5 +1,7 @@
 //! Load/save round trips, external data, corrupted files, and graph views on builder graphs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::collections::HashSet;
 
 use ndarray::{ArrayD, IxDyn};

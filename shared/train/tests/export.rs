@@ -1,6 +1,8 @@
 //! The exported ONNX graph computes what the candle network computes (differential test
 //! through real ONNX Runtime), including the im2col convolutions and batch-norm statistics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use ndarray::{ArrayD, IxDyn};
