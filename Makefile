@@ -103,7 +103,6 @@ bench-eval: build-release venv models
 	$(PY) scripts/bench_eval.py --tamp $(TAMP_RELEASE) --model $(FMNIST_REF)/model.onnx --data $(FMNIST_REF)/eval.npz
 
 lint:
-	cargo fmt --check 2>/dev/null || true
 	cargo clippy --workspace --all-targets -- -D warnings
 
 clean:
