@@ -38,7 +38,7 @@ struct Inspection {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let model = Model::load(&args.model)?;
+    let (model, file) = Model::load_with_info(&args.model)?;
     let stats = tamp_onnx::graph::stats(model.graph());
     let (inputs, outputs, runtime_error) = match Session::from_file(&args.model, &SessionConfig::default()) {
         Ok(s) => (s.inputs, s.outputs, None),
@@ -47,7 +47,7 @@ pub fn run(args: &Args) -> Result<()> {
     let known = ["", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"];
     let unknown_domain_ops = stats.ops.keys().filter(|k| k.split_once("::").is_some_and(|(d, _)| !known.contains(&d))).cloned().collect();
     let info = Inspection {
-        size_bytes: tamp_engine::eval::model_size(&args.model)?,
+        size_bytes: file.size_bytes,
         path: args.model.clone(),
         ir_version: model.proto.ir_version.unwrap_or(0),
         producer: format!("{} {}", model.proto.producer_name.clone().unwrap_or_default(), model.proto.producer_version.clone().unwrap_or_default()).trim().to_owned(),

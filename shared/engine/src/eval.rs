@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, ArrayView2, Ix2};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tamp_onnx::{Model, TensorValue};
 
 use crate::dataset::{Dataset, Labels, batches};
@@ -102,14 +101,6 @@ pub struct EvalReport {
 /// Progress reported while metrics stream.
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// sha256 of a file, streamed.
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| EngineError::io(path, e))?;
-    Ok(hex::encode(h.finalize()))
-}
-
 /// Flattens an output to rows × features as f32.
 pub fn as_rows(v: &TensorValue) -> Result<Array2<f32>> {
     let f = match v {
@@ -138,7 +129,7 @@ pub fn evaluate(
     keep_outputs: Option<&mut Vec<Array2<f32>>>,
     progress: Progress<'_>,
 ) -> Result<EvalReport> {
-    let model = Model::load(model_path)?;
+    let (model, file) = Model::load_with_info(model_path)?;
     let stats = tamp_onnx::graph::stats(model.graph());
     let ort = runtime::runtime_info()?.clone();
     let rss_before = perf::rss_mb();
@@ -207,14 +198,13 @@ pub fn evaluate(
     let throughput = perf::throughput(&mut session, data, &cfg.throughput_batches, cfg.throughput_runs)?;
     let peak = perf::peak_rss_mb();
     drop(session);
-    let size_bytes = model_size(model_path)?;
     Ok(EvalReport {
         tamp_version: crate::TAMP_VERSION.to_owned(),
         onnxruntime: ort,
         model: ModelInfo {
             path: model_path.to_owned(),
-            sha256: file_sha256(model_path)?,
-            size_bytes,
+            sha256: file.sha256,
+            size_bytes: file.size_bytes,
             params: stats.params,
             opsets: model.proto.opset_import.iter().map(|o| (o.domain.clone().unwrap_or_default(), o.version.unwrap_or(0))).collect(),
         },
@@ -230,15 +220,6 @@ pub fn evaluate(
         cpu: cpu_info(),
         session: cfg.session.clone(),
     })
-}
-
-/// Size on disk of a model with its external data files.
-pub fn model_size(path: &Path) -> Result<u64> {
-    let mut size = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?.len();
-    for f in tamp_onnx::model::external_files(path)? {
-        size += std::fs::metadata(&f).map_err(|e| EngineError::io(&f, e))?.len();
-    }
-    Ok(size)
 }
 
 /// CPU model, core count and the SIMD features that decide kernel choice.

@@ -196,6 +196,9 @@ impl Metric for RocAuc {
     fn finish(&self) -> Result<f64> {
         let width = self.scores.first().map_or(0, Vec::len);
         let err = |m: &str| EngineError::Metric { metric: "roc_auc".into(), message: m.into() };
+        if width == 0 {
+            return Err(err("needs at least one output column and one row"));
+        }
         if width <= 2 {
             let s: Vec<f32> = self.scores.iter().map(|r| if width == 1 { r[0] } else { r[1] - r[0] }).collect();
             let pos: Vec<bool> = self.labels.iter().map(|&l| l == 1).collect();

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tamp_onnx::TensorValue;
 
-use crate::dataset::{Dataset, select_rows};
+use crate::dataset::Dataset;
 use crate::error::Result;
 use crate::runtime::Session;
 
@@ -98,7 +98,7 @@ pub fn throughput(session: &mut Session, data: &Dataset, batch_sizes: &[usize], 
             continue;
         }
         let idx: Vec<usize> = (0..b).map(|i| i % data.rows).collect();
-        let batch: BTreeMap<String, TensorValue> = data.inputs.iter().map(|(k, v)| (k.clone(), select_rows(v, &idx))).collect();
+        let batch = data.select(&idx);
         let inputs = run_inputs(&batch);
         session.run(&inputs)?;
         session.run(&inputs)?;

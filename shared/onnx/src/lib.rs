@@ -18,6 +18,6 @@ pub mod proto {
 
 pub use error::OnnxError;
 pub use graph::GraphView;
-pub use model::{ExternalData, Model, SaveOptions};
+pub use model::{ExternalData, FileInfo, Model, SaveOptions};
 pub use patch::{Pass, Patch, PatchError};
 pub use tensor::{Element, TensorValue};

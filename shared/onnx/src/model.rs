@@ -37,6 +37,16 @@ pub enum ExternalData {
     Always { location: String, threshold: usize },
 }
 
+/// A model file as it lies on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// sha256 of the `.onnx` file itself.
+    pub sha256: String,
+    /// The `.onnx` file plus its external data files.
+    pub size_bytes: u64,
+    pub external_files: Vec<PathBuf>,
+}
+
 /// Options for [`Model::save`].
 #[derive(Debug, Clone, Default)]
 pub struct SaveOptions {
@@ -54,12 +64,33 @@ impl Model {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| OnnxError::io(path, e))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_bytes(&bytes, Some(base), path)
+        Ok(Self::decode(&bytes, Some(base), path)?.0)
+    }
+
+    /// Like [`Model::load`], also describing the files on disk (hash, size, external files)
+    /// from the same single read.
+    pub fn load_with_info(path: impl AsRef<Path>) -> Result<(Self, FileInfo), OnnxError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| OnnxError::io(path, e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let (model, locations) = Self::decode(&bytes, Some(base), path)?;
+        let external_files: Vec<PathBuf> = locations.into_iter().map(|l| base.join(l)).collect();
+        let mut size_bytes = bytes.len() as u64;
+        for f in &external_files {
+            size_bytes += std::fs::metadata(f).map_err(|e| OnnxError::io(f, e))?.len();
+        }
+        let info = FileInfo { sha256: hex::encode(Sha256::digest(&bytes)), size_bytes, external_files };
+        Ok((model, info))
     }
 
     /// Decodes a model from bytes; `base_dir` resolves external data (None forbids it).
     /// `origin` names the source in error messages.
     pub fn from_bytes(bytes: &[u8], base_dir: Option<&Path>, origin: &Path) -> Result<Self, OnnxError> {
+        Ok(Self::decode(bytes, base_dir, origin)?.0)
+    }
+
+    /// Decodes and resolves external data; also returns the external locations read.
+    fn decode(bytes: &[u8], base_dir: Option<&Path>, origin: &Path) -> Result<(Self, Vec<String>), OnnxError> {
         let proto = ModelProto::decode(bytes)
             .map_err(|source| OnnxError::Decode { path: origin.to_owned(), source })?;
         let invalid = |reason: &str| OnnxError::Invalid { path: origin.to_owned(), reason: reason.to_owned() };
@@ -81,7 +112,9 @@ impl Model {
             }
         });
         result?;
-        Ok(model)
+        let mut locations: Vec<String> = reader.files.into_keys().collect();
+        locations.sort();
+        Ok((model, locations))
     }
 
     /// The main graph.
@@ -168,9 +201,11 @@ impl Model {
                 result?;
                 out.flush().map_err(|e| OnnxError::io(&tmp_data, e))?;
                 drop(out);
-                let bytes = copy.to_bytes()?;
+                // Both temp files are complete before either replaces an existing file.
+                let tmp_model = tmp_path(path);
+                std::fs::write(&tmp_model, copy.to_bytes()?).map_err(|e| OnnxError::io(&tmp_model, e))?;
                 std::fs::rename(&tmp_data, &data_path).map_err(|e| OnnxError::io(&data_path, e))?;
-                atomic_write(path, &bytes)
+                std::fs::rename(&tmp_model, path).map_err(|e| OnnxError::io(path, e))
             }
         }
     }
@@ -293,18 +328,3 @@ impl ExternalReader {
     }
 }
 
-/// The external data files a model file refers to (resolved against its folder), without
-/// loading them.
-pub fn external_files(path: &Path) -> Result<Vec<PathBuf>, OnnxError> {
-    let bytes = std::fs::read(path).map_err(|e| OnnxError::io(path, e))?;
-    let proto = ModelProto::decode(bytes.as_slice()).map_err(|source| OnnxError::Decode { path: path.to_owned(), source })?;
-    let mut model = Model { proto };
-    let mut locations = std::collections::BTreeSet::new();
-    model.for_each_tensor_mut(&mut |t| {
-        if t.data_location == Some(1) {
-            locations.extend(t.external_data.iter().filter(|e| e.key.as_deref() == Some("location")).filter_map(|e| e.value.clone()));
-        }
-    });
-    let dir = path.parent().unwrap_or(Path::new("."));
-    Ok(locations.into_iter().map(|l| dir.join(l)).collect())
-}

@@ -59,8 +59,10 @@ fn external_data_round_trips_and_is_confined_to_the_model_folder() {
     assert!(dir.path().join("ext.onnx.data").metadata().unwrap().len() >= 8 * 8 * 4);
     let inline = m.to_bytes().unwrap().len() as u64;
     assert!(std::fs::metadata(&path).unwrap().len() + 100 < inline, "weights must have left the model file");
-    assert_eq!(tamp_onnx::model::external_files(&path).unwrap(), vec![dir.path().join("ext.onnx.data")]);
-    assert_eq!(Model::load(&path).unwrap(), m);
+    let (loaded, info) = Model::load_with_info(&path).unwrap();
+    assert_eq!(info.external_files, vec![dir.path().join("ext.onnx.data")]);
+    assert_eq!(info.size_bytes, std::fs::metadata(&path).unwrap().len() + std::fs::metadata(dir.path().join("ext.onnx.data")).unwrap().len());
+    assert_eq!(loaded, m);
 
     let bad = SaveOptions { external_data: ExternalData::Always { location: "../escape.data".into(), threshold: 0 } };
     assert!(m.save(dir.path().join("bad.onnx"), &bad).unwrap_err().to_string().contains("inside the model's folder"));
