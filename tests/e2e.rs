@@ -25,11 +25,13 @@ fn python() -> PathBuf {
     py
 }
 
-/// Reference models present on this machine: (name, model, eval set, metric output or None).
+/// Every reference model under `models/` (the three `make models` builds must be there): (name, model, eval set).
 fn reference_models() -> Vec<(String, PathBuf, PathBuf)> {
     let dir = root().join("models");
-    let fmnist = dir.join("fmnist-resnet8");
-    assert!(fmnist.join("model.onnx").exists(), "reference CNN missing in {}; run `make models`", fmnist.display());
+    for name in ["fmnist-resnet8", "efficientnet-lite0", "all-minilm-l6-v2"] {
+        let m = dir.join(name).join("model.onnx");
+        assert!(m.exists(), "reference model {} missing; run `make models`", m.display());
+    }
     let mut found = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
         let p = entry.path();
