@@ -3,6 +3,7 @@
 
 mod eval;
 mod inspect;
+mod quantize;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Evaluate a model on a dataset: task metrics, latency, throughput, memory, size.
     Eval(eval::Args),
+    /// Static int8 post-training quantization (QDQ) with activation calibration.
+    Quantize(quantize::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(&a),
         Command::Eval(a) => eval::run(&a),
+        Command::Quantize(a) => quantize::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

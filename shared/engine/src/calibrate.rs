@@ -128,7 +128,8 @@ impl ValueStats {
         Ok(match method {
             Method::MinMax => Range { min: self.min, max: self.max },
             Method::Percentile { percentile } => sym(percentile_threshold(hist()?, percentile)),
-            Method::Entropy => sym(entropy_threshold(hist()?, 128)),
+            // uint8 spends all 256 levels on [0, t] for non-negative values, 128 per side otherwise.
+            Method::Entropy => sym(entropy_threshold(hist()?, if self.min >= 0.0 { 256 } else { 128 })),
             Method::Mse => sym(mse_threshold(hist()?, 127.5)),
         })
     }
@@ -154,9 +155,14 @@ pub fn percentile_threshold(h: &Histogram, percentile: f64) -> f32 {
 
 /// TensorRT's entropy calibration: for each candidate threshold bin i ≥ `levels`, clip the
 /// |x| histogram at i (outliers folded into the last bin), quantise it to `levels` bins and
-/// expand back; pick the i with the smallest KL(P‖Q).
+/// expand back; pick the i with the smallest KL(P‖Q). The zero bin is flattened to its
+/// neighbour first, as NVIDIA's reference implementation does: after a ReLU it holds half the
+/// mass, and smoothing it would otherwise dominate KL and always pick the smallest clip.
 pub fn entropy_threshold(h: &Histogram, levels: usize) -> f32 {
-    let abs: Vec<f64> = h.abs_bins().into_iter().map(|c| c as f64).collect();
+    let mut abs: Vec<f64> = h.abs_bins().into_iter().map(|c| c as f64).collect();
+    if abs.len() > 1 {
+        abs[0] = abs[1];
+    }
     let n = abs.len();
     if n <= levels {
         return h.range;
@@ -332,6 +338,17 @@ mod tests {
         }
         let kl = entropy_threshold(&h, 128);
         assert!(kl > 2.5 && kl < 20.0, "KL threshold {kl} should sit between the bulk and the outliers");
+    }
+
+    #[test]
+    fn entropy_is_not_fooled_by_the_zero_spike_after_relu6() {
+        // Half exact zeros, the rest ReLU6 of a wide Gaussian: the bulk spans the whole [0, 6].
+        let mut v: Vec<f32> = gaussian(100_000, 4).into_iter().map(|x| (x * 3.0).clamp(0.0, 6.0)).collect();
+        v.extend(std::iter::repeat_n(0.0f32, 50_000));
+        let mut h = Histogram::new(2048);
+        h.add(v.iter().copied());
+        let t = entropy_threshold(&h, 256);
+        assert!(t > 4.0, "threshold {t} clips most of a dense [0, 6] range");
     }
 
     #[test]

@@ -9,7 +9,9 @@ pub mod dataset;
 pub mod error;
 pub mod eval;
 pub mod metrics;
+pub mod passes;
 pub mod perf;
+pub mod ptq;
 pub mod runtime;
 
 pub use dataset::Dataset;

@@ -258,3 +258,18 @@ pub fn sort_nodes(g: &mut GraphProto) -> Result<(), OnnxError> {
     g.node = order.into_iter().filter_map(|i| old[i].take()).collect();
     Ok(())
 }
+
+/// An attribute of a node by name.
+pub fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
+    node.attribute.iter().find(|a| a.name.as_deref() == Some(name))
+}
+
+/// An integer attribute, or `default`.
+pub fn attr_int(node: &NodeProto, name: &str, default: i64) -> i64 {
+    attr(node, name).and_then(|a| a.i).unwrap_or(default)
+}
+
+/// A float attribute, or `default`.
+pub fn attr_float(node: &NodeProto, name: &str, default: f32) -> f32 {
+    attr(node, name).and_then(|a| a.f).unwrap_or(default)
+}

@@ -100,6 +100,19 @@ impl Patch {
         }
         g.output.extend(self.add_outputs.iter().cloned());
         g.value_info.extend(self.add_value_info.iter().cloned());
+        // Drop initializers nothing reads any more (those that are also graph inputs stay:
+        // they are overridable inputs), then value infos of values that no longer exist.
+        let mut read: HashSet<String> = g.output.iter().filter_map(|o| o.name.clone()).collect();
+        for n in &g.node {
+            read.extend(n.input.iter().cloned());
+            for a in &n.attribute {
+                for sub in crate::graph::subgraphs(a) {
+                    read.extend(crate::graph::free_values(sub).into_iter().map(str::to_owned));
+                }
+            }
+        }
+        let inputs: HashSet<String> = g.input.iter().filter_map(|i| i.name.clone()).collect();
+        g.initializer.retain(|t| t.name.as_ref().is_some_and(|n| read.contains(n) || inputs.contains(n)));
         // Drop value infos of values that no longer exist, so shapes never go stale.
         let live: HashSet<String> = g.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
         g.value_info.retain(|v| v.name.as_ref().is_some_and(|n| live.contains(n)));

@@ -1,0 +1,91 @@
+//! `tamp quantize`: static int8 PTQ (QDQ) of one model with one calibration set.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use tamp_engine::Dataset;
+use tamp_engine::calibrate::Method;
+use tamp_engine::passes::QuantizeConfig;
+use tamp_engine::ptq::{PtqConfig, quantize_static};
+use tamp_onnx::{Model, SaveOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The fp32 .onnx file.
+    model: PathBuf,
+    /// Calibration .npz (arrays named after the model inputs).
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to write the int8 model.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "minmax")]
+    method: CliMethod,
+    /// Percentile of |x| for --method percentile.
+    #[arg(long, default_value_t = 99.99)]
+    percentile: f64,
+    /// Calibration rows (seeded sample).
+    #[arg(long, default_value_t = 256)]
+    samples: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// One weight scale per tensor instead of per output channel.
+    #[arg(long)]
+    per_tensor: bool,
+    /// Keep BatchNormalization nodes instead of folding them into the layer before.
+    #[arg(long)]
+    no_fold_bn: bool,
+    /// Also write the run's report (ranges, counts) as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CliMethod {
+    Minmax,
+    Percentile,
+    Entropy,
+    Mse,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let model = Model::load(&args.model)?;
+    let data = Dataset::load(&args.data)?;
+    let cfg = PtqConfig {
+        method: match args.method {
+            CliMethod::Minmax => Method::MinMax,
+            CliMethod::Percentile => Method::Percentile { percentile: args.percentile },
+            CliMethod::Entropy => Method::Entropy,
+            CliMethod::Mse => Method::Mse,
+        },
+        samples: args.samples,
+        seed: args.seed,
+        fold_batch_norm: !args.no_fold_bn,
+        quantize: QuantizeConfig { per_channel: !args.per_tensor },
+        ..PtqConfig::default()
+    };
+    let (quantized, report) = quantize_static(&model, &data, &cfg)?;
+    quantized.save(&args.out, &SaveOptions::default())?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    let before = std::fs::metadata(&args.model)?.len();
+    let after = std::fs::metadata(&args.out)?.len();
+    println!(
+        "{} -> {}: {} calibration rows ({:?}), {} batch norms folded, {} activations and {} weights quantized, {} -> {} ({:.2}x smaller)",
+        args.model.display(),
+        args.out.display(),
+        report.calibration_rows,
+        report.method,
+        report.folded_batch_norms,
+        report.quantized_activations,
+        report.quantized_weights,
+        crate::eval::human_bytes(before),
+        crate::eval::human_bytes(after),
+        before as f64 / after.max(1) as f64
+    );
+    if !report.float_ops.is_empty() {
+        println!("left in float: {:?}", report.float_ops);
+    }
+    Ok(())
+}

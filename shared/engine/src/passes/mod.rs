@@ -1,0 +1,9 @@
+//! Graph passes. Each takes `&Model`, returns a `Patch` (see `tamp_onnx::patch`), never
+//! mutates its input and never writes files; the driver applies and checks the patch.
+//! Adding a pass: its own file, one line here, its tests.
+
+pub mod fold_bn;
+pub mod quantize;
+
+pub use fold_bn::FoldBatchNorm;
+pub use quantize::{QuantizeConfig, QuantizeQdq};

@@ -1,0 +1,253 @@
+//! Static int8 quantization as QDQ, laid out the way ONNX Runtime's optimizer fuses it into
+//! integer kernels (QLinearConv, QGemm/MatMulInteger, QLinearAdd, QLinearGlobalAveragePool):
+//! - activations: one QuantizeLinear/DequantizeLinear pair (uint8, asymmetric) per float
+//!   value that flows between quantizable ops, shared by all of them; a value whose only
+//!   readers are Relu/Clip gets none — the pair goes after the activation, which ORT then
+//!   absorbs (its zero point is the clip floor);
+//! - weights: int8 symmetric, per output channel (or per tensor), stored quantized with a
+//!   DequantizeLinear; biases int32 at scale s_x·s_w so the integer kernel can take them;
+//! - graph outputs and everything outside [`QUANTIZABLE`] stay float.
+//!
+//! [`plan`] lists the activation values to calibrate; [`QuantizeQdq`] turns ranges into a patch.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use serde::{Deserialize, Serialize};
+use tamp_onnx::builder::{Attr, attribute};
+use tamp_onnx::graph::attr_int;
+use tamp_onnx::proto::NodeProto;
+use tamp_onnx::proto::tensor_proto::DataType;
+use tamp_onnx::tensor::{from_array, to_array};
+use tamp_onnx::{GraphView, Model, OnnxError, Pass, Patch};
+
+use crate::calibrate::Range;
+
+/// Ops whose float inputs and outputs are carried in int8 between Q/DQ pairs.
+pub const QUANTIZABLE: &[&str] = &[
+    "Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool", "MaxPool", "Relu", "Clip", "Flatten", "Reshape", "Transpose", "Concat",
+];
+/// Ops with weights quantized per channel, and the activations ORT folds into them.
+const WEIGHTED: &[&str] = &["Conv", "Gemm", "MatMul"];
+const ABSORBED: &[&str] = &["Relu", "Clip"];
+
+/// How to quantize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuantizeConfig {
+    /// Per-output-channel weight scales (else one per tensor).
+    pub per_channel: bool,
+}
+
+impl Default for QuantizeConfig {
+    fn default() -> Self {
+        Self { per_channel: true }
+    }
+}
+
+fn op(n: &NodeProto) -> &str {
+    n.op_type.as_deref().unwrap_or("")
+}
+
+fn is_weight_slot(view: &GraphView<'_>, node: &NodeProto, slot: usize) -> bool {
+    WEIGHTED.contains(&op(node)) && slot >= 1 && node.input.get(slot).is_some_and(|v| view.constant(v).is_some())
+}
+
+/// The float activation values to calibrate and wrap in Q/DQ, in graph order.
+pub fn plan(model: &Model) -> Result<Vec<String>, OnnxError> {
+    let g = model.graph();
+    let opset = model.opset("").unwrap_or(0);
+    if opset < 13 {
+        return Err(OnnxError::Graph(format!("the model imports opset {opset}; per-axis QuantizeLinear needs 13 or later (re-export at opset ≥ 13)")));
+    }
+    let view = GraphView::new(g);
+    let outputs: HashSet<&str> = g.output.iter().filter_map(|o| o.name.as_deref()).collect();
+    let float_inputs: Vec<&str> = g
+        .input
+        .iter()
+        .filter(|i| {
+            matches!(i.r#type.as_ref().and_then(|t| t.value.as_ref()), Some(tamp_onnx::proto::type_proto::Value::TensorType(t)) if t.elem_type == Some(DataType::Float as i32))
+        })
+        .filter_map(|i| i.name.as_deref())
+        .collect();
+    let candidates = float_inputs.into_iter().chain(
+        view.topological_order()?.into_iter().map(|i| &g.node[i]).filter(|n| QUANTIZABLE.contains(&op(n))).flat_map(|n| n.output.iter().map(String::as_str)),
+    );
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for v in candidates {
+        if v.is_empty() || outputs.contains(v) || view.initializer(v).is_some() || !seen.insert(v) {
+            continue;
+        }
+        let readers: Vec<&NodeProto> = view.consumers(v).iter().map(|&c| &g.node[c]).collect();
+        let quantized_readers = readers.iter().filter(|n| QUANTIZABLE.contains(&op(n)) && n.input.iter().enumerate().any(|(s, i)| i == v && !is_weight_slot(&view, n, s))).count();
+        if quantized_readers == 0 {
+            continue;
+        }
+        let producer = view.producer(v).map(|p| op(&g.node[p]));
+        let absorbed = producer.is_some_and(|p| WEIGHTED.contains(&p) || p == "Add") && readers.iter().all(|n| ABSORBED.contains(&op(n)));
+        if !absorbed {
+            out.push(v.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// uint8 asymmetric parameters covering `r` (and zero, so zero is exact).
+pub fn activation_params(r: Range) -> (f32, u8) {
+    let (lo, hi) = (r.min.min(0.0), r.max.max(0.0));
+    let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+    let zp = (-lo / scale).round().clamp(0.0, 255.0) as u8;
+    (scale, zp)
+}
+
+/// int8 symmetric quantization of `w` along `axis` (None: per tensor): (values, scales).
+pub fn quantize_weight(w: &ArrayD<f32>, axis: Option<usize>) -> (ArrayD<i8>, Vec<f32>) {
+    let scale_of = |amax: f32| if amax > 0.0 { amax / 127.0 } else { 1.0 };
+    match axis {
+        None => {
+            let s = scale_of(w.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+            (w.mapv(|v| (v / s).round().clamp(-127.0, 127.0) as i8), vec![s])
+        }
+        Some(ax) => {
+            let scales: Vec<f32> = w.axis_iter(Axis(ax)).map(|c| scale_of(c.iter().fold(0.0f32, |m, v| m.max(v.abs())))).collect();
+            let mut q = ArrayD::<i8>::zeros(w.raw_dim());
+            for (c, (src, mut dst)) in w.axis_iter(Axis(ax)).zip(q.axis_iter_mut(Axis(ax))).enumerate() {
+                dst.zip_mut_with(&src, |d, &v| *d = (v / scales[c]).round().clamp(-127.0, 127.0) as i8);
+            }
+            (q, scales)
+        }
+    }
+}
+
+/// The QDQ pass over calibrated ranges (from [`plan`] values).
+#[derive(Debug, Clone)]
+pub struct QuantizeQdq {
+    pub config: QuantizeConfig,
+    pub ranges: BTreeMap<String, Range>,
+}
+
+fn scalar_f32(name: &str, v: f32) -> tamp_onnx::proto::TensorProto {
+    from_array(name, &ArrayD::from_elem(IxDyn(&[]), v))
+}
+
+fn node(op_type: &str, name: String, inputs: Vec<String>, output: String, attrs: Vec<tamp_onnx::proto::AttributeProto>) -> NodeProto {
+    NodeProto { op_type: Some(op_type.into()), name: Some(name), input: inputs, output: vec![output], attribute: attrs, ..Default::default() }
+}
+
+impl Pass for QuantizeQdq {
+    fn name(&self) -> &str {
+        "quantize-qdq"
+    }
+
+    fn run(&self, model: &Model) -> Result<Option<Patch>, OnnxError> {
+        let g = model.graph();
+        if g.node.iter().any(|n| op(n) == "QuantizeLinear") {
+            return Ok(None); // already quantized: the pass is one-shot
+        }
+        let view = GraphView::new(g);
+        let mut patch = Patch::default();
+        // Activation Q/DQ pairs.
+        let mut act_scale: HashMap<&str, f32> = HashMap::new();
+        for (v, r) in &self.ranges {
+            if view.producer(v).is_none() && !g.input.iter().any(|i| i.name.as_deref() == Some(v.as_str())) {
+                return Err(OnnxError::Graph(format!("calibrated value '{v}' is not in the graph")));
+            }
+            let (scale, zp) = activation_params(*r);
+            let (s, z, q, dq) = (format!("{v}_scale"), format!("{v}_zero_point"), format!("{v}_quantized"), format!("{v}_dequantized"));
+            patch.add_initializers.push(scalar_f32(&s, scale));
+            patch.add_initializers.push(from_array(&z, &ArrayD::from_elem(IxDyn(&[]), zp)));
+            patch.add_nodes.push(node("QuantizeLinear", format!("{v}_QuantizeLinear"), vec![v.clone(), s.clone(), z.clone()], q.clone(), vec![]));
+            patch.add_nodes.push(node("DequantizeLinear", format!("{v}_DequantizeLinear"), vec![q, s, z], dq.clone(), vec![]));
+            for &c in view.consumers(v) {
+                let n = &g.node[c];
+                if !QUANTIZABLE.contains(&op(n)) {
+                    continue;
+                }
+                for (slot, input) in n.input.iter().enumerate() {
+                    if input == v && !is_weight_slot(&view, n, slot) {
+                        patch.rewire.push((c, slot, dq.clone()));
+                    }
+                }
+            }
+            act_scale.insert(v.as_str(), scale);
+        }
+        // Weights (and biases) of layers whose activation input is quantized.
+        let mut done: HashSet<String> = HashSet::new();
+        for (i, n) in g.node.iter().enumerate() {
+            let kind = op(n);
+            if !WEIGHTED.contains(&kind) || !is_weight_slot(&view, n, 1) {
+                continue;
+            }
+            let Some(&sx) = n.input.first().and_then(|x| act_scale.get(x.as_str())) else { continue };
+            let wname = &n.input[1];
+            let Some(w) = view.constant(wname).and_then(|t| to_array::<f32>(t).ok()) else { continue };
+            let axis = match kind {
+                "Conv" => 0,
+                "Gemm" if attr_int(n, "transB", 0) == 1 => 0,
+                _ => w.ndim().saturating_sub(1),
+            };
+            let (q, scales) = quantize_weight(&w, self.config.per_channel.then_some(axis));
+            let key = format!("{wname}#{i}");
+            let (wq, ws, wz, wdq) = (format!("{key}_quantized"), format!("{key}_scale"), format!("{key}_zero_point"), format!("{key}_dequantized"));
+            if !done.insert(key.clone()) {
+                continue;
+            }
+            let scale_shape: Vec<usize> = if scales.len() == 1 { vec![] } else { vec![scales.len()] };
+            let scale_arr = ArrayD::from_shape_vec(IxDyn(&scale_shape), scales.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?;
+            patch.add_initializers.push(from_array(&wq, &q));
+            patch.add_initializers.push(from_array(&ws, &scale_arr));
+            patch.add_initializers.push(from_array(&wz, &ArrayD::<i8>::zeros(scale_arr.raw_dim())));
+            let axis_attr = if scales.len() > 1 { vec![attribute("axis", Attr::Int(axis as i64))] } else { vec![] };
+            patch.add_nodes.push(node("DequantizeLinear", format!("{key}_DequantizeLinear"), vec![wq, ws, wz], wdq.clone(), axis_attr));
+            patch.rewire.push((i, 1, wdq));
+            // Bias: int32 at s_x·s_w[c], zero point 0, so ORT's integer kernel consumes it.
+            let bias_slot = 2;
+            let bias = n.input.get(bias_slot).filter(|b| !b.is_empty()).and_then(|b| view.constant(b)).and_then(|t| to_array::<f32>(t).ok());
+            if let Some(b) = bias.filter(|b| b.ndim() == 1 && (scales.len() == 1 || b.len() == scales.len()) && kind != "MatMul") {
+                let bs: Vec<f32> = (0..b.len()).map(|c| sx * scales[if scales.len() == 1 { 0 } else { c }]).collect();
+                let bq = ArrayD::from_shape_fn(IxDyn(&[b.len()]), |ix| (b[ix[0]] / bs[ix[0]]).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32);
+                let (bqn, bsn, bzn, bdq) = (format!("{key}_bias_quantized"), format!("{key}_bias_scale"), format!("{key}_bias_zero_point"), format!("{key}_bias_dequantized"));
+                patch.add_initializers.push(from_array(&bqn, &bq));
+                patch.add_initializers.push(from_array(&bsn, &ArrayD::from_shape_vec(IxDyn(&[bs.len()]), bs).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                patch.add_initializers.push(from_array(&bzn, &ArrayD::<i32>::zeros(IxDyn(&[b.len()]))));
+                patch.add_nodes.push(node("DequantizeLinear", format!("{key}_bias_DequantizeLinear"), vec![bqn, bsn, bzn], bdq.clone(), vec![attribute("axis", Attr::Int(0))]));
+                patch.rewire.push((i, bias_slot, bdq));
+            }
+        }
+        Ok((!patch.is_empty()).then_some(patch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Dequantized weights are within half a step of the originals, per channel.
+        #[test]
+        fn weight_round_trip_error_is_half_a_step(values in proptest::collection::vec(-4.0f32..4.0, 12)) {
+            let w = ArrayD::from_shape_vec(IxDyn(&[3, 4]), values).unwrap();
+            let (q, scales) = quantize_weight(&w, Some(0));
+            for ((r, c), &v) in w.clone().into_dimensionality::<ndarray::Ix2>().unwrap().indexed_iter() {
+                let back = f32::from(q[[r, c]]) * scales[r];
+                prop_assert!((back - v).abs() <= scales[r] / 2.0 + 1e-6);
+            }
+        }
+
+        /// Zero is exactly representable and the range is covered.
+        #[test]
+        fn activation_params_cover_the_range(lo in -10.0f32..0.0, hi in 0.0f32..10.0) {
+            let (scale, zp) = activation_params(Range { min: lo, max: hi });
+            prop_assert!(scale > 0.0);
+            prop_assert!((f32::from(zp) * scale + lo).abs() <= scale);
+            prop_assert!((255.0 - f32::from(zp)) * scale >= hi - scale);
+        }
+    }
+
+    #[test]
+    fn relu_outputs_get_zero_point_zero() {
+        assert_eq!(activation_params(Range { min: 0.0, max: 6.0 }).1, 0);
+    }
+}

@@ -1,0 +1,90 @@
+//! Static post-training quantization, end to end: fold batch norms, plan which activations
+//! to quantize, calibrate them in one streaming pass, and apply the QDQ pass. Deterministic:
+//! the same model, data, seed and config give a byte-identical model.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tamp_onnx::Model;
+use tamp_onnx::patch::run_to_fixpoint;
+
+use crate::calibrate::{Method, Range, StatRequest, collect};
+use crate::dataset::Dataset;
+use crate::error::{EngineError, Result};
+use crate::passes::{FoldBatchNorm, QuantizeConfig, QuantizeQdq, quantize};
+use crate::runtime::SessionConfig;
+
+/// Everything a static PTQ run needs besides the model and data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PtqConfig {
+    pub method: Method,
+    /// Calibration rows, drawn with `seed` (all rows when the set is smaller).
+    pub samples: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    /// Histogram bins for percentile/entropy/MSE.
+    pub bins: usize,
+    pub fold_batch_norm: bool,
+    pub quantize: QuantizeConfig,
+    pub session: SessionConfig,
+}
+
+impl Default for PtqConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::MinMax,
+            samples: 256,
+            seed: 0,
+            batch_size: 32,
+            bins: 2048,
+            fold_batch_norm: true,
+            quantize: QuantizeConfig::default(),
+            session: SessionConfig { intra_threads: 1, ..SessionConfig::default() },
+        }
+    }
+}
+
+/// What a PTQ run did, for reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PtqReport {
+    pub method: Method,
+    pub calibration_rows: usize,
+    pub folded_batch_norms: usize,
+    pub quantized_activations: usize,
+    pub quantized_weights: usize,
+    /// Ops left in float, by type (count).
+    pub float_ops: BTreeMap<String, usize>,
+    pub ranges: BTreeMap<String, Range>,
+}
+
+fn count(model: &Model, op: &str) -> usize {
+    model.graph().node.iter().filter(|n| n.op_type.as_deref() == Some(op)).count()
+}
+
+/// Quantizes `model` with calibration rows from `data`.
+pub fn quantize_static(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<(Model, PtqReport)> {
+    let patch_err = |e: tamp_onnx::PatchError| EngineError::Config(e.to_string());
+    let folded = if cfg.fold_batch_norm { run_to_fixpoint(model, &[&FoldBatchNorm], 4).map_err(patch_err)? } else { model.clone() };
+    let folded_batch_norms = count(model, "BatchNormalization") - count(&folded, "BatchNormalization");
+    let values = quantize::plan(&folded)?;
+    if values.is_empty() {
+        return Err(EngineError::Config("nothing to quantize: the model has no float activations between quantizable ops".into()));
+    }
+    let requests: Vec<StatRequest> = values.iter().map(|v| StatRequest { value: v.clone(), method: cfg.method }).collect();
+    let indices = data.sample(cfg.samples, cfg.seed);
+    let stats = collect(&folded, data, &indices, &requests, cfg.batch_size, cfg.bins, &cfg.session)?;
+    let ranges = stats.iter().map(|(k, s)| Ok((k.clone(), s.range(cfg.method)?))).collect::<Result<BTreeMap<_, _>>>()?;
+    let pass = QuantizeQdq { config: cfg.quantize, ranges: ranges.clone() };
+    let quantized = run_to_fixpoint(&folded, &[&pass], 2).map_err(patch_err)?;
+    let quantized_weights = quantized.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("DequantizeLinear") && n.name.as_deref().is_some_and(|x| x.contains('#') && !x.contains("_bias_"))).count();
+    let mut float_ops = BTreeMap::new();
+    for n in &quantized.graph().node {
+        let op = n.op_type.as_deref().unwrap_or("");
+        if !quantize::QUANTIZABLE.contains(&op) && op != "QuantizeLinear" && op != "DequantizeLinear" {
+            *float_ops.entry(op.to_owned()).or_insert(0) += 1;
+        }
+    }
+    let report = PtqReport { method: cfg.method, calibration_rows: indices.len(), folded_batch_norms, quantized_activations: values.len(), quantized_weights, float_ops, ranges };
+    Ok((quantized, report))
+}
