@@ -47,12 +47,13 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: help run test bench bench-eval build build-release ort venv data models lint clean
+.PHONY: help run test bench bench-eval bench-ptq build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then evaluate the reference CNN and write baseline.json"
 	@echo "make test        set everything up, then run every test"
 	@echo "make bench-eval  Tamp's evaluation throughput beside Python onnxruntime's"
+	@echo "make bench-ptq   Tamp's int8 PTQ beside onnxruntime.quantization (metric, latency, size, time, RSS)"
 
 ## --- set-up -----------------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ test: build venv models
 
 ## --- benchmarks -----------------------------------------------------------------------------
 
-bench: bench-eval
+bench: bench-eval bench-ptq
 
 bench-eval: build-release venv models
 	$(PY) scripts/bench_eval.py --tamp $(TAMP_RELEASE) \
@@ -166,6 +167,9 @@ bench-eval: build-release venv models
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+
+bench-ptq: build-release venv models
+	$(PY) scripts/bench_ptq.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --model-dir $(EFFNET_REF)
 
 clean:
 	rm -rf $(DEPS) $(VENV) $(MODELS) baseline.json

@@ -8,7 +8,7 @@ use tamp_onnx::proto::ValueInfoProto;
 use tamp_onnx::proto::tensor_proto::DataType;
 use tamp_onnx::{GraphView, Model, Patch, TensorValue};
 
-use crate::dataset::{Dataset, batches};
+use crate::dataset::Dataset;
 use crate::error::{EngineError, Result};
 use crate::runtime::{Session, SessionConfig};
 
@@ -46,8 +46,17 @@ fn drop_shape(mut t: tamp_onnx::proto::TypeProto) -> tamp_onnx::proto::TypeProto
     t
 }
 
-/// Runs `indices` of `data` through `model` in batches and hands each batch's captured
-/// `values` to `sink` together with the batch's row indices.
+/// Captured tensors of one batch may take at most this much memory; batches shrink to fit.
+pub const MAX_BATCH_BYTES: usize = 128 << 20;
+
+fn byte_len(v: &TensorValue) -> usize {
+    v.shape().iter().product::<usize>() * tamp_onnx::tensor::element_size(v.data_type()).unwrap_or(8)
+}
+
+/// Runs `indices` of `data` through `model` and hands each batch's captured `values` to
+/// `sink` with the batch's row indices. The first batch is one row; it measures what a row's
+/// captured tensors weigh, and later batches hold as many rows (up to `batch_size`) as fit in
+/// [`MAX_BATCH_BYTES`], so memory stays bounded however large the activations are.
 pub fn capture(
     model: &Model,
     data: &Dataset,
@@ -61,11 +70,19 @@ pub fn capture(
     let mut session = Session::from_model(&augmented, cfg)?;
     data.check_against(&session.inputs)?;
     let wanted: HashSet<&str> = values.iter().map(String::as_str).collect();
-    for rows in batches(indices, batch_size) {
+    let mut start = 0;
+    let mut rows_per_batch = 1;
+    while start < indices.len() {
+        let rows = &indices[start..(start + rows_per_batch).min(indices.len())];
         let batch = data.select(rows);
         let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let outputs = session.run(&inputs)?;
         let captured: BTreeMap<String, TensorValue> = outputs.into_iter().filter(|(k, _)| wanted.contains(k.as_str())).collect();
+        if start == 0 {
+            let per_row = captured.values().map(byte_len).sum::<usize>().max(1);
+            rows_per_batch = (MAX_BATCH_BYTES / per_row).clamp(1, batch_size.max(1));
+        }
+        start += rows.len();
         sink(rows, &captured)?;
     }
     Ok(())

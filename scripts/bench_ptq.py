@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""`make bench-ptq`: Tamp's static int8 PTQ beside ONNX Runtime's `quantize_static` (QDQ,
+per-channel int8 weights, uint8 activations, same calibration rows), for each method, on
+each CNN reference model, in one table: metric, P50/P95 latency (batch 1), throughput at
+batch 32 (all measured by `tamp eval` on the same machine, same thread count), size, wall
+time to quantize and peak RSS of the quantizing process. Speed is reported, never asserted.
+ORT's run includes its recommended `quant_pre_process` (BN folding etc.), timed with it.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ORT_SCRIPT = r'''
+import sys, numpy as np
+from onnxruntime.quantization import quantize_static, CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+from onnxruntime.quantization.shape_inference import quant_pre_process
+model, calib, out, method, tmp = sys.argv[1:6]
+data = np.load(calib)
+names = [k for k in data.files if k not in ("labels", "cohort")]
+class Reader(CalibrationDataReader):
+    def __init__(self):
+        self.i, self.n = 0, data[names[0]].shape[0]
+    def get_next(self):
+        if self.i >= self.n:
+            return None
+        feed = {k: data[k][self.i:self.i + 1] for k in names}
+        self.i += 1
+        return feed
+quant_pre_process(model, tmp, skip_symbolic_shape=True)
+quantize_static(tmp, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, method))
+'''
+
+
+def timed(cmd):
+    """(seconds, peak RSS MiB) of one child process."""
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    secs = time.perf_counter() - start
+    err = p.stderr.read().decode()
+    if status != 0:
+        raise SystemExit(f"{cmd[0]} failed: {err[-2000:]}")
+    return secs, usage.ru_maxrss / 1024
+
+
+def evaluate(tamp, model, data, metric, threads):
+    out = subprocess.run([tamp, "eval", model, "--data", data, "--json", "--metric", metric, "--threads", str(threads),
+                          "--runs", "100", "--throughput", "32"], check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout)
+    return r["metrics"][metric], r["latency"]["p50_ms"], r["latency"]["p95_ms"], r["throughput"][0]["samples_per_s"], r["model"]["size_bytes"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tamp", required=True)
+    ap.add_argument("--model-dir", action="append", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    methods = [("minmax", "MinMax"), ("entropy", "Entropy"), ("percentile", "Percentile")]
+    header = f"{'model':<20}{'quantizer':<22}{'top1':>8}{'P50 ms':>9}{'P95 ms':>9}{'b32 /s':>9}{'size':>10}{'quant s':>9}{'RSS MiB':>9}"
+    print(f"threads {a.threads}; calibration = every row of calib.npz; metric on eval.npz\n")
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in a.model_dir:
+            name = d.rstrip("/").split("/")[-1]
+            model, calib, data = f"{d}/model.onnx", f"{d}/calib.npz", f"{d}/eval.npz"
+            rows = int(subprocess.run([sys.executable, "-c", f"import numpy as np; d=np.load('{calib}'); print(d[[k for k in d.files if k!='labels'][0]].shape[0])"],
+                                      check=True, capture_output=True, text=True).stdout)
+            m, p50, p95, tp, size = evaluate(a.tamp, model, data, "top1", a.threads)
+            print(f"{name:<20}{'fp32':<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.0f}{size / 2**20:>9.2f}M{'':>9}{'':>9}")
+            for ours, theirs in methods:
+                for who in ("tamp", "onnxruntime"):
+                    out = f"{tmp}/{name}-{who}-{ours}.onnx"
+                    if who == "tamp":
+                        cmd = [a.tamp, "quantize", model, "--data", calib, "--out", out, "--method", ours, "--samples", str(rows)]
+                    else:
+                        cmd = [sys.executable, "-c", ORT_SCRIPT, model, calib, out, theirs, f"{tmp}/pre.onnx"]
+                    secs, rss = timed(cmd)
+                    m, p50, p95, tp, size = evaluate(a.tamp, out, data, "top1", a.threads)
+                    print(f"{'':<20}{who + ' ' + ours:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.0f}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
+    print("\ntop1: fmnist = accuracy on the labelled test set; efficientnet = agreement with fp32 top-1.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
