@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tamp_onnx::Model;
+use tamp_onnx::{Model, Pass};
 use tamp_onnx::patch::run_to_fixpoint;
 
 use crate::calibrate::{Method, Range, StatRequest, collect};
@@ -76,8 +76,8 @@ pub fn quantize_static(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result
     let stats = collect(&folded, data, &indices, &requests, cfg.batch_size, cfg.bins, &cfg.session)?;
     let ranges = stats.iter().map(|(k, s)| Ok((k.clone(), s.range(cfg.method)?))).collect::<Result<BTreeMap<_, _>>>()?;
     let pass = QuantizeQdq { config: cfg.quantize, ranges: ranges.clone() };
-    let quantized = run_to_fixpoint(&folded, &[&pass], 2).map_err(patch_err)?;
-    let quantized_weights = quantized.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("DequantizeLinear") && n.name.as_deref().is_some_and(|x| x.contains('#') && !x.contains("_bias_"))).count();
+    let (patch, quantized_weights) = pass.build(&folded)?.ok_or_else(|| EngineError::Config("the quantization pass found nothing to change".into()))?;
+    let quantized = patch.apply(&folded, pass.name()).map_err(patch_err)?;
     let mut float_ops = BTreeMap::new();
     for n in &quantized.graph().node {
         let op = n.op_type.as_deref().unwrap_or("");

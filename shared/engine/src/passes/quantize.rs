@@ -141,6 +141,13 @@ impl Pass for QuantizeQdq {
     }
 
     fn run(&self, model: &Model) -> Result<Option<Patch>, OnnxError> {
+        Ok(self.build(model)?.map(|(patch, _)| patch))
+    }
+}
+
+impl QuantizeQdq {
+    /// The patch plus the number of layers whose weights it quantizes.
+    pub fn build(&self, model: &Model) -> Result<Option<(Patch, usize)>, OnnxError> {
         let g = model.graph();
         if g.node.iter().any(|n| op(n) == "QuantizeLinear") {
             return Ok(None); // already quantized: the pass is one-shot
@@ -173,7 +180,7 @@ impl Pass for QuantizeQdq {
             act_scale.insert(v.as_str(), scale);
         }
         // Weights (and biases) of layers whose activation input is quantized.
-        let mut done: HashSet<String> = HashSet::new();
+        let mut weights = 0;
         for (i, n) in g.node.iter().enumerate() {
             let kind = op(n);
             if !WEIGHTED.contains(&kind) || !is_weight_slot(&view, n, 1) {
@@ -190,9 +197,6 @@ impl Pass for QuantizeQdq {
             let (q, scales) = quantize_weight(&w, self.config.per_channel.then_some(axis));
             let key = format!("{wname}#{i}");
             let (wq, ws, wz, wdq) = (format!("{key}_quantized"), format!("{key}_scale"), format!("{key}_zero_point"), format!("{key}_dequantized"));
-            if !done.insert(key.clone()) {
-                continue;
-            }
             let scale_shape: Vec<usize> = if scales.len() == 1 { vec![] } else { vec![scales.len()] };
             let scale_arr = ArrayD::from_shape_vec(IxDyn(&scale_shape), scales.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?;
             patch.add_initializers.push(from_array(&wq, &q));
@@ -201,6 +205,7 @@ impl Pass for QuantizeQdq {
             let axis_attr = if scales.len() > 1 { vec![attribute("axis", Attr::Int(axis as i64))] } else { vec![] };
             patch.add_nodes.push(node("DequantizeLinear", format!("{key}_DequantizeLinear"), vec![wq, ws, wz], wdq.clone(), axis_attr));
             patch.rewire.push((i, 1, wdq));
+            weights += 1;
             // Bias: int32 at s_x·s_w[c], zero point 0, so ORT's integer kernel consumes it.
             let bias_slot = 2;
             let bias = n.input.get(bias_slot).filter(|b| !b.is_empty()).and_then(|b| view.constant(b)).and_then(|t| to_array::<f32>(t).ok());
@@ -215,7 +220,7 @@ impl Pass for QuantizeQdq {
                 patch.rewire.push((i, bias_slot, bdq));
             }
         }
-        Ok((!patch.is_empty()).then_some(patch))
+        Ok((!patch.is_empty()).then_some((patch, weights)))
     }
 }
 
