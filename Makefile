@@ -50,7 +50,7 @@ REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 .PHONY: help run test bench bench-eval bench-ptq build build-release ort venv data models lint clean
 
 help:
-	@echo "make run         set everything up, then evaluate the reference CNN and write baseline.json"
+	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
 	@echo "make test        set everything up, then run every test"
 	@echo "make bench-eval  Tamp's evaluation throughput beside Python onnxruntime's"
 	@echo "make bench-ptq   Tamp's int8 PTQ beside onnxruntime.quantization (metric, latency, size, time, RSS)"
@@ -147,9 +147,8 @@ $(REF_CACHE)/model.onnx: | data
 ## --- the two commands ---------------------------------------------------------------------
 
 run: build models
-	$(TAMP) inspect $(FMNIST_REF)/model.onnx
-	$(TAMP) eval $(FMNIST_REF)/model.onnx --data $(FMNIST_REF)/eval.npz --metric top1 --metric top5 --metric f1_macro \
-		--threads 1 --baseline baseline.json
+	$(TAMP) compress $(FMNIST_REF)/model.onnx --recipe configs/policy_examples/ptq_8bit.yaml \
+		--data $(FMNIST_REF)/calib.npz --eval $(FMNIST_REF)/eval.npz --out out/fmnist-resnet8
 
 test: build venv models
 	cargo test --workspace --all-targets --no-fail-fast
@@ -169,7 +168,8 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 bench-ptq: build-release venv models
-	$(PY) scripts/bench_ptq.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --model-dir $(EFFNET_REF)
+	$(PY) scripts/bench_ptq.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --model-dir $(EFFNET_REF) \
+		--transformer-dir $(MINILM_REF)
 
 clean:
 	rm -rf $(DEPS) $(VENV) $(MODELS) baseline.json

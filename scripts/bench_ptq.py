@@ -37,6 +37,14 @@ quantize_static(tmp, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=Tr
 '''
 
 
+ORT_DYNAMIC = r'''
+import sys
+from onnxruntime.quantization import quantize_dynamic, QuantType
+model, out, per_channel = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+quantize_dynamic(model, out, weight_type=QuantType.QInt8, per_channel=per_channel)
+'''
+
+
 def timed(cmd):
     """(seconds, peak RSS MiB) of one child process."""
     start = time.perf_counter()
@@ -60,6 +68,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tamp", required=True)
     ap.add_argument("--model-dir", action="append", required=True)
+    ap.add_argument("--transformer-dir", action="append", default=[],
+                    help="a transformer (reference outputs as labels): dynamic int8, Tamp vs quantize_dynamic")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     methods = [("minmax", "MinMax"), ("entropy", "Entropy"), ("percentile", "Percentile")]
@@ -85,7 +95,20 @@ def main():
                     secs, rss = timed(cmd)
                     m, p50, p95, tp, size = evaluate(a.tamp, out, data, "top1", a.threads)
                     print(f"{'':<20}{who + ' ' + ours:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.0f}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
-    print("\ntop1: fmnist = accuracy on the labelled test set; efficientnet = agreement with fp32 top-1.")
+        for d in a.transformer_dir:
+            name = d.rstrip("/").split("/")[-1]
+            model, data = f"{d}/model.onnx", f"{d}/eval.npz"
+            m, p50, p95, tp, size = evaluate(a.tamp, model, data, "cosine", a.threads)
+            print(f"{name:<20}{'fp32':<22}{m:>8.4f}{p50:>9.3f}{p95:>9.3f}{tp:>9.1f}{size / 2**20:>9.2f}M{'':>9}{'':>9}")
+            for who, cmd_of in (("tamp dynamic", lambda out: [a.tamp, "quantize", "--dynamic", model, "--out", out]),
+                                ("onnxruntime dynamic", lambda out: [sys.executable, "-c", ORT_DYNAMIC, model, out, "0"]),
+                                ("ort dynamic per-ch", lambda out: [sys.executable, "-c", ORT_DYNAMIC, model, out, "1"])):
+                out = f"{tmp}/{name}-{who.replace(' ', '-')}.onnx"
+                secs, rss = timed(cmd_of(out))
+                m, p50, p95, tp, size = evaluate(a.tamp, out, data, "cosine", a.threads)
+                print(f"{'':<20}{who:<22}{m:>8.4f}{p50:>9.3f}{p95:>9.3f}{tp:>9.1f}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
+    print("\nmetric: top1 for CNNs (fmnist = accuracy on the labelled test set; efficientnet = agreement with fp32 top-1);")
+    print("cosine to the fp32 sentence embeddings for transformers.")
     return 0
 
 

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    // Cargo's run-time CARGO_MANIFEST_DIR, not the compile-time one: the build cache may be
+    // shared by clones, and a cached test binary carries the path it was compiled in.
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())).join("..")
 }
 
 fn tamp() -> PathBuf {
@@ -267,4 +269,89 @@ fn int8_ptq_of_the_reference_cnn() {
         let t = top1(&q);
         assert!(t >= 0.98 * fp32, "{method}: int8 top-1 {t} vs fp32 {fp32}");
     }
+}
+
+fn compress(model: &Path, recipe: &Path, calib: &Path, eval: &Path, out: &Path) -> Output {
+    run(Command::new(tamp()).arg("compress").arg(model).arg("--recipe").arg(recipe).arg("--data").arg(calib).arg("--eval").arg(eval).arg("--out").arg(out))
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let o = run(Command::new("sha256sum").arg(path));
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_owned()
+}
+
+/// `tamp compress` with the shipped 8-bit recipe: candidates, the chosen artifact with its
+/// metadata (integer kernels in ORT's optimized graph), a manifest whose hashes match the
+/// files; a bad recipe fails with the key and line and leaves the earlier output intact.
+#[test]
+fn compress_the_reference_cnn_with_the_shipped_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
+    let calib = model.with_file_name("calib.npz");
+    let recipe = root().join("configs/policy_examples/ptq_8bit.yaml");
+    let out = dir.path().join("out");
+    let o = compress(&model, &recipe, &calib, &eval, &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("baseline (fp32)") && stdout.contains("chosen:"), "{stdout}");
+
+    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let base = cands["baseline"]["value"].as_f64().unwrap();
+    let chosen = cands["candidates"].as_array().unwrap().iter().find(|c| c["id"] == cands["chosen"]).unwrap();
+    assert!(chosen["measured"]["value"].as_f64().unwrap() >= 0.99 * base, "{chosen}");
+    assert!(chosen["compression_ratio"].as_f64().unwrap() > 3.0, "{chosen}");
+
+    let best: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("best.json")).unwrap()).unwrap();
+    assert_eq!(best["runtime"], "onnxruntime");
+    assert_eq!(best["sha256"].as_str().unwrap(), sha256_hex(&out.join("best.onnx")));
+    assert!(best["compatibility"]["onnxruntime"]["integer_kernels"]["QLinearConv"].as_u64().unwrap() >= 9, "{best}");
+    assert_eq!(best["opset"]["ai.onnx"], 17);
+
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    for f in manifest["outputs"].as_array().unwrap() {
+        assert_eq!(f["sha256"].as_str().unwrap(), sha256_hex(&out.join(f["path"].as_str().unwrap())), "{f}");
+    }
+    let roles: Vec<&str> = manifest["inputs"].as_array().unwrap().iter().map(|f| f["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["model", "calibration", "evaluation", "recipe"]);
+    assert_eq!(manifest["inputs"][0]["sha256"].as_str().unwrap(), sha256_hex(&model));
+
+    // A recipe with a typo: one-line error naming key and line; the earlier output survives.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, std::fs::read_to_string(&recipe).unwrap().replace("per_channel_weights", "per_chanel_weights")).unwrap();
+    let before = std::fs::read(out.join("best.onnx")).unwrap();
+    let e = one_line_error(&compress(&model, &bad, &calib, &eval, &out));
+    assert!(e.contains("per_chanel_weights") && e.contains("line 10") && e.contains("bad.yaml"), "{e}");
+    // Data that fails mid-run (NaN in the evaluation set) leaves it intact too.
+    let nan = dir.path().join("nan.npz");
+    make_npz(&nan, "import sys; np.savez(sys.argv[1], input=np.full((4,1,28,28), np.nan, np.float32), labels=np.zeros(4, np.int64))");
+    let e = one_line_error(&compress(&model, &recipe, &calib, &nan, &out));
+    assert!(e.contains("NaN"), "{e}");
+    assert_eq!(std::fs::read(out.join("best.onnx")).unwrap(), before);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("partial")).collect();
+    assert!(leftovers.is_empty(), "staging folders left behind");
+}
+
+/// Dynamic int8 on all-MiniLM-L6-v2: cosine ≥ 0.99 to fp32, ≥ 3.9× smaller, ORT runs it on
+/// its fused integer kernels, the output passes onnx.checker, and it is deterministic.
+#[test]
+fn dynamic_int8_of_minilm_keeps_cosine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "all-minilm-l6-v2").unwrap();
+    let (q1, q2) = (dir.path().join("q1.onnx"), dir.path().join("q2.onnx"));
+    for q in [&q1, &q2] {
+        let o = run(Command::new(tamp()).arg("quantize").arg("--dynamic").arg(&model).arg("--out").arg(q));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(std::fs::read(&q1).unwrap(), std::fs::read(&q2).unwrap(), "dynamic PTQ must be deterministic");
+    let ratio = std::fs::metadata(&model).unwrap().len() as f64 / std::fs::metadata(&q1).unwrap().len() as f64;
+    assert!(ratio >= 3.9, "only {ratio:.2}x smaller");
+    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(&q1));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let ops: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    let fused = ops["optimized_ops"]["DynamicQuantizeMatMul"].as_u64().unwrap_or(0) + ops["optimized_ops"]["MatMulIntegerToFloat"].as_u64().unwrap_or(0);
+    assert_eq!(fused, 36, "every weight MatMul should run on an integer kernel: {ops}");
+    let o = run(Command::new(tamp()).arg("eval").arg(&q1).arg("--data").arg(&eval).args(["--json", "--runs", "1", "--throughput", "", "--samples", "256"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cosine = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["metrics"]["cosine"].as_f64().unwrap();
+    assert!(cosine >= 0.99, "cosine {cosine}");
 }

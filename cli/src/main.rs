@@ -1,6 +1,7 @@
 //! `tamp`: the command-line entry point. Subcommands only parse arguments and print; the
 //! work happens in the shared crates.
 
+mod compress;
 mod eval;
 mod inspect;
 mod quantize;
@@ -22,7 +23,9 @@ enum Command {
     Inspect(inspect::Args),
     /// Evaluate a model on a dataset: task metrics, latency, throughput, memory, size.
     Eval(eval::Args),
-    /// Static int8 post-training quantization (QDQ) with activation calibration.
+    /// Run a recipe: candidates, accuracy-aware fallback, timing, the best artifact, a manifest.
+    Compress(compress::Args),
+    /// One-shot int8 post-training quantization (static QDQ with calibration, or --dynamic).
     Quantize(quantize::Args),
 }
 
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(&a),
         Command::Eval(a) => eval::run(&a),
+        Command::Compress(a) => compress::run(&a),
         Command::Quantize(a) => quantize::run(&a),
     };
     match result {

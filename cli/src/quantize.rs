@@ -5,17 +5,20 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use tamp_engine::Dataset;
 use tamp_engine::calibrate::Method;
-use tamp_engine::passes::QuantizeConfig;
-use tamp_engine::ptq::{PtqConfig, quantize_static};
+use tamp_engine::passes::{DynamicConfig, QuantizeConfig};
+use tamp_engine::ptq::{PtqConfig, quantize_dynamic, quantize_static};
 use tamp_onnx::{Model, SaveOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The fp32 .onnx file.
     model: PathBuf,
-    /// Calibration .npz (arrays named after the model inputs).
+    /// Calibration .npz (arrays named after the model inputs); not needed with --dynamic.
+    #[arg(long, required_unless_present = "dynamic")]
+    data: Option<PathBuf>,
+    /// Dynamic int8 (weights ahead of time, activations at run time): for transformers.
     #[arg(long)]
-    data: PathBuf,
+    dynamic: bool,
     /// Where to write the int8 model.
     #[arg(long)]
     out: PathBuf,
@@ -50,7 +53,24 @@ enum CliMethod {
 
 pub fn run(args: &Args) -> Result<()> {
     let model = Model::load(&args.model)?;
-    let data = Dataset::load(&args.data)?;
+    if args.dynamic {
+        let (quantized, counts) = quantize_dynamic(&model, &DynamicConfig { per_channel: !args.per_tensor, ..DynamicConfig::default() })?;
+        quantized.save(&args.out, &SaveOptions::default())?;
+        let (before, after) = (std::fs::metadata(&args.model)?.len(), std::fs::metadata(&args.out)?.len());
+        println!(
+            "{} -> {}: dynamic int8, {} MatMuls and {} embedding tables quantized, {} -> {} ({:.2}x smaller)",
+            args.model.display(),
+            args.out.display(),
+            counts.matmuls,
+            counts.embeddings,
+            crate::eval::human_bytes(before),
+            crate::eval::human_bytes(after),
+            before as f64 / after.max(1) as f64
+        );
+        return Ok(());
+    }
+    let Some(data_path) = &args.data else { anyhow::bail!("--data is required for static quantization") };
+    let data = Dataset::load(data_path)?;
     let cfg = PtqConfig {
         method: match args.method {
             CliMethod::Minmax => Method::MinMax,
@@ -61,7 +81,7 @@ pub fn run(args: &Args) -> Result<()> {
         samples: args.samples,
         seed: args.seed,
         fold_batch_norm: !args.no_fold_bn,
-        quantize: QuantizeConfig { per_channel: !args.per_tensor },
+        quantize: QuantizeConfig { per_channel: !args.per_tensor, ..QuantizeConfig::default() },
         ..PtqConfig::default()
     };
     let (quantized, report) = quantize_static(&model, &data, &cfg)?;

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    // Cargo sets CARGO_MANIFEST_DIR at run time too; prefer it, because the build cache may be
+    // shared by several clones and a cached binary carries the path it was compiled in.
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())).join("..")
 }
 
 /// Generates the Rust code for `onnx.proto` and returns it as a string.

@@ -120,6 +120,91 @@ pub fn as_rows(v: &TensorValue) -> Result<Array2<f32>> {
         .map_err(|e| EngineError::Config(e.to_string()))
 }
 
+type Active = Vec<(&'static str, Box<dyn metrics::Metric>)>;
+
+/// The metrics to compute: `names`, or the default for the dataset's labels (top1 for
+/// classes, cosine for reference values); each checked against the labels it needs.
+fn active_metrics(names: &[String], data: &Dataset) -> Result<Active> {
+    let names: Vec<String> = if names.is_empty() {
+        match &data.labels {
+            Some(Labels::Classes(_)) => vec!["top1".into()],
+            Some(Labels::Values(_)) => vec!["cosine".into()],
+            None => vec![],
+        }
+    } else {
+        names.to_vec()
+    };
+    let mut active = Vec::new();
+    for name in &names {
+        let def = metrics::lookup(name)?;
+        let ok = matches!((def.needs, &data.labels), (Needs::Classes, Some(Labels::Classes(_))) | (Needs::Values, Some(Labels::Values(_))));
+        if !ok {
+            let want = if def.needs == Needs::Classes { "integer class labels" } else { "float reference values" };
+            return Err(EngineError::Metric { metric: name.clone(), message: format!("needs {want} in the dataset's `labels` array, which {} has not", data.path.display()) });
+        }
+        active.push((def.name, (def.make)()));
+    }
+    Ok(active)
+}
+
+/// The default metric name for a dataset (see [`active_metrics`]).
+pub fn default_metric(data: &Dataset) -> Option<&'static str> {
+    match &data.labels {
+        Some(Labels::Classes(_)) => Some("top1"),
+        Some(Labels::Values(_)) => Some("cosine"),
+        None => None,
+    }
+}
+
+/// Streams `indices` through the session in batches and finishes every metric.
+#[allow(clippy::too_many_arguments)]
+fn metric_pass(
+    session: &mut Session,
+    data: &Dataset,
+    indices: &[usize],
+    output: &str,
+    active: &mut Active,
+    batch_size: usize,
+    mut kept: Option<&mut Vec<Array2<f32>>>,
+    progress: Progress<'_>,
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let mut done = 0;
+    for rows in batches(indices, batch_size) {
+        let batch = data.select(rows);
+        let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let outs = session.run(&inputs)?;
+        let out = outs.iter().find(|(k, _)| *k == output).map(|(_, v)| v).ok_or_else(|| EngineError::Config(format!("output '{output}' missing from results")))?;
+        let out = as_rows(out)?;
+        let classes = data.class_labels(rows);
+        let values = data.value_labels(rows).map(|v| as_rows(&TensorValue::F32(v))).transpose()?;
+        let targets = Targets { classes: classes.as_deref(), values: values.as_ref().map(|v| v.view()) };
+        for (_, m) in active.iter_mut() {
+            m.update(ArrayView2::from(&out), targets)?;
+        }
+        if let Some(k) = kept.as_deref_mut() {
+            k.push(out);
+        }
+        done += rows.len();
+        progress(done, indices.len());
+    }
+    let mut metrics = std::collections::BTreeMap::new();
+    for (name, m) in active.iter() {
+        metrics.insert((*name).to_owned(), m.finish()?);
+    }
+    Ok(metrics)
+}
+
+/// One task metric of an in-memory model on `indices` rows, untimed: what the
+/// accuracy-aware fallback ranks candidates with. The first output is scored.
+pub fn score(model: &Model, data: &Dataset, indices: &[usize], metric: &str, batch_size: usize, session: &SessionConfig) -> Result<f64> {
+    let mut session = Session::from_model(model, session)?;
+    data.check_against(&session.inputs)?;
+    let output = session.outputs.first().map(|s| s.name.clone()).ok_or_else(|| EngineError::Config("the model has no outputs".into()))?;
+    let mut active = active_metrics(&[metric.to_owned()], data)?;
+    let values = metric_pass(&mut session, data, indices, &output, &mut active, batch_size, None, &mut |_, _| {})?;
+    values.get(metric).copied().ok_or_else(|| EngineError::Config(format!("metric '{metric}' produced no value")))
+}
+
 /// Evaluates `model_path` on `data`. `keep_outputs` collects the metric output of every
 /// evaluated row (for `--dump-outputs`); `progress` is told rows done and rows total.
 pub fn evaluate(
@@ -144,55 +229,13 @@ pub fn evaluate(
         }
         None => session.outputs.first().map(|s| s.name.clone()).ok_or_else(|| EngineError::Config("the model has no outputs".into()))?,
     };
-    let metric_names: Vec<String> = if cfg.metrics.is_empty() {
-        match &data.labels {
-            Some(Labels::Classes(_)) => vec!["top1".into()],
-            Some(Labels::Values(_)) => vec!["cosine".into()],
-            None => vec![],
-        }
-    } else {
-        cfg.metrics.clone()
-    };
-    let mut active = Vec::new();
-    for name in &metric_names {
-        let def = metrics::lookup(name)?;
-        let ok = matches!((def.needs, &data.labels), (Needs::Classes, Some(Labels::Classes(_))) | (Needs::Values, Some(Labels::Values(_))));
-        if !ok {
-            let want = if def.needs == Needs::Classes { "integer class labels" } else { "float reference values" };
-            return Err(EngineError::Metric { metric: name.clone(), message: format!("needs {want} in the dataset's `labels` array, which {} has not", data.path.display()) });
-        }
-        active.push((def.name, (def.make)()));
-    }
-
+    let mut active = active_metrics(&cfg.metrics, data)?;
     let indices: Vec<usize> = match cfg.samples {
         Some(n) => data.sample(n, cfg.seed),
         None => (0..data.rows).collect(),
     };
-    let mut kept = keep_outputs;
-    let mut done = 0;
     let started = std::time::Instant::now();
-    for rows in batches(&indices, cfg.batch_size) {
-        let batch = data.select(rows);
-        let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let outs = session.run(&inputs)?;
-        let out = outs.iter().find(|(k, _)| *k == output).map(|(_, v)| v).ok_or_else(|| EngineError::Config(format!("output '{output}' missing from results")))?;
-        let out = as_rows(out)?;
-        let classes = data.class_labels(rows);
-        let values = data.value_labels(rows).map(|v| as_rows(&TensorValue::F32(v))).transpose()?;
-        let targets = Targets { classes: classes.as_deref(), values: values.as_ref().map(|v| v.view()) };
-        for (_, m) in &mut active {
-            m.update(ArrayView2::from(&out), targets)?;
-        }
-        if let Some(k) = kept.as_deref_mut() {
-            k.push(out);
-        }
-        done += rows.len();
-        progress(done, indices.len());
-    }
-    let mut metrics = std::collections::BTreeMap::new();
-    for (name, m) in &active {
-        metrics.insert((*name).to_owned(), m.finish()?);
-    }
+    let metrics = metric_pass(&mut session, data, &indices, &output, &mut active, cfg.batch_size, keep_outputs, progress)?;
     let eval_seconds = started.elapsed().as_secs_f64();
     let latency = perf::latency(&mut session, data, cfg.latency)?;
     let throughput = perf::throughput(&mut session, data, &cfg.throughput_batches, cfg.throughput_runs)?;

@@ -5,6 +5,7 @@
 
 pub mod calibrate;
 pub mod capture;
+pub mod compress;
 pub mod dataset;
 pub mod error;
 pub mod eval;

@@ -50,6 +50,11 @@ pub static REGISTRY: &[MetricDef] = &[
     MetricDef { name: "mae", needs: Needs::Values, about: "mean absolute error", make: || Box::new(ErrorMean::default()) },
 ];
 
+/// Whether a larger value of the metric is better (false for error metrics).
+pub fn higher_is_better(name: &str) -> bool {
+    !matches!(name, "mse" | "mae")
+}
+
 /// Looks a metric up by name.
 pub fn lookup(name: &str) -> Result<&'static MetricDef> {
     REGISTRY.iter().find(|d| d.name == name).ok_or_else(|| EngineError::Metric {

@@ -85,6 +85,11 @@ pub fn library_candidates() -> Vec<PathBuf> {
         c.push(dir.join("lib").join(LIB_NAME));
         c.push(dir.join("../lib").join(LIB_NAME));
     }
+    // A checkout's `.deps/ort` (what `make ort` fills), found from the working directory up;
+    // then the checkout this binary was compiled in (the build cache may be shared by clones).
+    if let Ok(cwd) = std::env::current_dir() {
+        c.extend(cwd.ancestors().map(|d| d.join(".deps/ort").join(LIB_NAME)).filter(|p| p.is_file()).take(1));
+    }
     c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.deps/ort").join(LIB_NAME));
     if let Some(home) = std::env::var_os("HOME") {
         c.push(Path::new(&home).join(".cache/tamp/ort").join(LIB_NAME));
@@ -290,4 +295,29 @@ fn extract(name: &str, v: &DynValue) -> Result<TensorValue> {
             });
         }
     })
+}
+
+/// The op types ONNX Runtime runs after its graph optimizations (up to `extended`, where the
+/// QDQ fusions happen; the hardware-specific level is left out so the answer is portable):
+/// the proof that a quantized graph runs on integer kernels (QLinearConv, QGemm,
+/// DynamicQuantizeMatMul, …) rather than dequantizing back to float.
+pub fn optimized_op_types(path: &Path, cfg: &SessionConfig) -> Result<std::collections::BTreeMap<String, usize>> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tamp-optimized-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io { path: dir.clone(), source: e })?;
+    let out = dir.join("optimized.onnx");
+    let result = (|| {
+        let cfg = SessionConfig { optimization: OptimizationLevel::Extended, ..cfg.clone() };
+        let mut b = builder(&cfg)?.with_optimized_model_path(&out).map_err(opt_err)?;
+        b.commit_from_file(path).map_err(|e| EngineError::ort(format!("cannot load {}", path.display()), e))?;
+        let model = Model::load(&out)?;
+        let mut ops = std::collections::BTreeMap::new();
+        for node in &model.graph().node {
+            *ops.entry(node.op_type.clone().unwrap_or_default()).or_insert(0) += 1;
+        }
+        Ok(ops)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

@@ -58,7 +58,7 @@ impl Pass for FoldBatchNorm {
                 (b.as_ref().map_or(0.0, |b| b[c]) - mean[c]) * factor[c] + beta[c]
             });
             let stem = layer.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| bn.output[0].clone());
-            let (wn, bname) = (format!("{stem}.folded_weight"), format!("{stem}.folded_bias"));
+            let (wn, bname) = (format!("{stem}.w"), format!("{stem}.b"));
             patch.add_initializers.push(from_array(&wn, &w2));
             patch.add_initializers.push(from_array(&bname, &b2));
             patch.add_nodes.push(NodeProto {

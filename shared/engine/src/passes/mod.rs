@@ -2,8 +2,10 @@
 //! mutates its input and never writes files; the driver applies and checks the patch.
 //! Adding a pass: its own file, one line here, its tests.
 
+pub mod dynamic;
 pub mod fold_bn;
 pub mod quantize;
 
+pub use dynamic::{DynamicConfig, QuantizeDynamic};
 pub use fold_bn::FoldBatchNorm;
 pub use quantize::{QuantizeConfig, QuantizeQdq};

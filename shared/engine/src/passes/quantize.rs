@@ -10,7 +10,7 @@
 //!
 //! [`plan`] lists the activation values to calibrate; [`QuantizeQdq`] turns ranges into a patch.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ndarray::{ArrayD, Axis, IxDyn};
 use serde::{Deserialize, Serialize};
@@ -32,16 +32,18 @@ const WEIGHTED: &[&str] = &["Conv", "Gemm", "MatMul"];
 const ABSORBED: &[&str] = &["Relu", "Clip"];
 
 /// How to quantize.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QuantizeConfig {
     /// Per-output-channel weight scales (else one per tensor).
     pub per_channel: bool,
+    /// Nodes (by [`node_key`]) left in float: neither their inputs nor weights are quantized.
+    pub exclude: BTreeSet<String>,
 }
 
 impl Default for QuantizeConfig {
     fn default() -> Self {
-        Self { per_channel: true }
+        Self { per_channel: true, exclude: BTreeSet::new() }
     }
 }
 
@@ -49,13 +51,30 @@ fn op(n: &NodeProto) -> &str {
     n.op_type.as_deref().unwrap_or("")
 }
 
+/// How a node is named in `exclude` lists and reports: its name, else its first output.
+pub fn node_key(n: &NodeProto) -> &str {
+    match n.name.as_deref() {
+        Some(name) if !name.is_empty() => name,
+        _ => n.output.first().map_or("", String::as_str),
+    }
+}
+
+/// Weighted nodes (Conv/Gemm/MatMul by a constant) the pass would quantize: the units the
+/// accuracy-aware fallback returns to float.
+pub fn weighted_nodes(model: &Model) -> Vec<String> {
+    let g = model.graph();
+    let view = GraphView::new(g);
+    g.node.iter().filter(|n| WEIGHTED.contains(&op(n)) && is_weight_slot(&view, n, 1)).map(|n| node_key(n).to_owned()).collect()
+}
+
 fn is_weight_slot(view: &GraphView<'_>, node: &NodeProto, slot: usize) -> bool {
     WEIGHTED.contains(&op(node)) && slot >= 1 && node.input.get(slot).is_some_and(|v| view.constant(v).is_some())
 }
 
 /// The float activation values to calibrate and wrap in Q/DQ, in graph order.
-pub fn plan(model: &Model) -> Result<Vec<String>, OnnxError> {
+pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, OnnxError> {
     let g = model.graph();
+    let quantizable = |n: &NodeProto| QUANTIZABLE.contains(&op(n)) && !exclude.contains(node_key(n));
     let opset = model.opset("").unwrap_or(0);
     if opset < 13 {
         return Err(OnnxError::Graph(format!("the model imports opset {opset}; per-axis QuantizeLinear needs 13 or later (re-export at opset ≥ 13)")));
@@ -71,7 +90,7 @@ pub fn plan(model: &Model) -> Result<Vec<String>, OnnxError> {
         .filter_map(|i| i.name.as_deref())
         .collect();
     let candidates = float_inputs.into_iter().chain(
-        view.topological_order()?.into_iter().map(|i| &g.node[i]).filter(|n| QUANTIZABLE.contains(&op(n))).flat_map(|n| n.output.iter().map(String::as_str)),
+        view.topological_order()?.into_iter().map(|i| &g.node[i]).filter(|n| quantizable(n)).flat_map(|n| n.output.iter().map(String::as_str)),
     );
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -80,11 +99,11 @@ pub fn plan(model: &Model) -> Result<Vec<String>, OnnxError> {
             continue;
         }
         let readers: Vec<&NodeProto> = view.consumers(v).iter().map(|&c| &g.node[c]).collect();
-        let quantized_readers = readers.iter().filter(|n| QUANTIZABLE.contains(&op(n)) && n.input.iter().enumerate().any(|(s, i)| i == v && !is_weight_slot(&view, n, s))).count();
+        let quantized_readers = readers.iter().filter(|n| quantizable(n) && n.input.iter().enumerate().any(|(s, i)| i == v && !is_weight_slot(&view, n, s))).count();
         if quantized_readers == 0 {
             continue;
         }
-        let producer = view.producer(v).map(|p| op(&g.node[p]));
+        let producer = view.producer(v).map(|p| &g.node[p]).filter(|p| quantizable(p)).map(op);
         let absorbed = producer.is_some_and(|p| WEIGHTED.contains(&p) || p == "Add") && readers.iter().all(|n| ABSORBED.contains(&op(n)));
         if !absorbed {
             out.push(v.to_owned());
@@ -154,21 +173,25 @@ impl QuantizeQdq {
         }
         let view = GraphView::new(g);
         let mut patch = Patch::default();
-        // Activation Q/DQ pairs.
+        let exclude = &self.config.exclude;
+        let quantizable = |n: &NodeProto| QUANTIZABLE.contains(&op(n)) && !exclude.contains(node_key(n));
+        // Activation Q/DQ pairs, for the values the plan (with exclusions) wants.
+        let wanted = plan(model, exclude)?;
         let mut act_scale: HashMap<&str, f32> = HashMap::new();
-        for (v, r) in &self.ranges {
+        for v in &wanted {
+            let r = self.ranges.get(v).ok_or_else(|| OnnxError::Graph(format!("no calibrated range for '{v}' (calibrate with the same model)")))?;
             if view.producer(v).is_none() && !g.input.iter().any(|i| i.name.as_deref() == Some(v.as_str())) {
                 return Err(OnnxError::Graph(format!("calibrated value '{v}' is not in the graph")));
             }
             let (scale, zp) = activation_params(*r);
-            let (s, z, q, dq) = (format!("{v}_scale"), format!("{v}_zero_point"), format!("{v}_quantized"), format!("{v}_dequantized"));
+            let (s, z, q, dq) = (format!("{v}.s"), format!("{v}.zp"), format!("{v}.q"), format!("{v}.dq"));
             patch.add_initializers.push(scalar_f32(&s, scale));
             patch.add_initializers.push(from_array(&z, &ArrayD::from_elem(IxDyn(&[]), zp)));
-            patch.add_nodes.push(node("QuantizeLinear", format!("{v}_QuantizeLinear"), vec![v.clone(), s.clone(), z.clone()], q.clone(), vec![]));
-            patch.add_nodes.push(node("DequantizeLinear", format!("{v}_DequantizeLinear"), vec![q, s, z], dq.clone(), vec![]));
+            patch.add_nodes.push(node("QuantizeLinear", format!("{v}.Q"), vec![v.clone(), s.clone(), z.clone()], q.clone(), vec![]));
+            patch.add_nodes.push(node("DequantizeLinear", format!("{v}.DQ"), vec![q, s, z], dq.clone(), vec![]));
             for &c in view.consumers(v) {
                 let n = &g.node[c];
-                if !QUANTIZABLE.contains(&op(n)) {
+                if !quantizable(n) {
                     continue;
                 }
                 for (slot, input) in n.input.iter().enumerate() {
@@ -183,7 +206,7 @@ impl QuantizeQdq {
         let mut weights = 0;
         for (i, n) in g.node.iter().enumerate() {
             let kind = op(n);
-            if !WEIGHTED.contains(&kind) || !is_weight_slot(&view, n, 1) {
+            if !WEIGHTED.contains(&kind) || exclude.contains(node_key(n)) || !is_weight_slot(&view, n, 1) {
                 continue;
             }
             let Some(&sx) = n.input.first().and_then(|x| act_scale.get(x.as_str())) else { continue };
@@ -195,15 +218,23 @@ impl QuantizeQdq {
                 _ => w.ndim().saturating_sub(1),
             };
             let (q, scales) = quantize_weight(&w, self.config.per_channel.then_some(axis));
-            let key = format!("{wname}#{i}");
-            let (wq, ws, wz, wdq) = (format!("{key}_quantized"), format!("{key}_scale"), format!("{key}_zero_point"), format!("{key}_dequantized"));
+            // A weight read by one node keeps its name; a shared one is quantized per reader.
+            let key = if view.consumers(wname).len() == 1 { wname.clone() } else { format!("{wname}#{i}") };
+            let (wq, ws, wdq) = (format!("{key}.q"), format!("{key}.s"), format!("{key}.dq"));
             let scale_shape: Vec<usize> = if scales.len() == 1 { vec![] } else { vec![scales.len()] };
             let scale_arr = ArrayD::from_shape_vec(IxDyn(&scale_shape), scales.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?;
             patch.add_initializers.push(from_array(&wq, &q));
             patch.add_initializers.push(from_array(&ws, &scale_arr));
-            patch.add_initializers.push(from_array(&wz, &ArrayD::<i8>::zeros(scale_arr.raw_dim())));
             let axis_attr = if scales.len() > 1 { vec![attribute("axis", Attr::Int(axis as i64))] } else { vec![] };
-            patch.add_nodes.push(node("DequantizeLinear", format!("{key}_DequantizeLinear"), vec![wq, ws, wz], wdq.clone(), axis_attr));
+            // Symmetric: the zero point is 0, which an omitted zero point means (a byte per channel
+            // saved). ORT fuses Conv without it, but QGemm/MatMulInteger only with it.
+            let mut dq_inputs = vec![wq, ws];
+            if kind != "Conv" {
+                let wz = format!("{key}.zp");
+                patch.add_initializers.push(from_array(&wz, &ArrayD::<i8>::zeros(scale_arr.raw_dim())));
+                dq_inputs.push(wz);
+            }
+            patch.add_nodes.push(node("DequantizeLinear", format!("{key}.DQ"), dq_inputs, wdq.clone(), axis_attr));
             patch.rewire.push((i, 1, wdq));
             weights += 1;
             // Bias: int32 at s_x·s_w[c], zero point 0, so ORT's integer kernel consumes it.
@@ -212,11 +243,10 @@ impl QuantizeQdq {
             if let Some(b) = bias.filter(|b| b.ndim() == 1 && (scales.len() == 1 || b.len() == scales.len()) && kind != "MatMul") {
                 let bs: Vec<f32> = (0..b.len()).map(|c| sx * scales[if scales.len() == 1 { 0 } else { c }]).collect();
                 let bq = ArrayD::from_shape_fn(IxDyn(&[b.len()]), |ix| (b[ix[0]] / bs[ix[0]]).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32);
-                let (bqn, bsn, bzn, bdq) = (format!("{key}_bias_quantized"), format!("{key}_bias_scale"), format!("{key}_bias_zero_point"), format!("{key}_bias_dequantized"));
+                let (bqn, bsn, bdq) = (format!("{key}.bias.q"), format!("{key}.bias.s"), format!("{key}.bias.dq"));
                 patch.add_initializers.push(from_array(&bqn, &bq));
                 patch.add_initializers.push(from_array(&bsn, &ArrayD::from_shape_vec(IxDyn(&[bs.len()]), bs).map_err(|e| OnnxError::Graph(e.to_string()))?));
-                patch.add_initializers.push(from_array(&bzn, &ArrayD::<i32>::zeros(IxDyn(&[b.len()]))));
-                patch.add_nodes.push(node("DequantizeLinear", format!("{key}_bias_DequantizeLinear"), vec![bqn, bsn, bzn], bdq.clone(), vec![attribute("axis", Attr::Int(0))]));
+                patch.add_nodes.push(node("DequantizeLinear", format!("{key}.bias.DQ"), vec![bqn, bsn], bdq.clone(), vec![attribute("axis", Attr::Int(0))]));
                 patch.rewire.push((i, bias_slot, bdq));
             }
         }

@@ -1,0 +1,174 @@
+//! `tamp compress`: run a recipe on a model, with progress per step, and print the
+//! before/after table. The output folder is replaced only when the whole run succeeds.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use indicatif::{ProgressBar, ProgressStyle};
+use tamp_domain::Recipe;
+use tamp_engine::Dataset;
+use tamp_engine::compress::{self, Job, Observer, Outcome, resolve_from_recipe};
+
+use crate::eval::human_bytes;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The fp32 .onnx file (default: the recipe's `model`, relative to the recipe).
+    model: Option<PathBuf>,
+    /// The recipe (YAML): `policy: {name, stages: [...]}` plus optional job settings.
+    #[arg(long)]
+    recipe: PathBuf,
+    /// Calibration .npz (default: the recipe's `data.calibration`).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Evaluation .npz with `labels` (default: the recipe's `data.evaluation`, else --data).
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Output folder (replaced when the run succeeds; left alone when it fails).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the outcome as JSON instead of progress and a table.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Bars {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl Observer for Bars {
+    fn begin(&mut self, label: &str, total: u64) {
+        if self.quiet {
+            return;
+        }
+        let bar = if total == 0 {
+            let b = ProgressBar::new_spinner();
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        } else {
+            let b = ProgressBar::new(total);
+            if let Ok(style) = ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} {elapsed}") {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b
+        };
+        bar.set_message(label.to_owned());
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, done: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        }
+    }
+
+    fn end(&mut self, summary: &str) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if !self.quiet {
+            eprintln!("  {summary}");
+        }
+    }
+}
+
+fn pick(flag: &Option<PathBuf>, from_recipe: Option<&String>, recipe: &Path, what: &str, key: &str) -> Result<PathBuf> {
+    match (flag, from_recipe) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(v)) => Ok(resolve_from_recipe(Some(recipe), v)),
+        (None, None) => bail!("no {what}: pass it on the command line or set `{key}` in {}", recipe.display()),
+    }
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let text = std::fs::read_to_string(&args.recipe).with_context(|| format!("reading the recipe {}", args.recipe.display()))?;
+    let recipe = Recipe::from_yaml(&text).with_context(|| args.recipe.display().to_string())?;
+    let model = pick(&args.model, recipe.model.as_ref(), &args.recipe, "model", "model")?;
+    let calib_path = pick(&args.data, recipe.data.calibration.as_ref(), &args.recipe, "calibration data (--data)", "data.calibration")?;
+    let eval_path = match pick(&args.eval, recipe.data.evaluation.as_ref(), &args.recipe, "evaluation data (--eval)", "data.evaluation") {
+        Ok(p) => p,
+        Err(_) => calib_path.clone(),
+    };
+    let calibration = Dataset::load(&calib_path)?;
+    let evaluation = if eval_path == calib_path { calibration.clone() } else { Dataset::load(&eval_path)? };
+
+    // Work in a sibling staging folder; swap it in only when everything succeeded.
+    let name = args.out.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    let parent = args.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let job = Job { model_path: &model, recipe: &recipe, recipe_path: Some(&args.recipe), calibration: &calibration, evaluation: &evaluation, out_dir: &staging };
+    let mut bars = Bars { bar: None, quiet: args.json };
+    if !args.json {
+        eprintln!("tamp compress: {} with policy '{}' -> {}", model.display(), recipe.policy.name, args.out.display());
+    }
+    let outcome = match compress::run(&job, &mut bars) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e.into());
+        }
+    };
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if args.out.exists() {
+        std::fs::rename(&args.out, &old).with_context(|| format!("moving the previous {} aside", args.out.display()))?;
+    }
+    std::fs::rename(&staging, &args.out).with_context(|| format!("moving the results into {}", args.out.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        print_table(&outcome);
+        println!("chosen: {} ({})", outcome.chosen, outcome.reason);
+        println!("wrote {0}/best.onnx, {0}/best.json, {0}/candidates.json, {0}/manifest.json", args.out.display());
+    }
+    Ok(())
+}
+
+fn print_table(o: &Outcome) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    let b = &o.baseline;
+    t.set_header(vec!["model".to_owned(), b.metric.clone(), "drop %".into(), "P50 ms".into(), "P95 ms".into(), "b32 rows/s".into(), "size".into(), "smaller".into(), "faster".into(), "notes".into()]);
+    let thr = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+    t.add_row(vec![
+        "baseline (fp32)".to_owned(),
+        format!("{:.4}", b.value),
+        "-".into(),
+        format!("{:.3}", b.latency_ms_p50),
+        format!("{:.3}", b.latency_ms_p95),
+        thr(b.throughput_b32),
+        human_bytes(b.size_bytes),
+        "1.00x".into(),
+        "1.00x".into(),
+        String::new(),
+    ]);
+    for c in &o.candidates {
+        let m = &c.measured;
+        let mut notes: Vec<String> = c.missed.iter().map(|s| format!("misses {s}")).collect();
+        if !c.faster {
+            notes.push("NOT FASTER".into());
+        }
+        if !c.float_nodes.is_empty() {
+            notes.push(format!("{} layer(s) float", c.float_nodes.len()));
+        }
+        let name = if c.id == o.chosen { format!("* {}", c.id) } else { c.id.clone() };
+        t.add_row(vec![
+            name,
+            format!("{:.4}", m.value),
+            format!("{:.2}", c.metric_drop_pct),
+            format!("{:.3}", m.latency_ms_p50),
+            format!("{:.3}", m.latency_ms_p95),
+            thr(m.throughput_b32),
+            human_bytes(m.size_bytes),
+            format!("{:.2}x", c.compression_ratio),
+            format!("{:.2}x", c.speedup_p50),
+            notes.join("; "),
+        ]);
+    }
+    println!("{t}");
+}

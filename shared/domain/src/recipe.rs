@@ -1,0 +1,507 @@
+//! The recipe (policy) a user hands Tamp with a model, in YAML. The PRD's form loads
+//! unchanged:
+//!
+//! ```yaml
+//! policy:
+//!   name: ptq-8bit
+//!   stages:
+//!     - ptq:
+//!         bits: {weights: [8], activations: [8]}
+//!         calibration: {method: kl, samples: 2048}
+//!         per_channel_weights: true
+//!         symmetric: true
+//! constraints: {max_metric_drop_pct: 1.0}
+//! ```
+//!
+//! A recipe may also carry the job (`model`, `data`, `targets`, `constraints`, `objective`).
+//! Every struct denies unknown keys; errors name the key, the line and the allowed keys.
+//! Parsing checks shape, [`Recipe::validate`] checks values and what this build supports.
+
+use serde::{Deserialize, Serialize};
+
+/// Recipe format version this build reads.
+pub const RECIPE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RecipeError {
+    /// YAML that does not parse or does not fit the schema (serde's message names the key
+    /// path, the allowed keys and the line).
+    #[error("recipe: {0}")]
+    Schema(String),
+    /// A value the schema accepts but Tamp cannot use.
+    #[error("recipe{}: `{path}`: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Invalid { path: String, line: Option<usize>, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    #[serde(default = "recipe_version")]
+    pub version: u32,
+    pub policy: Policy,
+    /// The model file, relative to the recipe (a job's upload folder) when not given elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub data: DataRefs,
+    #[serde(default = "default_targets")]
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub constraints: Constraints,
+    #[serde(default)]
+    pub objective: Objective,
+    #[serde(default)]
+    pub evaluation: Evaluation,
+}
+
+fn recipe_version() -> u32 {
+    RECIPE_VERSION
+}
+
+fn default_targets() -> Vec<Target> {
+    vec![Target::Onnxruntime]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Each item is a one-key map (`- ptq: {...}`), not a YAML tag.
+    #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
+    pub stages: Vec<Stage>,
+}
+
+/// One stage of a policy: a map with one key naming the technique.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Ptq(PtqStage),
+    // Known techniques this build does not run yet; their settings are kept as written so a
+    // newer Tamp reads the same recipe.
+    Pruning(serde_yaml_ng::Value),
+    Lowrank(serde_yaml_ng::Value),
+    Clustering(serde_yaml_ng::Value),
+    Distillation(serde_yaml_ng::Value),
+    Qat(serde_yaml_ng::Value),
+    Search(serde_yaml_ng::Value),
+}
+
+impl Stage {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Stage::Ptq(_) => "ptq",
+            Stage::Pruning(_) => "pruning",
+            Stage::Lowrank(_) => "lowrank",
+            Stage::Clustering(_) => "clustering",
+            Stage::Distillation(_) => "distillation",
+            Stage::Qat(_) => "qat",
+            Stage::Search(_) => "search",
+        }
+    }
+}
+
+/// Post-training quantization. Lists of bit-widths give one candidate per combination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PtqStage {
+    pub bits: Bits,
+    pub mode: PtqMode,
+    pub calibration: Calibration,
+    /// One weight scale per output channel (else one per tensor).
+    pub per_channel_weights: bool,
+    /// Symmetric weights (zero point 0).
+    pub symmetric: bool,
+    pub fold_batch_norm: bool,
+    pub cross_layer_equalization: bool,
+    pub bias_correction: bool,
+    /// Node names kept in float whatever the sensitivity ranking says.
+    pub keep_float: Vec<String>,
+}
+
+impl Default for PtqStage {
+    fn default() -> Self {
+        Self {
+            bits: Bits::default(),
+            mode: PtqMode::Auto,
+            calibration: Calibration::default(),
+            per_channel_weights: true,
+            symmetric: true,
+            fold_batch_norm: true,
+            cross_layer_equalization: false,
+            bias_correction: false,
+            keep_float: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bits {
+    pub weights: Vec<u8>,
+    pub activations: Vec<u8>,
+}
+
+impl Default for Bits {
+    fn default() -> Self {
+        Self { weights: vec![8], activations: vec![8] }
+    }
+}
+
+/// How activations are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PtqMode {
+    /// Static for convolutional graphs, dynamic for transformer-style graphs (MatMul by
+    /// constant weights, no Conv).
+    #[default]
+    Auto,
+    /// Calibrated activation ranges baked into the graph.
+    Static,
+    /// Activation ranges computed at run time; weights ahead of time.
+    Dynamic,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Calibration {
+    pub method: CalibrationMethod,
+    pub samples: usize,
+    /// For `percentile`: the percentile of |x| kept.
+    pub percentile: f64,
+    pub seed: u64,
+    pub bins: usize,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Self { method: CalibrationMethod::Minmax, samples: 256, percentile: 99.99, seed: 0, bins: 2048 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CalibrationMethod {
+    Minmax,
+    /// KL divergence (TensorRT-style threshold search); `entropy` is an alias.
+    #[serde(alias = "entropy")]
+    Kl,
+    Percentile,
+    Mse,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataRefs {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Onnxruntime,
+    Tflite,
+    Tensorrt,
+    Openvino,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Onnxruntime => "onnxruntime",
+            Target::Tflite => "tflite",
+            Target::Tensorrt => "tensorrt",
+            Target::Openvino => "openvino",
+        }
+    }
+}
+
+/// Limits a chosen candidate must meet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Constraints {
+    /// Largest allowed drop of the task metric, in percent of the baseline (relative).
+    pub max_metric_drop_pct: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_latency_ms_p50: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_compression_ratio: Option<f64>,
+}
+
+impl Default for Constraints {
+    fn default() -> Self {
+        Self { max_metric_drop_pct: 1.0, max_latency_ms_p50: None, min_compression_ratio: None }
+    }
+}
+
+/// What "best" means among the candidates that meet the constraints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Lowest P50 latency on the target runtime.
+    #[default]
+    Latency,
+    /// Smallest file.
+    Size,
+    /// Highest task metric.
+    Metric,
+}
+
+/// How candidates are scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Evaluation {
+    /// Task metric (default: top1 for class labels, cosine for reference outputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// Evaluate a seeded sample of this many rows (all rows when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+    /// Timed single-row runs for P50/P95.
+    pub latency_runs: usize,
+    /// ONNX Runtime intra-op threads for timing (1 makes numbers comparable across machines).
+    pub threads: usize,
+}
+
+impl Default for Evaluation {
+    fn default() -> Self {
+        Self { metric: None, samples: None, latency_runs: 100, threads: 1 }
+    }
+}
+
+impl Recipe {
+    /// Parses and validates a recipe.
+    pub fn from_yaml(source: &str) -> Result<Self, RecipeError> {
+        let recipe: Recipe = serde_yaml_ng::from_str(source).map_err(|e| RecipeError::Schema(e.to_string()))?;
+        recipe.validate(Some(source))?;
+        Ok(recipe)
+    }
+
+    /// Checks values and support; `source` (the YAML text) lets errors carry line numbers.
+    pub fn validate(&self, source: Option<&str>) -> Result<(), RecipeError> {
+        let invalid = |path: &[Key<'_>], message: String| RecipeError::Invalid { path: render(path), line: source.and_then(|s| line_of(s, path)), message };
+        if self.version != RECIPE_VERSION {
+            return Err(invalid(&[Key::Field("version")], format!("this Tamp reads recipe version {RECIPE_VERSION}, not {}", self.version)));
+        }
+        if self.policy.name.trim().is_empty() {
+            return Err(invalid(&[Key::Field("policy"), Key::Field("name")], "must not be empty".into()));
+        }
+        if self.policy.stages.is_empty() {
+            return Err(invalid(&[Key::Field("policy"), Key::Field("stages")], "a policy needs at least one stage, e.g. `- ptq: {}`".into()));
+        }
+        for (i, stage) in self.policy.stages.iter().enumerate() {
+            let at = |k: &'static str| [Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field(stage.kind()), Key::Field(k)];
+            match stage {
+                Stage::Ptq(p) => {
+                    for (key, list, allowed) in [("weights", &p.bits.weights, &[8u8][..]), ("activations", &p.bits.activations, &[8u8][..])] {
+                        let path = [Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("bits"), Key::Field(key)];
+                        if list.is_empty() {
+                            return Err(invalid(&path, "list at least one bit-width, e.g. [8]".into()));
+                        }
+                        if let Some(b) = list.iter().find(|b| !allowed.contains(b)) {
+                            let hint = if key == "weights" && *b == 4 { " (4-bit weight-only MatMulNBits is planned, not in this build)" } else { "" };
+                            return Err(invalid(&path, format!("{b}-bit is not supported; supported: {allowed:?}{hint}")));
+                        }
+                    }
+                    let c = &p.calibration;
+                    if c.samples == 0 {
+                        return Err(invalid(&[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("samples")], "must be at least 1".into()));
+                    }
+                    if !(c.percentile > 50.0 && c.percentile <= 100.0) {
+                        return Err(invalid(&[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("percentile")], format!("{} is outside (50, 100]", c.percentile)));
+                    }
+                    if !(64..=1 << 16).contains(&c.bins) {
+                        return Err(invalid(&[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("bins")], format!("{} is outside 64..=65536", c.bins)));
+                    }
+                    if !p.symmetric {
+                        return Err(invalid(&at("symmetric"), "asymmetric weights are not supported in this build; ONNX Runtime's int8 kernels are fastest with symmetric weights (set `symmetric: true`)".into()));
+                    }
+                    if p.cross_layer_equalization {
+                        return Err(invalid(&at("cross_layer_equalization"), "not available in this build (set it to false)".into()));
+                    }
+                    if p.bias_correction {
+                        return Err(invalid(&at("bias_correction"), "not available in this build (set it to false)".into()));
+                    }
+                }
+                other => {
+                    return Err(invalid(
+                        &[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field(other.kind())],
+                        format!("the `{}` stage is not available in this build of Tamp; available: ptq", other.kind()),
+                    ));
+                }
+            }
+        }
+        if let Some(t) = self.targets.iter().find(|t| **t != Target::Onnxruntime) {
+            return Err(invalid(&[Key::Field("targets")], format!("target `{}` has no exporter in this build; available: onnxruntime", t.as_str())));
+        }
+        if self.targets.is_empty() {
+            return Err(invalid(&[Key::Field("targets")], "list at least one target runtime, e.g. [onnxruntime]".into()));
+        }
+        let c = &self.constraints;
+        if !(c.max_metric_drop_pct.is_finite() && c.max_metric_drop_pct >= 0.0) {
+            return Err(invalid(&[Key::Field("constraints"), Key::Field("max_metric_drop_pct")], "must be a number ≥ 0 (percent of the baseline metric)".into()));
+        }
+        if c.max_latency_ms_p50.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            return Err(invalid(&[Key::Field("constraints"), Key::Field("max_latency_ms_p50")], "must be a number > 0 (milliseconds)".into()));
+        }
+        if c.min_compression_ratio.is_some_and(|v| !(v.is_finite() && v >= 1.0)) {
+            return Err(invalid(&[Key::Field("constraints"), Key::Field("min_compression_ratio")], "must be a number ≥ 1".into()));
+        }
+        if self.evaluation.samples == Some(0) || self.evaluation.latency_runs == 0 {
+            return Err(invalid(&[Key::Field("evaluation")], "`samples` and `latency_runs` must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The PTQ stages, in order.
+    pub fn ptq_stages(&self) -> impl Iterator<Item = &PtqStage> {
+        self.policy.stages.iter().filter_map(|s| match s {
+            Stage::Ptq(p) => Some(p),
+            _ => None,
+        })
+    }
+}
+
+/// One step of a path into the recipe.
+#[derive(Debug, Clone, Copy)]
+enum Key<'a> {
+    Field(&'a str),
+    Index(usize),
+}
+
+fn render(path: &[Key<'_>]) -> String {
+    let mut s = String::new();
+    for k in path {
+        match k {
+            Key::Field(f) if s.is_empty() => s.push_str(f),
+            Key::Field(f) => {
+                s.push('.');
+                s.push_str(f);
+            }
+            Key::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Best-effort line (1-based) of `path` in block- or flow-style YAML: walks forward through
+/// the text, finding each key (or the n-th list item) after the previous one. Falls back to
+/// the deepest step found.
+fn line_of(source: &str, path: &[Key<'_>]) -> Option<usize> {
+    let lines: Vec<&str> = source.lines().collect();
+    let mut at = 0usize;
+    let mut found = None;
+    for key in path {
+        match key {
+            Key::Field(name) => {
+                let needle = format!("{name}:");
+                let hit = (at..lines.len()).find(|&l| {
+                    let t = lines[l].trim_start().trim_start_matches("- ").trim_start();
+                    t.starts_with(&needle) || lines[l].contains(&format!("{{{needle}")) || lines[l].contains(&format!(" {needle}"))
+                })?;
+                at = hit;
+                found = Some(hit + 1);
+            }
+            Key::Index(n) => {
+                let items: Vec<usize> = (at + 1..lines.len()).filter(|&l| lines[l].trim_start().starts_with("- ")).collect();
+                let indent = items.first().map(|&l| lines[l].len() - lines[l].trim_start().len())?;
+                let hit = items.into_iter().filter(|&l| lines[l].len() - lines[l].trim_start().len() == indent).nth(*n)?;
+                at = hit;
+                found = Some(hit + 1);
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRD: &str = "policy:
+  name: ptq-8bit
+  stages:
+    - ptq:
+        bits: {weights: [8], activations: [8]}
+        calibration: {method: kl, samples: 2048}
+        per_channel_weights: true
+        symmetric: true
+";
+
+    #[test]
+    fn the_prd_form_loads_unchanged() {
+        let r = Recipe::from_yaml(PRD).unwrap();
+        let p = r.ptq_stages().next().unwrap();
+        assert_eq!(p.calibration.method, CalibrationMethod::Kl);
+        assert_eq!(p.calibration.samples, 2048);
+        assert_eq!(r.targets, vec![Target::Onnxruntime]);
+        assert_eq!(r.constraints.max_metric_drop_pct, 1.0);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_the_line_and_the_allowed_keys() {
+        let bad = PRD.replace("per_channel_weights", "per_chanel_weights");
+        let e = Recipe::from_yaml(&bad).unwrap_err().to_string();
+        assert!(e.contains("per_chanel_weights") && e.contains("line 7") && e.contains("per_channel_weights"), "{e}");
+        let e = Recipe::from_yaml(&format!("{PRD}colour: blue\n")).unwrap_err().to_string();
+        assert!(e.contains("colour") && e.contains("line 9") && e.contains("constraints"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_line() {
+        let e = Recipe::from_yaml(&PRD.replace("samples: 2048", "samples: 0")).unwrap_err();
+        assert_eq!(e, RecipeError::Invalid { path: "policy.stages[0].ptq.calibration.samples".into(), line: Some(6), message: "must be at least 1".into() });
+        let e = Recipe::from_yaml(&PRD.replace("method: kl", "method: magic")).unwrap_err().to_string();
+        assert!(e.contains("magic") && e.contains("minmax") && e.contains("line 6"), "{e}");
+        let e = Recipe::from_yaml(&PRD.replace("weights: [8]", "weights: [3]")).unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("3-bit"), "{e}");
+        let e = Recipe::from_yaml(&format!("{PRD}constraints:\n  max_metric_drop_pct: -1\n")).unwrap_err().to_string();
+        assert!(e.contains("line 10") && e.contains("max_metric_drop_pct"), "{e}");
+    }
+
+    #[test]
+    fn stages_not_in_this_build_are_refused_by_name() {
+        let r = "policy:\n  name: p\n  stages:\n    - ptq: {}\n    - pruning: {sparsity: 0.5}\n";
+        let e = Recipe::from_yaml(r).unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("`pruning` stage"), "{e}");
+        let e = Recipe::from_yaml("policy:\n  name: p\n  stages:\n    - squash: {}\n").unwrap_err().to_string();
+        assert!(e.contains("squash") && e.contains("ptq"), "{e}");
+    }
+
+    #[test]
+    fn empty_and_malformed_yaml_are_errors() {
+        assert!(Recipe::from_yaml("").is_err());
+        assert!(Recipe::from_yaml("policy: [").unwrap_err().to_string().contains("line"));
+        assert!(Recipe::from_yaml("policy:\n  name: p\n  stages: []\n").unwrap_err().to_string().contains("at least one stage"));
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let r = Recipe::from_yaml(PRD).unwrap();
+        let text = serde_yaml_ng::to_string(&r).unwrap();
+        assert_eq!(Recipe::from_yaml(&text).unwrap(), r);
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    use super::*;
+
+    /// Every recipe shipped under configs/ loads and validates.
+    #[test]
+    fn shipped_examples_load() {
+        let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        let dir = std::path::Path::new(&manifest).join("../../configs/policy_examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            Recipe::from_yaml(&text).unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()));
+            n += 1;
+        }
+        assert!(n >= 3, "expected the example recipes in {}", dir.display());
+    }
+}

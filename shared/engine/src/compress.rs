@@ -1,0 +1,501 @@
+//! The stage runner behind `tamp compress` (and, later, one stage of a service job): measure
+//! the baseline, build one candidate per combination a recipe stage lists, return the most
+//! sensitive layers to float while the metric constraint fails, time every candidate on the
+//! target runtime (flagging those that are not faster), choose the best under the recipe's
+//! constraints and objective, and write the artifacts with their metadata and a manifest.
+//!
+//! Output folder:
+//! - `candidates/<id>.onnx` and `candidates.json` (metric, latency, size, ratio, flags);
+//! - `best.onnx` + `best.json` (the chosen artifact and its metadata: runtime, opset,
+//!   compression, metrics, compatibility with ONNX Runtime's optimized op types);
+//! - `manifest.json` (sha256 of every input and output, the recipe, seeds, versions), last.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tamp_domain::Recipe;
+use tamp_domain::recipe::{CalibrationMethod, Objective, PtqMode, PtqStage, Stage};
+use tamp_onnx::{Model, SaveOptions};
+
+use crate::calibrate::Method;
+use crate::dataset::Dataset;
+use crate::error::{EngineError, Result};
+use crate::eval::{self, EvalConfig};
+use crate::metrics;
+use crate::passes::{DynamicConfig, QuantizeConfig, dynamic, quantize};
+use crate::perf::LatencyConfig;
+use crate::ptq::{self, PtqConfig};
+use crate::runtime::{self, SessionConfig};
+
+/// What the runner reports while it works (progress bars in the CLI, events in a worker).
+pub trait Observer {
+    /// A step starts; `total` units of work (0: unknown).
+    fn begin(&mut self, label: &str, total: u64);
+    fn advance(&mut self, done: u64);
+    /// The step ended, with a one-line summary.
+    fn end(&mut self, summary: &str);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn begin(&mut self, _: &str, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+    fn end(&mut self, _: &str) {}
+}
+
+/// One compression job on one machine.
+#[derive(Debug)]
+pub struct Job<'a> {
+    pub model_path: &'a Path,
+    pub recipe: &'a Recipe,
+    /// Where the recipe came from (recorded in the manifest with its hash).
+    pub recipe_path: Option<&'a Path>,
+    pub calibration: &'a Dataset,
+    pub evaluation: &'a Dataset,
+    pub out_dir: &'a Path,
+}
+
+/// A model measured on the evaluation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    pub metric: String,
+    pub value: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p95: f64,
+    /// Samples per second at batch 32 (absent when the model's batch size is fixed).
+    pub throughput_b32: Option<f64>,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub eval_rows: usize,
+}
+
+/// One candidate model and how it fared.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Candidate {
+    pub id: String,
+    /// Index of the recipe stage that made it.
+    pub stage: usize,
+    pub technique: String,
+    pub mode: String,
+    pub weights_bits: u8,
+    pub activations_bits: u8,
+    pub calibration: Option<String>,
+    pub per_channel_weights: bool,
+    /// Layers kept in float (by request or by the accuracy-aware fallback).
+    pub float_nodes: Vec<String>,
+    /// Path relative to the output folder.
+    pub file: String,
+    pub measured: Measured,
+    pub compression_ratio: f64,
+    /// Relative drop of the task metric, in percent of the baseline (negative: improved).
+    pub metric_drop_pct: f64,
+    /// Baseline P50 / candidate P50.
+    pub speedup_p50: f64,
+    pub faster: bool,
+    /// Constraints this candidate misses.
+    pub missed: Vec<String>,
+    pub flags: Vec<String>,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub baseline: Measured,
+    pub candidates: Vec<Candidate>,
+    /// Candidate id of `best.onnx`.
+    pub chosen: String,
+    /// Why it was chosen (and which constraints it misses, if every candidate misses some).
+    pub reason: String,
+    pub objective: Objective,
+}
+
+/// Builds a candidate with the given layers kept in float.
+type BuildFn = dyn Fn(&BTreeSet<String>) -> Result<Model>;
+
+/// Minimum speed-up counted as "faster": timing noise on a shared machine is a few percent.
+const FASTER_THAN: f64 = 1.02;
+/// Rows the accuracy-aware fallback scores each trial on.
+const SENSITIVITY_ROWS: usize = 256;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |e| EngineError::Io { path: path.to_owned(), source: e }
+}
+
+fn method(m: CalibrationMethod, percentile: f64) -> Method {
+    match m {
+        CalibrationMethod::Minmax => Method::MinMax,
+        CalibrationMethod::Kl => Method::Entropy,
+        CalibrationMethod::Percentile => Method::Percentile { percentile },
+        CalibrationMethod::Mse => Method::Mse,
+    }
+}
+
+/// Relative metric drop in percent, honouring the metric's direction.
+pub fn metric_drop_pct(metric: &str, baseline: f64, value: f64) -> f64 {
+    let delta = if metrics::higher_is_better(metric) { baseline - value } else { value - baseline };
+    if baseline.abs() > f64::EPSILON { 100.0 * delta / baseline.abs() } else { 100.0 * delta }
+}
+
+/// `static` for graphs with convolutions, `dynamic` for transformer-style graphs.
+pub fn resolve_mode(model: &Model, mode: PtqMode) -> PtqMode {
+    match mode {
+        PtqMode::Auto => {
+            let has_conv = model.graph().node.iter().any(|n| n.op_type.as_deref() == Some("Conv"));
+            let dynamic_units = dynamic::quantizable_nodes(model, &DynamicConfig::default()).map(|v| v.len()).unwrap_or(0);
+            if !has_conv && dynamic_units > 0 { PtqMode::Dynamic } else { PtqMode::Static }
+        }
+        m => m,
+    }
+}
+
+struct Runner<'a, 'o> {
+    job: &'a Job<'a>,
+    obs: &'o mut dyn Observer,
+    metric: String,
+    eval_cfg: EvalConfig,
+    baseline: Option<Measured>,
+}
+
+impl Runner<'_, '_> {
+    fn measure(&mut self, path: &Path, label: &str) -> Result<Measured> {
+        let rows = self.eval_cfg.samples.unwrap_or(self.job.evaluation.rows).min(self.job.evaluation.rows) as u64;
+        self.obs.begin(&format!("evaluate {label}"), rows);
+        let obs = &mut *self.obs;
+        let r = eval::evaluate(path, self.job.evaluation, &self.eval_cfg, None, &mut |done, _| obs.advance(done as u64))?;
+        let value = r.metrics.get(&self.metric).copied().ok_or_else(|| EngineError::Config(format!("metric '{}' produced no value", self.metric)))?;
+        let m = Measured {
+            metric: self.metric.clone(),
+            value,
+            latency_ms_p50: r.latency.p50_ms,
+            latency_ms_p95: r.latency.p95_ms,
+            throughput_b32: r.throughput.iter().find(|t| t.batch_size == 32 && t.skipped.is_none()).and_then(|t| t.samples_per_s),
+            size_bytes: r.model.size_bytes,
+            sha256: r.model.sha256,
+            eval_rows: r.dataset.evaluated_rows,
+        };
+        self.obs.end(&format!("{label}: {} {:.4}, P50 {:.3} ms", self.metric, m.value, m.latency_ms_p50));
+        Ok(m)
+    }
+
+    fn baseline(&self) -> &Measured {
+        // Set before any candidate is built.
+        self.baseline.as_ref().unwrap_or_else(|| unreachable!("baseline measured first"))
+    }
+
+    /// Saves, measures and judges one candidate model.
+    #[allow(clippy::too_many_arguments)]
+    fn candidate(&mut self, model: &Model, id: String, stage: usize, p: &PtqStage, mode: PtqMode, float_nodes: Vec<String>) -> Result<Candidate> {
+        let file = format!("candidates/{id}.onnx");
+        let path = self.job.out_dir.join(&file);
+        model.save(&path, &SaveOptions::default())?;
+        let measured = self.measure(&path, &id)?;
+        let base = self.baseline().clone();
+        let c = &self.job.recipe.constraints;
+        let ratio = base.size_bytes as f64 / measured.size_bytes.max(1) as f64;
+        let drop = metric_drop_pct(&self.metric, base.value, measured.value);
+        let speedup = base.latency_ms_p50 / measured.latency_ms_p50.max(1e-9);
+        let faster = speedup >= FASTER_THAN;
+        let mut missed = Vec::new();
+        if drop > c.max_metric_drop_pct {
+            missed.push(format!("max_metric_drop_pct: {} dropped {drop:.2}% (limit {}%)", self.metric, c.max_metric_drop_pct));
+        }
+        if let Some(limit) = c.max_latency_ms_p50.filter(|l| measured.latency_ms_p50 > *l) {
+            missed.push(format!("max_latency_ms_p50: {:.3} ms (limit {limit} ms)", measured.latency_ms_p50));
+        }
+        if let Some(limit) = c.min_compression_ratio.filter(|l| ratio < *l) {
+            missed.push(format!("min_compression_ratio: {ratio:.2}x (limit {limit}x)"));
+        }
+        let mut flags = Vec::new();
+        if !faster {
+            flags.push(format!(
+                "not faster than the baseline on onnxruntime (P50 {:.3} ms vs {:.3} ms): never chosen for a latency objective",
+                measured.latency_ms_p50, base.latency_ms_p50
+            ));
+        }
+        Ok(Candidate {
+            id,
+            stage,
+            technique: "ptq".into(),
+            mode: format!("{mode:?}").to_lowercase(),
+            weights_bits: 8,
+            activations_bits: 8,
+            calibration: (mode == PtqMode::Static).then(|| format!("{:?}", p.calibration.method).to_lowercase()),
+            per_channel_weights: p.per_channel_weights,
+            float_nodes,
+            file,
+            measured,
+            compression_ratio: ratio,
+            metric_drop_pct: drop,
+            speedup_p50: speedup,
+            faster,
+            missed,
+            flags,
+        })
+    }
+
+    /// Returns the fewest, most sensitive layers to float until the metric constraint holds
+    /// on the sensitivity rows; `build` makes a model with a given set of float layers.
+    fn fallback(&mut self, units: &[String], keep: &BTreeSet<String>, build: &BuildFn) -> Result<Option<Vec<String>>> {
+        let data = self.job.evaluation;
+        let rows = data.sample(SENSITIVITY_ROWS.min(data.rows), self.eval_cfg.seed);
+        let session = SessionConfig::default();
+        let reference = eval::score(&Model::load(self.job.model_path)?, data, &rows, &self.metric, 32, &session)?;
+        let units: Vec<&String> = units.iter().filter(|u| !keep.contains(*u)).collect();
+        self.obs.begin("rank layer sensitivity", units.len() as u64 + 1);
+        let all = eval::score(&build(keep)?, data, &rows, &self.metric, 32, &session)?;
+        let mut gains = Vec::new();
+        for (i, u) in units.iter().enumerate() {
+            let mut ex = keep.clone();
+            ex.insert((*u).clone());
+            let s = eval::score(&build(&ex)?, data, &rows, &self.metric, 32, &session)?;
+            // Improvement from keeping `u` in float, in the metric's direction.
+            gains.push((metric_drop_pct(&self.metric, reference, all) - metric_drop_pct(&self.metric, reference, s), (*u).clone()));
+            self.obs.advance(i as u64 + 1);
+        }
+        gains.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        self.obs.end(&format!("{} layers ranked", gains.len()));
+        let limit = self.job.recipe.constraints.max_metric_drop_pct;
+        self.obs.begin("return layers to float", gains.len() as u64);
+        for k in 1..=gains.len() {
+            let mut ex = keep.clone();
+            ex.extend(gains[..k].iter().map(|g| g.1.clone()));
+            let s = eval::score(&build(&ex)?, data, &rows, &self.metric, 32, &session)?;
+            self.obs.advance(k as u64);
+            if metric_drop_pct(&self.metric, reference, s) <= limit {
+                self.obs.end(&format!("{k} layer(s) in float"));
+                return Ok(Some(ex.into_iter().collect()));
+            }
+        }
+        self.obs.end("no subset of layers meets the metric constraint");
+        Ok(None)
+    }
+
+    fn ptq(&mut self, stage: usize, p: &PtqStage, model: &Model) -> Result<Vec<Candidate>> {
+        let mode = resolve_mode(model, p.mode);
+        let keep: BTreeSet<String> = p.keep_float.iter().cloned().collect();
+        let mut out = Vec::new();
+        let build: Box<BuildFn>;
+        let units: Vec<String>;
+        match mode {
+            PtqMode::Static => {
+                let cfg = PtqConfig {
+                    method: method(p.calibration.method, p.calibration.percentile),
+                    samples: p.calibration.samples,
+                    seed: p.calibration.seed,
+                    bins: p.calibration.bins,
+                    fold_batch_norm: p.fold_batch_norm,
+                    ..PtqConfig::default()
+                };
+                let rows = p.calibration.samples.min(self.job.calibration.rows);
+                self.obs.begin(&format!("calibrate ({:?}, {rows} rows)", cfg.method), 0);
+                let calibrated = ptq::calibrate(model, self.job.calibration, &cfg)?;
+                self.obs.end(&format!("{} activations calibrated on {} rows", calibrated.ranges.len(), calibrated.calibration_rows));
+                units = quantize::weighted_nodes(&calibrated.folded);
+                let per_channel = p.per_channel_weights;
+                build = Box::new(move |ex| Ok(calibrated.quantize(&QuantizeConfig { per_channel, exclude: ex.clone() })?.0));
+            }
+            PtqMode::Dynamic | PtqMode::Auto => {
+                let base = DynamicConfig { per_channel: p.per_channel_weights, ..DynamicConfig::default() };
+                units = dynamic::quantizable_nodes(model, &base)?;
+                let model = model.clone();
+                build = Box::new(move |ex| Ok(ptq::quantize_dynamic(&model, &DynamicConfig { exclude: ex.clone(), ..base.clone() })?.0));
+            }
+        }
+        for &wb in &p.bits.weights {
+            for &ab in &p.bits.activations {
+                let id = format!("s{stage}-ptq-{}-w{wb}a{ab}", format!("{mode:?}").to_lowercase());
+                let q = build(&keep)?;
+                let c = self.candidate(&q, id.clone(), stage, p, mode, keep.iter().cloned().collect())?;
+                let drop_missed = c.metric_drop_pct > self.job.recipe.constraints.max_metric_drop_pct;
+                out.push(c);
+                if drop_missed && let Some(float) = self.fallback(&units, &keep, build.as_ref())? {
+                    let set: BTreeSet<String> = float.iter().cloned().collect();
+                    let q = build(&set)?;
+                    out.push(self.candidate(&q, format!("{id}-fallback{}", float.len()), stage, p, mode, float)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Picks the best candidate: among those meeting every constraint (and faster than the
+/// baseline when the objective is latency), the best by the objective; when none does, the
+/// one missing the fewest constraints, with the reason saying what it misses.
+pub fn choose(candidates: &[Candidate], objective: Objective) -> Option<(usize, String)> {
+    let key = |c: &Candidate| -> f64 {
+        match objective {
+            Objective::Latency => c.measured.latency_ms_p50,
+            Objective::Size => c.measured.size_bytes as f64,
+            Objective::Metric => c.metric_drop_pct,
+        }
+    };
+    let eligible = |c: &Candidate| c.missed.is_empty() && (objective != Objective::Latency || c.faster);
+    let best = |pool: Vec<usize>| pool.into_iter().min_by(|&a, &b| key(&candidates[a]).total_cmp(&key(&candidates[b])));
+    if let Some(i) = best((0..candidates.len()).filter(|&i| eligible(&candidates[i])).collect()) {
+        return Some((i, format!("meets every constraint; best {objective:?} among {} candidate(s)", candidates.len()).to_lowercase()));
+    }
+    let fewest = candidates.iter().map(|c| c.missed.len() + usize::from(objective == Objective::Latency && !c.faster)).min()?;
+    let i = best((0..candidates.len()).filter(|&i| candidates[i].missed.len() + usize::from(objective == Objective::Latency && !candidates[i].faster) == fewest).collect())?;
+    let mut misses = candidates[i].missed.clone();
+    if objective == Objective::Latency && !candidates[i].faster {
+        misses.push("not faster than the baseline".into());
+    }
+    Some((i, format!("no candidate meets every constraint; kept the best so far, which misses: {}", misses.join("; "))))
+}
+
+/// Runs every stage of the recipe and writes the output folder.
+pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
+    let out = job.out_dir;
+    std::fs::create_dir_all(out.join("candidates")).map_err(io_err(out))?;
+    let (model, _) = Model::load_with_info(job.model_path)?;
+    let ev = &job.recipe.evaluation;
+    let metric = match &ev.metric {
+        Some(m) => m.clone(),
+        None => eval::default_metric(job.evaluation)
+            .ok_or_else(|| EngineError::Config(format!("{} has no `labels` array, so no task metric can be computed; add labels or name `evaluation.metric`", job.evaluation.path.display())))?
+            .to_owned(),
+    };
+    let eval_cfg = EvalConfig {
+        metrics: vec![metric.clone()],
+        samples: ev.samples,
+        latency: LatencyConfig { warmup: 10, runs: ev.latency_runs },
+        throughput_batches: vec![32],
+        throughput_runs: 10,
+        session: SessionConfig { intra_threads: ev.threads, ..SessionConfig::default() },
+        ..EvalConfig::default()
+    };
+    let mut runner = Runner { job, obs, metric, eval_cfg, baseline: None };
+    let baseline = runner.measure(job.model_path, "baseline")?;
+    runner.baseline = Some(baseline.clone());
+    let mut candidates = Vec::new();
+    for (i, stage) in job.recipe.policy.stages.iter().enumerate() {
+        match stage {
+            Stage::Ptq(p) => candidates.extend(runner.ptq(i, p, &model)?),
+            other => return Err(EngineError::Config(format!("stage {i} (`{}`) is not available in this build", other.kind()))),
+        }
+    }
+    let (chosen, reason) = choose(&candidates, job.recipe.objective).ok_or_else(|| EngineError::Config("the recipe produced no candidates".into()))?;
+    let best = &candidates[chosen];
+    let best_path = out.join("best.onnx");
+    std::fs::copy(out.join(&best.file), &best_path).map_err(io_err(&best_path))?;
+    let ops = runtime::optimized_op_types(&best_path, &SessionConfig::default())?;
+    let best_model = Model::load(&best_path)?;
+    let artifact = artifact_metadata(job, &best_model, best, &baseline, &ops)?;
+    write_json(&out.join("best.json"), &artifact)?;
+    let outcome = Outcome { baseline, candidates: candidates.clone(), chosen: best.id.clone(), reason, objective: job.recipe.objective };
+    write_json(&out.join("candidates.json"), &outcome)?;
+    write_manifest(job, &outcome)?;
+    Ok(outcome)
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| EngineError::Config(e.to_string()))? + "\n";
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// The artifact record (the PRD's artifact JSON).
+fn artifact_metadata(job: &Job<'_>, model: &Model, c: &Candidate, base: &Measured, ops: &BTreeMap<String, usize>) -> Result<serde_json::Value> {
+    const INTEGER_KERNELS: &[&str] = &["QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "ConvInteger", "MatMulNBits"];
+    let ort = runtime::runtime_info()?;
+    let opsets: BTreeMap<String, i64> = model.proto.opset_import.iter().map(|o| (o.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into()), o.version.unwrap_or(0))).collect();
+    let integer: BTreeMap<&String, &usize> = ops.iter().filter(|(k, _)| INTEGER_KERNELS.contains(&k.as_str())).collect();
+    Ok(serde_json::json!({
+        "artifact_id": format!("sha256:{}", c.measured.sha256),
+        "format": "onnx",
+        "uri": "best.onnx",
+        "sha256": c.measured.sha256,
+        "size_bytes": c.measured.size_bytes,
+        "runtime": "onnxruntime",
+        "opset": opsets,
+        "source": { "model": job.model_path.display().to_string(), "sha256": base.sha256, "size_bytes": base.size_bytes },
+        "policy": job.recipe.policy.name,
+        "candidate": c.id,
+        "compression": {
+            "technique": c.technique,
+            "mode": c.mode,
+            "weights_bits": c.weights_bits,
+            "activations_bits": c.activations_bits,
+            "calibration": c.calibration,
+            "per_channel_weights": c.per_channel_weights,
+            "float_nodes": c.float_nodes,
+            "ratio": c.compression_ratio,
+        },
+        "metrics": {
+            "task": { "name": c.measured.metric, "value": c.measured.value, "baseline": base.value, "drop_pct": c.metric_drop_pct, "eval_rows": c.measured.eval_rows },
+            "latency_ms_p50": c.measured.latency_ms_p50,
+            "latency_ms_p95": c.measured.latency_ms_p95,
+            "baseline_latency_ms_p50": base.latency_ms_p50,
+            "speedup_p50": c.speedup_p50,
+            "throughput_b32": c.measured.throughput_b32,
+            "baseline_throughput_b32": base.throughput_b32,
+        },
+        "compatibility": {
+            "onnxruntime": {
+                "version": ort.version,
+                "execution_provider": "CPUExecutionProvider",
+                "loads": true,
+                "optimized_op_types": ops,
+                "integer_kernels": integer,
+            }
+        },
+        "flags": c.flags,
+        "missed_constraints": c.missed,
+        "created_by": format!("tamp {}", crate::TAMP_VERSION),
+    }))
+}
+
+/// A manifest entry; `shown` is the path recorded (outputs relative to the output folder).
+fn file_entry(role: &str, path: &Path, shown: &str) -> Result<serde_json::Value> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    use sha2::Digest;
+    Ok(serde_json::json!({ "role": role, "path": shown, "sha256": hex::encode(sha2::Sha256::digest(&bytes)), "size_bytes": bytes.len() }))
+}
+
+fn input_entry(role: &str, path: &Path) -> Result<serde_json::Value> {
+    file_entry(role, path, &path.display().to_string())
+}
+
+fn write_manifest(job: &Job<'_>, outcome: &Outcome) -> Result<()> {
+    let mut inputs = vec![input_entry("model", job.model_path)?, input_entry("calibration", &job.calibration.path)?, input_entry("evaluation", &job.evaluation.path)?];
+    if let Some(r) = job.recipe_path {
+        inputs.push(input_entry("recipe", r)?);
+    }
+    let mut outputs = Vec::new();
+    for c in &outcome.candidates {
+        outputs.push(file_entry("candidate", &job.out_dir.join(&c.file), &c.file)?);
+    }
+    for (role, name) in [("artifact", "best.onnx"), ("artifact_metadata", "best.json"), ("candidates", "candidates.json")] {
+        outputs.push(file_entry(role, &job.out_dir.join(name), name)?);
+    }
+    let seeds: Vec<serde_json::Value> = job.recipe.ptq_stages().map(|p| serde_json::json!({ "calibration": p.calibration.seed })).collect();
+    let ort = runtime::runtime_info()?;
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let manifest = serde_json::json!({
+        "tamp_version": crate::TAMP_VERSION,
+        "onnxruntime": ort.version,
+        "created_unix": created,
+        "recipe": job.recipe,
+        "seeds": { "stages": seeds, "evaluation": 0 },
+        "inputs": inputs,
+        "outputs": outputs,
+        "chosen": outcome.chosen,
+        "cpu": eval::cpu_info(),
+    });
+    write_json(&job.out_dir.join("manifest.json"), &manifest)
+}
+
+/// Where a path given in a recipe points: absolute, or relative to the recipe's folder.
+pub fn resolve_from_recipe(recipe_path: Option<&Path>, value: &str) -> PathBuf {
+    let p = PathBuf::from(value);
+    match recipe_path.and_then(Path::parent) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p,
+    }
+}
