@@ -5,6 +5,7 @@ mod compress;
 mod eval;
 mod inspect;
 mod quantize;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,10 @@ enum Command {
     Eval(eval::Args),
     /// Run a recipe: candidates, accuracy-aware fallback, timing, the best artifact, a manifest.
     Compress(compress::Args),
+    /// Run the local stack: API on 127.0.0.1, upload watcher, queue, stage workers (data in ./.tamp).
+    Serve(serve::ServeArgs),
+    /// Run one stage of one job (what `tamp serve` and the Batch container start).
+    Worker(serve::WorkerArgs),
     /// One-shot int8 post-training quantization (static QDQ with calibration, or --dynamic).
     Quantize(quantize::Args),
 }
@@ -40,6 +45,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(&a),
         Command::Compress(a) => compress::run(&a),
         Command::Quantize(a) => quantize::run(&a),
+        Command::Serve(a) => serve::serve(&a),
+        Command::Worker(a) => serve::worker(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

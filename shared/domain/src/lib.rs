@@ -1,7 +1,9 @@
-//! Tamp's domain: the recipe (policy) schema and its validation. No I/O: callers read files
-//! and hand this crate text. The job/stage state machine, ids and events join it with the
-//! control plane.
+//! Tamp's domain: the recipe (policy) schema and its validation, compression jobs with their
+//! state machine and planner, and the events Tamp publishes. No I/O: callers read files,
+//! talk to stores and pass the clock in.
 
+pub mod job;
 pub mod recipe;
 
+pub use job::{Effect, EventKind, Job, JobState, Signal, StageState};
 pub use recipe::{Recipe, RecipeError};

@@ -1,0 +1,56 @@
+//! The in-process event bus (EventBridge's part locally): every event is appended to a JSON
+//! lines log and handed to each subscriber (report, notify); a failing subscriber is logged
+//! and does not stop the others.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tamp_ports::{EventBus, PortError, Result, TampEvent};
+
+/// Something that reacts to events.
+#[async_trait]
+pub trait Subscriber: Send + Sync {
+    fn name(&self) -> &str;
+    async fn on_event(&self, event: &TampEvent) -> Result<()>;
+}
+
+pub struct LocalBus {
+    log: Option<Mutex<std::fs::File>>,
+    subscribers: Vec<Arc<dyn Subscriber>>,
+}
+
+impl std::fmt::Debug for LocalBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBus").field("subscribers", &self.subscribers.iter().map(|s| s.name().to_owned()).collect::<Vec<_>>()).finish()
+    }
+}
+
+impl LocalBus {
+    /// `log`: where events are appended (one JSON object per line), if anywhere.
+    pub fn new(log: Option<PathBuf>, subscribers: Vec<Arc<dyn Subscriber>>) -> Result<Self> {
+        let log = match log {
+            Some(p) => Some(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| PortError::Unavailable(format!("{}: {e}", p.display())))?)),
+            None => None,
+        };
+        Ok(Self { log, subscribers })
+    }
+}
+
+#[async_trait]
+impl EventBus for LocalBus {
+    async fn publish(&self, event: &TampEvent) -> Result<()> {
+        if let Some(log) = &self.log {
+            let line = serde_json::to_string(event).map_err(|e| PortError::Invalid(e.to_string()))?;
+            let mut f = log.lock().map_err(|_| PortError::Unavailable("event log lock poisoned".into()))?;
+            writeln!(f, "{line}").map_err(|e| PortError::Unavailable(format!("event log: {e}")))?;
+        }
+        for s in &self.subscribers {
+            if let Err(e) = s.on_event(event).await {
+                tracing::warn!(subscriber = s.name(), event = %event.detail_type, error = %e, "event subscriber failed");
+            }
+        }
+        Ok(())
+    }
+}

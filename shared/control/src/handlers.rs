@@ -1,0 +1,295 @@
+//! The handlers every deployment shares: **ingest** (an upload's `recipe.yaml` → a job),
+//! the **orchestrator** (queue messages → state machine → effects) and **reconcile**
+//! (re-submits stage attempts that lost their run). Locally `tamp serve` calls them; on AWS
+//! the Lambda functions do, with the same ports.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tamp_domain::job::{self, Effect, EventKind, Job, JobInputs, JobState, RetryPolicy, Signal, StageOutput, StageState};
+use tamp_domain::recipe::Recipe;
+use tamp_ports::{ArtifactRecord, BatchRunner, Clock, Created, EventBus, Message, MetadataStore, ObjectStore, PortError, Queue, RunStatus, StageRun, TampEvent};
+
+/// The ports a handler works through.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Arc<dyn ObjectStore>,
+    pub meta: Arc<dyn MetadataStore>,
+    pub queue: Arc<dyn Queue>,
+    pub runner: Arc<dyn BatchRunner>,
+    pub bus: Arc<dyn EventBus>,
+    pub clock: Arc<dyn Clock>,
+    pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").field("retry", &self.retry).finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Never worth retrying (the message or upload is wrong).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+impl HandlerError {
+    /// Whether redelivering the message may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Port(PortError::Unavailable(_) | PortError::Conflict(_)))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, HandlerError>;
+
+/// What ingesting an upload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    Created(String),
+    /// The same upload (key + version) was seen before: no new job.
+    Duplicate(String),
+    /// Not a trigger (not a `recipe.yaml` under `uploads/<project>/<model>/<version>/`).
+    Ignored(String),
+}
+
+/// Key of an artifact's stage manifest, written last by the worker.
+pub fn stage_manifest_key(run: &StageRun) -> String {
+    format!("artifacts/{}/{}/attempt-{}.json", run.job, run.stage, run.attempt)
+}
+
+/// What the worker writes as its stage manifest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StageManifest {
+    pub output: StageOutput,
+    /// The artifact metadata JSON (runtime, opset, compression, metrics, compatibility).
+    pub metadata: serde_json::Value,
+}
+
+/// Parses `uploads/<project>/<model>/<version>/recipe.yaml`.
+pub fn upload_prefix(key: &str) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        ["uploads", p, m, v, "recipe.yaml"] if job::valid_name(p) && job::valid_name(m) && job::valid_name(v) => Some(((*p).into(), (*m).into(), (*v).into())),
+        _ => None,
+    }
+}
+
+fn new_job_id() -> String {
+    format!("job_{}", tamp_adapters_local::random_hex(8))
+}
+
+fn event(job: &Job, kind: EventKind, now: u64, detail: serde_json::Value) -> TampEvent {
+    TampEvent {
+        id: format!("evt_{}", tamp_adapters_local::random_hex(8)),
+        detail_type: format!("tamp.{}", kind.as_str()),
+        time: now,
+        project: job.project.clone(),
+        model: job.model.clone(),
+        version: job.version.clone(),
+        job: job.id.clone(),
+        state: job.state.as_str().to_owned(),
+        reason: job.reason.clone(),
+        link: format!("/jobs/{}", job.id),
+        detail,
+    }
+}
+
+/// Ingests one upload event (`key` at object version `version`). Idempotent on
+/// key + version. A recipe that does not validate still creates a job — in `failed`, with
+/// the recipe error as its reason — so the user sees why nothing ran.
+pub async fn ingest(svc: &Services, key: &str, version: &str) -> Result<Ingested> {
+    let Some((project, model, ver)) = upload_prefix(key) else {
+        return Ok(Ingested::Ignored(format!("'{key}' is not uploads/<project>/<model>/<version>/recipe.yaml (names: lowercase letters, digits, - and _)")));
+    };
+    let now = svc.clock.now();
+    let prefix = format!("uploads/{project}/{model}/{ver}");
+    let text = String::from_utf8(svc.store.get(key).await?).map_err(|_| HandlerError::Invalid(format!("{key} is not UTF-8 text")))?;
+    let mut j = Job {
+        id: new_job_id(),
+        project,
+        model,
+        version: ver,
+        policy: String::new(),
+        recipe_yaml: text.clone(),
+        inputs: JobInputs { model: format!("{prefix}/model.onnx"), calibration: None, evaluation: None },
+        state: JobState::Queued,
+        stages: Vec::new(),
+        reason: None,
+        created_at: now,
+        updated_at: now,
+        revision: 0,
+    };
+    let problem = match Recipe::from_yaml(&text) {
+        Err(e) => Some(format!("{key}: {e}")),
+        Ok(recipe) => {
+            j.policy = recipe.policy.name.clone();
+            j.stages = job::plan(&recipe, svc.retry, now);
+            let rel = |name: &str| format!("{prefix}/{name}");
+            j.inputs.model = rel(recipe.model.as_deref().unwrap_or("model.onnx"));
+            let calib = rel(recipe.data.calibration.as_deref().unwrap_or("calib.npz"));
+            let eval = rel(recipe.data.evaluation.as_deref().unwrap_or("eval.npz"));
+            j.inputs.calibration = svc.store.head(&calib).await?.map(|_| calib);
+            j.inputs.evaluation = svc.store.head(&eval).await?.map(|_| eval).or_else(|| j.inputs.calibration.clone());
+            match svc.store.head(&j.inputs.model).await? {
+                None => Some(format!("{} is missing: upload the model before recipe.yaml", j.inputs.model)),
+                Some(m) if m.size == 0 => Some(format!("{} is empty", j.inputs.model)),
+                Some(_) if j.inputs.evaluation.is_none() => Some(format!("no evaluation data: upload {prefix}/eval.npz or calib.npz (or name them in the recipe's `data:`)")),
+                Some(_) => None,
+            }
+        }
+    };
+    if let Some(reason) = &problem {
+        j.state = JobState::Failed;
+        j.reason = Some(reason.clone());
+    }
+    match svc.meta.create_job(&j, &format!("upload:{key}@{version}")).await? {
+        Created::Duplicate(id) => return Ok(Ingested::Duplicate(id)),
+        Created::New => {}
+    }
+    svc.bus.publish(&event(&j, EventKind::JobCreated, now, serde_json::json!({ "policy": j.policy, "stages": j.stages.len() }))).await?;
+    if problem.is_some() {
+        svc.bus.publish(&event(&j, EventKind::JobFailed, now, serde_json::Value::Null)).await?;
+    } else {
+        send(svc, &Message::Advance { job: j.id.clone() }, Duration::ZERO).await?;
+    }
+    Ok(Ingested::Created(j.id))
+}
+
+async fn send(svc: &Services, msg: &Message, delay: Duration) -> Result<()> {
+    let body = serde_json::to_string(msg).map_err(|e| HandlerError::Invalid(e.to_string()))?;
+    svc.queue.send(body, delay).await?;
+    Ok(())
+}
+
+/// Applies `signal` to job `id` with a conditional write, retrying on lost races; then
+/// carries out the effects. Returns the job as stored.
+pub async fn signal(svc: &Services, id: &str, signal: &Signal) -> Result<Option<Job>> {
+    for _ in 0..8 {
+        let Some(mut j) = svc.meta.get_job(id).await? else { return Ok(None) };
+        let now = svc.clock.now();
+        let before = j.revision;
+        let effects = j.apply(signal, svc.retry, now).map_err(|e| HandlerError::Invalid(e.to_string()))?;
+        if j.revision == before {
+            return Ok(Some(j)); // stale or duplicate: nothing to do
+        }
+        match svc.meta.update_job(&j, before).await {
+            Ok(()) => {
+                run_effects(svc, &j, &effects).await?;
+                return Ok(Some(j));
+            }
+            Err(PortError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(HandlerError::Port(PortError::Conflict(format!("job {id}: too many concurrent updates"))))
+}
+
+async fn run_effects(svc: &Services, j: &Job, effects: &[Effect]) -> Result<()> {
+    let now = svc.clock.now();
+    for e in effects {
+        match e {
+            Effect::Submit { stage, attempt, not_before } => {
+                let run = StageRun { job: j.id.clone(), stage: *stage, attempt: *attempt };
+                if *not_before > now {
+                    send(svc, &Message::Submit { run }, Duration::from_secs(not_before - now)).await?;
+                } else {
+                    svc.runner.submit(&run).await?;
+                }
+            }
+            Effect::Abort { stage, attempt } => svc.runner.cancel(&StageRun { job: j.id.clone(), stage: *stage, attempt: *attempt }).await?,
+            Effect::Emit(kind) => {
+                let detail = match kind {
+                    EventKind::JobSucceeded => serde_json::json!({ "outputs": j.stages.iter().filter_map(|s| s.output.clone()).collect::<Vec<_>>() }),
+                    EventKind::StageFailed | EventKind::StageSucceeded | EventKind::StageStarted => {
+                        let s = j.stages.iter().max_by_key(|s| s.updated_at);
+                        serde_json::json!({ "stage": s.map(|s| s.index), "kind": s.map(|s| s.kind.clone()), "attempt": s.map(|s| s.attempt), "reason": s.and_then(|s| s.reason.clone()) })
+                    }
+                    _ => serde_json::Value::Null,
+                };
+                svc.bus.publish(&event(j, *kind, now, detail)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Scores an artifact for the best pointer: meeting its constraints first, then speed-up.
+fn score(metadata: &serde_json::Value) -> f64 {
+    let met = metadata["missed_constraints"].as_array().is_some_and(|m| m.is_empty());
+    let speedup = metadata["metrics"]["speedup_p50"].as_f64().unwrap_or(0.0);
+    if met { 1000.0 + speedup } else { speedup }
+}
+
+/// Handles one orchestrator message.
+pub async fn orchestrate(svc: &Services, msg: &Message) -> Result<()> {
+    match msg {
+        Message::Advance { job } => {
+            signal(svc, job, &Signal::Plan).await?;
+        }
+        Message::Submit { run } => {
+            let Some(j) = svc.meta.get_job(&run.job).await? else { return Ok(()) };
+            let current = j.stages.get(run.stage).is_some_and(|s| s.attempt == run.attempt && s.state == StageState::Submitted);
+            if current && !j.state.is_terminal() {
+                svc.runner.submit(run).await?;
+            }
+        }
+        Message::Batch { run, status, .. } => {
+            let sig = match status {
+                RunStatus::Running => Signal::Started { stage: run.stage, attempt: run.attempt },
+                RunStatus::Failed { reason, retryable } => Signal::Failed { stage: run.stage, attempt: run.attempt, reason: reason.clone(), retryable: *retryable },
+                RunStatus::Succeeded => match record_output(svc, run).await? {
+                    Ok(output) => Signal::Succeeded { stage: run.stage, attempt: run.attempt, output },
+                    Err(reason) => Signal::Failed { stage: run.stage, attempt: run.attempt, reason, retryable: true },
+                },
+            };
+            signal(svc, &run.job, &sig).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the stage manifest a successful worker wrote and records its artifact.
+async fn record_output(svc: &Services, run: &StageRun) -> Result<std::result::Result<StageOutput, String>> {
+    let key = stage_manifest_key(run);
+    let bytes = match svc.store.get(&key).await {
+        Ok(b) => b,
+        Err(PortError::NotFound(_)) => return Ok(Err(format!("the worker exited 0 without writing {key}"))),
+        Err(e) => return Err(e.into()),
+    };
+    let m: StageManifest = serde_json::from_slice(&bytes).map_err(|e| HandlerError::Invalid(format!("{key}: {e}")))?;
+    let Some(j) = svc.meta.get_job(&run.job).await? else { return Ok(Err("job vanished".into())) };
+    let runtime = m.metadata["runtime"].as_str().unwrap_or("onnxruntime").to_owned();
+    let record = ArtifactRecord {
+        id: format!("art_{}", &m.output.sha256[..m.output.sha256.len().min(24)]),
+        job: run.job.clone(),
+        stage: run.stage,
+        model_id: format!("{}.{}", j.project, j.model),
+        runtime,
+        key: m.output.artifact_key.clone(),
+        metadata_key: m.output.metadata_key.clone(),
+        sha256: m.output.sha256.clone(),
+        size_bytes: m.output.size_bytes,
+        score: score(&m.metadata),
+        metadata: m.metadata,
+        created_at: svc.clock.now(),
+    };
+    svc.meta.put_artifact(&record).await?;
+    Ok(Ok(m.output))
+}
+
+/// Re-submits attempts recorded as submitted or running (the runner ignores ones it has):
+/// repairs jobs whose effects were lost between the state write and the submit.
+pub async fn reconcile(svc: &Services) -> Result<usize> {
+    let mut n = 0;
+    for j in svc.meta.list_jobs(Some(JobState::Running), 1000).await? {
+        for s in j.stages.iter().filter(|s| s.state == StageState::Submitted && s.not_before.is_none_or(|t| t <= svc.clock.now())) {
+            svc.runner.submit(&StageRun { job: j.id.clone(), stage: s.index, attempt: s.attempt }).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

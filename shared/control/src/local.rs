@@ -1,0 +1,170 @@
+//! The local stack behind `tamp serve`: data under one folder (`.tamp/`), the API on
+//! 127.0.0.1, a watcher playing S3 notifications for `uploads/…/recipe.yaml`, the
+//! orchestrator consuming the in-process queue, a reconcile loop, and `tamp worker`
+//! subprocesses playing Batch.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tamp_adapters_local::bus::Subscriber;
+use tamp_adapters_local::{FolderStore, LocalBus, MemoryQueue, ProcessRunner, SqliteStore};
+use tamp_domain::job::RetryPolicy;
+use tamp_ports::{Message, PortError, Queue, SystemClock};
+
+use crate::api::{AppState, router};
+use crate::handlers::{self, Services};
+use crate::notify::Webhooks;
+
+/// How `tamp serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// The `tamp` executable started as the worker.
+    pub worker_program: PathBuf,
+    pub concurrency: usize,
+    pub webhooks: Vec<String>,
+    pub webhook_secret: Vec<u8>,
+    pub retry: RetryPolicy,
+    /// Seconds a message stays hidden while the orchestrator handles it.
+    pub visibility_s: u64,
+}
+
+/// Paths inside the data folder.
+pub fn db_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("tamp.db")
+}
+
+/// The secret signing download links, created once per data folder.
+pub fn link_secret(data_dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let p = data_dir.join(".secret");
+    match std::fs::read(&p) {
+        Ok(s) if s.len() >= 32 => Ok(s),
+        _ => {
+            let s = tamp_adapters_local::random_hex(32).into_bytes();
+            std::fs::write(&p, &s)?;
+            Ok(s)
+        }
+    }
+}
+
+/// Opens the object store of a data folder (the worker uses the same one).
+pub fn object_store(data_dir: &std::path::Path, base_url: &str) -> Result<FolderStore, PortError> {
+    let secret = link_secret(data_dir).map_err(|e| PortError::Unavailable(format!("{}: {e}", data_dir.display())))?;
+    FolderStore::new(data_dir.join("store"), base_url, &secret)
+}
+
+/// Starts everything and serves until the process is stopped. Prints the API URL first.
+pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let files = Arc::new(object_store(&cfg.data_dir, &url)?);
+    let meta = Arc::new(SqliteStore::open(&db_path(&cfg.data_dir))?);
+    let queue = Arc::new(MemoryQueue::new(5));
+    let runner = Arc::new(ProcessRunner::new(
+        cfg.worker_program.clone(),
+        vec!["worker".into(), "--data-dir".into(), cfg.data_dir.display().to_string()],
+        cfg.data_dir.join("logs"),
+        queue.clone(),
+        cfg.concurrency,
+    )?);
+    let mut subscribers: Vec<Arc<dyn Subscriber>> = Vec::new();
+    if !cfg.webhooks.is_empty() {
+        subscribers.push(Arc::new(Webhooks::new(cfg.webhooks.clone(), cfg.webhook_secret.clone())));
+    }
+    let bus = Arc::new(LocalBus::new(Some(cfg.data_dir.join("events.jsonl")), subscribers)?);
+    let svc = Services { store: files.clone(), meta, queue: queue.clone(), runner, bus, clock: Arc::new(SystemClock), retry: cfg.retry };
+    std::fs::write(cfg.data_dir.join("serve.json"), serde_json::json!({ "url": url, "pid": std::process::id() }).to_string())?;
+    println!("tamp serve: API on {url}; uploads in {}/uploads/<project>/<model>/<version>/ (recipe.yaml last)", files.root().display());
+
+    tokio::spawn(orchestrator(svc.clone(), queue.clone(), cfg.visibility_s));
+    tokio::spawn(watcher(svc.clone()));
+    tokio::spawn(reconciler(svc.clone()));
+    let app = router(AppState { svc, files });
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn orchestrator(svc: Services, queue: Arc<MemoryQueue>, visibility_s: u64) {
+    loop {
+        let batch = match queue.receive(10, Duration::from_secs(visibility_s)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "queue receive failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            queue.wait(Duration::from_millis(200)).await;
+            continue;
+        }
+        for d in batch {
+            let msg: Message = match serde_json::from_str(&d.body) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(error = %e, body = %d.body, "dropping a malformed message");
+                    let _ = queue.ack(&d.receipt).await;
+                    continue;
+                }
+            };
+            match handlers::orchestrate(&svc, &msg).await {
+                Ok(()) => {
+                    let _ = queue.ack(&d.receipt).await;
+                }
+                Err(e) if e.retryable() => tracing::warn!(error = %e, "will retry message"),
+                Err(e) => {
+                    tracing::error!(error = %e, body = %d.body, "message cannot be handled; dropped");
+                    let _ = queue.ack(&d.receipt).await;
+                }
+            }
+        }
+    }
+}
+
+/// Polls `uploads/` for new or rewritten `recipe.yaml` objects (S3 Object Created events).
+/// A recipe is taken once it looks the same on two polls in a row, so a file still being
+/// written (a plain `cp`) is not read half-way.
+async fn watcher(svc: Services) {
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut last_poll: HashMap<String, String> = HashMap::new();
+    loop {
+        match svc.store.list("uploads/").await {
+            Ok(keys) => {
+                let mut this_poll = HashMap::new();
+                for key in keys.into_iter().filter(|k| k.ends_with("/recipe.yaml")) {
+                    let Ok(Some(meta)) = svc.store.head(&key).await else { continue };
+                    this_poll.insert(key.clone(), meta.version.clone());
+                    if last_poll.get(&key) != Some(&meta.version) || !seen.insert((key.clone(), meta.version.clone())) {
+                        continue;
+                    }
+                    match handlers::ingest(&svc, &key, &meta.version).await {
+                        Ok(outcome) => tracing::info!(?outcome, key, "ingested"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, key, "ingest failed");
+                            if e.retryable() {
+                                seen.remove(&(key, meta.version));
+                            }
+                        }
+                    }
+                }
+                last_poll = this_poll;
+            }
+            Err(e) => tracing::warn!(error = %e, "listing uploads failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn reconciler(svc: Services) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        if let Err(e) = handlers::reconcile(&svc).await {
+            tracing::warn!(error = %e, "reconcile failed");
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Tamp's ports: what the control plane needs from the world, as traits. Local adapters
+//! (folder, SQLite, in-process) and AWS adapters (S3, DynamoDB, SQS, Batch, EventBridge)
+//! implement them; [`conformance`] is the suite every adapter must pass unchanged.
+//!
+//! Contracts every adapter keeps:
+//! - object keys are `/`-separated, relative, without `..`; `put_if_absent` never overwrites;
+//! - every metadata change is conditional on the job's `revision` (optimistic concurrency);
+//!   job creation is idempotent on a caller-chosen key, in one transaction with the job;
+//! - the queue delivers at least once: a message not acknowledged within its visibility
+//!   timeout comes back, and after `max_receives` deliveries goes to the dead-letter list;
+//! - the batch runner names runs deterministically (`tamp-<job>-s<stage>-a<attempt>`) and
+//!   reports state changes as queue messages ([`BatchEvent`]), like Batch → EventBridge → SQS.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tamp_domain::job::{Job, JobState, Timestamp};
+
+pub mod conformance;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A conditional write lost (someone else changed the record first).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// Transient: worth retrying (I/O, throttling, network).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+pub type Result<T> = std::result::Result<T, PortError>;
+
+/// Checks an object key: relative, `/`-separated, no empty or `..` segments.
+pub fn check_key(key: &str) -> Result<()> {
+    let bad = key.is_empty() || key.starts_with('/') || key.contains('\\') || key.split('/').any(|s| s.is_empty() || s == "." || s == "..");
+    if bad { Err(PortError::Invalid(format!("bad object key '{key}'"))) } else { Ok(()) }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Change marker (mtime+size locally, ETag/version on S3): two events for the same
+    /// object version carry the same marker.
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// The key already existed; nothing was written.
+    Exists,
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()>;
+    /// Writes only if the key is absent (immutable artifacts; `If-None-Match: *` on S3).
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<PutOutcome>;
+    async fn put_file(&self, key: &str, path: &Path) -> Result<()>;
+    async fn get(&self, key: &str) -> Result<Vec<u8>>;
+    async fn get_to_file(&self, key: &str, path: &Path) -> Result<()>;
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+    /// Keys under `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    async fn delete(&self, key: &str) -> Result<()>;
+    /// A download URL valid for `ttl` (≤ 15 minutes).
+    fn presign_get(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String>;
+}
+
+/// A compressed model recorded for a model × runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub id: String,
+    pub job: String,
+    pub stage: usize,
+    /// `<project>.<model>`.
+    pub model_id: String,
+    pub runtime: String,
+    pub key: String,
+    pub metadata_key: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    /// The artifact metadata JSON (runtime, opset, compression, metrics, compatibility).
+    pub metadata: serde_json::Value,
+    /// Higher is better; decides the model's best-artifact pointer.
+    pub score: f64,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    New,
+    /// The idempotency key was used before, for this job id.
+    Duplicate(String),
+}
+
+#[async_trait]
+pub trait MetadataStore: Send + Sync {
+    /// Stores a new job and its idempotency key in one transaction.
+    async fn create_job(&self, job: &Job, idempotency_key: &str) -> Result<Created>;
+    async fn get_job(&self, id: &str) -> Result<Option<Job>>;
+    /// Writes `job` if the stored revision is still `expected_revision`.
+    async fn update_job(&self, job: &Job, expected_revision: u64) -> Result<()>;
+    /// Newest first.
+    async fn list_jobs(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>>;
+    /// Records an artifact (idempotent on its id) and moves the model × runtime best pointer
+    /// to it only if its score beats the current best. Returns whether it became best.
+    async fn put_artifact(&self, artifact: &ArtifactRecord) -> Result<bool>;
+    async fn get_artifact(&self, id: &str) -> Result<Option<ArtifactRecord>>;
+    async fn best_artifact(&self, model_id: &str, runtime: &str) -> Result<Option<ArtifactRecord>>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    /// Handle for `ack`; valid for this delivery only.
+    pub receipt: String,
+    pub body: String,
+    /// 1 on the first delivery.
+    pub receive_count: u32,
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync {
+    async fn send(&self, body: String, delay: Duration) -> Result<()>;
+    /// Up to `max` visible messages, hidden for `visibility` unless acknowledged.
+    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>>;
+    async fn ack(&self, receipt: &str) -> Result<()>;
+    /// Bodies moved to the dead-letter list after too many deliveries.
+    async fn dead_letters(&self) -> Result<Vec<String>>;
+}
+
+/// One attempt of one stage of one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRun {
+    pub job: String,
+    pub stage: usize,
+    pub attempt: u32,
+}
+
+impl StageRun {
+    /// Deterministic run name (Batch `SubmitJob` has no idempotency token).
+    pub fn name(&self) -> String {
+        format!("tamp-{}-s{}-a{}", self.job, self.stage, self.attempt)
+    }
+}
+
+/// A batch run's state change, delivered through the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    /// `retryable: false` when the worker reported bad input.
+    Failed { reason: String, retryable: bool },
+}
+
+/// Queue message bodies the orchestrator consumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// Look at the job and do what is due (plan, submit, finish).
+    Advance { job: String },
+    /// Hand a (backed-off) stage attempt to the batch runner if it is still current.
+    Submit { run: StageRun },
+    Batch { run: StageRun, status: RunStatus, at: Timestamp },
+}
+
+#[async_trait]
+pub trait BatchRunner: Send + Sync {
+    /// Starts the run; submitting the same run twice starts it once.
+    async fn submit(&self, run: &StageRun) -> Result<()>;
+    /// Cancels a queued run or terminates a running one.
+    async fn cancel(&self, run: &StageRun) -> Result<()>;
+}
+
+/// An event on the team bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TampEvent {
+    pub id: String,
+    /// `tamp.job.succeeded`, …
+    pub detail_type: String,
+    pub time: Timestamp,
+    pub project: String,
+    pub model: String,
+    pub version: String,
+    pub job: String,
+    pub state: String,
+    pub reason: Option<String>,
+    /// Where to look (API path of the job).
+    pub link: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    async fn publish(&self, event: &TampEvent) -> Result<()>;
+}
+
+/// The clock, injectable so tests can move time.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+}

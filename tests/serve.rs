@@ -1,0 +1,280 @@
+//! End-to-end: `tamp serve` in the background with the reference CNN — through the upload
+//! folder and through the API only — plus signed webhooks, duplicates, bad recipes and a
+//! worker killed mid-stage. Needs `make models` (the Makefile's `test` target does it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())).join("..")
+}
+
+fn tamp() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("tamp")
+}
+
+fn cnn() -> PathBuf {
+    let dir = root().join("models/fmnist-resnet8");
+    assert!(dir.join("model.onnx").exists(), "run `make models`");
+    dir
+}
+
+/// A `tamp serve` child, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+    data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(extra: &[&str], envs: &[(&str, &str)]) -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(tamp());
+    cmd.arg("serve").arg("--data-dir").arg(data.path()).args(["--port", "0", "--retry-delay", "0"]).args(extra).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split("API on ").nth(1).and_then(|s| s.split(';').next()).unwrap_or_else(|| panic!("no URL in: {line}")).to_owned();
+    Server { child, url, data }
+}
+
+/// Minimal HTTP/1.1 client: (status, body).
+fn http(method: &str, url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = TcpStream::connect(host).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = resp[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let end = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..end]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[end + 2..end + 2 + n]);
+        b = &b[end + 4 + n..];
+    }
+}
+
+fn json(method: &str, url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let (s, b) = http(method, url, body, headers);
+    (s, serde_json::from_slice(&b).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&b).into_owned())))
+}
+
+fn wait_for_job(url: &str, id: &str, within: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (s, j) = json("GET", &format!("{url}/jobs/{id}"), b"", &[]);
+        assert_eq!(s, 200, "{j}");
+        if ["succeeded", "failed", "cancelled"].contains(&j["state"].as_str().unwrap()) {
+            return j;
+        }
+        assert!(start.elapsed() < within, "job {id} still {} after {within:?}: {j}", j["state"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_for_jobs(url: &str, n: usize, within: Duration) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let (_, j) = json("GET", &format!("{url}/jobs"), b"", &[]);
+        let jobs = j["jobs"].as_array().unwrap().clone();
+        if jobs.len() >= n {
+            return jobs;
+        }
+        assert!(start.elapsed() < within, "{} job(s) after {within:?}, expected {n}", jobs.len());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Writes a file the way an uploader should: to a temporary name, then renamed.
+fn upload_file(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let tmp = dir.join(format!(".{name}.part"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(tmp, dir.join(name)).unwrap();
+}
+
+fn recipe() -> Vec<u8> {
+    std::fs::read(root().join("configs/policy_examples/ptq_8bit.yaml")).unwrap()
+}
+
+/// Webhook deliveries seen so far: (headers, body).
+type Deliveries = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Records webhook deliveries.
+fn webhook_receiver() -> (String, Deliveries) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut r = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let len = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())).unwrap_or(0);
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            sink.lock().unwrap().push((head, body));
+            let _ = r.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+/// Upload folder → job → best artifact over the API; a signed `job.succeeded` webhook;
+/// a killed worker retried without duplicate artifacts; POST /jobs idempotent on its key;
+/// a bad recipe ends in `failed` with the line.
+#[test]
+fn upload_folder_to_best_artifact_with_signed_webhook() {
+    let (hook, deliveries) = webhook_receiver();
+    let marker = tempfile::tempdir().unwrap();
+    let crash = marker.path().join("crashed-once");
+    let server = serve(&["--webhook", &hook, "--webhook-secret", "s3cret"], &[("TAMP_FAULT_CRASH_ONCE", crash.to_str().unwrap())]);
+    let url = server.url.clone();
+    assert_eq!(json("GET", &format!("{url}/healthz"), b"", &[]).0, 200);
+
+    let up = server.data.path().join("store/uploads/demo/fmnist/v1");
+    for f in ["model.onnx", "calib.npz", "eval.npz"] {
+        upload_file(&up, f, &std::fs::read(cnn().join(f)).unwrap());
+    }
+    upload_file(&up, "recipe.yaml", &recipe());
+    let jobs = wait_for_jobs(&url, 1, Duration::from_secs(30));
+    let id = jobs[0]["id"].as_str().unwrap().to_owned();
+    let job = wait_for_job(&url, &id, Duration::from_secs(180));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(crash.exists(), "the fault hook never fired");
+    assert_eq!(job["stages"][0]["attempt"], 2, "the killed attempt must be retried: {job}");
+
+    let (s, best) = json("GET", &format!("{url}/models/demo.fmnist/best?target_runtime=onnxruntime"), b"", &[]);
+    assert_eq!(s, 200, "{best}");
+    assert_eq!(best["runtime"], "onnxruntime");
+    assert_eq!(best["opset"]["ai.onnx"], 17);
+    assert!(best["size_bytes"].as_u64().unwrap() > 10_000);
+    assert!(best["metrics"]["task"]["value"].as_f64().unwrap() >= 0.99 * best["metrics"]["task"]["baseline"].as_f64().unwrap(), "{best}");
+    assert!(best["compatibility"]["onnxruntime"]["integer_kernels"]["QLinearConv"].as_u64().unwrap() >= 9);
+    let (s, bytes) = http("GET", best["uri"].as_str().unwrap(), b"", &[]);
+    assert_eq!(s, 200);
+    assert_eq!(bytes.len() as u64, best["size_bytes"].as_u64().unwrap());
+    let (s, _) = http("GET", &format!("{}x", best["uri"].as_str().unwrap()), b"", &[]);
+    assert_eq!(s, 403, "a tampered link must be refused");
+    let artifacts = std::fs::read_dir(server.data.path().join(format!("store/artifacts/{id}/0"))).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".onnx")).count();
+    assert_eq!(artifacts, 1, "one artifact despite two attempts");
+
+    // The webhook got job.created and job.succeeded, signed over the exact body.
+    let start = Instant::now();
+    loop {
+        let got = deliveries.lock().unwrap().clone();
+        if let Some((head, body)) = got.iter().find(|(h, _)| h.to_ascii_lowercase().contains("x-tamp-event: job.succeeded")) {
+            let sig = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("x-tamp-signature:").map(|v| v.trim().to_owned())).unwrap();
+            assert!(tamp_control::notify::verify(b"s3cret", body, &sig), "bad HMAC");
+            assert!(!tamp_control::notify::verify(b"wrong", body, &sig));
+            let event: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(event["job"], id.as_str());
+            assert_eq!(event["detail_type"], "tamp.job.succeeded");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no job.succeeded webhook: {got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // POST /jobs with one Idempotency-Key twice: one job.
+    let body = br#"{"project":"demo","model":"fmnist","version":"v1"}"#;
+    let (s1, a) = json("POST", &format!("{url}/jobs"), body, &[("Idempotency-Key", "k-1"), ("Content-Type", "application/json")]);
+    let (s2, b) = json("POST", &format!("{url}/jobs"), body, &[("Idempotency-Key", "k-1"), ("Content-Type", "application/json")]);
+    assert_eq!((s1, s2), (201, 200), "{a} {b}");
+    assert_eq!(a["job"], b["job"]);
+    assert_eq!(b["duplicate"], true);
+    wait_for_job(&url, a["job"].as_str().unwrap(), Duration::from_secs(120));
+
+    // A recipe with a typo: the job fails at once, naming the key and line.
+    let bad = String::from_utf8(recipe()).unwrap().replace("per_channel_weights", "per_chanel_weights");
+    let up2 = server.data.path().join("store/uploads/demo/fmnist/v2");
+    upload_file(&up2, "model.onnx", &std::fs::read(cnn().join("model.onnx")).unwrap());
+    upload_file(&up2, "recipe.yaml", bad.as_bytes());
+    let start = Instant::now();
+    let failed = loop {
+        let (_, j) = json("GET", &format!("{url}/jobs?status=failed"), b"", &[]);
+        if let Some(f) = j["jobs"].as_array().unwrap().iter().find(|j| j["version"] == "v2") {
+            break f.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "bad recipe did not fail a job");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("per_chanel_weights") && reason.contains("line 10"), "{reason}");
+}
+
+/// The same through the API only: PUT the inputs, the recipe last; poll; fetch the best
+/// artifact and download it; cancel of a finished job changes nothing; bad names refused.
+#[test]
+fn api_only_flow() {
+    let server = serve(&[], &[]);
+    let url = server.url.clone();
+    for f in ["model.onnx", "calib.npz", "eval.npz"] {
+        let (s, r) = json("PUT", &format!("{url}/uploads/web/fmnist/v7/{f}"), &std::fs::read(cnn().join(f)).unwrap(), &[]);
+        assert_eq!(s, 201, "{r}");
+    }
+    let (s, r) = json("PUT", &format!("{url}/uploads/web/fmnist/v7/recipe.yaml"), &recipe(), &[]);
+    assert_eq!(s, 201, "{r}");
+    let id = r["job"].as_str().unwrap().to_owned();
+    let job = wait_for_job(&url, &id, Duration::from_secs(180));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (_, best) = json("GET", &format!("{url}/models/web.fmnist/best"), b"", &[]);
+    let (s, bytes) = http("GET", best["uri"].as_str().unwrap(), b"", &[]);
+    assert_eq!(s, 200);
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), best["sha256"].as_str().unwrap());
+    let (s, after) = json("POST", &format!("{url}/jobs/{id}/cancel"), b"", &[]);
+    assert_eq!((s, after["state"].as_str()), (200, Some("succeeded")), "a terminal job never changes");
+    let (s, p) = json("PUT", &format!("{url}/uploads/Bad/fmnist/v1/model.onnx"), b"x", &[]);
+    assert_eq!(s, 400, "{p}");
+    assert_eq!(p["status"], 400);
+    let (s, _) = json("GET", &format!("{url}/jobs/job_nope"), b"", &[]);
+    assert_eq!(s, 404);
+    // Every event went to the event log.
+    let log = std::fs::read_to_string(server.data.path().join("events.jsonl")).unwrap();
+    assert!(log.contains("tamp.job.created") && log.contains("tamp.job.succeeded"), "{log}");
+}
