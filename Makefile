@@ -47,13 +47,14 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: help run test bench bench-eval bench-ptq build build-release ort venv data models lint clean
+.PHONY: help run test bench bench-eval bench-ptq bench-api build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
 	@echo "make test        set everything up, then run every test"
 	@echo "make bench-eval  Tamp's evaluation throughput beside Python onnxruntime's"
 	@echo "make bench-ptq   Tamp's int8 PTQ beside onnxruntime.quantization (metric, latency, size, time, RSS)"
+	@echo "make bench-api   tamp serve's API latency (P50/P95/P99) at 500 and 5000 requests/min, loopback"
 
 ## --- set-up -----------------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ test: build venv models
 
 ## --- benchmarks -----------------------------------------------------------------------------
 
-bench: bench-eval bench-ptq
+bench: bench-eval bench-ptq bench-api
 
 bench-eval: build-release venv models
 	$(PY) scripts/bench_eval.py --tamp $(TAMP_RELEASE) \
@@ -163,6 +164,9 @@ bench-eval: build-release venv models
 		--model $(EFFNET_REF)/model.onnx --data $(EFFNET_REF)/eval.npz \
 		--model $(MINILM_REF)/model.onnx --data $(MINILM_REF)/eval.npz \
 		--model $(MINILM_CLS)/model.onnx --data $(MINILM_CLS)/eval.npz
+
+bench-api: build-release venv models
+	$(PY) scripts/bench_api.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --recipe configs/policy_examples/ptq_8bit.yaml
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -278,3 +278,41 @@ fn api_only_flow() {
     let log = std::fs::read_to_string(server.data.path().join("events.jsonl")).unwrap();
     assert!(log.contains("tamp.job.created") && log.contains("tamp.job.succeeded"), "{log}");
 }
+
+/// Many jobs at once on the same upload (distinct Idempotency-Keys), with fewer worker slots
+/// than jobs: every one completes, none is lost or duplicated.
+#[test]
+fn concurrent_jobs_all_complete() {
+    let server = serve(&["--concurrency", "2"], &[]);
+    let url = server.url.clone();
+    for f in ["model.onnx", "calib.npz", "eval.npz"] {
+        assert_eq!(http("PUT", &format!("{url}/uploads/load/fmnist/v1/{f}"), &std::fs::read(cnn().join(f)).unwrap(), &[]).0, 201);
+    }
+    // A fast stage: no timing runs to speak of, a small evaluation sample.
+    let fast = String::from_utf8(recipe()).unwrap() + "evaluation:\n  samples: 256\n  latency_runs: 5\n";
+    let up = server.data.path().join("store/uploads/load/fmnist/v1");
+    upload_file(&up, "recipe.yaml", fast.as_bytes());
+    let first = wait_for_jobs(&url, 1, Duration::from_secs(30))[0]["id"].as_str().unwrap().to_owned();
+    let n = 24;
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let body = br#"{"project":"load","model":"fmnist","version":"v1"}"#;
+                let (s, r) = json("POST", &format!("{url}/jobs"), body, &[("Idempotency-Key", &format!("load-{i}"))]);
+                assert_eq!(s, 201, "{r}");
+                r["job"].as_str().unwrap().to_owned()
+            })
+        })
+        .collect();
+    let mut ids: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    ids.push(first);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n + 1, "duplicate job ids");
+    for id in &ids {
+        assert_eq!(wait_for_job(&url, id, Duration::from_secs(300))["state"], "succeeded");
+    }
+    let (_, all) = json("GET", &format!("{url}/jobs?status=succeeded&limit=1000"), b"", &[]);
+    assert_eq!(all["jobs"].as_array().unwrap().len(), n + 1);
+}
