@@ -274,6 +274,19 @@ fn api_only_flow() {
     assert_eq!(p["status"], 400);
     let (s, _) = json("GET", &format!("{url}/jobs/job_nope"), b"", &[]);
     assert_eq!(s, 404);
+    // A corrupt model: the worker reports bad input, the job fails at once with the reason
+    // (no retries), and the earlier job and its best artifact are untouched.
+    let bytes = std::fs::read(cnn().join("model.onnx")).unwrap();
+    for (f, b) in [("model.onnx", bytes[..bytes.len() / 3].to_vec()), ("eval.npz", std::fs::read(cnn().join("eval.npz")).unwrap())] {
+        assert_eq!(http("PUT", &format!("{url}/uploads/web/fmnist/v8/{f}"), &b, &[]).0, 201);
+    }
+    let (_, r) = json("PUT", &format!("{url}/uploads/web/fmnist/v8/recipe.yaml"), &recipe(), &[]);
+    let bad = wait_for_job(&url, r["job"].as_str().unwrap(), Duration::from_secs(60));
+    assert_eq!(bad["state"], "failed", "{bad}");
+    assert_eq!(bad["stages"][0]["attempt"], 1, "bad input must not be retried: {bad}");
+    assert!(bad["reason"].as_str().unwrap().contains("not a valid ONNX model"), "{bad}");
+    let (_, best_after) = json("GET", &format!("{url}/models/web.fmnist/best"), b"", &[]);
+    assert_eq!(best_after["artifact_id"], best["artifact_id"]);
     // Every event went to the event log.
     let log = std::fs::read_to_string(server.data.path().join("events.jsonl")).unwrap();
     assert!(log.contains("tamp.job.created") && log.contains("tamp.job.succeeded"), "{log}");
