@@ -19,9 +19,15 @@ import threading
 import time
 
 
+TOKEN = {}
+
+
 def request(host, method, path, body=b"", headers=None):
     c = http.client.HTTPConnection(host, timeout=30)
-    c.request(method, path, body=body, headers=headers or {})
+    headers = dict(headers or {})
+    if "token" in TOKEN:
+        headers["Authorization"] = f"Bearer {TOKEN['token']}"
+    c.request(method, path, body=body, headers=headers)
     r = c.getresponse()
     data = r.read()
     c.close()
@@ -64,10 +70,11 @@ def main():
     ap.add_argument("--rates", default="500,5000")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as data:
-        srv = subprocess.Popen([a.tamp, "serve", "--data-dir", data, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        srv = subprocess.Popen([a.tamp, "serve", "--data-dir", data, "--port", "0", "--rate-limit", "100000"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             line = srv.stdout.readline()
             host = line.split("API on http://")[1].split(";")[0]
+            TOKEN["token"] = open(os.path.join(data, "admin-token")).read().strip()
             for f in ("model.onnx", "calib.npz", "eval.npz"):
                 request(host, "PUT", f"/uploads/bench/cnn/v1/{f}", open(f"{a.model_dir}/{f}", "rb").read())
             recipe = open(a.recipe, "rb").read()
@@ -78,7 +85,7 @@ def main():
             request(host, "PUT", "/uploads/bench/none/v1/recipe.yaml", recipe)  # no model: ingest fails the job
             time.sleep(1)
             body = json.dumps({"project": "bench", "model": "none", "version": "v1"}).encode()
-            print(f"tamp serve on {host}; {a.seconds:.0f} s per row; open-loop schedule, 32 client threads\n")
+            print(f"tamp serve on {host}; {a.seconds:.0f} s per row; open-loop schedule, 32 client threads; every request authenticated (API token)\n")
             header = f"{'request':<22}{'rate/min':>9}{'sent':>7}{'errors':>7}{'P50 ms':>9}{'P95 ms':>9}{'P99 ms':>9}{'max ms':>9}"
             print(header)
             print("-" * len(header))

@@ -33,6 +33,10 @@ struct Server {
     data: tempfile::TempDir,
 }
 
+/// Admin tokens by `host:port`: `http` sends the server's token unless a request names its
+/// own `Authorization` (an empty one sends none).
+static TOKENS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -51,6 +55,8 @@ fn serve(extra: &[&str], envs: &[(&str, &str)]) -> Server {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let url = line.split("API on ").nth(1).and_then(|s| s.split(';').next()).unwrap_or_else(|| panic!("no URL in: {line}")).to_owned();
+    let token = std::fs::read_to_string(data.path().join("admin-token")).unwrap().trim().to_owned();
+    TOKENS.lock().unwrap().push((url.trim_start_matches("http://").to_owned(), token));
     Server { child, url, data }
 }
 
@@ -60,7 +66,11 @@ fn http(method: &str, url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16,
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
     let mut s = TcpStream::connect(host).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
+    let own_auth = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    if !own_auth && let Some((_, t)) = TOKENS.lock().unwrap().iter().find(|(h, _)| h == host) {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in headers.iter().filter(|(_, v)| !v.is_empty()) {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
@@ -328,4 +338,80 @@ fn concurrent_jobs_all_complete() {
     }
     let (_, all) = json("GET", &format!("{url}/jobs?status=succeeded&limit=1000"), b"", &[]);
     assert_eq!(all["jobs"].as_array().unwrap().len(), n + 1);
+}
+
+fn hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
+}
+
+/// RBAC with API tokens and JWTs: viewers cannot create jobs or upload policies, editors
+/// cannot mint tokens, missing/forged/expired/wrong-audience credentials get 401, the rate
+/// limit answers 429 with Retry-After, and token creation and downloads are audited.
+#[test]
+fn rbac_jwt_and_rate_limit() {
+    let secret = "0123456789abcdef0123456789abcdef-test";
+    let server = serve(&["--jwt-issuer", "https://idp.example", "--jwt-audience", "tamp", "--jwt-secret", secret, "--rate-limit", "40"], &[]);
+    let url = server.url.clone();
+    let mint = |role: &str, project: &str| {
+        let body = serde_json::json!({ "subject": format!("{role}-user"), "project": project, "role": role }).to_string();
+        let (s, r) = json("POST", &format!("{url}/tokens"), body.as_bytes(), &[]);
+        assert_eq!(s, 201, "{r}");
+        format!("Bearer {}", r["token"].as_str().unwrap())
+    };
+    let viewer = mint("viewer", "team");
+    let editor = mint("editor", "team");
+    let job_body = br#"{"project":"team","model":"m","version":"v1"}"#;
+
+    let (s, p) = json("POST", &format!("{url}/jobs"), job_body, &[("Authorization", &viewer)]);
+    assert_eq!(s, 403, "viewer created a job: {p}");
+    let (s, _) = json("PUT", &format!("{url}/uploads/team/m/v1/recipe.yaml"), &recipe(), &[("Authorization", &viewer)]);
+    assert_eq!(s, 403, "viewer uploaded a policy");
+    assert_eq!(json("GET", &format!("{url}/jobs"), b"", &[("Authorization", &viewer)]).0, 200);
+    let (s, _) = json("GET", &format!("{url}/models/other.m/best"), b"", &[("Authorization", &viewer)]);
+    assert_eq!(s, 403, "a team token read another project");
+    let (s, p) = json("POST", &format!("{url}/tokens"), br#"{"subject":"x","project":"team","role":"viewer"}"#, &[("Authorization", &editor)]);
+    assert_eq!(s, 403, "editor minted a token: {p}");
+    // The editor may upload (the job then fails: no model uploaded) and create jobs.
+    let (s, p) = json("PUT", &format!("{url}/uploads/team/m/v1/recipe.yaml"), &recipe(), &[("Authorization", &editor)]);
+    assert_eq!(s, 201, "{p}");
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = |aud: &str, exp: u64| serde_json::json!({ "sub": "alice", "iss": "https://idp.example", "aud": aud, "exp": exp, "tamp_roles": { "team": "editor" } });
+    let good = format!("Bearer {}", hs256(secret.as_bytes(), &claims("tamp", now + 600)));
+    assert_eq!(json("POST", &format!("{url}/jobs"), job_body, &[("Authorization", &good)]).0, 201);
+    for (bad, why) in [
+        (format!("Bearer {}", hs256(b"another-secret-another-secret-0000", &claims("tamp", now + 600))), "forged"),
+        (format!("Bearer {}", hs256(secret.as_bytes(), &claims("tamp", now - 3600))), "expired"),
+        (format!("Bearer {}", hs256(secret.as_bytes(), &claims("someone-else", now + 600))), "wrong audience"),
+        ("Bearer tamp_0000".to_owned(), "unknown token"),
+        (String::new(), "no credential"),
+    ] {
+        let (s, p) = json("GET", &format!("{url}/jobs"), b"", &[("Authorization", &bad)]);
+        assert_eq!(s, 401, "{why}: {p}");
+        assert_eq!(p["status"], 401);
+    }
+
+    // The viewer has made 4 requests; 40 per minute allowed.
+    let mut limited = None;
+    for i in 0..60 {
+        let (s, head) = {
+            let (s, b) = http("GET", &format!("{url}/jobs"), b"", &[("Authorization", &viewer)]);
+            (s, b)
+        };
+        if s == 429 {
+            limited = Some((i, head));
+            break;
+        }
+    }
+    let (i, body) = limited.expect("no 429 within 60 requests at a 40/min limit");
+    assert!(i >= 30, "limited after only {i} requests");
+    assert!(String::from_utf8_lossy(&body).contains("requests per minute"));
+    // Other principals are not affected.
+    assert_eq!(json("GET", &format!("{url}/jobs"), b"", &[]).0, 200);
+
+    let (_, audit) = json("GET", &format!("{url}/audit"), b"", &[]);
+    let actions: Vec<&str> = audit["audit"].as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert!(actions.iter().filter(|a| **a == "token.create").count() >= 2 && actions.contains(&"policy.upload"), "{actions:?}");
+    let (s, _) = json("GET", &format!("{url}/audit"), b"", &[("Authorization", &editor)]);
+    assert_eq!(s, 403);
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use tamp_adapters_local::SqliteStore;
 use tamp_adapters_local::batch::EXIT_BAD_INPUT;
+use tamp_control::auth::{AuthConfig, JwtConfig, JwtKeys};
 use tamp_control::local::{self, ServeConfig};
 use tamp_control::{StageManifest, stage_manifest_key};
 use tamp_domain::Recipe;
@@ -37,6 +38,39 @@ pub struct ServeArgs {
     /// Seconds before the second attempt (doubling after).
     #[arg(long, default_value_t = 2)]
     retry_delay: u64,
+    /// Requests per minute per token or JWT subject (beyond: 429 with Retry-After).
+    #[arg(long, default_value_t = 1000)]
+    rate_limit: u32,
+    /// Accept JWTs from this issuer (with --jwt-audience and a key).
+    #[arg(long, requires = "jwt_audience")]
+    jwt_issuer: Option<String>,
+    #[arg(long, requires = "jwt_issuer")]
+    jwt_audience: Option<String>,
+    /// HS256 shared secret for JWTs.
+    #[arg(long, env = "TAMP_JWT_SECRET", conflicts_with = "jwks")]
+    jwt_secret: Option<String>,
+    /// A JWKS file with the RS256 keys JWTs are signed with.
+    #[arg(long)]
+    jwks: Option<PathBuf>,
+}
+
+fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
+    let jwt = match (&args.jwt_issuer, &args.jwt_audience) {
+        (Some(issuer), Some(audience)) => {
+            let keys = match (&args.jwt_secret, &args.jwks) {
+                (Some(secret), None) if secret.len() >= 32 => JwtKeys::Hs256(secret.clone().into_bytes()),
+                (Some(_), None) => anyhow::bail!("--jwt-secret must be at least 32 characters"),
+                (None, Some(path)) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading the JWKS {}", path.display()))?;
+                    JwtKeys::Jwks(serde_json::from_str(&text).with_context(|| format!("{} is not a JWKS document", path.display()))?)
+                }
+                _ => anyhow::bail!("--jwt-issuer needs a key: --jwt-secret (HS256) or --jwks (RS256)"),
+            };
+            Some(JwtConfig { issuer: issuer.clone(), audience: audience.clone(), keys })
+        }
+        _ => None,
+    };
+    Ok(AuthConfig { jwt, rate_per_min: args.rate_limit.max(1) })
 }
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
@@ -52,6 +86,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         webhook_secret: args.webhook_secret.clone().into_bytes(),
         retry: RetryPolicy { max_attempts: args.max_attempts.max(1), base_delay_s: args.retry_delay, max_delay_s: 300 },
         visibility_s: 60,
+        auth: auth_config(args)?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(local::serve(cfg)).map_err(|e| anyhow!("{e}"))

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tamp_domain::job::{Job, JobState};
-use tamp_ports::{ArtifactRecord, Created, MetadataStore, PortError, Result};
+use tamp_ports::{ArtifactRecord, AuditRecord, Created, MetadataStore, PortError, Result, TokenRecord};
 
 const MIGRATIONS: &[&str] = &[
     // 1: jobs, idempotency keys, artifacts, best pointers.
@@ -25,6 +25,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE idempotency (key TEXT PRIMARY KEY, job_id TEXT NOT NULL);
     CREATE TABLE artifacts (id TEXT PRIMARY KEY, model_id TEXT NOT NULL, runtime TEXT NOT NULL, score REAL NOT NULL, doc TEXT NOT NULL);
     CREATE TABLE best (model_id TEXT NOT NULL, runtime TEXT NOT NULL, artifact_id TEXT NOT NULL, score REAL NOT NULL, PRIMARY KEY (model_id, runtime));",
+    // 2: API tokens (hashed) and the audit log.
+    "CREATE TABLE tokens (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
+    CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, doc TEXT NOT NULL);",
 ];
 
 #[derive(Debug, Clone)]
@@ -171,6 +174,33 @@ impl MetadataStore for SqliteStore {
             c.query_row("SELECT a.doc FROM best b JOIN artifacts a ON a.id = b.artifact_id WHERE b.model_id = ?1 AND b.runtime = ?2", params![model_id, runtime], |r| r.get(0)).optional().map_err(db)
         })?;
         doc.map(|d| parse(&d)).transpose()
+    }
+
+    async fn put_token(&self, token: &TokenRecord) -> Result<()> {
+        let doc = json(token)?;
+        self.with(|c| {
+            let n = c.execute("INSERT OR IGNORE INTO tokens (id, hash, doc) VALUES (?1, ?2, ?3)", params![token.id, token.hash, doc]).map_err(db)?;
+            if n == 0 { Err(PortError::Conflict(format!("token {} exists", token.id))) } else { Ok(()) }
+        })
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let doc: Option<String> = self.with(|c| c.query_row("SELECT doc FROM tokens WHERE hash = ?1", [hash], |r| r.get(0)).optional().map_err(db))?;
+        doc.map(|d| parse(&d)).transpose()
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<()> {
+        let doc = json(record)?;
+        self.with(|c| c.execute("INSERT INTO audit (time, doc) VALUES (?1, ?2)", params![record.time as i64, doc]).map(|_| ()).map_err(db))
+    }
+
+    async fn list_audit(&self, limit: usize) -> Result<Vec<AuditRecord>> {
+        let docs: Vec<String> = self.with(|c| {
+            let mut st = c.prepare("SELECT doc FROM audit ORDER BY seq DESC LIMIT ?1").map_err(db)?;
+            let rows = st.query_map(params![limit.min(i64::MAX as usize) as i64], |r| r.get::<_, String>(0)).map_err(db)?;
+            rows.map(|r| r.map_err(db)).collect()
+        })?;
+        docs.iter().map(|d| parse(d)).collect()
     }
 }
 

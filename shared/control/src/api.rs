@@ -20,12 +20,15 @@ use futures_util::StreamExt;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::middleware::Next;
 use axum::routing::{get, post, put};
+use axum::Extension;
 use serde::Deserialize;
 use tamp_adapters_local::FolderStore;
 use tamp_domain::job::{JobState, Signal, valid_name};
-use tamp_ports::{ObjectStore, PortError};
+use tamp_ports::{AuditRecord, ObjectStore, PortError, Role};
 
+use crate::auth::{Auth, Principal, mint};
 use crate::handlers::{self, HandlerError, Ingested, Services};
 
 /// Download links live this long.
@@ -36,6 +39,30 @@ pub struct AppState {
     pub svc: Services,
     /// The local object store, for signed downloads.
     pub files: Arc<FolderStore>,
+    pub auth: Arc<Auth>,
+}
+
+/// Authenticates and rate-limits every route but `/healthz` and signed `/objects/…` links
+/// (their signature is the credential); the principal rides in the request extensions.
+async fn authenticate(State(st): State<AppState>, mut req: axum::extract::Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/healthz" || path.starts_with("/objects/") {
+        return next.run(req).await;
+    }
+    let principal = match st.auth.authenticate(req.headers(), st.svc.clock.now()).await {
+        Ok(p) => p,
+        Err(problem) => return problem.into_response(),
+    };
+    if let Err(problem) = st.auth.rate_limit(&principal.actor) {
+        return problem.into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+async fn audit(st: &AppState, who: &Principal, action: &str, resource: &str, detail: String) -> Result<(), Problem> {
+    let rec = AuditRecord { time: st.svc.clock.now(), actor: who.actor.clone(), action: action.into(), resource: resource.into(), detail };
+    st.svc.meta.append_audit(&rec).await.map_err(Problem::from)
 }
 
 /// A problem document.
@@ -44,11 +71,19 @@ pub struct Problem {
     pub status: StatusCode,
     pub title: &'static str,
     pub detail: String,
+    /// Seconds, sent as `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
-    fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, title, detail: detail.into() }
+    pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, title, detail: detail.into(), retry_after: None }
+    }
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+    pub fn too_many(retry_after: u64, detail: impl Into<String>) -> Self {
+        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too many requests", detail) }
     }
     fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not found", detail)
@@ -61,7 +96,13 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "type": "about:blank", "title": self.title, "status": self.status.as_u16(), "detail": self.detail });
-        (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response()
+        let mut r = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = secs.to_string().parse()
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
     }
 }
 
@@ -97,6 +138,9 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/models/{id}/best", get(best))
         .route("/artifacts/{id}", get(artifact))
         .route("/objects/{*key}", get(download))
+        .route("/tokens", post(create_token))
+        .route("/audit", get(list_audit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
 
@@ -116,8 +160,9 @@ fn ingested(outcome: Ingested) -> ApiResult {
 }
 
 /// Streams the request body to a temporary file (models can be gigabytes), then stores it.
-async fn upload(State(st): State<AppState>, Path((project, model, version, file)): Path<(String, String, String, String)>, body: Body) -> ApiResult {
+async fn upload(State(st): State<AppState>, Extension(who): Extension<Principal>, Path((project, model, version, file)): Path<(String, String, String, String)>, body: Body) -> ApiResult {
     check_names(&[&project, &model, &version])?;
+    who.require(&project, Role::Editor)?;
     if file.starts_with('.') || file.contains('/') || file.is_empty() {
         return Err(Problem::bad_request(format!("bad file name '{file}'")));
     }
@@ -138,6 +183,7 @@ async fn upload(State(st): State<AppState>, Path((project, model, version, file)
     let _ = std::fs::remove_file(&tmp);
     written?;
     if file == "recipe.yaml" {
+        audit(&st, &who, "policy.upload", &key, String::new()).await?;
         let version = st.svc.store.head(&key).await?.map(|m| m.version).unwrap_or_default();
         return ingested(handlers::ingest(&st.svc, &key, &version).await?);
     }
@@ -152,9 +198,10 @@ struct CreateJob {
     version: String,
 }
 
-async fn create_job(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn create_job(State(st): State<AppState>, Extension(who): Extension<Principal>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let req: CreateJob = serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("request body: {e}")))?;
     check_names(&[&req.project, &req.model, &req.version])?;
+    who.require(&req.project, Role::Editor)?;
     let key = format!("uploads/{}/{}/{}/recipe.yaml", req.project, req.model, req.version);
     let meta = st.svc.store.head(&key).await?.ok_or_else(|| Problem::bad_request(format!("{key} has not been uploaded (PUT /{key})")))?;
     // The Idempotency-Key replaces the object version in the ingest key, so a retried POST
@@ -173,21 +220,25 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_jobs(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+async fn list_jobs(State(st): State<AppState>, Extension(who): Extension<Principal>, Query(q): Query<ListQuery>) -> ApiResult {
     let state = match q.status.as_deref() {
         None => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| Problem::bad_request(format!("unknown status '{s}' (queued, planning, running, succeeded, failed, cancelled)")))?),
     };
-    let jobs = st.svc.meta.list_jobs(state, q.limit.unwrap_or(100).min(1000)).await?;
+    let mut jobs = st.svc.meta.list_jobs(state, q.limit.unwrap_or(100).min(1000)).await?;
+    jobs.retain(|j| who.role_on(&j.project).is_some());
     Ok(Json(serde_json::json!({ "jobs": jobs })).into_response())
 }
 
-async fn get_job(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn get_job(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
     let job = st.svc.meta.get_job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    who.require(&job.project, Role::Viewer)?;
     Ok(Json(job).into_response())
 }
 
-async fn cancel_job(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn cancel_job(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
+    let existing = st.svc.meta.get_job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    who.require(&existing.project, Role::Editor)?;
     let job = handlers::signal(&st.svc, &id, &Signal::Cancel { reason: "cancelled through the API".into() }).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
     Ok(Json(job).into_response())
 }
@@ -221,14 +272,23 @@ fn artifact_view(st: &AppState, a: &tamp_ports::ArtifactRecord) -> Result<serde_
     }))
 }
 
-async fn best(State(st): State<AppState>, Path(id): Path<String>, Query(q): Query<BestQuery>) -> ApiResult {
+/// The project part of a `<project>.<model>` id.
+fn project_of(model_id: &str) -> &str {
+    model_id.split_once('.').map_or(model_id, |(p, _)| p)
+}
+
+async fn best(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>, Query(q): Query<BestQuery>) -> ApiResult {
+    who.require(project_of(&id), Role::Viewer)?;
     let runtime = q.target_runtime.unwrap_or_else(|| "onnxruntime".into());
     let a = st.svc.meta.best_artifact(&id, &runtime).await?.ok_or_else(|| Problem::not_found(format!("model {id} has no artifact for {runtime} yet")))?;
+    audit(&st, &who, "download", &a.id, format!("link to {}", a.key)).await?;
     Ok(Json(artifact_view(&st, &a)?).into_response())
 }
 
-async fn artifact(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn artifact(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
     let a = st.svc.meta.get_artifact(&id).await?.ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
+    who.require(project_of(&a.model_id), Role::Viewer)?;
+    audit(&st, &who, "download", &a.id, format!("link to {}", a.key)).await?;
     Ok(Json(artifact_view(&st, &a)?).into_response())
 }
 
@@ -244,4 +304,53 @@ async fn download(State(st): State<AppState>, Path(key): Path<String>, Query(q):
     }
     let bytes = st.files.get(&key).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    subject: String,
+    /// A project name, or `*` for every project.
+    project: String,
+    role: String,
+    #[serde(default = "default_ttl_days")]
+    ttl_days: u64,
+}
+
+fn default_ttl_days() -> u64 {
+    30
+}
+
+/// Mints an API token (admin on the project, or on `*` for a `*` token). The token string is
+/// in this response only; the store keeps its hash.
+async fn create_token(State(st): State<AppState>, Extension(who): Extension<Principal>, body: Bytes) -> ApiResult {
+    let req: CreateToken = serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("request body: {e}")))?;
+    if req.project != "*" {
+        check_names(&[&req.project])?;
+    }
+    let role = Role::parse(&req.role).ok_or_else(|| Problem::bad_request(format!("unknown role '{}' (viewer, editor, admin)", req.role)))?;
+    if !(1..=365).contains(&req.ttl_days) {
+        return Err(Problem::bad_request("ttl_days must be 1–365"));
+    }
+    if req.subject.trim().is_empty() || req.subject.len() > 200 {
+        return Err(Problem::bad_request("subject must be 1–200 characters"));
+    }
+    who.require(&req.project, Role::Admin)?;
+    let now = st.svc.clock.now();
+    let (rec, token) = mint(&req.subject, &req.project, role, Duration::from_secs(req.ttl_days * 86_400), &who.actor, now);
+    st.svc.meta.put_token(&rec).await?;
+    audit(&st, &who, "token.create", &rec.id, format!("{} as {:?} on {}", rec.subject, rec.role, rec.project).to_lowercase()).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": rec.id, "token": token, "subject": rec.subject, "project": rec.project, "role": rec.role, "expires_at": rec.expires_at }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+/// The audit log, newest first (admin on every project).
+async fn list_audit(State(st): State<AppState>, Extension(who): Extension<Principal>, Query(q): Query<AuditQuery>) -> ApiResult {
+    who.require("*", Role::Admin)?;
+    let records = st.svc.meta.list_audit(q.limit.unwrap_or(100).min(10_000)).await?;
+    Ok(Json(serde_json::json!({ "audit": records })).into_response())
 }

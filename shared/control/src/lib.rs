@@ -3,6 +3,7 @@
 //! `tamp serve`. The AWS functions will wire the same handlers to AWS adapters.
 
 pub mod api;
+pub mod auth;
 pub mod handlers;
 pub mod local;
 pub mod notify;

@@ -11,9 +11,10 @@ use std::time::Duration;
 use tamp_adapters_local::bus::Subscriber;
 use tamp_adapters_local::{FolderStore, LocalBus, MemoryQueue, ProcessRunner, SqliteStore};
 use tamp_domain::job::RetryPolicy;
-use tamp_ports::{Message, PortError, Queue, SystemClock};
+use tamp_ports::{Clock, Message, MetadataStore, PortError, Queue, Role, SystemClock};
 
 use crate::api::{AppState, router};
+use crate::auth::{self, Auth, AuthConfig};
 use crate::handlers::{self, Services};
 use crate::notify::Webhooks;
 
@@ -31,6 +32,28 @@ pub struct ServeConfig {
     pub retry: RetryPolicy,
     /// Seconds a message stays hidden while the orchestrator handles it.
     pub visibility_s: u64,
+    pub auth: AuthConfig,
+}
+
+/// Where the bootstrap admin token is kept (mode 0600), created on the first start.
+pub fn admin_token_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("admin-token")
+}
+
+/// Mints the local admin token (`*`, admin, one year) once; later starts keep it.
+async fn bootstrap_admin(data_dir: &std::path::Path, meta: &dyn MetadataStore, now: u64) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let path = admin_token_path(data_dir);
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && meta.token_by_hash(&auth::token_hash(existing.trim())).await?.is_some_and(|t| t.expires_at > now)
+    {
+        return Ok(());
+    }
+    let (rec, token) = auth::mint("local-admin", "*", Role::Admin, Duration::from_secs(365 * 86_400), "tamp serve", now);
+    meta.put_token(&rec).await?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    std::io::Write::write_all(&mut f, token.as_bytes())?;
+    Ok(())
 }
 
 /// Paths inside the data folder.
@@ -64,6 +87,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     let url = format!("http://{}", listener.local_addr()?);
     let files = Arc::new(object_store(&cfg.data_dir, &url)?);
     let meta = Arc::new(SqliteStore::open(&db_path(&cfg.data_dir))?);
+    bootstrap_admin(&cfg.data_dir, meta.as_ref(), SystemClock.now()).await?;
+    let auth = Arc::new(Auth::new(cfg.auth.clone(), meta.clone()));
     let queue = Arc::new(MemoryQueue::new(5));
     let runner = Arc::new(ProcessRunner::new(
         cfg.worker_program.clone(),
@@ -79,12 +104,16 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     let bus = Arc::new(LocalBus::new(Some(cfg.data_dir.join("events.jsonl")), subscribers)?);
     let svc = Services { store: files.clone(), meta, queue: queue.clone(), runner, bus, clock: Arc::new(SystemClock), retry: cfg.retry };
     std::fs::write(cfg.data_dir.join("serve.json"), serde_json::json!({ "url": url, "pid": std::process::id() }).to_string())?;
-    println!("tamp serve: API on {url}; uploads in {}/uploads/<project>/<model>/<version>/ (recipe.yaml last)", files.root().display());
+    println!(
+        "tamp serve: API on {url}; uploads in {}/uploads/<project>/<model>/<version>/ (recipe.yaml last); admin token in {}",
+        files.root().display(),
+        admin_token_path(&cfg.data_dir).display()
+    );
 
     tokio::spawn(orchestrator(svc.clone(), queue.clone(), cfg.visibility_s));
     tokio::spawn(watcher(svc.clone()));
     tokio::spawn(reconciler(svc.clone()));
-    let app = router(AppState { svc, files });
+    let app = router(AppState { svc, files, auth });
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tamp_domain::job::{Job, JobInputs, JobStage, JobState, StageState};
 
-use crate::{ArtifactRecord, Created, MetadataStore, ObjectStore, PortError, PutOutcome, Queue};
+use crate::{ArtifactRecord, AuditRecord, Created, MetadataStore, ObjectStore, PortError, PutOutcome, Queue, Role, TokenRecord};
 
 /// put/get/head/list/delete, `put_if_absent` never overwrites, bad keys refused.
 pub async fn object_store(store: &dyn ObjectStore) {
@@ -121,6 +121,18 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     assert_eq!(store.best_artifact("p.m", "onnxruntime").await.unwrap().unwrap().id, "art_3");
     assert_eq!(store.get_artifact("art_2").await.unwrap().unwrap(), artifact("art_2", 0.4));
     assert!(store.best_artifact("p.m", "tflite").await.unwrap().is_none());
+
+    let token = TokenRecord { id: "tok_1".into(), hash: "ab".repeat(32), subject: "ci".into(), project: "p".into(), role: Role::Editor, created_at: 1, expires_at: 100, created_by: "admin".into() };
+    store.put_token(&token).await.unwrap();
+    assert_eq!(store.token_by_hash(&"ab".repeat(32)).await.unwrap(), Some(token.clone()));
+    assert!(store.token_by_hash(&"cd".repeat(32)).await.unwrap().is_none());
+    assert!(matches!(store.put_token(&token).await, Err(PortError::Conflict(_))), "a token id or hash twice");
+
+    for (t, action) in [(1, "token.create"), (2, "download")] {
+        store.append_audit(&AuditRecord { time: t, actor: "tok_1".into(), action: action.into(), resource: "r".into(), detail: String::new() }).await.unwrap();
+    }
+    let audit: Vec<String> = store.list_audit(10).await.unwrap().into_iter().map(|a| a.action).collect();
+    assert_eq!(audit, ["download", "token.create"], "newest first");
 }
 
 /// At-least-once delivery, visibility timeout, ack, dead letters after `max_receives`.

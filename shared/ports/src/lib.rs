@@ -115,6 +115,60 @@ pub trait MetadataStore: Send + Sync {
     async fn put_artifact(&self, artifact: &ArtifactRecord) -> Result<bool>;
     async fn get_artifact(&self, id: &str) -> Result<Option<ArtifactRecord>>;
     async fn best_artifact(&self, model_id: &str, runtime: &str) -> Result<Option<ArtifactRecord>>;
+    /// Stores a token record (`Conflict` if the id or hash exists).
+    async fn put_token(&self, token: &TokenRecord) -> Result<()>;
+    /// The token whose secret hashes to `hash` (expired ones included: the caller decides).
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
+    async fn append_audit(&self, record: &AuditRecord) -> Result<()>;
+    /// Newest first.
+    async fn list_audit(&self, limit: usize) -> Result<Vec<AuditRecord>>;
+}
+
+/// Roles, ordered: each includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Editor,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "viewer" => Some(Self::Viewer),
+            "editor" => Some(Self::Editor),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An API token as stored: only the SHA-256 of the secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    /// Hex SHA-256 of the token string.
+    pub hash: String,
+    /// Who it was made for (free text: a person, a CI system).
+    pub subject: String,
+    /// The project it grants `role` on; `*` for every project.
+    pub project: String,
+    pub role: Role,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub created_by: String,
+}
+
+/// One line of the audit log: who did what to which resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub time: Timestamp,
+    pub actor: String,
+    /// `download`, `delete`, `policy.upload`, `token.create`, …
+    pub action: String,
+    pub resource: String,
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
