@@ -257,21 +257,44 @@ fn upload_folder_to_best_artifact_with_signed_webhook() {
     assert!(reason.contains("per_chanel_weights") && reason.contains("line 10"), "{reason}");
 }
 
-/// The same through the API only: PUT the inputs, the recipe last; poll; fetch the best
-/// artifact and download it; cancel of a finished job changes nothing; bad names refused.
+/// The same through the API only: project → model → version with presigned upload links →
+/// PUT the inputs through the links (no bearer token) → a stored policy (bad YAML refused
+/// with its line) → POST /jobs naming the policy → poll → best → download → report.
 #[test]
 fn api_only_flow() {
     let server = serve(&[], &[]);
     let url = server.url.clone();
+    assert_eq!(json("POST", &format!("{url}/projects"), br#"{"name":"web"}"#, &[]).0, 201);
+    assert_eq!(json("POST", &format!("{url}/projects"), br#"{"name":"web"}"#, &[]).0, 409);
+    assert_eq!(json("POST", &format!("{url}/projects/web/models"), br#"{"name":"fmnist","task":"classification"}"#, &[]).0, 201);
+    let (s, v) = json("POST", &format!("{url}/models/web.fmnist/versions"), br#"{"version":"v7"}"#, &[]);
+    assert_eq!(s, 201, "{v}");
     for f in ["model.onnx", "calib.npz", "eval.npz"] {
-        let (s, r) = json("PUT", &format!("{url}/uploads/web/fmnist/v7/{f}"), &std::fs::read(cnn().join(f)).unwrap(), &[]);
-        assert_eq!(s, 201, "{r}");
+        let link = v["upload_urls"][f].as_str().unwrap();
+        let (s, r) = json("PUT", link, &std::fs::read(cnn().join(f)).unwrap(), &[("Authorization", "")]);
+        assert_eq!(s, 201, "{f}: {r}");
     }
-    let (s, r) = json("PUT", &format!("{url}/uploads/web/fmnist/v7/recipe.yaml"), &recipe(), &[]);
+    let link = v["upload_urls"]["model.onnx"].as_str().unwrap();
+    let forged = link.replace("v7/model.onnx", "v8/model.onnx");
+    assert_eq!(json("PUT", &forged, b"x", &[("Authorization", "")]).0, 403, "a link for one key must not open another");
+
+    let bad = serde_json::json!({ "project": "web", "name": "int8", "yaml": String::from_utf8(recipe()).unwrap().replace("symmetric", "symetric") }).to_string();
+    let (s, p) = json("POST", &format!("{url}/policies"), bad.as_bytes(), &[]);
+    assert_eq!(s, 422, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("symetric") && p["detail"].as_str().unwrap().contains("line 11"), "{p}");
+    let good = serde_json::json!({ "project": "web", "name": "int8", "yaml": String::from_utf8(recipe()).unwrap() }).to_string();
+    assert_eq!(json("POST", &format!("{url}/policies"), good.as_bytes(), &[]).0, 201);
+    let (s, r) = json("POST", &format!("{url}/jobs"), br#"{"project":"web","model":"fmnist","version":"v7","policy":"web.int8"}"#, &[]);
     assert_eq!(s, 201, "{r}");
     let id = r["job"].as_str().unwrap().to_owned();
     let job = wait_for_job(&url, &id, Duration::from_secs(180));
     assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["policy"], "ptq-8bit");
+    let (_, versions) = json("GET", &format!("{url}/models/web.fmnist/versions"), b"", &[]);
+    assert_eq!(versions["versions"][0]["version"], "v7");
+    let (s, rep) = json("GET", &format!("{url}/reports/{id}"), b"", &[]);
+    assert_eq!(s, 200);
+    assert!(rep["stages"][0]["candidates"]["candidates"].as_array().is_some_and(|c| !c.is_empty()), "{rep}");
     let (_, best) = json("GET", &format!("{url}/models/web.fmnist/best"), b"", &[]);
     let (s, bytes) = http("GET", best["uri"].as_str().unwrap(), b"", &[]);
     assert_eq!(s, 200);
@@ -290,6 +313,7 @@ fn api_only_flow() {
     for (f, b) in [("model.onnx", bytes[..bytes.len() / 3].to_vec()), ("eval.npz", std::fs::read(cnn().join("eval.npz")).unwrap())] {
         assert_eq!(http("PUT", &format!("{url}/uploads/web/fmnist/v8/{f}"), &b, &[]).0, 201);
     }
+    let _ = &server;
     let (_, r) = json("PUT", &format!("{url}/uploads/web/fmnist/v8/recipe.yaml"), &recipe(), &[]);
     let bad = wait_for_job(&url, r["job"].as_str().unwrap(), Duration::from_secs(60));
     assert_eq!(bad["state"], "failed", "{bad}");
@@ -414,4 +438,37 @@ fn rbac_jwt_and_rate_limit() {
     assert!(actions.iter().filter(|a| **a == "token.create").count() >= 2 && actions.contains(&"policy.upload"), "{actions:?}");
     let (s, _) = json("GET", &format!("{url}/audit"), b"", &[("Authorization", &editor)]);
     assert_eq!(s, 403);
+}
+
+/// The client verbs against `tamp serve`: login, jobs submit --wait, list, get, best,
+/// download (sha256 checked), and a clear error for a bad token.
+#[test]
+fn client_verbs() {
+    let server = serve(&[], &[]);
+    let cfg = tempfile::tempdir().unwrap();
+    let t = |args: &[&str]| {
+        let o = Command::new(tamp()).args(args).env("TAMP_CONFIG_DIR", cfg.path()).env_remove("TAMP_URL").env_remove("TAMP_TOKEN").output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (ok, out, err) = t(&["login", "--local", server.data.path().to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let dir = cnn();
+    let (ok, out, err) = t(&[
+        "jobs", "submit", "--project", "cli", "--model", "fmnist", "--version", "v1",
+        "--model-file", dir.join("model.onnx").to_str().unwrap(), "--data", dir.join("calib.npz").to_str().unwrap(),
+        "--eval", dir.join("eval.npz").to_str().unwrap(), "--recipe", root().join("configs/policy_examples/ptq_8bit.yaml").to_str().unwrap(), "--wait",
+    ]);
+    assert!(ok, "{out}{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (ok, out, _) = t(&["jobs", "list", "--status", "succeeded"]);
+    assert!(ok && out.contains(job["id"].as_str().unwrap()), "{out}");
+    let (ok, out, _) = t(&["best", "cli.fmnist"]);
+    assert!(ok && out.contains("\"runtime\": \"onnxruntime\""), "{out}");
+    let file = cfg.path().join("best.onnx");
+    let (ok, out, err) = t(&["download", "cli.fmnist", "-o", file.to_str().unwrap()]);
+    assert!(ok && out.contains("verified"), "{out}{err}");
+    assert!(std::fs::metadata(&file).unwrap().len() > 10_000);
+    let (ok, _, err) = t(&["jobs", "list", "--token", "tamp_wrong"]);
+    assert!(!ok && err.contains("401") && err.lines().count() == 1, "{err}");
 }

@@ -1,6 +1,7 @@
 //! `tamp`: the command-line entry point. Subcommands only parse arguments and print; the
 //! work happens in the shared crates.
 
+mod client;
 mod compress;
 mod eval;
 mod inspect;
@@ -28,6 +29,14 @@ enum Command {
     Compress(compress::Args),
     /// Run the local stack: API on 127.0.0.1, upload watcher, queue, stage workers (data in ./.tamp).
     Serve(serve::ServeArgs),
+    /// Save the API URL and token for the client verbs (`--local .tamp` for tamp serve).
+    Login(client::LoginArgs),
+    /// Submit, list, inspect and cancel jobs on a Tamp API.
+    Jobs(client::JobsArgs),
+    /// The best artifact of a model for a runtime.
+    Best(client::BestArgs),
+    /// Download an artifact (or a model's best), checking its sha256.
+    Download(client::DownloadArgs),
     /// Run one stage of one job (what `tamp serve` and the Batch container start).
     Worker(serve::WorkerArgs),
     /// One-shot int8 post-training quantization (static QDQ with calibration, or --dynamic).
@@ -47,6 +56,10 @@ fn main() -> ExitCode {
         Command::Quantize(a) => quantize::run(&a),
         Command::Serve(a) => serve::serve(&a),
         Command::Worker(a) => serve::worker(&a),
+        Command::Login(a) => client::login(&a),
+        Command::Jobs(a) => client::jobs(&a),
+        Command::Best(a) => client::best(&a),
+        Command::Download(a) => client::download(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,21 +50,29 @@ impl FolderStore {
         Ok(self.root.join(key))
     }
 
-    fn signature(&self, key: &str, expires: Timestamp) -> String {
+    fn mac(&self, method: &str, key: &str, expires: Timestamp) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        mac.update(format!("{key}\n{expires}").as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        mac.update(format!("{method}\n{key}\n{expires}").as_bytes());
+        mac
     }
 
-    /// Checks a presigned URL's signature and expiry.
-    pub fn verify(&self, key: &str, expires: Timestamp, signature: &str, now: Timestamp) -> bool {
+    /// Checks a presigned URL's signature (for `method`: GET or PUT) and expiry.
+    pub fn verify(&self, method: &str, key: &str, expires: Timestamp, signature: &str, now: Timestamp) -> bool {
         if now > expires {
             return false;
         }
         let Ok(sig) = hex::decode(signature) else { return false };
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        mac.update(format!("{key}\n{expires}").as_bytes());
-        mac.verify_slice(&sig).is_ok()
+        self.mac(method, key, expires).verify_slice(&sig).is_ok()
+    }
+
+    fn presign(&self, method: &str, route: &str, key: &str, ttl: Duration, now: Timestamp) -> Result<String> {
+        check_key(key)?;
+        if ttl > MAX_PRESIGN {
+            return Err(PortError::Invalid(format!("presigned URLs live at most {} s", MAX_PRESIGN.as_secs())));
+        }
+        let expires = now + ttl.as_secs();
+        let sig = hex::encode(self.mac(method, key, expires).finalize().into_bytes());
+        Ok(format!("{}/{route}{key}?expires={expires}&signature={sig}", self.base_url.trim_end_matches('/')))
     }
 
     fn staging(&self, path: &Path) -> Result<PathBuf> {
@@ -167,12 +175,12 @@ impl ObjectStore for FolderStore {
     }
 
     fn presign_get(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String> {
-        check_key(key)?;
-        if ttl > MAX_PRESIGN {
-            return Err(PortError::Invalid(format!("presigned URLs live at most {} s", MAX_PRESIGN.as_secs())));
-        }
-        let expires = now + ttl.as_secs();
-        Ok(format!("{}/objects/{key}?expires={expires}&signature={}", self.base_url.trim_end_matches('/'), self.signature(key, expires)))
+        self.presign("GET", "objects/", key, ttl, now)
+    }
+
+    fn presign_put(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String> {
+        // Uploads go through the API's upload route (which triggers ingest for recipe.yaml).
+        self.presign("PUT", "", key, ttl, now)
     }
 }
 
@@ -194,9 +202,10 @@ mod tests {
         let store = FolderStore::new(dir.path(), "http://h", b"secret").unwrap();
         let url = store.presign_get("a/b.onnx", Duration::from_secs(60), 100).unwrap();
         let sig = url.split("signature=").nth(1).unwrap();
-        assert!(store.verify("a/b.onnx", 160, sig, 150));
-        assert!(!store.verify("a/b.onnx", 160, sig, 161), "expired");
-        assert!(!store.verify("a/c.onnx", 160, sig, 150), "other key");
-        assert!(!store.verify("a/b.onnx", 999, sig, 150), "forged expiry");
+        assert!(store.verify("GET", "a/b.onnx", 160, sig, 150));
+        assert!(!store.verify("GET", "a/b.onnx", 160, sig, 161), "expired");
+        assert!(!store.verify("GET", "a/c.onnx", 160, sig, 150), "other key");
+        assert!(!store.verify("GET", "a/b.onnx", 999, sig, 150), "forged expiry");
+        assert!(!store.verify("PUT", "a/b.onnx", 160, sig, 150), "a download link is not an upload link");
     }
 }

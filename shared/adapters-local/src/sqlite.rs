@@ -28,6 +28,8 @@ const MIGRATIONS: &[&str] = &[
     // 2: API tokens (hashed) and the audit log.
     "CREATE TABLE tokens (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, doc TEXT NOT NULL);
     CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, doc TEXT NOT NULL);",
+    // 3: catalog records (projects, models, versions, policies).
+    "CREATE TABLE records (kind TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (kind, id));",
 ];
 
 #[derive(Debug, Clone)]
@@ -192,6 +194,26 @@ impl MetadataStore for SqliteStore {
     async fn append_audit(&self, record: &AuditRecord) -> Result<()> {
         let doc = json(record)?;
         self.with(|c| c.execute("INSERT INTO audit (time, doc) VALUES (?1, ?2)", params![record.time as i64, doc]).map(|_| ()).map_err(db))
+    }
+
+    async fn put_record(&self, kind: &str, id: &str, doc: &serde_json::Value, if_absent: bool) -> Result<bool> {
+        let text = json(doc)?;
+        let sql = if if_absent { "INSERT OR IGNORE INTO records (kind, id, doc) VALUES (?1, ?2, ?3)" } else { "INSERT OR REPLACE INTO records (kind, id, doc) VALUES (?1, ?2, ?3)" };
+        self.with(|c| c.execute(sql, params![kind, id, text]).map(|n| n == 1).map_err(db))
+    }
+
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<serde_json::Value>> {
+        let doc: Option<String> = self.with(|c| c.query_row("SELECT doc FROM records WHERE kind = ?1 AND id = ?2", [kind, id], |r| r.get(0)).optional().map_err(db))?;
+        doc.map(|d| parse(&d)).transpose()
+    }
+
+    async fn list_records(&self, kind: &str, prefix: &str) -> Result<Vec<serde_json::Value>> {
+        let docs: Vec<String> = self.with(|c| {
+            let mut st = c.prepare("SELECT doc FROM records WHERE kind = ?1 AND substr(id, 1, length(?2)) = ?2 ORDER BY id").map_err(db)?;
+            let rows = st.query_map(params![kind, prefix], |r| r.get::<_, String>(0)).map_err(db)?;
+            rows.map(|r| r.map_err(db)).collect()
+        })?;
+        docs.iter().map(|d| parse(d)).collect()
     }
 
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditRecord>> {

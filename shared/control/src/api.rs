@@ -45,8 +45,20 @@ pub struct AppState {
 /// Authenticates and rate-limits every route but `/healthz` and signed `/objects/…` links
 /// (their signature is the credential); the principal rides in the request extensions.
 async fn authenticate(State(st): State<AppState>, mut req: axum::extract::Request, next: Next) -> Response {
-    let path = req.uri().path();
+    let path = req.uri().path().to_owned();
     if path == "/healthz" || path.starts_with("/objects/") {
+        return next.run(req).await;
+    }
+    // A presigned upload link is its own credential: editor on that one key's project.
+    if path.starts_with("/uploads/") && req.method() == axum::http::Method::PUT
+        && let Some(q) = req.uri().query().and_then(|q| serde_urlencoded_signed(q))
+    {
+        let key = path.trim_start_matches('/');
+        if !st.files.verify("PUT", key, q.0, &q.1, st.svc.clock.now()) {
+            return Problem::forbidden("the upload link is invalid or expired; ask POST /models/{id}/versions for new ones").into_response();
+        }
+        let project = key.split('/').nth(1).unwrap_or_default().to_owned();
+        req.extensions_mut().insert(Principal { actor: "presigned-upload".into(), grants: vec![(project, Role::Editor)] });
         return next.run(req).await;
     }
     let principal = match st.auth.authenticate(req.headers(), st.svc.clock.now()).await {
@@ -58,6 +70,20 @@ async fn authenticate(State(st): State<AppState>, mut req: axum::extract::Reques
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// `expires` and `signature` from a query string, when both are there.
+fn serde_urlencoded_signed(q: &str) -> Option<(u64, String)> {
+    let mut expires = None;
+    let mut signature = None;
+    for pair in q.split('&') {
+        match pair.split_once('=') {
+            Some(("expires", v)) => expires = v.parse().ok(),
+            Some(("signature", v)) => signature = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    Some((expires?, signature?))
 }
 
 async fn audit(st: &AppState, who: &Principal, action: &str, resource: &str, detail: String) -> Result<(), Problem> {
@@ -139,6 +165,13 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/artifacts/{id}", get(artifact))
         .route("/objects/{*key}", get(download))
         .route("/tokens", post(create_token))
+        .route("/projects", post(create_project).get(list_projects))
+        .route("/projects/{project}/models", post(create_model).get(list_models))
+        .route("/models/{id}", get(get_model))
+        .route("/models/{id}/versions", post(create_version).get(list_versions))
+        .route("/policies", post(create_policy))
+        .route("/policies/{id}", get(get_policy))
+        .route("/reports/{job}", get(report))
         .route("/audit", get(list_audit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
@@ -196,21 +229,34 @@ struct CreateJob {
     project: String,
     model: String,
     version: String,
+    /// A stored policy (`<project>.<name>`) instead of the version's uploaded recipe.yaml.
+    #[serde(default)]
+    policy: Option<String>,
 }
 
 async fn create_job(State(st): State<AppState>, Extension(who): Extension<Principal>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let req: CreateJob = serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("request body: {e}")))?;
     check_names(&[&req.project, &req.model, &req.version])?;
     who.require(&req.project, Role::Editor)?;
+    let marker_of = |version: &str| match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        Some(k) if !k.is_empty() && k.len() <= 200 => Ok(format!("api:{k}")),
+        Some(_) => Err(Problem::bad_request("Idempotency-Key must be 1–200 visible characters")),
+        None => Ok(format!("api:{version}:{}", tamp_adapters_local::random_hex(8))),
+    };
+    if let Some(pid) = &req.policy {
+        if project_of(pid) != req.project {
+            return Err(Problem::bad_request(format!("policy {pid} belongs to another project")));
+        }
+        let policy = st.svc.meta.get_record("policy", pid).await?.ok_or_else(|| Problem::not_found(format!("no policy {pid}")))?;
+        let yaml = policy["yaml"].as_str().unwrap_or_default();
+        let marker = marker_of(pid)?;
+        return ingested(handlers::start_job(&st.svc, &req.project, &req.model, &req.version, yaml, &format!("policy {pid}"), &marker).await?);
+    }
     let key = format!("uploads/{}/{}/{}/recipe.yaml", req.project, req.model, req.version);
-    let meta = st.svc.store.head(&key).await?.ok_or_else(|| Problem::bad_request(format!("{key} has not been uploaded (PUT /{key})")))?;
+    let meta = st.svc.store.head(&key).await?.ok_or_else(|| Problem::bad_request(format!("{key} has not been uploaded (PUT /{key}), and no `policy` was named")))?;
     // The Idempotency-Key replaces the object version in the ingest key, so a retried POST
     // finds the first job and a new key asks for a new run of the same upload.
-    let marker = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        Some(k) if !k.is_empty() && k.len() <= 200 => format!("api:{k}"),
-        Some(_) => return Err(Problem::bad_request("Idempotency-Key must be 1–200 visible characters")),
-        None => format!("api:{}:{}", meta.version, tamp_adapters_local::random_hex(8)),
-    };
+    let marker = marker_of(&meta.version)?;
     ingested(handlers::ingest(&st.svc, &key, &marker).await?)
 }
 
@@ -299,7 +345,7 @@ struct Signed {
 }
 
 async fn download(State(st): State<AppState>, Path(key): Path<String>, Query(q): Query<Signed>) -> ApiResult {
-    if !st.files.verify(&key, q.expires, &q.signature, st.svc.clock.now()) {
+    if !st.files.verify("GET", &key, q.expires, &q.signature, st.svc.clock.now()) {
         return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "the link is invalid or expired; ask the API for a new one"));
     }
     let bytes = st.files.get(&key).await?;
@@ -353,4 +399,158 @@ async fn list_audit(State(st): State<AppState>, Extension(who): Extension<Princi
     who.require("*", Role::Admin)?;
     let records = st.svc.meta.list_audit(q.limit.unwrap_or(100).min(10_000)).await?;
     Ok(Json(serde_json::json!({ "audit": records })).into_response())
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, Problem> {
+    serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("request body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProject {
+    name: String,
+}
+
+/// Creates a project (admin on it, or on `*`).
+async fn create_project(State(st): State<AppState>, Extension(who): Extension<Principal>, b: Bytes) -> ApiResult {
+    let req: NewProject = body(&b)?;
+    check_names(&[&req.name])?;
+    who.require(&req.name, Role::Admin)?;
+    let doc = serde_json::json!({ "id": req.name, "created_at": st.svc.clock.now(), "created_by": who.actor });
+    if !st.svc.meta.put_record("project", &req.name, &doc, true).await? {
+        return Err(Problem::new(StatusCode::CONFLICT, "conflict", format!("project '{}' exists", req.name)));
+    }
+    Ok((StatusCode::CREATED, Json(doc)).into_response())
+}
+
+async fn list_projects(State(st): State<AppState>, Extension(who): Extension<Principal>) -> ApiResult {
+    let mut all = st.svc.meta.list_records("project", "").await?;
+    all.retain(|p| p["id"].as_str().is_some_and(|id| who.role_on(id).is_some()));
+    Ok(Json(serde_json::json!({ "projects": all })).into_response())
+}
+
+async fn project_exists(st: &AppState, project: &str) -> Result<(), Problem> {
+    match st.svc.meta.get_record("project", project).await? {
+        Some(_) => Ok(()),
+        None => Err(Problem::not_found(format!("no project '{project}' (POST /projects)"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewModel {
+    name: String,
+    #[serde(default)]
+    task: Option<String>,
+}
+
+async fn create_model(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(project): Path<String>, b: Bytes) -> ApiResult {
+    let req: NewModel = body(&b)?;
+    check_names(&[&project, &req.name])?;
+    who.require(&project, Role::Editor)?;
+    project_exists(&st, &project).await?;
+    let id = format!("{project}.{}", req.name);
+    let doc = serde_json::json!({ "id": id, "project": project, "name": req.name, "task": req.task, "created_at": st.svc.clock.now(), "created_by": who.actor });
+    if !st.svc.meta.put_record("model", &id, &doc, true).await? {
+        return Err(Problem::new(StatusCode::CONFLICT, "conflict", format!("model '{id}' exists")));
+    }
+    Ok((StatusCode::CREATED, Json(doc)).into_response())
+}
+
+async fn list_models(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(project): Path<String>) -> ApiResult {
+    who.require(&project, Role::Viewer)?;
+    let models = st.svc.meta.list_records("model", &format!("{project}.")).await?;
+    Ok(Json(serde_json::json!({ "models": models })).into_response())
+}
+
+async fn get_model(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
+    who.require(project_of(&id), Role::Viewer)?;
+    let m = st.svc.meta.get_record("model", &id).await?.ok_or_else(|| Problem::not_found(format!("no model {id}")))?;
+    Ok(Json(m).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewVersion {
+    version: String,
+    /// Extra file names to get upload links for (model.onnx, calib.npz, eval.npz and
+    /// recipe.yaml always come).
+    #[serde(default)]
+    files: Vec<String>,
+}
+
+/// Records a version and returns presigned upload links (model bytes never pass through the
+/// API's JSON routes); PUT the inputs, then `recipe.yaml` last (or POST /jobs with a policy).
+async fn create_version(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>, b: Bytes) -> ApiResult {
+    let req: NewVersion = body(&b)?;
+    let (project, model) = id.split_once('.').ok_or_else(|| Problem::bad_request(format!("model ids are <project>.<model>, not '{id}'")))?;
+    check_names(&[project, model, &req.version])?;
+    who.require(project, Role::Editor)?;
+    st.svc.meta.get_record("model", &id).await?.ok_or_else(|| Problem::not_found(format!("no model {id} (POST /projects/{project}/models)")))?;
+    let prefix = format!("uploads/{project}/{model}/{}/", req.version);
+    let now = st.svc.clock.now();
+    let mut links = serde_json::Map::new();
+    for f in ["model.onnx", "calib.npz", "eval.npz", "recipe.yaml"].iter().map(|s| (*s).to_owned()).chain(req.files.clone()) {
+        if f.starts_with('.') || f.contains('/') || f.is_empty() {
+            return Err(Problem::bad_request(format!("bad file name '{f}'")));
+        }
+        links.insert(f.clone(), serde_json::Value::String(st.svc.store.presign_put(&format!("{prefix}{f}"), LINK_TTL, now)?));
+    }
+    let vid = format!("{id}/{}", req.version);
+    let doc = serde_json::json!({ "id": vid, "model_id": id, "version": req.version, "prefix": prefix, "state": "uploading", "created_at": now, "created_by": who.actor });
+    st.svc.meta.put_record("version", &vid, &doc, true).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "version": doc, "upload_urls": links, "upload_urls_expire_at": now + LINK_TTL.as_secs(), "method": "PUT" }))).into_response())
+}
+
+async fn list_versions(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
+    who.require(project_of(&id), Role::Viewer)?;
+    let versions = st.svc.meta.list_records("version", &format!("{id}/")).await?;
+    Ok(Json(serde_json::json!({ "versions": versions })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPolicy {
+    project: String,
+    name: String,
+    /// The recipe YAML.
+    yaml: String,
+}
+
+/// Stores a policy after validating it; YAML errors come back as 422 naming key and line.
+async fn create_policy(State(st): State<AppState>, Extension(who): Extension<Principal>, b: Bytes) -> ApiResult {
+    let req: NewPolicy = body(&b)?;
+    check_names(&[&req.project, &req.name])?;
+    who.require(&req.project, Role::Editor)?;
+    if let Err(e) = tamp_domain::Recipe::from_yaml(&req.yaml) {
+        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid policy", e.to_string()));
+    }
+    let id = format!("{}.{}", req.project, req.name);
+    let doc = serde_json::json!({ "id": id, "project": req.project, "name": req.name, "yaml": req.yaml, "updated_at": st.svc.clock.now(), "updated_by": who.actor });
+    st.svc.meta.put_record("policy", &id, &doc, false).await?;
+    audit(&st, &who, "policy.change", &id, String::new()).await?;
+    Ok((StatusCode::CREATED, Json(doc)).into_response())
+}
+
+async fn get_policy(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
+    who.require(project_of(&id), Role::Viewer)?;
+    let p = st.svc.meta.get_record("policy", &id).await?.ok_or_else(|| Problem::not_found(format!("no policy {id}")))?;
+    Ok(Json(p).into_response())
+}
+
+/// The job's report: per stage, the candidates table and the manifest of its last attempt.
+async fn report(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(job): Path<String>) -> ApiResult {
+    let j = st.svc.meta.get_job(&job).await?.ok_or_else(|| Problem::not_found(format!("no job {job}")))?;
+    who.require(&j.project, Role::Viewer)?;
+    let mut stages = Vec::new();
+    for s in &j.stages {
+        let base = format!("artifacts/{}/{}/attempt-{}", j.id, s.index, s.attempt);
+        let read = |name: &str| {
+            let key = format!("{base}/{name}");
+            let store = st.svc.store.clone();
+            async move { store.get(&key).await.ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) }
+        };
+        stages.push(serde_json::json!({ "stage": s.index, "kind": s.kind, "state": s.state, "attempt": s.attempt, "reason": s.reason, "candidates": read("candidates.json").await, "manifest": read("manifest.json").await }));
+    }
+    Ok(Json(serde_json::json!({ "job": j.id, "state": j.state, "policy": j.policy, "reason": j.reason, "stages": stages })).into_response())
 }

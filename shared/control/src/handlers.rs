@@ -105,16 +105,33 @@ pub async fn ingest(svc: &Services, key: &str, version: &str) -> Result<Ingested
     let Some((project, model, ver)) = upload_prefix(key) else {
         return Ok(Ingested::Ignored(format!("'{key}' is not uploads/<project>/<model>/<version>/recipe.yaml (names: lowercase letters, digits, - and _)")));
     };
+    let text = String::from_utf8(svc.store.get(key).await?).map_err(|_| HandlerError::Invalid(format!("{key} is not UTF-8 text")))?;
+    start_job(svc, &project, &model, &ver, &text, key, &format!("upload:{key}@{version}")).await
+}
+
+/// Records the catalog entries an upload implies (project, model, version), if new.
+pub async fn ensure_catalog(svc: &Services, project: &str, model: &str, version: &str, by: &str) -> Result<()> {
+    let now = svc.clock.now();
+    svc.meta.put_record("project", project, &serde_json::json!({ "id": project, "created_at": now, "created_by": by }), true).await?;
+    let model_id = format!("{project}.{model}");
+    svc.meta.put_record("model", &model_id, &serde_json::json!({ "id": model_id, "project": project, "name": model, "created_at": now, "created_by": by }), true).await?;
+    let vid = format!("{model_id}/{version}");
+    svc.meta.put_record("version", &vid, &serde_json::json!({ "id": vid, "model_id": model_id, "version": version, "prefix": format!("uploads/{project}/{model}/{version}/"), "created_at": now, "created_by": by }), true).await?;
+    Ok(())
+}
+
+/// Starts a job on the uploaded version `uploads/<project>/<model>/<version>/` with
+/// `recipe_text` (from the upload, or a stored policy); `source` names the recipe in errors.
+pub async fn start_job(svc: &Services, project: &str, model: &str, ver: &str, recipe_text: &str, source: &str, idempotency_key: &str) -> Result<Ingested> {
     let now = svc.clock.now();
     let prefix = format!("uploads/{project}/{model}/{ver}");
-    let text = String::from_utf8(svc.store.get(key).await?).map_err(|_| HandlerError::Invalid(format!("{key} is not UTF-8 text")))?;
     let mut j = Job {
         id: new_job_id(),
-        project,
-        model,
-        version: ver,
+        project: project.to_owned(),
+        model: model.to_owned(),
+        version: ver.to_owned(),
         policy: String::new(),
-        recipe_yaml: text.clone(),
+        recipe_yaml: recipe_text.to_owned(),
         inputs: JobInputs { model: format!("{prefix}/model.onnx"), calibration: None, evaluation: None },
         state: JobState::Queued,
         stages: Vec::new(),
@@ -123,8 +140,8 @@ pub async fn ingest(svc: &Services, key: &str, version: &str) -> Result<Ingested
         updated_at: now,
         revision: 0,
     };
-    let problem = match Recipe::from_yaml(&text) {
-        Err(e) => Some(format!("{key}: {e}")),
+    let problem = match Recipe::from_yaml(recipe_text) {
+        Err(e) => Some(format!("{source}: {e}")),
         Ok(recipe) => {
             j.policy = recipe.policy.name.clone();
             j.stages = job::plan(&recipe, svc.retry, now);
@@ -146,10 +163,11 @@ pub async fn ingest(svc: &Services, key: &str, version: &str) -> Result<Ingested
         j.state = JobState::Failed;
         j.reason = Some(reason.clone());
     }
-    match svc.meta.create_job(&j, &format!("upload:{key}@{version}")).await? {
+    match svc.meta.create_job(&j, idempotency_key).await? {
         Created::Duplicate(id) => return Ok(Ingested::Duplicate(id)),
         Created::New => {}
     }
+    ensure_catalog(svc, project, model, ver, "ingest").await?;
     svc.bus.publish(&event(&j, EventKind::JobCreated, now, serde_json::json!({ "policy": j.policy, "stages": j.stages.len() }))).await?;
     if problem.is_some() {
         svc.bus.publish(&event(&j, EventKind::JobFailed, now, serde_json::Value::Null)).await?;

@@ -49,6 +49,8 @@ pub async fn object_store(store: &dyn ObjectStore) {
     let url = store.presign_get("a/c/two.bin", Duration::from_secs(300), 1000).unwrap();
     assert!(url.contains("a/c/two.bin") || url.contains("a%2Fc%2Ftwo.bin"), "{url}");
     assert!(store.presign_get("a/c/two.bin", Duration::from_secs(3600), 1000).is_err(), "presigned URLs are capped at 15 minutes");
+    let put = store.presign_put("up/x.bin", Duration::from_secs(300), 1000).unwrap();
+    assert!(put.contains("up/x.bin") && put != store.presign_get("up/x.bin", Duration::from_secs(300), 1000).unwrap(), "{put}");
 }
 
 fn job(id: &str, created_at: u64) -> Job {
@@ -133,6 +135,16 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     }
     let audit: Vec<String> = store.list_audit(10).await.unwrap().into_iter().map(|a| a.action).collect();
     assert_eq!(audit, ["download", "token.create"], "newest first");
+
+    assert!(store.put_record("model", "p.a", &serde_json::json!({"n": 1}), true).await.unwrap());
+    assert!(!store.put_record("model", "p.a", &serde_json::json!({"n": 2}), true).await.unwrap(), "if_absent overwrote");
+    assert_eq!(store.get_record("model", "p.a").await.unwrap(), Some(serde_json::json!({"n": 1})));
+    assert!(store.put_record("model", "p.a", &serde_json::json!({"n": 3}), false).await.unwrap());
+    store.put_record("model", "q.b", &serde_json::json!({"n": 4}), true).await.unwrap();
+    store.put_record("project", "p.z", &serde_json::json!({}), true).await.unwrap();
+    assert_eq!(store.list_records("model", "p.").await.unwrap(), vec![serde_json::json!({"n": 3})]);
+    assert_eq!(store.list_records("model", "").await.unwrap().len(), 2);
+    assert!(store.get_record("project", "p.a").await.unwrap().is_none(), "kinds are separate");
 }
 
 /// At-least-once delivery, visibility timeout, ack, dead letters after `max_receives`.

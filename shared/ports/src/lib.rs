@@ -72,6 +72,8 @@ pub trait ObjectStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<()>;
     /// A download URL valid for `ttl` (≤ 15 minutes).
     fn presign_get(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String>;
+    /// An upload (HTTP PUT) URL valid for `ttl` (≤ 15 minutes).
+    fn presign_put(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String>;
 }
 
 /// A compressed model recorded for a model × runtime.
@@ -120,6 +122,12 @@ pub trait MetadataStore: Send + Sync {
     /// The token whose secret hashes to `hash` (expired ones included: the caller decides).
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
     async fn append_audit(&self, record: &AuditRecord) -> Result<()>;
+    /// Catalog records (projects, models, versions, policies) as JSON documents by kind and
+    /// id. With `if_absent`, an existing id is left alone and `false` returned.
+    async fn put_record(&self, kind: &str, id: &str, doc: &serde_json::Value, if_absent: bool) -> Result<bool>;
+    async fn get_record(&self, kind: &str, id: &str) -> Result<Option<serde_json::Value>>;
+    /// Records of `kind` whose id starts with `prefix`, by id.
+    async fn list_records(&self, kind: &str, prefix: &str) -> Result<Vec<serde_json::Value>>;
     /// Newest first.
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditRecord>>;
 }
