@@ -68,9 +68,11 @@ def main():
     ap.add_argument("--recipe", required=True)
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--rates", default="500,5000")
+    ap.add_argument("--jobs", default="100,500", help="batches of concurrent jobs (a fast stage on the reference CNN)")
+    ap.add_argument("--concurrency", type=int, default=2, help="tamp serve's worker slots")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as data:
-        srv = subprocess.Popen([a.tamp, "serve", "--data-dir", data, "--port", "0", "--rate-limit", "100000"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        srv = subprocess.Popen([a.tamp, "serve", "--data-dir", data, "--port", "0", "--rate-limit", "100000", "--concurrency", str(a.concurrency)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             line = srv.stdout.readline()
             host = line.split("API on http://")[1].split(";")[0]
@@ -96,7 +98,32 @@ def main():
                         print(f"{name:<22}{rate:>9}{n:>7}{len(err):>7}{pct(lat, 50):>9.2f}{pct(lat, 95):>9.2f}{pct(lat, 99):>9.2f}{max(lat):>9.2f}")
                     else:
                         print(f"{name:<22}{rate:>9}{n:>7}{len(err):>7}  all failed: {err[:1]}")
-            print("\ntargets: P50 <= 5 ms, P95 <= 20 ms (loopback).")
+            print("\ntargets: P50 <= 5 ms, P95 <= 20 ms (loopback).\n")
+            fast = recipe.decode() + "evaluation:\n  samples: 256\n  latency_runs: 5\n"
+            request(host, "POST", "/policies", json.dumps({"project": "bench", "name": "fast", "yaml": fast}).encode())
+            header = f"{'concurrent jobs':<18}{'workers':>8}{'submit s':>10}{'done s':>9}{'jobs/min':>10}{'succeeded':>11}{'lost':>6}"
+            print(header)
+            print("-" * len(header))
+            for n in [int(x) for x in a.jobs.split(",") if x]:
+                t0 = time.perf_counter()
+                ids = []
+                for i in range(n):
+                    s, d = request(host, "POST", "/jobs", json.dumps({"project": "bench", "model": "cnn", "version": "v1", "policy": "bench.fast"}).encode(),
+                                   {"Content-Type": "application/json", "Idempotency-Key": f"jobs-{n}-{i}-{os.getpid()}"})
+                    ids.append(json.loads(d)["job"])
+                submitted = time.perf_counter() - t0
+                pending = set(ids)
+                succeeded = 0
+                deadline = time.perf_counter() + 3600
+                while pending and time.perf_counter() < deadline:
+                    for j in list(pending):
+                        state = json.loads(request(host, "GET", f"/jobs/{j}")[1])["state"]
+                        if state in ("succeeded", "failed", "cancelled"):
+                            pending.discard(j)
+                            succeeded += state == "succeeded"
+                    time.sleep(0.5)
+                done = time.perf_counter() - t0
+                print(f"{n:<18}{a.concurrency:>8}{submitted:>10.2f}{done:>9.1f}{n / done * 60:>10.1f}{succeeded:>11}{n - succeeded:>6}")
         finally:
             srv.terminate()
             srv.wait()

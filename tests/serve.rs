@@ -264,6 +264,14 @@ fn upload_folder_to_best_artifact_with_signed_webhook() {
 fn api_only_flow() {
     let server = serve(&[], &[]);
     let url = server.url.clone();
+    // The OpenAPI 3.1 document is served without credentials and covers the routes.
+    let (s, doc) = json("GET", &format!("{url}/openapi.json"), b"", &[("Authorization", "")]);
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    for path in ["/jobs", "/jobs/{id}", "/models/{id}/best", "/models/{id}/versions", "/policies", "/tokens", "/uploads/{project}/{model}/{version}/{file}"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     assert_eq!(json("POST", &format!("{url}/projects"), br#"{"name":"web"}"#, &[]).0, 201);
     assert_eq!(json("POST", &format!("{url}/projects"), br#"{"name":"web"}"#, &[]).0, 409);
     assert_eq!(json("POST", &format!("{url}/projects/web/models"), br#"{"name":"fmnist","task":"classification"}"#, &[]).0, 201);
@@ -390,6 +398,8 @@ fn rbac_jwt_and_rate_limit() {
     assert_eq!(s, 403, "viewer created a job: {p}");
     let (s, _) = json("PUT", &format!("{url}/uploads/team/m/v1/recipe.yaml"), &recipe(), &[("Authorization", &viewer)]);
     assert_eq!(s, 403, "viewer uploaded a policy");
+    let policy = serde_json::json!({ "project": "team", "name": "p", "yaml": String::from_utf8(recipe()).unwrap() }).to_string();
+    assert_eq!(json("POST", &format!("{url}/policies"), policy.as_bytes(), &[("Authorization", &viewer)]).0, 403, "viewer created a policy");
     assert_eq!(json("GET", &format!("{url}/jobs"), b"", &[("Authorization", &viewer)]).0, 200);
     let (s, _) = json("GET", &format!("{url}/models/other.m/best"), b"", &[("Authorization", &viewer)]);
     assert_eq!(s, 403, "a team token read another project");
@@ -461,6 +471,9 @@ fn client_verbs() {
     assert!(ok, "{out}{err}");
     let job: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(job["state"], "succeeded", "{job}");
+    // The recipe upload was seen twice (the PUT and the folder watcher): still one job.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(json("GET", &format!("{}/jobs", server.url), b"", &[]).1["jobs"].as_array().unwrap().len(), 1);
     let (ok, out, _) = t(&["jobs", "list", "--status", "succeeded"]);
     assert!(ok && out.contains(job["id"].as_str().unwrap()), "{out}");
     let (ok, out, _) = t(&["best", "cli.fmnist"]);
@@ -471,4 +484,27 @@ fn client_verbs() {
     assert!(std::fs::metadata(&file).unwrap().len() > 10_000);
     let (ok, _, err) = t(&["jobs", "list", "--token", "tamp_wrong"]);
     assert!(!ok && err.contains("401") && err.lines().count() == 1, "{err}");
+}
+
+/// A stage that always crashes: retried up to the budget, then the job fails naming the
+/// attempts and the cause.
+#[test]
+fn a_stage_that_always_fails_ends_the_job_failed() {
+    let server = serve(&["--max-attempts", "2"], &[("TAMP_FAULT_CRASH_ALWAYS", "1")]);
+    let url = server.url.clone();
+    let up = server.data.path().join("store/uploads/flaky/fmnist/v1");
+    for f in ["model.onnx", "calib.npz", "eval.npz"] {
+        upload_file(&up, f, &std::fs::read(cnn().join(f)).unwrap());
+    }
+    let fast = String::from_utf8(recipe()).unwrap() + "evaluation:\n  samples: 128\n  latency_runs: 5\n";
+    upload_file(&up, "recipe.yaml", fast.as_bytes());
+    let id = wait_for_jobs(&url, 1, Duration::from_secs(30))[0]["id"].as_str().unwrap().to_owned();
+    let job = wait_for_job(&url, &id, Duration::from_secs(120));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["stages"][0]["attempt"], 2);
+    let reason = job["reason"].as_str().unwrap();
+    assert!(reason.contains("after 2 attempt(s)") && reason.contains("killed by signal 9"), "{reason}");
+    let log = std::fs::read_to_string(server.data.path().join("events.jsonl")).unwrap();
+    assert_eq!(log.matches("tamp.stage.failed").count(), 2, "{log}");
+    assert!(log.contains("tamp.job.failed"));
 }

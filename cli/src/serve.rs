@@ -175,10 +175,10 @@ async fn run_stage(args: &WorkerArgs) -> std::result::Result<(), Failure> {
         })?;
         println!("chosen {}: {}", outcome.chosen, outcome.reason);
         // Fault injection for tests: TAMP_FAULT_CRASH_ONCE=<marker file> makes the first worker
-        // that sees no marker create it and die by SIGKILL after its work, before publishing.
-        if let Some(marker) = std::env::var_os("TAMP_FAULT_CRASH_ONCE")
-            && std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_ok()
-        {
+        // that sees no marker create it and die by SIGKILL after its work, before publishing;
+        // TAMP_FAULT_CRASH_ALWAYS=1 makes every worker die that way.
+        let once = std::env::var_os("TAMP_FAULT_CRASH_ONCE").is_some_and(|m| std::fs::OpenOptions::new().write(true).create_new(true).open(m).is_ok());
+        if once || std::env::var_os("TAMP_FAULT_CRASH_ALWAYS").is_some() {
             let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
         }
         publish(&files, &run, &out).await.map_err(transient)

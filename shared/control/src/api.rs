@@ -1,15 +1,15 @@
 //! The HTTP API (axum). The same router serves `tamp serve` and, later, the api Lambda.
 //! Errors are RFC 9457 problem documents (`application/problem+json`).
 //!
-//! | route | does |
-//! |---|---|
-//! | `GET /healthz` | liveness |
-//! | `PUT /uploads/{project}/{model}/{version}/{file}` | stores an input; `recipe.yaml` (last) starts the job |
-//! | `POST /jobs` `{project, model, version}` | starts a job from an uploaded version (`Idempotency-Key` honoured) |
-//! | `GET /jobs?status=&limit=` · `GET /jobs/{id}` · `POST /jobs/{id}/cancel` | jobs |
-//! | `GET /models/{project.model}/best?target_runtime=` | the best artifact with a signed download URL |
-//! | `GET /artifacts/{id}` | artifact metadata with a signed download URL |
-//! | `GET /objects/{key}?expires=&signature=` | signed download (local object store) |
+//! Every route but `/healthz`, `/openapi.json` and signed links needs a bearer credential
+//! (see [`crate::auth`]). Routes: uploads (`PUT /uploads/{project}/{model}/{version}/{file}`,
+//! `recipe.yaml` last starts the job), jobs (`POST /jobs` with `Idempotency-Key`,
+//! `GET /jobs?status=`, `GET /jobs/{id}`, `POST /jobs/{id}/cancel`), catalog (`/projects`,
+//! `/projects/{p}/models`, `/models/{id}`, `/models/{id}/versions` with presigned upload
+//! links), policies (`POST /policies` validated with line numbers, `GET /policies/{id}`),
+//! artifacts (`GET /models/{id}/best?target_runtime=`, `GET /artifacts/{id}`, signed
+//! `GET /objects/{key}`), `GET /reports/{job}`, auth (`POST /tokens`, `GET /audit`). The
+//! OpenAPI 3.1 document is generated from the annotations below (utoipa).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,8 @@ use serde::Deserialize;
 use tamp_adapters_local::FolderStore;
 use tamp_domain::job::{JobState, Signal, valid_name};
 use tamp_ports::{AuditRecord, ObjectStore, PortError, Role};
+
+use utoipa::OpenApi as _;
 
 use crate::auth::{Auth, Principal, mint};
 use crate::handlers::{self, HandlerError, Ingested, Services};
@@ -46,12 +48,12 @@ pub struct AppState {
 /// (their signature is the credential); the principal rides in the request extensions.
 async fn authenticate(State(st): State<AppState>, mut req: axum::extract::Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
-    if path == "/healthz" || path.starts_with("/objects/") {
+    if path == "/healthz" || path == "/openapi.json" || path.starts_with("/objects/") {
         return next.run(req).await;
     }
     // A presigned upload link is its own credential: editor on that one key's project.
     if path.starts_with("/uploads/") && req.method() == axum::http::Method::PUT
-        && let Some(q) = req.uri().query().and_then(|q| serde_urlencoded_signed(q))
+        && let Some(q) = req.uri().query().and_then(signed_query)
     {
         let key = path.trim_start_matches('/');
         if !st.files.verify("PUT", key, q.0, &q.1, st.svc.clock.now()) {
@@ -73,7 +75,7 @@ async fn authenticate(State(st): State<AppState>, mut req: axum::extract::Reques
 }
 
 /// `expires` and `signature` from a query string, when both are there.
-fn serde_urlencoded_signed(q: &str) -> Option<(u64, String)> {
+fn signed_query(q: &str) -> Option<(u64, String)> {
     let mut expires = None;
     let mut signature = None;
     for pair in q.split('&') {
@@ -156,7 +158,8 @@ type ApiResult = Result<Response, Problem>;
 
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/uploads/{project}/{model}/{version}/{file}", put(upload))
         .route("/jobs", post(create_job).get(list_jobs))
         .route("/jobs/{id}", get(get_job))
@@ -193,6 +196,7 @@ fn ingested(outcome: Ingested) -> ApiResult {
 }
 
 /// Streams the request body to a temporary file (models can be gigabytes), then stores it.
+#[utoipa::path(put, path = "/uploads/{project}/{model}/{version}/{file}", tag = "uploads", params(("project" = String, Path), ("model" = String, Path), ("version" = String, Path), ("file" = String, Path)), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 201, description = "stored; for recipe.yaml, the job it started", body = serde_json::Value), (status = 400, body = ProblemDoc), (status = 403, body = ProblemDoc)))]
 async fn upload(State(st): State<AppState>, Extension(who): Extension<Principal>, Path((project, model, version, file)): Path<(String, String, String, String)>, body: Body) -> ApiResult {
     check_names(&[&project, &model, &version])?;
     who.require(&project, Role::Editor)?;
@@ -223,7 +227,7 @@ async fn upload(State(st): State<AppState>, Extension(who): Extension<Principal>
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "key": key }))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateJob {
     project: String,
@@ -234,6 +238,7 @@ struct CreateJob {
     policy: Option<String>,
 }
 
+#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = CreateJob, params(("Idempotency-Key" = Option<String>, Header, description = "a retried POST with the same key returns the first job")), responses((status = 201, description = "job created", body = serde_json::Value), (status = 200, description = "duplicate of an earlier request", body = serde_json::Value), (status = 400, body = ProblemDoc), (status = 403, body = ProblemDoc)))]
 async fn create_job(State(st): State<AppState>, Extension(who): Extension<Principal>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let req: CreateJob = serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("request body: {e}")))?;
     check_names(&[&req.project, &req.model, &req.version])?;
@@ -266,6 +271,7 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/jobs", tag = "jobs", params(("status" = Option<String>, Query, description = "queued, planning, running, succeeded, failed, cancelled"), ("limit" = Option<usize>, Query)), responses((status = 200, description = "jobs the caller may see, newest first", body = serde_json::Value)))]
 async fn list_jobs(State(st): State<AppState>, Extension(who): Extension<Principal>, Query(q): Query<ListQuery>) -> ApiResult {
     let state = match q.status.as_deref() {
         None => None,
@@ -276,12 +282,14 @@ async fn list_jobs(State(st): State<AppState>, Extension(who): Extension<Princip
     Ok(Json(serde_json::json!({ "jobs": jobs })).into_response())
 }
 
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", params(("id" = String, Path)), responses((status = 200, description = "the job with its stages", body = serde_json::Value), (status = 404, body = ProblemDoc)))]
 async fn get_job(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
     let job = st.svc.meta.get_job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
     who.require(&job.project, Role::Viewer)?;
     Ok(Json(job).into_response())
 }
 
+#[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)), responses((status = 200, description = "the job after cancelling (a finished job is unchanged)", body = serde_json::Value), (status = 404, body = ProblemDoc)))]
 async fn cancel_job(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
     let existing = st.svc.meta.get_job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
     who.require(&existing.project, Role::Editor)?;
@@ -323,6 +331,7 @@ fn project_of(model_id: &str) -> &str {
     model_id.split_once('.').map_or(model_id, |(p, _)| p)
 }
 
+#[utoipa::path(get, path = "/models/{id}/best", tag = "artifacts", params(("id" = String, Path, description = "<project>.<model>"), ("target_runtime" = Option<String>, Query)), responses((status = 200, description = "the best artifact: runtime, opset, signed uri, size, metrics, compression, compatibility", body = serde_json::Value), (status = 404, body = ProblemDoc)))]
 async fn best(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>, Query(q): Query<BestQuery>) -> ApiResult {
     who.require(project_of(&id), Role::Viewer)?;
     let runtime = q.target_runtime.unwrap_or_else(|| "onnxruntime".into());
@@ -331,6 +340,7 @@ async fn best(State(st): State<AppState>, Extension(who): Extension<Principal>, 
     Ok(Json(artifact_view(&st, &a)?).into_response())
 }
 
+#[utoipa::path(get, path = "/artifacts/{id}", tag = "artifacts", params(("id" = String, Path)), responses((status = 200, description = "artifact metadata with a signed download uri", body = serde_json::Value), (status = 404, body = ProblemDoc)))]
 async fn artifact(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
     let a = st.svc.meta.get_artifact(&id).await?.ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
     who.require(project_of(&a.model_id), Role::Viewer)?;
@@ -344,6 +354,7 @@ struct Signed {
     signature: String,
 }
 
+#[utoipa::path(get, path = "/objects/{key}", tag = "artifacts", security(()), params(("key" = String, Path), ("expires" = u64, Query), ("signature" = String, Query)), responses((status = 200, description = "the object bytes", body = Vec<u8>, content_type = "application/octet-stream"), (status = 403, body = ProblemDoc)))]
 async fn download(State(st): State<AppState>, Path(key): Path<String>, Query(q): Query<Signed>) -> ApiResult {
     if !st.files.verify("GET", &key, q.expires, &q.signature, st.svc.clock.now()) {
         return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "the link is invalid or expired; ask the API for a new one"));
@@ -352,7 +363,7 @@ async fn download(State(st): State<AppState>, Path(key): Path<String>, Query(q):
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateToken {
     subject: String,
@@ -369,6 +380,7 @@ fn default_ttl_days() -> u64 {
 
 /// Mints an API token (admin on the project, or on `*` for a `*` token). The token string is
 /// in this response only; the store keeps its hash.
+#[utoipa::path(post, path = "/tokens", tag = "auth", request_body = CreateToken, responses((status = 201, description = "the token, shown this once", body = serde_json::Value), (status = 403, body = ProblemDoc)))]
 async fn create_token(State(st): State<AppState>, Extension(who): Extension<Principal>, body: Bytes) -> ApiResult {
     let req: CreateToken = serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("request body: {e}")))?;
     if req.project != "*" {
@@ -395,6 +407,7 @@ struct AuditQuery {
 }
 
 /// The audit log, newest first (admin on every project).
+#[utoipa::path(get, path = "/audit", tag = "auth", params(("limit" = Option<usize>, Query)), responses((status = 200, description = "audit records, newest first", body = serde_json::Value)))]
 async fn list_audit(State(st): State<AppState>, Extension(who): Extension<Principal>, Query(q): Query<AuditQuery>) -> ApiResult {
     who.require("*", Role::Admin)?;
     let records = st.svc.meta.list_audit(q.limit.unwrap_or(100).min(10_000)).await?;
@@ -405,13 +418,14 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, Problem> {
     serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("request body: {e}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewProject {
     name: String,
 }
 
 /// Creates a project (admin on it, or on `*`).
+#[utoipa::path(post, path = "/projects", tag = "catalog", request_body = NewProject, responses((status = 201, body = serde_json::Value), (status = 409, body = ProblemDoc)))]
 async fn create_project(State(st): State<AppState>, Extension(who): Extension<Principal>, b: Bytes) -> ApiResult {
     let req: NewProject = body(&b)?;
     check_names(&[&req.name])?;
@@ -423,6 +437,7 @@ async fn create_project(State(st): State<AppState>, Extension(who): Extension<Pr
     Ok((StatusCode::CREATED, Json(doc)).into_response())
 }
 
+#[utoipa::path(get, path = "/projects", tag = "catalog", responses((status = 200, body = serde_json::Value)))]
 async fn list_projects(State(st): State<AppState>, Extension(who): Extension<Principal>) -> ApiResult {
     let mut all = st.svc.meta.list_records("project", "").await?;
     all.retain(|p| p["id"].as_str().is_some_and(|id| who.role_on(id).is_some()));
@@ -436,7 +451,7 @@ async fn project_exists(st: &AppState, project: &str) -> Result<(), Problem> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewModel {
     name: String,
@@ -444,6 +459,7 @@ struct NewModel {
     task: Option<String>,
 }
 
+#[utoipa::path(post, path = "/projects/{project}/models", tag = "catalog", params(("project" = String, Path)), request_body = NewModel, responses((status = 201, body = serde_json::Value), (status = 409, body = ProblemDoc)))]
 async fn create_model(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(project): Path<String>, b: Bytes) -> ApiResult {
     let req: NewModel = body(&b)?;
     check_names(&[&project, &req.name])?;
@@ -457,19 +473,21 @@ async fn create_model(State(st): State<AppState>, Extension(who): Extension<Prin
     Ok((StatusCode::CREATED, Json(doc)).into_response())
 }
 
+#[utoipa::path(get, path = "/projects/{project}/models", tag = "catalog", params(("project" = String, Path)), responses((status = 200, body = serde_json::Value)))]
 async fn list_models(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(project): Path<String>) -> ApiResult {
     who.require(&project, Role::Viewer)?;
     let models = st.svc.meta.list_records("model", &format!("{project}.")).await?;
     Ok(Json(serde_json::json!({ "models": models })).into_response())
 }
 
+#[utoipa::path(get, path = "/models/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ProblemDoc)))]
 async fn get_model(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
     who.require(project_of(&id), Role::Viewer)?;
     let m = st.svc.meta.get_record("model", &id).await?.ok_or_else(|| Problem::not_found(format!("no model {id}")))?;
     Ok(Json(m).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewVersion {
     version: String,
@@ -481,6 +499,7 @@ struct NewVersion {
 
 /// Records a version and returns presigned upload links (model bytes never pass through the
 /// API's JSON routes); PUT the inputs, then `recipe.yaml` last (or POST /jobs with a policy).
+#[utoipa::path(post, path = "/models/{id}/versions", tag = "catalog", params(("id" = String, Path)), request_body = NewVersion, responses((status = 201, description = "the version and presigned PUT links for its inputs", body = serde_json::Value)))]
 async fn create_version(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>, b: Bytes) -> ApiResult {
     let req: NewVersion = body(&b)?;
     let (project, model) = id.split_once('.').ok_or_else(|| Problem::bad_request(format!("model ids are <project>.<model>, not '{id}'")))?;
@@ -502,13 +521,14 @@ async fn create_version(State(st): State<AppState>, Extension(who): Extension<Pr
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "version": doc, "upload_urls": links, "upload_urls_expire_at": now + LINK_TTL.as_secs(), "method": "PUT" }))).into_response())
 }
 
+#[utoipa::path(get, path = "/models/{id}/versions", tag = "catalog", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value)))]
 async fn list_versions(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
     who.require(project_of(&id), Role::Viewer)?;
     let versions = st.svc.meta.list_records("version", &format!("{id}/")).await?;
     Ok(Json(serde_json::json!({ "versions": versions })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewPolicy {
     project: String,
@@ -518,6 +538,7 @@ struct NewPolicy {
 }
 
 /// Stores a policy after validating it; YAML errors come back as 422 naming key and line.
+#[utoipa::path(post, path = "/policies", tag = "policies", request_body = NewPolicy, responses((status = 201, body = serde_json::Value), (status = 422, description = "the YAML does not validate; detail names the key and line", body = ProblemDoc)))]
 async fn create_policy(State(st): State<AppState>, Extension(who): Extension<Principal>, b: Bytes) -> ApiResult {
     let req: NewPolicy = body(&b)?;
     check_names(&[&req.project, &req.name])?;
@@ -532,6 +553,7 @@ async fn create_policy(State(st): State<AppState>, Extension(who): Extension<Pri
     Ok((StatusCode::CREATED, Json(doc)).into_response())
 }
 
+#[utoipa::path(get, path = "/policies/{id}", tag = "policies", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ProblemDoc)))]
 async fn get_policy(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
     who.require(project_of(&id), Role::Viewer)?;
     let p = st.svc.meta.get_record("policy", &id).await?.ok_or_else(|| Problem::not_found(format!("no policy {id}")))?;
@@ -539,6 +561,7 @@ async fn get_policy(State(st): State<AppState>, Extension(who): Extension<Princi
 }
 
 /// The job's report: per stage, the candidates table and the manifest of its last attempt.
+#[utoipa::path(get, path = "/reports/{job}", tag = "reports", params(("job" = String, Path)), responses((status = 200, description = "per stage: candidates and manifest", body = serde_json::Value)))]
 async fn report(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(job): Path<String>) -> ApiResult {
     let j = st.svc.meta.get_job(&job).await?.ok_or_else(|| Problem::not_found(format!("no job {job}")))?;
     who.require(&j.project, Role::Viewer)?;
@@ -554,3 +577,39 @@ async fn report(State(st): State<AppState>, Extension(who): Extension<Principal>
     }
     Ok(Json(serde_json::json!({ "job": j.id, "state": j.state, "policy": j.policy, "reason": j.reason, "stages": stages })).into_response())
 }
+
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()), responses((status = 200, body = serde_json::Value)))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// An RFC 9457 problem document, as every error is sent.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the shape `Problem` serialises to
+struct ProblemDoc {
+    r#type: String,
+    title: String,
+    status: u16,
+    detail: String,
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("an API token (tamp_…) or a JWT")).build()));
+    }
+}
+
+/// The OpenAPI 3.1 document, generated from the handlers' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Tamp API", description = "Compress ONNX models and prove what it did."),
+    paths(healthz, upload, create_job, list_jobs, get_job, cancel_job, best, artifact, download, create_token, list_audit, create_project, list_projects, create_model, list_models, get_model, create_version, list_versions, create_policy, get_policy, report),
+    components(schemas(ProblemDoc, CreateJob, NewProject, NewModel, NewVersion, NewPolicy, CreateToken)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;

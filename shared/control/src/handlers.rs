@@ -229,6 +229,9 @@ async fn run_effects(svc: &Services, j: &Job, effects: &[Effect]) -> Result<()> 
                     _ => serde_json::Value::Null,
                 };
                 svc.bus.publish(&event(j, *kind, now, detail)).await?;
+                if *kind == EventKind::JobSucceeded {
+                    svc.bus.publish(&event(j, EventKind::ReportReady, now, serde_json::json!({ "report": format!("/reports/{}", j.id) }))).await?;
+                }
             }
         }
     }
@@ -295,6 +298,11 @@ async fn record_output(svc: &Services, run: &StageRun) -> Result<std::result::Re
         metadata: m.metadata,
         created_at: svc.clock.now(),
     };
+    let alert = record.metadata["missed_constraints"].as_array().is_some_and(|a| !a.is_empty()) || record.metadata["flags"].as_array().is_some_and(|a| !a.is_empty());
+    if alert {
+        let detail = serde_json::json!({ "artifact": record.id, "missed_constraints": record.metadata["missed_constraints"], "flags": record.metadata["flags"] });
+        svc.bus.publish(&event(&j, EventKind::QualityAlert, svc.clock.now(), detail)).await?;
+    }
     svc.meta.put_artifact(&record).await?;
     Ok(Ok(m.output))
 }
