@@ -355,3 +355,27 @@ fn dynamic_int8_of_minilm_keeps_cosine() {
     let cosine = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["metrics"]["cosine"].as_f64().unwrap();
     assert!(cosine >= 0.99, "cosine {cosine}");
 }
+
+/// 4-bit weight-only on all-MiniLM-L6-v2: every weight MatMul runs as ORT's MatMulNBits,
+/// the file is ≥ 4.5× smaller, cosine to fp32 stays ≥ 0.96, deterministic.
+#[test]
+fn weight_only_4bit_of_minilm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "all-minilm-l6-v2").unwrap();
+    let (q1, q2) = (dir.path().join("q1.onnx"), dir.path().join("q2.onnx"));
+    for q in [&q1, &q2] {
+        let o = run(Command::new(tamp()).arg("quantize").arg("--weights4").arg(&model).arg("--out").arg(q));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(std::fs::read(&q1).unwrap(), std::fs::read(&q2).unwrap(), "4-bit PTQ must be deterministic");
+    let ratio = std::fs::metadata(&model).unwrap().len() as f64 / std::fs::metadata(&q1).unwrap().len() as f64;
+    assert!(ratio >= 4.5, "only {ratio:.2}x smaller");
+    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(&q1));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let ops: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(ops["optimized_ops"]["MatMulNBits"].as_u64().unwrap_or(0), 36, "{ops}");
+    let o = run(Command::new(tamp()).arg("eval").arg(&q1).arg("--data").arg(&eval).args(["--json", "--runs", "1", "--throughput", "", "--samples", "128"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cosine = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["metrics"]["cosine"].as_f64().unwrap();
+    assert!(cosine >= 0.96, "cosine {cosine}");
+}

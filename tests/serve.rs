@@ -508,3 +508,41 @@ fn a_stage_that_always_fails_ends_the_job_failed() {
     assert_eq!(log.matches("tamp.stage.failed").count(), 2, "{log}");
     assert!(log.contains("tamp.job.failed"));
 }
+
+/// RS256 JWTs checked against a JWKS (file, and the same served over HTTP): the right key
+/// passes, an unknown `kid` and an HS256 token are refused.
+#[test]
+fn rs256_jwks() {
+    let fixtures = root().join("tests/fixtures");
+    let pem = std::fs::read(fixtures.join("jwt-test-rsa.pem")).unwrap();
+    let jwks = std::fs::read(fixtures.join("jwt-test-jwks.json")).unwrap();
+    // Serve the JWKS over HTTP too.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let jwks_url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let body = jwks.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({ "sub": "bob", "iss": "https://idp.example", "aud": "tamp", "exp": now + 600, "tamp_roles": { "*": "viewer" } });
+    let sign = |kid: &str| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some(kid.into());
+        format!("Bearer {}", jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap())
+    };
+    for source in [fixtures.join("jwt-test-jwks.json").to_str().unwrap().to_owned(), jwks_url] {
+        let server = serve(&["--jwt-issuer", "https://idp.example", "--jwt-audience", "tamp", "--jwks", &source], &[]);
+        let url = server.url.clone();
+        assert_eq!(json("GET", &format!("{url}/jobs"), b"", &[("Authorization", &sign("test-key-1"))]).0, 200, "{source}");
+        assert_eq!(json("GET", &format!("{url}/jobs"), b"", &[("Authorization", &sign("other-key"))]).0, 401);
+        let hs = format!("Bearer {}", hs256(b"0123456789abcdef0123456789abcdef", &claims));
+        assert_eq!(json("GET", &format!("{url}/jobs"), b"", &[("Authorization", &hs)]).0, 401, "HS256 accepted where RS256 is configured");
+        // Viewer everywhere: cannot create projects.
+        assert_eq!(json("POST", &format!("{url}/projects"), br#"{"name":"x"}"#, &[("Authorization", &sign("test-key-1"))]).0, 403);
+    }
+}

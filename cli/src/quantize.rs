@@ -14,11 +14,14 @@ pub struct Args {
     /// The fp32 .onnx file.
     model: PathBuf,
     /// Calibration .npz (arrays named after the model inputs); not needed with --dynamic.
-    #[arg(long, required_unless_present = "dynamic")]
+    #[arg(long, required_unless_present_any = ["dynamic", "weights4"])]
     data: Option<PathBuf>,
     /// Dynamic int8 (weights ahead of time, activations at run time): for transformers.
     #[arg(long)]
     dynamic: bool,
+    /// 4-bit weight-only MatMuls (MatMulNBits, blocks of 32) with int8 embeddings.
+    #[arg(long, conflicts_with = "dynamic")]
+    weights4: bool,
     /// Where to write the int8 model.
     #[arg(long)]
     out: PathBuf,
@@ -53,6 +56,20 @@ enum CliMethod {
 
 pub fn run(args: &Args) -> Result<()> {
     let model = Model::load(&args.model)?;
+    if args.weights4 {
+        let (quantized, n) = tamp_engine::ptq::quantize_4bit(&model, &tamp_engine::passes::NBitsConfig::default())?;
+        quantized.save(&args.out, &SaveOptions::default())?;
+        let (before, after) = (std::fs::metadata(&args.model)?.len(), std::fs::metadata(&args.out)?.len());
+        println!(
+            "{} -> {}: 4-bit weight-only, {n} MatMuls as MatMulNBits, {} -> {} ({:.2}x smaller)",
+            args.model.display(),
+            args.out.display(),
+            crate::eval::human_bytes(before),
+            crate::eval::human_bytes(after),
+            before as f64 / after.max(1) as f64
+        );
+        return Ok(());
+    }
     if args.dynamic {
         let (quantized, counts) = quantize_dynamic(&model, &DynamicConfig { per_channel: !args.per_tensor, ..DynamicConfig::default() })?;
         quantized.save(&args.out, &SaveOptions::default())?;

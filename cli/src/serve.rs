@@ -49,9 +49,9 @@ pub struct ServeArgs {
     /// HS256 shared secret for JWTs.
     #[arg(long, env = "TAMP_JWT_SECRET", conflicts_with = "jwks")]
     jwt_secret: Option<String>,
-    /// A JWKS file with the RS256 keys JWTs are signed with.
+    /// The RS256 keys JWTs are signed with: a JWKS file, or an http(s) URL fetched at start.
     #[arg(long)]
-    jwks: Option<PathBuf>,
+    jwks: Option<String>,
 }
 
 fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
@@ -60,9 +60,10 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
             let keys = match (&args.jwt_secret, &args.jwks) {
                 (Some(secret), None) if secret.len() >= 32 => JwtKeys::Hs256(secret.clone().into_bytes()),
                 (Some(_), None) => anyhow::bail!("--jwt-secret must be at least 32 characters"),
+                (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => JwtKeys::JwksUrl(url.clone()),
                 (None, Some(path)) => {
-                    let text = std::fs::read_to_string(path).with_context(|| format!("reading the JWKS {}", path.display()))?;
-                    JwtKeys::Jwks(serde_json::from_str(&text).with_context(|| format!("{} is not a JWKS document", path.display()))?)
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading the JWKS {path}"))?;
+                    JwtKeys::Jwks(serde_json::from_str(&text).with_context(|| format!("{path} is not a JWKS document"))?)
                 }
                 _ => anyhow::bail!("--jwt-issuer needs a key: --jwt-secret (HS256) or --jwks (RS256)"),
             };

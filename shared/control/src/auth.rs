@@ -27,6 +27,20 @@ pub enum JwtKeys {
     Hs256(Vec<u8>),
     /// RS256 keys by `kid`.
     Jwks(jsonwebtoken::jwk::JwkSet),
+    /// A JWKS URL, fetched when the server starts (see [`resolve_jwks`]).
+    JwksUrl(String),
+}
+
+/// Fetches a `JwksUrl` into `Jwks` (other keys are returned as they are).
+pub async fn resolve_jwks(keys: JwtKeys) -> Result<JwtKeys, String> {
+    match keys {
+        JwtKeys::JwksUrl(url) => {
+            let resp = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?.get(&url).send().await.map_err(|e| format!("fetching the JWKS {url}: {e}"))?;
+            let set = resp.error_for_status().map_err(|e| format!("fetching the JWKS {url}: {e}"))?.json::<jsonwebtoken::jwk::JwkSet>().await.map_err(|e| format!("{url} is not a JWKS document: {e}"))?;
+            Ok(JwtKeys::Jwks(set))
+        }
+        other => Ok(other),
+    }
 }
 
 #[derive(Clone)]
@@ -131,6 +145,7 @@ impl Auth {
         let header = decode_header(token).map_err(|e| unauthorized(format!("malformed JWT: {e}")))?;
         let (key, alg) = match &jwt.keys {
             JwtKeys::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
+            JwtKeys::JwksUrl(url) => return Err(unauthorized(format!("the JWKS at {url} was not loaded"))),
             JwtKeys::Jwks(set) => {
                 let kid = header.kid.as_deref().ok_or_else(|| unauthorized("the JWT has no `kid`"))?;
                 let jwk = set.find(kid).ok_or_else(|| unauthorized(format!("no key '{kid}' in the JWKS")))?;

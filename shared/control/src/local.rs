@@ -88,7 +88,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     let files = Arc::new(object_store(&cfg.data_dir, &url)?);
     let meta = Arc::new(SqliteStore::open(&db_path(&cfg.data_dir))?);
     bootstrap_admin(&cfg.data_dir, meta.as_ref(), SystemClock.now()).await?;
-    let auth = Arc::new(Auth::new(cfg.auth.clone(), meta.clone()));
+    let mut auth_cfg = cfg.auth.clone();
+    if let Some(jwt) = auth_cfg.jwt.as_mut() {
+        jwt.keys = auth::resolve_jwks(jwt.keys.clone()).await?;
+    }
+    let auth = Arc::new(Auth::new(auth_cfg, meta.clone()));
     let queue = Arc::new(MemoryQueue::new(5));
     let runner = Arc::new(ProcessRunner::new(
         cfg.worker_program.clone(),

@@ -102,7 +102,9 @@ impl Stage {
     }
 }
 
-/// Post-training quantization. Lists of bit-widths give one candidate per combination.
+/// Post-training quantization. Lists of bit-widths give one candidate per combination;
+/// 4-bit weights are weight-only (MatMul layers as `MatMulNBits`, activations float), so
+/// they make one candidate whatever `activations` lists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PtqStage {
@@ -297,14 +299,13 @@ impl Recipe {
             let at = |k: &'static str| [Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field(stage.kind()), Key::Field(k)];
             match stage {
                 Stage::Ptq(p) => {
-                    for (key, list, allowed) in [("weights", &p.bits.weights, &[8u8][..]), ("activations", &p.bits.activations, &[8u8][..])] {
+                    for (key, list, allowed) in [("weights", &p.bits.weights, &[8u8, 4][..]), ("activations", &p.bits.activations, &[8u8][..])] {
                         let path = [Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("bits"), Key::Field(key)];
                         if list.is_empty() {
                             return Err(invalid(&path, "list at least one bit-width, e.g. [8]".into()));
                         }
                         if let Some(b) = list.iter().find(|b| !allowed.contains(b)) {
-                            let hint = if key == "weights" && *b == 4 { " (4-bit weight-only MatMulNBits is planned, not in this build)" } else { "" };
-                            return Err(invalid(&path, format!("{b}-bit is not supported; supported: {allowed:?}{hint}")));
+                            return Err(invalid(&path, format!("{b}-bit is not supported; supported: {allowed:?} (4-bit weights are weight-only, for MatMul layers)")));
                         }
                     }
                     let c = &p.calibration;

@@ -23,7 +23,7 @@ use crate::dataset::Dataset;
 use crate::error::{EngineError, Result};
 use crate::eval::{self, EvalConfig};
 use crate::metrics;
-use crate::passes::{DynamicConfig, QuantizeConfig, dynamic, quantize};
+use crate::passes::{DynamicConfig, NBitsConfig, QuantizeConfig, QuantizeNBits, dynamic, quantize};
 use crate::perf::LatencyConfig;
 use crate::ptq::{self, PtqConfig};
 use crate::runtime::{self, SessionConfig};
@@ -186,9 +186,9 @@ impl Runner<'_, '_> {
         self.baseline.as_ref().unwrap_or_else(|| unreachable!("baseline measured first"))
     }
 
-    /// Saves, measures and judges one candidate model.
+    /// Saves, measures and judges one candidate model (`bits`: weights, activations).
     #[allow(clippy::too_many_arguments)]
-    fn candidate(&mut self, model: &Model, id: String, stage: usize, p: &PtqStage, mode: PtqMode, float_nodes: Vec<String>) -> Result<Candidate> {
+    fn candidate(&mut self, model: &Model, id: String, stage: usize, p: &PtqStage, mode: PtqMode, float_nodes: Vec<String>, bits: (u8, u8)) -> Result<Candidate> {
         let file = format!("candidates/{id}.onnx");
         let path = self.job.out_dir.join(&file);
         model.save(&path, &SaveOptions::default())?;
@@ -220,10 +220,10 @@ impl Runner<'_, '_> {
             id,
             stage,
             technique: "ptq".into(),
-            mode: format!("{mode:?}").to_lowercase(),
-            weights_bits: 8,
-            activations_bits: 8,
-            calibration: (mode == PtqMode::Static).then(|| format!("{:?}", p.calibration.method).to_lowercase()),
+            mode: if bits.0 == 4 { "weight_only".into() } else { format!("{mode:?}").to_lowercase() },
+            weights_bits: bits.0,
+            activations_bits: bits.1,
+            calibration: (mode == PtqMode::Static && bits.0 != 4).then(|| format!("{:?}", p.calibration.method).to_lowercase()),
             per_channel_weights: p.per_channel_weights,
             float_nodes,
             file,
@@ -305,22 +305,42 @@ impl Runner<'_, '_> {
                 build = Box::new(move |ex| Ok(ptq::quantize_dynamic(&model, &DynamicConfig { exclude: ex.clone(), ..base.clone() })?.0));
             }
         }
+        let model4 = model.clone();
+        let build4: Box<BuildFn> = Box::new(move |ex| Ok(ptq::quantize_4bit(&model4, &NBitsConfig { exclude: ex.clone(), ..NBitsConfig::default() })?.0));
+        let mut combos: Vec<(u8, u8)> = Vec::new();
         for &wb in &p.bits.weights {
-            for &ab in &p.bits.activations {
-                let id = format!("s{stage}-ptq-{}-w{wb}a{ab}", format!("{mode:?}").to_lowercase());
-                let q = build(&keep)?;
-                let c = self.candidate(&q, id.clone(), stage, p, mode, keep.iter().cloned().collect())?;
-                let drop_missed = c.metric_drop_pct > self.job.recipe.constraints.max_metric_drop_pct;
-                out.push(c);
-                if drop_missed && let Some(float) = self.fallback(&units, &keep, build.as_ref())? {
-                    let set: BTreeSet<String> = float.iter().cloned().collect();
-                    let q = build(&set)?;
-                    out.push(self.candidate(&q, format!("{id}-fallback{}", float.len()), stage, p, mode, float)?);
-                }
+            if wb == 4 {
+                combos.push((4, 32)); // weight-only: activations stay float
+            } else {
+                combos.extend(p.bits.activations.iter().map(|&ab| (wb, ab)));
+            }
+        }
+        combos.dedup();
+        for (wb, ab) in combos {
+            let (label, build_fn, units_for): (String, &BuildFn, Vec<String>) = if wb == 4 {
+                ("weightonly".into(), build4.as_ref(), nbits_units(model)?)
+            } else {
+                (format!("{mode:?}").to_lowercase(), build.as_ref(), units.clone())
+            };
+            let id = format!("s{stage}-ptq-{label}-w{wb}a{ab}");
+            let q = build_fn(&keep)?;
+            let c = self.candidate(&q, id.clone(), stage, p, mode, keep.iter().cloned().collect(), (wb, ab))?;
+            let drop_missed = c.metric_drop_pct > self.job.recipe.constraints.max_metric_drop_pct;
+            out.push(c);
+            if drop_missed && let Some(float) = self.fallback(&units_for, &keep, build_fn)? {
+                let set: BTreeSet<String> = float.iter().cloned().collect();
+                let q = build_fn(&set)?;
+                out.push(self.candidate(&q, format!("{id}-fallback{}", float.len()), stage, p, mode, float, (wb, ab))?);
             }
         }
         Ok(out)
     }
+}
+
+/// The MatMuls the 4-bit pass would quantize (the fallback's units for 4-bit candidates).
+fn nbits_units(model: &Model) -> Result<Vec<String>> {
+    let Some((patch, _)) = QuantizeNBits::default().build(model)? else { return Ok(Vec::new()) };
+    Ok(patch.remove_nodes.iter().map(|&i| quantize::node_key(&model.graph().node[i]).to_owned()).collect())
 }
 
 /// Picks the best candidate: among those meeting every constraint (and faster than the

@@ -12,7 +12,7 @@ use crate::calibrate::{Method, Range, StatRequest, collect};
 use crate::dataset::Dataset;
 use crate::error::{EngineError, Result};
 use crate::passes::dynamic::DynamicCounts;
-use crate::passes::{DynamicConfig, FoldBatchNorm, QuantizeConfig, QuantizeDynamic, QuantizeQdq, quantize};
+use crate::passes::{DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeDynamic, QuantizeNBits, QuantizeQdq, quantize};
 use crate::runtime::SessionConfig;
 
 /// Everything a static PTQ run needs besides the model and data.
@@ -136,4 +136,18 @@ pub fn quantize_dynamic(model: &Model, cfg: &DynamicConfig) -> Result<(Model, Dy
     let pass = QuantizeDynamic { config: cfg.clone() };
     let (patch, counts) = pass.build(model)?.ok_or_else(|| EngineError::Config("dynamic quantization found nothing to quantize: no MatMul by a constant 2-D weight and no constant embedding table".into()))?;
     Ok((patch.apply(model, pass.name()).map_err(patch_err)?, counts))
+}
+
+/// 4-bit weight-only quantization of MatMuls by constant weights (`MatMulNBits`), then int8
+/// embedding tables as in [`quantize_dynamic`]. Returns the model and the number of MatMuls.
+pub fn quantize_4bit(model: &Model, cfg: &NBitsConfig) -> Result<(Model, usize)> {
+    let pass = QuantizeNBits { config: cfg.clone() };
+    let (patch, n) = pass.build(model)?.ok_or_else(|| EngineError::Config("4-bit quantization found no MatMul by a constant 2-D weight".into()))?;
+    let q = patch.apply(model, pass.name()).map_err(patch_err)?;
+    let emb = QuantizeDynamic { config: DynamicConfig { exclude: cfg.exclude.clone(), ..DynamicConfig::default() } };
+    let q = match emb.build(&q)? {
+        Some((p, _)) => p.apply(&q, emb.name()).map_err(patch_err)?,
+        None => q,
+    };
+    Ok((q, n))
 }

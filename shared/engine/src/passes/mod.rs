@@ -4,8 +4,10 @@
 
 pub mod dynamic;
 pub mod fold_bn;
+pub mod nbits;
 pub mod quantize;
 
 pub use dynamic::{DynamicConfig, QuantizeDynamic};
 pub use fold_bn::FoldBatchNorm;
+pub use nbits::{NBitsConfig, QuantizeNBits};
 pub use quantize::{QuantizeConfig, QuantizeQdq};

@@ -1,0 +1,164 @@
+//! 4-bit weight-only quantization for MatMul by constant weights, as ONNX Runtime's
+//! `com.microsoft.MatMulNBits` (block-wise asymmetric uint4 weights, fp32 activations; with
+//! `accuracy_level: 4` ORT multiplies with int8 activations internally).
+//!
+//! Layout (ORT's): for weight `W[K, N]`, `B[N, blocks, block_size / 2]` uint8 with two
+//! values per byte (even index in the low nibble), `scales[N · blocks]` fp32, and
+//! `zero_points[N · ⌈blocks / 2⌉]` uint8 packed the same way; `K` is padded to whole blocks
+//! with zeros. Dequantized `w = (q − zp) · scale`.
+
+use std::collections::BTreeSet;
+
+use ndarray::{ArrayD, IxDyn};
+use serde::{Deserialize, Serialize};
+use tamp_onnx::builder::{Attr, attribute};
+use tamp_onnx::proto::NodeProto;
+use tamp_onnx::tensor::{from_array, to_array};
+use tamp_onnx::{GraphView, Model, OnnxError, Pass, Patch};
+
+use super::quantize::node_key;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NBitsConfig {
+    /// Weights per block along K (a power of two, ≥ 16).
+    pub block_size: usize,
+    /// ORT's `accuracy_level` (0: fp32 compute … 4: int8 activations, fastest on CPU).
+    pub accuracy_level: i64,
+    pub min_elements: usize,
+    pub exclude: BTreeSet<String>,
+}
+
+impl Default for NBitsConfig {
+    fn default() -> Self {
+        Self { block_size: 32, accuracy_level: 4, min_elements: 4096, exclude: BTreeSet::new() }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QuantizeNBits {
+    pub config: NBitsConfig,
+}
+
+/// One column's blocks: packed values, scales, packed zero points.
+fn quantize_column(col: &[f32], block: usize) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
+    let blocks = col.len().div_ceil(block);
+    let mut packed = vec![0u8; blocks * block / 2];
+    let mut scales = Vec::with_capacity(blocks);
+    let mut zps = vec![0u8; blocks.div_ceil(2)];
+    for b in 0..blocks {
+        let vals: Vec<f32> = (0..block).map(|i| col.get(b * block + i).copied().unwrap_or(0.0)).collect();
+        let (lo, hi) = vals.iter().fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+        let scale = if hi > lo { (hi - lo) / 15.0 } else { 1.0 };
+        let zp = (-lo / scale).round().clamp(0.0, 15.0) as u8;
+        for (i, &v) in vals.iter().enumerate() {
+            let q = ((v / scale).round() + f32::from(zp)).clamp(0.0, 15.0) as u8;
+            let byte = &mut packed[(b * block + i) / 2];
+            *byte |= if i.is_multiple_of(2) { q } else { q << 4 };
+        }
+        scales.push(scale);
+        zps[b / 2] |= if b.is_multiple_of(2) { zp } else { zp << 4 };
+    }
+    (packed, scales, zps)
+}
+
+/// Dequantizes what [`quantize_column`] produced (for tests and error estimates).
+pub fn dequantize_column(packed: &[u8], scales: &[f32], zps: &[u8], k: usize, block: usize) -> Vec<f32> {
+    (0..k)
+        .map(|i| {
+            let b = i / block;
+            let q = if i.is_multiple_of(2) { packed[i / 2] & 0x0f } else { packed[i / 2] >> 4 };
+            let zp = if b.is_multiple_of(2) { zps[b / 2] & 0x0f } else { zps[b / 2] >> 4 };
+            (f32::from(q) - f32::from(zp)) * scales[b]
+        })
+        .collect()
+}
+
+impl Pass for QuantizeNBits {
+    fn name(&self) -> &str {
+        "quantize-4bit"
+    }
+
+    fn run(&self, model: &Model) -> Result<Option<Patch>, OnnxError> {
+        Ok(self.build(model)?.map(|(p, _)| p))
+    }
+}
+
+impl QuantizeNBits {
+    /// The patch and the number of MatMuls it turned into `MatMulNBits`.
+    pub fn build(&self, model: &Model) -> Result<Option<(Patch, usize)>, OnnxError> {
+        let block = self.config.block_size;
+        if !(block.is_power_of_two() && block >= 16) {
+            return Err(OnnxError::Graph(format!("4-bit block size {block} must be a power of two ≥ 16")));
+        }
+        let g = model.graph();
+        let view = GraphView::new(g);
+        let mut patch = Patch::default();
+        let mut n = 0;
+        for (i, node) in g.node.iter().enumerate() {
+            if node.op_type.as_deref() != Some("MatMul") || self.config.exclude.contains(node_key(node)) {
+                continue;
+            }
+            let (Some(x), Some(wname), Some(y)) = (node.input.first(), node.input.get(1), node.output.first()) else { continue };
+            let Some(w) = view.constant(wname).and_then(|t| to_array::<f32>(t).ok()) else { continue };
+            if w.ndim() != 2 || w.len() < self.config.min_elements || view.constant(x).is_some() {
+                continue;
+            }
+            let (k, cols) = (w.shape()[0], w.shape()[1]);
+            let blocks = k.div_ceil(block);
+            let (mut b_all, mut s_all, mut z_all) = (Vec::new(), Vec::new(), Vec::new());
+            for c in 0..cols {
+                let col: Vec<f32> = (0..k).map(|r| w[[r, c]]).collect();
+                let (p, s, z) = quantize_column(&col, block);
+                b_all.extend(p);
+                s_all.extend(s);
+                z_all.extend(z);
+            }
+            let key = if view.consumers(wname).len() == 1 { wname.clone() } else { format!("{wname}#{i}") };
+            let (bn, sn, zn) = (format!("{key}.q4"), format!("{key}.s4"), format!("{key}.zp4"));
+            let shaped_u8 = |shape: &[usize], v: Vec<u8>| ArrayD::from_shape_vec(IxDyn(shape), v).map_err(|e| OnnxError::Graph(e.to_string()));
+            patch.add_initializers.push(from_array(&bn, &shaped_u8(&[cols, blocks, block / 2], b_all)?));
+            patch.add_initializers.push(from_array(&sn, &ArrayD::from_shape_vec(IxDyn(&[cols * blocks]), s_all).map_err(|e| OnnxError::Graph(e.to_string()))?));
+            patch.add_initializers.push(from_array(&zn, &shaped_u8(&[cols * blocks.div_ceil(2)], z_all)?));
+            patch.add_nodes.push(NodeProto {
+                op_type: Some("MatMulNBits".into()),
+                domain: Some("com.microsoft".into()),
+                name: Some(format!("{y}.MatMulNBits")),
+                input: vec![x.clone(), bn, sn, zn],
+                output: vec![y.clone()],
+                attribute: vec![
+                    attribute("K", Attr::Int(k as i64)),
+                    attribute("N", Attr::Int(cols as i64)),
+                    attribute("bits", Attr::Int(4)),
+                    attribute("block_size", Attr::Int(block as i64)),
+                    attribute("accuracy_level", Attr::Int(self.config.accuracy_level)),
+                ],
+                ..Default::default()
+            });
+            patch.remove_nodes.insert(i);
+            n += 1;
+        }
+        if n > 0 {
+            patch.opsets.push(("com.microsoft".into(), 1));
+        }
+        Ok((!patch.is_empty()).then_some((patch, n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every weight comes back within half a step of its block.
+        #[test]
+        fn round_trip_within_half_a_step(col in proptest::collection::vec(-3.0f32..3.0, 1..100)) {
+            let (p, s, z) = quantize_column(&col, 16);
+            let back = dequantize_column(&p, &s, &z, col.len(), 16);
+            for (i, (a, b)) in col.iter().zip(&back).enumerate() {
+                prop_assert!((a - b).abs() <= s[i / 16] * 0.5 + 1e-5, "{a} vs {b} (scale {})", s[i / 16]);
+            }
+        }
+    }
+}
