@@ -47,7 +47,7 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: help run test bench bench-eval bench-ptq bench-api build build-release ort venv data models lint clean
+.PHONY: help run test bench bench-eval bench-ptq bench-api moto build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -69,6 +69,13 @@ $(ORT_LIB):
 		$(DEPS)/wheels/$(ORT_WHEEL) $@.tmp
 	@mv $@.tmp $@
 	@echo "ONNX Runtime $(ORT_VERSION) -> $@"
+
+# The AWS emulator for the AWS adapters' tests, in its own venv (pinned).
+moto: .venv-moto/.done
+.venv-moto/.done: scripts/requirements-moto.txt
+	@python3 -m venv .venv-moto
+	@.venv-moto/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-moto.txt
+	@touch $@
 
 venv: $(VENV)/.done
 $(VENV)/.done: scripts/requirements.txt $(ORT_LIB)
@@ -151,8 +158,8 @@ run: build models
 	$(TAMP) compress $(FMNIST_REF)/model.onnx --recipe configs/policy_examples/ptq_8bit.yaml \
 		--data $(FMNIST_REF)/calib.npz --eval $(FMNIST_REF)/eval.npz --out out/fmnist-resnet8
 
-test: build venv models
-	cargo test --workspace --all-targets --no-fail-fast
+test: build venv models moto
+	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast
 
 ## --- benchmarks -----------------------------------------------------------------------------
 
@@ -176,4 +183,4 @@ bench-ptq: build-release venv models
 		--transformer-dir $(MINILM_REF)
 
 clean:
-	rm -rf $(DEPS) $(VENV) $(MODELS) baseline.json
+	rm -rf $(DEPS) $(VENV) .venv-moto $(MODELS) baseline.json

@@ -174,11 +174,11 @@ impl ObjectStore for FolderStore {
         }
     }
 
-    fn presign_get(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String> {
+    async fn presign_get(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String> {
         self.presign("GET", "objects/", key, ttl, now)
     }
 
-    fn presign_put(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String> {
+    async fn presign_put(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String> {
         // Uploads go through the API's upload route (which triggers ingest for recipe.yaml).
         self.presign("PUT", "", key, ttl, now)
     }
@@ -196,11 +196,11 @@ mod tests {
         tamp_ports::conformance::object_store(&store).await;
     }
 
-    #[test]
-    fn presigned_urls_verify_and_expire() {
+    #[tokio::test]
+    async fn presigned_urls_verify_and_expire() {
         let dir = tempfile::tempdir().unwrap();
         let store = FolderStore::new(dir.path(), "http://h", b"secret").unwrap();
-        let url = store.presign_get("a/b.onnx", Duration::from_secs(60), 100).unwrap();
+        let url = store.presign_get("a/b.onnx", Duration::from_secs(60), 100).await.unwrap();
         let sig = url.split("signature=").nth(1).unwrap();
         assert!(store.verify("GET", "a/b.onnx", 160, sig, 150));
         assert!(!store.verify("GET", "a/b.onnx", 160, sig, 161), "expired");

@@ -302,9 +302,9 @@ struct BestQuery {
     target_runtime: Option<String>,
 }
 
-fn artifact_view(st: &AppState, a: &tamp_ports::ArtifactRecord) -> Result<serde_json::Value, Problem> {
+async fn artifact_view(st: &AppState, a: &tamp_ports::ArtifactRecord) -> Result<serde_json::Value, Problem> {
     let now = st.svc.clock.now();
-    let url = st.svc.store.presign_get(&a.key, LINK_TTL, now)?;
+    let url = st.svc.store.presign_get(&a.key, LINK_TTL, now).await?;
     let m = &a.metadata;
     Ok(serde_json::json!({
         "artifact_id": a.id,
@@ -337,7 +337,7 @@ async fn best(State(st): State<AppState>, Extension(who): Extension<Principal>, 
     let runtime = q.target_runtime.unwrap_or_else(|| "onnxruntime".into());
     let a = st.svc.meta.best_artifact(&id, &runtime).await?.ok_or_else(|| Problem::not_found(format!("model {id} has no artifact for {runtime} yet")))?;
     audit(&st, &who, "download", &a.id, format!("link to {}", a.key)).await?;
-    Ok(Json(artifact_view(&st, &a)?).into_response())
+    Ok(Json(artifact_view(&st, &a).await?).into_response())
 }
 
 #[utoipa::path(get, path = "/artifacts/{id}", tag = "artifacts", params(("id" = String, Path)), responses((status = 200, description = "artifact metadata with a signed download uri", body = serde_json::Value), (status = 404, body = ProblemDoc)))]
@@ -345,7 +345,7 @@ async fn artifact(State(st): State<AppState>, Extension(who): Extension<Principa
     let a = st.svc.meta.get_artifact(&id).await?.ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
     who.require(project_of(&a.model_id), Role::Viewer)?;
     audit(&st, &who, "download", &a.id, format!("link to {}", a.key)).await?;
-    Ok(Json(artifact_view(&st, &a)?).into_response())
+    Ok(Json(artifact_view(&st, &a).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -513,7 +513,7 @@ async fn create_version(State(st): State<AppState>, Extension(who): Extension<Pr
         if f.starts_with('.') || f.contains('/') || f.is_empty() {
             return Err(Problem::bad_request(format!("bad file name '{f}'")));
         }
-        links.insert(f.clone(), serde_json::Value::String(st.svc.store.presign_put(&format!("{prefix}{f}"), LINK_TTL, now)?));
+        links.insert(f.clone(), serde_json::Value::String(st.svc.store.presign_put(&format!("{prefix}{f}"), LINK_TTL, now).await?));
     }
     let vid = format!("{id}/{}", req.version);
     let doc = serde_json::json!({ "id": vid, "model_id": id, "version": req.version, "prefix": prefix, "state": "uploading", "created_at": now, "created_by": who.actor });

@@ -71,9 +71,9 @@ pub trait ObjectStore: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
     async fn delete(&self, key: &str) -> Result<()>;
     /// A download URL valid for `ttl` (≤ 15 minutes).
-    fn presign_get(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String>;
+    async fn presign_get(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String>;
     /// An upload (HTTP PUT) URL valid for `ttl` (≤ 15 minutes).
-    fn presign_put(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String>;
+    async fn presign_put(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String>;
 }
 
 /// A compressed model recorded for a model × runtime.
