@@ -1,10 +1,14 @@
-//! Tamp's AWS adapters: S3 as the object store and SQS as the queue (DynamoDB, Batch and
-//! EventBridge follow). They pass the same conformance suite as the local adapters, run
+//! Tamp's AWS adapters: S3 as the object store, DynamoDB as the metadata store and SQS as the
+//! queue (Batch and EventBridge follow). They pass the same conformance suite as the local adapters, run
 //! against the moto emulator that `make test` starts — never against SDK mocks.
 //!
 //! Client construction reads the standard AWS environment (`AWS_REGION`, credentials,
 //! `AWS_ENDPOINT_URL` for an emulator or a VPC endpoint); with a custom endpoint S3 uses
 //! path-style addressing.
+
+pub mod dynamo;
+
+pub use dynamo::DynamoStore;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

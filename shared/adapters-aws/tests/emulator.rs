@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use tamp_adapters_aws::{S3Store, SqsQueue, aws_config, unique};
+use tamp_adapters_aws::{DynamoStore, S3Store, SqsQueue, aws_config, unique};
 
 fn require_emulator() {
     assert!(
@@ -28,4 +28,13 @@ async fn sqs_queue_conformance() {
     let cfg = aws_config().await;
     let q = SqsQueue::create(&cfg, &unique("tamp-test"), 3).await.unwrap();
     tamp_ports::conformance::queue(&q, 3).await;
+}
+
+#[tokio::test]
+async fn dynamodb_metadata_store_conformance() {
+    require_emulator();
+    let cfg = aws_config().await;
+    let store = DynamoStore::new(&cfg, unique("tamp-test"));
+    store.create_table().await.unwrap();
+    tamp_ports::conformance::metadata_store(&store).await;
 }
