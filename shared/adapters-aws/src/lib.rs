@@ -1,5 +1,5 @@
 //! Tamp's AWS adapters: S3 as the object store, DynamoDB as the metadata store and SQS as the
-//! queue (Batch and EventBridge follow). They pass the same conformance suite as the local adapters, run
+//! queue, EventBridge as the event bus (Batch follows). They pass the same conformance suite as the local adapters, run
 //! against the moto emulator that `make test` starts — never against SDK mocks.
 //!
 //! Client construction reads the standard AWS environment (`AWS_REGION`, credentials,
@@ -7,8 +7,10 @@
 //! path-style addressing.
 
 pub mod dynamo;
+pub mod events;
 
 pub use dynamo::DynamoStore;
+pub use events::EventBridgeBus;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -175,6 +177,10 @@ fn whole_seconds(d: Duration) -> i32 {
 impl SqsQueue {
     pub fn new(config: &aws_config::SdkConfig, url: impl Into<String>, dlq_url: impl Into<String>) -> Self {
         Self { client: aws_sdk_sqs::Client::new(config), url: url.into(), dlq_url: dlq_url.into() }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Creates `name` and `name-dlq` with the redrive policy (tests and emulators; Terraform

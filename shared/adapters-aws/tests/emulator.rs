@@ -38,3 +38,58 @@ async fn dynamodb_metadata_store_conformance() {
     store.create_table().await.unwrap();
     tamp_ports::conformance::metadata_store(&store).await;
 }
+
+/// An event published on the bus reaches a rule's SQS target with Tamp's shape intact.
+#[tokio::test]
+async fn eventbridge_bus_delivers_to_a_rule_target() {
+    use tamp_ports::{EventBus, Queue, TampEvent};
+    require_emulator();
+    let cfg = aws_config().await;
+    let name = unique("tamp-bus");
+    let bus = tamp_adapters_aws::EventBridgeBus::new(&cfg, &name);
+    bus.client().create_event_bus().name(&name).send().await.unwrap();
+    let q = SqsQueue::create(&cfg, &unique("tamp-events"), 3).await.unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&cfg);
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(q.url())
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    bus.client().put_rule().name("to-notify").event_bus_name(&name).event_pattern(r#"{"source":["tamp"],"detail-type":[{"prefix":"tamp.job."}]}"#).send().await.unwrap();
+    bus.client().put_targets().rule("to-notify").event_bus_name(&name).targets(aws_sdk_eventbridge::types::Target::builder().id("q").arn(arn).build().unwrap()).send().await.unwrap();
+    let event = TampEvent {
+        id: "evt_1".into(),
+        detail_type: "tamp.job.succeeded".into(),
+        time: 1,
+        project: "p".into(),
+        model: "m".into(),
+        version: "v1".into(),
+        job: "job_1".into(),
+        state: "succeeded".into(),
+        reason: None,
+        link: "/jobs/job_1".into(),
+        detail: serde_json::json!({ "outputs": [] }),
+    };
+    bus.publish(&event).await.unwrap();
+    // A stage event does not match the rule.
+    bus.publish(&TampEvent { detail_type: "tamp.stage.started".into(), ..event.clone() }).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got.extend(q.receive(10, std::time::Duration::from_secs(30)).await.unwrap());
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(got.len(), 1, "{got:?}");
+    let envelope: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(envelope["source"], "tamp");
+    assert_eq!(envelope["detail-type"], "tamp.job.succeeded");
+    let back: TampEvent = serde_json::from_value(envelope["detail"].clone()).unwrap();
+    assert_eq!(back, event);
+}
