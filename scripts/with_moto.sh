@@ -17,5 +17,6 @@ python3 -c "import json, urllib.request; urllib.request.urlopen(urllib.request.R
     || { echo "moto did not start; see .deps/moto.log"; exit 1; }
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN
+eval "$(.venv-moto/bin/python scripts/moto_setup.py)"
 echo "AWS emulator (moto) on $AWS_ENDPOINT_URL"
 "$@"

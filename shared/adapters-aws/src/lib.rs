@@ -1,14 +1,17 @@
 //! Tamp's AWS adapters: S3 as the object store, DynamoDB as the metadata store and SQS as the
-//! queue, EventBridge as the event bus (Batch follows). They pass the same conformance suite as the local adapters, run
+//! queue, EventBridge as the event bus, AWS Batch as the
+//! batch runner. They pass the same conformance suite as the local adapters, run
 //! against the moto emulator that `make test` starts — never against SDK mocks.
 //!
 //! Client construction reads the standard AWS environment (`AWS_REGION`, credentials,
 //! `AWS_ENDPOINT_URL` for an emulator or a VPC endpoint); with a custom endpoint S3 uses
 //! path-style addressing.
 
+pub mod batch;
 pub mod dynamo;
 pub mod events;
 
+pub use batch::AwsBatchRunner;
 pub use dynamo::DynamoStore;
 pub use events::EventBridgeBus;
 

@@ -93,3 +93,29 @@ async fn eventbridge_bus_delivers_to_a_rule_target() {
     let back: TampEvent = serde_json::from_value(envelope["detail"].clone()).unwrap();
     assert_eq!(back, event);
 }
+
+/// Submitting a run twice starts one Batch job with our ids in its parameters; cancelling a
+/// finished run changes nothing. (The emulator completes jobs at once: no Docker.)
+#[tokio::test]
+async fn batch_runner_submits_once_per_run_name() {
+    use tamp_ports::{BatchRunner, StageRun};
+    require_emulator();
+    let queue = std::env::var("TAMP_TEST_BATCH_QUEUE").expect("scripts/moto_setup.py sets TAMP_TEST_BATCH_QUEUE");
+    let jobdef = std::env::var("TAMP_TEST_BATCH_JOBDEF").expect("scripts/moto_setup.py sets TAMP_TEST_BATCH_JOBDEF");
+    let cfg = aws_config().await;
+    let runner = tamp_adapters_aws::AwsBatchRunner::new(&cfg, &queue, &jobdef, 1);
+    let run = StageRun { job: unique("job"), stage: 0, attempt: 1 };
+    runner.submit(&run).await.unwrap();
+    runner.submit(&run).await.unwrap();
+    let found = runner.find(&run).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let batch = aws_sdk_batch::Client::new(&cfg);
+    let described = batch.describe_jobs().jobs(&found[0].0).send().await.unwrap();
+    let job = &described.jobs()[0];
+    assert_eq!(job.job_name(), Some(run.name().as_str()));
+    assert_eq!(job.parameters().unwrap()["job"], run.job);
+    runner.cancel(&run).await.unwrap();
+    let next = StageRun { attempt: 2, ..run.clone() };
+    runner.submit(&next).await.unwrap();
+    assert_eq!(runner.find(&next).await.unwrap().len(), 1, "a new attempt is a new Batch job");
+}

@@ -1,0 +1,134 @@
+//! AWS Batch as the batch runner. A stage attempt is one Batch job named
+//! `tamp-<job>-s<stage>-a<attempt>` with our ids in `parameters`; because `SubmitJob` has no
+//! idempotency token, `submit` first looks the name up on the queue and starts nothing if a
+//! job of that name is already there (and not failed). `cancel` cancels queued jobs and
+//! terminates running ones. State changes come back as EventBridge "Batch Job State Change"
+//! events; [`message_from_state_change`] turns one into the orchestrator's queue message.
+
+use async_trait::async_trait;
+use aws_sdk_batch::types::{ContainerOverrides, JobStatus, KeyValuesPair, RetryStrategy};
+use tamp_ports::{BatchRunner, Message, PortError, Result, RunStatus, StageRun};
+
+/// Exit status a worker uses for input that will never work (no retry); the local runner's
+/// contract, kept by the container too.
+pub const EXIT_BAD_INPUT: i64 = 3;
+
+#[derive(Debug, Clone)]
+pub struct AwsBatchRunner {
+    client: aws_sdk_batch::Client,
+    queue: String,
+    definition: String,
+    /// Batch-level attempts per submission (infrastructure failures); Tamp's own stage
+    /// retries are separate submissions with new attempt numbers.
+    attempts: i32,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> PortError {
+    PortError::Unavailable(format!("batch {what}: {e}"))
+}
+
+impl AwsBatchRunner {
+    pub fn new(config: &aws_config::SdkConfig, queue: impl Into<String>, definition: impl Into<String>, attempts: i32) -> Self {
+        Self { client: aws_sdk_batch::Client::new(config), queue: queue.into(), definition: definition.into(), attempts: attempts.clamp(1, 10) }
+    }
+
+    /// Jobs on the queue with this run's name: (id, status).
+    pub async fn find(&self, run: &StageRun) -> Result<Vec<(String, JobStatus)>> {
+        let filter = KeyValuesPair::builder().name("JOB_NAME").values(run.name()).build();
+        let mut out = Vec::new();
+        let mut pages = self.client.list_jobs().job_queue(&self.queue).filters(filter).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| unavailable("list", e.into_service_error()))?;
+            for j in page.job_summary_list() {
+                out.push((j.job_id().unwrap_or_default().to_owned(), j.status().cloned().unwrap_or(JobStatus::Submitted)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl BatchRunner for AwsBatchRunner {
+    async fn submit(&self, run: &StageRun) -> Result<()> {
+        if self.find(run).await?.iter().any(|(_, s)| *s != JobStatus::Failed) {
+            return Ok(()); // already submitted under this deterministic name
+        }
+        let (stage, attempt) = (run.stage.to_string(), run.attempt.to_string());
+        let command = ["worker", "--job", &run.job, "--stage", &stage, "--attempt", &attempt].map(str::to_owned).to_vec();
+        self.client
+            .submit_job()
+            .job_name(run.name())
+            .job_queue(&self.queue)
+            .job_definition(&self.definition)
+            .parameters("job", &run.job)
+            .parameters("stage", &stage)
+            .parameters("attempt", &attempt)
+            .tags("tamp:job", &run.job)
+            .retry_strategy(RetryStrategy::builder().attempts(self.attempts).build())
+            .container_overrides(ContainerOverrides::builder().set_command(Some(command)).build())
+            .send()
+            .await
+            .map_err(|e| unavailable("submit", e.into_service_error()))?;
+        Ok(())
+    }
+
+    async fn cancel(&self, run: &StageRun) -> Result<()> {
+        for (id, status) in self.find(run).await? {
+            let reason = "cancelled by Tamp";
+            match status {
+                JobStatus::Submitted | JobStatus::Pending | JobStatus::Runnable => {
+                    self.client.cancel_job().job_id(&id).reason(reason).send().await.map_err(|e| unavailable("cancel", e.into_service_error()))?;
+                }
+                JobStatus::Starting | JobStatus::Running => {
+                    self.client.terminate_job().job_id(&id).reason(reason).send().await.map_err(|e| unavailable("terminate", e.into_service_error()))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns an EventBridge "Batch Job State Change" event into the orchestrator's message, or
+/// `None` for states the orchestrator does not act on (SUBMITTED…STARTING) and for jobs that
+/// are not Tamp stage runs. Exit status 3 (bad input) is not retryable.
+pub fn message_from_state_change(event: &serde_json::Value) -> Option<Message> {
+    if event["detail-type"] != "Batch Job State Change" {
+        return None;
+    }
+    let d = &event["detail"];
+    let p = &d["parameters"];
+    let run = StageRun { job: p["job"].as_str()?.to_owned(), stage: p["stage"].as_str()?.parse().ok()?, attempt: p["attempt"].as_str()?.parse().ok()? };
+    let exit = d["container"]["exitCode"].as_i64().or_else(|| d["attempts"].as_array()?.last()?["container"]["exitCode"].as_i64());
+    let reason = d["attempts"].as_array().and_then(|a| a.last()).and_then(|a| a["container"]["reason"].as_str()).or_else(|| d["statusReason"].as_str()).unwrap_or("").to_owned();
+    let status = match d["status"].as_str()? {
+        "RUNNING" => RunStatus::Running,
+        "SUCCEEDED" => RunStatus::Succeeded,
+        "FAILED" => RunStatus::Failed { reason: format!("{reason} (exit {})", exit.map_or_else(|| "unknown".into(), |e| e.to_string())), retryable: exit != Some(EXIT_BAD_INPUT) },
+        _ => return None,
+    };
+    let at = d["stoppedAt"].as_u64().or_else(|| d["startedAt"].as_u64()).map_or(0, |ms| ms / 1000);
+    Some(Message::Batch { run, status, at })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_sample_state_change_event_becomes_a_non_retryable_failure() {
+        let path = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())).join("../../events/batch-job-state-change.json");
+        let event: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let Some(Message::Batch { run, status: RunStatus::Failed { reason, retryable }, at }) = message_from_state_change(&event) else { panic!("not a failure") };
+        assert_eq!(run, StageRun { job: "job_ef335827e2c8116d".into(), stage: 0, attempt: 1 });
+        assert!(!retryable && reason.contains("asymmetric weights") && reason.contains("exit 3"), "{reason}");
+        assert_eq!(at, 1_795_716_067);
+        let mut running = event.clone();
+        running["detail"]["status"] = "RUNNABLE".into();
+        assert!(message_from_state_change(&running).is_none());
+        let mut other = event;
+        other["detail"]["parameters"] = serde_json::json!({});
+        assert!(message_from_state_change(&other).is_none(), "not a Tamp run");
+    }
+}
