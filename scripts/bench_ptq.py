@@ -101,6 +101,7 @@ def main():
             m, p50, p95, tp, size = evaluate(a.tamp, model, data, "cosine", a.threads)
             print(f"{name:<20}{'fp32':<22}{m:>8.4f}{p50:>9.3f}{p95:>9.3f}{tp:>9.1f}{size / 2**20:>9.2f}M{'':>9}{'':>9}")
             for who, cmd_of in (("tamp dynamic", lambda out: [a.tamp, "quantize", "--dynamic", model, "--out", out]),
+                                ("tamp 4-bit weights", lambda out: [a.tamp, "quantize", "--weights4", model, "--out", out]),
                                 ("onnxruntime dynamic", lambda out: [sys.executable, "-c", ORT_DYNAMIC, model, out, "0"]),
                                 ("ort dynamic per-ch", lambda out: [sys.executable, "-c", ORT_DYNAMIC, model, out, "1"])):
                 out = f"{tmp}/{name}-{who.replace(' ', '-')}.onnx"
