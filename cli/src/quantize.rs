@@ -59,31 +59,13 @@ pub fn run(args: &Args) -> Result<()> {
     if args.weights4 {
         let (quantized, n) = tamp_engine::ptq::quantize_4bit(&model, &tamp_engine::passes::NBitsConfig::default())?;
         quantized.save(&args.out, &SaveOptions::default())?;
-        let (before, after) = (std::fs::metadata(&args.model)?.len(), std::fs::metadata(&args.out)?.len());
-        println!(
-            "{} -> {}: 4-bit weight-only, {n} MatMuls as MatMulNBits, {} -> {} ({:.2}x smaller)",
-            args.model.display(),
-            args.out.display(),
-            crate::eval::human_bytes(before),
-            crate::eval::human_bytes(after),
-            before as f64 / after.max(1) as f64
-        );
+        println!("{}", summary(args, &format!("4-bit weight-only, {n} MatMuls as MatMulNBits"))?);
         return Ok(());
     }
     if args.dynamic {
         let (quantized, counts) = quantize_dynamic(&model, &DynamicConfig { per_channel: !args.per_tensor, ..DynamicConfig::default() })?;
         quantized.save(&args.out, &SaveOptions::default())?;
-        let (before, after) = (std::fs::metadata(&args.model)?.len(), std::fs::metadata(&args.out)?.len());
-        println!(
-            "{} -> {}: dynamic int8, {} MatMuls and {} embedding tables quantized, {} -> {} ({:.2}x smaller)",
-            args.model.display(),
-            args.out.display(),
-            counts.matmuls,
-            counts.embeddings,
-            crate::eval::human_bytes(before),
-            crate::eval::human_bytes(after),
-            before as f64 / after.max(1) as f64
-        );
+        println!("{}", summary(args, &format!("dynamic int8, {} MatMuls and {} embedding tables quantized", counts.matmuls, counts.embeddings))?);
         return Ok(());
     }
     let Some(data_path) = &args.data else { anyhow::bail!("--data is required for static quantization") };
@@ -125,4 +107,17 @@ pub fn run(args: &Args) -> Result<()> {
         println!("left in float: {:?}", report.float_ops);
     }
     Ok(())
+}
+
+/// `in -> out: <what>, <size before> -> <size after> (<ratio>x smaller)`.
+fn summary(args: &Args, what: &str) -> Result<String> {
+    let (before, after) = (std::fs::metadata(&args.model)?.len(), std::fs::metadata(&args.out)?.len());
+    Ok(format!(
+        "{} -> {}: {what}, {} -> {} ({:.2}x smaller)",
+        args.model.display(),
+        args.out.display(),
+        crate::eval::human_bytes(before),
+        crate::eval::human_bytes(after),
+        before as f64 / after.max(1) as f64
+    ))
 }

@@ -60,6 +60,15 @@ impl S3Store {
         }
     }
 
+    /// `GetObject`, with a missing key as `NotFound`.
+    async fn get_object(&self, key: &str) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput> {
+        check_key(key)?;
+        self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| {
+            let e = e.into_service_error();
+            if e.is_no_such_key() { PortError::NotFound(key.to_owned()) } else { unavailable("s3 get", e) }
+        })
+    }
+
     fn presign_config(ttl: Duration, now: Timestamp) -> Result<PresigningConfig> {
         if ttl > MAX_PRESIGN {
             return Err(PortError::Invalid(format!("presigned URLs live at most {} s", MAX_PRESIGN.as_secs())));
@@ -95,26 +104,12 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
-        check_key(key)?;
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-            Ok(o) => o,
-            Err(e) => {
-                let e = e.into_service_error();
-                return Err(if e.is_no_such_key() { PortError::NotFound(key.to_owned()) } else { unavailable("s3 get", e) });
-            }
-        };
+        let out = self.get_object(key).await?;
         Ok(out.body.collect().await.map_err(|e| unavailable("s3 read", e))?.into_bytes().to_vec())
     }
 
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<()> {
-        check_key(key)?;
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-            Ok(o) => o,
-            Err(e) => {
-                let e = e.into_service_error();
-                return Err(if e.is_no_such_key() { PortError::NotFound(key.to_owned()) } else { unavailable("s3 get", e) });
-            }
-        };
+        let out = self.get_object(key).await?;
         let mut reader = out.body.into_async_read();
         let mut file = tokio::fs::File::create(path).await.map_err(|e| unavailable(&path.display().to_string(), e))?;
         tokio::io::copy(&mut reader, &mut file).await.map_err(|e| unavailable("s3 download", e))?;
