@@ -114,7 +114,7 @@ pub struct Outcome {
 }
 
 /// Builds a candidate with the given layers kept in float.
-type BuildFn = dyn Fn(&BTreeSet<String>) -> Result<Model>;
+type BuildFn<'m> = dyn Fn(&BTreeSet<String>) -> Result<Model> + 'm;
 
 /// Minimum speed-up counted as "faster": timing noise on a shared machine is a few percent.
 const FASTER_THAN: f64 = 1.02;
@@ -154,6 +154,8 @@ pub fn resolve_mode(model: &Model, mode: PtqMode) -> PtqMode {
 
 struct Runner<'a, 'o> {
     job: &'a Job<'a>,
+    /// The input model, loaded once.
+    model: &'a Model,
     obs: &'o mut dyn Observer,
     metric: String,
     eval_cfg: EvalConfig,
@@ -239,11 +241,11 @@ impl Runner<'_, '_> {
 
     /// Returns the fewest, most sensitive layers to float until the metric constraint holds
     /// on the sensitivity rows; `build` makes a model with a given set of float layers.
-    fn fallback(&mut self, units: &[String], keep: &BTreeSet<String>, build: &BuildFn) -> Result<Option<Vec<String>>> {
+    fn fallback(&mut self, units: &[String], keep: &BTreeSet<String>, build: &BuildFn<'_>) -> Result<Option<Vec<String>>> {
         let data = self.job.evaluation;
         let rows = data.sample(SENSITIVITY_ROWS.min(data.rows), self.eval_cfg.seed);
         let session = SessionConfig::default();
-        let reference = eval::score(&Model::load(self.job.model_path)?, data, &rows, &self.metric, 32, &session)?;
+        let reference = eval::score(self.model, data, &rows, &self.metric, 32, &session)?;
         let units: Vec<&String> = units.iter().filter(|u| !keep.contains(*u)).collect();
         self.obs.begin("rank layer sensitivity", units.len() as u64 + 1);
         let all = eval::score(&build(keep)?, data, &rows, &self.metric, 32, &session)?;
@@ -278,7 +280,7 @@ impl Runner<'_, '_> {
         let mode = resolve_mode(model, p.mode);
         let keep: BTreeSet<String> = p.keep_float.iter().cloned().collect();
         let mut out = Vec::new();
-        let build: Box<BuildFn>;
+        let build: Box<BuildFn<'_>>;
         let units: Vec<String>;
         match mode {
             PtqMode::Static => {
@@ -301,12 +303,10 @@ impl Runner<'_, '_> {
             PtqMode::Dynamic | PtqMode::Auto => {
                 let base = DynamicConfig { per_channel: p.per_channel_weights, ..DynamicConfig::default() };
                 units = dynamic::quantizable_nodes(model, &base)?;
-                let model = model.clone();
-                build = Box::new(move |ex| Ok(ptq::quantize_dynamic(&model, &DynamicConfig { exclude: ex.clone(), ..base.clone() })?.0));
+                build = Box::new(move |ex| Ok(ptq::quantize_dynamic(model, &DynamicConfig { exclude: ex.clone(), ..base.clone() })?.0));
             }
         }
-        let model4 = model.clone();
-        let build4: Box<BuildFn> = Box::new(move |ex| Ok(ptq::quantize_4bit(&model4, &NBitsConfig { exclude: ex.clone(), ..NBitsConfig::default() })?.0));
+        let build4: Box<BuildFn<'_>> = Box::new(move |ex| Ok(ptq::quantize_4bit(model, &NBitsConfig { exclude: ex.clone(), ..NBitsConfig::default() })?.0));
         let mut combos: Vec<(u8, u8)> = Vec::new();
         for &wb in &p.bits.weights {
             if wb == 4 {
@@ -317,7 +317,7 @@ impl Runner<'_, '_> {
         }
         combos.dedup();
         for (wb, ab) in combos {
-            let (label, build_fn, units_for): (String, &BuildFn, Vec<String>) = if wb == 4 {
+            let (label, build_fn, units_for): (String, &BuildFn<'_>, Vec<String>) = if wb == 4 {
                 ("weightonly".into(), build4.as_ref(), nbits_units(model)?)
             } else {
                 (format!("{mode:?}").to_lowercase(), build.as_ref(), units.clone())
@@ -389,7 +389,7 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
         session: SessionConfig { intra_threads: ev.threads, ..SessionConfig::default() },
         ..EvalConfig::default()
     };
-    let mut runner = Runner { job, obs, metric, eval_cfg, baseline: None };
+    let mut runner = Runner { job, model: &model, obs, metric, eval_cfg, baseline: None };
     let baseline = runner.measure(job.model_path, "baseline")?;
     runner.baseline = Some(baseline.clone());
     let mut candidates = Vec::new();
