@@ -326,12 +326,15 @@ fn api_only_flow() {
     let bad = wait_for_job(&url, r["job"].as_str().unwrap(), Duration::from_secs(60));
     assert_eq!(bad["state"], "failed", "{bad}");
     assert_eq!(bad["stages"][0]["attempt"], 1, "bad input must not be retried: {bad}");
-    assert!(bad["reason"].as_str().unwrap().contains("not a valid ONNX model"), "{bad}");
+    assert!(bad["reason"].as_str().unwrap().contains("not a valid ONNX model") && bad["reason"].as_str().unwrap().contains("uploads/web/fmnist/v8/model.onnx"), "the reason names the file: {bad}");
     let (_, best_after) = json("GET", &format!("{url}/models/web.fmnist/best"), b"", &[]);
     assert_eq!(best_after["artifact_id"], best["artifact_id"]);
     // Every event went to the event log.
     let log = std::fs::read_to_string(server.data.path().join("events.jsonl")).unwrap();
-    assert!(log.contains("tamp.job.created") && log.contains("tamp.job.succeeded"), "{log}");
+    assert!(log.contains("tamp.job.created") && log.contains("tamp.job.succeeded") && log.contains("tamp.report.ready"), "{log}");
+    // The report step stored the finished job's report, and the API serves that document.
+    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(server.data.path().join(format!("store/reports/{id}/report.json"))).unwrap()).unwrap();
+    assert_eq!(stored, rep, "the API served the stored report");
 }
 
 /// Many jobs at once on the same upload (distinct Idempotency-Keys), with fewer worker slots

@@ -31,6 +31,14 @@ pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
+/// A required setting from the environment, or an error naming it.
+pub fn env_var(name: &str) -> std::result::Result<String, String> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(format!("{name} is not set (the Terraform module sets it on every function and job definition)")),
+    }
+}
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> PortError {
     PortError::Unavailable(format!("{what}: {e}"))
 }
@@ -38,17 +46,113 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> PortError {
 /// Longest a presigned URL may live.
 pub const MAX_PRESIGN: Duration = Duration::from_secs(15 * 60);
 
+/// Files above this size go up as multipart uploads by default (S3's single PUT takes up to
+/// 5 GiB, but one part failing then costs the whole file).
+pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 << 20;
+/// S3's smallest part (all but the last).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+
 #[derive(Debug, Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
+    /// SSE-KMS key for every write, when the bucket's policy requires one.
+    kms_key_id: Option<String>,
+    multipart_threshold: u64,
+    part_size: u64,
 }
 
 impl S3Store {
     pub fn new(config: &aws_config::SdkConfig, bucket: impl Into<String>) -> Self {
         let path_style = config.endpoint_url().is_some();
         let s3 = aws_sdk_s3::config::Builder::from(config).force_path_style(path_style).build();
-        Self { client: aws_sdk_s3::Client::from_conf(s3), bucket: bucket.into() }
+        Self { client: aws_sdk_s3::Client::from_conf(s3), bucket: bucket.into(), kms_key_id: None, multipart_threshold: DEFAULT_MULTIPART_THRESHOLD, part_size: 16 << 20 }
+    }
+
+    /// Sends `x-amz-server-side-encryption: aws:kms` with this key id on every write.
+    #[must_use]
+    pub fn with_kms_key(mut self, key_id: Option<String>) -> Self {
+        self.kms_key_id = key_id.filter(|k| !k.is_empty());
+        self
+    }
+
+    /// Files of at least `threshold` bytes are uploaded in parts of `part_size` (≥ 5 MiB).
+    #[must_use]
+    pub fn with_multipart(mut self, threshold: u64, part_size: u64) -> Self {
+        self.part_size = part_size.max(MIN_PART_SIZE);
+        self.multipart_threshold = threshold.max(self.part_size);
+        self
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn sse(&self) -> (Option<aws_sdk_s3::types::ServerSideEncryption>, Option<String>) {
+        match &self.kms_key_id {
+            Some(k) => (Some(aws_sdk_s3::types::ServerSideEncryption::AwsKms), Some(k.clone())),
+            None => (None, None),
+        }
+    }
+
+    fn put_request(&self, key: &str) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let (sse, kms) = self.sse();
+        self.client.put_object().bucket(&self.bucket).key(key).set_server_side_encryption(sse).set_ssekms_key_id(kms)
+    }
+
+    /// Uploads `path` in parts; with `if_absent`, completes with `If-None-Match: *`. A failed
+    /// upload is aborted so no parts linger (the bucket's lifecycle rule also expires them).
+    async fn multipart(&self, key: &str, path: &Path, if_absent: bool) -> Result<PutOutcome> {
+        use tokio::io::AsyncReadExt;
+        let (sse, kms) = self.sse();
+        let created = self.client.create_multipart_upload().bucket(&self.bucket).key(key).set_server_side_encryption(sse).set_ssekms_key_id(kms).send().await.map_err(|e| unavailable("s3 create multipart", e.into_service_error()))?;
+        let upload_id = created.upload_id().ok_or_else(|| PortError::Unavailable("s3 create multipart: no upload id".into()))?.to_owned();
+        let parts = async {
+            let mut file = tokio::fs::File::open(path).await.map_err(|e| unavailable(&path.display().to_string(), e))?;
+            let mut parts = Vec::new();
+            for number in 1.. {
+                let mut buf = Vec::with_capacity(self.part_size as usize);
+                (&mut file).take(self.part_size).read_to_end(&mut buf).await.map_err(|e| unavailable(&path.display().to_string(), e))?;
+                if buf.is_empty() && number > 1 {
+                    break;
+                }
+                let last = (buf.len() as u64) < self.part_size;
+                let out = self.client.upload_part().bucket(&self.bucket).key(key).upload_id(&upload_id).part_number(number).body(ByteStream::from(buf)).send().await.map_err(|e| unavailable("s3 upload part", e.into_service_error()))?;
+                parts.push(aws_sdk_s3::types::CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned)).build());
+                if last {
+                    break;
+                }
+            }
+            Ok::<_, PortError>(parts)
+        }
+        .await;
+        let abort = || async { let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(&upload_id).send().await; };
+        let parts = match parts {
+            Ok(p) => p,
+            Err(e) => {
+                abort().await;
+                return Err(e);
+            }
+        };
+        let mut complete = self.client.complete_multipart_upload().bucket(&self.bucket).key(key).upload_id(&upload_id).multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        if if_absent {
+            complete = complete.if_none_match("*");
+        }
+        match complete.send().await {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) if is_precondition_failed(&e) => {
+                abort().await;
+                Ok(PutOutcome::Exists)
+            }
+            Err(e) => {
+                abort().await;
+                Err(unavailable("s3 complete multipart", e.into_service_error()))
+            }
+        }
     }
 
     /// Creates the bucket (tests and local emulators; Terraform owns real buckets).
@@ -81,26 +185,46 @@ impl S3Store {
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         check_key(key)?;
-        self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(bytes)).send().await.map_err(|e| unavailable("s3 put", e.into_service_error()))?;
+        self.put_request(key).body(ByteStream::from(bytes)).send().await.map_err(|e| unavailable("s3 put", e.into_service_error()))?;
         Ok(())
     }
 
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<PutOutcome> {
         check_key(key)?;
-        match self.client.put_object().bucket(&self.bucket).key(key).if_none_match("*").body(ByteStream::from(bytes)).send().await {
+        match self.put_request(key).if_none_match("*").body(ByteStream::from(bytes)).send().await {
             Ok(_) => Ok(PutOutcome::Created),
             // 412: the key exists; immutable artifacts are content-addressed, so this is the
             // same object written by an earlier attempt.
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) || e.code() == Some("PreconditionFailed") => Ok(PutOutcome::Exists),
+            Err(e) if is_precondition_failed(&e) => Ok(PutOutcome::Exists),
             Err(e) => Err(unavailable("s3 conditional put", e.into_service_error())),
         }
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<()> {
         check_key(key)?;
+        if file_size(path)? >= self.multipart_threshold {
+            return self.multipart(key, path, false).await.map(|_| ());
+        }
         let body = ByteStream::from_path(path).await.map_err(|e| unavailable(&path.display().to_string(), e))?;
-        self.client.put_object().bucket(&self.bucket).key(key).body(body).send().await.map_err(|e| unavailable("s3 put", e.into_service_error()))?;
+        self.put_request(key).body(body).send().await.map_err(|e| unavailable("s3 put", e.into_service_error()))?;
         Ok(())
+    }
+
+    async fn put_if_absent_file(&self, key: &str, path: &Path) -> Result<PutOutcome> {
+        check_key(key)?;
+        if file_size(path)? >= self.multipart_threshold {
+            // Cheap check first: parts of a large model are not uploaded again for nothing.
+            if self.head(key).await?.is_some() {
+                return Ok(PutOutcome::Exists);
+            }
+            return self.multipart(key, path, true).await;
+        }
+        let body = ByteStream::from_path(path).await.map_err(|e| unavailable(&path.display().to_string(), e))?;
+        match self.put_request(key).if_none_match("*").body(body).send().await {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) if is_precondition_failed(&e) => Ok(PutOutcome::Exists),
+            Err(e) => Err(unavailable("s3 conditional put", e.into_service_error())),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>> {
@@ -158,6 +282,15 @@ impl ObjectStore for S3Store {
         let req = self.client.put_object().bucket(&self.bucket).key(key).presigned(Self::presign_config(ttl, now)?).await.map_err(|e| unavailable("s3 presign", e))?;
         Ok(req.uri().to_owned())
     }
+}
+
+fn file_size(path: &Path) -> Result<u64> {
+    std::fs::metadata(path).map(|m| m.len()).map_err(|e| unavailable(&path.display().to_string(), e))
+}
+
+/// HTTP 412 from a conditional write: the key exists.
+fn is_precondition_failed<E: ProvideErrorMetadata>(e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool {
+    e.raw_response().is_some_and(|r| r.status().as_u16() == 412) || e.code() == Some("PreconditionFailed")
 }
 
 /// SQS with a redrive policy: after `max_receives` deliveries a message moves to the DLQ.

@@ -119,3 +119,35 @@ async fn batch_runner_submits_once_per_run_name() {
     runner.submit(&next).await.unwrap();
     assert_eq!(runner.find(&next).await.unwrap().len(), 1, "a new attempt is a new Batch job");
 }
+
+/// Large files go up in parts (with SSE-KMS headers when a key is configured), and the
+/// conditional variant writes once: a second identical upload is `Exists`, not an error.
+#[tokio::test]
+async fn s3_multipart_uploads_with_kms_and_write_once() {
+    use tamp_ports::{ObjectStore, PutOutcome};
+    require_emulator();
+    let cfg = aws_config().await;
+    let store = S3Store::new(&cfg, unique("tamp-test")).with_kms_key(Some("alias/tamp-test".into())).with_multipart(5 << 20, 5 << 20);
+    store.create_bucket().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.bin");
+    let bytes: Vec<u8> = (0..(11u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+
+    store.put_file("uploads/p/m/v1/model.onnx", &path).await.unwrap();
+    assert_eq!(store.get("uploads/p/m/v1/model.onnx").await.unwrap(), bytes);
+    let head = store.client().head_object().bucket(store.bucket()).key("uploads/p/m/v1/model.onnx").send().await.unwrap();
+    assert!(head.e_tag().unwrap().contains("-3"), "three parts: {:?}", head.e_tag());
+    assert_eq!(head.server_side_encryption(), Some(&aws_sdk_s3::types::ServerSideEncryption::AwsKms));
+    assert_eq!(head.ssekms_key_id(), Some("alias/tamp-test"));
+
+    assert_eq!(store.put_if_absent_file("artifacts/j/0/abc.onnx", &path).await.unwrap(), PutOutcome::Created);
+    assert_eq!(store.put_if_absent_file("artifacts/j/0/abc.onnx", &path).await.unwrap(), PutOutcome::Exists);
+    assert_eq!(store.get("artifacts/j/0/abc.onnx").await.unwrap().len(), bytes.len());
+    let small = dir.path().join("small.json");
+    std::fs::write(&small, b"{}").unwrap();
+    assert_eq!(store.put_if_absent_file("artifacts/j/0/abc.json", &small).await.unwrap(), PutOutcome::Created);
+    assert_eq!(store.put_if_absent_file("artifacts/j/0/abc.json", &small).await.unwrap(), PutOutcome::Exists);
+    let uploads = store.client().list_multipart_uploads().bucket(store.bucket()).send().await.unwrap();
+    assert!(uploads.uploads().is_empty(), "no parts left behind");
+}

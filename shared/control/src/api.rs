@@ -39,8 +39,9 @@ const LINK_TTL: Duration = Duration::from_secs(10 * 60);
 #[derive(Clone)]
 pub struct AppState {
     pub svc: Services,
-    /// The local object store, for signed downloads.
-    pub files: Arc<FolderStore>,
+    /// The local object store, for `/objects/…` links and streamed uploads; on AWS, S3 serves
+    /// presigned links itself and this is `None`.
+    pub files: Option<Arc<FolderStore>>,
     pub auth: Arc<Auth>,
 }
 
@@ -56,7 +57,7 @@ async fn authenticate(State(st): State<AppState>, mut req: axum::extract::Reques
         && let Some(q) = req.uri().query().and_then(signed_query)
     {
         let key = path.trim_start_matches('/');
-        if !st.files.verify("PUT", key, q.0, &q.1, st.svc.clock.now()) {
+        if !st.files.as_ref().is_some_and(|f| f.verify("PUT", key, q.0, &q.1, st.svc.clock.now())) {
             return Problem::forbidden("the upload link is invalid or expired; ask POST /models/{id}/versions for new ones").into_response();
         }
         let project = key.split('/').nth(1).unwrap_or_default().to_owned();
@@ -204,7 +205,7 @@ async fn upload(State(st): State<AppState>, Extension(who): Extension<Principal>
         return Err(Problem::bad_request(format!("bad file name '{file}'")));
     }
     let key = format!("uploads/{project}/{model}/{version}/{file}");
-    let tmp = st.files.root().join(format!(".upload-{}", tamp_adapters_local::random_hex(8)));
+    let tmp = st.files.as_ref().map_or_else(std::env::temp_dir, |f| f.root().to_path_buf()).join(format!(".upload-{}", tamp_adapters_local::random_hex(8)));
     let written = async {
         use tokio::io::AsyncWriteExt;
         let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| Problem::from(PortError::Unavailable(e.to_string())))?;
@@ -356,10 +357,11 @@ struct Signed {
 
 #[utoipa::path(get, path = "/objects/{key}", tag = "artifacts", security(()), params(("key" = String, Path), ("expires" = u64, Query), ("signature" = String, Query)), responses((status = 200, description = "the object bytes", body = Vec<u8>, content_type = "application/octet-stream"), (status = 403, body = ProblemDoc)))]
 async fn download(State(st): State<AppState>, Path(key): Path<String>, Query(q): Query<Signed>) -> ApiResult {
-    if !st.files.verify("GET", &key, q.expires, &q.signature, st.svc.clock.now()) {
+    let Some(files) = &st.files else { return Err(Problem::not_found("objects are served by the bucket's own presigned links here")) };
+    if !files.verify("GET", &key, q.expires, &q.signature, st.svc.clock.now()) {
         return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "the link is invalid or expired; ask the API for a new one"));
     }
-    let bytes = st.files.get(&key).await?;
+    let bytes = files.get(&key).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -560,22 +562,20 @@ async fn get_policy(State(st): State<AppState>, Extension(who): Extension<Princi
     Ok(Json(p).into_response())
 }
 
-/// The job's report: per stage, the candidates table and the manifest of its last attempt.
+/// The job's report: the stored document the report step wrote, or (while the job runs) one
+/// built now: per stage, the candidates table and the manifest of its last attempt.
 #[utoipa::path(get, path = "/reports/{job}", tag = "reports", params(("job" = String, Path)), responses((status = 200, description = "per stage: candidates and manifest", body = serde_json::Value)))]
 async fn report(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(job): Path<String>) -> ApiResult {
     let j = st.svc.meta.get_job(&job).await?.ok_or_else(|| Problem::not_found(format!("no job {job}")))?;
     who.require(&j.project, Role::Viewer)?;
-    let mut stages = Vec::new();
-    for s in &j.stages {
-        let base = format!("artifacts/{}/{}/attempt-{}", j.id, s.index, s.attempt);
-        let read = |name: &str| {
-            let key = format!("{base}/{name}");
-            let store = st.svc.store.clone();
-            async move { store.get(&key).await.ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) }
-        };
-        stages.push(serde_json::json!({ "stage": s.index, "kind": s.kind, "state": s.state, "attempt": s.attempt, "reason": s.reason, "candidates": read("candidates.json").await, "manifest": read("manifest.json").await }));
+    if j.state.is_terminal()
+        && let Ok(bytes) = st.svc.store.get(&handlers::report_key(&j.id)).await
+        && let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes)
+    {
+        return Ok(Json(doc).into_response());
     }
-    Ok(Json(serde_json::json!({ "job": j.id, "state": j.state, "policy": j.policy, "reason": j.reason, "stages": stages })).into_response())
+    let doc = handlers::build_report(&st.svc, &j.id).await?.ok_or_else(|| Problem::not_found(format!("no job {job}")))?;
+    Ok(Json(doc).into_response())
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "meta", security(()), responses((status = 200, body = serde_json::Value)))]

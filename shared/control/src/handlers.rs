@@ -61,6 +61,18 @@ pub fn stage_manifest_key(run: &StageRun) -> String {
     format!("artifacts/{}/{}/attempt-{}.json", run.job, run.stage, run.attempt)
 }
 
+/// Key of the failure record a worker writes when its stage fails.
+pub fn stage_error_key(run: &StageRun) -> String {
+    format!("artifacts/{}/{}/attempt-{}.error.json", run.job, run.stage, run.attempt)
+}
+
+/// Why a worker's stage failed, in the worker's words (runners only see an exit status).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StageFailure {
+    pub reason: String,
+    pub retryable: bool,
+}
+
 /// What the worker writes as its stage manifest.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StageManifest {
@@ -229,13 +241,55 @@ async fn run_effects(svc: &Services, j: &Job, effects: &[Effect]) -> Result<()> 
                     _ => serde_json::Value::Null,
                 };
                 svc.bus.publish(&event(j, *kind, now, detail)).await?;
-                if *kind == EventKind::JobSucceeded {
-                    svc.bus.publish(&event(j, EventKind::ReportReady, now, serde_json::json!({ "report": format!("/reports/{}", j.id) }))).await?;
-                }
             }
         }
     }
     Ok(())
+}
+
+/// Where a job's report document is kept.
+pub fn report_key(job: &str) -> String {
+    format!("reports/{job}/report.json")
+}
+
+/// The job's report document: the job, and per stage its state, the candidates table and the
+/// manifest of its last attempt. `None` for an unknown job.
+pub async fn build_report(svc: &Services, job_id: &str) -> Result<Option<serde_json::Value>> {
+    let Some(j) = svc.meta.get_job(job_id).await? else { return Ok(None) };
+    let mut stages = Vec::new();
+    for s in &j.stages {
+        let base = format!("artifacts/{}/{}/attempt-{}", j.id, s.index, s.attempt);
+        let mut doc = serde_json::json!({ "stage": s.index, "kind": s.kind, "state": s.state, "attempt": s.attempt, "reason": s.reason, "output": s.output });
+        for name in ["candidates", "manifest"] {
+            doc[name] = match svc.store.get(&format!("{base}/{name}.json")).await {
+                Ok(b) => serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+                Err(PortError::NotFound(_)) => serde_json::Value::Null,
+                Err(e) => return Err(e.into()),
+            };
+        }
+        stages.push(doc);
+    }
+    Ok(Some(serde_json::json!({
+        "job": j.id, "project": j.project, "model": j.model, "version": j.version, "policy": j.policy,
+        "state": j.state, "reason": j.reason, "created_at": j.created_at, "updated_at": j.updated_at,
+        "inputs": j.inputs, "stages": stages,
+    })))
+}
+
+/// The report function's work: on a finished job, writes its report document to
+/// [`report_key`] and announces it with `report.ready`. Idempotent: a redelivered event
+/// rewrites the same document. Returns the key, or `None` if the event is not a finished job.
+pub async fn write_report(svc: &Services, ev: &TampEvent) -> Result<Option<String>> {
+    if !matches!(ev.detail_type.as_str(), "tamp.job.succeeded" | "tamp.job.failed" | "tamp.job.cancelled") {
+        return Ok(None);
+    }
+    let Some(doc) = build_report(svc, &ev.job).await? else { return Ok(None) };
+    let key = report_key(&ev.job);
+    svc.store.put(&key, serde_json::to_vec_pretty(&doc).map_err(|e| HandlerError::Invalid(e.to_string()))?).await?;
+    if let Some(j) = svc.meta.get_job(&ev.job).await? {
+        svc.bus.publish(&event(&j, EventKind::ReportReady, svc.clock.now(), serde_json::json!({ "report": format!("/reports/{}", j.id), "key": key }))).await?;
+    }
+    Ok(Some(key))
 }
 
 /// Scores an artifact for the best pointer: meeting its constraints first, then speed-up.
@@ -261,7 +315,15 @@ pub async fn orchestrate(svc: &Services, msg: &Message) -> Result<()> {
         Message::Batch { run, status, .. } => {
             let sig = match status {
                 RunStatus::Running => Signal::Started { stage: run.stage, attempt: run.attempt },
-                RunStatus::Failed { reason, retryable } => Signal::Failed { stage: run.stage, attempt: run.attempt, reason: reason.clone(), retryable: *retryable },
+                RunStatus::Failed { reason, retryable } => {
+                    // The worker's own words beat the runner's ("Essential container in task exited").
+                    let own = match svc.store.get(&stage_error_key(run)).await {
+                        Ok(b) => serde_json::from_slice::<StageFailure>(&b).ok(),
+                        Err(_) => None,
+                    };
+                    let reason = own.map_or_else(|| reason.clone(), |f| f.reason);
+                    Signal::Failed { stage: run.stage, attempt: run.attempt, reason, retryable: *retryable }
+                }
                 RunStatus::Succeeded => match record_output(svc, run).await? {
                     Ok(output) => Signal::Succeeded { stage: run.stage, attempt: run.attempt, output },
                     Err(reason) => Signal::Failed { stage: run.stage, attempt: run.attempt, reason, retryable: true },

@@ -8,4 +8,4 @@ pub mod handlers;
 pub mod local;
 pub mod notify;
 
-pub use handlers::{Services, StageManifest, stage_manifest_key};
+pub use handlers::{Services, StageFailure, StageManifest, report_key, stage_error_key, stage_manifest_key};

@@ -105,8 +105,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     if !cfg.webhooks.is_empty() {
         subscribers.push(Arc::new(Webhooks::new(cfg.webhooks.clone(), cfg.webhook_secret.clone())));
     }
+    let reporter = Arc::new(Reporter(std::sync::OnceLock::new()));
+    subscribers.push(reporter.clone());
     let bus = Arc::new(LocalBus::new(Some(cfg.data_dir.join("events.jsonl")), subscribers)?);
     let svc = Services { store: files.clone(), meta, queue: queue.clone(), runner, bus, clock: Arc::new(SystemClock), retry: cfg.retry };
+    let _ = reporter.0.set(svc.clone());
     std::fs::write(cfg.data_dir.join("serve.json"), serde_json::json!({ "url": url, "pid": std::process::id() }).to_string())?;
     println!(
         "tamp serve: API on {url}; uploads in {}/uploads/<project>/<model>/<version>/ (recipe.yaml last); admin token in {}",
@@ -117,9 +120,29 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     tokio::spawn(orchestrator(svc.clone(), queue.clone(), cfg.visibility_s));
     tokio::spawn(watcher(svc.clone()));
     tokio::spawn(reconciler(svc.clone()));
-    let app = router(AppState { svc, files, auth });
+    let app = router(AppState { svc, files: Some(files), auth });
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// The report step (the report function's part locally): on a finished job, writes its
+/// report document and announces `report.ready`.
+struct Reporter(std::sync::OnceLock<Services>);
+
+#[async_trait::async_trait]
+impl Subscriber for Reporter {
+    fn name(&self) -> &str {
+        "report"
+    }
+
+    async fn on_event(&self, event: &tamp_ports::TampEvent) -> Result<(), PortError> {
+        let Some(svc) = self.0.get() else { return Ok(()) };
+        match handlers::write_report(svc, event).await {
+            Ok(_) => Ok(()),
+            Err(handlers::HandlerError::Port(e)) => Err(e),
+            Err(e) => Err(PortError::Invalid(e.to_string())),
+        }
+    }
 }
 
 async fn orchestrator(svc: Services, queue: Arc<MemoryQueue>, visibility_s: u64) {

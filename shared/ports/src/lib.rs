@@ -64,6 +64,11 @@ pub trait ObjectStore: Send + Sync {
     /// Writes only if the key is absent (immutable artifacts; `If-None-Match: *` on S3).
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<PutOutcome>;
     async fn put_file(&self, key: &str, path: &Path) -> Result<()>;
+    /// `put_if_absent` from a file (models may be large: stores may stream or split it).
+    async fn put_if_absent_file(&self, key: &str, path: &Path) -> Result<PutOutcome> {
+        let bytes = tokio::fs::read(path).await.map_err(|e| PortError::Unavailable(format!("{}: {e}", path.display())))?;
+        self.put_if_absent(key, bytes).await
+    }
     async fn get(&self, key: &str) -> Result<Vec<u8>>;
     async fn get_to_file(&self, key: &str, path: &Path) -> Result<()>;
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;

@@ -1,0 +1,177 @@
+//! One stage of one job, over the ports: fetch the inputs (stage k > 0 starts from stage
+//! k−1's artifact), run the engine's stage runner on a one-stage recipe, write the artifact
+//! and its metadata under content-addressed keys with `put_if_absent`, then the stage
+//! manifest last. `tamp worker` runs this with the local adapters; `tamp-batch-worker` (the
+//! Batch container) with S3 and DynamoDB.
+//!
+//! Exit contract (both runners): 0 success; [`EXIT_BAD_INPUT`] for input that will never work
+//! (not retried); anything else is retryable. On failure the reason is written to
+//! `artifacts/<job>/<stage>/attempt-<n>.error.json` so the orchestrator can name it — AWS
+//! Batch only reports "Essential container in task exited".
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow};
+use tamp_control::{StageFailure, StageManifest, stage_error_key, stage_manifest_key};
+use tamp_domain::Recipe;
+use tamp_domain::job::StageOutput;
+use tamp_engine::Dataset;
+use tamp_engine::compress::{self, Job, Observer};
+use tamp_ports::{MetadataStore, ObjectStore, StageRun};
+
+/// Exit status for input that will never work (the runners do not retry it).
+pub const EXIT_BAD_INPUT: i32 = 3;
+
+/// Why a stage failed: bad input is reported with its own exit status and never retried.
+#[derive(Debug)]
+pub enum Failure {
+    BadInput(anyhow::Error),
+    Transient(anyhow::Error),
+}
+
+impl Failure {
+    pub fn message(&self) -> String {
+        let (Self::BadInput(e) | Self::Transient(e)) = self;
+        e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::BadInput(_) => EXIT_BAD_INPUT,
+            Self::Transient(_) => 1,
+        }
+    }
+}
+
+/// Log lines instead of progress bars (worker output goes to a log).
+struct Lines;
+
+impl Observer for Lines {
+    fn begin(&mut self, label: &str, _: u64) {
+        println!("{label} …");
+    }
+    fn advance(&mut self, _: u64) {}
+    fn end(&mut self, summary: &str) {
+        println!("  {summary}");
+    }
+}
+
+/// Runs stage `run` of its job in `scratch` (emptied first and removed after). A failure
+/// is also recorded in the store (best effort) for the orchestrator.
+pub async fn run_stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun, scratch: &Path) -> std::result::Result<(), Failure> {
+    let result = stage(files, meta, run, scratch).await;
+    let _ = std::fs::remove_dir_all(scratch);
+    if let Err(f) = &result {
+        let doc = StageFailure { reason: f.message(), retryable: matches!(f, Failure::Transient(_)) };
+        if let Ok(body) = serde_json::to_vec(&doc) {
+            let _ = files.put(&stage_error_key(run), body).await;
+        }
+    }
+    result
+}
+
+async fn stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun, work: &Path) -> std::result::Result<(), Failure> {
+    let bad = |e: anyhow::Error| Failure::BadInput(e);
+    let transient = |e: anyhow::Error| Failure::Transient(e);
+    let job = meta.get_job(&run.job).await.map_err(|e| transient(e.into()))?.ok_or_else(|| bad(anyhow!("no job {}", run.job)))?;
+    let mut recipe = Recipe::from_yaml(&job.recipe_yaml).map_err(|e| bad(e.into()))?;
+    let stage = recipe.policy.stages.get(run.stage).cloned().ok_or_else(|| bad(anyhow!("job {} has no stage {}", job.id, run.stage)))?;
+    recipe.policy.stages = vec![stage];
+    let model_key = if run.stage == 0 {
+        job.inputs.model.clone()
+    } else {
+        job.stages.get(run.stage - 1).and_then(|s| s.output.as_ref()).map(|o| o.artifact_key.clone()).ok_or_else(|| bad(anyhow!("stage {} has no output to build on", run.stage - 1)))?
+    };
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work).map_err(|e| transient(anyhow!("{}: {e}", work.display())))?;
+    let fetch = |key: String, name: &'static str| {
+        let path = work.join(name);
+        async move { files.get_to_file(&key, &path).await.map(|()| path).map_err(|e| transient(anyhow!("fetching {key}: {e}"))) }
+    };
+    let model = fetch(model_key.clone(), "model.onnx").await?;
+    let eval_key = job.inputs.evaluation.clone().ok_or_else(|| bad(anyhow!("the job has no evaluation data")))?;
+    let evaluation = Dataset::load(fetch(eval_key.clone(), "eval.npz").await?).map_err(|e| bad(anyhow!("{eval_key}: {e}")))?;
+    let calibration = match &job.inputs.calibration {
+        Some(k) if *k != eval_key => Dataset::load(fetch(k.clone(), "calib.npz").await?).map_err(|e| bad(anyhow!("{k}: {e}")))?,
+        _ => evaluation.clone(),
+    };
+    let out = work.join("out");
+    let j = Job { model_path: &model, recipe: &recipe, recipe_path: None, calibration: &calibration, evaluation: &evaluation, out_dir: &out };
+    println!("job {} stage {} attempt {}: {} on {}", job.id, run.stage, run.attempt, recipe.policy.name, model_key);
+    let outcome = compress::run(&j, &mut Lines).map_err(|e| match e {
+        tamp_engine::EngineError::Io { .. } => transient(e.into()),
+        other => bad(anyhow!("{model_key}: {other}")),
+    })?;
+    println!("chosen {}: {}", outcome.chosen, outcome.reason);
+    fault_point();
+    publish(files, run, &out).await.map_err(transient)
+}
+
+/// Fault injection for tests: `TAMP_FAULT_CRASH_ONCE=<marker file>` makes the first worker
+/// that sees no marker create it and die by SIGKILL after its work, before publishing;
+/// `TAMP_FAULT_CRASH_ALWAYS=1` makes every worker die that way;
+/// `TAMP_FAULT_CRASH_AFTER_ARTIFACT=<marker>` dies once after the artifact is written but
+/// before the stage manifest (a container lost mid-upload).
+fn fault_point() {
+    let once = std::env::var_os("TAMP_FAULT_CRASH_ONCE").is_some_and(|m| std::fs::OpenOptions::new().write(true).create_new(true).open(m).is_ok());
+    if once || std::env::var_os("TAMP_FAULT_CRASH_ALWAYS").is_some() {
+        die();
+    }
+}
+
+fn die() {
+    let _ = std::process::Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
+}
+
+/// Writes the stage's artifacts under content-addressed keys, then the stage manifest last.
+async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<()> {
+    let metadata: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("best.json"))?)?;
+    let sha = metadata["sha256"].as_str().ok_or_else(|| anyhow!("best.json has no sha256"))?.to_owned();
+    let base = format!("artifacts/{}/{}", run.job, run.stage);
+    let (artifact_key, metadata_key) = (format!("{base}/{sha}.onnx"), format!("{base}/{sha}.json"));
+    // Immutable: a retry that produced the same bytes finds them there (not an error).
+    files.put_if_absent_file(&artifact_key, &out.join("best.onnx")).await?;
+    if std::env::var_os("TAMP_FAULT_CRASH_AFTER_ARTIFACT").is_some_and(|m| std::fs::OpenOptions::new().write(true).create_new(true).open(m).is_ok()) {
+        die();
+    }
+    files.put_if_absent(&metadata_key, std::fs::read(out.join("best.json"))?).await?;
+    for name in ["candidates.json", "manifest.json"] {
+        files.put(&format!("{base}/attempt-{}/{name}", run.attempt), std::fs::read(out.join(name))?).await?;
+    }
+    let size_bytes = std::fs::metadata(out.join("best.onnx"))?.len();
+    let manifest = StageManifest { output: StageOutput { artifact_key, sha256: sha, size_bytes, metadata_key }, metadata };
+    files.put(&stage_manifest_key(run), serde_json::to_vec_pretty(&manifest)?).await?;
+    Ok(())
+}
+
+/// The scratch folder for a run under `root`.
+pub fn scratch_dir(root: &Path, run: &StageRun) -> PathBuf {
+    root.join(run.name())
+}
+
+/// The AWS wiring of the Batch container.
+pub mod aws {
+    use super::{Failure, run_stage, scratch_dir, stage_manifest_key};
+    use anyhow::anyhow;
+    use tamp_adapters_aws::{DynamoStore, S3Store, aws_config, env_var};
+    use tamp_ports::{ObjectStore, StageRun};
+
+    /// Runs `run` with S3 (`TAMP_BUCKET`, `TAMP_KMS_KEY_ID`) and DynamoDB (`TAMP_TABLE`),
+    /// scratch space in `TAMP_SCRATCH` (default the temp dir). A Batch-level retry
+    /// (`AWS_BATCH_JOB_ATTEMPT` > 1) of an attempt whose manifest is already written exits 0
+    /// without redoing the work: the earlier container finished and died before reporting.
+    pub async fn run(run: &StageRun) -> Result<(), Failure> {
+        let config = aws_config().await;
+        let bucket = env_var("TAMP_BUCKET").map_err(|e| Failure::BadInput(anyhow!(e)))?;
+        let table = env_var("TAMP_TABLE").map_err(|e| Failure::BadInput(anyhow!(e)))?;
+        let files = S3Store::new(&config, bucket).with_kms_key(std::env::var("TAMP_KMS_KEY_ID").ok());
+        let meta = DynamoStore::new(&config, table);
+        let batch_attempt = std::env::var("AWS_BATCH_JOB_ATTEMPT").ok().and_then(|a| a.parse::<u32>().ok()).unwrap_or(1);
+        if batch_attempt > 1 && files.head(&stage_manifest_key(run)).await.map_err(|e| Failure::Transient(e.into()))?.is_some() {
+            println!("{}: already published by Batch attempt < {batch_attempt}; nothing to do", run.name());
+            return Ok(());
+        }
+        let root = std::env::var_os("TAMP_SCRATCH").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+        run_stage(&files, &meta, run, &scratch_dir(&root, run)).await
+    }
+}

@@ -1,0 +1,10 @@
+//! The notify function: job events and quality alerts → Slack, Teams, signed webhooks.
+
+use lambda_runtime::{LambdaEvent, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    tamp_lambda::init_tracing();
+    let targets = tamp_lambda::Settings::from_env()?.webhooks()?;
+    run(service_fn(|e: LambdaEvent<serde_json::Value>| tamp_lambda::notify::handle(&targets, e.payload))).await
+}

@@ -1,0 +1,133 @@
+//! What a function reads from its environment (the Terraform module sets every variable;
+//! `infra/` has a test that checks the two agree). A missing variable fails the cold start
+//! with its name.
+
+use std::sync::Arc;
+
+use tamp_adapters_aws::{AwsBatchRunner, DynamoStore, EventBridgeBus, S3Store, SqsQueue, aws_config, env_var};
+use tamp_control::Services;
+use tamp_control::notify::{Format, Webhooks};
+use tamp_domain::job::RetryPolicy;
+use tamp_ports::SystemClock;
+
+use crate::Error;
+
+/// The environment variables the functions read (the infra wiring test reads this list).
+pub const ENV_VARS: &[&str] = &[
+    "TAMP_BUCKET",
+    "TAMP_TABLE",
+    "TAMP_QUEUE_URL",
+    "TAMP_DLQ_URL",
+    "TAMP_EVENT_BUS",
+    "TAMP_BATCH_QUEUE",
+    "TAMP_BATCH_JOB_DEFINITION",
+    "TAMP_BATCH_ATTEMPTS",
+    "TAMP_MAX_ATTEMPTS",
+    "TAMP_RETRY_DELAY_S",
+    "TAMP_KMS_KEY_ID",
+    "TAMP_PUBLIC_URL",
+    "TAMP_JWT_ISSUER",
+    "TAMP_JWT_AUDIENCE",
+    "TAMP_JWKS_URL",
+    "TAMP_RATE_LIMIT",
+    "TAMP_SLACK_WEBHOOK_URL",
+    "TAMP_TEAMS_WEBHOOK_URL",
+    "TAMP_WEBHOOK_URLS",
+    "TAMP_WEBHOOK_SECRET",
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub bucket: String,
+    pub table: String,
+    /// The orchestrator's queue (Tamp messages; Batch state changes arrive there too).
+    pub queue_url: String,
+    pub dlq_url: String,
+    pub event_bus: String,
+    pub batch_queue: String,
+    pub batch_job_definition: String,
+    /// Batch-level attempts per submission (infrastructure failures).
+    pub batch_attempts: i32,
+    pub retry: RetryPolicy,
+    pub kms_key_id: Option<String>,
+    /// The API's public URL, for links in chat messages.
+    pub public_url: String,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwks_url: Option<String>,
+    pub rate_limit: u32,
+    pub slack_webhook_url: Option<String>,
+    pub teams_webhook_url: Option<String>,
+    pub webhook_urls: Vec<String>,
+    pub webhook_secret: String,
+}
+
+fn opt(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn num<T: std::str::FromStr>(name: &str, default: T) -> Result<T, Error> {
+    match opt(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| Error::Config(format!("{name}={v} is not a number"))),
+    }
+}
+
+impl Settings {
+    /// Reads the environment. Every function needs the data plane (bucket, table, queue, bus,
+    /// Batch queue and job definition); the rest is optional.
+    pub fn from_env() -> Result<Self, Error> {
+        let req = |n: &str| env_var(n).map_err(Error::Config);
+        Ok(Self {
+            bucket: req("TAMP_BUCKET")?,
+            table: req("TAMP_TABLE")?,
+            queue_url: req("TAMP_QUEUE_URL")?,
+            dlq_url: opt("TAMP_DLQ_URL").unwrap_or_default(),
+            event_bus: req("TAMP_EVENT_BUS")?,
+            batch_queue: req("TAMP_BATCH_QUEUE")?,
+            batch_job_definition: req("TAMP_BATCH_JOB_DEFINITION")?,
+            batch_attempts: num("TAMP_BATCH_ATTEMPTS", 2)?,
+            retry: RetryPolicy { max_attempts: num("TAMP_MAX_ATTEMPTS", 3u32)?.max(1), base_delay_s: num("TAMP_RETRY_DELAY_S", 30)?, max_delay_s: 900 },
+            kms_key_id: opt("TAMP_KMS_KEY_ID"),
+            public_url: opt("TAMP_PUBLIC_URL").unwrap_or_default(),
+            jwt_issuer: opt("TAMP_JWT_ISSUER"),
+            jwt_audience: opt("TAMP_JWT_AUDIENCE"),
+            jwks_url: opt("TAMP_JWKS_URL"),
+            rate_limit: num("TAMP_RATE_LIMIT", 1000)?,
+            slack_webhook_url: opt("TAMP_SLACK_WEBHOOK_URL"),
+            teams_webhook_url: opt("TAMP_TEAMS_WEBHOOK_URL"),
+            webhook_urls: opt("TAMP_WEBHOOK_URLS").map(|v| v.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect()).unwrap_or_default(),
+            webhook_secret: opt("TAMP_WEBHOOK_SECRET").unwrap_or_default(),
+        })
+    }
+
+    /// The ports on AWS. Clients are built once per cold start (no network until used).
+    pub async fn services(&self) -> Services {
+        let config = aws_config().await;
+        Services {
+            store: Arc::new(S3Store::new(&config, &self.bucket).with_kms_key(self.kms_key_id.clone())),
+            meta: Arc::new(DynamoStore::new(&config, &self.table)),
+            queue: Arc::new(SqsQueue::new(&config, &self.queue_url, &self.dlq_url)),
+            runner: Arc::new(AwsBatchRunner::new(&config, &self.batch_queue, &self.batch_job_definition, self.batch_attempts)),
+            bus: Arc::new(EventBridgeBus::new(&config, &self.event_bus)),
+            clock: Arc::new(SystemClock),
+            retry: self.retry,
+        }
+    }
+
+    /// The notify function's targets. Generic webhooks need a signing secret.
+    pub fn webhooks(&self) -> Result<Webhooks, Error> {
+        if !self.webhook_urls.is_empty() && self.webhook_secret.len() < 16 {
+            return Err(Error::Config("TAMP_WEBHOOK_URLS needs TAMP_WEBHOOK_SECRET (at least 16 characters) so receivers can verify events".into()));
+        }
+        let mut w = Webhooks::new(self.webhook_urls.clone(), self.webhook_secret.clone().into_bytes());
+        if let Some(u) = &self.slack_webhook_url {
+            w = w.with_target(u.clone(), Format::Slack);
+        }
+        if let Some(u) = &self.teams_webhook_url {
+            w = w.with_target(u.clone(), Format::Teams);
+        }
+        w.base_url = self.public_url.trim_end_matches('/').to_owned();
+        Ok(w)
+    }
+}
