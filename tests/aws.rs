@@ -1,0 +1,404 @@
+//! The whole AWS flow against the emulator (moto, started by `make test`): uploads to the
+//! bucket → S3 → EventBridge → SQS → ingest → DynamoDB → orchestrator → AWS Batch; the test
+//! plays the Batch container by running `tamp-batch-worker` with the submitted parameters,
+//! then delivers Batch Job State Change events as EventBridge would; job events go from the
+//! team bus to a queue the test hands to the report and notify handlers (as the rules'
+//! direct Lambda targets would), and the api handler answers an API Gateway v2 event.
+//! Duplicated and out-of-order deliveries and a worker killed mid-upload are part of it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lambda_events::sqs::SqsEvent;
+use tamp_adapters_aws::{AwsBatchRunner, SqsQueue, aws_config, unique};
+use tamp_control::Services;
+use tamp_domain::job::RetryPolicy;
+use tamp_lambda::{Settings, api, ingest, notify, orchestrator, report};
+use tamp_ports::StageRun;
+
+fn root() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())).join("..")
+}
+
+fn sample(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root().join("events").join(name)).unwrap()).unwrap()
+}
+
+fn worker_bin() -> PathBuf {
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("tamp-batch-worker")
+}
+
+fn require_emulator() {
+    assert!(std::env::var_os("AWS_ENDPOINT_URL").is_some(), "AWS_ENDPOINT_URL is not set: run the tests with `make test`, which starts the moto emulator");
+}
+
+/// Requests a receiver saw: (path, headers, body).
+type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+fn receiver() -> (String, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut r = BufReader::new(stream);
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+            let mut headers = String::new();
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                headers.push_str(&h);
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            sink.lock().unwrap().push((path, headers, body));
+            r.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").unwrap();
+        }
+    });
+    (url, seen)
+}
+
+/// A team's stack inside the emulator.
+struct Stack {
+    settings: Settings,
+    svc: Services,
+    s3: aws_sdk_s3::Client,
+    sqs: aws_sdk_sqs::Client,
+    ingest_q: String,
+    orch_q: String,
+    tap_q: String,
+    runner: AwsBatchRunner,
+    hooks: Seen,
+    webhook_secret: String,
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    let a = sqs.get_queue_attributes().queue_url(url).attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn).send().await.unwrap();
+    a.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone()
+}
+
+async fn stack() -> Stack {
+    require_emulator();
+    let cfg = aws_config().await;
+    let bucket = unique("tamp-flow");
+    let store = tamp_adapters_aws::S3Store::new(&cfg, &bucket);
+    store.create_bucket().await.unwrap();
+    let s3 = store.client().clone();
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(aws_sdk_s3::types::VersioningConfiguration::builder().status(aws_sdk_s3::types::BucketVersioningStatus::Enabled).build())
+        .send()
+        .await
+        .unwrap();
+    s3.put_bucket_notification_configuration()
+        .bucket(&bucket)
+        .notification_configuration(aws_sdk_s3::types::NotificationConfiguration::builder().event_bridge_configuration(aws_sdk_s3::types::EventBridgeConfiguration::builder().build()).build())
+        .send()
+        .await
+        .unwrap();
+    let table = unique("tamp-flow");
+    tamp_adapters_aws::DynamoStore::new(&cfg, &table).create_table().await.unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&cfg);
+    let ingest_q = SqsQueue::create(&cfg, &unique("tamp-ingest"), 5).await.unwrap();
+    let orch_q = SqsQueue::create(&cfg, &unique("tamp-orch"), 5).await.unwrap();
+    let tap_q = SqsQueue::create(&cfg, &unique("tamp-tap"), 5).await.unwrap();
+    let eb = aws_sdk_eventbridge::Client::new(&cfg);
+    // S3 uploads (default bus) → the ingest queue, as the Terraform module's rule does.
+    let rule = unique("tamp-uploads");
+    let pattern = serde_json::json!({ "source": ["aws.s3"], "detail-type": ["Object Created"], "detail": { "bucket": { "name": [bucket] }, "object": { "key": [{ "prefix": "uploads/" }] } } });
+    eb.put_rule().name(&rule).event_pattern(pattern.to_string()).send().await.unwrap();
+    eb.put_targets().rule(&rule).targets(aws_sdk_eventbridge::types::Target::builder().id("ingest").arn(queue_arn(&sqs, ingest_q.url()).await).build().unwrap()).send().await.unwrap();
+    // Tamp's events (team bus) → a queue the test hands to report and notify.
+    let bus = unique("tamp-bus");
+    eb.create_event_bus().name(&bus).send().await.unwrap();
+    let tap_rule = unique("tamp-tap");
+    eb.put_rule().name(&tap_rule).event_bus_name(&bus).event_pattern(r#"{"source":["tamp"]}"#).send().await.unwrap();
+    eb.put_targets().rule(&tap_rule).event_bus_name(&bus).targets(aws_sdk_eventbridge::types::Target::builder().id("tap").arn(queue_arn(&sqs, tap_q.url()).await).build().unwrap()).send().await.unwrap();
+    let (hook_url, hooks) = receiver();
+    let webhook_secret = "a-team-secret-of-some-length".to_owned();
+    let settings = Settings {
+        bucket,
+        table,
+        queue_url: orch_q.url().to_owned(),
+        dlq_url: String::new(),
+        event_bus: bus,
+        batch_queue: std::env::var("TAMP_TEST_BATCH_QUEUE").unwrap(),
+        batch_job_definition: std::env::var("TAMP_TEST_BATCH_JOBDEF").unwrap(),
+        batch_attempts: 1,
+        retry: RetryPolicy { max_attempts: 3, base_delay_s: 0, max_delay_s: 0 },
+        public_url: "https://tamp.example.com".into(),
+        rate_limit: 1000,
+        slack_webhook_url: Some(format!("{hook_url}/slack")),
+        teams_webhook_url: Some(format!("{hook_url}/teams")),
+        webhook_urls: vec![format!("{hook_url}/hook")],
+        webhook_secret: webhook_secret.clone(),
+        ..Settings::default()
+    };
+    let svc = settings.services().await;
+    let runner = AwsBatchRunner::new(&cfg, &settings.batch_queue, &settings.batch_job_definition, 1);
+    Stack { svc, s3, sqs, ingest_q: ingest_q.url().to_owned(), orch_q: orch_q.url().to_owned(), tap_q: tap_q.url().to_owned(), runner, hooks, webhook_secret, settings }
+}
+
+impl Stack {
+    /// Waits up to `secs` for messages on a queue, as Lambda's SQS poller would, and wraps
+    /// them in an SQS event shaped like `events/sqs-ingest.json`'s records.
+    async fn poll(&self, url: &str, secs: u64) -> (SqsEvent, Vec<String>) {
+        let template = sample("sqs-ingest.json")["Records"][1].clone();
+        let mut records = Vec::new();
+        let mut receipts = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            let out = self.sqs.receive_message().queue_url(url).max_number_of_messages(10).wait_time_seconds(1).visibility_timeout(30).send().await.unwrap();
+            for m in out.messages() {
+                let mut r = template.clone();
+                r["messageId"] = m.message_id().unwrap().into();
+                r["receiptHandle"] = m.receipt_handle().unwrap().into();
+                r["body"] = m.body().unwrap().into();
+                records.push(r);
+                receipts.push(m.receipt_handle().unwrap().to_owned());
+            }
+            if !records.is_empty() {
+                break;
+            }
+        }
+        (serde_json::from_value(serde_json::json!({ "Records": records })).unwrap(), receipts)
+    }
+
+    async fn delete(&self, url: &str, receipts: &[String]) {
+        for r in receipts {
+            self.sqs.delete_message().queue_url(url).receipt_handle(r).send().await.unwrap();
+        }
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) {
+        self.s3.put_object().bucket(&self.settings.bucket).key(key).body(bytes.into()).send().await.unwrap();
+    }
+
+    /// Runs the ingest handler on whatever reached the ingest queue; `times` deliveries.
+    async fn run_ingest(&self, times: usize) {
+        let (event, receipts) = self.poll(&self.ingest_q, 20).await;
+        assert!(!event.records.is_empty(), "the S3 notification never reached the ingest queue");
+        for _ in 0..times {
+            let resp = ingest::handle(&self.svc, event.clone()).await.unwrap();
+            assert!(resp.batch_item_failures.is_empty());
+        }
+        self.delete(&self.ingest_q, &receipts).await;
+    }
+
+    /// Hands everything on the orchestrator queue to the orchestrator, `times` deliveries each.
+    async fn run_orchestrator(&self, times: usize, secs: u64) -> usize {
+        let (event, receipts) = self.poll(&self.orch_q, secs).await;
+        let n = event.records.len();
+        for _ in 0..times {
+            let out = orchestrator::handle(&self.svc, serde_json::to_value(&event).unwrap()).await.unwrap();
+            let orchestrator::Outcome::Batch(resp) = out else { panic!("not a batch outcome") };
+            assert!(resp.batch_item_failures.is_empty());
+        }
+        self.delete(&self.orch_q, &receipts).await;
+        n
+    }
+
+    /// Sends a Batch Job State Change for `run` to the orchestrator queue, as the rule would.
+    async fn state_change(&self, run: &StageRun, status: &str, exit: Option<i64>) {
+        let (id, _) = self.runner.find(run).await.unwrap().into_iter().next().expect("no Batch job for the run");
+        let mut e = sample("batch-job-state-change.json");
+        let d = &mut e["detail"];
+        d["jobId"] = id.clone().into();
+        d["jobArn"] = format!("arn:aws:batch:us-east-1:123456789012:job/{id}").into();
+        d["jobName"] = run.name().into();
+        d["status"] = status.into();
+        d["parameters"] = serde_json::json!({ "job": run.job, "stage": run.stage.to_string(), "attempt": run.attempt.to_string() });
+        match exit {
+            Some(code) => {
+                d["container"]["exitCode"] = code.into();
+                d["attempts"][0]["container"] = serde_json::json!({ "exitCode": code, "reason": "Essential container in task exited" });
+            }
+            None => {
+                d["container"].as_object_mut().unwrap().remove("exitCode");
+                d["attempts"] = serde_json::json!([]);
+                d.as_object_mut().unwrap().remove("stoppedAt");
+            }
+        }
+        self.sqs.send_message().queue_url(&self.orch_q).message_body(e.to_string()).send().await.unwrap();
+    }
+
+    /// Plays the Batch container for `run`: the submitted job's parameters → the worker binary.
+    async fn play_container(&self, run: &StageRun, envs: &[(&str, &str)]) -> std::process::ExitStatus {
+        let (id, _) = self.runner.find(run).await.unwrap().into_iter().next().expect("no Batch job for the run");
+        let batch = aws_sdk_batch::Client::new(&aws_config().await);
+        let job = batch.describe_jobs().jobs(&id).send().await.unwrap().jobs()[0].clone();
+        let p = job.parameters().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(worker_bin());
+        cmd.args(["worker", "--job", &p["job"], "--stage", &p["stage"], "--attempt", &p["attempt"]])
+            .current_dir(root())
+            .env("TAMP_BUCKET", &self.settings.bucket)
+            .env("TAMP_TABLE", &self.settings.table)
+            .env("TAMP_SCRATCH", scratch.path())
+            .env("AWS_BATCH_JOB_ATTEMPT", "1");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.status().unwrap()
+    }
+
+    /// Hands the team bus's events to the report and notify handlers; returns their kinds.
+    async fn run_subscribers(&self, secs: u64) -> Vec<String> {
+        let (event, receipts) = self.poll(&self.tap_q, secs).await;
+        let targets = self.settings.webhooks().unwrap();
+        let mut kinds = Vec::new();
+        for r in &event.records {
+            let envelope: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+            kinds.push(envelope["detail-type"].as_str().unwrap().to_owned());
+            report::handle(&self.svc, envelope.clone()).await.unwrap();
+            notify::handle(&targets, envelope).await.unwrap();
+        }
+        self.delete(&self.tap_q, &receipts).await;
+        kinds
+    }
+
+    async fn only_job(&self) -> tamp_domain::job::Job {
+        let jobs = self.svc.meta.list_jobs(None, 100).await.unwrap();
+        assert_eq!(jobs.len(), 1, "exactly one job: {:?}", jobs.iter().map(|j| &j.id).collect::<Vec<_>>());
+        jobs.into_iter().next().unwrap()
+    }
+}
+
+fn cnn_file(name: &str) -> Vec<u8> {
+    let p = root().join("models/fmnist-resnet8").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run `make models`)", p.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_flow_on_the_emulator() {
+    let st = stack().await;
+    for f in ["model.onnx", "calib.npz", "eval.npz"] {
+        st.put(&format!("uploads/vision/fmnist/v1/{f}"), cnn_file(f)).await;
+    }
+    st.put("uploads/vision/fmnist/v1/recipe.yaml", std::fs::read(root().join("configs/policy_examples/ptq_8bit.yaml")).unwrap()).await;
+
+    // S3 → EventBridge → SQS → ingest, delivered twice: one job, stages planned.
+    st.run_ingest(2).await;
+    let job = st.only_job().await;
+    assert_eq!((job.project.as_str(), job.model.as_str(), job.version.as_str()), ("vision", "fmnist", "v1"));
+    assert_eq!(job.stages.len(), 1);
+
+    // The Advance message delivered twice: one Batch job.
+    assert_eq!(st.run_orchestrator(2, 10).await, 1);
+    let a1 = StageRun { job: job.id.clone(), stage: 0, attempt: 1 };
+    assert_eq!(st.runner.find(&a1).await.unwrap().len(), 1, "one Batch job for one stage attempt");
+
+    // Attempt 1: the container dies after the artifact upload, before the manifest.
+    let marker = tempfile::tempdir().unwrap();
+    let crash = marker.path().join("crashed");
+    let status = st.play_container(&a1, &[("TAMP_FAULT_CRASH_AFTER_ARTIFACT", crash.to_str().unwrap())]).await;
+    assert!(!status.success() && crash.exists(), "the fault hook fired: {status}");
+    st.state_change(&a1, "RUNNING", None).await;
+    st.state_change(&a1, "FAILED", Some(137)).await;
+    st.run_orchestrator(1, 10).await;
+    let j = st.svc.meta.get_job(&job.id).await.unwrap().unwrap();
+    assert_eq!((j.stages[0].attempt, j.state.as_str()), (2, "running"), "retried: {j:?}");
+
+    // Attempt 2 runs to the end; its events arrive out of order and twice, with attempt 1's
+    // RUNNING replayed late.
+    let a2 = StageRun { attempt: 2, ..a1.clone() };
+    assert_eq!(st.runner.find(&a2).await.unwrap().len(), 1);
+    assert!(st.play_container(&a2, &[]).await.success());
+    st.state_change(&a2, "SUCCEEDED", Some(0)).await;
+    st.state_change(&a2, "RUNNING", None).await;
+    st.state_change(&a1, "RUNNING", None).await;
+    st.state_change(&a2, "SUCCEEDED", Some(0)).await;
+    while st.run_orchestrator(1, 3).await > 0 {}
+    let j = st.svc.meta.get_job(&job.id).await.unwrap().unwrap();
+    assert_eq!(j.state.as_str(), "succeeded", "{j:?}");
+    let keys = st.svc.store.list(&format!("artifacts/{}/0/", job.id)).await.unwrap();
+    let models: Vec<_> = keys.iter().filter(|k| k.ends_with(".onnx")).collect();
+    assert_eq!(models.len(), 1, "one artifact despite the crash and the retry: {keys:?}");
+
+    // job.succeeded on the bus → report and notify.
+    let mut kinds = st.run_subscribers(10).await;
+    kinds.extend(st.run_subscribers(3).await); // report.ready, published by the report handler
+    assert!(kinds.iter().any(|k| k == "tamp.job.succeeded") && kinds.iter().any(|k| k == "tamp.report.ready"), "{kinds:?}");
+    assert!(st.svc.store.head(&tamp_control::report_key(&job.id)).await.unwrap().is_some(), "report stored");
+    let hooks = st.hooks.lock().unwrap().clone();
+    let signed = hooks.iter().find(|(p, _, b)| p == "/hook" && String::from_utf8_lossy(b).contains("tamp.job.succeeded")).expect("generic webhook got job.succeeded");
+    let sig = signed.1.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("x-tamp-signature:").map(|v| v.trim().to_owned())).unwrap();
+    assert!(tamp_control::notify::verify(st.webhook_secret.as_bytes(), &signed.2, &sig), "valid HMAC");
+    let slack: serde_json::Value = hooks.iter().find(|(p, _, b)| p == "/slack" && String::from_utf8_lossy(b).contains("succeeded")).map(|(_, _, b)| serde_json::from_slice(b).unwrap()).expect("Slack got a message");
+    assert!(slack["text"].as_str().unwrap().contains(&job.id), "{slack}");
+    assert!(hooks.iter().any(|(p, _, b)| p == "/teams" && String::from_utf8_lossy(b).contains("AdaptiveCard")));
+
+    // GET /models/{id}/best through the api handler, from an API Gateway v2 event.
+    let (rec, token) = tamp_control::auth::mint("ci-bot", "vision", tamp_ports::Role::Viewer, Duration::from_secs(600), "test", tamp_ports::Clock::now(&tamp_ports::SystemClock));
+    st.svc.meta.put_token(&rec).await.unwrap();
+    let mut event = sample("apigw-v2-get-best.json");
+    event["headers"]["authorization"] = format!("Bearer {token}").into();
+    let req = lambda_http::request::from_str(&event.to_string()).unwrap();
+    let req = req.map(|b| axum::body::Body::from(b.to_vec()));
+    let router = api::router(&st.settings, st.svc.clone()).await.unwrap();
+    let resp = tower::ServiceExt::oneshot(router, req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let best: serde_json::Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+    assert_eq!(best["key"], models[0].as_str(), "{best}");
+    let bytes = reqwest::get(best["uri"].as_str().unwrap()).await.unwrap().bytes().await.unwrap();
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), best["sha256"].as_str().unwrap(), "the presigned link serves the artifact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_uploads_fail_with_the_reason_and_write_nothing_else() {
+    let st = stack().await;
+    // A recipe with a typo: failed at ingest, naming the file and the line.
+    for f in ["model.onnx", "eval.npz"] {
+        st.put(&format!("uploads/vision/fmnist/v2/{f}"), cnn_file(f)).await;
+    }
+    st.put("uploads/vision/fmnist/v2/recipe.yaml", b"policy:\n  name: typo\n  stagez:\n    - ptq: {}\n".to_vec()).await;
+    st.run_ingest(1).await;
+    let job = st.only_job().await;
+    let reason = job.reason.clone().unwrap();
+    assert_eq!(job.state.as_str(), "failed");
+    assert!(reason.contains("uploads/vision/fmnist/v2/recipe.yaml") && reason.contains("line 3") && reason.contains("stagez"), "{reason}");
+    assert_eq!(st.run_orchestrator(1, 3).await, 0, "nothing queued for a failed job");
+    assert!(st.runner.find(&StageRun { job: job.id.clone(), stage: 0, attempt: 1 }).await.unwrap().is_empty(), "nothing submitted");
+    assert!(st.svc.store.list(&format!("artifacts/{}/", job.id)).await.unwrap().is_empty());
+    let kinds = st.run_subscribers(10).await;
+    assert!(kinds.contains(&"tamp.job.failed".to_owned()), "{kinds:?}");
+    assert!(st.hooks.lock().unwrap().iter().any(|(p, _, b)| p == "/slack" && String::from_utf8_lossy(b).contains("stagez")), "the team channel heard why");
+
+    // A corrupt model: the container exits 3, the job fails at once with the worker's reason.
+    st.put("uploads/vision/broken/v1/model.onnx", b"this is not an ONNX model".to_vec()).await;
+    st.put("uploads/vision/broken/v1/eval.npz", cnn_file("eval.npz")).await;
+    st.put("uploads/vision/broken/v1/recipe.yaml", std::fs::read(root().join("configs/policy_examples/ptq_8bit.yaml")).unwrap()).await;
+    st.run_ingest(1).await;
+    let broken = st.svc.meta.list_jobs(None, 10).await.unwrap().into_iter().find(|j| j.model == "broken").unwrap();
+    st.run_orchestrator(1, 10).await;
+    let run = StageRun { job: broken.id.clone(), stage: 0, attempt: 1 };
+    let status = st.play_container(&run, &[]).await;
+    assert_eq!(status.code(), Some(3), "bad input exit status");
+    st.state_change(&run, "FAILED", Some(3)).await;
+    st.run_orchestrator(1, 10).await;
+    let j = st.svc.meta.get_job(&broken.id).await.unwrap().unwrap();
+    let reason = j.reason.clone().unwrap_or_default();
+    assert_eq!((j.state.as_str(), j.stages[0].attempt), ("failed", 1), "not retried: {j:?}");
+    assert!(reason.contains("uploads/vision/broken/v1/model.onnx") && reason.contains("not a valid ONNX model"), "{reason}");
+    let written = st.svc.store.list(&format!("artifacts/{}/", broken.id)).await.unwrap();
+    assert!(written.iter().all(|k| k.ends_with(".error.json")), "only the failure record: {written:?}");
+    assert!(st.svc.meta.best_artifact("vision.broken", "onnxruntime").await.unwrap().is_none());
+    let kinds = st.run_subscribers(10).await;
+    assert!(kinds.contains(&"tamp.job.failed".to_owned()), "{kinds:?}");
+}
