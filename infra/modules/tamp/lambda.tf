@@ -1,0 +1,269 @@
+# The five functions: provided.al2023 with the `bootstrap` from `make package`.
+resource "aws_lambda_function" "fn" {
+  #checkov:skip=CKV_AWS_117: the functions only call AWS APIs and team webhooks; a VPC adds NAT cost and cold-start time without isolating anything here
+  #checkov:skip=CKV_AWS_272: code signing needs a signing profile per team; zips are built reproducibly by `make package` and checked by sha256 below
+  for_each                       = local.functions
+  function_name                  = "${var.name}-${each.key}"
+  description                    = each.value.description
+  role                           = aws_iam_role.fn[each.key].arn
+  runtime                        = "provided.al2023"
+  handler                        = "bootstrap"
+  architectures                  = [var.lambda_architecture]
+  filename                       = "${var.lambda_package_dir}/tamp-${each.key}/bootstrap.zip"
+  source_code_hash               = filebase64sha256("${var.lambda_package_dir}/tamp-${each.key}/bootstrap.zip")
+  memory_size                    = each.value.memory
+  timeout                        = each.value.timeout
+  reserved_concurrent_executions = lookup(var.lambda_reserved_concurrency, each.key, 5)
+  kms_key_arn                    = aws_kms_key.tamp.arn
+
+  environment {
+    variables = merge(local.common_env, local.function_env[each.key])
+  }
+
+  logging_config {
+    log_format = "JSON"
+    log_group  = aws_cloudwatch_log_group.fn[each.key].name
+  }
+
+  tracing_config {
+    mode = "Active"
+  }
+
+  dead_letter_config {
+    target_arn = aws_sqs_queue.dlq["events"].arn
+  }
+
+  tags = local.tags
+}
+
+resource "aws_cloudwatch_log_group" "fn" {
+  for_each          = local.functions
+  name              = "/aws/lambda/${var.name}-${each.key}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.tamp.arn
+  tags              = local.tags
+}
+
+resource "aws_lambda_event_source_mapping" "ingest" {
+  event_source_arn                   = aws_sqs_queue.main["ingest"].arn
+  function_name                      = aws_lambda_function.fn["ingest"].arn
+  batch_size                         = 10
+  maximum_batching_window_in_seconds = 1
+  function_response_types            = ["ReportBatchItemFailures"]
+}
+
+resource "aws_lambda_event_source_mapping" "orchestrator" {
+  event_source_arn                   = aws_sqs_queue.main["orchestrator"].arn
+  function_name                      = aws_lambda_function.fn["orchestrator"].arn
+  batch_size                         = 10
+  maximum_batching_window_in_seconds = 1
+  function_response_types            = ["ReportBatchItemFailures"]
+}
+
+# --- IAM: one role per function, each with only what its handler touches ---------------
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "fn" {
+  for_each           = local.functions
+  name               = "${var.name}-${each.key}"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+  tags               = local.tags
+}
+
+resource "aws_iam_role_policy" "fn" {
+  for_each = local.functions
+  name     = "tamp"
+  role     = aws_iam_role.fn[each.key].id
+  policy = {
+    api          = data.aws_iam_policy_document.fn_api.json
+    ingest       = data.aws_iam_policy_document.fn_ingest.json
+    orchestrator = data.aws_iam_policy_document.fn_orchestrator.json
+    report       = data.aws_iam_policy_document.fn_report.json
+    notify       = data.aws_iam_policy_document.fn_notify.json
+  }[each.key]
+}
+
+locals {
+  table_arns = [aws_dynamodb_table.meta.arn, "${aws_dynamodb_table.meta.arn}/index/*"]
+  table_rw   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:ConditionCheckItem", "dynamodb:TransactWriteItems", "dynamodb:BatchGetItem"]
+  batch_jobs = [aws_batch_job_queue.cpu.arn, aws_batch_job_queue.gpu.arn, "arn:${local.partition}:batch:${local.region}:${local.account}:job-definition/${var.name}-worker-*", "arn:${local.partition}:batch:${local.region}:${local.account}:job/*"]
+}
+
+# Shared by every function: its own logs, the key, the async DLQ, X-Ray.
+data "aws_iam_policy_document" "fn_base" {
+  statement {
+    sid       = "Logs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = [for g in aws_cloudwatch_log_group.fn : "${g.arn}:*"]
+  }
+  statement {
+    sid       = "Key"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey", "kms:Encrypt"]
+    resources = [aws_kms_key.tamp.arn]
+  }
+  statement {
+    sid       = "AsyncDeadLetters"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.dlq["events"].arn]
+  }
+  statement {
+    sid       = "Tracing"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"] # X-Ray has no resource-level permissions
+  }
+}
+
+data "aws_iam_policy_document" "fn_api" {
+  source_policy_documents = [data.aws_iam_policy_document.fn_base.json]
+  statement {
+    sid       = "Objects"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = ["${aws_s3_bucket.data.arn}/uploads/*", "${aws_s3_bucket.data.arn}/artifacts/*", "${aws_s3_bucket.data.arn}/reports/*"]
+  }
+  statement {
+    sid       = "List"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+  }
+  statement {
+    sid       = "Table"
+    actions   = local.table_rw
+    resources = local.table_arns
+  }
+  statement {
+    sid       = "Queue"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.main["orchestrator"].arn]
+  }
+  statement {
+    sid       = "Bus"
+    actions   = ["events:PutEvents"]
+    resources = [aws_cloudwatch_event_bus.team.arn]
+  }
+  statement {
+    sid       = "Batch"
+    actions   = ["batch:SubmitJob", "batch:CancelJob", "batch:TerminateJob", "batch:TagResource"]
+    resources = local.batch_jobs
+  }
+  statement {
+    sid       = "BatchRead"
+    actions   = ["batch:ListJobs", "batch:DescribeJobs"]
+    resources = ["*"] # Batch's List/Describe have no resource-level permissions
+  }
+}
+
+data "aws_iam_policy_document" "fn_ingest" {
+  source_policy_documents = [data.aws_iam_policy_document.fn_base.json]
+  statement {
+    sid       = "Uploads"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/uploads/*"]
+  }
+  statement {
+    sid       = "List"
+    actions   = ["s3:ListBucket"] # a missing object answers 404, not 403
+    resources = [aws_s3_bucket.data.arn]
+  }
+  statement {
+    sid       = "Table"
+    actions   = local.table_rw
+    resources = local.table_arns
+  }
+  statement {
+    sid       = "Queues"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
+    resources = [aws_sqs_queue.main["ingest"].arn]
+  }
+  statement {
+    sid       = "Send"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.main["orchestrator"].arn]
+  }
+  statement {
+    sid       = "Bus"
+    actions   = ["events:PutEvents"]
+    resources = [aws_cloudwatch_event_bus.team.arn]
+  }
+}
+
+data "aws_iam_policy_document" "fn_orchestrator" {
+  source_policy_documents = [data.aws_iam_policy_document.fn_base.json]
+  statement {
+    sid       = "Manifests"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/artifacts/*"]
+  }
+  statement {
+    sid       = "List"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+  }
+  statement {
+    sid       = "Table"
+    actions   = local.table_rw
+    resources = local.table_arns
+  }
+  statement {
+    sid       = "Queue"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility", "sqs:SendMessage"]
+    resources = [aws_sqs_queue.main["orchestrator"].arn]
+  }
+  statement {
+    sid       = "Bus"
+    actions   = ["events:PutEvents"]
+    resources = [aws_cloudwatch_event_bus.team.arn]
+  }
+  statement {
+    sid       = "Batch"
+    actions   = ["batch:SubmitJob", "batch:CancelJob", "batch:TerminateJob", "batch:TagResource"]
+    resources = local.batch_jobs
+  }
+  statement {
+    sid       = "BatchRead"
+    actions   = ["batch:ListJobs", "batch:DescribeJobs"]
+    resources = ["*"] # Batch's List/Describe have no resource-level permissions
+  }
+}
+
+data "aws_iam_policy_document" "fn_report" {
+  source_policy_documents = [data.aws_iam_policy_document.fn_base.json]
+  statement {
+    sid       = "Read"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/artifacts/*"]
+  }
+  statement {
+    sid       = "List"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+  }
+  statement {
+    sid       = "Write"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.data.arn}/reports/*"]
+  }
+  statement {
+    sid       = "Table"
+    actions   = ["dynamodb:GetItem", "dynamodb:Query"]
+    resources = local.table_arns
+  }
+  statement {
+    sid       = "Bus"
+    actions   = ["events:PutEvents"]
+    resources = [aws_cloudwatch_event_bus.team.arn]
+  }
+}
+
+# notify only posts to the team's webhooks.
+data "aws_iam_policy_document" "fn_notify" {
+  source_policy_documents = [data.aws_iam_policy_document.fn_base.json]
+}

@@ -1,0 +1,156 @@
+variable "name" {
+  description = "Stack name: prefixes every resource (one stack per team, e.g. \"tamp-vision\"). Lowercase letters, digits and hyphens."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,30}$", var.name))
+    error_message = "name must be 3-31 characters of lowercase letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}
+
+variable "lambda_package_dir" {
+  description = "Folder holding <function>/bootstrap.zip as written by `make package` (dist/lambda)."
+  type        = string
+}
+
+variable "lambda_architecture" {
+  description = "Lambda architecture: arm64 (cheaper per GB-second) or x86_64; must match the zips `make package` built."
+  type        = string
+  default     = "arm64"
+
+  validation {
+    condition     = contains(["arm64", "x86_64"], var.lambda_architecture)
+    error_message = "lambda_architecture must be arm64 or x86_64."
+  }
+}
+
+variable "lambda_reserved_concurrency" {
+  description = "Reserved concurrency per function (caps cost and protects DynamoDB and Batch from bursts)."
+  type        = map(number)
+  default = {
+    api          = 50
+    ingest       = 10
+    orchestrator = 10
+    report       = 5
+    notify       = 5
+  }
+}
+
+variable "worker_image_tag" {
+  description = "Tag of the Batch worker image pushed to the stack's ECR repository (`make package` builds it; see README)."
+  type        = string
+  default     = "cpu-latest"
+}
+
+variable "worker_gpu_image_tag" {
+  description = "Tag of the GPU worker image (CUDA execution provider) in the same repository."
+  type        = string
+  default     = "gpu-latest"
+}
+
+variable "subnet_ids" {
+  description = "Private subnets (with a NAT or VPC endpoints to S3, DynamoDB, ECR, CloudWatch Logs) for the Batch compute environments."
+  type        = list(string)
+}
+
+variable "security_group_ids" {
+  description = "Security groups for Batch containers (egress to AWS endpoints only is enough)."
+  type        = list(string)
+}
+
+variable "cpu_max_vcpus" {
+  description = "Upper bound of Fargate vCPUs for CPU stages."
+  type        = number
+  default     = 64
+}
+
+variable "gpu_max_vcpus" {
+  description = "Upper bound of EC2 vCPUs for GPU stages (0 disables GPU capacity)."
+  type        = number
+  default     = 32
+}
+
+variable "gpu_instance_types" {
+  description = "GPU instance types for the GPU compute environments, in order of preference."
+  type        = list(string)
+  default     = ["g6.xlarge", "g6.2xlarge", "g5.xlarge", "g5.2xlarge"]
+}
+
+variable "jwt_issuer" {
+  description = "OIDC issuer URL whose JWTs the API accepts (API Gateway's authorizer and the api function both check them)."
+  type        = string
+}
+
+variable "jwt_audience" {
+  description = "Audience (client id) the JWTs must carry."
+  type        = string
+}
+
+variable "jwks_url" {
+  description = "The issuer's JWKS URL (RS256 keys); usually <issuer>/.well-known/jwks.json."
+  type        = string
+}
+
+variable "slack_webhook_url" {
+  description = "Slack incoming-webhook URL for the team channel (empty: none)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "teams_webhook_url" {
+  description = "Microsoft Teams (Workflows) webhook URL for the team channel (empty: none)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "webhook_urls" {
+  description = "Generic webhook URLs that receive every job event, HMAC-signed (X-Tamp-Signature)."
+  type        = list(string)
+  default     = []
+  sensitive   = true
+}
+
+variable "webhook_secret" {
+  description = "HMAC key for generic webhooks (at least 16 characters when webhook_urls is set)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "max_attempts" {
+  description = "Attempts per stage before a job fails (retryable failures only)."
+  type        = number
+  default     = 3
+}
+
+variable "retry_delay_s" {
+  description = "Seconds before a stage's second attempt (doubling after)."
+  type        = number
+  default     = 30
+}
+
+variable "log_retention_days" {
+  description = "CloudWatch Logs retention for functions, the API and Batch."
+  type        = number
+  default     = 365
+}
+
+variable "upload_expiry_days" {
+  description = "Days after which uploads (models and data under uploads/) expire; artifacts and reports are kept."
+  type        = number
+  default     = 90
+}
+
+variable "alarm_topic_arn" {
+  description = "SNS topic for DLQ alarms (empty: alarms without actions)."
+  type        = string
+  default     = ""
+}

@@ -1,0 +1,290 @@
+//! The Terraform module and the code cannot drift: parses `infra/modules/tamp/*.tf` with
+//! hcl-rs and checks the wiring — every crate under `functions/` has a Lambda (and the
+//! reverse), every variable the code requires is set, every queue and event target has a
+//! DLQ, no IAM statement grants a data-plane action on `*`, functions run `bootstrap` on
+//! provided.al2023 (arm64 by default), and every API route Terraform exposes exists in the
+//! router. Each check is proved to catch a planted mistake. (`make test` also runs
+//! `scripts/infra_check.py`: terraform fmt, Terraform's config loader, checkov.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use hcl::{Block, Body, Expression, ObjectKey};
+
+fn root() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())).join("..")
+}
+
+/// The module's files: (name, text).
+fn module_files() -> Vec<(String, String)> {
+    let dir = root().join("infra/modules/tamp");
+    let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tf"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+fn with_edit(files: &[(String, String)], file: &str, from: &str, to: &str) -> Vec<(String, String)> {
+    let mut out = files.to_vec();
+    let f = out.iter_mut().find(|(n, _)| n == file).unwrap();
+    assert!(f.1.contains(from), "{file} has no {from:?} to plant a mistake in");
+    f.1 = f.1.replacen(from, to, 1);
+    out
+}
+
+/// All top-level blocks of the module.
+fn blocks(files: &[(String, String)]) -> Vec<Block> {
+    files.iter().flat_map(|(name, text)| hcl::parse(text).unwrap_or_else(|e| panic!("{name}: {e}")).into_blocks()).collect()
+}
+
+fn labels(b: &Block) -> Vec<String> {
+    b.labels.iter().map(|l| l.as_str().to_owned()).collect()
+}
+
+fn find<'a>(all: &'a [Block], kind: &str, ty: &str) -> Vec<&'a Block> {
+    all.iter().filter(|b| b.identifier.as_str() == kind && labels(b).first().is_some_and(|t| t == ty)).collect()
+}
+
+fn attr<'a>(body: &'a Body, key: &str) -> Option<&'a Expression> {
+    body.attributes().find(|a| a.key.as_str() == key).map(|a| &a.expr)
+}
+
+fn key_name(k: &ObjectKey) -> String {
+    match k {
+        ObjectKey::Identifier(i) => i.as_str().to_owned(),
+        ObjectKey::Expression(Expression::String(s)) => s.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn object_keys(e: &Expression) -> BTreeSet<String> {
+    match e {
+        Expression::Object(o) => o.keys().map(key_name).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// `locals { name = … }` across the module.
+fn local<'a>(all: &'a [Block], name: &str) -> Option<&'a Expression> {
+    all.iter().filter(|b| b.identifier.as_str() == "locals").find_map(|b| attr(&b.body, name))
+}
+
+fn strings(e: &Expression) -> Vec<String> {
+    match e {
+        Expression::String(s) => vec![s.clone()],
+        Expression::Array(a) => a.iter().flat_map(strings).collect(),
+        Expression::TemplateExpr(t) => vec![t.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+/// Names in `src` appearing as `<call>("NAME"`.
+fn called_with(src: &str, call: &str) -> BTreeSet<String> {
+    src.match_indices(&format!("{call}(\"")).map(|(i, m)| src[i + m.len()..].split('"').next().unwrap_or_default().to_owned()).collect()
+}
+
+// --- the checks: each returns its findings ---------------------------------------------
+
+fn check_functions(files: &[(String, String)]) -> Vec<String> {
+    let all = blocks(files);
+    let mut out = Vec::new();
+    let crates: BTreeSet<String> = std::fs::read_dir(root().join("functions")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let declared = local(&all, "functions").map(object_keys).unwrap_or_default();
+    let resources = find(&all, "resource", "aws_lambda_function");
+    if resources.is_empty() {
+        out.push("no aws_lambda_function resource".into());
+    }
+    for c in crates.difference(&declared) {
+        out.push(format!("functions/{c} has no Lambda function in local.functions"));
+    }
+    for d in declared.difference(&crates) {
+        out.push(format!("local.functions.{d} has no crate under functions/"));
+    }
+    for r in resources {
+        let b = &r.body;
+        let lit = |k: &str| attr(b, k).map(strings).unwrap_or_default();
+        if lit("runtime") != ["provided.al2023"] {
+            out.push(format!("{:?}: runtime must be provided.al2023", labels(r)));
+        }
+        if lit("handler") != ["bootstrap"] {
+            out.push(format!("{:?}: handler must be bootstrap", labels(r)));
+        }
+        if !attr(b, "architectures").is_some_and(|e| format!("{e}").contains("var.lambda_architecture")) {
+            out.push(format!("{:?}: architectures must come from var.lambda_architecture", labels(r)));
+        }
+        if !b.blocks().any(|x| x.identifier.as_str() == "dead_letter_config") {
+            out.push(format!("{:?}: no dead_letter_config for async invocations", labels(r)));
+        }
+    }
+    let arch_default = find(&all, "variable", "lambda_architecture").first().and_then(|v| attr(&v.body, "default")).map(strings).unwrap_or_default();
+    if arch_default != ["arm64"] {
+        out.push(format!("var.lambda_architecture defaults to {arch_default:?}, not arm64"));
+    }
+    out
+}
+
+fn check_env(files: &[(String, String)]) -> Vec<String> {
+    let all = blocks(files);
+    let mut out = Vec::new();
+    let settings = std::fs::read_to_string(root().join("shared/lambda/src/settings.rs")).unwrap();
+    let common = local(&all, "common_env").map(object_keys).unwrap_or_default();
+    let mut set = common.clone();
+    if let Some(Expression::Object(per)) = local(&all, "function_env") {
+        for e in per.values() {
+            set.extend(object_keys(e));
+        }
+    }
+    for name in called_with(&settings, "req") {
+        if !common.contains(&name) {
+            out.push(format!("{name} is required by every function (settings.rs) but not in local.common_env"));
+        }
+    }
+    for name in &set {
+        if !tamp_lambda::ENV_VARS.contains(&name.as_str()) {
+            out.push(format!("{name} is set by Terraform but no function reads it (tamp_lambda::ENV_VARS)"));
+        }
+    }
+    let worker = std::fs::read_to_string(root().join("batch-workers/worker/src/lib.rs")).unwrap();
+    let worker_env = local(&all, "worker_env").map(|e| format!("{e}")).unwrap_or_default();
+    for name in called_with(&worker, "env_var") {
+        if !worker_env.contains(&format!("\"{name}\"")) {
+            out.push(format!("the worker requires {name} but local.worker_env does not set it"));
+        }
+    }
+    out
+}
+
+fn check_dead_letters(files: &[(String, String)]) -> Vec<String> {
+    let all = blocks(files);
+    let mut out = Vec::new();
+    for q in find(&all, "resource", "aws_sqs_queue") {
+        let name = labels(q)[1].clone();
+        if name != "dlq" && attr(&q.body, "redrive_policy").is_none() {
+            out.push(format!("aws_sqs_queue.{name} has no redrive_policy (DLQ)"));
+        }
+    }
+    for t in find(&all, "resource", "aws_cloudwatch_event_target") {
+        if !t.body.blocks().any(|b| b.identifier.as_str() == "dead_letter_config") {
+            out.push(format!("aws_cloudwatch_event_target.{} has no dead_letter_config", labels(t)[1]));
+        }
+    }
+    out
+}
+
+/// Actions that have no resource-level permissions (so `*` is the only choice).
+const STAR_OK: &[&str] = &["xray:PutTraceSegments", "xray:PutTelemetryRecords", "batch:ListJobs", "batch:DescribeJobs"];
+/// Key policies: `*` there means the key itself.
+const KEY_POLICIES: &[&str] = &["kms"];
+
+fn check_iam(files: &[(String, String)]) -> Vec<String> {
+    let all = blocks(files);
+    let mut out = Vec::new();
+    for doc in find(&all, "data", "aws_iam_policy_document") {
+        let name = labels(doc)[1].clone();
+        for st in doc.body.blocks().filter(|b| b.identifier.as_str() == "statement") {
+            let deny = attr(&st.body, "effect").map(strings).is_some_and(|e| e == ["Deny"]);
+            let resources = attr(&st.body, "resources").map(strings).unwrap_or_default();
+            let actions = attr(&st.body, "actions").map(strings).unwrap_or_default();
+            if st.body.blocks().any(|b| b.identifier.as_str() == "principals") && attr(&st.body, "resources").is_none() {
+                continue; // an assume-role policy
+            }
+            if attr(&st.body, "resources").is_none() {
+                out.push(format!("{name}: a statement names no resources"));
+            }
+            if !deny && !KEY_POLICIES.contains(&name.as_str()) && resources.iter().any(|r| r == "*") {
+                for a in actions.iter().filter(|a| !STAR_OK.contains(&a.as_str())) {
+                    out.push(format!("{name}: {a} on \"*\""));
+                }
+            }
+            if !deny && actions.iter().any(|a| a.ends_with(":*")) && !KEY_POLICIES.contains(&name.as_str()) {
+                out.push(format!("{name}: wildcard action in {actions:?}"));
+            }
+        }
+    }
+    out
+}
+
+fn check_routes(files: &[(String, String)]) -> Vec<String> {
+    let all = blocks(files);
+    let api = std::fs::read_to_string(root().join("shared/control/src/api.rs")).unwrap();
+    let mut served = BTreeSet::new();
+    for (i, m) in api.match_indices(".route(\"") {
+        let rest = &api[i + m.len()..];
+        let path = rest.split('"').next().unwrap_or_default();
+        let line = rest.lines().next().unwrap_or_default();
+        for method in ["get", "post", "put", "delete"] {
+            if line.contains(&format!("{method}(")) {
+                served.insert(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut exposed = local(&all, "routes").map(object_keys).unwrap_or_default();
+    for r in find(&all, "resource", "aws_apigatewayv2_route") {
+        if let Some(e) = attr(&r.body, "for_each") {
+            exposed.extend(strings(&Expression::Array(match e {
+                Expression::FuncCall(f) => f.args.clone(),
+                _ => vec![],
+            })));
+        }
+    }
+    for route in exposed.iter().filter(|r| r.contains(' ')) {
+        if !served.contains(route) {
+            out.push(format!("API Gateway routes {route} but the api router does not serve it"));
+        }
+    }
+    out
+}
+
+// --- tests ------------------------------------------------------------------------------
+
+#[test]
+fn the_module_is_wired_to_the_code() {
+    let files = module_files();
+    let findings: Vec<String> = [check_functions(&files), check_env(&files), check_dead_letters(&files), check_iam(&files), check_routes(&files)].concat();
+    assert!(findings.is_empty(), "infra/modules/tamp drifted from the code:\n{}", findings.join("\n"));
+}
+
+#[test]
+fn a_function_without_a_resource_is_caught() {
+    let planted = with_edit(&module_files(), "main.tf", "    notify       = { memory = 256", "    # notify removed = { memory = 256");
+    let f = check_functions(&planted);
+    assert!(f.iter().any(|m| m.contains("functions/notify has no Lambda")), "{f:?}");
+}
+
+#[test]
+fn a_target_without_a_dead_letter_queue_is_caught() {
+    let planted = with_edit(&module_files(), "events.tf", "  dead_letter_config {\n    arn = aws_sqs_queue.dlq[\"events\"].arn\n  }\n}\n\n# Batch", "}\n\n# Batch");
+    let f = check_dead_letters(&planted);
+    assert!(f.iter().any(|m| m.contains("aws_cloudwatch_event_target.uploads has no dead_letter_config")), "{f:?}");
+    let planted = with_edit(&module_files(), "queues.tf", "  redrive_policy = jsonencode({", "  not_a_redrive_policy = jsonencode({");
+    assert!(check_dead_letters(&planted).iter().any(|m| m.contains("aws_sqs_queue.main has no redrive_policy")));
+}
+
+#[test]
+fn a_star_resource_on_a_data_plane_action_is_caught() {
+    let planted = with_edit(&module_files(), "lambda.tf", "actions   = [\"s3:GetObject\"]\n    resources = [\"${aws_s3_bucket.data.arn}/uploads/*\"]", "actions   = [\"s3:GetObject\"]\n    resources = [\"*\"]");
+    let f = check_iam(&planted);
+    assert!(f.iter().any(|m| m.contains("s3:GetObject on \"*\"")), "{f:?}");
+}
+
+#[test]
+fn a_missing_environment_variable_is_caught() {
+    let planted = with_edit(&module_files(), "main.tf", "    TAMP_TABLE                = aws_dynamodb_table.meta.name\n", "");
+    let f = check_env(&planted);
+    assert!(f.iter().any(|m| m.contains("TAMP_TABLE is required")), "{f:?}");
+    let planted = with_edit(&module_files(), "main.tf", "TAMP_RETRY_DELAY_S ", "TAMP_RETRY_DELAY_MS");
+    assert!(check_env(&planted).iter().any(|m| m.contains("TAMP_RETRY_DELAY_MS is set by Terraform but no function reads it")));
+}
+
+#[test]
+fn a_route_the_router_lacks_is_caught() {
+    let planted = with_edit(&module_files(), "api.tf", "\"GET /audit\"", "\"GET /audits\"");
+    assert!(check_routes(&planted).iter().any(|m| m.contains("GET /audits")));
+}
