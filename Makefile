@@ -47,7 +47,7 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: help run test bench bench-eval bench-ptq bench-api moto infra-tools infra-check package worker-image build build-release ort venv data models lint clean
+.PHONY: help run test bench bench-eval bench-ptq bench-api moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -56,6 +56,7 @@ help:
 	@echo "make bench-ptq   Tamp's int8 PTQ beside onnxruntime.quantization (metric, latency, size, time, RSS)"
 	@echo "make bench-api   tamp serve's API latency (P50/P95/P99) at 500 and 5000 requests/min, loopback"
 	@echo "make package     Lambda zips (cargo lambda) in dist/lambda and the Batch worker in dist/worker, with sizes"
+	@echo "make package-smoke  run each packaged bootstrap on one sample event (moto + a Lambda Runtime API stand-in)"
 	@echo "make infra-check terraform fmt + config load + checkov on infra/ (offline; part of make test)"
 
 ## --- set-up -----------------------------------------------------------------------------
@@ -220,3 +221,7 @@ bench-ptq: build-release venv models
 
 clean:
 	rm -rf $(DEPS) $(VENV) .venv-moto $(MODELS) baseline.json
+
+# Opt-in: each zipped bootstrap started as Lambda starts it, one sample event each (slow: needs `make package`).
+package-smoke: package moto
+	scripts/with_moto.sh .venv-moto/bin/python scripts/lambda_smoke.py
