@@ -129,8 +129,13 @@ async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<
     let sha = metadata["sha256"].as_str().ok_or_else(|| anyhow!("best.json has no sha256"))?.to_owned();
     let base = format!("artifacts/{}/{}", run.job, run.stage);
     let (artifact_key, metadata_key) = (format!("{base}/{sha}.onnx"), format!("{base}/{sha}.json"));
-    // Immutable: a retry that produced the same bytes finds them there (not an error).
-    files.put_if_absent_file(&artifact_key, &out.join("best.onnx")).await?;
+    // Immutable: a retry that produced the same bytes finds them there (not an error) — but
+    // a key that exists with another size is not the same content, and that is an error.
+    let local_size = std::fs::metadata(out.join("best.onnx"))?.len();
+    if files.put_if_absent_file(&artifact_key, &out.join("best.onnx")).await? == tamp_ports::PutOutcome::Exists {
+        let stored = files.head(&artifact_key).await?.map(|m| m.size);
+        anyhow::ensure!(stored == Some(local_size), "{artifact_key} exists with {stored:?} bytes, this attempt made {local_size}: content-addressed keys must not differ");
+    }
     if std::env::var_os("TAMP_FAULT_CRASH_AFTER_ARTIFACT").is_some_and(|m| std::fs::OpenOptions::new().write(true).create_new(true).open(m).is_ok()) {
         die();
     }
@@ -138,8 +143,7 @@ async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<
     for name in ["candidates.json", "manifest.json"] {
         files.put(&format!("{base}/attempt-{}/{name}", run.attempt), std::fs::read(out.join(name))?).await?;
     }
-    let size_bytes = std::fs::metadata(out.join("best.onnx"))?.len();
-    let manifest = StageManifest { output: StageOutput { artifact_key, sha256: sha, size_bytes, metadata_key }, metadata };
+    let manifest = StageManifest { output: StageOutput { artifact_key, sha256: sha, size_bytes: local_size, metadata_key }, metadata };
     files.put(&stage_manifest_key(run), serde_json::to_vec_pretty(&manifest)?).await?;
     Ok(())
 }
