@@ -379,3 +379,73 @@ fn weight_only_4bit_of_minilm() {
     let cosine = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["metrics"]["cosine"].as_f64().unwrap();
     assert!(cosine >= 0.96, "cosine {cosine}");
 }
+
+/// Weight clustering of the reference CNN (16 clusters per layer, then int8 on the clustered
+/// model): the clustered candidate's coded artifact is ≥ 6× smaller than the fp32 file with
+/// its top-1 drop reported, its weights take at most 16 values per layer once ONNX Runtime
+/// folds them, the int8 step runs on it, and every output passes onnx.checker and loads in
+/// Python onnxruntime; the same seed gives the same file.
+#[test]
+fn clustering_then_int8_on_the_reference_cnn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
+    let calib = model.with_file_name("calib.npz");
+    let recipe = root().join("configs/policy_examples/cluster16.yaml");
+    let (out, again) = (dir.path().join("out"), dir.path().join("again"));
+    for o in [&out, &again] {
+        let r = compress(&model, &recipe, &calib, &eval, o);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let list = cands["candidates"].as_array().unwrap();
+    let clustered = list.iter().find(|c| c["technique"] == "clustering").expect("a clustering candidate");
+    let d = &clustered["details"];
+    assert!(d["coded_compression_ratio"].as_f64().unwrap() >= 6.0, "{d}");
+    assert!(d["index_entropy_bits_per_weight"].as_f64().unwrap() <= 4.0 + 1e-9);
+    assert!(clustered["metric_drop_pct"].as_f64().unwrap() < 2.0, "{clustered}");
+    let int8 = list.iter().find(|c| c["technique"] == "ptq" && c["stage"] == 1).expect("int8 built on the clustered model");
+    assert!(int8["metric_drop_pct"].as_f64().is_some());
+    for c in list {
+        let f = out.join(c["file"].as_str().unwrap());
+        let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(&f));
+        assert!(check.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&check.stderr));
+    }
+    let file = clustered["file"].as_str().unwrap();
+    assert_eq!(std::fs::read(out.join(file)).unwrap(), std::fs::read(again.join(file)).unwrap(), "clustering must be deterministic");
+    let int8_ops = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(int8["file"].as_str().unwrap())));
+    let ops: serde_json::Value = serde_json::from_slice(&int8_ops.stdout).unwrap();
+    assert!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0) >= 9, "the int8 step sees plain weights again: {ops}");
+
+    // Per-channel codebooks (GatherElements + Reshape) load and run too.
+    let per_channel = dir.path().join("per-channel.yaml");
+    std::fs::write(&per_channel, "policy:\n  name: pc\n  stages:\n    - cluster: {clusters: 16, granularity: per_channel}\nobjective: size\nconstraints: {max_metric_drop_pct: 5}\n").unwrap();
+    let pc_out = dir.path().join("pc");
+    let r = compress(&model, &per_channel, &calib, &eval, &pc_out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(pc_out.join("best.onnx")));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
+
+/// Truncated SVD of all-MiniLM-L6-v2's FFN layers at half their parameters: the factorised
+/// model passes onnx.checker, runs in Python onnxruntime, halves those layers' parameters,
+/// and reports its cosine similarity to fp32.
+#[test]
+fn svd_of_the_minilm_ffn_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "all-minilm-l6-v2").unwrap();
+    let recipe = dir.path().join("svd.yaml");
+    std::fs::write(&recipe, "policy:\n  name: svd\n  stages:\n    - lowrank: {method: svd, target_ratio: 0.5, min_params: 500000}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 64, latency_runs: 5}\nobjective: size\n").unwrap();
+    let out = dir.path().join("out");
+    let r = compress(&model, &recipe, &eval, &eval, &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let c = &cands["candidates"][0];
+    let layers = c["details"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 12, "two FFN MatMuls per layer × 6: {}", c["details"]);
+    let (before, after) = (c["details"]["params_before"].as_f64().unwrap(), c["details"]["params_after"].as_f64().unwrap());
+    assert!((after / before - 0.5).abs() < 0.01, "{after} / {before}");
+    let cosine = c["measured"]["value"].as_f64().unwrap();
+    assert!(cosine > 0.3 && cosine < 1.0, "cosine reported: {cosine}");
+    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(c["file"].as_str().unwrap())));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}

@@ -81,8 +81,9 @@ pub enum Stage {
     // Known techniques this build does not run yet; their settings are kept as written so a
     // newer Tamp reads the same recipe.
     Pruning(serde_yaml_ng::Value),
-    Lowrank(serde_yaml_ng::Value),
-    Clustering(serde_yaml_ng::Value),
+    Lowrank(LowrankStage),
+    #[serde(alias = "cluster")]
+    Clustering(ClusterStage),
     Distillation(serde_yaml_ng::Value),
     Qat(serde_yaml_ng::Value),
     Search(serde_yaml_ng::Value),
@@ -100,6 +101,71 @@ impl Stage {
             Stage::Search(_) => "search",
         }
     }
+}
+
+/// Weight clustering: each layer's weights become indices into a small codebook (k-means,
+/// k-means++ initialisation, seeded), stored as uint8 indices + float codebook and rebuilt
+/// with standard ops (ONNX Runtime folds them at load).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterStage {
+    /// Codebook size per group: 2..=256 (16, 64, 256 are the usual ones).
+    pub clusters: u32,
+    pub granularity: ClusterGranularity,
+    /// Layers with fewer weights than this stay as they are.
+    pub min_elements: usize,
+    pub seed: u64,
+    /// Lloyd iterations at most.
+    pub iterations: u32,
+    /// Fold BatchNorm into the preceding Conv/Gemm first (so the clustered weights carry it).
+    pub fold_batch_norm: bool,
+}
+
+impl Default for ClusterStage {
+    fn default() -> Self {
+        Self { clusters: 16, granularity: ClusterGranularity::PerLayer, min_elements: 256, seed: 0, iterations: 30, fold_batch_norm: true }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterGranularity {
+    /// One codebook per layer.
+    PerLayer,
+    /// One codebook per output channel.
+    PerChannel,
+}
+
+/// Low-rank factorisation of MatMul weights by truncated SVD: `x·W` becomes `(x·A)·B`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LowrankStage {
+    pub method: LowrankMethod,
+    /// Fraction of each factorised layer's parameters to keep (rank = ratio·m·n/(m+n)).
+    pub target_ratio: f64,
+    /// Instead of `target_ratio`: the smallest rank keeping this fraction of Σσ².
+    pub energy: Option<f64>,
+    /// Layers whose smaller side is below this stay as they are.
+    pub min_dim: usize,
+    /// Layers with fewer parameters than this stay as they are (e.g. to take a
+    /// transformer's FFN layers and leave its attention projections).
+    pub min_params: usize,
+    /// Only these layers (node names); empty: every eligible MatMul.
+    pub layers: Vec<String>,
+}
+
+impl Default for LowrankStage {
+    fn default() -> Self {
+        Self { method: LowrankMethod::Svd, target_ratio: 0.5, energy: None, min_dim: 64, min_params: 0, layers: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LowrankMethod {
+    Svd,
+    Tucker,
+    Cp,
 }
 
 /// Post-training quantization. Lists of bit-widths give one candidate per combination;
@@ -328,10 +394,29 @@ impl Recipe {
                         return Err(invalid(&at("bias_correction"), "not available in this build (set it to false)".into()));
                     }
                 }
+                Stage::Clustering(c) => {
+                    if !(2..=256).contains(&c.clusters) {
+                        return Err(invalid(&at("clusters"), format!("{} is outside 2..=256 (indices are stored as uint8)", c.clusters)));
+                    }
+                    if c.iterations == 0 {
+                        return Err(invalid(&at("iterations"), "must be at least 1".into()));
+                    }
+                }
+                Stage::Lowrank(l) => {
+                    if l.method != LowrankMethod::Svd {
+                        return Err(invalid(&at("method"), format!("`{:?}` is not available in this build; available: svd (MatMul weights)", l.method).to_lowercase()));
+                    }
+                    if !(l.target_ratio > 0.0 && l.target_ratio < 1.0) {
+                        return Err(invalid(&at("target_ratio"), format!("{} is outside (0, 1): the fraction of each layer's parameters to keep", l.target_ratio)));
+                    }
+                    if l.energy.is_some_and(|e| !(e > 0.0 && e <= 1.0)) {
+                        return Err(invalid(&at("energy"), "must be in (0, 1]".into()));
+                    }
+                }
                 other => {
                     return Err(invalid(
                         &[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field(other.kind())],
-                        format!("the `{}` stage is not available in this build of Tamp; available: ptq", other.kind()),
+                        format!("the `{}` stage is not available in this build of Tamp; available: ptq, clustering (cluster), lowrank", other.kind()),
                     ));
                 }
             }

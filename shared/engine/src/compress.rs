@@ -15,15 +15,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tamp_domain::Recipe;
-use tamp_domain::recipe::{CalibrationMethod, Objective, PtqMode, PtqStage, Stage};
-use tamp_onnx::{Model, SaveOptions};
+use tamp_domain::recipe::{CalibrationMethod, ClusterStage, LowrankStage, Objective, PtqMode, PtqStage, Stage};
+use tamp_onnx::{Model, Pass, SaveOptions};
 
 use crate::calibrate::Method;
 use crate::dataset::Dataset;
 use crate::error::{EngineError, Result};
 use crate::eval::{self, EvalConfig};
 use crate::metrics;
-use crate::passes::{DynamicConfig, NBitsConfig, QuantizeConfig, QuantizeNBits, dynamic, quantize};
+use crate::passes::{ClusterWeights, DynamicConfig, LowRank, NBitsConfig, QuantizeConfig, QuantizeNBits, cluster, dynamic, quantize};
 use crate::perf::LatencyConfig;
 use crate::ptq::{self, PtqConfig};
 use crate::runtime::{self, SessionConfig};
@@ -99,6 +99,12 @@ pub struct Candidate {
     /// Constraints this candidate misses.
     pub missed: Vec<String>,
     pub flags: Vec<String>,
+    /// Size after deflate (what a zip or an HTTP `Content-Encoding` ships).
+    #[serde(default)]
+    pub coded_size_bytes: u64,
+    /// Technique-specific facts (per-layer ranks, cluster entropy, coded size, …).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
 }
 
 /// What a run produced.
@@ -188,13 +194,26 @@ impl Runner<'_, '_> {
         self.baseline.as_ref().unwrap_or_else(|| unreachable!("baseline measured first"))
     }
 
-    /// Saves, measures and judges one candidate model (`bits`: weights, activations).
+    /// Saves, measures and judges one PTQ candidate model (`bits`: weights, activations).
     #[allow(clippy::too_many_arguments)]
     fn candidate(&mut self, model: &Model, id: String, stage: usize, p: &PtqStage, mode: PtqMode, float_nodes: Vec<String>, bits: (u8, u8)) -> Result<Candidate> {
+        let mut c = self.judge(model, id, stage, "ptq")?;
+        c.mode = if bits.0 == 4 { "weight_only".into() } else { format!("{mode:?}").to_lowercase() };
+        c.weights_bits = bits.0;
+        c.activations_bits = bits.1;
+        c.calibration = (mode == PtqMode::Static && bits.0 != 4).then(|| format!("{:?}", p.calibration.method).to_lowercase());
+        c.per_channel_weights = p.per_channel_weights;
+        c.float_nodes = float_nodes;
+        Ok(c)
+    }
+
+    /// Saves, measures and judges one candidate model against the baseline and the constraints.
+    fn judge(&mut self, model: &Model, id: String, stage: usize, technique: &str) -> Result<Candidate> {
         let file = format!("candidates/{id}.onnx");
         let path = self.job.out_dir.join(&file);
         model.save(&path, &SaveOptions::default())?;
         let measured = self.measure(&path, &id)?;
+        let coded_size_bytes = cluster::deflated_size(&std::fs::read(&path).map_err(io_err(&path))?);
         let base = self.baseline().clone();
         let c = &self.job.recipe.constraints;
         let ratio = base.size_bytes as f64 / measured.size_bytes.max(1) as f64;
@@ -221,13 +240,13 @@ impl Runner<'_, '_> {
         Ok(Candidate {
             id,
             stage,
-            technique: "ptq".into(),
-            mode: if bits.0 == 4 { "weight_only".into() } else { format!("{mode:?}").to_lowercase() },
-            weights_bits: bits.0,
-            activations_bits: bits.1,
-            calibration: (mode == PtqMode::Static && bits.0 != 4).then(|| format!("{:?}", p.calibration.method).to_lowercase()),
-            per_channel_weights: p.per_channel_weights,
-            float_nodes,
+            technique: technique.into(),
+            mode: String::new(),
+            weights_bits: 32,
+            activations_bits: 32,
+            calibration: None,
+            per_channel_weights: false,
+            float_nodes: Vec::new(),
             file,
             measured,
             compression_ratio: ratio,
@@ -236,16 +255,79 @@ impl Runner<'_, '_> {
             faster,
             missed,
             flags,
+            coded_size_bytes,
+            details: serde_json::Value::Null,
         })
+    }
+
+    /// Weight clustering: one candidate; details carry per-layer entropy and the coded
+    /// (deflated) sizes of the artifact and of the baseline.
+    fn cluster(&mut self, stage: usize, cfg: &ClusterStage, model: &Model) -> Result<Vec<Candidate>> {
+        self.obs.begin(&format!("cluster weights ({} clusters, {:?})", cfg.clusters, cfg.granularity), 0);
+        let pass = ClusterWeights { config: cfg.clone() };
+        let folded = if cfg.fold_batch_norm { tamp_onnx::patch::run_to_fixpoint(model, &[&crate::passes::FoldBatchNorm], 4).map_err(ptq::patch_err)? } else { model.clone() };
+        let model = &folded;
+        let Some((patch, layers)) = pass.build(model)? else {
+            self.obs.end("no layer to cluster");
+            return Ok(Vec::new());
+        };
+        let clustered = patch.apply(model, pass.name()).map_err(ptq::patch_err)?;
+        self.obs.end(&format!("{} layers clustered", layers.len()));
+        let id = format!("s{stage}-cluster-k{}", cfg.clusters);
+        let mut c = self.judge(&clustered, id, stage, "clustering")?;
+        let coded = c.coded_size_bytes;
+        let base_bytes = std::fs::read(self.job.model_path).map_err(io_err(self.job.model_path))?;
+        let base_coded = cluster::deflated_size(&base_bytes);
+        let weights: usize = layers.iter().map(|l| l.elements).sum();
+        let entropy = layers.iter().map(|l| l.index_entropy_bits * l.elements as f64).sum::<f64>() / weights.max(1) as f64;
+        c.mode = format!("{:?}", cfg.granularity).to_lowercase();
+        c.details = serde_json::json!({
+            "clusters": cfg.clusters,
+            "layers": layers,
+            "index_entropy_bits_per_weight": entropy,
+            "coded_size_bytes": coded,
+            "baseline_coded_size_bytes": base_coded,
+            "coded_compression_ratio": base_bytes.len() as f64 / coded.max(1) as f64,
+            "coding": "deflate (level 6) of the ONNX file",
+        });
+        Ok(vec![c])
+    }
+
+    /// Low-rank SVD of MatMul weights: one candidate with per-layer ranks.
+    fn lowrank(&mut self, stage: usize, cfg: &LowrankStage, model: &Model) -> Result<Vec<Candidate>> {
+        self.obs.begin("factorise MatMul weights (SVD)", 0);
+        let pass = LowRank { config: cfg.clone() };
+        let Some((patch, layers)) = pass.build(model)? else {
+            self.obs.end("no MatMul layer worth factorising");
+            return Ok(Vec::new());
+        };
+        let factored = patch.apply(model, pass.name()).map_err(ptq::patch_err)?;
+        let (before, after): (usize, usize) = layers.iter().fold((0, 0), |(b, a), l| (b + l.params_before, a + l.params_after));
+        self.obs.end(&format!("{} layers factorised: {before} → {after} parameters", layers.len()));
+        let id = match cfg.energy {
+            Some(e) => format!("s{stage}-svd-e{e}"),
+            None => format!("s{stage}-svd-r{}", cfg.target_ratio),
+        };
+        let mut c = self.judge(&factored, id, stage, "lowrank")?;
+        c.mode = "svd".into();
+        c.details = serde_json::json!({ "layers": layers, "params_before": before, "params_after": after });
+        Ok(vec![c])
     }
 
     /// Returns the fewest, most sensitive layers to float until the metric constraint holds
     /// on the sensitivity rows; `build` makes a model with a given set of float layers.
-    fn fallback(&mut self, units: &[String], keep: &BTreeSet<String>, build: &BuildFn<'_>) -> Result<Option<Vec<String>>> {
+    fn fallback(&mut self, input: &Model, units: &[String], keep: &BTreeSet<String>, build: &BuildFn<'_>) -> Result<Option<Vec<String>>> {
         let data = self.job.evaluation;
         let rows = data.sample(SENSITIVITY_ROWS.min(data.rows), self.eval_cfg.seed);
         let session = SessionConfig::default();
         let reference = eval::score(self.model, data, &rows, &self.metric, 32, &session)?;
+        let limit = self.job.recipe.constraints.max_metric_drop_pct;
+        if !std::ptr::eq(input, self.model) && metric_drop_pct(&self.metric, reference, eval::score(input, data, &rows, &self.metric, 32, &session)?) > limit {
+            // An earlier stage already spent the budget: no set of float layers can help.
+            self.obs.begin("rank layer sensitivity", 0);
+            self.obs.end("skipped: this stage's input already misses max_metric_drop_pct");
+            return Ok(None);
+        }
         let units: Vec<&String> = units.iter().filter(|u| !keep.contains(*u)).collect();
         self.obs.begin("rank layer sensitivity", units.len() as u64 + 1);
         let all = eval::score(&build(keep)?, data, &rows, &self.metric, 32, &session)?;
@@ -260,9 +342,9 @@ impl Runner<'_, '_> {
         }
         gains.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         self.obs.end(&format!("{} layers ranked", gains.len()));
-        let limit = self.job.recipe.constraints.max_metric_drop_pct;
         self.obs.begin("return layers to float", gains.len() as u64);
-        for k in 1..=gains.len() {
+        // Up to all but one: every layer in float is the stage's input, not a candidate.
+        for k in 1..gains.len() {
             let mut ex = keep.clone();
             ex.extend(gains[..k].iter().map(|g| g.1.clone()));
             let s = eval::score(&build(&ex)?, data, &rows, &self.metric, 32, &session)?;
@@ -327,7 +409,7 @@ impl Runner<'_, '_> {
             let c = self.candidate(&q, id.clone(), stage, p, mode, keep.iter().cloned().collect(), (wb, ab))?;
             let drop_missed = c.metric_drop_pct > self.job.recipe.constraints.max_metric_drop_pct;
             out.push(c);
-            if drop_missed && let Some(float) = self.fallback(&units_for, &keep, build_fn)? {
+            if drop_missed && let Some(float) = self.fallback(model, &units_for, &keep, build_fn)? {
                 let set: BTreeSet<String> = float.iter().cloned().collect();
                 let q = build_fn(&set)?;
                 out.push(self.candidate(&q, format!("{id}-fallback{}", float.len()), stage, p, mode, float, (wb, ab))?);
@@ -393,11 +475,22 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     let baseline = runner.measure(job.model_path, "baseline")?;
     runner.baseline = Some(baseline.clone());
     let mut candidates = Vec::new();
-    for (i, stage) in job.recipe.policy.stages.iter().enumerate() {
-        match stage {
-            Stage::Ptq(p) => candidates.extend(runner.ptq(i, p, &model)?),
+    // Stages compose: each starts from the previous stage's choice (prune → cluster → quantize).
+    let mut current = model.clone();
+    let stages = &job.recipe.policy.stages;
+    for (i, stage) in stages.iter().enumerate() {
+        let made = match stage {
+            Stage::Ptq(p) => runner.ptq(i, p, &cluster::materialize(&current)?)?,
+            Stage::Clustering(c) => runner.cluster(i, c, &current)?,
+            Stage::Lowrank(l) => runner.lowrank(i, l, &current)?,
             other => return Err(EngineError::Config(format!("stage {i} (`{}`) is not available in this build", other.kind()))),
+        };
+        if i + 1 < stages.len()
+            && let Some((k, _)) = choose(&made, job.recipe.objective)
+        {
+            current = Model::load(out.join(&made[k].file))?;
         }
+        candidates.extend(made);
     }
     let (chosen, reason) = choose(&candidates, job.recipe.objective).ok_or_else(|| EngineError::Config("the recipe produced no candidates".into()))?;
     let best = &candidates[chosen];

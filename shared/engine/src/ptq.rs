@@ -65,7 +65,7 @@ fn count(model: &Model, op: &str) -> usize {
     model.graph().node.iter().filter(|n| n.op_type.as_deref() == Some(op)).count()
 }
 
-fn patch_err(e: tamp_onnx::PatchError) -> EngineError {
+pub(crate) fn patch_err(e: tamp_onnx::PatchError) -> EngineError {
     EngineError::Config(e.to_string())
 }
 

@@ -2,12 +2,16 @@
 //! mutates its input and never writes files; the driver applies and checks the patch.
 //! Adding a pass: its own file, one line here, its tests.
 
+pub mod cluster;
 pub mod dynamic;
 pub mod fold_bn;
+pub mod lowrank;
 pub mod nbits;
 pub mod quantize;
 
+pub use cluster::{ClusterWeights, ClusteredLayer};
 pub use dynamic::{DynamicConfig, QuantizeDynamic};
 pub use fold_bn::FoldBatchNorm;
+pub use lowrank::{FactorisedLayer, LowRank};
 pub use nbits::{NBitsConfig, QuantizeNBits};
 pub use quantize::{QuantizeConfig, QuantizeQdq};
