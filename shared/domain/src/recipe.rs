@@ -80,7 +80,7 @@ pub enum Stage {
     Ptq(PtqStage),
     // Known techniques this build does not run yet; their settings are kept as written so a
     // newer Tamp reads the same recipe.
-    Pruning(serde_yaml_ng::Value),
+    Pruning(PruningStage),
     Lowrank(LowrankStage),
     #[serde(alias = "cluster")]
     Clustering(ClusterStage),
@@ -101,6 +101,65 @@ impl Stage {
             Stage::Search(_) => "search",
         }
     }
+}
+
+/// Pruning. `structured_channel` removes whole channels (the graph gets smaller and
+/// faster); with `sensitivity`, per-group levels are allocated from measured sensitivity
+/// curves to meet `target_sparsity` (the fraction of prunable channels removed) with the
+/// least predicted metric drop, and a uniform candidate is built beside it for comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PruningStage {
+    #[serde(rename = "type")]
+    pub kind: PruningType,
+    pub target_sparsity: f64,
+    pub schedule: PruningSchedule,
+    pub sensitivity: bool,
+    /// Sparsity levels the sensitivity curves are measured at.
+    pub levels: Vec<f64>,
+    /// Evaluation rows per sensitivity point (seeded subset).
+    pub sensitivity_rows: usize,
+    /// Every group keeps at least this many channels.
+    pub min_channels: usize,
+    /// Kept channel counts are rounded to a multiple of this (SIMD-friendly widths: ONNX
+    /// Runtime blocks channels by 8 or 16; odd widths can make a smaller model slower).
+    pub round_to: usize,
+    /// Fine-tune after pruning (arrives with training; refused until then).
+    pub fine_tune: bool,
+    pub seed: u64,
+}
+
+impl Default for PruningStage {
+    fn default() -> Self {
+        Self {
+            kind: PruningType::StructuredChannel,
+            target_sparsity: 0.3,
+            schedule: PruningSchedule::Oneshot,
+            sensitivity: true,
+            levels: vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+            sensitivity_rows: 512,
+            min_channels: 4,
+            round_to: 8,
+            fine_tune: false,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PruningType {
+    StructuredChannel,
+    Unstructured,
+    Block,
+    AttentionHead,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PruningSchedule {
+    Oneshot,
+    Iterative,
 }
 
 /// Weight clustering: each layer's weights become indices into a small codebook (k-means,
@@ -402,6 +461,23 @@ impl Recipe {
                         return Err(invalid(&at("iterations"), "must be at least 1".into()));
                     }
                 }
+                Stage::Pruning(p) => {
+                    if p.kind != PruningType::StructuredChannel {
+                        return Err(invalid(&at("type"), format!("`{}` pruning is not available in this build; available: structured_channel", serde_yaml_ng::to_string(&p.kind).unwrap_or_default().trim())));
+                    }
+                    if !(p.target_sparsity > 0.0 && p.target_sparsity < 1.0) {
+                        return Err(invalid(&at("target_sparsity"), format!("{} is outside (0, 1): the fraction of prunable channels to remove", p.target_sparsity)));
+                    }
+                    if p.fine_tune {
+                        return Err(invalid(&at("fine_tune"), "fine-tuning after pruning is not available yet (it arrives with training); set `fine_tune: false`".into()));
+                    }
+                    if p.schedule == PruningSchedule::Iterative {
+                        return Err(invalid(&at("schedule"), "`iterative` pruning needs fine-tuning between steps, which is not available yet (it arrives with training); use `schedule: oneshot`".into()));
+                    }
+                    if p.levels.is_empty() || p.levels.iter().any(|l| !(*l > 0.0 && *l < 1.0)) {
+                        return Err(invalid(&at("levels"), "list sparsity levels in (0, 1), e.g. [0.1, 0.2, 0.3]".into()));
+                    }
+                }
                 Stage::Lowrank(l) => {
                     if l.method != LowrankMethod::Svd {
                         return Err(invalid(&at("method"), format!("`{:?}` is not available in this build; available: svd (MatMul weights)", l.method).to_lowercase()));
@@ -551,9 +627,17 @@ mod tests {
 
     #[test]
     fn stages_not_in_this_build_are_refused_by_name() {
-        let r = "policy:\n  name: p\n  stages:\n    - ptq: {}\n    - pruning: {sparsity: 0.5}\n";
+        let r = "policy:\n  name: p\n  stages:\n    - ptq: {}\n    - distillation: {teacher: t.onnx}\n";
         let e = Recipe::from_yaml(r).unwrap_err().to_string();
-        assert!(e.contains("line 5") && e.contains("`pruning` stage"), "{e}");
+        assert!(e.contains("line 5") && e.contains("`distillation` stage"), "{e}");
+        // Known keys with settings this build cannot honour say so, with the line.
+        let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: structured_channel\n        schedule: iterative\n";
+        let e = Recipe::from_yaml(r).unwrap_err().to_string();
+        assert!(e.contains("line 6") && e.contains("fine-tuning"), "{e}");
+        let r = "policy:\n  name: p\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.5, fine_tune: true}\n";
+        assert!(Recipe::from_yaml(r).unwrap_err().to_string().contains("not available yet"));
+        let r = "policy:\n  name: p\n  stages:\n    - pruning: {sparsity: 0.5}\n";
+        assert!(Recipe::from_yaml(r).unwrap_err().to_string().contains("target_sparsity"), "unknown keys list the allowed ones");
         let e = Recipe::from_yaml("policy:\n  name: p\n  stages:\n    - squash: {}\n").unwrap_err().to_string();
         assert!(e.contains("squash") && e.contains("ptq"), "{e}");
     }
@@ -577,7 +661,9 @@ mod tests {
 mod examples {
     use super::*;
 
-    /// Every recipe shipped under configs/ loads and validates.
+    /// Every recipe shipped under configs/ loads and validates — but `prune50_finetune.yaml`,
+    /// the PRD's prune-then-fine-tune recipe, which is refused (naming fine-tuning) until
+    /// training arrives.
     #[test]
     fn shipped_examples_load() {
         let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
@@ -585,6 +671,11 @@ mod examples {
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let text = std::fs::read_to_string(entry.path()).unwrap();
+            if entry.file_name() == "prune50_finetune.yaml" {
+                let e = Recipe::from_yaml(&text).unwrap_err().to_string();
+                assert!(e.contains("fine-tuning") && e.contains("line"), "{e}");
+                continue;
+            }
             Recipe::from_yaml(&text).unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()));
             n += 1;
         }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tamp_domain::Recipe;
-use tamp_domain::recipe::{CalibrationMethod, ClusterStage, LowrankStage, Objective, PtqMode, PtqStage, Stage};
+use tamp_domain::recipe::{CalibrationMethod, ClusterStage, LowrankStage, Objective, PruningStage, PtqMode, PtqStage, Stage};
 use tamp_onnx::{Model, Pass, SaveOptions};
 
 use crate::calibrate::Method;
@@ -293,6 +293,119 @@ impl Runner<'_, '_> {
         Ok(vec![c])
     }
 
+    /// Structured channel pruning: a uniform candidate (every group at `target_sparsity`)
+    /// and, with `sensitivity`, one whose per-group levels come from measured sensitivity
+    /// curves (greedy: the cheapest predicted drop per removed channel first).
+    fn prune(&mut self, stage: usize, cfg: &PruningStage, model: &Model) -> Result<Vec<Candidate>> {
+        use crate::passes::prune::{self as pr, ChannelGroup};
+        self.obs.begin("find channel groups", 0);
+        let groups = pr::analyze(model);
+        if groups.is_empty() {
+            self.obs.end("no prunable channel group (every channel feeds a Concat, Reshape, output …)");
+            return Ok(Vec::new());
+        }
+        let total: usize = groups.iter().map(|g| g.channels).sum();
+        self.obs.end(&format!("{} channel groups, {total} prunable channels", groups.len()));
+        let imps: Vec<Vec<f64>> = groups.iter().map(|g| pr::importance(model, g)).collect();
+        let min_keep = cfg.min_channels.max(1);
+        let step = cfg.round_to.max(1);
+        let removable = |g: &ChannelGroup, level: f64| {
+            let want = ((g.channels as f64 * level).round() as usize).min(g.channels.saturating_sub(min_keep));
+            if g.channels < 2 * step {
+                return want;
+            }
+            // Keep a multiple of `step` channels: round the kept count to the nearest one.
+            let keep = (((g.channels - want) as f64 / step as f64).round() as usize * step).clamp(step, g.channels);
+            g.channels - keep
+        };
+        let build = |levels: &[f64]| -> Result<Model> {
+            let keep: BTreeMap<usize, Vec<usize>> = groups.iter().zip(&imps).zip(levels).map(|((g, imp), &l)| (g.id, pr::keep_set(imp, removable(g, l)))).collect();
+            Ok(pr::prune(model, &groups, &keep)?)
+        };
+        let params_before = pr::parameter_count(model);
+        let describe = |levels: &[f64], m: &Model| {
+            let removed: usize = groups.iter().zip(levels).map(|(g, &l)| removable(g, l)).sum();
+            serde_json::json!({
+                "groups": groups.iter().zip(levels).map(|(g, &l)| serde_json::json!({ "group": g.name, "channels": g.channels, "level": l, "removed": removable(g, l) })).collect::<Vec<_>>(),
+                "removed_channels": removed,
+                "prunable_channels": total,
+                "achieved_sparsity": removed as f64 / total as f64,
+                "params_before": params_before,
+                "params_after": pr::parameter_count(m),
+            })
+        };
+        let t = cfg.target_sparsity;
+        let uniform = vec![t; groups.len()];
+        let m = build(&uniform)?;
+        let mut c = self.judge(&m, format!("s{stage}-prune-uniform-{t}"), stage, "pruning")?;
+        c.mode = "structured_channel/uniform".into();
+        c.details = describe(&uniform, &m);
+        let mut out = vec![c];
+        if cfg.sensitivity {
+            let curves = self.sensitivity(cfg, model, &groups, &build)?;
+            // The same number of channels as the uniform candidate removes, so the two compare.
+            let goal: usize = groups.iter().map(|g| removable(g, t)).sum();
+            let alloc = allocate(&groups, &curves, &cfg.levels, goal, &removable);
+            let m = build(&alloc)?;
+            let mut c = self.judge(&m, format!("s{stage}-prune-sensitivity-{t}"), stage, "pruning")?;
+            c.mode = "structured_channel/sensitivity".into();
+            let mut d = describe(&alloc, &m);
+            d["sensitivity"] = serde_json::json!(groups.iter().zip(&curves).map(|(g, cv)| serde_json::json!({ "group": g.name, "levels": cfg.levels, "metric_drop_pct": cv })).collect::<Vec<_>>());
+            c.details = d;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// Metric drop (percent) of pruning each group alone at each level, on a seeded subset;
+    /// computed on two threads and cached by (model sha, data sha, group, level, rows, seed)
+    /// under `~/.cache/tamp/sensitivity/`.
+    fn sensitivity(&mut self, cfg: &PruningStage, model: &Model, groups: &[crate::passes::prune::ChannelGroup], build: &(dyn Fn(&[f64]) -> Result<Model> + Sync)) -> Result<Vec<Vec<f64>>> {
+        let data = self.job.evaluation;
+        let rows = data.sample(cfg.sensitivity_rows.min(data.rows), cfg.seed);
+        let session = SessionConfig { intra_threads: 1, ..SessionConfig::default() };
+        let reference = eval::score(model, data, &rows, &self.metric, 64, &session)?;
+        let cache_dir = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tamp/sensitivity"));
+        let key = format!("{}-{}-r{}-s{}", &model.sha256()?[..16], &data.sha256[..16], rows.len(), cfg.seed);
+        let cache_path = cache_dir.as_ref().map(|d| d.join(format!("{key}.json")));
+        let mut cache: BTreeMap<String, f64> = cache_path.as_ref().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let points: Vec<(usize, usize)> = (0..groups.len()).flat_map(|g| (0..cfg.levels.len()).map(move |l| (g, l))).collect();
+        let todo: Vec<(usize, usize)> = points.iter().copied().filter(|&(g, l)| !cache.contains_key(&format!("{}@{}", groups[g].name, cfg.levels[l]))).collect();
+        self.obs.begin("sensitivity curves", todo.len() as u64);
+        let metric = self.metric.clone();
+        let results: Vec<Result<(usize, usize, f64)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = todo
+                .chunks(todo.len().div_ceil(2).max(1))
+                .map(|chunk| {
+                    let (metric, rows, session) = (&metric, &rows, &session);
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|&(g, l)| {
+                                let mut levels = vec![0.0; groups.len()];
+                                levels[g] = cfg.levels[l];
+                                let s = eval::score(&build(&levels)?, data, rows, metric, 64, session)?;
+                                Ok((g, l, metric_drop_pct(metric, reference, s)))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|_| vec![Err(EngineError::Config("a sensitivity worker panicked".into()))])).collect()
+        });
+        for r in results {
+            let (g, l, drop) = r?;
+            cache.insert(format!("{}@{}", groups[g].name, cfg.levels[l]), drop);
+        }
+        self.obs.end(&format!("{} points ({} cached)", points.len(), points.len() - todo.len()));
+        if let (Some(dir), Some(path)) = (&cache_dir, &cache_path)
+            && std::fs::create_dir_all(dir).is_ok()
+        {
+            let _ = std::fs::write(path, serde_json::to_vec_pretty(&cache).unwrap_or_default());
+        }
+        Ok(groups.iter().map(|g| cfg.levels.iter().map(|l| cache[&format!("{}@{l}", g.name)]).collect()).collect())
+    }
+
     /// Low-rank SVD of MatMul weights: one candidate with per-layer ranks.
     fn lowrank(&mut self, stage: usize, cfg: &LowrankStage, model: &Model) -> Result<Vec<Candidate>> {
         self.obs.begin("factorise MatMul weights (SVD)", 0);
@@ -425,6 +538,36 @@ fn nbits_units(model: &Model) -> Result<Vec<String>> {
     Ok(patch.remove_nodes.iter().map(|&i| quantize::node_key(&model.graph().node[i]).to_owned()).collect())
 }
 
+/// Per-group levels removing at least `goal` channels in all, greedily taking
+/// the step with the smallest predicted metric drop per removed channel.
+fn allocate(groups: &[crate::passes::prune::ChannelGroup], curves: &[Vec<f64>], levels: &[f64], goal: usize, removable: &dyn Fn(&crate::passes::prune::ChannelGroup, f64) -> usize) -> Vec<f64> {
+    let mut at: Vec<Option<usize>> = vec![None; groups.len()]; // index into levels
+    let level = |a: Option<usize>| a.map_or(0.0, |i| levels[i]);
+    let drop = |g: usize, a: Option<usize>| a.map_or(0.0, |i| curves[g][i].max(0.0));
+    loop {
+        let removed: usize = groups.iter().zip(&at).map(|(g, a)| removable(g, level(*a))).sum();
+        if removed >= goal {
+            break;
+        }
+        let mut best: Option<(f64, usize, usize)> = None;
+        for (g, gr) in groups.iter().enumerate() {
+            // The next level that removes more channels (rounding can make some steps empty).
+            let now = removable(gr, level(at[g]));
+            let Some(next) = (at[g].map_or(0, |i| i + 1)..levels.len()).find(|&j| removable(gr, levels[j]) > now) else { continue };
+            let gained = removable(gr, levels[next]) - now;
+            let cost = (drop(g, Some(next)) - drop(g, at[g])).max(0.0) / gained as f64;
+            if best.is_none_or(|(c, _, _)| cost < c) {
+                best = Some((cost, g, next));
+            }
+        }
+        match best {
+            Some((_, g, next)) => at[g] = Some(next),
+            None => break,
+        }
+    }
+    at.iter().map(|a| level(*a)).collect()
+}
+
 /// Picks the best candidate: among those meeting every constraint (and faster than the
 /// baseline when the objective is latency), the best by the objective; when none does, the
 /// one missing the fewest constraints, with the reason saying what it misses.
@@ -483,6 +626,7 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
             Stage::Ptq(p) => runner.ptq(i, p, &cluster::materialize(&current)?)?,
             Stage::Clustering(c) => runner.cluster(i, c, &current)?,
             Stage::Lowrank(l) => runner.lowrank(i, l, &current)?,
+            Stage::Pruning(p) => runner.prune(i, p, &current)?,
             other => return Err(EngineError::Config(format!("stage {i} (`{}`) is not available in this build", other.kind()))),
         };
         if i + 1 < stages.len()

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod dynamic;
 pub mod fold_bn;
 pub mod lowrank;
+pub mod prune;
 pub mod nbits;
 pub mod quantize;
 

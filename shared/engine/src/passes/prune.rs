@@ -1,0 +1,402 @@
+//! Structured channel pruning that really removes channels, on ONNX graphs.
+//!
+//! [`analyze`] finds the channel groups of a graph — the ONNX analogue of a dependency
+//! graph: every value with a channel axis (NCHW axis 1) gets a channel space; a Conv
+//! (group 1) with a constant weight starts a new space for its output; channel-wise ops
+//! (BatchNormalization, activations, pooling, depthwise Conv) pass the space through;
+//! element-wise Add/Sub/Mul/Max/Min of two tracked tensors (residual connections) merge
+//! their spaces; `Flatten` after a global pool carries channels into features (a following
+//! Gemm/MatMul reads them). Anything else touching a space (Concat, Reshape, Transpose,
+//! graph inputs and outputs, shared weights) blocks it, so pruning never breaks a shape.
+//! A group's channels are pruned together: rows of its producers' weights and biases, its
+//! BatchNorm parameters and depthwise filters (with `group` updated), and the matching input
+//! slices of every consumer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ndarray::{ArrayD, Axis};
+use serde::{Deserialize, Serialize};
+use tamp_onnx::builder::{Attr, attribute};
+use tamp_onnx::proto::NodeProto;
+use tamp_onnx::tensor::{from_array, to_array};
+use tamp_onnx::{GraphView, Model, OnnxError, Patch};
+
+/// A set of channels that must be pruned together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelGroup {
+    pub id: usize,
+    /// The first producer's weight name (a readable label).
+    pub name: String,
+    pub channels: usize,
+    /// Conv nodes whose output channels these are.
+    pub producers: Vec<usize>,
+    /// BatchNormalization and depthwise Conv nodes on the way.
+    pub channelwise: Vec<usize>,
+    /// (node, weight axis) of the nodes reading these channels.
+    pub consumers: Vec<(usize, usize)>,
+}
+
+const PASS_THROUGH: &[&str] = &["Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Softplus", "Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"];
+
+fn int_attr(n: &NodeProto, name: &str) -> Option<i64> {
+    n.attribute.iter().find(|a| a.name.as_deref() == Some(name)).and_then(|a| a.i)
+}
+
+struct Spaces {
+    parent: Vec<usize>,
+    blocked: Vec<bool>,
+}
+
+impl Spaces {
+    fn new_space(&mut self, blocked: bool) -> usize {
+        self.parent.push(self.parent.len());
+        self.blocked.push(blocked);
+        self.parent.len() - 1
+    }
+    fn root(&mut self, mut s: usize) -> usize {
+        while self.parent[s] != s {
+            self.parent[s] = self.parent[self.parent[s]];
+            s = self.parent[s];
+        }
+        s
+    }
+    fn union(&mut self, a: usize, b: usize) -> usize {
+        let (ra, rb) = (self.root(a), self.root(b));
+        if ra != rb {
+            self.parent[rb] = ra;
+            self.blocked[ra] |= self.blocked[rb];
+        }
+        ra
+    }
+    fn block(&mut self, s: usize) {
+        let r = self.root(s);
+        self.blocked[r] = true;
+    }
+}
+
+/// The prunable channel groups of `model`.
+pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
+    let g = model.graph();
+    let view = GraphView::new(g);
+    let mut sp = Spaces { parent: Vec::new(), blocked: Vec::new() };
+    let mut space: HashMap<String, usize> = HashMap::new();
+    let mut pooled: BTreeSet<String> = BTreeSet::new();
+    let mut flattened: BTreeSet<String> = BTreeSet::new();
+    let mut members: Vec<(usize, &'static str, usize, usize)> = Vec::new(); // (space, role, node, axis)
+    let mut channels: HashMap<usize, usize> = HashMap::new();
+    for i in &g.input {
+        if let Some(n) = &i.name
+            && view.constant(n).is_none()
+        {
+            let s = sp.new_space(true);
+            space.insert(n.clone(), s);
+        }
+    }
+    let weight_uses = |w: &str| view.consumers(w).len();
+    for (idx, n) in g.node.iter().enumerate() {
+        let op = n.op_type.as_deref().unwrap_or_default();
+        let tracked: Vec<usize> = n.input.iter().filter_map(|v| space.get(v).copied()).collect();
+        let out = n.output.first().cloned().unwrap_or_default();
+        match op {
+            "Conv" => {
+                let w = n.input.get(1).and_then(|w| view.constant(w).map(|t| (w, t)));
+                let x = n.input.first().and_then(|v| space.get(v).copied());
+                let Some((wname, wt)) = w.filter(|(w, _)| weight_uses(w) == 1 && g.initializer.iter().any(|t| t.name.as_deref() == Some(w.as_str()))) else {
+                    tracked.iter().for_each(|&s| sp.block(s));
+                    let s = sp.new_space(true);
+                    space.insert(out, s);
+                    continue;
+                };
+                let dims: Vec<usize> = wt.dims.iter().map(|&d| d as usize).collect();
+                let group = int_attr(n, "group").unwrap_or(1) as usize;
+                let bias_ok = n.input.get(2).is_none_or(|b| weight_uses(b) == 1 && view.constant(b).is_some());
+                if group == 1 && bias_ok {
+                    if let Some(s) = x {
+                        members.push((s, "consumer", idx, 1));
+                    }
+                    let s = sp.new_space(false);
+                    channels.insert(s, dims[0]);
+                    members.push((s, "producer", idx, 0));
+                    space.insert(out, s);
+                    let _ = wname;
+                } else if group > 1 && group == dims[0] && dims.get(1) == Some(&1) && bias_ok && let Some(s) = x {
+                    members.push((s, "channelwise", idx, 0));
+                    space.insert(out, s);
+                } else {
+                    tracked.iter().for_each(|&s| sp.block(s));
+                    let s = sp.new_space(true);
+                    space.insert(out, s);
+                }
+            }
+            "BatchNormalization" if n.input.len() == 5 && n.input[1..].iter().all(|p| view.constant(p).is_some() && weight_uses(p) == 1) => match n.input.first().and_then(|v| space.get(v).copied()) {
+                Some(s) => {
+                    members.push((s, "channelwise", idx, 0));
+                    space.insert(out, s);
+                }
+                None => tracked.iter().for_each(|&s| sp.block(s)),
+            },
+            o if PASS_THROUGH.contains(&o) => {
+                if let Some(s) = n.input.first().and_then(|v| space.get(v).copied()) {
+                    // Clip's min/max are scalars; nothing else reads channels.
+                    space.insert(out, s);
+                    if o.starts_with("Global") {
+                        pooled.insert(n.output[0].clone());
+                    }
+                }
+            }
+            "Add" | "Sub" | "Mul" | "Max" | "Min" | "Div" => {
+                let ins: Vec<Option<usize>> = n.input.iter().map(|v| space.get(v).copied()).collect();
+                let scalar = |v: &String| view.constant(v).is_some_and(|t| t.dims.iter().product::<i64>() <= 1);
+                match ins.as_slice() {
+                    [Some(a), Some(b)] => {
+                        let r = sp.union(*a, *b);
+                        space.insert(out, r);
+                    }
+                    [Some(a), None] if scalar(&n.input[1]) => {
+                        space.insert(out, *a);
+                    }
+                    [None, Some(b)] if scalar(&n.input[0]) => {
+                        space.insert(out, *b);
+                    }
+                    _ => tracked.iter().for_each(|&s| sp.block(s)),
+                }
+            }
+            "Flatten" if int_attr(n, "axis").unwrap_or(1) == 1 && n.input.first().is_some_and(|v| pooled.contains(v)) => {
+                if let Some(s) = space.get(&n.input[0]).copied() {
+                    space.insert(out.clone(), s);
+                    flattened.insert(out);
+                }
+            }
+            "Gemm" | "MatMul" if n.input.first().is_some_and(|v| flattened.contains(v)) => {
+                let s = space[&n.input[0]];
+                let w = n.input.get(1).filter(|w| view.constant(w).is_some() && weight_uses(w) == 1 && g.initializer.iter().any(|t| t.name.as_deref() == Some(w.as_str())));
+                match w {
+                    Some(_) => {
+                        let trans_b = op == "Gemm" && int_attr(n, "transB") == Some(1);
+                        members.push((s, "consumer", idx, if trans_b { 1 } else { 0 }));
+                    }
+                    None => sp.block(s),
+                }
+            }
+            _ => tracked.iter().for_each(|&s| sp.block(s)),
+        }
+    }
+    for o in &g.output {
+        if let Some(s) = o.name.as_ref().and_then(|n| space.get(n).copied()) {
+            sp.block(s);
+        }
+    }
+    let mut groups: BTreeMap<usize, ChannelGroup> = BTreeMap::new();
+    for &(s, role, node, axis) in &members {
+        let r = sp.root(s);
+        let e = groups.entry(r).or_insert_with(|| ChannelGroup { id: 0, name: String::new(), channels: 0, producers: vec![], channelwise: vec![], consumers: vec![] });
+        match role {
+            "producer" => {
+                e.producers.push(node);
+                e.channels = channels.get(&s).copied().unwrap_or(0);
+                if e.name.is_empty() {
+                    e.name = g.node[node].input[1].clone();
+                }
+            }
+            "channelwise" => e.channelwise.push(node),
+            _ => e.consumers.push((node, axis)),
+        }
+    }
+    let mut out: Vec<ChannelGroup> = groups
+        .into_iter()
+        .filter(|(r, gr)| !sp.blocked[*r] && !gr.producers.is_empty() && !gr.consumers.is_empty() && gr.channels > 1)
+        .map(|(_, gr)| gr)
+        .collect();
+    for (i, gr) in out.iter_mut().enumerate() {
+        gr.id = i;
+    }
+    out
+}
+
+/// Per-channel importance: each producer's filter L1 norm and each BatchNorm's |γ|/√(σ²+ε),
+/// each normalised by its mean, summed.
+pub fn importance(model: &Model, group: &ChannelGroup) -> Vec<f64> {
+    let g = model.graph();
+    let view = GraphView::new(g);
+    let mut score = vec![0.0; group.channels];
+    let mut add = |v: Vec<f64>| {
+        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        for (s, x) in score.iter_mut().zip(v) {
+            *s += x / mean.max(1e-12);
+        }
+    };
+    for &p in &group.producers {
+        if let Some(w) = view.constant(&g.node[p].input[1]).and_then(|t| to_array::<f32>(t).ok()) {
+            add(w.axis_iter(Axis(0)).map(|f| f.iter().map(|x| f64::from(x.abs())).sum()).collect());
+        }
+    }
+    for &c in &group.channelwise {
+        let n = &g.node[c];
+        if n.op_type.as_deref() == Some("BatchNormalization") {
+            let eps = n.attribute.iter().find(|a| a.name.as_deref() == Some("epsilon")).and_then(|a| a.f).unwrap_or(1e-5);
+            let (Some(gamma), Some(var)) = (view.constant(&n.input[1]).and_then(|t| to_array::<f32>(t).ok()), view.constant(&n.input[4]).and_then(|t| to_array::<f32>(t).ok())) else { continue };
+            add(gamma.iter().zip(var.iter()).map(|(g, v)| f64::from(g.abs() / (v + eps).sqrt())).collect());
+        }
+    }
+    score
+}
+
+/// The `keep` channels (sorted) of the `remove` least important ones removed.
+pub fn keep_set(importance: &[f64], remove: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..importance.len()).collect();
+    order.sort_by(|&a, &b| importance[a].total_cmp(&importance[b]).then(a.cmp(&b)));
+    let mut keep: Vec<usize> = order[remove.min(importance.len().saturating_sub(1))..].to_vec();
+    keep.sort_unstable();
+    keep
+}
+
+/// Removes channels: `keep[group id]` lists the channels each group keeps.
+pub fn prune(model: &Model, groups: &[ChannelGroup], keep: &BTreeMap<usize, Vec<usize>>) -> Result<Model, OnnxError> {
+    let g = model.graph();
+    let view = GraphView::new(g);
+    // Initializer → selections (axis, kept indices), applied together.
+    let mut cuts: BTreeMap<String, Vec<(usize, Vec<usize>)>> = BTreeMap::new();
+    let mut new_group: BTreeMap<usize, usize> = BTreeMap::new();
+    for gr in groups {
+        let Some(k) = keep.get(&gr.id).filter(|k| k.len() < gr.channels) else { continue };
+        let mut cut = |name: &String, axis: usize| cuts.entry(name.clone()).or_default().push((axis, k.clone()));
+        for &p in &gr.producers {
+            let n = &g.node[p];
+            cut(&n.input[1], 0);
+            if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
+                cut(b, 0);
+            }
+        }
+        for &c in &gr.channelwise {
+            let n = &g.node[c];
+            if n.op_type.as_deref() == Some("BatchNormalization") {
+                n.input[1..].iter().for_each(|p| cut(p, 0));
+            } else {
+                cut(&n.input[1], 0);
+                if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
+                    cut(b, 0);
+                }
+                new_group.insert(c, k.len());
+            }
+        }
+        for &(c, axis) in &gr.consumers {
+            cut(&g.node[c].input[1], axis);
+        }
+    }
+    let mut patch = Patch::default();
+    for (name, sel) in cuts {
+        let t = view.constant(&name).ok_or_else(|| OnnxError::Graph(format!("{name} is not a constant")))?;
+        let mut a: ArrayD<f32> = to_array::<f32>(t)?;
+        for (axis, k) in sel {
+            a = a.select(Axis(axis), &k);
+        }
+        patch.add_initializers.push(from_array(&name, &a));
+    }
+    for (c, groups_n) in new_group {
+        let mut n = g.node[c].clone();
+        n.attribute.retain(|a| a.name.as_deref() != Some("group"));
+        n.attribute.push(attribute("group", Attr::Int(groups_n as i64)));
+        patch.remove_nodes.insert(c);
+        patch.add_nodes.push(n);
+    }
+    if patch.is_empty() {
+        return Ok(model.clone());
+    }
+    patch.apply(model, "prune-channels").map_err(|e| OnnxError::Graph(e.to_string()))
+}
+
+/// Parameters in the model's initializers.
+pub fn parameter_count(model: &Model) -> u64 {
+    model.graph().initializer.iter().map(|t| t.dims.iter().product::<i64>().max(0) as u64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use ndarray::IxDyn;
+    use tamp_onnx::TensorValue;
+    use tamp_onnx::builder::GraphBuilder;
+
+    use crate::runtime::{Session, SessionConfig};
+
+    fn w(shape: &[usize], seed: usize) -> ArrayD<f32> {
+        let mut k = seed;
+        ArrayD::from_shape_fn(IxDyn(shape), |_| {
+            k = (k * 2_654_435_761 + 12_345) % 1_000_003;
+            (k % 97) as f32 / 97.0 - 0.5
+        })
+    }
+
+    /// x → A(conv 8) → BN → Relu → B(conv 8) ─┬─ Add ← S(conv 8 of x) → Relu → depthwise(8) → C(conv 6) → Concat(C, D(conv 4 of x)) → E(conv 3) → GAP → Flatten → Gemm → y
+    fn net() -> Model {
+        let mut b = GraphBuilder::new("residual-concat", 17);
+        let x = b.input_f32("x", &[None, Some(3), Some(8), Some(8)]);
+        let conv = |b: &mut GraphBuilder, name: &str, input: &str, cout: usize, cin: usize, group: i64, seed: usize| {
+            let wt = b.init_f32(&format!("{name}.w"), w(&[cout, cin, 3, 3], seed));
+            let bias = b.init_f32(&format!("{name}.b"), w(&[cout], seed + 1));
+            b.op("Conv", &[input, &wt, &bias], &[("pads", Attr::Ints(vec![1, 1, 1, 1])), ("group", Attr::Int(group))])
+        };
+        let a = conv(&mut b, "A", &x, 8, 3, 1, 1);
+        let (s, bb, m, v) = (b.init_f32("bn.s", w(&[8], 3) + 1.0), b.init_f32("bn.b", w(&[8], 4)), b.init_f32("bn.m", w(&[8], 5)), b.init_f32("bn.v", w(&[8], 6).mapv(f32::abs) + 0.5));
+        let bn = b.op("BatchNormalization", &[&a, &s, &bb, &m, &v], &[]);
+        let r = b.op("Relu", &[&bn], &[]);
+        let bconv = conv(&mut b, "B", &r, 8, 8, 1, 7);
+        let sconv = conv(&mut b, "S", &x, 8, 3, 1, 9);
+        let add = b.op("Add", &[&bconv, &sconv], &[]);
+        let r2 = b.op("Relu", &[&add], &[]);
+        let dw = conv(&mut b, "DW", &r2, 8, 1, 8, 11);
+        let c = conv(&mut b, "C", &dw, 6, 8, 1, 13);
+        let d = conv(&mut b, "D", &x, 4, 3, 1, 15);
+        let cat = b.op("Concat", &[&c, &d], &[("axis", Attr::Int(1))]);
+        let e = conv(&mut b, "E", &cat, 3, 10, 1, 17);
+        let gap = b.op("GlobalAveragePool", &[&e], &[]);
+        let flat = b.op("Flatten", &[&gap], &[]);
+        let head = b.init_f32("head.w", w(&[5, 3], 19));
+        let y = b.op("Gemm", &[&flat, &head], &[("transB", Attr::Int(1))]);
+        b.output_f32(&y, &[None, Some(5)]);
+        b.build()
+    }
+
+    fn run(m: &Model) -> ArrayD<f32> {
+        let mut s = Session::from_model(m, &SessionConfig::default()).unwrap();
+        let x = TensorValue::F32(w(&[2, 3, 8, 8], 21));
+        match s.run(&[("x", &x)]).unwrap().remove(0).1 {
+            TensorValue::F32(a) => a,
+            _ => panic!("not f32"),
+        }
+    }
+
+    #[test]
+    fn groups_follow_residuals_and_stop_at_concat() {
+        let m = net();
+        let groups = analyze(&m);
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        // A's channels (through BN/Relu into B) and the residual group {B, S} (through the Add,
+        // Relu and the depthwise conv into C) are prunable; C and D feed a Concat, E feeds the
+        // head through the pool, so E's group is prunable too (head columns follow).
+        assert_eq!(names, ["A.w", "B.w", "E.w"], "{groups:?}");
+        let residual = &groups[1];
+        assert_eq!(residual.producers.len(), 2, "B and S are one group");
+        assert_eq!(residual.channelwise.len(), 1, "the depthwise conv follows it");
+        assert!(!names.contains(&"C.w") && !names.contains(&"D.w"), "Concat blocks its inputs");
+    }
+
+    #[test]
+    fn pruning_removes_channels_and_keeps_the_output_shape() {
+        let m = net();
+        let before = run(&m);
+        let groups = analyze(&m);
+        let keep: BTreeMap<usize, Vec<usize>> = groups.iter().map(|g| (g.id, keep_set(&importance(&m, g), g.channels / 2))).collect();
+        let p = prune(&m, &groups, &keep).unwrap();
+        assert!(parameter_count(&p) < parameter_count(&m));
+        let dw = p.graph().node.iter().find(|n| n.input.get(1).is_some_and(|w| w == "DW.w")).unwrap();
+        assert_eq!(int_attr(dw, "group"), Some(4), "depthwise group follows the kept channels");
+        let after = run(&p);
+        assert_eq!(after.shape(), before.shape());
+        // Keeping every channel changes nothing.
+        let all: BTreeMap<usize, Vec<usize>> = groups.iter().map(|g| (g.id, (0..g.channels).collect())).collect();
+        let same = run(&prune(&m, &groups, &all).unwrap());
+        assert!(same.iter().zip(before.iter()).all(|(a, b)| (a - b).abs() < 1e-5));
+    }
+}
