@@ -47,7 +47,7 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: help run test bench bench-eval bench-ptq bench-api moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -55,6 +55,7 @@ help:
 	@echo "make bench-eval  Tamp's evaluation throughput beside Python onnxruntime's"
 	@echo "make bench-ptq   Tamp's int8 PTQ beside onnxruntime.quantization (metric, latency, size, time, RSS)"
 	@echo "make bench-api   tamp serve's API latency (P50/P95/P99) at 500 and 5000 requests/min, loopback"
+	@echo "make bench-compress  pruning, clustering, low-rank (and their int8 follow-ups) on the reference models: size, metric, P50, pass time"
 	@echo "make package     Lambda zips (cargo lambda) in dist/lambda and the Batch worker in dist/worker, with sizes"
 	@echo "make package-smoke  run each packaged bootstrap on one sample event (moto + a Lambda Runtime API stand-in)"
 	@echo "make infra-check terraform fmt + config load + checkov on infra/ (offline; part of make test)"
@@ -200,7 +201,7 @@ package: .venv-package/.done $(ORT_LIB)
 
 ## --- benchmarks -----------------------------------------------------------------------------
 
-bench: bench-eval bench-ptq bench-api
+bench: bench-eval bench-ptq bench-api bench-compress
 
 bench-eval: build-release venv models
 	$(PY) scripts/bench_eval.py --tamp $(TAMP_RELEASE) \
@@ -211,6 +212,9 @@ bench-eval: build-release venv models
 
 bench-api: build-release venv models
 	$(PY) scripts/bench_api.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --recipe configs/policy_examples/ptq_8bit.yaml
+
+bench-compress: build-release venv models
+	$(PY) scripts/bench_compress.py --tamp $(TAMP_RELEASE)
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -264,6 +264,7 @@ impl Runner<'_, '_> {
     /// (deflated) sizes of the artifact and of the baseline.
     fn cluster(&mut self, stage: usize, cfg: &ClusterStage, model: &Model) -> Result<Vec<Candidate>> {
         self.obs.begin(&format!("cluster weights ({} clusters, {:?})", cfg.clusters, cfg.granularity), 0);
+        let started = std::time::Instant::now();
         let pass = ClusterWeights { config: cfg.clone() };
         let folded = if cfg.fold_batch_norm { tamp_onnx::patch::run_to_fixpoint(model, &[&crate::passes::FoldBatchNorm], 4).map_err(ptq::patch_err)? } else { model.clone() };
         let model = &folded;
@@ -272,6 +273,7 @@ impl Runner<'_, '_> {
             return Ok(Vec::new());
         };
         let clustered = patch.apply(model, pass.name()).map_err(ptq::patch_err)?;
+        let pass_seconds = started.elapsed().as_secs_f64();
         self.obs.end(&format!("{} layers clustered", layers.len()));
         let id = format!("s{stage}-cluster-k{}", cfg.clusters);
         let mut c = self.judge(&clustered, id, stage, "clustering")?;
@@ -289,6 +291,7 @@ impl Runner<'_, '_> {
             "baseline_coded_size_bytes": base_coded,
             "coded_compression_ratio": base_bytes.len() as f64 / coded.max(1) as f64,
             "coding": "deflate (level 6) of the ONNX file",
+            "pass_seconds": pass_seconds,
         });
         Ok(vec![c])
     }
@@ -336,20 +339,26 @@ impl Runner<'_, '_> {
         };
         let t = cfg.target_sparsity;
         let uniform = vec![t; groups.len()];
+        let started = std::time::Instant::now();
         let m = build(&uniform)?;
+        let uniform_seconds = started.elapsed().as_secs_f64();
         let mut c = self.judge(&m, format!("s{stage}-prune-uniform-{t}"), stage, "pruning")?;
         c.mode = "structured_channel/uniform".into();
         c.details = describe(&uniform, &m);
+        c.details["pass_seconds"] = serde_json::json!(uniform_seconds);
         let mut out = vec![c];
         if cfg.sensitivity {
+            let started = std::time::Instant::now();
             let curves = self.sensitivity(cfg, model, &groups, &build)?;
             // The same number of channels as the uniform candidate removes, so the two compare.
             let goal: usize = groups.iter().map(|g| removable(g, t)).sum();
             let alloc = allocate(&groups, &curves, &cfg.levels, goal, &removable);
             let m = build(&alloc)?;
+            let pass_seconds = started.elapsed().as_secs_f64();
             let mut c = self.judge(&m, format!("s{stage}-prune-sensitivity-{t}"), stage, "pruning")?;
             c.mode = "structured_channel/sensitivity".into();
             let mut d = describe(&alloc, &m);
+            d["pass_seconds"] = serde_json::json!(pass_seconds);
             d["sensitivity"] = serde_json::json!(groups.iter().zip(&curves).map(|(g, cv)| serde_json::json!({ "group": g.name, "levels": cfg.levels, "metric_drop_pct": cv })).collect::<Vec<_>>());
             c.details = d;
             out.push(c);
@@ -409,12 +418,14 @@ impl Runner<'_, '_> {
     /// Low-rank SVD of MatMul weights: one candidate with per-layer ranks.
     fn lowrank(&mut self, stage: usize, cfg: &LowrankStage, model: &Model) -> Result<Vec<Candidate>> {
         self.obs.begin("factorise MatMul weights (SVD)", 0);
+        let started = std::time::Instant::now();
         let pass = LowRank { config: cfg.clone() };
         let Some((patch, layers)) = pass.build(model)? else {
             self.obs.end("no MatMul layer worth factorising");
             return Ok(Vec::new());
         };
         let factored = patch.apply(model, pass.name()).map_err(ptq::patch_err)?;
+        let pass_seconds = started.elapsed().as_secs_f64();
         let (before, after): (usize, usize) = layers.iter().fold((0, 0), |(b, a), l| (b + l.params_before, a + l.params_after));
         self.obs.end(&format!("{} layers factorised: {before} → {after} parameters", layers.len()));
         let id = match cfg.energy {
@@ -423,7 +434,7 @@ impl Runner<'_, '_> {
         };
         let mut c = self.judge(&factored, id, stage, "lowrank")?;
         c.mode = "svd".into();
-        c.details = serde_json::json!({ "layers": layers, "params_before": before, "params_after": after });
+        c.details = serde_json::json!({ "layers": layers, "params_before": before, "params_after": after, "pass_seconds": pass_seconds });
         Ok(vec![c])
     }
 
