@@ -325,6 +325,9 @@ impl Job {
                 self.set_state(JobState::Running);
                 Ok(self.next(now))
             }
+            // A run's report for a job not yet planned (attempt 0 was never submitted) is a
+            // stray or replayed delivery: nothing to do.
+            Signal::Submitted { attempt, .. } | Signal::Started { attempt, .. } | Signal::Succeeded { attempt, .. } | Signal::Failed { attempt, .. } if self.state == JobState::Queued || *attempt == 0 => Ok(Vec::new()),
             Signal::Submitted { stage, attempt } | Signal::Started { stage, attempt } => {
                 let to = if matches!(signal, Signal::Started { .. }) { StageState::Running } else { StageState::Submitted };
                 let s = self.stage_mut(*stage)?;
@@ -416,6 +419,18 @@ mod tests {
 
     fn out() -> StageOutput {
         StageOutput { artifact_key: "a".into(), sha256: "s".into(), size_bytes: 1, metadata_key: "m".into() }
+    }
+
+    /// Found by the property test: a stray run report for a job not yet planned used to move
+    /// a Pending stage (attempt 0) and then the Queued job straight to Succeeded.
+    #[test]
+    fn run_reports_before_planning_change_nothing() {
+        let retry = RetryPolicy::default();
+        let mut j = job(1);
+        for sig in [Signal::Started { stage: 0, attempt: 0 }, Signal::Succeeded { stage: 0, attempt: 0, output: out() }, Signal::Failed { stage: 0, attempt: 0, reason: "x".into(), retryable: false }] {
+            assert!(j.apply(&sig, retry, 1).unwrap().is_empty());
+        }
+        assert_eq!((j.state, j.stages[0].state, j.revision), (JobState::Queued, StageState::Pending, 0));
     }
 
     #[test]
