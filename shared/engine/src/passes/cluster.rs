@@ -254,7 +254,6 @@ mod tests {
             v.extend((0..100).map(|j| c + (j as f32 - 50.0) * 1e-3 * (i as f32 + 1.0)));
         }
         let (cb, idx) = kmeans_1d(&v, 3, 50, 7);
-        let _ = &cb;
         assert_eq!(cb.len(), 3);
         for (c, want) in cb.iter().zip([-2.0f32, 0.0, 3.0]) {
             assert!((c - want).abs() < 0.01, "{cb:?}");

@@ -101,7 +101,7 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
             "Conv" => {
                 let w = n.input.get(1).and_then(|w| view.constant(w).map(|t| (w, t)));
                 let x = n.input.first().and_then(|v| space.get(v).copied());
-                let Some((wname, wt)) = w.filter(|(w, _)| weight_uses(w) == 1 && g.initializer.iter().any(|t| t.name.as_deref() == Some(w.as_str()))) else {
+                let Some((_, wt)) = w.filter(|(w, _)| weight_uses(w) == 1 && g.initializer.iter().any(|t| t.name.as_deref() == Some(w.as_str()))) else {
                     tracked.iter().for_each(|&s| sp.block(s));
                     let s = sp.new_space(true);
                     space.insert(out, s);
@@ -118,7 +118,6 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
                     channels.insert(s, dims[0]);
                     members.push((s, "producer", idx, 0));
                     space.insert(out, s);
-                    let _ = wname;
                 } else if group > 1 && group == dims[0] && dims.get(1) == Some(&1) && bias_ok && let Some(s) = x {
                     members.push((s, "channelwise", idx, 0));
                     space.insert(out, s);
