@@ -450,6 +450,35 @@ fn svd_of_the_minilm_ffn_layers() {
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 }
 
+/// Tucker-2 of the reference CNN's k×k convolutions at half their parameters: three convs
+/// per layer, fewer parameters and MACs, the outputs' cosine similarity and top-1 agreement
+/// with fp32 reported; passes onnx.checker and loads in Python onnxruntime.
+#[test]
+fn tucker_of_the_reference_cnn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
+    let calib = model.with_file_name("calib.npz");
+    let out = dir.path().join("out");
+    let r = compress(&model, &root().join("configs/policy_examples/tucker_cnn.yaml"), &calib, &eval, &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let c = &cands["candidates"][0];
+    assert_eq!(c["mode"], "tucker2");
+    let d = &c["details"];
+    let layers = d["layers"].as_array().unwrap();
+    assert!(layers.len() >= 5 && layers.iter().all(|l| l["ranks"].as_array().is_some_and(|r| r.len() == 2)), "{d}");
+    let (before, after) = (d["params_before"].as_f64().unwrap(), d["params_after"].as_f64().unwrap());
+    assert!(after <= 0.5 * before && after > 0.3 * before, "{after} / {before}");
+    let cos = d["output_agreement"]["mean_cosine"].as_f64().unwrap();
+    assert!(cos > 0.0 && cos < 1.0, "cosine reported: {cos}");
+    assert!(d["output_agreement"]["top1_agreement"].as_f64().is_some());
+    let macs = |v: &serde_json::Value| v["macs_per_sample"].as_u64().unwrap();
+    assert!(macs(&c["measured"]) < macs(&cands["baseline"]), "fewer MACs");
+    let file = out.join(c["file"].as_str().unwrap());
+    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(&file));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
+
 /// Structured channel pruning of the reference CNN at 30 % of its prunable channels: whole
 /// channels go (residual groups pruned together), the models have fewer parameters, pass
 /// onnx.checker and load in Python onnxruntime, and the sensitivity-allocated candidate keeps
@@ -470,6 +499,8 @@ fn structured_pruning_of_the_reference_cnn() {
     for c in [uniform, sens] {
         let d = &c["details"];
         assert!(d["params_after"].as_u64().unwrap() < d["params_before"].as_u64().unwrap(), "{d}");
+        let macs = |v: &serde_json::Value| v["macs_per_sample"].as_u64().unwrap();
+        assert!(macs(&c["measured"]) < macs(&cands["baseline"]), "fewer MACs (FLOPs) reported");
         assert!(d["groups"].as_array().unwrap().len() >= 6, "residual groups found: {d}");
         let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(c["file"].as_str().unwrap())));
         assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));

@@ -133,8 +133,9 @@ fn print_table(o: &Outcome) {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
     let b = &o.baseline;
-    t.set_header(vec!["model".to_owned(), b.metric.clone(), "drop %".into(), "P50 ms".into(), "P95 ms".into(), "b32 rows/s".into(), "size".into(), "smaller".into(), "faster".into(), "notes".into()]);
+    t.set_header(vec!["model".to_owned(), b.metric.clone(), "drop %".into(), "P50 ms".into(), "P95 ms".into(), "b32 rows/s".into(), "MMACs".into(), "size".into(), "smaller".into(), "faster".into(), "notes".into()]);
     let thr = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+    let macs = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.2}", v as f64 / 1e6));
     t.add_row(vec![
         "baseline (fp32)".to_owned(),
         format!("{:.4}", b.value),
@@ -142,6 +143,7 @@ fn print_table(o: &Outcome) {
         format!("{:.3}", b.latency_ms_p50),
         format!("{:.3}", b.latency_ms_p95),
         thr(b.throughput_b32),
+        macs(b.macs_per_sample),
         human_bytes(b.size_bytes),
         "1.00x".into(),
         "1.00x".into(),
@@ -164,6 +166,7 @@ fn print_table(o: &Outcome) {
             format!("{:.3}", m.latency_ms_p50),
             format!("{:.3}", m.latency_ms_p95),
             thr(m.throughput_b32),
+            macs(m.macs_per_sample),
             human_bytes(m.size_bytes),
             format!("{:.2}x", c.compression_ratio),
             format!("{:.2}x", c.speedup_p50),

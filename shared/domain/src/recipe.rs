@@ -479,8 +479,8 @@ impl Recipe {
                     }
                 }
                 Stage::Lowrank(l) => {
-                    if l.method != LowrankMethod::Svd {
-                        return Err(invalid(&at("method"), format!("`{:?}` is not available in this build; available: svd (MatMul weights)", l.method).to_lowercase()));
+                    if l.method == LowrankMethod::Cp {
+                        return Err(invalid(&at("method"), "`cp` is not available in this build; available: svd (MatMul weights), tucker (Tucker-2 of Conv weights)".into()));
                     }
                     if !(l.target_ratio > 0.0 && l.target_ratio < 1.0) {
                         return Err(invalid(&at("target_ratio"), format!("{} is outside (0, 1): the fraction of each layer's parameters to keep", l.target_ratio)));

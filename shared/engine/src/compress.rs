@@ -71,6 +71,9 @@ pub struct Measured {
     pub size_bytes: u64,
     pub sha256: String,
     pub eval_rows: usize,
+    /// Multiply-accumulates per sample (FLOPs ≈ 2×), counted on one evaluation row.
+    #[serde(default)]
+    pub macs_per_sample: Option<u64>,
 }
 
 /// One candidate model and how it fared.
@@ -175,6 +178,7 @@ impl Runner<'_, '_> {
         let obs = &mut *self.obs;
         let r = eval::evaluate(path, self.job.evaluation, &self.eval_cfg, None, &mut |done, _| obs.advance(done as u64))?;
         let value = r.metrics.get(&self.metric).copied().ok_or_else(|| EngineError::Config(format!("metric '{}' produced no value", self.metric)))?;
+        let macs = crate::flops::count(&Model::load(path)?, self.job.evaluation, 0)?;
         let m = Measured {
             metric: self.metric.clone(),
             value,
@@ -184,6 +188,7 @@ impl Runner<'_, '_> {
             size_bytes: r.model.size_bytes,
             sha256: r.model.sha256,
             eval_rows: r.dataset.evaluated_rows,
+            macs_per_sample: Some(macs.per_sample),
         };
         self.obs.end(&format!("{label}: {} {:.4}, P50 {:.3} ms", self.metric, m.value, m.latency_ms_p50));
         Ok(m)
@@ -415,26 +420,44 @@ impl Runner<'_, '_> {
         Ok(groups.iter().map(|g| cfg.levels.iter().map(|l| cache[&format!("{}@{l}", g.name)]).collect()).collect())
     }
 
-    /// Low-rank SVD of MatMul weights: one candidate with per-layer ranks.
+    /// How closely `candidate`'s first output follows `reference`'s on the evaluation rows the
+    /// metric uses: mean cosine similarity per row and, for class scores, top-1 agreement.
+    fn agreement(&self, reference: &Model, candidate: &Model) -> Result<serde_json::Value> {
+        let data = self.job.evaluation;
+        let rows: Vec<usize> = match self.eval_cfg.samples {
+            Some(n) => data.sample(n.min(data.rows), self.eval_cfg.seed),
+            None => (0..data.rows).collect(),
+        };
+        let a = eval::first_output_rows(reference, data, &rows, &self.eval_cfg.session)?;
+        let b = eval::first_output_rows(candidate, data, &rows, &self.eval_cfg.session)?;
+        let (cos, top1) = eval::agreement(&a, &b);
+        Ok(serde_json::json!({ "rows": rows.len(), "mean_cosine": cos, "top1_agreement": top1 }))
+    }
+
+    /// Low-rank factorisation (SVD of MatMul weights or Tucker-2 of Conv weights): one
+    /// candidate with per-layer ranks and how closely its outputs follow the input model's.
     fn lowrank(&mut self, stage: usize, cfg: &LowrankStage, model: &Model) -> Result<Vec<Candidate>> {
-        self.obs.begin("factorise MatMul weights (SVD)", 0);
+        let tucker = cfg.method == tamp_domain::recipe::LowrankMethod::Tucker;
+        self.obs.begin(if tucker { "factorise Conv weights (Tucker-2)" } else { "factorise MatMul weights (SVD)" }, 0);
         let started = std::time::Instant::now();
         let pass = LowRank { config: cfg.clone() };
         let Some((patch, layers)) = pass.build(model)? else {
-            self.obs.end("no MatMul layer worth factorising");
+            self.obs.end(if tucker { "no Conv layer worth factorising (group 1, k > 1, channels ≥ min_dim)" } else { "no MatMul layer worth factorising" });
             return Ok(Vec::new());
         };
         let factored = patch.apply(model, pass.name()).map_err(ptq::patch_err)?;
         let pass_seconds = started.elapsed().as_secs_f64();
         let (before, after): (usize, usize) = layers.iter().fold((0, 0), |(b, a), l| (b + l.params_before, a + l.params_after));
         self.obs.end(&format!("{} layers factorised: {before} → {after} parameters", layers.len()));
+        let method = if tucker { "tucker2" } else { "svd" };
         let id = match cfg.energy {
-            Some(e) => format!("s{stage}-svd-e{e}"),
-            None => format!("s{stage}-svd-r{}", cfg.target_ratio),
+            Some(e) => format!("s{stage}-{method}-e{e}"),
+            None => format!("s{stage}-{method}-r{}", cfg.target_ratio),
         };
         let mut c = self.judge(&factored, id, stage, "lowrank")?;
-        c.mode = "svd".into();
-        c.details = serde_json::json!({ "layers": layers, "params_before": before, "params_after": after, "pass_seconds": pass_seconds });
+        c.mode = method.into();
+        let agreement = self.agreement(model, &factored)?;
+        c.details = serde_json::json!({ "layers": layers, "params_before": before, "params_after": after, "pass_seconds": pass_seconds, "output_agreement": agreement });
         Ok(vec![c])
     }
 

@@ -194,6 +194,32 @@ fn metric_pass(
     Ok(metrics)
 }
 
+/// The first output of an in-memory model on `indices` rows, as rows × features.
+pub fn first_output_rows(model: &Model, data: &Dataset, indices: &[usize], session: &SessionConfig) -> Result<Array2<f32>> {
+    let mut session = Session::from_model(model, session)?;
+    data.check_against(&session.inputs)?;
+    let output = session.outputs.first().map(|s| s.name.clone()).ok_or_else(|| EngineError::Config("the model has no outputs".into()))?;
+    let mut parts: Vec<Array2<f32>> = Vec::new();
+    metric_pass(&mut session, data, indices, &output, &mut Vec::new(), 64, Some(&mut parts), &mut |_, _| {})?;
+    let views: Vec<ndarray::ArrayView2<f32>> = parts.iter().map(|p| p.view()).collect();
+    ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| EngineError::Config(format!("outputs of different widths: {e}")))
+}
+
+/// Mean per-row cosine similarity of `b` to `a`, and the share of rows whose arg-max agrees.
+pub fn agreement(a: &Array2<f32>, b: &Array2<f32>) -> (f64, f64) {
+    let (mut cos, mut same) = (0.0, 0usize);
+    for (x, y) in a.outer_iter().zip(b.outer_iter()) {
+        let dot: f64 = x.iter().zip(y.iter()).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum();
+        let nx = x.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+        let ny = y.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+        cos += dot / (nx * ny).max(1e-30);
+        let arg = |v: ndarray::ArrayView1<f32>| v.iter().enumerate().max_by(|p, q| p.1.total_cmp(q.1)).map(|(i, _)| i);
+        same += usize::from(arg(x) == arg(y));
+    }
+    let n = a.nrows().max(1) as f64;
+    (cos / n, same as f64 / n)
+}
+
 /// One task metric of an in-memory model on `indices` rows, untimed: what the
 /// accuracy-aware fallback ranks candidates with. The first output is scored.
 pub fn score(model: &Model, data: &Dataset, indices: &[usize], metric: &str, batch_size: usize, session: &SessionConfig) -> Result<f64> {

@@ -9,6 +9,7 @@ pub mod compress;
 pub mod dataset;
 pub mod error;
 pub mod eval;
+pub mod flops;
 pub mod metrics;
 pub mod passes;
 pub mod perf;

@@ -3,10 +3,18 @@
 //! The rank keeps `target_ratio` of the layer's parameters (`r = ⌊ratio·m·n / (m + n)⌋`) or,
 //! with `energy`, the smallest `r` holding that fraction of Σσ². A layer is factorised only
 //! when the two factors are smaller than `W`.
+//!
+//! Tucker-2 (`method: tucker`) does the same for a convolution `W[Cout, Cin, kh, kw]`: the
+//! leading singular vectors of its mode-0 and mode-1 unfoldings (HOSVD) give `U_out[Cout, R1]`
+//! and `U_in[Cin, R2]`, the core is `W ×₀ U_outᵀ ×₁ U_inᵀ [R1, R2, kh, kw]`, and the conv
+//! becomes 1×1 (`U_inᵀ`) → kh×kw core (the original strides, pads, dilations) → 1×1
+//! (`U_out`, the original bias). Ranks scale both sides by one factor `s` (`R1 = s·Cout`,
+//! `R2 = s·Cin`) solved so the three convs hold `target_ratio` of the parameters, or, with
+//! `energy`, each mode keeps that fraction of its unfolding's Σσ².
 
 use ndarray::{Array2, ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
-use tamp_domain::recipe::LowrankStage;
+use tamp_domain::recipe::{LowrankMethod, LowrankStage};
 use tamp_onnx::proto::NodeProto;
 use tamp_onnx::tensor::{from_array, to_array};
 use tamp_onnx::{GraphView, Model, OnnxError, Pass, Patch};
@@ -19,6 +27,9 @@ pub struct FactorisedLayer {
     pub node: String,
     pub shape: [usize; 2],
     pub rank: usize,
+    /// Tucker-2: (R1 output side, R2 input side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<[usize; 2]>,
     pub params_before: usize,
     pub params_after: usize,
     /// Fraction of Σσ² the kept rank holds.
@@ -64,6 +75,106 @@ pub fn factorise(w: &Array2<f32>, cfg: &LowrankStage) -> Result<Option<Factors>,
     Ok(Some((a, b, rank, kept / total.max(1e-30), err)))
 }
 
+/// Left singular vectors and singular values of `m` (rows × cols), descending.
+fn left_svd(m: &faer::Mat<f64>) -> Result<(faer::Mat<f64>, Vec<f64>), OnnxError> {
+    let svd = m.thin_svd().map_err(|e| OnnxError::Graph(format!("SVD did not converge: {e:?}")))?;
+    let s = (0..m.nrows().min(m.ncols())).map(|i| svd.S().column_vector()[i]).collect();
+    Ok((svd.U().to_owned(), s))
+}
+
+fn energy_rank(s: &[f64], e: f64) -> usize {
+    let total: f64 = s.iter().map(|x| x * x).sum();
+    let mut acc = 0.0;
+    s.iter().position(|x| {
+        acc += x * x;
+        acc >= e * total
+    }).map_or(s.len(), |p| p + 1)
+}
+
+/// Tucker-2 factors of a conv weight `[co, ci, kh, kw]`.
+#[derive(Debug, Clone)]
+pub struct Tucker2 {
+    /// `[r2, ci, 1, 1]`: projects the input channels.
+    pub first: ArrayD<f32>,
+    /// `[r1, r2, kh, kw]`.
+    pub core: ArrayD<f32>,
+    /// `[co, r1, 1, 1]`: restores the output channels.
+    pub last: ArrayD<f32>,
+    pub ranks: [usize; 2],
+    /// ‖W − Ŵ‖_F / ‖W‖_F.
+    pub relative_error: f64,
+}
+
+/// Tucker-2 (HOSVD) of a conv weight, or `None` when the factors would not be smaller.
+pub fn tucker2(w: &ArrayD<f32>, cfg: &LowrankStage) -> Result<Option<Tucker2>, OnnxError> {
+    let &[co, ci, kh, kw] = w.shape() else { return Err(OnnxError::Graph(format!("Tucker-2 needs a 4-D conv weight, got {:?}", w.shape()))) };
+    let k = kh * kw;
+    let m0 = faer::Mat::<f64>::from_fn(co, ci * k, |o, j| f64::from(w[[o, j / k, (j % k) / kw, j % kw]]));
+    let m1 = faer::Mat::<f64>::from_fn(ci, co * k, |i, j| f64::from(w[[j / k, i, (j % k) / kw, j % kw]]));
+    let (u0, s0) = left_svd(&m0)?;
+    let (u1, s1) = left_svd(&m1)?;
+    let (r1, r2) = match cfg.energy {
+        Some(e) => (energy_rank(&s0, e), energy_rank(&s1, e)),
+        None => {
+            // s²·(co·ci·k) + s·(ci² + co²) − ratio·co·ci·k = 0
+            let (a, b, c) = ((co * ci * k) as f64, (ci * ci + co * co) as f64, cfg.target_ratio * (co * ci * k) as f64);
+            let s = (-b + (b * b + 4.0 * a * c).sqrt()) / (2.0 * a);
+            (((s * co as f64).floor() as usize).max(1), ((s * ci as f64).floor() as usize).max(1))
+        }
+    };
+    let (r1, r2) = (r1.min(s0.len()), r2.min(s1.len()));
+    if r2 * ci + r1 * r2 * k + co * r1 >= co * ci * k {
+        return Ok(None);
+    }
+    // core[a, b, h, x] = Σ_o Σ_i U0[o, a] · U1[i, b] · W[o, i, h, x]
+    let mut tmp = vec![0f64; r1 * ci * k]; // [a, i, hk]
+    for a in 0..r1 {
+        for o in 0..co {
+            let u = u0[(o, a)];
+            if u == 0.0 {
+                continue;
+            }
+            for i in 0..ci {
+                for j in 0..k {
+                    tmp[(a * ci + i) * k + j] += u * f64::from(w[[o, i, j / kw, j % kw]]);
+                }
+            }
+        }
+    }
+    let mut core = ArrayD::<f32>::zeros(IxDyn(&[r1, r2, kh, kw]));
+    let mut core64 = vec![0f64; r1 * r2 * k];
+    for a in 0..r1 {
+        for b in 0..r2 {
+            for j in 0..k {
+                let v: f64 = (0..ci).map(|i| u1[(i, b)] * tmp[(a * ci + i) * k + j]).sum();
+                core64[(a * r2 + b) * k + j] = v;
+                core[[a, b, j / kw, j % kw]] = v as f32;
+            }
+        }
+    }
+    let first = ArrayD::from_shape_fn(IxDyn(&[r2, ci, 1, 1]), |d| u1[(d[1], d[0])] as f32);
+    let last = ArrayD::from_shape_fn(IxDyn(&[co, r1, 1, 1]), |d| u0[(d[0], d[1])] as f32);
+    // Reconstruction error, exactly.
+    let (mut err, mut norm) = (0f64, 0f64);
+    for o in 0..co {
+        for i in 0..ci {
+            for j in 0..k {
+                let mut v = 0.0;
+                for a in 0..r1 {
+                    let ua = u0[(o, a)];
+                    for b in 0..r2 {
+                        v += ua * core64[(a * r2 + b) * k + j] * u1[(i, b)];
+                    }
+                }
+                let x = f64::from(w[[o, i, j / kw, j % kw]]);
+                err += (x - v) * (x - v);
+                norm += x * x;
+            }
+        }
+    }
+    Ok(Some(Tucker2 { first, core, last, ranks: [r1, r2], relative_error: err.sqrt() / norm.sqrt().max(1e-30) }))
+}
+
 impl Pass for LowRank {
     fn name(&self) -> &str {
         "lowrank-svd"
@@ -76,6 +187,66 @@ impl Pass for LowRank {
 
 impl LowRank {
     pub fn build(&self, model: &Model) -> Result<Option<(Patch, Vec<FactorisedLayer>)>, OnnxError> {
+        match self.config.method {
+            LowrankMethod::Tucker => self.build_tucker(model),
+            _ => self.build_svd(model),
+        }
+    }
+
+    /// Tucker-2 of every eligible Conv (group 1, kernel larger than 1×1, constant weight used
+    /// once, both channel counts ≥ `min_dim`).
+    fn build_tucker(&self, model: &Model) -> Result<Option<(Patch, Vec<FactorisedLayer>)>, OnnxError> {
+        let g = model.graph();
+        let view = GraphView::new(g);
+        let mut patch = Patch::default();
+        let mut layers = Vec::new();
+        for (i, node) in g.node.iter().enumerate() {
+            if node.op_type.as_deref() != Some("Conv") || (!self.config.layers.is_empty() && !self.config.layers.iter().any(|l| l == node_key(node))) {
+                continue;
+            }
+            let group = node.attribute.iter().find(|a| a.name.as_deref() == Some("group")).and_then(|a| a.i).unwrap_or(1);
+            let (Some(x), Some(wname), Some(y)) = (node.input.first(), node.input.get(1), node.output.first()) else { continue };
+            let Some(w) = view.constant(wname).and_then(|t| to_array::<f32>(t).ok()) else { continue };
+            let &[co, ci, kh, kw] = w.shape() else { continue };
+            if group != 1 || kh * kw < 2 || co.min(ci) < self.config.min_dim || w.len() < self.config.min_params || view.consumers(wname).len() != 1 {
+                continue;
+            }
+            let Some(t) = tucker2(&w, &self.config)? else { continue };
+            let key = format!("{y}.tk");
+            let (fname, cname, lname, m1, m2) = (format!("{key}.first"), format!("{key}.core"), format!("{key}.last"), format!("{key}.mid1"), format!("{key}.mid2"));
+            patch.add_initializers.push(from_array(&fname, &t.first));
+            patch.add_initializers.push(from_array(&cname, &t.core));
+            patch.add_initializers.push(from_array(&lname, &t.last));
+            patch.add_nodes.push(NodeProto { op_type: Some("Conv".into()), name: Some(format!("{key}.1")), input: vec![x.clone(), fname], output: vec![m1.clone()], ..Default::default() });
+            let mut core = node.clone();
+            core.name = Some(format!("{key}.2"));
+            core.input = vec![m1, cname];
+            core.output = vec![m2.clone()];
+            core.attribute.retain(|a| a.name.as_deref() != Some("kernel_shape"));
+            patch.add_nodes.push(core);
+            let mut last_in = vec![m2, lname];
+            if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
+                last_in.push(b.clone());
+            }
+            patch.add_nodes.push(NodeProto { op_type: Some("Conv".into()), name: Some(format!("{key}.3")), input: last_in, output: vec![y.clone()], ..Default::default() });
+            patch.remove_nodes.insert(i);
+            patch.remove_initializers.insert(wname.clone());
+            let [r1, r2] = t.ranks;
+            layers.push(FactorisedLayer {
+                node: node_key(node).to_owned(),
+                shape: [co, ci * kh * kw],
+                rank: r1,
+                ranks: Some([r1, r2]),
+                params_before: w.len(),
+                params_after: r2 * ci + r1 * r2 * kh * kw + co * r1,
+                energy_kept: 1.0 - t.relative_error * t.relative_error,
+                relative_error: t.relative_error,
+            });
+        }
+        Ok((!patch.is_empty()).then_some((patch, layers)))
+    }
+
+    fn build_svd(&self, model: &Model) -> Result<Option<(Patch, Vec<FactorisedLayer>)>, OnnxError> {
         let g = model.graph();
         let view = GraphView::new(g);
         let mut patch = Patch::default();
@@ -102,7 +273,7 @@ impl LowRank {
             if view.consumers(wname).len() == 1 {
                 patch.remove_initializers.insert(wname.clone());
             }
-            layers.push(FactorisedLayer { node: node_key(node).to_owned(), shape: [m, n], rank, params_before: m * n, params_after: rank * (m + n), energy_kept: energy, relative_error: err });
+            layers.push(FactorisedLayer { node: node_key(node).to_owned(), shape: [m, n], rank, ranks: None, params_before: m * n, params_after: rank * (m + n), energy_kept: energy, relative_error: err });
         }
         Ok((!patch.is_empty()).then_some((patch, layers)))
     }
@@ -122,6 +293,68 @@ mod tests {
         let back = a.dot(&b);
         let worst = back.iter().zip(w.iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-4 && err < 1e-3, "{worst} {err}");
+    }
+
+    #[test]
+    fn tucker2_of_a_low_multilinear_rank_conv_is_exact() {
+        // W = core ×0 A ×1 B with ranks (3, 2): HOSVD at those ranks recovers it.
+        let (co, ci, r1, r2) = (24, 20, 3, 2);
+        let a = Array2::from_shape_fn((co, r1), |(i, j)| (((i * 31 + j * 7 + 1) * 2_654_435_761) % 997) as f32 / 997.0 - 0.5);
+        let b = Array2::from_shape_fn((ci, r2), |(i, j)| (((i * 13 + j * 57 + 3) * 2_654_435_761) % 991) as f32 / 991.0 - 0.5);
+        // Pseudo-random entries (a sine of a sum would itself be rank 2).
+        let core = ArrayD::from_shape_fn(IxDyn(&[r1, r2, 3, 3]), |d| (((d[0] * 17 + d[1] * 5 + d[2] * 3 + d[3]) * 2_654_435_761) % 1009) as f32 / 1009.0 - 0.5);
+        let w = ArrayD::from_shape_fn(IxDyn(&[co, ci, 3, 3]), |d| {
+            let mut v = 0.0;
+            for p in 0..r1 {
+                for q in 0..r2 {
+                    v += a[[d[0], p]] * b[[d[1], q]] * core[[p, q, d[2], d[3]]];
+                }
+            }
+            v
+        });
+        let t = tucker2(&w, &LowrankStage { method: LowrankMethod::Tucker, energy: Some(1.0 - 1e-9), ..LowrankStage::default() }).unwrap().unwrap();
+        assert_eq!(t.ranks, [r1, r2]);
+        assert!(t.relative_error < 1e-4, "{}", t.relative_error);
+        assert_eq!(t.first.shape(), &[r2, ci, 1, 1]);
+        assert_eq!(t.core.shape(), &[r1, r2, 3, 3]);
+        assert_eq!(t.last.shape(), &[co, r1, 1, 1]);
+        // A target ratio keeps about that share of the parameters.
+        let t = tucker2(&w, &LowrankStage { method: LowrankMethod::Tucker, target_ratio: 0.3, ..LowrankStage::default() }).unwrap().unwrap();
+        let [r1, r2] = t.ranks;
+        let kept = (r2 * ci + r1 * r2 * 9 + co * r1) as f64 / (co * ci * 9) as f64;
+        assert!(kept <= 0.3 && kept > 0.15, "{kept} {:?}", t.ranks);
+    }
+
+    #[test]
+    fn tucker_graph_runs_and_matches_the_conv_at_full_rank() {
+        use crate::runtime::{Session, SessionConfig};
+        use tamp_onnx::TensorValue;
+        use tamp_onnx::builder::{Attr, GraphBuilder};
+        let mut gb = GraphBuilder::new("tucker", 17);
+        let x = gb.input_f32("x", &[None, Some(16), Some(6), Some(6)]);
+        let w = ArrayD::from_shape_fn(IxDyn(&[16, 16, 3, 3]), |d| ((d[0] * 31 + d[1] * 7 + d[2] * 3 + d[3]) as f32 * 0.13).sin());
+        let wn = gb.init_f32("w", w);
+        let bn = gb.init_f32("b", ArrayD::from_shape_fn(IxDyn(&[16]), |d| d[0] as f32 * 0.1));
+        let y = gb.op("Conv", &[&x, &wn, &bn], &[("pads", Attr::Ints(vec![1, 1, 1, 1])), ("strides", Attr::Ints(vec![2, 2])), ("kernel_shape", Attr::Ints(vec![3, 3]))]);
+        gb.output_f32(&y, &[None, Some(16), Some(3), Some(3)]);
+        let m = gb.build();
+        let input = TensorValue::F32(ArrayD::from_shape_fn(IxDyn(&[2, 16, 6, 6]), |d| ((d[1] * 13 + d[2] * 5 + d[3]) as f32 * 0.07).cos()));
+        let run = |m: &Model| match Session::from_model(m, &SessionConfig::default()).unwrap().run(&[("x", &input)]).unwrap().remove(0).1 {
+            TensorValue::F32(a) => a,
+            _ => panic!(),
+        };
+        let before = run(&m);
+        // Energy 1 keeps full ranks, which are not smaller: nothing to do.
+        let full = LowRank { config: LowrankStage { method: LowrankMethod::Tucker, energy: Some(1.0), min_dim: 4, ..LowrankStage::default() } };
+        assert!(full.build(&m).unwrap().is_none());
+        let half = LowRank { config: LowrankStage { method: LowrankMethod::Tucker, energy: Some(0.999), min_dim: 4, ..LowrankStage::default() } };
+        let (patch, layers) = half.build(&m).unwrap().unwrap();
+        let t = patch.apply(&m, "tucker").unwrap();
+        assert_eq!(t.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).count(), 3);
+        let after = run(&t);
+        assert_eq!(after.shape(), before.shape());
+        let rel = (after - &before).mapv(|v| v * v).sum().sqrt() / before.mapv(|v| v * v).sum().sqrt();
+        assert!(rel < 0.1 && layers[0].params_after < layers[0].params_before, "{rel} {layers:?}");
     }
 
     #[test]
