@@ -127,6 +127,57 @@ pub struct PruningStage {
     /// Fine-tune after pruning (arrives with training; refused until then).
     pub fine_tune: bool,
     pub seed: u64,
+    /// `block` pruning: `RxC` blocks (`1x4`: one output × four consecutive inputs) or `N:M`
+    /// (`2:4`: two of every four consecutive inputs kept).
+    pub pattern: String,
+    /// `unstructured` pruning: one magnitude threshold for all layers (`global`) or the
+    /// same fraction of each layer (`per_layer`, with a sensitivity-allocated candidate).
+    pub scope: PruningScope,
+    /// `unstructured` / `block`: layers with fewer weights stay dense.
+    pub min_elements: usize,
+    /// `iterative`: the number of steps to reach `target_sparsity`, evaluated between steps.
+    pub steps: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PruningScope {
+    Global,
+    PerLayer,
+}
+
+/// How `block` pruning zeroes weights, parsed from `pattern`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SparsityPattern {
+    Unstructured,
+    /// Blocks of `rows` outputs × `cols` consecutive reduction elements.
+    Block { rows: usize, cols: usize },
+    /// Of every `m` consecutive reduction elements, the `n` largest stay.
+    NOfM { n: usize, m: usize },
+}
+
+impl SparsityPattern {
+    /// Parses `1x4` (block) or `2:4` (N:M, N kept of every M).
+    pub fn parse(s: &str) -> Option<Self> {
+        if let Some((n, m)) = s.split_once(':') {
+            let (n, m): (usize, usize) = (n.trim().parse().ok()?, m.trim().parse().ok()?);
+            return (n >= 1 && m > n && m <= 64).then_some(Self::NOfM { n, m });
+        }
+        let (r, c) = s.split_once(['x', '×'])?;
+        let (rows, cols): (usize, usize) = (r.trim().parse().ok()?, c.trim().parse().ok()?);
+        (rows >= 1 && cols >= 1 && rows * cols > 1).then_some(Self::Block { rows, cols })
+    }
+}
+
+impl PruningStage {
+    /// The weight pattern of `unstructured` / `block` pruning.
+    pub fn sparsity_pattern(&self) -> SparsityPattern {
+        match self.kind {
+            PruningType::Block => SparsityPattern::parse(&self.pattern).unwrap_or(SparsityPattern::Block { rows: 1, cols: 4 }),
+            _ => SparsityPattern::Unstructured,
+        }
+    }
 }
 
 impl Default for PruningStage {
@@ -142,6 +193,10 @@ impl Default for PruningStage {
             round_to: 8,
             fine_tune: false,
             seed: 0,
+            pattern: "1x4".into(),
+            scope: PruningScope::Global,
+            min_elements: 256,
+            steps: 3,
         }
     }
 }
@@ -462,17 +517,23 @@ impl Recipe {
                     }
                 }
                 Stage::Pruning(p) => {
-                    if p.kind != PruningType::StructuredChannel {
-                        return Err(invalid(&at("type"), format!("`{}` pruning is not available in this build; available: structured_channel", serde_yaml_ng::to_string(&p.kind).unwrap_or_default().trim())));
+                    if p.kind == PruningType::AttentionHead {
+                        return Err(invalid(&at("type"), "`attention_head` pruning is not available in this build; available: structured_channel (Conv channels and transformer FFN neurons), unstructured, block".into()));
+                    }
+                    if p.kind == PruningType::Block && SparsityPattern::parse(&p.pattern).is_none() {
+                        return Err(invalid(&at("pattern"), format!("'{}' is not a pattern; use RxC blocks (e.g. 1x4) or N:M (e.g. 2:4, N < M ≤ 64)", p.pattern)));
+                    }
+                    if p.schedule == PruningSchedule::Iterative && p.steps < 2 {
+                        return Err(invalid(&at("steps"), format!("{} step(s): an iterative schedule needs at least 2", p.steps)));
+                    }
+                    if p.schedule == PruningSchedule::Iterative && p.kind != PruningType::StructuredChannel {
+                        return Err(invalid(&at("schedule"), "`iterative` is available for structured_channel pruning; use `schedule: oneshot`".into()));
                     }
                     if !(p.target_sparsity > 0.0 && p.target_sparsity < 1.0) {
                         return Err(invalid(&at("target_sparsity"), format!("{} is outside (0, 1): the fraction of prunable channels to remove", p.target_sparsity)));
                     }
                     if p.fine_tune {
                         return Err(invalid(&at("fine_tune"), "fine-tuning after pruning is not available yet (it arrives with training); set `fine_tune: false`".into()));
-                    }
-                    if p.schedule == PruningSchedule::Iterative {
-                        return Err(invalid(&at("schedule"), "`iterative` pruning needs fine-tuning between steps, which is not available yet (it arrives with training); use `schedule: oneshot`".into()));
                     }
                     if p.levels.is_empty() || p.levels.iter().any(|l| !(*l > 0.0 && *l < 1.0)) {
                         return Err(invalid(&at("levels"), "list sparsity levels in (0, 1), e.g. [0.1, 0.2, 0.3]".into()));
@@ -631,9 +692,16 @@ mod tests {
         let e = Recipe::from_yaml(r).unwrap_err().to_string();
         assert!(e.contains("line 5") && e.contains("`distillation` stage"), "{e}");
         // Known keys with settings this build cannot honour say so, with the line.
-        let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: structured_channel\n        schedule: iterative\n";
+        let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: structured_channel\n        schedule: iterative\n        steps: 1\n";
         let e = Recipe::from_yaml(r).unwrap_err().to_string();
-        assert!(e.contains("line 6") && e.contains("fine-tuning"), "{e}");
+        assert!(e.contains("line 7") && e.contains("at least 2"), "{e}");
+        let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: block\n        pattern: 4:2\n";
+        let e = Recipe::from_yaml(r).unwrap_err().to_string();
+        assert!(e.contains("line 6") && e.contains("N:M"), "{e}");
+        let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: attention_head\n";
+        assert!(Recipe::from_yaml(r).unwrap_err().to_string().contains("not available"));
+        let r = "policy:\n  name: p\n  stages:\n    - pruning: {type: block, pattern: 2:4}\n";
+        assert_eq!(Recipe::from_yaml(r).unwrap().policy.stages.len(), 1);
         let r = "policy:\n  name: p\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.5, fine_tune: true}\n";
         assert!(Recipe::from_yaml(r).unwrap_err().to_string().contains("not available yet"));
         let r = "policy:\n  name: p\n  stages:\n    - pruning: {sparsity: 0.5}\n";

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tamp_domain::Recipe;
-use tamp_domain::recipe::{CalibrationMethod, ClusterStage, LowrankStage, Objective, PruningStage, PtqMode, PtqStage, Stage};
+use tamp_domain::recipe::{CalibrationMethod, ClusterStage, LowrankStage, Objective, PruningScope, PruningStage, PruningType, PtqMode, PtqStage, Stage};
 use tamp_onnx::{Model, Pass, SaveOptions};
 
 use crate::calibrate::Method;
@@ -306,6 +306,9 @@ impl Runner<'_, '_> {
     /// curves (greedy: the cheapest predicted drop per removed channel first).
     fn prune(&mut self, stage: usize, cfg: &PruningStage, model: &Model) -> Result<Vec<Candidate>> {
         use crate::passes::prune::{self as pr, ChannelGroup};
+        if cfg.kind != PruningType::StructuredChannel {
+            return self.sparsify(stage, cfg, model);
+        }
         self.obs.begin("find channel groups", 0);
         let groups = pr::analyze(model);
         if groups.is_empty() {
@@ -354,10 +357,11 @@ impl Runner<'_, '_> {
         let mut out = vec![c];
         if cfg.sensitivity {
             let started = std::time::Instant::now();
-            let curves = self.sensitivity(cfg, model, &groups, &build)?;
+            let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+            let curves = self.sensitivity(cfg, model, "", &names, &build)?;
             // The same number of channels as the uniform candidate removes, so the two compare.
             let goal: usize = groups.iter().map(|g| removable(g, t)).sum();
-            let alloc = allocate(&groups, &curves, &cfg.levels, goal, &removable);
+            let alloc = allocate(&curves, &cfg.levels, goal, &|g, l| removable(&groups[g], l));
             let m = build(&alloc)?;
             let pass_seconds = started.elapsed().as_secs_f64();
             let mut c = self.judge(&m, format!("s{stage}-prune-sensitivity-{t}"), stage, "pruning")?;
@@ -371,10 +375,88 @@ impl Runner<'_, '_> {
         Ok(out)
     }
 
+    /// Unstructured or block/N:M magnitude pruning (zeros in dense weights: the graph and its
+    /// speed stay, the coded artifact shrinks). Unstructured `global`: one threshold for all
+    /// layers; `per_layer`: every layer at the target and, with `sensitivity`, per-layer levels
+    /// from sensitivity curves removing the same number of weights; block RxC: per layer
+    /// (with the same sensitivity option); N:M: one candidate at 1 − N/M.
+    fn sparsify(&mut self, stage: usize, cfg: &PruningStage, model: &Model) -> Result<Vec<Candidate>> {
+        use crate::passes::sparsity::{self as sp, Pattern};
+        let pattern = cfg.sparsity_pattern();
+        let units = sp::units(model, cfg.min_elements);
+        self.obs.begin("find prunable weights", 0);
+        if units.is_empty() {
+            self.obs.end(&format!("no Conv/Gemm/MatMul weight with ≥ {} elements", cfg.min_elements));
+            return Ok(Vec::new());
+        }
+        let total: usize = units.iter().map(|u| u.elements).sum();
+        self.obs.end(&format!("{} layers, {total} weights", units.len()));
+        let base_coded = cluster::deflated_size(&std::fs::read(self.job.model_path).map_err(io_err(self.job.model_path))?);
+        let t = cfg.target_sparsity;
+        let label = match pattern {
+            Pattern::Unstructured => "unstructured".to_owned(),
+            Pattern::Block { rows, cols } => format!("block{rows}x{cols}"),
+            Pattern::NOfM { n, m } => format!("{n}of{m}"),
+        };
+        let mut out = Vec::new();
+        let mut make = |this: &mut Self, levels: Vec<f64>, global: bool, how: &str, extra: serde_json::Value| -> Result<()> {
+            let started = std::time::Instant::now();
+            let (m, layers) = sp::sparsify(model, &units, &levels, pattern, global)?;
+            let pass_seconds = started.elapsed().as_secs_f64();
+            let id = match pattern {
+                Pattern::NOfM { .. } => format!("s{stage}-prune-{label}"),
+                _ => format!("s{stage}-prune-{label}-{how}-{t}"),
+            };
+            let mut c = this.judge(&m, id, stage, "pruning")?;
+            c.mode = format!("{label}/{how}");
+            let zeros: usize = layers.iter().map(|l| l.zeros).sum();
+            let mut d = serde_json::json!({
+                "pattern": label,
+                "layers": layers,
+                "zeros": zeros,
+                "weights": total,
+                "achieved_sparsity": zeros as f64 / total.max(1) as f64,
+                "coded_size_bytes": c.coded_size_bytes,
+                "baseline_coded_size_bytes": base_coded,
+                "coded_compression_ratio": this.baseline().size_bytes as f64 / c.coded_size_bytes.max(1) as f64,
+                "coding": "deflate (level 6) of the ONNX file",
+                "pass_seconds": pass_seconds,
+            });
+            if let (Some(d), serde_json::Value::Object(e)) = (d.as_object_mut(), extra) {
+                d.extend(e);
+            }
+            c.details = d;
+            out.push(c);
+            Ok(())
+        };
+        match pattern {
+            Pattern::NOfM { .. } => make(self, vec![0.0; units.len()], false, "n_of_m", serde_json::Value::Null)?,
+            Pattern::Unstructured if cfg.scope == PruningScope::Global => make(self, vec![t; units.len()], true, "global", serde_json::Value::Null)?,
+            _ => {
+                make(self, vec![t; units.len()], false, "uniform", serde_json::Value::Null)?;
+                if cfg.sensitivity {
+                    let started = std::time::Instant::now();
+                    let build = |levels: &[f64]| -> Result<Model> { Ok(sp::sparsify(model, &units, levels, pattern, false)?.0) };
+                    let names: Vec<String> = units.iter().map(|u| u.node.clone()).collect();
+                    let curves = self.sensitivity(cfg, model, &label, &names, &build)?;
+                    let removable = |u: usize, l: f64| (units[u].elements as f64 * l).round() as usize;
+                    let goal: usize = (0..units.len()).map(|u| removable(u, t)).sum();
+                    let alloc = allocate(&curves, &cfg.levels, goal, &removable);
+                    let extra = serde_json::json!({
+                        "allocation_seconds": started.elapsed().as_secs_f64(),
+                        "sensitivity": units.iter().zip(&curves).zip(&alloc).map(|((u, cv), l)| serde_json::json!({ "layer": u.node, "levels": cfg.levels, "metric_drop_pct": cv, "chosen": l })).collect::<Vec<_>>(),
+                    });
+                    make(self, alloc, false, "sensitivity", extra)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Metric drop (percent) of pruning each group alone at each level, on a seeded subset;
     /// computed on two threads and cached by (model sha, data sha, group, level, rows, seed)
     /// under `~/.cache/tamp/sensitivity/`.
-    fn sensitivity(&mut self, cfg: &PruningStage, model: &Model, groups: &[crate::passes::prune::ChannelGroup], build: &(dyn Fn(&[f64]) -> Result<Model> + Sync)) -> Result<Vec<Vec<f64>>> {
+    fn sensitivity(&mut self, cfg: &PruningStage, model: &Model, tag: &str, names: &[String], build: &(dyn Fn(&[f64]) -> Result<Model> + Sync)) -> Result<Vec<Vec<f64>>> {
         let data = self.job.evaluation;
         let rows = data.sample(cfg.sensitivity_rows.min(data.rows), cfg.seed);
         let session = SessionConfig { intra_threads: 1, ..SessionConfig::default() };
@@ -383,8 +465,10 @@ impl Runner<'_, '_> {
         let key = format!("{}-{}-r{}-s{}", &model.sha256()?[..16], &data.sha256[..16], rows.len(), cfg.seed);
         let cache_path = cache_dir.as_ref().map(|d| d.join(format!("{key}.json")));
         let mut cache: BTreeMap<String, f64> = cache_path.as_ref().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        let points: Vec<(usize, usize)> = (0..groups.len()).flat_map(|g| (0..cfg.levels.len()).map(move |l| (g, l))).collect();
-        let todo: Vec<(usize, usize)> = points.iter().copied().filter(|&(g, l)| !cache.contains_key(&format!("{}@{}", groups[g].name, cfg.levels[l]))).collect();
+        // Structured groups keep their historical keys (`name@level`); other kinds are tagged.
+        let entry = |g: usize, level: f64| if tag.is_empty() { format!("{}@{level}", names[g]) } else { format!("{tag}/{}@{level}", names[g]) };
+        let points: Vec<(usize, usize)> = (0..names.len()).flat_map(|g| (0..cfg.levels.len()).map(move |l| (g, l))).collect();
+        let todo: Vec<(usize, usize)> = points.iter().copied().filter(|&(g, l)| !cache.contains_key(&entry(g, cfg.levels[l]))).collect();
         self.obs.begin("sensitivity curves", todo.len() as u64);
         let metric = self.metric.clone();
         let results: Vec<Result<(usize, usize, f64)>> = std::thread::scope(|scope| {
@@ -396,7 +480,7 @@ impl Runner<'_, '_> {
                         chunk
                             .iter()
                             .map(|&(g, l)| {
-                                let mut levels = vec![0.0; groups.len()];
+                                let mut levels = vec![0.0; names.len()];
                                 levels[g] = cfg.levels[l];
                                 let s = eval::score(&build(&levels)?, data, rows, metric, 64, session)?;
                                 Ok((g, l, metric_drop_pct(metric, reference, s)))
@@ -409,7 +493,7 @@ impl Runner<'_, '_> {
         });
         for r in results {
             let (g, l, drop) = r?;
-            cache.insert(format!("{}@{}", groups[g].name, cfg.levels[l]), drop);
+            cache.insert(entry(g, cfg.levels[l]), drop);
         }
         self.obs.end(&format!("{} points ({} cached)", points.len(), points.len() - todo.len()));
         if let (Some(dir), Some(path)) = (&cache_dir, &cache_path)
@@ -417,7 +501,7 @@ impl Runner<'_, '_> {
         {
             let _ = std::fs::write(path, serde_json::to_vec_pretty(&cache).unwrap_or_default());
         }
-        Ok(groups.iter().map(|g| cfg.levels.iter().map(|l| cache[&format!("{}@{l}", g.name)]).collect()).collect())
+        Ok((0..names.len()).map(|g| cfg.levels.iter().map(|&l| cache[&entry(g, l)]).collect()).collect())
     }
 
     /// How closely `candidate`'s first output follows `reference`'s on the evaluation rows the
@@ -572,23 +656,24 @@ fn nbits_units(model: &Model) -> Result<Vec<String>> {
     Ok(patch.remove_nodes.iter().map(|&i| quantize::node_key(&model.graph().node[i]).to_owned()).collect())
 }
 
-/// Per-group levels removing at least `goal` channels in all, greedily taking
-/// the step with the smallest predicted metric drop per removed channel.
-fn allocate(groups: &[crate::passes::prune::ChannelGroup], curves: &[Vec<f64>], levels: &[f64], goal: usize, removable: &dyn Fn(&crate::passes::prune::ChannelGroup, f64) -> usize) -> Vec<f64> {
-    let mut at: Vec<Option<usize>> = vec![None; groups.len()]; // index into levels
+/// Per-unit levels removing at least `goal` channels (or weights) in all, greedily taking
+/// the step with the smallest predicted metric drop per removed unit of work;
+/// `removable(unit, level)` is what a unit removes at a level.
+fn allocate(curves: &[Vec<f64>], levels: &[f64], goal: usize, removable: &dyn Fn(usize, f64) -> usize) -> Vec<f64> {
+    let mut at: Vec<Option<usize>> = vec![None; curves.len()]; // index into levels
     let level = |a: Option<usize>| a.map_or(0.0, |i| levels[i]);
     let drop = |g: usize, a: Option<usize>| a.map_or(0.0, |i| curves[g][i].max(0.0));
     loop {
-        let removed: usize = groups.iter().zip(&at).map(|(g, a)| removable(g, level(*a))).sum();
+        let removed: usize = at.iter().enumerate().map(|(g, a)| removable(g, level(*a))).sum();
         if removed >= goal {
             break;
         }
         let mut best: Option<(f64, usize, usize)> = None;
-        for (g, gr) in groups.iter().enumerate() {
-            // The next level that removes more channels (rounding can make some steps empty).
-            let now = removable(gr, level(at[g]));
-            let Some(next) = (at[g].map_or(0, |i| i + 1)..levels.len()).find(|&j| removable(gr, levels[j]) > now) else { continue };
-            let gained = removable(gr, levels[next]) - now;
+        for g in 0..curves.len() {
+            // The next level that removes more (rounding can make some steps empty).
+            let now = removable(g, level(at[g]));
+            let Some(next) = (at[g].map_or(0, |i| i + 1)..levels.len()).find(|&j| removable(g, levels[j]) > now) else { continue };
+            let gained = removable(g, levels[next]) - now;
             let cost = (drop(g, Some(next)) - drop(g, at[g])).max(0.0) / gained as f64;
             if best.is_none_or(|(c, _, _)| cost < c) {
                 best = Some((cost, g, next));
@@ -614,7 +699,8 @@ pub fn choose(candidates: &[Candidate], objective: Objective) -> Option<(usize, 
         }
     };
     let eligible = |c: &Candidate| c.missed.is_empty() && (objective != Objective::Latency || c.faster);
-    let best = |pool: Vec<usize>| pool.into_iter().min_by(|&a, &b| key(&candidates[a]).total_cmp(&key(&candidates[b])));
+    // Ties on the objective (e.g. equal sizes of sparsified models) go to the better metric.
+    let best = |pool: Vec<usize>| pool.into_iter().min_by(|&a, &b| key(&candidates[a]).total_cmp(&key(&candidates[b])).then(candidates[a].metric_drop_pct.total_cmp(&candidates[b].metric_drop_pct)));
     if let Some(i) = best((0..candidates.len()).filter(|&i| eligible(&candidates[i])).collect()) {
         return Some((i, format!("meets every constraint; best {objective:?} among {} candidate(s)", candidates.len()).to_lowercase()));
     }

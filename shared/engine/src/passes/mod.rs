@@ -9,6 +9,7 @@ pub mod lowrank;
 pub mod prune;
 pub mod nbits;
 pub mod quantize;
+pub mod sparsity;
 
 pub use cluster::{ClusterWeights, ClusteredLayer};
 pub use dynamic::{DynamicConfig, QuantizeDynamic};
