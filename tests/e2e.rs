@@ -479,6 +479,31 @@ fn tucker_of_the_reference_cnn() {
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 }
 
+/// FFN-neuron pruning of all-MiniLM-L6-v2: six groups (one per encoder layer, 1536 neurons
+/// each: the first MatMul's columns, its bias, the second MatMul's rows), 30 % removed,
+/// fewer parameters and MACs; the model passes onnx.checker and runs in Python onnxruntime.
+#[test]
+fn ffn_neuron_pruning_of_minilm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "all-minilm-l6-v2").unwrap();
+    let recipe = dir.path().join("ffn.yaml");
+    std::fs::write(&recipe, "policy:\n  name: ffn\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.3, sensitivity: false}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 64, latency_runs: 5}\nobjective: size\n").unwrap();
+    let out = dir.path().join("out");
+    let r = compress(&model, &recipe, &eval, &eval, &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let c = &cands["candidates"][0];
+    let d = &c["details"];
+    let groups = d["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 6, "{d}");
+    assert!(groups.iter().all(|g| g["channels"] == 1536 && g["group"].as_str().unwrap().contains("intermediate")), "{d}");
+    assert!(d["params_after"].as_u64().unwrap() < d["params_before"].as_u64().unwrap());
+    let macs = |v: &serde_json::Value| v["macs_per_sample"].as_u64().unwrap();
+    assert!(macs(&c["measured"]) < macs(&cands["baseline"]));
+    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(c["file"].as_str().unwrap())));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
+
 /// Structured channel pruning of the reference CNN at 30 % of its prunable channels: whole
 /// channels go (residual groups pruned together), the models have fewer parameters, pass
 /// onnx.checker and load in Python onnxruntime, and the sensitivity-allocated candidate keeps

@@ -28,14 +28,29 @@ pub fn with_outputs(model: &Model, values: &[String]) -> Result<Model> {
             unknown.push(v.clone());
             continue;
         }
-        // Keep the known type; otherwise declare float (activations are what calibration reads).
-        let info = view.value_info(v).cloned().unwrap_or_else(|| tamp_onnx::builder::value_info(v, DataType::Float, &[]));
+        // Keep the known type; otherwise the type the producer makes (float for most).
+        let info = view.value_info(v).cloned().unwrap_or_else(|| tamp_onnx::builder::value_info(v, produced_type(model, &view, v), &[]));
         patch.add_outputs.push(ValueInfoProto { r#type: info.r#type.map(drop_shape), ..info });
     }
     if !unknown.is_empty() {
         return Err(EngineError::Config(format!("cannot capture {unknown:?}: no node in the main graph produces them")));
     }
     patch.apply(model, "capture-outputs").map_err(|e| EngineError::Config(e.to_string()))
+}
+
+/// The element type of `v` when the graph declares none: integer kernels make int32,
+/// quantizing ops make their zero point's type, everything else here reads float.
+fn produced_type(model: &Model, view: &GraphView<'_>, v: &str) -> DataType {
+    let Some(n) = view.producer(v).map(|i| &model.graph().node[i]) else { return DataType::Float };
+    let zero_point_type = |i: usize| n.input.get(i).and_then(|z| view.constant(z)).and_then(|t| t.data_type).and_then(|d| DataType::try_from(d).ok());
+    match n.op_type.as_deref() {
+        Some("MatMulInteger" | "ConvInteger") => DataType::Int32,
+        Some("QuantizeLinear") => zero_point_type(2).unwrap_or(DataType::Uint8),
+        Some("QLinearConv" | "QLinearMatMul") => zero_point_type(7).unwrap_or(DataType::Uint8),
+        Some("DynamicQuantizeLinear") if n.output.first().is_some_and(|o| o == v) => DataType::Uint8,
+        Some("DynamicQuantizeLinear") if n.output.get(2).is_some_and(|o| o == v) => DataType::Uint8,
+        _ => DataType::Float,
+    }
 }
 
 /// Shapes of intermediates are often unknown or symbolic; ONNX Runtime only needs the type.
