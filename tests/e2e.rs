@@ -588,6 +588,15 @@ fn structured_pruning_of_the_reference_cnn() {
     let (u, s) = (uniform["measured"]["value"].as_f64().unwrap(), sens["measured"]["value"].as_f64().unwrap());
     assert!(s > u, "sensitivity allocation {s} should beat uniform {u}");
     assert!(sens["details"]["sensitivity"].as_array().is_some_and(|c| !c.is_empty()), "the curves are in the report");
+    // Iterative: two steps, evaluated between them; parameters fall step by step.
+    let recipe = dir.path().join("it.yaml");
+    std::fs::write(&recipe, "policy:\n  name: it\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.3, schedule: iterative, steps: 2, sensitivity_rows: 128}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 256, latency_runs: 5}\n").unwrap();
+    let r = compress(&model, &recipe, &calib, &eval, &dir.path().join("it"));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("it/candidates.json")).unwrap()).unwrap();
+    let traj = cands["candidates"][0]["details"]["trajectory"].as_array().unwrap().clone();
+    assert_eq!(traj.len(), 3, "{traj:?}");
+    assert!(traj.windows(2).all(|w| w[1]["params"].as_u64() < w[0]["params"].as_u64()), "{traj:?}");
     // The PRD's prune-then-fine-tune recipe is refused with the line, not run without its fine-tuning.
     let r = compress(&model, &root().join("configs/policy_examples/prune50_finetune.yaml"), &calib, &eval, &dir.path().join("ft"));
     assert!(!r.status.success());
