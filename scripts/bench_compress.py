@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = {
     "fmnist-resnet8": [
         ("prune30", "configs/policy_examples/prune30.yaml"),
+        ("unstructured 60%", "configs/policy_examples/sparse_unstructured.yaml"),
+        ("2:4", "configs/policy_examples/sparse_2of4.yaml"),
+        ("tucker50", "configs/policy_examples/tucker_cnn.yaml"),
         ("cluster16 → int8", "configs/policy_examples/cluster16.yaml"),
         ("int8 (ptq_8bit)", "configs/policy_examples/ptq_8bit.yaml"),
     ],
@@ -22,6 +25,7 @@ CASES = {
     ],
     "all-minilm-l6-v2": [
         ("svd50 FFN → dynamic int8", "configs/policy_examples/lowrank_ffn.yaml"),
+        ("FFN neurons 30% → dynamic int8", "configs/policy_examples/prune_ffn.yaml"),
     ],
 }
 
@@ -45,14 +49,15 @@ def main() -> None:
                     continue
                 out = json.loads((Path(tmp) / "out/candidates.json").read_text())
                 base = out["baseline"]
-                rows.append((model, "fp32 baseline", f"{base['metric']} {base['value']:.4f}", f"{base['latency_ms_p50']:.3f}", "1.00", "1.00", "1.00", "-", f"{wall:.1f}"))
+                mmacs = lambda m: "-" if m.get("macs_per_sample") is None else f"{m['macs_per_sample'] / 1e6:.2f}"  # noqa: E731
+                rows.append((model, "fp32 baseline", f"{base['metric']} {base['value']:.4f}", f"{base['latency_ms_p50']:.3f}", "1.00", "1.00", "1.00", mmacs(base), "-", f"{wall:.1f}"))
                 for c in out["candidates"]:
                     m = c["measured"]
                     coded = base["size_bytes"] / max(c.get("coded_size_bytes") or m["size_bytes"], 1)
                     pass_s = c.get("details", {}).get("pass_seconds")
                     rows.append((model, f"{label}: {c['id']}", f"{m['value']:.4f}", f"{m['latency_ms_p50']:.3f}", f"{c['speedup_p50']:.2f}",
-                                 f"{c['compression_ratio']:.2f}", f"{coded:.2f}", "-" if pass_s is None else f"{pass_s:.2f}", ""))
-    head = ("model", "technique / candidate", "metric", "P50 ms", "speed-up", "size ×", "coded ×", "pass s", "run s")
+                                 f"{c['compression_ratio']:.2f}", f"{coded:.2f}", mmacs(m), "-" if pass_s is None else f"{pass_s:.2f}", ""))
+    head = ("model", "technique / candidate", "metric", "P50 ms", "speed-up", "size ×", "coded ×", "MMACs", "pass s", "run s")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
