@@ -293,10 +293,15 @@ pub struct PtqStage {
     pub calibration: Calibration,
     /// One weight scale per output channel (else one per tensor).
     pub per_channel_weights: bool,
-    /// Symmetric weights (zero point 0).
+    /// Symmetric int8 weights (zero point 0); `false`: asymmetric uint8 with zero points
+    /// (ONNX Runtime's QLinearConv takes one zero point for all channels, so per-channel
+    /// asymmetric Conv weights run unfused and are flagged when not faster).
     pub symmetric: bool,
     pub fold_batch_norm: bool,
+    /// Balance per-channel weight ranges of Conv → [Relu] → Conv pairs before calibrating.
     pub cross_layer_equalization: bool,
+    /// Add each layer's expected weight-quantization error (from calibration input means)
+    /// to its bias.
     pub bias_correction: bool,
     /// Node names kept in float whatever the sensitivity ranking says.
     pub keep_float: Vec<String>,
@@ -497,15 +502,6 @@ impl Recipe {
                     }
                     if !(64..=1 << 16).contains(&c.bins) {
                         return Err(invalid(&[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("bins")], format!("{} is outside 64..=65536", c.bins)));
-                    }
-                    if !p.symmetric {
-                        return Err(invalid(&at("symmetric"), "asymmetric weights are not supported in this build; ONNX Runtime's int8 kernels are fastest with symmetric weights (set `symmetric: true`)".into()));
-                    }
-                    if p.cross_layer_equalization {
-                        return Err(invalid(&at("cross_layer_equalization"), "not available in this build (set it to false)".into()));
-                    }
-                    if p.bias_correction {
-                        return Err(invalid(&at("bias_correction"), "not available in this build (set it to false)".into()));
                     }
                 }
                 Stage::Clustering(c) => {

@@ -653,6 +653,7 @@ impl Runner<'_, '_> {
         let mut out = Vec::new();
         let build: Box<BuildFn<'_>>;
         let units: Vec<String>;
+        let mut pre_passes = serde_json::Value::Null;
         match mode {
             PtqMode::Static => {
                 let cfg = PtqConfig {
@@ -661,6 +662,8 @@ impl Runner<'_, '_> {
                     seed: p.calibration.seed,
                     bins: p.calibration.bins,
                     fold_batch_norm: p.fold_batch_norm,
+                    cross_layer_equalization: p.cross_layer_equalization,
+                    bias_correction: p.bias_correction,
                     ..PtqConfig::default()
                 };
                 let rows = p.calibration.samples.min(self.job.calibration.rows);
@@ -668,8 +671,16 @@ impl Runner<'_, '_> {
                 let calibrated = ptq::calibrate(model, self.job.calibration, &cfg)?;
                 self.obs.end(&format!("{} activations calibrated on {} rows", calibrated.ranges.len(), calibrated.calibration_rows));
                 units = quantize::weighted_nodes(&calibrated.folded);
-                let per_channel = p.per_channel_weights;
-                build = Box::new(move |ex| Ok(calibrated.quantize(&QuantizeConfig { per_channel, exclude: ex.clone() })?.0));
+                let qc = QuantizeConfig { per_channel: p.per_channel_weights, symmetric: p.symmetric, bias_correction: p.bias_correction, exclude: BTreeSet::new() };
+                // What the pre-passes did, from one build with nothing kept in float.
+                let probe = calibrated.quantize(&qc)?.1;
+                pre_passes = serde_json::json!({
+                    "fold_batch_norm": calibrated.folded_batch_norms,
+                    "cross_layer_equalization": probe.equalized,
+                    "bias_correction": probe.bias_corrected,
+                    "symmetric_weights": p.symmetric,
+                });
+                build = Box::new(move |ex| Ok(calibrated.quantize(&QuantizeConfig { exclude: ex.clone(), ..qc.clone() })?.0));
             }
             PtqMode::Dynamic | PtqMode::Auto => {
                 let base = DynamicConfig { per_channel: p.per_channel_weights, ..DynamicConfig::default() };
@@ -695,7 +706,10 @@ impl Runner<'_, '_> {
             };
             let id = format!("s{stage}-ptq-{label}-w{wb}a{ab}");
             let q = build_fn(&keep)?;
-            let c = self.candidate(&q, id.clone(), stage, p, mode, keep.iter().cloned().collect(), (wb, ab))?;
+            let mut c = self.candidate(&q, id.clone(), stage, p, mode, keep.iter().cloned().collect(), (wb, ab))?;
+            if wb == 8 && !pre_passes.is_null() {
+                c.details = serde_json::json!({ "pre_passes": pre_passes });
+            }
             let drop_missed = c.metric_drop_pct > self.job.recipe.constraints.max_metric_drop_pct;
             out.push(c);
             if drop_missed && let Some(float) = self.fallback(model, &units_for, &keep, build_fn)? {

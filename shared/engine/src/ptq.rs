@@ -12,6 +12,8 @@ use crate::calibrate::{Method, Range, StatRequest, collect};
 use crate::dataset::Dataset;
 use crate::error::{EngineError, Result};
 use crate::passes::dynamic::DynamicCounts;
+use crate::passes::bias_correct::{self, CorrectedLayer};
+use crate::passes::equalize::{self, EqualizedPair};
 use crate::passes::{DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeDynamic, QuantizeNBits, QuantizeQdq, quantize};
 use crate::runtime::SessionConfig;
 
@@ -27,6 +29,10 @@ pub struct PtqConfig {
     /// Histogram bins for percentile/entropy/MSE.
     pub bins: usize,
     pub fold_batch_norm: bool,
+    /// Cross-layer equalization of Conv → [Relu] → Conv pairs before calibration.
+    pub cross_layer_equalization: bool,
+    /// Also gather the per-channel input means bias correction needs (one more pass).
+    pub bias_correction: bool,
     pub quantize: QuantizeConfig,
     pub session: SessionConfig,
 }
@@ -40,6 +46,8 @@ impl Default for PtqConfig {
             batch_size: 32,
             bins: 2048,
             fold_batch_norm: true,
+            cross_layer_equalization: false,
+            bias_correction: false,
             quantize: QuantizeConfig::default(),
             session: SessionConfig { intra_threads: 1, ..SessionConfig::default() },
         }
@@ -58,6 +66,12 @@ pub struct PtqReport {
     pub excluded: Vec<String>,
     /// Ops left in float, by type (count).
     pub float_ops: BTreeMap<String, usize>,
+    /// Pairs cross-layer equalization balanced.
+    #[serde(default)]
+    pub equalized: Vec<EqualizedPair>,
+    /// Layers whose bias absorbed their weight quantization error.
+    #[serde(default)]
+    pub bias_corrected: Vec<CorrectedLayer>,
     pub ranges: BTreeMap<String, Range>,
 }
 
@@ -78,6 +92,54 @@ pub struct Calibrated {
     pub calibration_rows: usize,
     pub method: Method,
     pub ranges: BTreeMap<String, Range>,
+    pub equalized: Vec<EqualizedPair>,
+    /// Per-channel input means of the weighted nodes (for bias correction), by node key.
+    pub input_means: Option<BTreeMap<String, Vec<f64>>>,
+}
+
+/// Per-channel means of every Conv/Gemm input over `indices` rows (channel axis 1 for Conv,
+/// the last for Gemm), streamed: memory is a sum per channel.
+pub fn input_means(model: &Model, data: &Dataset, indices: &[usize], batch_size: usize, session: &SessionConfig) -> Result<BTreeMap<String, Vec<f64>>> {
+    let g = model.graph();
+    let view = tamp_onnx::GraphView::new(g);
+    let mut readers: BTreeMap<String, Vec<(String, usize)>> = BTreeMap::new(); // value → (node key, channel axis)
+    for n in &g.node {
+        let op = n.op_type.as_deref().unwrap_or_default();
+        if !matches!(op, "Conv" | "Gemm") || n.input.get(1).is_none_or(|w| view.constant(w).is_none()) {
+            continue;
+        }
+        if let Some(x) = n.input.first().filter(|x| view.constant(x).is_none()) {
+            readers.entry(x.clone()).or_default().push((quantize::node_key(n).to_owned(), if op == "Conv" { 1 } else { usize::MAX }));
+        }
+    }
+    let values: Vec<String> = readers.keys().cloned().collect();
+    let mut sums: BTreeMap<String, (Vec<f64>, u64)> = BTreeMap::new();
+    crate::capture::capture(model, data, indices, &values, batch_size, session, |_, got| {
+        for (v, t) in got {
+            let tamp_onnx::TensorValue::F32(a) = t else { continue };
+            let Some(&(_, axis)) = readers.get(v).and_then(|r| r.first()) else { continue };
+            let ax = if axis == usize::MAX { a.ndim().saturating_sub(1) } else { axis };
+            if ax >= a.ndim() {
+                continue;
+            }
+            let per: Vec<f64> = a.axis_iter(ndarray::Axis(ax)).map(|c| c.iter().map(|&x| f64::from(x)).sum()).collect();
+            let count = (a.len() / a.shape()[ax].max(1)) as u64;
+            let e = sums.entry(v.clone()).or_insert_with(|| (vec![0.0; per.len()], 0));
+            if e.0.len() == per.len() {
+                e.0.iter_mut().zip(&per).for_each(|(s, p)| *s += p);
+                e.1 += count;
+            }
+        }
+        Ok(())
+    })?;
+    let mut means = BTreeMap::new();
+    for (v, (sum, count)) in sums {
+        let m: Vec<f64> = sum.iter().map(|s| s / count.max(1) as f64).collect();
+        for (key, _) in &readers[&v] {
+            means.insert(key.clone(), m.clone());
+        }
+    }
+    Ok(means)
 }
 
 /// Folds batch norms and calibrates every activation the QDQ pass could quantize, in one
@@ -85,6 +147,10 @@ pub struct Calibrated {
 pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calibrated> {
     let folded = if cfg.fold_batch_norm { run_to_fixpoint(model, &[&FoldBatchNorm], 4).map_err(patch_err)? } else { model.clone() };
     let folded_batch_norms = count(model, "BatchNormalization") - count(&folded, "BatchNormalization");
+    let (folded, equalized) = match cfg.cross_layer_equalization.then(|| equalize::equalize(&folded, 8)).transpose()?.flatten() {
+        Some((patch, pairs)) => (patch.apply(&folded, "cross-layer-equalization").map_err(patch_err)?, pairs),
+        None => (folded, Vec::new()),
+    };
     let values = quantize::plan(&folded, &Default::default())?;
     if values.is_empty() {
         return Err(EngineError::Config("nothing to quantize: the model has no float activations between quantizable ops".into()));
@@ -93,15 +159,25 @@ pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calib
     let indices = data.sample(cfg.samples, cfg.seed);
     let stats = collect(&folded, data, &indices, &requests, cfg.batch_size, cfg.bins, &cfg.session)?;
     let ranges = stats.iter().map(|(k, s)| Ok((k.clone(), s.range(cfg.method)?))).collect::<Result<BTreeMap<_, _>>>()?;
-    Ok(Calibrated { folded, folded_batch_norms, calibration_rows: indices.len(), method: cfg.method, ranges })
+    let input_means = if cfg.bias_correction { Some(input_means(&folded, data, &indices, cfg.batch_size, &cfg.session)?) } else { None };
+    Ok(Calibrated { folded, folded_batch_norms, calibration_rows: indices.len(), method: cfg.method, ranges, equalized, input_means })
 }
 
 impl Calibrated {
     /// Applies the QDQ pass with `config` (per-channel, exclusions).
     pub fn quantize(&self, config: &QuantizeConfig) -> Result<(Model, PtqReport)> {
+        let (base, bias_corrected) = if config.bias_correction {
+            let means = self.input_means.as_ref().ok_or_else(|| EngineError::Config("bias correction needs the input means: calibrate with `bias_correction: true`".into()))?;
+            match bias_correct::correct(&self.folded, means, config.per_channel, config.symmetric, &config.exclude)? {
+                Some((patch, layers)) => (patch.apply(&self.folded, "bias-correction").map_err(patch_err)?, layers),
+                None => (self.folded.clone(), Vec::new()),
+            }
+        } else {
+            (self.folded.clone(), Vec::new())
+        };
         let pass = QuantizeQdq { config: config.clone(), ranges: self.ranges.clone() };
-        let (patch, quantized_weights) = pass.build(&self.folded)?.ok_or_else(|| EngineError::Config("the quantization pass found nothing to change".into()))?;
-        let quantized = patch.apply(&self.folded, pass.name()).map_err(patch_err)?;
+        let (patch, quantized_weights) = pass.build(&base)?.ok_or_else(|| EngineError::Config("the quantization pass found nothing to change".into()))?;
+        let quantized = patch.apply(&base, pass.name()).map_err(patch_err)?;
         let mut float_ops = BTreeMap::new();
         for n in &quantized.graph().node {
             let op = n.op_type.as_deref().unwrap_or("");
@@ -120,6 +196,8 @@ impl Calibrated {
             excluded: config.exclude.iter().cloned().collect(),
             float_ops,
             ranges: self.ranges.clone(),
+            equalized: self.equalized.clone(),
+            bias_corrected,
         };
         Ok((quantized, report))
     }

@@ -2,8 +2,10 @@
 //! mutates its input and never writes files; the driver applies and checks the patch.
 //! Adding a pass: its own file, one line here, its tests.
 
+pub mod bias_correct;
 pub mod cluster;
 pub mod dynamic;
+pub mod equalize;
 pub mod fold_bn;
 pub mod lowrank;
 pub mod prune;

@@ -37,13 +37,21 @@ const ABSORBED: &[&str] = &["Relu", "Clip"];
 pub struct QuantizeConfig {
     /// Per-output-channel weight scales (else one per tensor).
     pub per_channel: bool,
+    /// Symmetric int8 weights (zero point 0); else asymmetric uint8 with a zero point per
+    /// scale. ONNX Runtime's QLinearConv needs one zero point for all channels, so per-channel
+    /// asymmetric Conv weights run as DequantizeLinear + float Conv (measured, and flagged
+    /// when not faster).
+    pub symmetric: bool,
+    /// Empirical bias correction: each layer's bias absorbs its weight quantization error
+    /// times the mean of its input (from calibration), so outputs keep their mean.
+    pub bias_correction: bool,
     /// Nodes (by [`node_key`]) left in float: neither their inputs nor weights are quantized.
     pub exclude: BTreeSet<String>,
 }
 
 impl Default for QuantizeConfig {
     fn default() -> Self {
-        Self { per_channel: true, exclude: BTreeSet::new() }
+        Self { per_channel: true, symmetric: true, bias_correction: false, exclude: BTreeSet::new() }
     }
 }
 
@@ -139,6 +147,68 @@ pub fn quantize_weight(w: &ArrayD<f32>, axis: Option<usize>) -> (ArrayD<i8>, Vec
     }
 }
 
+/// Asymmetric uint8 weights: per slice of `axis` (or the whole tensor), the range
+/// [min(w, 0), max(w, 0)] over 255 steps: (quantized, scales, zero points).
+pub fn quantize_weight_asym(w: &ArrayD<f32>, axis: Option<usize>) -> (ArrayD<u8>, Vec<f32>, Vec<u8>) {
+    let params = |it: &mut dyn Iterator<Item = f32>| {
+        let (lo, hi) = it.fold((0f32, 0f32), |(l, h), v| (l.min(v), h.max(v)));
+        let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+        (s, (-lo / s).round().clamp(0.0, 255.0) as u8)
+    };
+    let q1 = |v: f32, s: f32, z: u8| ((v / s).round() + f32::from(z)).clamp(0.0, 255.0) as u8;
+    match axis {
+        None => {
+            let (s, z) = params(&mut w.iter().copied());
+            (w.mapv(|v| q1(v, s, z)), vec![s], vec![z])
+        }
+        Some(ax) => {
+            let p: Vec<(f32, u8)> = w.axis_iter(Axis(ax)).map(|c| params(&mut c.iter().copied())).collect();
+            let mut q = ArrayD::<u8>::zeros(w.raw_dim());
+            for (c, (src, mut dst)) in w.axis_iter(Axis(ax)).zip(q.axis_iter_mut(Axis(ax))).enumerate() {
+                dst.zip_mut_with(&src, |d, &v| *d = q1(v, p[c].0, p[c].1));
+            }
+            (q, p.iter().map(|x| x.0).collect(), p.iter().map(|x| x.1).collect())
+        }
+    }
+}
+
+/// The output-channel axis of a weighted node's weight (per-channel scales run along it).
+pub fn weight_axis(n: &NodeProto, w: &ArrayD<f32>) -> usize {
+    match op(n) {
+        "Conv" => 0,
+        "Gemm" if attr_int(n, "transB", 0) == 1 => 0,
+        _ => w.ndim().saturating_sub(1),
+    }
+}
+
+/// What the QDQ pass will make of `w` once dequantized (float), for bias correction.
+pub fn fake_quantized(w: &ArrayD<f32>, axis: Option<usize>, symmetric: bool) -> ArrayD<f32> {
+    let per = |c: usize, scales: &[f32]| scales[if scales.len() == 1 { 0 } else { c }];
+    let mut out = ArrayD::<f32>::zeros(w.raw_dim());
+    if symmetric {
+        let (q, scales) = quantize_weight(w, axis);
+        match axis {
+            Some(ax) => {
+                for (c, (src, mut dst)) in q.axis_iter(Axis(ax)).zip(out.axis_iter_mut(Axis(ax))).enumerate() {
+                    dst.zip_mut_with(&src, |d, &v| *d = f32::from(v) * per(c, &scales));
+                }
+            }
+            None => out = q.mapv(|v| f32::from(v) * scales[0]),
+        }
+    } else {
+        let (q, scales, zps) = quantize_weight_asym(w, axis);
+        match axis {
+            Some(ax) => {
+                for (c, (src, mut dst)) in q.axis_iter(Axis(ax)).zip(out.axis_iter_mut(Axis(ax))).enumerate() {
+                    dst.zip_mut_with(&src, |d, &v| *d = (f32::from(v) - f32::from(zps[c])) * scales[c]);
+                }
+            }
+            None => out = q.mapv(|v| (f32::from(v) - f32::from(zps[0])) * scales[0]),
+        }
+    }
+    out
+}
+
 /// The QDQ pass over calibrated ranges (from [`plan`] values).
 #[derive(Debug, Clone)]
 pub struct QuantizeQdq {
@@ -212,27 +282,37 @@ impl QuantizeQdq {
             let Some(&sx) = n.input.first().and_then(|x| act_scale.get(x.as_str())) else { continue };
             let wname = &n.input[1];
             let Some(w) = view.constant(wname).and_then(|t| to_array::<f32>(t).ok()) else { continue };
-            let axis = match kind {
-                "Conv" => 0,
-                "Gemm" if attr_int(n, "transB", 0) == 1 => 0,
-                _ => w.ndim().saturating_sub(1),
-            };
-            let (q, scales) = quantize_weight(&w, self.config.per_channel.then_some(axis));
+            let axis = weight_axis(n, &w);
             // A weight read by one node keeps its name; a shared one is quantized per reader.
             let key = if view.consumers(wname).len() == 1 { wname.clone() } else { format!("{wname}#{i}") };
             let (wq, ws, wdq) = (format!("{key}.q"), format!("{key}.s"), format!("{key}.dq"));
+            let (scales, zero_points) = if self.config.symmetric {
+                let (q, scales) = quantize_weight(&w, self.config.per_channel.then_some(axis));
+                patch.add_initializers.push(from_array(&wq, &q));
+                (scales, None)
+            } else {
+                let (q, scales, zps) = quantize_weight_asym(&w, self.config.per_channel.then_some(axis));
+                patch.add_initializers.push(from_array(&wq, &q));
+                (scales, Some(zps))
+            };
             let scale_shape: Vec<usize> = if scales.len() == 1 { vec![] } else { vec![scales.len()] };
             let scale_arr = ArrayD::from_shape_vec(IxDyn(&scale_shape), scales.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?;
-            patch.add_initializers.push(from_array(&wq, &q));
             patch.add_initializers.push(from_array(&ws, &scale_arr));
             let axis_attr = if scales.len() > 1 { vec![attribute("axis", Attr::Int(axis as i64))] } else { vec![] };
             // Symmetric: the zero point is 0, which an omitted zero point means (a byte per channel
             // saved). ORT fuses Conv without it, but QGemm/MatMulInteger only with it.
             let mut dq_inputs = vec![wq, ws];
-            if kind != "Conv" {
-                let wz = format!("{key}.zp");
-                patch.add_initializers.push(from_array(&wz, &ArrayD::<i8>::zeros(scale_arr.raw_dim())));
-                dq_inputs.push(wz);
+            let wz = format!("{key}.zp");
+            match zero_points {
+                Some(z) => {
+                    patch.add_initializers.push(from_array(&wz, &ArrayD::from_shape_vec(scale_arr.raw_dim(), z).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    dq_inputs.push(wz);
+                }
+                None if kind != "Conv" => {
+                    patch.add_initializers.push(from_array(&wz, &ArrayD::<i8>::zeros(scale_arr.raw_dim())));
+                    dq_inputs.push(wz);
+                }
+                None => {}
             }
             patch.add_nodes.push(node("DequantizeLinear", format!("{key}.DQ"), dq_inputs, wdq.clone(), axis_attr));
             patch.rewire.push((i, 1, wdq));
