@@ -219,9 +219,15 @@ bench-compress: build-release venv models
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
-bench-ptq: build-release venv models
+nncf: .venv-nncf/.done
+.venv-nncf/.done: scripts/requirements-nncf.txt $(ORT_LIB)
+	@python3 -m venv .venv-nncf
+	@.venv-nncf/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements-nncf.txt $(DEPS)/wheels/$(ORT_WHEEL)
+	@touch $@
+
+bench-ptq: build-release venv models nncf
 	$(PY) scripts/bench_ptq.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --model-dir $(EFFNET_REF) \
-		--transformer-dir $(MINILM_REF)
+		--transformer-dir $(MINILM_REF) --nncf-python .venv-nncf/bin/python
 
 clean:
 	rm -rf $(DEPS) $(VENV) .venv-moto $(MODELS) baseline.json

@@ -7,6 +7,7 @@ time to quantize and peak RSS of the quantizing process. Speed is reported, neve
 ORT's run includes its recommended `quant_pre_process` (BN folding etc.), timed with it.
 """
 import argparse
+from pathlib import Path
 import json
 import os
 import subprocess
@@ -71,6 +72,7 @@ def main():
     ap.add_argument("--transformer-dir", action="append", default=[],
                     help="a transformer (reference outputs as labels): dynamic int8, Tamp vs quantize_dynamic")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--nncf-python", help="a Python with nncf (make nncf): adds NNCF's rows")
     a = ap.parse_args()
     methods = [("minmax", "MinMax"), ("entropy", "Entropy"), ("percentile", "Percentile")]
     header = f"{'model':<20}{'quantizer':<22}{'top1':>8}{'P50 ms':>9}{'P95 ms':>9}{'b32 /s':>9}{'size':>10}{'quant s':>9}{'RSS MiB':>9}"
@@ -95,6 +97,15 @@ def main():
                     secs, rss = timed(cmd)
                     m, p50, p95, tp, size = evaluate(a.tamp, out, data, "top1", a.threads)
                     print(f"{'':<20}{who + ' ' + ours:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.0f}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
+            extra = [("tamp pct+CLE+BC", [a.tamp, "quantize", model, "--data", calib, "--method", "percentile", "--samples", str(rows), "--cle", "--bias-correction"])]
+            if a.nncf_python:
+                extra.append(("nncf default", [a.nncf_python, str(Path(__file__).parent / "nncf_quantize.py"), model, calib]))
+            for who, base_cmd in extra:
+                out = f"{tmp}/{name}-{who.replace(' ', '-')}.onnx"
+                cmd = base_cmd + ["--out", out] if who.startswith("tamp") else base_cmd + [out]
+                secs, rss = timed(cmd)
+                m, p50, p95, tp, size = evaluate(a.tamp, out, data, "top1", a.threads)
+                print(f"{'':<20}{who:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.0f}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
         for d in a.transformer_dir:
             name = d.rstrip("/").split("/")[-1]
             model, data = f"{d}/model.onnx", f"{d}/eval.npz"
@@ -103,7 +114,8 @@ def main():
             for who, cmd_of in (("tamp dynamic", lambda out: [a.tamp, "quantize", "--dynamic", model, "--out", out]),
                                 ("tamp 4-bit weights", lambda out: [a.tamp, "quantize", "--weights4", model, "--out", out]),
                                 ("onnxruntime dynamic", lambda out: [sys.executable, "-c", ORT_DYNAMIC, model, out, "0"]),
-                                ("ort dynamic per-ch", lambda out: [sys.executable, "-c", ORT_DYNAMIC, model, out, "1"])):
+                                ("ort dynamic per-ch", lambda out: [sys.executable, "-c", ORT_DYNAMIC, model, out, "1"]),
+                                *((("nncf transformer", lambda out: [a.nncf_python, str(Path(__file__).parent / "nncf_quantize.py"), model, f"{d}/calib.npz", out, "--transformer"]),) if a.nncf_python else ())):
                 out = f"{tmp}/{name}-{who.replace(' ', '-')}.onnx"
                 secs, rss = timed(cmd_of(out))
                 m, p50, p95, tp, size = evaluate(a.tamp, out, data, "cosine", a.threads)

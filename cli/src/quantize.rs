@@ -41,6 +41,15 @@ pub struct Args {
     /// Keep BatchNormalization nodes instead of folding them into the layer before.
     #[arg(long)]
     no_fold_bn: bool,
+    /// Cross-layer equalization of Conv → [Relu] → Conv pairs before calibrating.
+    #[arg(long)]
+    cle: bool,
+    /// Empirical bias correction (each layer's bias absorbs its weight-quantization error).
+    #[arg(long)]
+    bias_correction: bool,
+    /// Asymmetric uint8 weights with zero points (symmetric int8 otherwise).
+    #[arg(long)]
+    asymmetric: bool,
     /// Also write the run's report (ranges, counts) as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -80,7 +89,9 @@ pub fn run(args: &Args) -> Result<()> {
         samples: args.samples,
         seed: args.seed,
         fold_batch_norm: !args.no_fold_bn,
-        quantize: QuantizeConfig { per_channel: !args.per_tensor, ..QuantizeConfig::default() },
+        cross_layer_equalization: args.cle,
+        bias_correction: args.bias_correction,
+        quantize: QuantizeConfig { per_channel: !args.per_tensor, symmetric: !args.asymmetric, bias_correction: args.bias_correction, ..QuantizeConfig::default() },
         ..PtqConfig::default()
     };
     let (quantized, report) = quantize_static(&model, &data, &cfg)?;
