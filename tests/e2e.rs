@@ -520,6 +520,12 @@ fn tucker_of_the_reference_cnn() {
     assert!(d["output_agreement"]["top1_agreement"].as_f64().is_some());
     let macs = |v: &serde_json::Value| v["macs_per_sample"].as_u64().unwrap();
     assert!(macs(&c["measured"]) < macs(&cands["baseline"]), "fewer MACs");
+    // Per-layer ranks from sensitivity curves: at least as many parameters go, less accuracy.
+    let s = &cands["candidates"][1];
+    assert_eq!(s["mode"], "tucker2/sensitivity");
+    let removed = |d: &serde_json::Value| d["params_before"].as_f64().unwrap() - d["params_after"].as_f64().unwrap();
+    assert!(removed(&s["details"]) >= 0.95 * removed(d), "{} vs {}", s["details"], d);
+    assert!(s["measured"]["value"].as_f64().unwrap() > c["measured"]["value"].as_f64().unwrap());
     let file = out.join(c["file"].as_str().unwrap());
     let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(&file));
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));

@@ -266,11 +266,18 @@ pub struct LowrankStage {
     pub min_params: usize,
     /// Only these layers (node names); empty: every eligible MatMul.
     pub layers: Vec<String>,
+    /// Measure each layer's metric drop alone at each of `levels` (fraction of its
+    /// parameters removed) and build a second candidate whose per-layer ranks remove as many
+    /// parameters as `target_ratio` does, with the least predicted drop.
+    pub sensitivity: bool,
+    pub levels: Vec<f64>,
+    pub sensitivity_rows: usize,
+    pub seed: u64,
 }
 
 impl Default for LowrankStage {
     fn default() -> Self {
-        Self { method: LowrankMethod::Svd, target_ratio: 0.5, energy: None, min_dim: 64, min_params: 0, layers: Vec::new() }
+        Self { method: LowrankMethod::Svd, target_ratio: 0.5, energy: None, min_dim: 64, min_params: 0, layers: Vec::new(), sensitivity: false, levels: vec![0.25, 0.5, 0.75], sensitivity_rows: 256, seed: 0 }
     }
 }
 
@@ -544,6 +551,12 @@ impl Recipe {
                     }
                     if l.energy.is_some_and(|e| !(e > 0.0 && e <= 1.0)) {
                         return Err(invalid(&at("energy"), "must be in (0, 1]".into()));
+                    }
+                    if l.levels.is_empty() || l.levels.iter().any(|v| !(*v > 0.0 && *v < 1.0)) {
+                        return Err(invalid(&at("levels"), "list fractions of each layer's parameters to remove in (0, 1), e.g. [0.25, 0.5, 0.75]".into()));
+                    }
+                    if l.sensitivity && l.energy.is_some() {
+                        return Err(invalid(&at("sensitivity"), "sensitivity allocation works from `target_ratio`; remove `energy` or set `sensitivity: false`".into()));
                     }
                 }
                 other => {

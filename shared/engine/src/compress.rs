@@ -582,7 +582,7 @@ impl Runner<'_, '_> {
         let tucker = cfg.method == tamp_domain::recipe::LowrankMethod::Tucker;
         self.obs.begin(if tucker { "factorise Conv weights (Tucker-2)" } else { "factorise MatMul weights (SVD)" }, 0);
         let started = std::time::Instant::now();
-        let pass = LowRank { config: cfg.clone() };
+        let pass = LowRank::new(cfg.clone());
         let Some((patch, layers)) = pass.build(model)? else {
             self.obs.end(if tucker { "no Conv layer worth factorising (group 1, k > 1, channels ≥ min_dim)" } else { "no MatMul layer worth factorising" });
             return Ok(Vec::new());
@@ -600,7 +600,42 @@ impl Runner<'_, '_> {
         c.mode = method.into();
         let agreement = self.agreement(model, &factored)?;
         c.details = serde_json::json!({ "layers": layers, "params_before": before, "params_after": after, "pass_seconds": pass_seconds, "output_agreement": agreement });
-        Ok(vec![c])
+        let mut out = vec![c];
+        if cfg.sensitivity {
+            let started = std::time::Instant::now();
+            let eligible = pass.eligible(model)?;
+            let names: Vec<String> = eligible.iter().map(|(n, _)| n.clone()).collect();
+            let with_levels = |levels: &[f64]| LowRank { config: cfg.clone(), ratios: names.iter().zip(levels).map(|(n, &l)| (n.clone(), if l <= 0.0 { 1.0 } else { 1.0 - l })).collect() };
+            let build = |levels: &[f64]| -> Result<Model> {
+                let p = with_levels(levels);
+                Ok(match p.build(model)? {
+                    Some((patch, _)) => patch.apply(model, p.name()).map_err(ptq::patch_err)?,
+                    None => model.clone(),
+                })
+            };
+            let ladder = PruningStage { levels: cfg.levels.clone(), sensitivity_rows: cfg.sensitivity_rows, seed: cfg.seed, ..PruningStage::default() };
+            let curves = self.sensitivity(&ladder, model, method, &names, &build)?;
+            // Parameters a layer gives up at a level (what the uniform ratio removes is the goal).
+            let removable = |u: usize, l: f64| (eligible[u].1 as f64 * l).round() as usize;
+            let goal = before - after;
+            let alloc = allocate(&curves, &cfg.levels, goal, &removable);
+            let p = with_levels(&alloc);
+            let (m, layers) = match p.build(model)? {
+                Some((patch, layers)) => (patch.apply(model, p.name()).map_err(ptq::patch_err)?, layers),
+                None => (model.clone(), Vec::new()),
+            };
+            let pass_seconds = started.elapsed().as_secs_f64();
+            let (b2, a2): (usize, usize) = layers.iter().fold((0, 0), |(b, a), l| (b + l.params_before, a + l.params_after));
+            let mut c = self.judge(&m, format!("s{stage}-{method}-sensitivity-r{}", cfg.target_ratio), stage, "lowrank")?;
+            c.mode = format!("{method}/sensitivity");
+            let agreement = self.agreement(model, &m)?;
+            c.details = serde_json::json!({
+                "layers": layers, "params_before": b2, "params_after": a2, "pass_seconds": pass_seconds, "output_agreement": agreement,
+                "sensitivity": names.iter().zip(&curves).zip(&alloc).map(|((n, cv), l)| serde_json::json!({ "layer": n, "levels": cfg.levels, "metric_drop_pct": cv, "chosen": l })).collect::<Vec<_>>(),
+            });
+            out.push(c);
+        }
+        Ok(out)
     }
 
     /// Returns the fewest, most sensitive layers to float until the metric constraint holds

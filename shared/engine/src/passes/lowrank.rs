@@ -41,6 +41,30 @@ pub struct FactorisedLayer {
 #[derive(Debug, Clone)]
 pub struct LowRank {
     pub config: LowrankStage,
+    /// Per-layer parameter ratios (by node key) instead of `config.target_ratio`; a ratio of
+    /// 1 or more leaves the layer as it is.
+    pub ratios: std::collections::BTreeMap<String, f64>,
+}
+
+impl LowRank {
+    pub fn new(config: LowrankStage) -> Self {
+        Self { config, ratios: Default::default() }
+    }
+
+    /// The config for one layer (its own ratio when one is set), or `None` to skip it.
+    fn layer_config(&self, key: &str) -> Option<LowrankStage> {
+        match self.ratios.get(key) {
+            Some(&r) if r >= 1.0 => None,
+            Some(&r) => Some(LowrankStage { target_ratio: r, ..self.config.clone() }),
+            None => Some(self.config.clone()),
+        }
+    }
+
+    /// The layers this pass would factorise, with their parameter counts.
+    pub fn eligible(&self, model: &Model) -> Result<Vec<(String, usize)>, OnnxError> {
+        let probe = Self { config: LowrankStage { target_ratio: 0.5, energy: None, ..self.config.clone() }, ratios: Default::default() };
+        Ok(probe.build(model)?.map(|(_, l)| l.into_iter().map(|l| (l.node, l.params_before)).collect()).unwrap_or_default())
+    }
 }
 
 /// `(A, B, rank, energy kept, relative error)`.
@@ -211,7 +235,8 @@ impl LowRank {
             if group != 1 || kh * kw < 2 || co.min(ci) < self.config.min_dim || w.len() < self.config.min_params || view.consumers(wname).len() != 1 {
                 continue;
             }
-            let Some(t) = tucker2(&w, &self.config)? else { continue };
+            let Some(cfg) = self.layer_config(node_key(node)) else { continue };
+            let Some(t) = tucker2(&w, &cfg)? else { continue };
             let key = format!("{y}.tk");
             let (fname, cname, lname, m1, m2) = (format!("{key}.first"), format!("{key}.core"), format!("{key}.last"), format!("{key}.mid1"), format!("{key}.mid2"));
             patch.add_initializers.push(from_array(&fname, &t.first));
@@ -262,7 +287,8 @@ impl LowRank {
             }
             let w2 = w.into_dimensionality::<ndarray::Ix2>().map_err(|e| OnnxError::Graph(e.to_string()))?;
             let (m, n) = w2.dim();
-            let Some((a, b, rank, energy, err)) = factorise(&w2, &self.config)? else { continue };
+            let Some(cfg) = self.layer_config(node_key(node)) else { continue };
+            let Some((a, b, rank, energy, err)) = factorise(&w2, &cfg)? else { continue };
             let key = format!("{y}.lr");
             let (an, bn, mid) = (format!("{key}.A"), format!("{key}.B"), format!("{key}.mid"));
             patch.add_initializers.push(from_array(&an, &ArrayD::from_shape_vec(IxDyn(&[m, rank]), a.into_raw_vec_and_offset().0).map_err(|e| OnnxError::Graph(e.to_string()))?));
@@ -345,9 +371,9 @@ mod tests {
         };
         let before = run(&m);
         // Energy 1 keeps full ranks, which are not smaller: nothing to do.
-        let full = LowRank { config: LowrankStage { method: LowrankMethod::Tucker, energy: Some(1.0), min_dim: 4, ..LowrankStage::default() } };
+        let full = LowRank::new(LowrankStage { method: LowrankMethod::Tucker, energy: Some(1.0), min_dim: 4, ..LowrankStage::default() });
         assert!(full.build(&m).unwrap().is_none());
-        let half = LowRank { config: LowrankStage { method: LowrankMethod::Tucker, energy: Some(0.999), min_dim: 4, ..LowrankStage::default() } };
+        let half = LowRank::new(LowrankStage { method: LowrankMethod::Tucker, energy: Some(0.999), min_dim: 4, ..LowrankStage::default() });
         let (patch, layers) = half.build(&m).unwrap().unwrap();
         let t = patch.apply(&m, "tucker").unwrap();
         assert_eq!(t.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).count(), 3);
