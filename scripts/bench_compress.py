@@ -26,6 +26,7 @@ CASES = {
     "all-minilm-l6-v2": [
         ("svd50 FFN → dynamic int8", "configs/policy_examples/lowrank_ffn.yaml"),
         ("FFN neurons 30% → dynamic int8", "configs/policy_examples/prune_ffn.yaml"),
+        ("heads 25% → dynamic int8", "configs/policy_examples/prune_heads.yaml"),
     ],
 }
 

@@ -610,6 +610,33 @@ fn ffn_neuron_pruning_of_minilm() {
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 }
 
+/// Attention-head pruning of all-MiniLM-L6-v2: six self-attention blocks of 12 heads are
+/// found, a quarter of the heads go (fewer parameters and MACs, each layer's head shapes
+/// rewritten); the model passes onnx.checker and runs in Python onnxruntime.
+#[test]
+fn attention_head_pruning_of_minilm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "all-minilm-l6-v2").unwrap();
+    let recipe = dir.path().join("heads.yaml");
+    std::fs::write(&recipe, "policy:\n  name: heads\n  stages:\n    - pruning: {type: attention_head, target_sparsity: 0.25, sensitivity: false}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 32, latency_runs: 3}\n").unwrap();
+    let out = dir.path().join("out");
+    let r = compress(&model, &recipe, &eval, &eval, &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let c = &cands["candidates"][0];
+    let d = &c["details"];
+    let blocks = d["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), 6, "{d}");
+    assert!(blocks.iter().all(|b| b["heads"] == 12 && b["head_dim"] == 32 && b["removed"] == 3), "{d}");
+    assert!(d["params_after"].as_u64().unwrap() < d["params_before"].as_u64().unwrap());
+    let macs = |v: &serde_json::Value| v["macs_per_sample"].as_u64().unwrap();
+    assert!(macs(&c["measured"]) < macs(&cands["baseline"]));
+    let cos = c["measured"]["value"].as_f64().unwrap();
+    assert!(cos > 0.5 && cos < 1.0, "cosine reported: {cos}");
+    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(c["file"].as_str().unwrap())));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
+
 /// Structured channel pruning of the reference CNN at 30 % of its prunable channels: whole
 /// channels go (residual groups pruned together), the models have fewer parameters, pass
 /// onnx.checker and load in Python onnxruntime, and the sensitivity-allocated candidate keeps

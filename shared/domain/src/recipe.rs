@@ -520,9 +520,6 @@ impl Recipe {
                     }
                 }
                 Stage::Pruning(p) => {
-                    if p.kind == PruningType::AttentionHead {
-                        return Err(invalid(&at("type"), "`attention_head` pruning is not available in this build; available: structured_channel (Conv channels and transformer FFN neurons), unstructured, block".into()));
-                    }
                     if p.kind == PruningType::Block && SparsityPattern::parse(&p.pattern).is_none() {
                         return Err(invalid(&at("pattern"), format!("'{}' is not a pattern; use RxC blocks (e.g. 1x4) or N:M (e.g. 2:4, N < M ≤ 64)", p.pattern)));
                     }
@@ -707,7 +704,7 @@ mod tests {
         let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: block\n        pattern: 4:2\n";
         let e = Recipe::from_yaml(r).unwrap_err().to_string();
         assert!(e.contains("line 6") && e.contains("N:M"), "{e}");
-        let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: attention_head\n";
+        let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: attention_head\n        fine_tune: true\n";
         assert!(Recipe::from_yaml(r).unwrap_err().to_string().contains("not available"));
         let r = "policy:\n  name: p\n  stages:\n    - pruning: {type: block, pattern: 2:4}\n";
         assert_eq!(Recipe::from_yaml(r).unwrap().policy.stages.len(), 1);

@@ -306,8 +306,10 @@ impl Runner<'_, '_> {
     /// curves (greedy: the cheapest predicted drop per removed channel first).
     fn prune(&mut self, stage: usize, cfg: &PruningStage, model: &Model) -> Result<Vec<Candidate>> {
         use crate::passes::prune::{self as pr, ChannelGroup};
-        if cfg.kind != PruningType::StructuredChannel {
-            return self.sparsify(stage, cfg, model);
+        match cfg.kind {
+            PruningType::StructuredChannel => {}
+            PruningType::AttentionHead => return self.prune_heads(stage, cfg, model),
+            _ => return self.sparsify(stage, cfg, model),
         }
         self.obs.begin("find channel groups", 0);
         let groups = pr::analyze(model);
@@ -431,6 +433,65 @@ impl Runner<'_, '_> {
             "pass_seconds": pass_seconds,
         });
         Ok(vec![c])
+    }
+
+    /// Attention-head pruning: a uniform candidate (every block loses `target_sparsity` of
+    /// its heads) and, with `sensitivity`, per-block head counts from sensitivity curves
+    /// removing as many heads in all.
+    fn prune_heads(&mut self, stage: usize, cfg: &PruningStage, model: &Model) -> Result<Vec<Candidate>> {
+        use crate::passes::heads;
+        self.obs.begin("find self-attention blocks", 0);
+        let groups = heads::find(model);
+        if groups.is_empty() {
+            self.obs.end("no self-attention block in the BERT-style pattern (Reshape → Transpose heads, Softmax, merge Reshape, output MatMul)");
+            return Ok(Vec::new());
+        }
+        let total: usize = groups.iter().map(|g| g.heads).sum();
+        self.obs.end(&format!("{} attention blocks, {total} heads", groups.len()));
+        let imps: Vec<Vec<f64>> = groups.iter().map(|g| heads::importance(model, g)).collect();
+        let removable = |g: &heads::HeadGroup, level: f64| ((g.heads as f64 * level).round() as usize).min(g.heads - 1);
+        let build = |levels: &[f64]| -> Result<Model> {
+            let keep: BTreeMap<usize, Vec<usize>> = groups.iter().zip(&imps).zip(levels).map(|((g, imp), &l)| (g.id, crate::passes::prune::keep_set(imp, removable(g, l)))).collect();
+            Ok(heads::prune(model, &groups, &keep)?)
+        };
+        let params_before = crate::passes::prune::parameter_count(model);
+        let describe = |levels: &[f64], m: &Model| {
+            let removed: usize = groups.iter().zip(levels).map(|(g, &l)| removable(g, l)).sum();
+            serde_json::json!({
+                "blocks": groups.iter().zip(levels).map(|(g, &l)| serde_json::json!({ "block": g.name, "heads": g.heads, "head_dim": g.head_dim, "removed": removable(g, l) })).collect::<Vec<_>>(),
+                "removed_heads": removed,
+                "heads": total,
+                "params_before": params_before,
+                "params_after": crate::passes::prune::parameter_count(m),
+            })
+        };
+        let t = cfg.target_sparsity;
+        let started = std::time::Instant::now();
+        let uniform = vec![t; groups.len()];
+        let m = build(&uniform)?;
+        let pass_seconds = started.elapsed().as_secs_f64();
+        let mut c = self.judge(&m, format!("s{stage}-prune-heads-uniform-{t}"), stage, "pruning")?;
+        c.mode = "attention_head/uniform".into();
+        c.details = describe(&uniform, &m);
+        c.details["pass_seconds"] = serde_json::json!(pass_seconds);
+        let mut out = vec![c];
+        if cfg.sensitivity {
+            let started = std::time::Instant::now();
+            let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+            let curves = self.sensitivity(cfg, model, "heads", &names, &build)?;
+            let goal: usize = groups.iter().map(|g| removable(g, t)).sum();
+            let alloc = allocate(&curves, &cfg.levels, goal, &|g, l| removable(&groups[g], l));
+            let m = build(&alloc)?;
+            let pass_seconds = started.elapsed().as_secs_f64();
+            let mut c = self.judge(&m, format!("s{stage}-prune-heads-sensitivity-{t}"), stage, "pruning")?;
+            c.mode = "attention_head/sensitivity".into();
+            let mut d = describe(&alloc, &m);
+            d["pass_seconds"] = serde_json::json!(pass_seconds);
+            d["sensitivity"] = serde_json::json!(names.iter().zip(&curves).map(|(n, cv)| serde_json::json!({ "block": n, "levels": cfg.levels, "metric_drop_pct": cv })).collect::<Vec<_>>());
+            c.details = d;
+            out.push(c);
+        }
+        Ok(out)
     }
 
     /// Unstructured or block/N:M magnitude pruning (zeros in dense weights: the graph and its

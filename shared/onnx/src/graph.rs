@@ -269,6 +269,11 @@ pub fn attr_int(node: &NodeProto, name: &str, default: i64) -> i64 {
     attr(node, name).and_then(|a| a.i).unwrap_or(default)
 }
 
+/// An integer-list attribute (empty when absent).
+pub fn attr_ints<'n>(node: &'n NodeProto, name: &str) -> &'n [i64] {
+    attr(node, name).map_or(&[], |a| a.ints.as_slice())
+}
+
 /// A float attribute, or `default`.
 pub fn attr_float(node: &NodeProto, name: &str, default: f32) -> f32 {
     attr(node, name).and_then(|a| a.f).unwrap_or(default)

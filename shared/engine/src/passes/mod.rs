@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod dynamic;
 pub mod equalize;
 pub mod fold_bn;
+pub mod heads;
 pub mod lowrank;
 pub mod prune;
 pub mod nbits;
