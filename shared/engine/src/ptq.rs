@@ -182,7 +182,9 @@ impl Calibrated {
         for n in &quantized.graph().node {
             let op = n.op_type.as_deref().unwrap_or("");
             let excluded = config.exclude.contains(quantize::node_key(n));
-            if (excluded || !quantize::QUANTIZABLE.contains(&op)) && op != "QuantizeLinear" && op != "DequantizeLinear" {
+            // The bias-scale Muls (`….bias.S`) are constants ORT folds at load, not float compute.
+            let bias_scale = op == "Mul" && n.name.as_deref().is_some_and(|x| x.ends_with(".bias.S"));
+            if (excluded || !quantize::QUANTIZABLE.contains(&op)) && op != "QuantizeLinear" && op != "DequantizeLinear" && !bias_scale {
                 *float_ops.entry(op.to_owned()).or_insert(0) += 1;
             }
         }

@@ -301,7 +301,7 @@ impl QuantizeQdq {
             let axis_attr = if scales.len() > 1 { vec![attribute("axis", Attr::Int(axis as i64))] } else { vec![] };
             // Symmetric: the zero point is 0, which an omitted zero point means (a byte per channel
             // saved). ORT fuses Conv without it, but QGemm/MatMulInteger only with it.
-            let mut dq_inputs = vec![wq, ws];
+            let mut dq_inputs = vec![wq, ws.clone()];
             let wz = format!("{key}.zp");
             match zero_points {
                 Some(z) => {
@@ -325,7 +325,15 @@ impl QuantizeQdq {
                 let bq = ArrayD::from_shape_fn(IxDyn(&[b.len()]), |ix| (b[ix[0]] / bs[ix[0]]).round().clamp(i32::MIN as f32, i32::MAX as f32) as i32);
                 let (bqn, bsn, bdq) = (format!("{key}.bias.q"), format!("{key}.bias.s"), format!("{key}.bias.dq"));
                 patch.add_initializers.push(from_array(&bqn, &bq));
-                patch.add_initializers.push(from_array(&bsn, &ArrayD::from_shape_vec(IxDyn(&[bs.len()]), bs).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                if scales.len() == b.len() && scales.len() > 1 {
+                    // The bias scale s_x·s_w is not stored: a Mul of the two stored scales makes
+                    // it (the same f32 product), and ORT folds it at load before fusing — 4 bytes
+                    // per output channel saved (EfficientNet-Lite0: 88 KB).
+                    let x = n.input.first().map_or("", String::as_str);
+                    patch.add_nodes.push(node("Mul", format!("{key}.bias.S"), vec![format!("{x}.s"), ws.clone()], bsn.clone(), vec![]));
+                } else {
+                    patch.add_initializers.push(from_array(&bsn, &ArrayD::from_shape_vec(IxDyn(&[bs.len()]), bs).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                }
                 patch.add_nodes.push(node("DequantizeLinear", format!("{key}.bias.DQ"), vec![bqn, bsn], bdq.clone(), vec![attribute("axis", Attr::Int(0))]));
                 patch.rewire.push((i, bias_slot, bdq));
             }
