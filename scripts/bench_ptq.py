@@ -97,7 +97,8 @@ def main():
                     secs, rss = timed(cmd)
                     m, p50, p95, tp, size = evaluate(a.tamp, out, data, "top1", a.threads)
                     print(f"{'':<20}{who + ' ' + ours:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.0f}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
-            extra = [("tamp pct+CLE+BC", [a.tamp, "quantize", model, "--data", calib, "--method", "percentile", "--samples", str(rows), "--cle", "--bias-correction"])]
+            extra = [("tamp minmax, no BC", [a.tamp, "quantize", model, "--data", calib, "--method", "minmax", "--samples", str(rows), "--no-bias-correction"]),
+                     ("tamp percentile+CLE", [a.tamp, "quantize", model, "--data", calib, "--method", "percentile", "--samples", str(rows), "--cle"])]
             if a.nncf_python:
                 extra.append(("nncf default", [a.nncf_python, str(Path(__file__).parent / "nncf_quantize.py"), model, calib]))
             for who, base_cmd in extra:

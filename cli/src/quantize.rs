@@ -44,9 +44,10 @@ pub struct Args {
     /// Cross-layer equalization of Conv → [Relu] → Conv pairs before calibrating.
     #[arg(long)]
     cle: bool,
-    /// Empirical bias correction (each layer's bias absorbs its weight-quantization error).
+    /// Skip empirical bias correction (on by default: each layer's bias absorbs its
+    /// weight-quantization error times its mean input from calibration).
     #[arg(long)]
-    bias_correction: bool,
+    no_bias_correction: bool,
     /// Asymmetric uint8 weights with zero points (symmetric int8 otherwise).
     #[arg(long)]
     asymmetric: bool,
@@ -90,8 +91,8 @@ pub fn run(args: &Args) -> Result<()> {
         seed: args.seed,
         fold_batch_norm: !args.no_fold_bn,
         cross_layer_equalization: args.cle,
-        bias_correction: args.bias_correction,
-        quantize: QuantizeConfig { per_channel: !args.per_tensor, symmetric: !args.asymmetric, bias_correction: args.bias_correction, ..QuantizeConfig::default() },
+        bias_correction: !args.no_bias_correction,
+        quantize: QuantizeConfig { per_channel: !args.per_tensor, symmetric: !args.asymmetric, bias_correction: !args.no_bias_correction, ..QuantizeConfig::default() },
         ..PtqConfig::default()
     };
     let (quantized, report) = quantize_static(&model, &data, &cfg)?;

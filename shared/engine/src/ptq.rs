@@ -47,7 +47,7 @@ impl Default for PtqConfig {
             bins: 2048,
             fold_batch_norm: true,
             cross_layer_equalization: false,
-            bias_correction: false,
+            bias_correction: true,
             quantize: QuantizeConfig::default(),
             session: SessionConfig { intra_threads: 1, ..SessionConfig::default() },
         }

@@ -42,8 +42,9 @@ pub struct QuantizeConfig {
     /// asymmetric Conv weights run as DequantizeLinear + float Conv (measured, and flagged
     /// when not faster).
     pub symmetric: bool,
-    /// Empirical bias correction: each layer's bias absorbs its weight quantization error
-    /// times the mean of its input (from calibration), so outputs keep their mean.
+    /// Empirical bias correction (on by default): each layer's bias absorbs its weight
+    /// quantization error times the mean of its input (from calibration), so outputs keep
+    /// their mean.
     pub bias_correction: bool,
     /// Nodes (by [`node_key`]) left in float: neither their inputs nor weights are quantized.
     pub exclude: BTreeSet<String>,
@@ -51,7 +52,7 @@ pub struct QuantizeConfig {
 
 impl Default for QuantizeConfig {
     fn default() -> Self {
-        Self { per_channel: true, symmetric: true, bias_correction: false, exclude: BTreeSet::new() }
+        Self { per_channel: true, symmetric: true, bias_correction: true, exclude: BTreeSet::new() }
     }
 }
 
