@@ -250,8 +250,7 @@ fn int8_ptq_of_the_reference_cnn() {
     quantize(&q2, "minmax");
     assert_eq!(std::fs::read(&q1).unwrap(), std::fs::read(&q2).unwrap(), "PTQ must be deterministic");
 
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(&q1));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = check_onnx(&q1);
     let ops: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
     assert!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0) >= 9, "no integer convolutions: {ops}");
 
@@ -289,7 +288,7 @@ fn equalization_and_bias_correction_on_efficientnet() {
         let out = dir.path().join(name);
         let r = compress(&model, &recipe(name, extra), &calib, &eval, &out);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+        let cands: serde_json::Value = candidates_json(&out);
         let mut c = cands["candidates"][0].clone();
         c["path"] = serde_json::json!(out.join(c["file"].as_str().unwrap()));
         c
@@ -301,8 +300,7 @@ fn equalization_and_bias_correction_on_efficientnet() {
     assert!(pre["bias_correction"].as_array().is_some_and(|l| l.len() > 40), "{pre}");
     let (a, b) = (plain["measured"]["value"].as_f64().unwrap(), dfq["measured"]["value"].as_f64().unwrap());
     assert!(b > a, "CLE + bias correction {b} should beat plain per-channel {a}");
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(dfq["path"].as_str().unwrap()));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = check_onnx(dfq["path"].as_str().unwrap());
     let ops: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
     assert!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0) > 40, "integer convolutions kept: {ops}");
     // Asymmetric per-tensor weights on the small CNN: uint8 weights with zero points, loadable.
@@ -313,8 +311,19 @@ fn equalization_and_bias_correction_on_efficientnet() {
     let script = "import sys, onnx\nm = onnx.load(sys.argv[1])\nw = [t for t in m.graph.initializer if t.name.endswith('.q') and t.data_type == onnx.TensorProto.UINT8]\nassert len(w) >= 9, len(w)\n";
     let r = run(Command::new(python()).arg("-c").arg(script).arg(out.join("best.onnx")));
     assert!(r.status.success(), "uint8 weights: {}", String::from_utf8_lossy(&r.stderr));
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join("best.onnx")));
+    check_onnx(out.join("best.onnx"));
+}
+
+/// `candidates.json` of a `tamp compress` output folder.
+fn candidates_json(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap()
+}
+
+/// Runs `scripts/check_onnx.py` (onnx.checker + Python onnxruntime) on a model; it must pass.
+fn check_onnx(model: impl AsRef<std::ffi::OsStr>) -> Output {
+    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(model));
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    check
 }
 
 fn compress(model: &Path, recipe: &Path, calib: &Path, eval: &Path, out: &Path) -> Output {
@@ -341,7 +350,7 @@ fn compress_the_reference_cnn_with_the_shipped_recipe() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("baseline (fp32)") && stdout.contains("chosen:"), "{stdout}");
 
-    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let cands: serde_json::Value = candidates_json(&out);
     let base = cands["baseline"]["value"].as_f64().unwrap();
     let chosen = cands["candidates"].as_array().unwrap().iter().find(|c| c["id"] == cands["chosen"]).unwrap();
     assert!(chosen["measured"]["value"].as_f64().unwrap() >= 0.99 * base, "{chosen}");
@@ -391,8 +400,7 @@ fn dynamic_int8_of_minilm_keeps_cosine() {
     assert_eq!(std::fs::read(&q1).unwrap(), std::fs::read(&q2).unwrap(), "dynamic PTQ must be deterministic");
     let ratio = std::fs::metadata(&model).unwrap().len() as f64 / std::fs::metadata(&q1).unwrap().len() as f64;
     assert!(ratio >= 3.9, "only {ratio:.2}x smaller");
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(&q1));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = check_onnx(&q1);
     let ops: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
     let fused = ops["optimized_ops"]["DynamicQuantizeMatMul"].as_u64().unwrap_or(0) + ops["optimized_ops"]["MatMulIntegerToFloat"].as_u64().unwrap_or(0);
     assert_eq!(fused, 36, "every weight MatMul should run on an integer kernel: {ops}");
@@ -416,8 +424,7 @@ fn weight_only_4bit_of_minilm() {
     assert_eq!(std::fs::read(&q1).unwrap(), std::fs::read(&q2).unwrap(), "4-bit PTQ must be deterministic");
     let ratio = std::fs::metadata(&model).unwrap().len() as f64 / std::fs::metadata(&q1).unwrap().len() as f64;
     assert!(ratio >= 4.5, "only {ratio:.2}x smaller");
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(&q1));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = check_onnx(&q1);
     let ops: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!(ops["optimized_ops"]["MatMulNBits"].as_u64().unwrap_or(0), 36, "{ops}");
     let o = run(Command::new(tamp()).arg("eval").arg(&q1).arg("--data").arg(&eval).args(["--json", "--runs", "1", "--throughput", "", "--samples", "128"]));
@@ -442,7 +449,7 @@ fn clustering_then_int8_on_the_reference_cnn() {
         let r = compress(&model, &recipe, &calib, &eval, o);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     }
-    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let cands: serde_json::Value = candidates_json(&out);
     let list = cands["candidates"].as_array().unwrap();
     let clustered = list.iter().find(|c| c["technique"] == "clustering").expect("a clustering candidate");
     let d = &clustered["details"];
@@ -468,8 +475,7 @@ fn clustering_then_int8_on_the_reference_cnn() {
     let pc_out = dir.path().join("pc");
     let r = compress(&model, &per_channel, &calib, &eval, &pc_out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(pc_out.join("best.onnx")));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    check_onnx(pc_out.join("best.onnx"));
 }
 
 /// Truncated SVD of all-MiniLM-L6-v2's FFN layers at half their parameters: the factorised
@@ -484,7 +490,7 @@ fn svd_of_the_minilm_ffn_layers() {
     let out = dir.path().join("out");
     let r = compress(&model, &recipe, &eval, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let cands: serde_json::Value = candidates_json(&out);
     let c = &cands["candidates"][0];
     let layers = c["details"]["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 12, "two FFN MatMuls per layer × 6: {}", c["details"]);
@@ -492,8 +498,7 @@ fn svd_of_the_minilm_ffn_layers() {
     assert!((after / before - 0.5).abs() < 0.01, "{after} / {before}");
     let cosine = c["measured"]["value"].as_f64().unwrap();
     assert!(cosine > 0.3 && cosine < 1.0, "cosine reported: {cosine}");
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(c["file"].as_str().unwrap())));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    check_onnx(out.join(c["file"].as_str().unwrap()));
 }
 
 /// Tucker-2 of the reference CNN's k×k convolutions at half their parameters: three convs
@@ -507,7 +512,7 @@ fn tucker_of_the_reference_cnn() {
     let out = dir.path().join("out");
     let r = compress(&model, &root().join("configs/policy_examples/tucker_cnn.yaml"), &calib, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let cands: serde_json::Value = candidates_json(&out);
     let c = &cands["candidates"][0];
     assert_eq!(c["mode"], "tucker2");
     let d = &c["details"];
@@ -527,8 +532,7 @@ fn tucker_of_the_reference_cnn() {
     assert!(removed(&s["details"]) >= 0.95 * removed(d), "{} vs {}", s["details"], d);
     assert!(s["measured"]["value"].as_f64().unwrap() > c["measured"]["value"].as_f64().unwrap());
     let file = out.join(c["file"].as_str().unwrap());
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(&file));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    check_onnx(&file);
 }
 
 /// Magnitude pruning of the reference CNN: unstructured at 60 % per layer (sensitivity
@@ -543,7 +547,7 @@ fn unstructured_and_2of4_pruning_of_the_reference_cnn() {
     let out = dir.path().join("u");
     let r = compress(&model, &root().join("configs/policy_examples/sparse_unstructured.yaml"), &calib, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let cands: serde_json::Value = candidates_json(&out);
     let list = cands["candidates"].as_array().unwrap();
     let find = |how: &str| list.iter().find(|c| c["mode"].as_str().unwrap_or_default().ends_with(how)).unwrap_or_else(|| panic!("no {how} candidate"));
     let (uniform, sens) = (find("uniform"), find("sensitivity"));
@@ -554,14 +558,12 @@ fn unstructured_and_2of4_pruning_of_the_reference_cnn() {
         let d = &c["details"];
         assert!(d["achieved_sparsity"].as_f64().unwrap() >= 0.59, "{d}");
         assert!(d["coded_size_bytes"].as_f64().unwrap() < 0.6 * d["baseline_coded_size_bytes"].as_f64().unwrap(), "{d}");
-        let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(c["file"].as_str().unwrap())));
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        check_onnx(out.join(c["file"].as_str().unwrap()));
     }
     let out = dir.path().join("s24");
     let r = compress(&model, &root().join("configs/policy_examples/sparse_2of4.yaml"), &calib, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join("best.onnx")));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    check_onnx(out.join("best.onnx"));
     let script = r#"
 import sys, numpy as np, onnx
 from onnx import numpy_helper
@@ -597,7 +599,7 @@ fn ffn_neuron_pruning_of_minilm() {
     let out = dir.path().join("out");
     let r = compress(&model, &recipe, &eval, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let cands: serde_json::Value = candidates_json(&out);
     let c = &cands["candidates"][0];
     let d = &c["details"];
     let groups = d["groups"].as_array().unwrap();
@@ -606,8 +608,7 @@ fn ffn_neuron_pruning_of_minilm() {
     assert!(d["params_after"].as_u64().unwrap() < d["params_before"].as_u64().unwrap());
     let macs = |v: &serde_json::Value| v["macs_per_sample"].as_u64().unwrap();
     assert!(macs(&c["measured"]) < macs(&cands["baseline"]));
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(c["file"].as_str().unwrap())));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    check_onnx(out.join(c["file"].as_str().unwrap()));
 }
 
 /// Attention-head pruning of all-MiniLM-L6-v2: six self-attention blocks of 12 heads are
@@ -622,7 +623,7 @@ fn attention_head_pruning_of_minilm() {
     let out = dir.path().join("out");
     let r = compress(&model, &recipe, &eval, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let cands: serde_json::Value = candidates_json(&out);
     let c = &cands["candidates"][0];
     let d = &c["details"];
     let blocks = d["blocks"].as_array().unwrap();
@@ -633,8 +634,7 @@ fn attention_head_pruning_of_minilm() {
     assert!(macs(&c["measured"]) < macs(&cands["baseline"]));
     let cos = c["measured"]["value"].as_f64().unwrap();
     assert!(cos > 0.5 && cos < 1.0, "cosine reported: {cos}");
-    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(c["file"].as_str().unwrap())));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    check_onnx(out.join(c["file"].as_str().unwrap()));
 }
 
 /// Structured channel pruning of the reference CNN at 30 % of its prunable channels: whole
@@ -650,7 +650,7 @@ fn structured_pruning_of_the_reference_cnn() {
     let out = dir.path().join("out");
     let r = compress(&model, &root().join("configs/policy_examples/prune30.yaml"), &calib, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let cands: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap();
+    let cands: serde_json::Value = candidates_json(&out);
     let list = cands["candidates"].as_array().unwrap();
     let find = |mode: &str| list.iter().find(|c| c["mode"].as_str().unwrap_or_default().ends_with(mode)).unwrap_or_else(|| panic!("no {mode} candidate"));
     let (uniform, sens) = (find("uniform"), find("sensitivity"));
@@ -660,8 +660,7 @@ fn structured_pruning_of_the_reference_cnn() {
         let macs = |v: &serde_json::Value| v["macs_per_sample"].as_u64().unwrap();
         assert!(macs(&c["measured"]) < macs(&cands["baseline"]), "fewer MACs (FLOPs) reported");
         assert!(d["groups"].as_array().unwrap().len() >= 6, "residual groups found: {d}");
-        let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(c["file"].as_str().unwrap())));
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+        check_onnx(out.join(c["file"].as_str().unwrap()));
     }
     assert_eq!(uniform["details"]["removed_channels"], sens["details"]["removed_channels"], "same global ratio");
     let (u, s) = (uniform["measured"]["value"].as_f64().unwrap(), sens["measured"]["value"].as_f64().unwrap());

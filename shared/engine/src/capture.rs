@@ -47,8 +47,8 @@ fn produced_type(model: &Model, view: &GraphView<'_>, v: &str) -> DataType {
         Some("MatMulInteger" | "ConvInteger") => DataType::Int32,
         Some("QuantizeLinear") => zero_point_type(2).unwrap_or(DataType::Uint8),
         Some("QLinearConv" | "QLinearMatMul") => zero_point_type(7).unwrap_or(DataType::Uint8),
-        Some("DynamicQuantizeLinear") if n.output.first().is_some_and(|o| o == v) => DataType::Uint8,
-        Some("DynamicQuantizeLinear") if n.output.get(2).is_some_and(|o| o == v) => DataType::Uint8,
+        // Outputs 0 (y) and 2 (zero point) are uint8; 1 (scale) is float.
+        Some("DynamicQuantizeLinear") if n.output.get(1).is_none_or(|o| o != v) => DataType::Uint8,
         _ => DataType::Float,
     }
 }

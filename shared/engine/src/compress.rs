@@ -122,6 +122,15 @@ pub struct Outcome {
     pub objective: Objective,
 }
 
+/// How [`Runner::uniform_and_allocated`] names its candidates: id part, mode prefix,
+/// sensitivity-cache tag and the unit's key in the curves.
+struct Allocated {
+    id: &'static str,
+    mode: &'static str,
+    tag: &'static str,
+    key: &'static str,
+}
+
 /// Builds a candidate with the given layers kept in float.
 type BuildFn<'m> = dyn Fn(&BTreeSet<String>) -> Result<Model> + 'm;
 
@@ -172,13 +181,13 @@ struct Runner<'a, 'o> {
 }
 
 impl Runner<'_, '_> {
-    fn measure(&mut self, path: &Path, label: &str) -> Result<Measured> {
+    fn measure(&mut self, path: &Path, model: &Model, label: &str) -> Result<Measured> {
         let rows = self.eval_cfg.samples.unwrap_or(self.job.evaluation.rows).min(self.job.evaluation.rows) as u64;
         self.obs.begin(&format!("evaluate {label}"), rows);
         let obs = &mut *self.obs;
         let r = eval::evaluate(path, self.job.evaluation, &self.eval_cfg, None, &mut |done, _| obs.advance(done as u64))?;
         let value = r.metrics.get(&self.metric).copied().ok_or_else(|| EngineError::Config(format!("metric '{}' produced no value", self.metric)))?;
-        let macs = crate::flops::count(&Model::load(path)?, self.job.evaluation, 0)?;
+        let macs = crate::flops::count(model, self.job.evaluation, 0)?;
         let m = Measured {
             metric: self.metric.clone(),
             value,
@@ -217,7 +226,7 @@ impl Runner<'_, '_> {
         let file = format!("candidates/{id}.onnx");
         let path = self.job.out_dir.join(&file);
         model.save(&path, &SaveOptions::default())?;
-        let measured = self.measure(&path, &id)?;
+        let measured = self.measure(&path, model, &id)?;
         let coded_size_bytes = cluster::deflated_size(&std::fs::read(&path).map_err(io_err(&path))?);
         let base = self.baseline().clone();
         let c = &self.job.recipe.constraints;
@@ -347,33 +356,52 @@ impl Runner<'_, '_> {
                 "params_after": pr::parameter_count(m),
             })
         };
-        let t = cfg.target_sparsity;
         if cfg.schedule == tamp_domain::recipe::PruningSchedule::Iterative {
             return self.prune_iterative(stage, cfg, model, &groups, &removable);
         }
-        let uniform = vec![t; groups.len()];
+        let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+        let shape = Allocated { id: "prune", mode: "structured_channel", tag: "", key: "group" };
+        self.uniform_and_allocated(stage, cfg, model, &shape, &names, &|g, l| removable(&groups[g], l), &build, &describe)
+    }
+
+    /// A uniform candidate (every unit at `target_sparsity`) and, with `sensitivity`, one whose
+    /// per-unit levels come from sensitivity curves, removing as much in all with the least
+    /// predicted drop (structured channels and attention heads share this).
+    #[allow(clippy::too_many_arguments)]
+    fn uniform_and_allocated(
+        &mut self,
+        stage: usize,
+        cfg: &PruningStage,
+        model: &Model,
+        shape: &Allocated,
+        names: &[String],
+        removable: &dyn Fn(usize, f64) -> usize,
+        build: &(dyn Fn(&[f64]) -> Result<Model> + Sync),
+        describe: &dyn Fn(&[f64], &Model) -> serde_json::Value,
+    ) -> Result<Vec<Candidate>> {
+        let t = cfg.target_sparsity;
+        let uniform = vec![t; names.len()];
         let started = std::time::Instant::now();
         let m = build(&uniform)?;
         let uniform_seconds = started.elapsed().as_secs_f64();
-        let mut c = self.judge(&m, format!("s{stage}-prune-uniform-{t}"), stage, "pruning")?;
-        c.mode = "structured_channel/uniform".into();
+        let mut c = self.judge(&m, format!("s{stage}-{}-uniform-{t}", shape.id), stage, "pruning")?;
+        c.mode = format!("{}/uniform", shape.mode);
         c.details = describe(&uniform, &m);
         c.details["pass_seconds"] = serde_json::json!(uniform_seconds);
         let mut out = vec![c];
         if cfg.sensitivity {
             let started = std::time::Instant::now();
-            let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
-            let curves = self.sensitivity(cfg, model, "", &names, &build)?;
-            // The same number of channels as the uniform candidate removes, so the two compare.
-            let goal: usize = groups.iter().map(|g| removable(g, t)).sum();
-            let alloc = allocate(&curves, &cfg.levels, goal, &|g, l| removable(&groups[g], l));
+            let curves = self.sensitivity(cfg, model, shape.tag, names, build)?;
+            // As much as the uniform candidate removes, so the two compare.
+            let goal: usize = (0..names.len()).map(|u| removable(u, t)).sum();
+            let alloc = allocate(&curves, &cfg.levels, goal, removable);
             let m = build(&alloc)?;
             let pass_seconds = started.elapsed().as_secs_f64();
-            let mut c = self.judge(&m, format!("s{stage}-prune-sensitivity-{t}"), stage, "pruning")?;
-            c.mode = "structured_channel/sensitivity".into();
+            let mut c = self.judge(&m, format!("s{stage}-{}-sensitivity-{t}", shape.id), stage, "pruning")?;
+            c.mode = format!("{}/sensitivity", shape.mode);
             let mut d = describe(&alloc, &m);
             d["pass_seconds"] = serde_json::json!(pass_seconds);
-            d["sensitivity"] = serde_json::json!(groups.iter().zip(&curves).map(|(g, cv)| serde_json::json!({ "group": g.name, "levels": cfg.levels, "metric_drop_pct": cv })).collect::<Vec<_>>());
+            d["sensitivity"] = serde_json::json!(names.iter().zip(&curves).map(|(n, cv)| serde_json::json!({ shape.key: n, "levels": cfg.levels, "metric_drop_pct": cv })).collect::<Vec<_>>());
             c.details = d;
             out.push(c);
         }
@@ -465,33 +493,9 @@ impl Runner<'_, '_> {
                 "params_after": crate::passes::prune::parameter_count(m),
             })
         };
-        let t = cfg.target_sparsity;
-        let started = std::time::Instant::now();
-        let uniform = vec![t; groups.len()];
-        let m = build(&uniform)?;
-        let pass_seconds = started.elapsed().as_secs_f64();
-        let mut c = self.judge(&m, format!("s{stage}-prune-heads-uniform-{t}"), stage, "pruning")?;
-        c.mode = "attention_head/uniform".into();
-        c.details = describe(&uniform, &m);
-        c.details["pass_seconds"] = serde_json::json!(pass_seconds);
-        let mut out = vec![c];
-        if cfg.sensitivity {
-            let started = std::time::Instant::now();
-            let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
-            let curves = self.sensitivity(cfg, model, "heads", &names, &build)?;
-            let goal: usize = groups.iter().map(|g| removable(g, t)).sum();
-            let alloc = allocate(&curves, &cfg.levels, goal, &|g, l| removable(&groups[g], l));
-            let m = build(&alloc)?;
-            let pass_seconds = started.elapsed().as_secs_f64();
-            let mut c = self.judge(&m, format!("s{stage}-prune-heads-sensitivity-{t}"), stage, "pruning")?;
-            c.mode = "attention_head/sensitivity".into();
-            let mut d = describe(&alloc, &m);
-            d["pass_seconds"] = serde_json::json!(pass_seconds);
-            d["sensitivity"] = serde_json::json!(names.iter().zip(&curves).map(|(n, cv)| serde_json::json!({ "block": n, "levels": cfg.levels, "metric_drop_pct": cv })).collect::<Vec<_>>());
-            c.details = d;
-            out.push(c);
-        }
-        Ok(out)
+        let names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+        let shape = Allocated { id: "prune-heads", mode: "attention_head", tag: "heads", key: "block" };
+        self.uniform_and_allocated(stage, cfg, model, &shape, &names, &|g, l| removable(&groups[g], l), &build, &describe)
     }
 
     /// Unstructured or block/N:M magnitude pruning (zeros in dense weights: the graph and its
@@ -750,6 +754,7 @@ impl Runner<'_, '_> {
         let build: Box<BuildFn<'_>>;
         let units: Vec<String>;
         let mut pre_passes = serde_json::Value::Null;
+        let mut first8: Option<Model> = None;
         match mode {
             PtqMode::Static => {
                 let cfg = PtqConfig {
@@ -768,8 +773,9 @@ impl Runner<'_, '_> {
                 self.obs.end(&format!("{} activations calibrated on {} rows", calibrated.ranges.len(), calibrated.calibration_rows));
                 units = quantize::weighted_nodes(&calibrated.folded);
                 let qc = QuantizeConfig { per_channel: p.per_channel_weights, symmetric: p.symmetric, bias_correction: p.bias_correction, exclude: BTreeSet::new() };
-                // What the pre-passes did, from one build with nothing kept in float.
-                let probe = calibrated.quantize(&qc)?.1;
+                // The first static candidate, built once; its report says what the pre-passes did.
+                let (model8, probe) = calibrated.quantize(&QuantizeConfig { exclude: keep.clone(), ..qc.clone() })?;
+                first8 = Some(model8);
                 pre_passes = serde_json::json!({
                     "fold_batch_norm": calibrated.folded_batch_norms,
                     "cross_layer_equalization": probe.equalized,
@@ -801,7 +807,10 @@ impl Runner<'_, '_> {
                 (format!("{mode:?}").to_lowercase(), build.as_ref(), units.clone())
             };
             let id = format!("s{stage}-ptq-{label}-w{wb}a{ab}");
-            let q = build_fn(&keep)?;
+            let q = match first8.take() {
+                Some(m) if wb == 8 => m,
+                _ => build_fn(&keep)?,
+            };
             let mut c = self.candidate(&q, id.clone(), stage, p, mode, keep.iter().cloned().collect(), (wb, ab))?;
             if wb == 8 && !pre_passes.is_null() {
                 c.details = serde_json::json!({ "pre_passes": pre_passes });
@@ -837,12 +846,12 @@ fn allocate(curves: &[Vec<f64>], levels: &[f64], goal: usize, removable: &dyn Fn
             break;
         }
         let mut best: Option<(f64, usize, usize)> = None;
-        for g in 0..curves.len() {
+        for (g, &here) in at.iter().enumerate() {
             // The next level that removes more (rounding can make some steps empty).
-            let now = removable(g, level(at[g]));
-            let Some(next) = (at[g].map_or(0, |i| i + 1)..levels.len()).find(|&j| removable(g, levels[j]) > now) else { continue };
+            let now = removable(g, level(here));
+            let Some(next) = (here.map_or(0, |i| i + 1)..levels.len()).find(|&j| removable(g, levels[j]) > now) else { continue };
             let gained = removable(g, levels[next]) - now;
-            let cost = (drop(g, Some(next)) - drop(g, at[g])).max(0.0) / gained as f64;
+            let cost = (drop(g, Some(next)) - drop(g, here)).max(0.0) / gained as f64;
             if best.is_none_or(|(c, _, _)| cost < c) {
                 best = Some((cost, g, next));
             }
@@ -903,7 +912,7 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
         ..EvalConfig::default()
     };
     let mut runner = Runner { job, model: &model, obs, metric, eval_cfg, baseline: None };
-    let baseline = runner.measure(job.model_path, "baseline")?;
+    let baseline = runner.measure(job.model_path, &model, "baseline")?;
     runner.baseline = Some(baseline.clone());
     let mut candidates = Vec::new();
     // Stages compose: each starts from the previous stage's choice (prune → cluster → quantize).

@@ -6,7 +6,7 @@
 //! - Conv / ConvInteger / QLinearConv: output elements × (Cin / group) × kernel area;
 //! - Gemm, MatMul and their integer forms: output elements × the reduced dimension K.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tamp_onnx::{GraphView, Model};
@@ -50,8 +50,8 @@ pub fn count(model: &Model, data: &Dataset, row: usize) -> Result<Macs> {
     // second operand of attention MatMuls) are captured with the outputs.
     let mut wanted: Vec<String> = nodes.iter().map(|(y, ..)| y.clone()).collect();
     wanted.extend(nodes.iter().filter(|(_, w, ..)| view.constant(w).is_none()).map(|(_, w, ..)| w.clone()));
-    let set: HashSet<String> = wanted.drain(..).collect();
-    let wanted: Vec<String> = set.into_iter().collect();
+    wanted.sort_unstable();
+    wanted.dedup();
     let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     capture::capture(model, data, &[row], &wanted, 1, &SessionConfig { intra_threads: 1, ..SessionConfig::default() }, |_, got| {
         shapes.extend(got.iter().map(|(k, v)| (k.clone(), v.shape().to_vec())));

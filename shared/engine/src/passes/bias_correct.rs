@@ -35,8 +35,8 @@ pub fn correct(model: &Model, means: &BTreeMap<String, Vec<f64>>, per_channel: b
         let Some(mean) = means.get(key).filter(|_| !exclude.contains(key) && matches!(op, "Conv" | "Gemm")) else { continue };
         let Some(w) = n.input.get(1).and_then(|w| view.constant(w)).and_then(|t| to_array::<f32>(t).ok()) else { continue };
         let group = attr_int(n, "group", 1);
-        if op == "Conv" && group > 1 && w.shape().get(1) != Some(&1) {
-            continue; // grouped (not depthwise) convs: not handled
+        if (op == "Conv" && group > 1 && w.shape().get(1) != Some(&1)) || (op == "Gemm" && attr_int(n, "transA", 0) != 0) {
+            continue; // grouped (not depthwise) convs and transposed Gemm inputs: not handled
         }
         let axis = weight_axis(n, &w);
         let err = &w - &fake_quantized(&w, per_channel.then_some(axis), symmetric);
@@ -61,7 +61,7 @@ pub fn correct(model: &Model, means: &BTreeMap<String, Vec<f64>>, per_channel: b
                 e2.axis_iter(Axis(0)).map(|row| row.iter().zip(mean).map(|(&e, &m)| f64::from(e) * m).sum()).collect()
             }
         };
-        if shift.len() != outs || (op == "Gemm" && attr_int(n, "transA", 0) != 0) {
+        if shift.len() != outs {
             continue;
         }
         let (bias_name, old) = match n.input.get(2).filter(|b| !b.is_empty()) {

@@ -80,8 +80,7 @@ impl<'g> Finder<'g> {
         let (mm, bias) = match self.node(lin)? {
             (_, a) if op(a) == "Add" => {
                 let (mm_v, b) = if self.node(&a.input[0]).is_some_and(|(_, n)| op(n) == "MatMul") { (&a.input[0], &a.input[1]) } else { (&a.input[1], &a.input[0]) };
-                let bias = self.weight(b).filter(|b| b.ndim() == 1)?;
-                let _ = bias;
+                self.weight(b).filter(|b| b.ndim() == 1)?;
                 (self.node(mm_v)?.1, Some(b.clone()))
             }
             (_, m) => (m, None),
@@ -90,8 +89,7 @@ impl<'g> Finder<'g> {
             return None;
         }
         let w = mm.input.get(1)?;
-        let wa = self.weight(w).filter(|a| a.ndim() == 2 && a.shape()[1] == (h * d) as usize)?;
-        let _ = wa;
+        self.weight(w).filter(|a| a.ndim() == 2 && a.shape()[1] == (h * d) as usize)?;
         Some((w.clone(), bias, ri, h as usize, d as usize))
     }
 }

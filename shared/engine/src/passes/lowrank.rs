@@ -51,6 +51,11 @@ impl LowRank {
         Self { config, ratios: Default::default() }
     }
 
+    /// A node of `op` that `layers` (empty: all) names.
+    fn selected(&self, node: &NodeProto, op: &str) -> bool {
+        node.op_type.as_deref() == Some(op) && (self.config.layers.is_empty() || self.config.layers.iter().any(|l| l == node_key(node)))
+    }
+
     /// The config for one layer (its own ratio when one is set), or `None` to skip it.
     fn layer_config(&self, key: &str) -> Option<LowrankStage> {
         match self.ratios.get(key) {
@@ -225,7 +230,7 @@ impl LowRank {
         let mut patch = Patch::default();
         let mut layers = Vec::new();
         for (i, node) in g.node.iter().enumerate() {
-            if node.op_type.as_deref() != Some("Conv") || (!self.config.layers.is_empty() && !self.config.layers.iter().any(|l| l == node_key(node))) {
+            if !self.selected(node, "Conv") {
                 continue;
             }
             let group = node.attribute.iter().find(|a| a.name.as_deref() == Some("group")).and_then(|a| a.i).unwrap_or(1);
@@ -277,7 +282,7 @@ impl LowRank {
         let mut patch = Patch::default();
         let mut layers = Vec::new();
         for (i, node) in g.node.iter().enumerate() {
-            if node.op_type.as_deref() != Some("MatMul") || (!self.config.layers.is_empty() && !self.config.layers.iter().any(|l| l == node_key(node))) {
+            if !self.selected(node, "MatMul") {
                 continue;
             }
             let (Some(x), Some(wname), Some(y)) = (node.input.first(), node.input.get(1), node.output.first()) else { continue };

@@ -331,7 +331,10 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
     }
     let mut out: Vec<ChannelGroup> = groups
         .into_iter()
-        .filter(|(r, gr)| !sp.blocked[*r] && !gr.producers.is_empty() && !(gr.consumers.is_empty() && gr.segment_consumers.is_empty()) && gr.channels > 1)
+        .filter(|(r, gr)| {
+            let read = !gr.consumers.is_empty() || !gr.segment_consumers.is_empty();
+            !sp.blocked[*r] && !gr.producers.is_empty() && read && gr.channels > 1
+        })
         .map(|(_, gr)| gr)
         .collect();
     for (i, gr) in out.iter_mut().enumerate() {
@@ -386,6 +389,9 @@ pub fn keep_set(importance: &[f64], remove: usize) -> Vec<usize> {
     keep
 }
 
+/// A pruned group read through a Concat: (offset, channels, kept channels).
+type Segment = (usize, usize, Vec<usize>);
+
 /// Removes channels: `keep[group id]` lists the channels each group keeps.
 pub fn prune(model: &Model, groups: &[ChannelGroup], keep: &BTreeMap<usize, Vec<usize>>) -> Result<Model, OnnxError> {
     let g = model.graph();
@@ -394,7 +400,7 @@ pub fn prune(model: &Model, groups: &[ChannelGroup], keep: &BTreeMap<usize, Vec<
     let mut cuts: BTreeMap<String, Vec<(usize, Vec<usize>)>> = BTreeMap::new();
     let mut new_group: BTreeMap<usize, usize> = BTreeMap::new();
     // Weights read through a Concat: (axis, [(offset, channels, kept)]), applied in one select.
-    let mut segmented: BTreeMap<String, (usize, Vec<(usize, usize, Vec<usize>)>)> = BTreeMap::new();
+    let mut segmented: BTreeMap<String, (usize, Vec<Segment>)> = BTreeMap::new();
     for gr in groups {
         if let Some(k) = keep.get(&gr.id).filter(|k| k.len() < gr.channels) {
             for &(c, axis, offset) in &gr.segment_consumers {
