@@ -78,14 +78,22 @@ impl Histogram {
     }
 
     /// Adds values (all finite).
-    pub fn add(&mut self, values: impl Iterator<Item = f32> + Clone) {
-        let amax = values.clone().fold(0.0f32, |m, v| m.max(v.abs()));
+    pub fn add(&mut self, values: &[f32]) {
+        let (lo, hi, _) = min_max(values);
+        self.add_bounded(values, lo.abs().max(hi.abs()));
+    }
+
+    /// Adds values whose largest magnitude `amax` is already known.
+    fn add_bounded(&mut self, values: &[f32], amax: f32) {
+        if values.is_empty() {
+            return;
+        }
         if amax > self.range || self.range == 0.0 {
             self.widen(amax);
         }
-        let (n, w) = (self.bins.len(), self.width());
-        for v in values {
-            let i = (((v + self.range) / w) as usize).min(n - 1);
+        let (n, inv_w, r) = (self.bins.len(), 1.0 / self.width(), self.range);
+        for &v in values {
+            let i = (((v + r) * inv_w) as usize).min(n - 1);
             self.bins[i] += 1;
         }
     }
@@ -224,10 +232,93 @@ pub fn mse_threshold(h: &Histogram, half_levels: f64) -> f32 {
     bin_edge(h, best.1)
 }
 
-/// Merged requests → statistics, updated batch by batch.
+/// Min, max and whether every element is finite, in one pass the compiler vectorizes
+/// (16 independent lanes; `x · 0` is NaN exactly when `x` is NaN or infinite).
+pub fn min_max(a: &[f32]) -> (f32, f32, bool) {
+    const L: usize = 16;
+    let (mut lo, mut hi, mut bad) = ([f32::INFINITY; L], [f32::NEG_INFINITY; L], [0.0f32; L]);
+    let chunks = a.chunks_exact(L);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..L {
+            let x = c[i];
+            lo[i] = if x < lo[i] { x } else { lo[i] };
+            hi[i] = if x > hi[i] { x } else { hi[i] };
+            bad[i] += x * 0.0;
+        }
+    }
+    for (i, &x) in rest.iter().enumerate() {
+        lo[i] = if x < lo[i] { x } else { lo[i] };
+        hi[i] = if x > hi[i] { x } else { hi[i] };
+        bad[i] += x * 0.0;
+    }
+    let lo = lo.iter().fold(f32::INFINITY, |m, &x| m.min(x));
+    let hi = hi.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    (lo, hi, bad.iter().all(|b| !b.is_nan()))
+}
+
+/// Sum of `a` in f64, eight independent lanes.
+fn sum_f64(a: &[f32]) -> f64 {
+    const L: usize = 8;
+    let mut acc = [0.0f64; L];
+    let chunks = a.chunks_exact(L);
+    let rest: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
+    for c in chunks {
+        for i in 0..L {
+            acc[i] += f64::from(c[i]);
+        }
+    }
+    acc.iter().sum::<f64>() + rest
+}
+
+/// Which axis of a value holds the channels whose means are tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelAxis {
+    /// Axis 1 (NCHW activations read by a Conv).
+    Second,
+    /// The last axis (features read by a Gemm/MatMul).
+    Last,
+}
+
+/// Running per-channel sums of one value.
+#[derive(Debug, Clone)]
+struct ChannelSums {
+    axis: ChannelAxis,
+    sums: Vec<f64>,
+    count: u64,
+}
+
+impl ChannelSums {
+    fn add(&mut self, a: &[f32], shape: &[usize]) {
+        let (outer, channels, inner) = match self.axis {
+            ChannelAxis::Second if shape.len() >= 2 => (shape[0], shape[1], shape[2..].iter().product::<usize>()),
+            ChannelAxis::Last if !shape.is_empty() => (shape[..shape.len() - 1].iter().product::<usize>(), shape[shape.len() - 1], 1),
+            _ => return,
+        };
+        if self.sums.is_empty() {
+            self.sums = vec![0.0; channels];
+        }
+        if self.sums.len() != channels {
+            return;
+        }
+        if inner == 1 {
+            for row in a.chunks_exact(channels) {
+                self.sums.iter_mut().zip(row).for_each(|(s, &x)| *s += f64::from(x));
+            }
+        } else {
+            for (i, plane) in a.chunks_exact(inner).enumerate() {
+                self.sums[i % channels] += sum_f64(plane);
+            }
+        }
+        self.count += (outer * inner) as u64;
+    }
+}
+
+/// Merged requests → statistics (and, where asked, per-channel means), updated batch by batch.
 #[derive(Debug, Clone)]
 pub struct Collector {
     stats: BTreeMap<String, ValueStats>,
+    means: BTreeMap<String, ChannelSums>,
 }
 
 impl Collector {
@@ -240,31 +331,57 @@ impl Collector {
                 s.histogram = Some(Histogram::new(bins));
             }
         }
-        Self { stats }
+        Self { stats, means: BTreeMap::new() }
+    }
+
+    /// Also tracks the mean of each channel of `value` (bias correction's `E[x]`), in the
+    /// same pass.
+    pub fn with_channel_means(mut self, value: &str, axis: ChannelAxis) -> Self {
+        self.means.insert(value.to_owned(), ChannelSums { axis, sums: Vec::new(), count: 0 });
+        self
     }
 
     /// The values to capture.
     pub fn values(&self) -> Vec<String> {
-        self.stats.keys().cloned().collect()
+        let mut v: Vec<String> = self.stats.keys().chain(self.means.keys()).cloned().collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Adds one batch. Non-finite activations are an error naming the value.
     pub fn observe(&mut self, batch: &BTreeMap<String, TensorValue>) -> Result<()> {
-        for (name, s) in &mut self.stats {
-            let Some(v) = batch.get(name) else { continue };
+        for (name, v) in batch {
+            let (stats, means) = (self.stats.get_mut(name), self.means.get_mut(name));
+            if stats.is_none() && means.is_none() {
+                continue;
+            }
             let TensorValue::F32(a) = v else {
                 return Err(EngineError::Config(format!("cannot calibrate '{name}': it is {:?}, not float", v.data_type())));
             };
-            if let Some(bad) = a.iter().find(|x| !x.is_finite()) {
+            let owned;
+            let slice = match a.as_slice() {
+                Some(s) => s,
+                None => {
+                    owned = a.iter().copied().collect::<Vec<f32>>();
+                    &owned
+                }
+            };
+            let (lo, hi, finite) = min_max(slice);
+            if !finite {
+                let bad = slice.iter().find(|x| !x.is_finite()).copied().unwrap_or(f32::NAN);
                 return Err(EngineError::Config(format!("activation '{name}' holds {bad} on the calibration data; check the data for extreme or invalid values")));
             }
-            for &x in a {
-                s.min = s.min.min(x);
-                s.max = s.max.max(x);
+            if let Some(s) = stats {
+                s.min = s.min.min(lo);
+                s.max = s.max.max(hi);
+                s.count += slice.len() as u64;
+                if let Some(h) = s.histogram.as_mut() {
+                    h.add_bounded(slice, lo.abs().max(hi.abs()));
+                }
             }
-            s.count += a.len() as u64;
-            if let Some(h) = s.histogram.as_mut() {
-                h.add(a.iter().copied());
+            if let Some(m) = means {
+                m.add(slice, a.shape());
             }
         }
         Ok(())
@@ -272,7 +389,13 @@ impl Collector {
 
     /// The statistics gathered.
     pub fn finish(self) -> BTreeMap<String, ValueStats> {
-        self.stats
+        self.finish_with_means().0
+    }
+
+    /// The statistics and the per-channel means gathered.
+    pub fn finish_with_means(self) -> (BTreeMap<String, ValueStats>, BTreeMap<String, Vec<f64>>) {
+        let means = self.means.into_iter().filter(|(_, m)| m.count > 0).map(|(k, m)| (k, m.sums.iter().map(|s| s / m.count as f64).collect())).collect();
+        (self.stats, means)
     }
 }
 
@@ -286,9 +409,13 @@ pub fn collect(
     bins: usize,
     cfg: &SessionConfig,
 ) -> Result<BTreeMap<String, ValueStats>> {
-    let mut collector = Collector::new(requests, bins);
+    Ok(collect_with(model, data, indices, Collector::new(requests, bins), batch_size, cfg)?.finish())
+}
+
+/// Runs `collector` over `indices` of `data` in one streaming pass.
+pub fn collect_with(model: &Model, data: &Dataset, indices: &[usize], mut collector: Collector, batch_size: usize, cfg: &SessionConfig) -> Result<Collector> {
     capture(model, data, indices, &collector.values(), batch_size, cfg, |_, batch| collector.observe(batch))?;
-    Ok(collector.finish())
+    Ok(collector)
 }
 
 #[cfg(test)]
@@ -310,8 +437,8 @@ mod tests {
     #[test]
     fn histogram_widens_without_losing_counts() {
         let mut h = Histogram::new(64);
-        h.add([0.5f32, -0.25].into_iter());
-        h.add([3.0f32, -7.5, 0.1].into_iter());
+        h.add(&[0.5f32, -0.25]);
+        h.add(&[3.0f32, -7.5, 0.1]);
         assert_eq!(h.total(), 5);
         assert!(h.range >= 7.5);
         // The widened histogram still places each value on its side of zero.
@@ -323,7 +450,7 @@ mod tests {
     fn percentile_of_uniform_data() {
         let mut h = Histogram::new(2048);
         let v: Vec<f32> = (0..100_000).map(|i| (i as f32 / 50_000.0) - 1.0).collect();
-        h.add(v.iter().copied());
+        h.add(&v);
         let t = percentile_threshold(&h, 99.0);
         assert!((t - 0.99).abs() < 0.01, "{t}");
     }
@@ -334,7 +461,7 @@ mod tests {
         v.extend([40.0f32, -35.0, 38.0]);
         let mut h = Histogram::new(2048);
         for chunk in v.chunks(10_000) {
-            h.add(chunk.iter().copied());
+            h.add(chunk);
         }
         let kl = entropy_threshold(&h, 128);
         assert!(kl > 2.5 && kl < 20.0, "KL threshold {kl} should sit between the bulk and the outliers");
@@ -346,7 +473,7 @@ mod tests {
         let mut v: Vec<f32> = gaussian(100_000, 4).into_iter().map(|x| (x * 3.0).clamp(0.0, 6.0)).collect();
         v.extend(std::iter::repeat_n(0.0f32, 50_000));
         let mut h = Histogram::new(2048);
-        h.add(v.iter().copied());
+        h.add(&v);
         let t = entropy_threshold(&h, 256);
         assert!(t > 4.0, "threshold {t} clips most of a dense [0, 6] range");
     }
@@ -356,7 +483,7 @@ mod tests {
         let mut v = gaussian(100_000, 2);
         v.extend(gaussian(2_000, 3).into_iter().map(|x| x * 6.0));
         let mut h = Histogram::new(2048);
-        h.add(v.iter().copied());
+        h.add(&v);
         let actual = |t: f32| -> f64 {
             let step = t / 127.5;
             v.iter().map(|&x| f64::from(x - (x.clamp(-t, t) / step).round() * step).powi(2)).sum()
@@ -381,5 +508,37 @@ mod tests {
         assert_eq!((s.min, s.max, s.count), (-2.0, 3.0, 3));
         assert_eq!(s.range(Method::MinMax).unwrap(), Range { min: -2.0, max: 3.0 });
         assert!(s.histogram.is_some());
+    }
+
+    #[test]
+    fn min_max_sees_every_lane_and_every_non_finite_value() {
+        let mut v: Vec<f32> = (0..37).map(|i| i as f32 - 5.0).collect();
+        assert_eq!(min_max(&v), (-5.0, 31.0, true));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 15, 16, 36] {
+                let keep = v[at];
+                v[at] = bad;
+                assert!(!min_max(&v).2, "{bad} at {at}");
+                v[at] = keep;
+            }
+        }
+        assert_eq!(min_max(&[]), (f32::INFINITY, f32::NEG_INFINITY, true));
+    }
+
+    #[test]
+    fn channel_means_on_both_axes() {
+        // [N=2, C=3, 2×2]: channel c holds c + n·10 everywhere.
+        let a = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 3, 2, 2]), |ix| (ix[1] + ix[0] * 10) as f32);
+        let b = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[4, 3]), |ix| (ix[1] * 2 + ix[0]) as f32);
+        let batch = BTreeMap::from([("a".to_owned(), TensorValue::F32(a)), ("b".to_owned(), TensorValue::F32(b))]);
+        let mut c = Collector::new(&[StatRequest { value: "a".into(), method: Method::MinMax }], 64).with_channel_means("a", ChannelAxis::Second).with_channel_means("b", ChannelAxis::Last);
+        assert_eq!(c.values(), vec!["a".to_owned(), "b".to_owned()]);
+        c.observe(&batch).unwrap();
+        c.observe(&batch).unwrap();
+        let (stats, means) = c.finish_with_means();
+        assert_eq!(means["a"], vec![5.0, 6.0, 7.0]);
+        assert_eq!(means["b"], vec![1.5, 3.5, 5.5]);
+        assert_eq!((stats["a"].min, stats["a"].max), (0.0, 12.0));
+        assert!(!stats.contains_key("b"), "means-only values get no range");
     }
 }

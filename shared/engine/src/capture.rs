@@ -62,7 +62,8 @@ fn drop_shape(mut t: tamp_onnx::proto::TypeProto) -> tamp_onnx::proto::TypeProto
 }
 
 /// Captured tensors of one batch may take at most this much memory; batches shrink to fit.
-pub const MAX_BATCH_BYTES: usize = 128 << 20;
+/// Two batches are alive at once (one being consumed while the next runs).
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
 
 fn byte_len(v: &TensorValue) -> usize {
     v.shape().iter().product::<usize>() * tamp_onnx::tensor::element_size(v.data_type()).unwrap_or(8)
@@ -71,7 +72,9 @@ fn byte_len(v: &TensorValue) -> usize {
 /// Runs `indices` of `data` through `model` and hands each batch's captured `values` to
 /// `sink` with the batch's row indices. The first batch is one row; it measures what a row's
 /// captured tensors weigh, and later batches hold as many rows (up to `batch_size`) as fit in
-/// [`MAX_BATCH_BYTES`], so memory stays bounded however large the activations are.
+/// [`MAX_BATCH_BYTES`], so memory stays bounded however large the activations are. The sink
+/// runs on its own thread, one batch behind the session, so statistics overlap inference;
+/// batches still reach it in order.
 pub fn capture(
     model: &Model,
     data: &Dataset,
@@ -79,26 +82,42 @@ pub fn capture(
     values: &[String],
     batch_size: usize,
     cfg: &SessionConfig,
-    mut sink: impl FnMut(&[usize], &BTreeMap<String, TensorValue>) -> Result<()>,
+    mut sink: impl FnMut(&[usize], &BTreeMap<String, TensorValue>) -> Result<()> + Send,
 ) -> Result<()> {
     let augmented = with_outputs(model, values)?;
     let mut session = Session::from_model(&augmented, cfg)?;
     data.check_against(&session.inputs)?;
     let wanted: HashSet<&str> = values.iter().map(String::as_str).collect();
-    let mut start = 0;
-    let mut rows_per_batch = 1;
-    while start < indices.len() {
-        let rows = &indices[start..(start + rows_per_batch).min(indices.len())];
-        let batch = data.select(rows);
-        let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let outputs = session.run(&inputs)?;
-        let captured: BTreeMap<String, TensorValue> = outputs.into_iter().filter(|(k, _)| wanted.contains(k.as_str())).collect();
-        if start == 0 {
-            let per_row = captured.values().map(byte_len).sum::<usize>().max(1);
-            rows_per_batch = (MAX_BATCH_BYTES / per_row).clamp(1, batch_size.max(1));
-        }
-        start += rows.len();
-        sink(rows, &captured)?;
-    }
-    Ok(())
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(std::ops::Range<usize>, BTreeMap<String, TensorValue>)>(0);
+    std::thread::scope(|scope| {
+        let consumer = scope.spawn(move || -> Result<()> {
+            for (range, captured) in rx {
+                sink(&indices[range], &captured)?;
+            }
+            Ok(())
+        });
+        let produced = (|| -> Result<()> {
+            let mut start = 0;
+            let mut rows_per_batch = 1;
+            while start < indices.len() {
+                let end = (start + rows_per_batch).min(indices.len());
+                let batch = data.select(&indices[start..end]);
+                let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                let outputs = session.run(&inputs)?;
+                let captured: BTreeMap<String, TensorValue> = outputs.into_iter().filter(|(k, _)| wanted.contains(k.as_str())).collect();
+                if start == 0 {
+                    let per_row = captured.values().map(byte_len).sum::<usize>().max(1);
+                    rows_per_batch = (MAX_BATCH_BYTES / per_row).clamp(1, batch_size.max(1));
+                }
+                if tx.send((start..end, captured)).is_err() {
+                    break; // the sink failed; its error is returned below
+                }
+                start = end;
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let consumed = consumer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        consumed.and(produced)
+    })
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tamp_onnx::{Model, Pass};
 use tamp_onnx::patch::run_to_fixpoint;
 
-use crate::calibrate::{Method, Range, StatRequest, collect};
+use crate::calibrate::{ChannelAxis, Collector, Method, Range, StatRequest, collect_with};
 use crate::dataset::Dataset;
 use crate::error::{EngineError, Result};
 use crate::passes::dynamic::DynamicCounts;
@@ -31,7 +31,7 @@ pub struct PtqConfig {
     pub fold_batch_norm: bool,
     /// Cross-layer equalization of Conv → [Relu] → Conv pairs before calibration.
     pub cross_layer_equalization: bool,
-    /// Also gather the per-channel input means bias correction needs (one more pass).
+    /// Also gather the per-channel input means bias correction needs (same pass).
     pub bias_correction: bool,
     pub quantize: QuantizeConfig,
     pub session: SessionConfig,
@@ -97,49 +97,23 @@ pub struct Calibrated {
     pub input_means: Option<BTreeMap<String, Vec<f64>>>,
 }
 
-/// Per-channel means of every Conv/Gemm input over `indices` rows (channel axis 1 for Conv,
-/// the last for Gemm), streamed: memory is a sum per channel.
-pub fn input_means(model: &Model, data: &Dataset, indices: &[usize], batch_size: usize, session: &SessionConfig) -> Result<BTreeMap<String, Vec<f64>>> {
+/// The values whose per-channel means bias correction needs: every non-constant input of a
+/// Conv/Gemm with a constant weight → (the readers' node keys, the channel axis).
+fn mean_readers(model: &Model) -> BTreeMap<String, (Vec<String>, ChannelAxis)> {
     let g = model.graph();
     let view = tamp_onnx::GraphView::new(g);
-    let mut readers: BTreeMap<String, Vec<(String, usize)>> = BTreeMap::new(); // value → (node key, channel axis)
+    let mut readers: BTreeMap<String, (Vec<String>, ChannelAxis)> = BTreeMap::new();
     for n in &g.node {
         let op = n.op_type.as_deref().unwrap_or_default();
         if !matches!(op, "Conv" | "Gemm") || n.input.get(1).is_none_or(|w| view.constant(w).is_none()) {
             continue;
         }
         if let Some(x) = n.input.first().filter(|x| view.constant(x).is_none()) {
-            readers.entry(x.clone()).or_default().push((quantize::node_key(n).to_owned(), if op == "Conv" { 1 } else { usize::MAX }));
+            let axis = if op == "Conv" { ChannelAxis::Second } else { ChannelAxis::Last };
+            readers.entry(x.clone()).or_insert_with(|| (Vec::new(), axis)).0.push(quantize::node_key(n).to_owned());
         }
     }
-    let values: Vec<String> = readers.keys().cloned().collect();
-    let mut sums: BTreeMap<String, (Vec<f64>, u64)> = BTreeMap::new();
-    crate::capture::capture(model, data, indices, &values, batch_size, session, |_, got| {
-        for (v, t) in got {
-            let tamp_onnx::TensorValue::F32(a) = t else { continue };
-            let Some(&(_, axis)) = readers.get(v).and_then(|r| r.first()) else { continue };
-            let ax = if axis == usize::MAX { a.ndim().saturating_sub(1) } else { axis };
-            if ax >= a.ndim() {
-                continue;
-            }
-            let per: Vec<f64> = a.axis_iter(ndarray::Axis(ax)).map(|c| c.iter().map(|&x| f64::from(x)).sum()).collect();
-            let count = (a.len() / a.shape()[ax].max(1)) as u64;
-            let e = sums.entry(v.clone()).or_insert_with(|| (vec![0.0; per.len()], 0));
-            if e.0.len() == per.len() {
-                e.0.iter_mut().zip(&per).for_each(|(s, p)| *s += p);
-                e.1 += count;
-            }
-        }
-        Ok(())
-    })?;
-    let mut means = BTreeMap::new();
-    for (v, (sum, count)) in sums {
-        let m: Vec<f64> = sum.iter().map(|s| s / count.max(1) as f64).collect();
-        for (key, _) in &readers[&v] {
-            means.insert(key.clone(), m.clone());
-        }
-    }
-    Ok(means)
+    readers
 }
 
 /// Folds batch norms and calibrates every activation the QDQ pass could quantize, in one
@@ -157,9 +131,23 @@ pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calib
     }
     let requests: Vec<StatRequest> = values.iter().map(|v| StatRequest { value: v.clone(), method: cfg.method }).collect();
     let indices = data.sample(cfg.samples, cfg.seed);
-    let stats = collect(&folded, data, &indices, &requests, cfg.batch_size, cfg.bins, &cfg.session)?;
+    // Bias correction's per-channel input means come from the same streaming run.
+    let readers = if cfg.bias_correction { mean_readers(&folded) } else { BTreeMap::new() };
+    let mut collector = Collector::new(&requests, cfg.bins);
+    for (value, (_, axis)) in &readers {
+        collector = collector.with_channel_means(value, *axis);
+    }
+    let (stats, value_means) = collect_with(&folded, data, &indices, collector, cfg.batch_size, &cfg.session)?.finish_with_means();
     let ranges = stats.iter().map(|(k, s)| Ok((k.clone(), s.range(cfg.method)?))).collect::<Result<BTreeMap<_, _>>>()?;
-    let input_means = if cfg.bias_correction { Some(input_means(&folded, data, &indices, cfg.batch_size, &cfg.session)?) } else { None };
+    let input_means = cfg.bias_correction.then(|| {
+        let mut by_node = BTreeMap::new();
+        for (value, m) in value_means {
+            for key in &readers[&value].0 {
+                by_node.insert(key.clone(), m.clone());
+            }
+        }
+        by_node
+    });
     Ok(Calibrated { folded, folded_batch_norms, calibration_rows: indices.len(), method: cfg.method, ranges, equalized, input_means })
 }
 

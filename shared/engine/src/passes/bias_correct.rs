@@ -1,7 +1,7 @@
 //! Empirical bias correction (Nagel et al., 2019, §4.2): quantizing a layer's weights
 //! shifts the mean of its output by `(W − Ŵ)·E[x]`; adding that to the bias puts the mean
 //! back. `E[x]` is the per-channel mean of the layer's input over the calibration rows
-//! (see [`crate::ptq::input_means`]); `Ŵ` is exactly what the QDQ pass will store
+//! (gathered in the calibration pass, [`crate::calibrate::Collector::with_channel_means`]); `Ŵ` is exactly what the QDQ pass will store
 //! ([`super::quantize::fake_quantized`] with the same axis, granularity and symmetry).
 //! Conv (group 1 or depthwise) and Gemm layers are corrected; a layer without a bias gets one.
 
