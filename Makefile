@@ -227,7 +227,7 @@ nncf: .venv-nncf/.done
 
 bench-ptq: build-release venv models nncf
 	$(PY) scripts/bench_ptq.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --model-dir $(EFFNET_REF) \
-		--transformer-dir $(MINILM_REF) --nncf-python .venv-nncf/bin/python
+		--transformer-dir $(MINILM_REF) --nncf-python .venv-nncf/bin/python --images-wheel $(DEPS)/wheels/$(SKIMAGE_WHEEL)
 
 clean:
 	rm -rf $(DEPS) $(VENV) .venv-moto $(MODELS) baseline.json

@@ -73,6 +73,7 @@ def main():
                     help="a transformer (reference outputs as labels): dynamic int8, Tamp vs quantize_dynamic")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nncf-python", help="a Python with nncf (make nncf): adds NNCF's rows")
+    ap.add_argument("--images-wheel", help="scikit-image wheel: adds Tamp's peak-RSS rows at 256 and 2,048 EfficientNet calibration samples")
     a = ap.parse_args()
     methods = [("minmax", "MinMax"), ("entropy", "Entropy"), ("percentile", "Percentile")]
     header = f"{'model':<20}{'quantizer':<22}{'top1':>8}{'P50 ms':>9}{'P95 ms':>9}{'b32 /s':>9}{'size':>10}{'quant s':>9}{'RSS MiB':>9}"
@@ -107,6 +108,20 @@ def main():
                 secs, rss = timed(cmd)
                 m, p50, p95, tp, size = evaluate(a.tamp, out, data, "top1", a.threads)
                 print(f"{'':<20}{who:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.0f}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
+        effnet = next((d for d in a.model_dir if "efficientnet" in d), None)
+        if a.images_wheel and effnet:
+            big = f"{tmp}/calib-2048.npz"
+            subprocess.run([sys.executable, str(Path(__file__).parent / "refmodels" / "efficientnet_views.py"), "--images-wheel", a.images_wheel,
+                            "--rows", "2048", "--out", big], check=True)
+            print(f"\n{'efficientnet-lite0':<20}{'calibration samples':<22}{'top1':>8}{'':>9}{'':>9}{'':>9}{'size':>10}{'quant s':>9}{'RSS MiB':>9}")
+            for method in ("percentile", "entropy"):
+                for n in (256, 2048):
+                    out = f"{tmp}/effnet-{method}-{n}.onnx"
+                    secs, rss = timed([a.tamp, "quantize", f"{effnet}/model.onnx", "--data", big, "--out", out, "--method", method, "--samples", str(n)])
+                    m, _, _, _, size = evaluate(a.tamp, out, f"{effnet}/eval.npz", "top1", a.threads)
+                    print(f"{'':<20}{f'tamp {method} {n}':<22}{m:>8.2f}{'':>9}{'':>9}{'':>9}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
+                    os.remove(out)
+            os.remove(big)
         for d in a.transformer_dir:
             name = d.rstrip("/").split("/")[-1]
             model, data = f"{d}/model.onnx", f"{d}/eval.npz"

@@ -223,7 +223,7 @@ fn batch_norm_folding_keeps_outputs() {
     let count = |m: &tamp_onnx::Model| m.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("BatchNormalization")).count();
     assert_eq!((count(&model), count(&folded)), (9, 0));
     let data = tamp_engine::Dataset::load(&data_path).unwrap();
-    let batch = data.select(&(0..64).collect::<Vec<_>>());
+    let batch = data.select(&(0..64).collect::<Vec<_>>()).unwrap();
     let inputs: Vec<(&str, &tamp_onnx::TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let cfg = tamp_engine::SessionConfig::default();
     let a = tamp_engine::Session::from_model(&model, &cfg).unwrap().run(&inputs).unwrap();

@@ -101,7 +101,7 @@ pub fn capture(
             let mut rows_per_batch = 1;
             while start < indices.len() {
                 let end = (start + rows_per_batch).min(indices.len());
-                let batch = data.select(&indices[start..end]);
+                let batch = data.select(&indices[start..end])?;
                 let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
                 let outputs = session.run(&inputs)?;
                 let captured: BTreeMap<String, TensorValue> = outputs.into_iter().filter(|(k, _)| wanted.contains(k.as_str())).collect();

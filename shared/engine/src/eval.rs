@@ -170,7 +170,7 @@ fn metric_pass(
 ) -> Result<std::collections::BTreeMap<String, f64>> {
     let mut done = 0;
     for rows in batches(indices, batch_size) {
-        let batch = data.select(rows);
+        let batch = data.select(rows)?;
         let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let outs = session.run(&inputs)?;
         let out = outs.iter().find(|(k, _)| *k == output).map(|(_, v)| v).ok_or_else(|| EngineError::Config(format!("output '{output}' missing from results")))?;

@@ -63,7 +63,7 @@ fn run_inputs(inputs: &BTreeMap<String, TensorValue>) -> Vec<(&str, &TensorValue
 
 /// Times `cfg.runs` single-sample inferences after `cfg.warmup` untimed ones.
 pub fn latency(session: &mut Session, data: &Dataset, cfg: LatencyConfig) -> Result<LatencyStats> {
-    let sample = data.select(&[0]);
+    let sample = data.select(&[0])?;
     let inputs = run_inputs(&sample);
     for _ in 0..cfg.warmup {
         session.run(&inputs)?;
@@ -98,7 +98,7 @@ pub fn throughput(session: &mut Session, data: &Dataset, batch_sizes: &[usize], 
             continue;
         }
         let idx: Vec<usize> = (0..b).map(|i| i % data.rows).collect();
-        let batch = data.select(&idx);
+        let batch = data.select(&idx)?;
         let inputs = run_inputs(&batch);
         session.run(&inputs)?;
         session.run(&inputs)?;

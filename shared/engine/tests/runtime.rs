@@ -231,3 +231,29 @@ fn opsets_11_to_21_with_dynamic_dims_run() {
         assert_eq!(Model::load(&path).unwrap(), m);
     }
 }
+
+#[test]
+fn streamed_inputs_read_the_same_rows_as_loaded_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = ArrayD::from_shape_fn(IxDyn(&[40, 3, 5]), |ix| (ix[0] * 100 + ix[1] * 10 + ix[2]) as f32 * 0.5 - 7.0);
+    let ids = ArrayD::from_shape_fn(IxDyn(&[40, 6]), |ix| (ix[0] * 6 + ix[1]) as i64 - 3);
+    let path = dir.path().join("d.npz");
+    let arrays = [("x", TensorValue::F32(x)), ("ids", TensorValue::I64(ids)), ("labels", TensorValue::I64(ArrayD::zeros(IxDyn(&[40]))))];
+    write_npz(&path, &arrays.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()).unwrap();
+    let (held, streamed) = (Dataset::load(&path).unwrap(), Dataset::load_streaming(&path, 0).unwrap());
+    assert!(held.streamed_inputs().is_empty());
+    assert_eq!(streamed.streamed_inputs(), vec!["ids", "x"]);
+    assert_eq!((held.sha256.as_str(), held.rows), (streamed.sha256.as_str(), streamed.rows));
+    for idx in [vec![0usize], vec![39, 2, 3, 4, 17, 0], (0..40).collect()] {
+        assert_eq!(held.select(&idx).unwrap(), streamed.select(&idx).unwrap(), "rows {idx:?}");
+    }
+    assert!(streamed.select(&[40]).unwrap_err().to_string().contains("'ids'"));
+    // Non-finite values in a streamed input are found at load, with their flat index.
+    let mut bad = ArrayD::from_elem(IxDyn(&[40, 4]), 1.0f32);
+    bad[[33, 2]] = f32::INFINITY;
+    bad[[35, 0]] = f32::NAN;
+    let p = dir.path().join("bad.npz");
+    write_npz(&p, &[("x".to_owned(), TensorValue::F32(bad))].into_iter().collect()).unwrap();
+    let e = Dataset::load_streaming(&p, 0).unwrap_err().to_string();
+    assert!(e.contains("1 NaN and 1 infinite") && e.contains("flat index 134") && e.contains("'x'"), "{e}");
+}
