@@ -135,7 +135,10 @@ impl ValueStats {
         };
         Ok(match method {
             Method::MinMax => Range { min: self.min, max: self.max },
-            Method::Percentile { percentile } => sym(percentile_threshold(hist()?, percentile)),
+            Method::Percentile { percentile } => {
+                let (lo, hi) = percentile_range(hist()?, percentile);
+                Range { min: lo.max(self.min), max: hi.min(self.max) }
+            }
             // uint8 spends all 256 levels on [0, t] for non-negative values, 128 per side otherwise.
             Method::Entropy => sym(entropy_threshold(hist()?, if self.min >= 0.0 { 256 } else { 128 })),
             Method::Mse => sym(mse_threshold(hist()?, 127.5)),
@@ -159,6 +162,29 @@ pub fn percentile_threshold(h: &Histogram, percentile: f64) -> f32 {
         }
     }
     h.range
+}
+
+/// The range keeping `percentile`% of the values, the rest cut evenly from both tails of the
+/// signed histogram (as ONNX Runtime's asymmetric percentile calibrator does): a tail that
+/// is a single spike (ReLU's zeros) is kept whole.
+pub fn percentile_range(h: &Histogram, percentile: f64) -> (f32, f32) {
+    let total = h.total();
+    let cut = (total as f64 * (100.0 - percentile.clamp(0.0, 100.0)) / 200.0).floor() as u64;
+    let (n, w) = (h.bins.len(), h.width());
+    let mut acc = 0;
+    let lo = h.bins.iter().position(|&c| {
+        acc += c;
+        acc > cut
+    });
+    acc = 0;
+    let hi = h.bins.iter().rposition(|&c| {
+        acc += c;
+        acc > cut
+    });
+    match (lo, hi) {
+        (Some(lo), Some(hi)) => (-h.range + lo as f32 * w, -h.range + (hi + 1).min(n) as f32 * w),
+        _ => (0.0, 0.0),
+    }
 }
 
 /// TensorRT's entropy calibration: for each candidate threshold bin i ≥ `levels`, clip the
@@ -444,6 +470,23 @@ mod tests {
         // The widened histogram still places each value on its side of zero.
         let neg: u64 = h.bins[..32].iter().sum();
         assert_eq!(neg, 2);
+    }
+
+    #[test]
+    fn two_sided_percentile_cuts_each_tail() {
+        let mut h = Histogram::new(2048);
+        // Uniform on [-1, 3): 2 % cut overall is 1 % per tail.
+        let v: Vec<f32> = (0..400_000).map(|i| i as f32 / 100_000.0 - 1.0).collect();
+        h.add(&v);
+        let (lo, hi) = percentile_range(&h, 98.0);
+        assert!((lo - (-0.96)).abs() < 0.01 && (hi - 2.96).abs() < 0.01, "{lo} {hi}");
+        // Half the mass at exactly zero (after a ReLU): the lower end stays at 0.
+        let mut relu: Vec<f32> = vec![0.0; 1000];
+        relu.extend((0..1000).map(|i| i as f32 / 1000.0));
+        let mut h = Histogram::new(256);
+        h.add(&relu);
+        let (lo, hi) = percentile_range(&h, 99.0);
+        assert!(lo == 0.0 && hi > 0.98 && hi <= 1.0, "{lo} {hi}");
     }
 
     #[test]
