@@ -69,7 +69,7 @@ pub fn run(args: &Args) -> Result<()> {
     if args.weights4 {
         let (quantized, n) = tamp_engine::ptq::quantize_4bit(&model, &tamp_engine::passes::NBitsConfig::default())?;
         quantized.save(&args.out, &SaveOptions::default())?;
-        println!("{}", summary(args, &format!("4-bit weight-only, {n} MatMuls as MatMulNBits"))?);
+        println!("{}", summary(args, &format!("4-bit weight-only, {n} MatMul/Gemm layers as MatMulNBits"))?);
         return Ok(());
     }
     if args.dynamic {

@@ -206,11 +206,11 @@ pub fn quantize_dynamic(model: &Model, cfg: &DynamicConfig) -> Result<(Model, Dy
     Ok((patch.apply(model, pass.name()).map_err(patch_err)?, counts))
 }
 
-/// 4-bit weight-only quantization of MatMuls by constant weights (`MatMulNBits`), then int8
-/// embedding tables as in [`quantize_dynamic`]. Returns the model and the number of MatMuls.
+/// 4-bit weight-only quantization of MatMuls and Gemms by constant weights (`MatMulNBits`), then int8
+/// embedding tables as in [`quantize_dynamic`]. Returns the model and the number of layers.
 pub fn quantize_4bit(model: &Model, cfg: &NBitsConfig) -> Result<(Model, usize)> {
     let pass = QuantizeNBits { config: cfg.clone() };
-    let (patch, n) = pass.build(model)?.ok_or_else(|| EngineError::Config("4-bit quantization found no MatMul by a constant 2-D weight".into()))?;
+    let (patch, n) = pass.build(model)?.ok_or_else(|| EngineError::Config(format!("4-bit quantization found no MatMul or Gemm (no transA, alpha = beta = 1) by a constant 2-D weight of at least {} elements", cfg.min_elements)))?;
     let q = patch.apply(model, pass.name()).map_err(patch_err)?;
     let emb = QuantizeDynamic { config: DynamicConfig { exclude: cfg.exclude.clone(), ..DynamicConfig::default() } };
     let q = match emb.build(&q)? {
