@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """`make bench-ptq`: Tamp's static int8 PTQ beside ONNX Runtime's `quantize_static` (QDQ,
 per-channel int8 weights, uint8 activations, same calibration rows), for each method, on
-each CNN reference model, in one table: metric, P50/P95 latency (batch 1), throughput at
-batch 32 (all measured by `tamp eval` on the same machine, same thread count), size, wall
+each CNN reference model, in one table: metric, P50/P95 latency (batch 1), P50 latency of a
+batch of 32 and its ratio to fp32's (all measured by `tamp eval` on the same machine, same
+thread count), size, wall
 time to quantize and peak RSS of the quantizing process. Speed is reported, never asserted.
 ORT's run includes its recommended `quant_pre_process` (BN folding etc.), timed with it.
 """
@@ -62,7 +63,7 @@ def evaluate(tamp, model, data, metric, threads):
     out = subprocess.run([tamp, "eval", model, "--data", data, "--json", "--metric", metric, "--threads", str(threads),
                           "--runs", "100", "--throughput", "32"], check=True, capture_output=True, text=True)
     r = json.loads(out.stdout)
-    return r["metrics"][metric], r["latency"]["p50_ms"], r["latency"]["p95_ms"], r["throughput"][0]["samples_per_s"], r["model"]["size_bytes"]
+    return r["metrics"][metric], r["latency"]["p50_ms"], r["latency"]["p95_ms"], r["throughput"][0]["batch_p50_ms"], r["model"]["size_bytes"]
 
 
 def main():
@@ -76,7 +77,7 @@ def main():
     ap.add_argument("--images-wheel", help="scikit-image wheel: adds Tamp's peak-RSS rows at 256 and 2,048 EfficientNet calibration samples")
     a = ap.parse_args()
     methods = [("minmax", "MinMax"), ("entropy", "Entropy"), ("percentile", "Percentile")]
-    header = f"{'model':<20}{'quantizer':<22}{'top1':>8}{'P50 ms':>9}{'P95 ms':>9}{'b32 /s':>9}{'size':>10}{'quant s':>9}{'RSS MiB':>9}"
+    header = f"{'model':<20}{'quantizer':<22}{'top1':>8}{'P50 ms':>9}{'P95 ms':>9}{'b32 P50':>9}{'vs fp32':>8}{'size':>10}{'quant s':>9}{'RSS MiB':>9}"
     print(f"threads {a.threads}; calibration = every row of calib.npz; metric on eval.npz\n")
     print(header)
     print("-" * len(header))
@@ -87,7 +88,8 @@ def main():
             rows = int(subprocess.run([sys.executable, "-c", f"import numpy as np; d=np.load('{calib}'); print(d[[k for k in d.files if k!='labels'][0]].shape[0])"],
                                       check=True, capture_output=True, text=True).stdout)
             m, p50, p95, tp, size = evaluate(a.tamp, model, data, "top1", a.threads)
-            print(f"{name:<20}{'fp32':<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.0f}{size / 2**20:>9.2f}M{'':>9}{'':>9}")
+            base = tp
+            print(f"{name:<20}{'fp32':<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.3f}{1:>7.2f}x{size / 2**20:>9.2f}M{'':>9}{'':>9}")
             for ours, theirs in methods:
                 for who in ("tamp", "onnxruntime"):
                     out = f"{tmp}/{name}-{who}-{ours}.onnx"
@@ -97,7 +99,7 @@ def main():
                         cmd = [sys.executable, "-c", ORT_SCRIPT, model, calib, out, theirs, f"{tmp}/pre.onnx"]
                     secs, rss = timed(cmd)
                     m, p50, p95, tp, size = evaluate(a.tamp, out, data, "top1", a.threads)
-                    print(f"{'':<20}{who + ' ' + ours:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.0f}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
+                    print(f"{'':<20}{who + ' ' + ours:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.3f}{tp / base:>7.2f}x{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
             extra = [("tamp minmax, no BC", [a.tamp, "quantize", model, "--data", calib, "--method", "minmax", "--samples", str(rows), "--no-bias-correction"]),
                      ("tamp percentile+CLE", [a.tamp, "quantize", model, "--data", calib, "--method", "percentile", "--samples", str(rows), "--cle"])]
             if a.nncf_python:
@@ -107,26 +109,27 @@ def main():
                 cmd = base_cmd + ["--out", out] if who.startswith("tamp") else base_cmd + [out]
                 secs, rss = timed(cmd)
                 m, p50, p95, tp, size = evaluate(a.tamp, out, data, "top1", a.threads)
-                print(f"{'':<20}{who:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.0f}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
+                print(f"{'':<20}{who:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.3f}{tp / base:>7.2f}x{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
         effnet = next((d for d in a.model_dir if "efficientnet" in d), None)
         if a.images_wheel and effnet:
             big = f"{tmp}/calib-2048.npz"
             subprocess.run([sys.executable, str(Path(__file__).parent / "refmodels" / "efficientnet_views.py"), "--images-wheel", a.images_wheel,
                             "--rows", "2048", "--out", big], check=True)
-            print(f"\n{'efficientnet-lite0':<20}{'calibration samples':<22}{'top1':>8}{'':>9}{'':>9}{'':>9}{'size':>10}{'quant s':>9}{'RSS MiB':>9}")
+            print(f"\n{'efficientnet-lite0':<20}{'calibration samples':<22}{'top1':>8}{'':>9}{'':>9}{'':>9}{'':>8}{'size':>10}{'quant s':>9}{'RSS MiB':>9}")
             for method in ("percentile", "entropy"):
                 for n in (256, 2048):
                     out = f"{tmp}/effnet-{method}-{n}.onnx"
                     secs, rss = timed([a.tamp, "quantize", f"{effnet}/model.onnx", "--data", big, "--out", out, "--method", method, "--samples", str(n)])
                     m, _, _, _, size = evaluate(a.tamp, out, f"{effnet}/eval.npz", "top1", a.threads)
-                    print(f"{'':<20}{f'tamp {method} {n}':<22}{m:>8.2f}{'':>9}{'':>9}{'':>9}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
+                    print(f"{'':<20}{f'tamp {method} {n}':<22}{m:>8.2f}{'':>9}{'':>9}{'':>9}{'':>8}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
                     os.remove(out)
             os.remove(big)
         for d in a.transformer_dir:
             name = d.rstrip("/").split("/")[-1]
             model, data = f"{d}/model.onnx", f"{d}/eval.npz"
             m, p50, p95, tp, size = evaluate(a.tamp, model, data, "cosine", a.threads)
-            print(f"{name:<20}{'fp32':<22}{m:>8.4f}{p50:>9.3f}{p95:>9.3f}{tp:>9.1f}{size / 2**20:>9.2f}M{'':>9}{'':>9}")
+            base = tp
+            print(f"{name:<20}{'fp32':<22}{m:>8.4f}{p50:>9.3f}{p95:>9.3f}{tp:>9.2f}{1:>7.2f}x{size / 2**20:>9.2f}M{'':>9}{'':>9}")
             for who, cmd_of in (("tamp dynamic", lambda out: [a.tamp, "quantize", "--dynamic", model, "--out", out]),
                                 ("tamp 4-bit weights", lambda out: [a.tamp, "quantize", "--weights4", model, "--out", out]),
                                 ("onnxruntime dynamic", lambda out: [sys.executable, "-c", ORT_DYNAMIC, model, out, "0"]),
@@ -135,7 +138,7 @@ def main():
                 out = f"{tmp}/{name}-{who.replace(' ', '-')}.onnx"
                 secs, rss = timed(cmd_of(out))
                 m, p50, p95, tp, size = evaluate(a.tamp, out, data, "cosine", a.threads)
-                print(f"{'':<20}{who:<22}{m:>8.4f}{p50:>9.3f}{p95:>9.3f}{tp:>9.1f}{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
+                print(f"{'':<20}{who:<22}{m:>8.4f}{p50:>9.3f}{p95:>9.3f}{tp:>9.2f}{tp / base:>7.2f}x{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
     print("\nmetric: top1 for CNNs (fmnist = accuracy on the labelled test set; efficientnet = agreement with fp32 top-1);")
     print("cosine to the fp32 sentence embeddings for transformers.")
     return 0

@@ -252,7 +252,19 @@ fn int8_ptq_of_the_reference_cnn() {
 
     let check = check_onnx(&q1);
     let ops: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
-    assert!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0) >= 9, "no integer convolutions: {ops}");
+    // The 1-channel stem stays float (ORT's QLinearConv is slower there); the other 8 are integer.
+    assert_eq!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0), 8, "integer convolutions: {ops}");
+    let (everywhere, report) = (dir.path().join("all.onnx"), dir.path().join("all.json"));
+    let o = run(Command::new(tamp()).arg("quantize").arg(&model).arg("--data").arg(&calib).arg("--out").arg(&everywhere).arg("--report").arg(&report).args(["--samples", "64", "--int8-everywhere"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ops: serde_json::Value = serde_json::from_slice(&check_onnx(&everywhere).stdout).unwrap();
+    assert_eq!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0), 9, "--int8-everywhere: {ops}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["float_for_speed"], serde_json::json!([]), "{r}");
+    let o = run(Command::new(tamp()).arg("quantize").arg(&model).arg("--data").arg(&calib).arg("--out").arg(&everywhere).arg("--report").arg(&report).args(["--samples", "64"]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("slower in int8"), "{}", String::from_utf8_lossy(&o.stdout));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["float_for_speed"].as_array().map(Vec::len), Some(1), "{r}");
 
     let top1 = |m: &Path| {
         let o = run(Command::new(tamp()).arg("eval").arg(m).arg("--data").arg(&data).args(["--json", "--runs", "1", "--throughput", ""]));
@@ -359,7 +371,7 @@ fn compress_the_reference_cnn_with_the_shipped_recipe() {
     let best: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("best.json")).unwrap()).unwrap();
     assert_eq!(best["runtime"], "onnxruntime");
     assert_eq!(best["sha256"].as_str().unwrap(), sha256_hex(&out.join("best.onnx")));
-    assert!(best["compatibility"]["onnxruntime"]["integer_kernels"]["QLinearConv"].as_u64().unwrap() >= 9, "{best}");
+    assert!(best["compatibility"]["onnxruntime"]["integer_kernels"]["QLinearConv"].as_u64().unwrap() >= 8, "{best}");
     assert_eq!(best["opset"]["ai.onnx"], 17);
 
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -467,7 +479,7 @@ fn clustering_then_int8_on_the_reference_cnn() {
     assert_eq!(std::fs::read(out.join(file)).unwrap(), std::fs::read(again.join(file)).unwrap(), "clustering must be deterministic");
     let int8_ops = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(out.join(int8["file"].as_str().unwrap())));
     let ops: serde_json::Value = serde_json::from_slice(&int8_ops.stdout).unwrap();
-    assert!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0) >= 9, "the int8 step sees plain weights again: {ops}");
+    assert!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0) >= 8, "the int8 step sees plain weights again: {ops}");
 
     // Per-channel codebooks (GatherElements + Reshape) load and run too.
     let per_channel = dir.path().join("per-channel.yaml");

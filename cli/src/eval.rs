@@ -154,7 +154,10 @@ fn print_table(r: &EvalReport) {
     t.add_row(["latency P50 / P95 / P99 (batch 1)".to_owned(), format!("{:.3} / {:.3} / {:.3} ms", r.latency.p50_ms, r.latency.p95_ms, r.latency.p99_ms)]);
     for tp in &r.throughput {
         let v = match (tp.samples_per_s, &tp.skipped) {
-            (Some(s), _) => format!("{s:.1} samples/s"),
+            (Some(s), _) => match tp.batch_p50_ms {
+                Some(p50) => format!("{s:.1} samples/s (P50 {p50:.3} ms per batch)"),
+                None => format!("{s:.1} samples/s"),
+            },
             (None, Some(why)) => format!("skipped: {why}"),
             (None, None) => "-".into(),
         };

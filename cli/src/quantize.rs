@@ -51,6 +51,10 @@ pub struct Args {
     /// Asymmetric uint8 weights with zero points (symmetric int8 otherwise).
     #[arg(long)]
     asymmetric: bool,
+    /// Quantize every layer, also those ONNX Runtime runs slower in int8 (single-input-
+    /// channel Convs, kept float by default).
+    #[arg(long)]
+    int8_everywhere: bool,
     /// Also write the run's report (ranges, counts) as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -92,7 +96,7 @@ pub fn run(args: &Args) -> Result<()> {
         fold_batch_norm: !args.no_fold_bn,
         cross_layer_equalization: args.cle,
         bias_correction: !args.no_bias_correction,
-        quantize: QuantizeConfig { per_channel: !args.per_tensor, symmetric: !args.asymmetric, bias_correction: !args.no_bias_correction, ..QuantizeConfig::default() },
+        quantize: QuantizeConfig { per_channel: !args.per_tensor, symmetric: !args.asymmetric, bias_correction: !args.no_bias_correction, float_slow_layers: !args.int8_everywhere, ..QuantizeConfig::default() },
         ..PtqConfig::default()
     };
     let (quantized, report) = quantize_static(&model, &data, &cfg)?;
@@ -117,6 +121,9 @@ pub fn run(args: &Args) -> Result<()> {
     );
     if !report.float_ops.is_empty() {
         println!("left in float: {:?}", report.float_ops);
+    }
+    if !report.float_for_speed.is_empty() {
+        println!("kept in float because ONNX Runtime runs them slower in int8: {:?} (--int8-everywhere quantizes them too)", report.float_for_speed);
     }
     Ok(())
 }

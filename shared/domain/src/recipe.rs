@@ -312,6 +312,9 @@ pub struct PtqStage {
     pub bias_correction: bool,
     /// Node names kept in float whatever the sensitivity ranking says.
     pub keep_float: Vec<String>,
+    /// Leave in float the layers ONNX Runtime runs slower in int8 than in fp32 (single-input-
+    /// channel Convs; reported per candidate).
+    pub float_slow_layers: bool,
 }
 
 impl Default for PtqStage {
@@ -326,6 +329,7 @@ impl Default for PtqStage {
             cross_layer_equalization: false,
             bias_correction: true,
             keep_float: Vec::new(),
+            float_slow_layers: true,
         }
     }
 }

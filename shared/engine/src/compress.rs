@@ -772,7 +772,13 @@ impl Runner<'_, '_> {
                 let calibrated = ptq::calibrate(model, self.job.calibration, &cfg)?;
                 self.obs.end(&format!("{} activations calibrated on {} rows", calibrated.ranges.len(), calibrated.calibration_rows));
                 units = quantize::weighted_nodes(&calibrated.folded);
-                let qc = QuantizeConfig { per_channel: p.per_channel_weights, symmetric: p.symmetric, bias_correction: p.bias_correction, exclude: BTreeSet::new() };
+                let qc = QuantizeConfig {
+                    per_channel: p.per_channel_weights,
+                    symmetric: p.symmetric,
+                    bias_correction: p.bias_correction,
+                    exclude: BTreeSet::new(),
+                    float_slow_layers: p.float_slow_layers,
+                };
                 // The first static candidate, built once; its report says what the pre-passes did.
                 let (model8, probe) = calibrated.quantize(&QuantizeConfig { exclude: keep.clone(), ..qc.clone() })?;
                 first8 = Some(model8);
@@ -781,6 +787,7 @@ impl Runner<'_, '_> {
                     "cross_layer_equalization": probe.equalized,
                     "bias_correction": probe.bias_corrected,
                     "symmetric_weights": p.symmetric,
+                    "float_for_speed": probe.float_for_speed,
                 });
                 build = Box::new(move |ex| Ok(calibrated.quantize(&QuantizeConfig { exclude: ex.clone(), ..qc.clone() })?.0));
             }

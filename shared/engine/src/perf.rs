@@ -43,6 +43,11 @@ pub struct LatencyStats {
 pub struct Throughput {
     pub batch_size: usize,
     pub samples_per_s: Option<f64>,
+    /// Median and 95th percentile of one batch's latency at this batch size.
+    #[serde(default)]
+    pub batch_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub batch_p95_ms: Option<f64>,
     pub skipped: Option<String>,
 }
 
@@ -94,7 +99,7 @@ pub fn throughput(session: &mut Session, data: &Dataset, batch_sizes: &[usize], 
     let mut out = Vec::new();
     for &b in batch_sizes {
         if let Some(fixed) = fixed_batch.filter(|&f| f as usize != b) {
-            out.push(Throughput { batch_size: b, samples_per_s: None, skipped: Some(format!("the model's batch dimension is fixed to {fixed}")) });
+            out.push(Throughput { batch_size: b, samples_per_s: None, batch_p50_ms: None, batch_p95_ms: None, skipped: Some(format!("the model's batch dimension is fixed to {fixed}")) });
             continue;
         }
         let idx: Vec<usize> = (0..b).map(|i| i % data.rows).collect();
@@ -103,12 +108,21 @@ pub fn throughput(session: &mut Session, data: &Dataset, batch_sizes: &[usize], 
         session.run(&inputs)?;
         session.run(&inputs)?;
         let n = runs.max(1);
-        let t = Instant::now();
+        let mut times = Vec::with_capacity(n);
         for _ in 0..n {
+            let t = Instant::now();
             session.run(&inputs)?;
+            times.push(t.elapsed().as_secs_f64());
         }
-        let secs = t.elapsed().as_secs_f64();
-        out.push(Throughput { batch_size: b, samples_per_s: Some((b * n) as f64 / secs), skipped: None });
+        let secs: f64 = times.iter().sum();
+        times.sort_by(f64::total_cmp);
+        out.push(Throughput {
+            batch_size: b,
+            samples_per_s: Some((b * n) as f64 / secs),
+            batch_p50_ms: Some(percentile(&times, 50.0) * 1e3),
+            batch_p95_ms: Some(percentile(&times, 95.0) * 1e3),
+            skipped: None,
+        });
     }
     Ok(out)
 }

@@ -64,6 +64,10 @@ pub struct PtqReport {
     pub quantized_weights: usize,
     /// Nodes kept in float on request (accuracy-aware fallback, `keep_float`).
     pub excluded: Vec<String>,
+    /// Nodes kept in float because ONNX Runtime runs them slower in int8
+    /// ([`quantize::slow_in_int8`]).
+    #[serde(default)]
+    pub float_for_speed: Vec<String>,
     /// Ops left in float, by type (count).
     pub float_ops: BTreeMap<String, usize>,
     /// Pairs cross-layer equalization balanced.
@@ -154,6 +158,11 @@ pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calib
 impl Calibrated {
     /// Applies the QDQ pass with `config` (per-channel, exclusions).
     pub fn quantize(&self, config: &QuantizeConfig) -> Result<(Model, PtqReport)> {
+        let float_for_speed: Vec<String> =
+            if config.float_slow_layers { quantize::slow_in_int8(&self.folded).into_iter().filter(|k| !config.exclude.contains(k)).collect() } else { Vec::new() };
+        let requested = config;
+        let merged = QuantizeConfig { exclude: config.exclude.iter().chain(&float_for_speed).cloned().collect(), ..config.clone() };
+        let config = &merged;
         let (base, bias_corrected) = if config.bias_correction {
             let means = self.input_means.as_ref().ok_or_else(|| EngineError::Config("bias correction needs the input means: calibrate with `bias_correction: true`".into()))?;
             match bias_correct::correct(&self.folded, means, config.per_channel, config.symmetric, &config.exclude)? {
@@ -183,7 +192,8 @@ impl Calibrated {
             folded_batch_norms: self.folded_batch_norms,
             quantized_activations,
             quantized_weights,
-            excluded: config.exclude.iter().cloned().collect(),
+            excluded: requested.exclude.iter().cloned().collect(),
+            float_for_speed,
             float_ops,
             ranges: self.ranges.clone(),
             equalized: self.equalized.clone(),
