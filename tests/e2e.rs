@@ -280,6 +280,15 @@ fn int8_ptq_of_the_reference_cnn() {
         let t = top1(&q);
         assert!(t >= 0.98 * fp32, "{method}: int8 top-1 {t} vs fp32 {fp32}");
     }
+    // int8 activations, asymmetric and TensorRT-style symmetric: valid, loadable, accurate.
+    for flag in ["--int8-activations", "--symmetric-activations"] {
+        let q = dir.path().join("s8.onnx");
+        let o = run(Command::new(tamp()).arg("quantize").arg(&model).arg("--data").arg(&calib).arg("--out").arg(&q).args(["--samples", "256", flag]));
+        assert!(o.status.success(), "{flag}: {}", String::from_utf8_lossy(&o.stderr));
+        check_onnx(&q);
+        let t = top1(&q);
+        assert!(t >= 0.99 * fp32, "{flag}: top-1 {t} vs fp32 {fp32}");
+    }
 }
 
 /// The data-free-quantization pre-passes on EfficientNet-Lite0 (seeded, deterministic):

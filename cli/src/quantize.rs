@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use tamp_engine::Dataset;
 use tamp_engine::calibrate::Method;
+use tamp_engine::passes::quantize::ActivationType;
 use tamp_engine::passes::{DynamicConfig, QuantizeConfig};
 use tamp_engine::ptq::{PtqConfig, quantize_dynamic, quantize_static};
 use tamp_onnx::{Model, SaveOptions};
@@ -55,6 +56,12 @@ pub struct Args {
     /// channel Convs, kept float by default).
     #[arg(long)]
     int8_everywhere: bool,
+    /// int8 activations (uint8 otherwise, ONNX Runtime's x86 default).
+    #[arg(long)]
+    int8_activations: bool,
+    /// int8 activations with zero point 0 (TensorRT-style; implies --int8-activations).
+    #[arg(long)]
+    symmetric_activations: bool,
     /// Also write the run's report (ranges, counts) as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -96,7 +103,11 @@ pub fn run(args: &Args) -> Result<()> {
         fold_batch_norm: !args.no_fold_bn,
         cross_layer_equalization: args.cle,
         bias_correction: !args.no_bias_correction,
-        quantize: QuantizeConfig { per_channel: !args.per_tensor, symmetric: !args.asymmetric, bias_correction: !args.no_bias_correction, float_slow_layers: !args.int8_everywhere, ..QuantizeConfig::default() },
+        quantize: QuantizeConfig { per_channel: !args.per_tensor, symmetric: !args.asymmetric, bias_correction: !args.no_bias_correction, float_slow_layers: !args.int8_everywhere,
+            activations: if args.int8_activations || args.symmetric_activations { ActivationType::Int8 } else { ActivationType::Uint8 },
+            symmetric_activations: args.symmetric_activations,
+            ..QuantizeConfig::default()
+        },
         ..PtqConfig::default()
     };
     let (quantized, report) = quantize_static(&model, &data, &cfg)?;

@@ -315,6 +315,19 @@ pub struct PtqStage {
     /// Leave in float the layers ONNX Runtime runs slower in int8 than in fp32 (single-input-
     /// channel Convs; reported per candidate).
     pub float_slow_layers: bool,
+    /// Element type of quantized activations (`uint8`, ONNX Runtime's x86 default, or `int8`).
+    pub activation_type: ActivationType,
+    /// int8 activations with zero point 0 (TensorRT-style); needs `activation_type: int8`.
+    pub symmetric_activations: bool,
+}
+
+/// Element type of quantized activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivationType {
+    #[default]
+    Uint8,
+    Int8,
 }
 
 impl Default for PtqStage {
@@ -330,6 +343,8 @@ impl Default for PtqStage {
             bias_correction: true,
             keep_float: Vec::new(),
             float_slow_layers: true,
+            activation_type: ActivationType::Uint8,
+            symmetric_activations: false,
         }
     }
 }
@@ -501,8 +516,11 @@ impl Recipe {
                             return Err(invalid(&path, "list at least one bit-width, e.g. [8]".into()));
                         }
                         if let Some(b) = list.iter().find(|b| !allowed.contains(b)) {
-                            return Err(invalid(&path, format!("{b}-bit is not supported; supported: {allowed:?} (4-bit weights are weight-only, for MatMul layers)")));
+                            return Err(invalid(&path, format!("{b}-bit is not supported; supported: {allowed:?} (4-bit weights are weight-only, for MatMul and Gemm layers)")));
                         }
+                    }
+                    if p.symmetric_activations && p.activation_type == ActivationType::Uint8 {
+                        return Err(invalid(&at("symmetric_activations"), "symmetric activations need `activation_type: int8` (uint8 has no zero-centred range)".into()));
                     }
                     let c = &p.calibration;
                     if c.samples == 0 {
@@ -694,6 +712,13 @@ mod tests {
         assert!(e.contains("line 5") && e.contains("3-bit"), "{e}");
         let e = Recipe::from_yaml(&format!("{PRD}constraints:\n  max_metric_drop_pct: -1\n")).unwrap_err().to_string();
         assert!(e.contains("line 10") && e.contains("max_metric_drop_pct"), "{e}");
+        let r = "policy:\n  name: p\n  stages:\n    - ptq:\n        symmetric_activations: true\n";
+        let e = Recipe::from_yaml(r).unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("activation_type: int8"), "{e}");
+        let r = "policy:\n  name: p\n  stages:\n    - ptq: {activation_type: int8, symmetric_activations: true}\n";
+        assert!(Recipe::from_yaml(r).is_ok());
+        let e = Recipe::from_yaml("policy:\n  name: p\n  stages:\n    - ptq: {activation_type: int4}\n").unwrap_err().to_string();
+        assert!(e.contains("int4") && e.contains("uint8"), "{e}");
     }
 
     #[test]

@@ -50,11 +50,34 @@ pub struct QuantizeConfig {
     pub exclude: BTreeSet<String>,
     /// Leave in float the layers ONNX Runtime runs slower in int8 ([`slow_in_int8`]).
     pub float_slow_layers: bool,
+    /// Element type of quantized activations.
+    pub activations: ActivationType,
+    /// Activations with zero point 0 and a range symmetric around it (int8 only; what
+    /// TensorRT-style runtimes expect); otherwise asymmetric over [min(x, 0), max(x, 0)].
+    pub symmetric_activations: bool,
+}
+
+/// How activations are stored between quantized ops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivationType {
+    /// uint8 (ONNX Runtime's default on x86: its U8S8 kernels use VNNI directly).
+    #[default]
+    Uint8,
+    Int8,
 }
 
 impl Default for QuantizeConfig {
     fn default() -> Self {
-        Self { per_channel: true, symmetric: true, bias_correction: true, exclude: BTreeSet::new(), float_slow_layers: true }
+        Self {
+            per_channel: true,
+            symmetric: true,
+            bias_correction: true,
+            exclude: BTreeSet::new(),
+            float_slow_layers: true,
+            activations: ActivationType::Uint8,
+            symmetric_activations: false,
+        }
     }
 }
 
@@ -147,6 +170,23 @@ pub fn activation_params(r: Range) -> (f32, u8) {
     let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
     let zp = (-lo / scale).round().clamp(0.0, 255.0) as u8;
     (scale, zp)
+}
+
+/// A scalar zero point of the configured activation type, with its scale, covering `r`.
+fn activation_zero_point(r: Range, ty: ActivationType, symmetric: bool, name: &str) -> (f32, tamp_onnx::proto::TensorProto) {
+    let zp_tensor = |v: i32| match ty {
+        ActivationType::Uint8 => from_array(name, &ArrayD::from_elem(IxDyn(&[]), v as u8)),
+        ActivationType::Int8 => from_array(name, &ArrayD::from_elem(IxDyn(&[]), v as i8)),
+    };
+    if symmetric {
+        let amax = r.min.abs().max(r.max.abs());
+        return (if amax > 0.0 { amax / 127.0 } else { 1.0 }, zp_tensor(0));
+    }
+    let (scale, zp) = activation_params(r);
+    (scale, zp_tensor(match ty {
+        ActivationType::Uint8 => i32::from(zp),
+        ActivationType::Int8 => i32::from(zp) - 128,
+    }))
 }
 
 /// int8 symmetric quantization of `w` along `axis` (None: per tensor): (values, scales).
@@ -258,6 +298,9 @@ impl Pass for QuantizeQdq {
 impl QuantizeQdq {
     /// The patch plus the number of layers whose weights it quantizes.
     pub fn build(&self, model: &Model) -> Result<Option<(Patch, usize)>, OnnxError> {
+        if self.config.symmetric_activations && self.config.activations == ActivationType::Uint8 {
+            return Err(OnnxError::Graph("symmetric activations need int8 activations (uint8 has no zero-centred range): set `activation_type: int8`".into()));
+        }
         let g = model.graph();
         if g.node.iter().any(|n| op(n) == "QuantizeLinear") {
             return Ok(None); // already quantized: the pass is one-shot
@@ -274,10 +317,10 @@ impl QuantizeQdq {
             if view.producer(v).is_none() && !g.input.iter().any(|i| i.name.as_deref() == Some(v.as_str())) {
                 return Err(OnnxError::Graph(format!("calibrated value '{v}' is not in the graph")));
             }
-            let (scale, zp) = activation_params(*r);
             let (s, z, q, dq) = (format!("{v}.s"), format!("{v}.zp"), format!("{v}.q"), format!("{v}.dq"));
+            let (scale, zp) = activation_zero_point(*r, self.config.activations, self.config.symmetric_activations, &z);
             patch.add_initializers.push(scalar_f32(&s, scale));
-            patch.add_initializers.push(from_array(&z, &ArrayD::from_elem(IxDyn(&[]), zp)));
+            patch.add_initializers.push(zp);
             patch.add_nodes.push(node("QuantizeLinear", format!("{v}.Q"), vec![v.clone(), s.clone(), z.clone()], q.clone(), vec![]));
             patch.add_nodes.push(node("DequantizeLinear", format!("{v}.DQ"), vec![q, s, z], dq.clone(), vec![]));
             for &c in view.consumers(v) {
@@ -393,5 +436,21 @@ mod tests {
     #[test]
     fn relu_outputs_get_zero_point_zero() {
         assert_eq!(activation_params(Range { min: 0.0, max: 6.0 }).1, 0);
+    }
+
+    #[test]
+    fn int8_activation_zero_points() {
+        let zp = |r, ty, sym| {
+            let (s, t) = activation_zero_point(r, ty, sym, "z");
+            (s, t.data_type, tamp_onnx::TensorValue::from_proto(&t).unwrap())
+        };
+        // A ReLU's range in asymmetric int8 starts at the type's minimum.
+        let (s, dt, v) = zp(Range { min: 0.0, max: 6.0 }, ActivationType::Int8, false);
+        assert_eq!((s, dt, v), (6.0 / 255.0, Some(DataType::Int8 as i32), tamp_onnx::TensorValue::I8(ArrayD::from_elem(IxDyn(&[]), -128))));
+        // Symmetric: zero point 0, the larger side over 127 steps.
+        let (s, _, v) = zp(Range { min: -2.0, max: 5.0 }, ActivationType::Int8, true);
+        assert_eq!((s, v), (5.0 / 127.0, tamp_onnx::TensorValue::I8(ArrayD::from_elem(IxDyn(&[]), 0))));
+        let (_, dt, _) = zp(Range { min: -2.0, max: 5.0 }, ActivationType::Uint8, false);
+        assert_eq!(dt, Some(DataType::Uint8 as i32));
     }
 }
