@@ -113,7 +113,7 @@ def main():
         effnet = next((d for d in a.model_dir if "efficientnet" in d), None)
         if a.images_wheel and effnet:
             big = f"{tmp}/calib-2048.npz"
-            subprocess.run([sys.executable, str(Path(__file__).parent / "refmodels" / "efficientnet_views.py"), "--images-wheel", a.images_wheel,
+            subprocess.run([sys.executable, str(Path(__file__).parent / "efficientnet_views.py"), "--images-wheel", a.images_wheel,
                             "--rows", "2048", "--out", big], check=True)
             print(f"\n{'efficientnet-lite0':<20}{'calibration samples':<22}{'top1':>8}{'':>9}{'':>9}{'':>9}{'':>8}{'size':>10}{'quant s':>9}{'RSS MiB':>9}")
             for method in ("percentile", "entropy"):

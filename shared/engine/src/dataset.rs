@@ -80,12 +80,18 @@ impl Dataset {
             let (stored, size, data_start) = (entry.compression() == zip::CompressionMethod::Stored, entry.size(), entry.data_start());
             let npy = NpyFile::new(entry).map_err(|e| err(format!("array '{name}': {e}")))?;
             let reserved = name == LABELS || name == COHORT;
-            if let (false, true, Some(col)) = (reserved, stored, Stored::of(&npy, size, data_start, file.clone(), min_bytes)) {
+            // Stored (uncompressed) plain arrays are read straight from the file: streamed when
+            // large, else in one read (no per-element decoding through the zip reader).
+            let direct = if stored { Stored::of(&npy, size, data_start, file.clone(), 0) } else { None };
+            if let Some(col) = direct.as_ref().filter(|c| !reserved && c.bytes() >= min_bytes) {
                 col.check_finite().map_err(|m| err(format!("array '{name}': {m}")))?;
-                inputs.insert(name, Column::Stored(col));
+                inputs.insert(name, Column::Stored(col.clone()));
                 continue;
             }
-            let value = read_array(npy).map_err(|m| err(format!("array '{name}': {m}")))?;
+            let value = match direct {
+                Some(col) => col.select(&(0..col.shape[0]).collect::<Vec<_>>()).map_err(|e| err(format!("array '{name}': {e}")))?,
+                None => read_array(npy).map_err(|m| err(format!("array '{name}': {m}")))?,
+            };
             check_finite(&value).map_err(|m| err(format!("array '{name}': {m}")))?;
             match name.as_str() {
                 LABELS => {
@@ -285,11 +291,15 @@ impl Stored {
         let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
         let elem = ts.size_field() as usize;
         let bytes = (shape.iter().product::<usize>() * elem) as u64;
-        if shape.is_empty() || bytes < min_bytes || bytes > member_size {
+        if shape.is_empty() || shape[0] == 0 || bytes < min_bytes || bytes > member_size {
             return None;
         }
         // The npy data is the member's tail, after its header.
         Some(Self { file, offset: data_start + member_size - bytes, dtype, elem, shape })
+    }
+
+    fn bytes(&self) -> u64 {
+        (self.shape.iter().product::<usize>() * self.elem) as u64
     }
 
     fn row_bytes(&self) -> usize {

@@ -2,7 +2,8 @@
 """More EfficientNet-Lite0 calibration rows: `--rows` seeded random views of the same
 scikit-image photos the reference export uses (no labels; calibration needs none). Written
 uncompressed with numpy.savez, the layout Tamp streams rows from. Used by `make bench-ptq`
-to check that peak memory stays flat from 256 to 2,048 calibration samples.
+to check that peak memory stays flat from 256 to 2,048 calibration samples. (Outside
+scripts/refmodels/ so that changing it does not re-export the reference models.)
 """
 import argparse
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "refmodels"))
 from efficientnet_lite0 import photos, views  # noqa: E402
 
 
