@@ -66,6 +66,30 @@ def evaluate(tamp, model, data, metric, threads):
     return r["metrics"][metric], r["latency"]["p50_ms"], r["latency"]["p95_ms"], r["throughput"][0]["batch_p50_ms"], r["model"]["size_bytes"]
 
 
+def predictions(model, data):
+    """Top-1 class of every eval row (Python onnxruntime, one thread)."""
+    import numpy as np
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    d = np.load(data)
+    names = [i.name for i in sess.get_inputs()]
+    n = d[names[0]].shape[0]
+    return np.concatenate([sess.run(None, {k: d[k][i:i + 256] for k in names})[0].argmax(-1) for i in range(0, n, 256)]), d["labels"]
+
+
+def paired(ours, theirs, data):
+    """Rows only Tamp's model gets right, rows only the other gets right, and the exact
+    two-sided McNemar p-value of that split (is the difference more than chance?)."""
+    from math import comb
+    (a, labels), (b, _) = predictions(ours, data), predictions(theirs, data)
+    x, y = int(((a == labels) & (b != labels)).sum()), int(((a != labels) & (b == labels)).sum())
+    n = x + y
+    p = min(1.0, 2 * sum(comb(n, k) for k in range(min(x, y) + 1)) / 2 ** n) if n else 1.0
+    return x, y, p
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tamp", required=True)
@@ -100,6 +124,9 @@ def main():
                     secs, rss = timed(cmd)
                     m, p50, p95, tp, size = evaluate(a.tamp, out, data, "top1", a.threads)
                     print(f"{'':<20}{who + ' ' + ours:<22}{m:>8.2f}{p50:>9.3f}{p95:>9.3f}{tp:>9.3f}{tp / base:>7.2f}x{size / 2**20:>9.2f}M{secs:>9.2f}{rss:>9.0f}")
+                    if who == "onnxruntime":
+                        x, y, p = paired(f"{tmp}/{name}-tamp-{ours}.onnx", out, data)
+                        print(f"{'':<20}{'':<22}paired: {x} rows only Tamp's right, {y} only ORT's (McNemar p = {p:.2f})")
             extra = [("tamp minmax, no BC", [a.tamp, "quantize", model, "--data", calib, "--method", "minmax", "--samples", str(rows), "--no-bias-correction"]),
                      ("tamp percentile+CLE", [a.tamp, "quantize", model, "--data", calib, "--method", "percentile", "--samples", str(rows), "--cle"])]
             if a.nncf_python:
