@@ -133,6 +133,9 @@ pub fn run(args: &Args) -> Result<()> {
     if !report.float_ops.is_empty() {
         println!("left in float: {:?}", report.float_ops);
     }
+    if report.calibration_trimmed_padding {
+        println!("padded sequences calibrated at their true lengths (attention_mask): pad positions left out of the ranges");
+    }
     if !report.float_for_speed.is_empty() {
         println!("kept in float because ONNX Runtime runs them slower in int8: {:?} (--int8-everywhere quantizes them too)", report.float_for_speed);
     }

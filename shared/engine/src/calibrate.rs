@@ -435,13 +435,15 @@ pub fn collect(
     bins: usize,
     cfg: &SessionConfig,
 ) -> Result<BTreeMap<String, ValueStats>> {
-    Ok(collect_with(model, data, indices, Collector::new(requests, bins), batch_size, cfg)?.finish())
+    Ok(collect_with(model, data, indices, Collector::new(requests, bins), batch_size, cfg)?.0.finish())
 }
 
-/// Runs `collector` over `indices` of `data` in one streaming pass.
-pub fn collect_with(model: &Model, data: &Dataset, indices: &[usize], mut collector: Collector, batch_size: usize, cfg: &SessionConfig) -> Result<Collector> {
-    capture(model, data, indices, &collector.values(), batch_size, cfg, |_, batch| collector.observe(batch))?;
-    Ok(collector)
+/// Runs `collector` over `indices` of `data` in one streaming pass; padded token sequences
+/// run at their true lengths (pad positions never enter the statistics). Also returns
+/// whether padding was trimmed.
+pub fn collect_with(model: &Model, data: &Dataset, indices: &[usize], mut collector: Collector, batch_size: usize, cfg: &SessionConfig) -> Result<(Collector, bool)> {
+    let trimmed = capture(model, data, indices, &collector.values(), batch_size, cfg, true, |_, batch| collector.observe(batch))?;
+    Ok((collector, trimmed))
 }
 
 #[cfg(test)]

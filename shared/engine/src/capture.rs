@@ -75,6 +75,11 @@ fn byte_len(v: &TensorValue) -> usize {
 /// [`MAX_BATCH_BYTES`], so memory stays bounded however large the activations are. The sink
 /// runs on its own thread, one batch behind the session, so statistics overlap inference;
 /// batches still reach it in order.
+///
+/// With `trim_padding`, right-padded token sequences ([`Dataset::sequence_lengths`]) run at
+/// their true length: rows are taken longest first, each batch holds rows of one length and
+/// every input is cut to it, so pad positions never reach the sink. Returns whether it did.
+#[allow(clippy::too_many_arguments)]
 pub fn capture(
     model: &Model,
     data: &Dataset,
@@ -82,12 +87,25 @@ pub fn capture(
     values: &[String],
     batch_size: usize,
     cfg: &SessionConfig,
+    trim_padding: bool,
     mut sink: impl FnMut(&[usize], &BTreeMap<String, TensorValue>) -> Result<()> + Send,
-) -> Result<()> {
+) -> Result<bool> {
     let augmented = with_outputs(model, values)?;
     let mut session = Session::from_model(&augmented, cfg)?;
     data.check_against(&session.inputs)?;
     let wanted: HashSet<&str> = values.iter().map(String::as_str).collect();
+    let lengths = if trim_padding { data.sequence_lengths()? } else { None };
+    let ordered: Vec<usize>;
+    let indices = match &lengths {
+        Some(len) => {
+            let mut v = indices.to_vec();
+            v.sort_by_key(|&i| std::cmp::Reverse(len[i]));
+            ordered = v;
+            &ordered[..]
+        }
+        None => indices,
+    };
+    let length_of = |i: usize| lengths.as_ref().map(|l| l[i]);
     let (tx, rx) = std::sync::mpsc::sync_channel::<(std::ops::Range<usize>, BTreeMap<String, TensorValue>)>(0);
     std::thread::scope(|scope| {
         let consumer = scope.spawn(move || -> Result<()> {
@@ -100,8 +118,14 @@ pub fn capture(
             let mut start = 0;
             let mut rows_per_batch = 1;
             while start < indices.len() {
-                let end = (start + rows_per_batch).min(indices.len());
-                let batch = data.select(&indices[start..end])?;
+                let mut end = (start + rows_per_batch).min(indices.len());
+                if let Some(len) = length_of(indices[start]) {
+                    end = start + indices[start..end].iter().take_while(|&&i| length_of(i) == Some(len)).count();
+                }
+                let batch = match length_of(indices[start]) {
+                    Some(len) => data.select_trimmed(&indices[start..end], len)?,
+                    None => data.select(&indices[start..end])?,
+                };
                 let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
                 let outputs = session.run(&inputs)?;
                 let captured: BTreeMap<String, TensorValue> = outputs.into_iter().filter(|(k, _)| wanted.contains(k.as_str())).collect();
@@ -119,5 +143,6 @@ pub fn capture(
         drop(tx);
         let consumed = consumer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         consumed.and(produced)
-    })
+    })?;
+    Ok(lengths.is_some())
 }

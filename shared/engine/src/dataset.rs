@@ -28,6 +28,8 @@ use crate::runtime::IoSpec;
 /// Reserved array names.
 pub const LABELS: &str = "labels";
 pub const COHORT: &str = "cohort";
+/// The input whose 1…1 0…0 rows mark a padded sequence's true tokens.
+pub const ATTENTION_MASK: &str = "attention_mask";
 
 /// What the `labels` array holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +190,61 @@ impl Dataset {
                 Ok((k.clone(), rows))
             })
             .collect()
+    }
+
+    /// True token counts per row when the inputs are right-padded sequences: an integer
+    /// `attention_mask` `[N, L]` whose rows are 1…1 0…0 (at least one token), and every input
+    /// `[N, L]`. `None` for anything else (images, left padding, no mask).
+    pub fn sequence_lengths(&self) -> Result<Option<Vec<usize>>> {
+        let Some(mask) = self.inputs.get(ATTENTION_MASK) else { return Ok(None) };
+        let shape = mask.shape().to_vec();
+        if shape.len() != 2 || self.inputs.values().any(|c| c.shape() != shape.as_slice()) {
+            return Ok(None);
+        }
+        let all: Vec<usize> = (0..self.rows).collect();
+        let mask = match mask {
+            Column::Memory(t) => t.clone(),
+            Column::Stored(s) => s.select(&all).map_err(|e| EngineError::Dataset { path: self.path.clone(), message: format!("array '{ATTENTION_MASK}': {e}") })?,
+        };
+        let rows: Vec<Vec<i64>> = match &mask {
+            TensorValue::I64(a) => a.outer_iter().map(|r| r.iter().copied().collect()).collect(),
+            TensorValue::I32(a) => a.outer_iter().map(|r| r.iter().map(|&v| i64::from(v)).collect()).collect(),
+            TensorValue::I8(a) => a.outer_iter().map(|r| r.iter().map(|&v| i64::from(v)).collect()).collect(),
+            TensorValue::U8(a) => a.outer_iter().map(|r| r.iter().map(|&v| i64::from(v)).collect()).collect(),
+            TensorValue::Bool(a) => a.outer_iter().map(|r| r.iter().map(|&v| i64::from(v)).collect()).collect(),
+            _ => return Ok(None),
+        };
+        let mut lengths = Vec::with_capacity(rows.len());
+        for r in rows {
+            let n = r.iter().take_while(|&&v| v == 1).count();
+            if n == 0 || r[n..].iter().any(|&v| v != 0) {
+                return Ok(None);
+            }
+            lengths.push(n);
+        }
+        Ok(Some(lengths))
+    }
+
+    /// The rows at `indices` with every input cut to its first `len` positions (axis 1).
+    pub fn select_trimmed(&self, indices: &[usize], len: usize) -> Result<BTreeMap<String, TensorValue>> {
+        let mut batch = self.select(indices)?;
+        for v in batch.values_mut() {
+            macro_rules! cut {
+                ($a:expr, $variant:ident) => {
+                    TensorValue::$variant($a.slice_axis(Axis(1), ndarray::Slice::from(..len)).to_owned())
+                };
+            }
+            *v = match &*v {
+                TensorValue::F32(a) => cut!(a, F32),
+                TensorValue::F64(a) => cut!(a, F64),
+                TensorValue::I64(a) => cut!(a, I64),
+                TensorValue::I32(a) => cut!(a, I32),
+                TensorValue::I8(a) => cut!(a, I8),
+                TensorValue::U8(a) => cut!(a, U8),
+                TensorValue::Bool(a) => cut!(a, Bool),
+            };
+        }
+        Ok(batch)
     }
 
     /// The input arrays' names.

@@ -53,7 +53,7 @@ pub fn count(model: &Model, data: &Dataset, row: usize) -> Result<Macs> {
     wanted.sort_unstable();
     wanted.dedup();
     let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    capture::capture(model, data, &[row], &wanted, 1, &SessionConfig { intra_threads: 1, ..SessionConfig::default() }, |_, got| {
+    capture::capture(model, data, &[row], &wanted, 1, &SessionConfig { intra_threads: 1, ..SessionConfig::default() }, false, |_, got| {
         shapes.extend(got.iter().map(|(k, v)| (k.clone(), v.shape().to_vec())));
         Ok(())
     })?;

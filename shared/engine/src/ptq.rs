@@ -59,6 +59,9 @@ impl Default for PtqConfig {
 pub struct PtqReport {
     pub method: Method,
     pub calibration_rows: usize,
+    /// Padded token sequences were calibrated at their true lengths (pad positions left out).
+    #[serde(default)]
+    pub calibration_trimmed_padding: bool,
     pub folded_batch_norms: usize,
     pub quantized_activations: usize,
     pub quantized_weights: usize,
@@ -99,6 +102,8 @@ pub struct Calibrated {
     pub equalized: Vec<EqualizedPair>,
     /// Per-channel input means of the weighted nodes (for bias correction), by node key.
     pub input_means: Option<BTreeMap<String, Vec<f64>>>,
+    /// Padded token sequences were calibrated at their true lengths.
+    pub trimmed_padding: bool,
 }
 
 /// The values whose per-channel means bias correction needs: every non-constant input of a
@@ -141,7 +146,8 @@ pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calib
     for (value, (_, axis)) in &readers {
         collector = collector.with_channel_means(value, *axis);
     }
-    let (stats, value_means) = collect_with(&folded, data, &indices, collector, cfg.batch_size, &cfg.session)?.finish_with_means();
+    let (collector, trimmed_padding) = collect_with(&folded, data, &indices, collector, cfg.batch_size, &cfg.session)?;
+    let (stats, value_means) = collector.finish_with_means();
     let ranges = stats.iter().map(|(k, s)| Ok((k.clone(), s.range(cfg.method)?))).collect::<Result<BTreeMap<_, _>>>()?;
     let input_means = cfg.bias_correction.then(|| {
         let mut by_node = BTreeMap::new();
@@ -152,7 +158,7 @@ pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calib
         }
         by_node
     });
-    Ok(Calibrated { folded, folded_batch_norms, calibration_rows: indices.len(), method: cfg.method, ranges, equalized, input_means })
+    Ok(Calibrated { folded, folded_batch_norms, calibration_rows: indices.len(), method: cfg.method, ranges, equalized, input_means, trimmed_padding })
 }
 
 impl Calibrated {
@@ -189,6 +195,7 @@ impl Calibrated {
         let report = PtqReport {
             method: self.method,
             calibration_rows: self.calibration_rows,
+            calibration_trimmed_padding: self.trimmed_padding,
             folded_batch_norms: self.folded_batch_norms,
             quantized_activations,
             quantized_weights,

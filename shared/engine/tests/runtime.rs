@@ -91,7 +91,7 @@ fn capture_streams_intermediates_batch_by_batch() {
     g.input.retain(|i| i.name.as_deref() != Some("flip"));
     g.initializer.push(from_array("flip", &ArrayD::from_elem(IxDyn(&[]), true)));
     let mut seen = Vec::new();
-    capture(&fixed, &data, &(0..10).collect::<Vec<_>>(), &["hidden".to_owned()], 4, &SessionConfig::default(), |rows, captured| {
+    capture(&fixed, &data, &(0..10).collect::<Vec<_>>(), &["hidden".to_owned()], 4, &SessionConfig::default(), false, |rows, captured| {
         let TensorValue::F32(h) = &captured["hidden"] else { panic!("hidden is float") };
         assert_eq!(h.shape(), &[rows.len(), 32]);
         assert!(h.iter().all(|&v| v >= 0.0), "Relu output");
@@ -104,7 +104,7 @@ fn capture_streams_intermediates_batch_by_batch() {
     assert_eq!(seen.concat(), (0..10).collect::<Vec<_>>());
     // The capture did not alter the model it was given.
     assert_eq!(fixed.graph().output.len(), 1);
-    let e = capture(&fixed, &data, &[0], &["nope".to_owned()], 1, &SessionConfig::default(), |_, _| Ok(())).unwrap_err();
+    let e = capture(&fixed, &data, &[0], &["nope".to_owned()], 1, &SessionConfig::default(), false, |_, _| Ok(())).unwrap_err();
     assert!(e.to_string().contains("nope"));
 }
 
@@ -256,4 +256,49 @@ fn streamed_inputs_read_the_same_rows_as_loaded_ones() {
     write_npz(&p, &[("x".to_owned(), TensorValue::F32(bad))].into_iter().collect()).unwrap();
     let e = Dataset::load_streaming(&p, 0).unwrap_err().to_string();
     assert!(e.contains("1 NaN and 1 infinite") && e.contains("flat index 134") && e.contains("'x'"), "{e}");
+}
+
+/// Right-padded token sequences run at their true lengths when capture trims padding: each
+/// batch holds rows of one length, cut to it, longest first; every row is seen once and no
+/// pad position reaches the sink. Left padding (or no mask) is left as it is.
+#[test]
+fn capture_trims_right_padding() {
+    let mut b = GraphBuilder::new("tokens", 17);
+    let ids = b.input("input_ids", DataType::Int64, &[None, None]);
+    let mask = b.input("attention_mask", DataType::Int64, &[None, None]);
+    let x = b.op("Cast", &[&ids], &[("to", Attr::Int(DataType::Float as i64))]);
+    let m = b.op("Cast", &[&mask], &[("to", Attr::Int(DataType::Float as i64))]);
+    let y = b.op("Mul", &[&x, &m], &[]);
+    b.output_f32(&y, &[None, None]);
+    let model = b.build();
+    let lengths = [3usize, 6, 1, 6, 3, 2, 6];
+    let ids = ArrayD::from_shape_fn(IxDyn(&[7, 6]), |ix| if ix[1] < lengths[ix[0]] { (ix[0] * 10 + ix[1] + 1) as i64 } else { 0 });
+    let right = ArrayD::from_shape_fn(IxDyn(&[7, 6]), |ix| i64::from(ix[1] < lengths[ix[0]]));
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, mask: ArrayD<i64>| {
+        let p = dir.path().join(name);
+        write_npz(&p, &[("input_ids".to_owned(), TensorValue::I64(ids.clone())), ("attention_mask".to_owned(), TensorValue::I64(mask))].into_iter().collect()).unwrap();
+        Dataset::load(&p).unwrap()
+    };
+    let data = write("right.npz", right.clone());
+    assert_eq!(data.sequence_lengths().unwrap(), Some(lengths.to_vec()));
+    let mut seen = Vec::new();
+    let trimmed = capture(&model, &data, &(0..7).collect::<Vec<_>>(), &[y.clone()], 8, &SessionConfig::default(), true, |rows, got| {
+        let TensorValue::F32(a) = &got[&y] else { panic!("float") };
+        assert!(rows.iter().all(|&r| lengths[r] == a.shape()[1]), "rows {rows:?} cut to {}", a.shape()[1]);
+        assert!(a.iter().all(|&v| v > 0.0), "a pad position reached the sink: {a:?}");
+        seen.extend(rows.iter().map(|&r| (lengths[r], r)));
+        Ok(())
+    })
+    .unwrap();
+    assert!(trimmed);
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    assert_eq!(seen, sorted, "longest first, each row once");
+    assert_eq!(seen.len(), 7);
+    // Left padding is not trimmed.
+    let left = ArrayD::from_shape_fn(IxDyn(&[7, 6]), |ix| i64::from(ix[1] >= 6 - lengths[ix[0]]));
+    let data = write("left.npz", left);
+    assert_eq!(data.sequence_lengths().unwrap(), None);
+    assert!(!capture(&model, &data, &[0, 1], &[y.clone()], 8, &SessionConfig::default(), true, |_, _| Ok(())).unwrap());
 }
