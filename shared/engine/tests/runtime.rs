@@ -283,7 +283,7 @@ fn capture_trims_right_padding() {
     let data = write("right.npz", right.clone());
     assert_eq!(data.sequence_lengths().unwrap(), Some(lengths.to_vec()));
     let mut seen = Vec::new();
-    let trimmed = capture(&model, &data, &(0..7).collect::<Vec<_>>(), &[y.clone()], 8, &SessionConfig::default(), true, |rows, got| {
+    let trimmed = capture(&model, &data, &(0..7).collect::<Vec<_>>(), std::slice::from_ref(&y), 8, &SessionConfig::default(), true, |rows, got| {
         let TensorValue::F32(a) = &got[&y] else { panic!("float") };
         assert!(rows.iter().all(|&r| lengths[r] == a.shape()[1]), "rows {rows:?} cut to {}", a.shape()[1]);
         assert!(a.iter().all(|&v| v > 0.0), "a pad position reached the sink: {a:?}");
@@ -300,5 +300,5 @@ fn capture_trims_right_padding() {
     let left = ArrayD::from_shape_fn(IxDyn(&[7, 6]), |ix| i64::from(ix[1] >= 6 - lengths[ix[0]]));
     let data = write("left.npz", left);
     assert_eq!(data.sequence_lengths().unwrap(), None);
-    assert!(!capture(&model, &data, &[0, 1], &[y.clone()], 8, &SessionConfig::default(), true, |_, _| Ok(())).unwrap());
+    assert!(!capture(&model, &data, &[0, 1], std::slice::from_ref(&y), 8, &SessionConfig::default(), true, |_, _| Ok(())).unwrap());
 }
