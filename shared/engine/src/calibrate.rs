@@ -92,9 +92,28 @@ impl Histogram {
             self.widen(amax);
         }
         let (n, inv_w, r) = (self.bins.len(), 1.0 / self.width(), self.range);
-        for &v in values {
-            let i = (((v + r) * inv_w) as usize).min(n - 1);
-            self.bins[i] += 1;
+        let bin = |v: f32| (((v + r) * inv_w) as usize).min(n - 1);
+        // Four interleaved sub-histograms: runs of equal values (a ReLU's zeros) would
+        // otherwise serialise on one counter's store-to-load latency.
+        let mut sub = vec![[0u32; 4]; n];
+        let chunks = values.chunks_exact(4);
+        for &v in chunks.remainder() {
+            self.bins[bin(v)] += 1;
+        }
+        for (k, c) in chunks.enumerate() {
+            for (j, &v) in c.iter().enumerate() {
+                sub[bin(v)][j] += 1;
+            }
+            // Flush before a u32 lane could overflow.
+            if k % (1 << 28) == (1 << 28) - 1 {
+                for (b, s) in self.bins.iter_mut().zip(sub.iter_mut()) {
+                    *b += s.iter().map(|&x| u64::from(x)).sum::<u64>();
+                    *s = [0; 4];
+                }
+            }
+        }
+        for (b, s) in self.bins.iter_mut().zip(&sub) {
+            *b += s.iter().map(|&x| u64::from(x)).sum::<u64>();
         }
     }
 

@@ -49,7 +49,7 @@ impl Default for PtqConfig {
             cross_layer_equalization: false,
             bias_correction: true,
             quantize: QuantizeConfig::default(),
-            session: SessionConfig { intra_threads: 2, ..SessionConfig::default() },
+            session: SessionConfig { intra_threads: 2, intra_spinning: false, ..SessionConfig::default() },
         }
     }
 }

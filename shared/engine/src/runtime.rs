@@ -49,11 +49,14 @@ pub struct SessionConfig {
     pub optimization: OptimizationLevel,
     /// Tried in order; CPU is always the fallback inside ONNX Runtime.
     pub execution_providers: Vec<ExecutionProvider>,
+    /// Whether idle intra-op threads spin (ORT's default, lowest latency); off where other
+    /// work shares the cores (calibration's statistics thread).
+    pub intra_spinning: bool,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { intra_threads: 0, inter_threads: 0, optimization: OptimizationLevel::All, execution_providers: vec![ExecutionProvider::Cpu] }
+        Self { intra_threads: 0, inter_threads: 0, optimization: OptimizationLevel::All, execution_providers: vec![ExecutionProvider::Cpu], intra_spinning: true }
     }
 }
 
@@ -252,6 +255,9 @@ fn builder(cfg: &SessionConfig) -> Result<ort::session::builder::SessionBuilder>
     }
     if cfg.inter_threads > 0 {
         b = b.with_inter_threads(cfg.inter_threads).map_err(opt_err)?;
+    }
+    if !cfg.intra_spinning {
+        b = b.with_intra_op_spinning(false).map_err(opt_err)?;
     }
     for ep in &cfg.execution_providers {
         if let ExecutionProvider::Cuda { device_id } = ep {
