@@ -778,10 +778,7 @@ impl Runner<'_, '_> {
                     bias_correction: p.bias_correction,
                     exclude: BTreeSet::new(),
                     float_slow_layers: p.float_slow_layers,
-                    activations: match p.activation_type {
-                        tamp_domain::recipe::ActivationType::Uint8 => quantize::ActivationType::Uint8,
-                        tamp_domain::recipe::ActivationType::Int8 => quantize::ActivationType::Int8,
-                    },
+                    activations: p.activation_type,
                     symmetric_activations: p.symmetric_activations,
                 };
                 // The first static candidate, built once; its report says what the pre-passes did.

@@ -57,15 +57,9 @@ pub struct QuantizeConfig {
     pub symmetric_activations: bool,
 }
 
-/// How activations are stored between quantized ops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ActivationType {
-    /// uint8 (ONNX Runtime's default on x86: its U8S8 kernels use VNNI directly).
-    #[default]
-    Uint8,
-    Int8,
-}
+/// How activations are stored between quantized ops (uint8 is ONNX Runtime's x86 default:
+/// its U8S8 kernels use VNNI directly); the recipe's type, shared.
+pub use tamp_domain::recipe::ActivationType;
 
 impl Default for QuantizeConfig {
     fn default() -> Self {
