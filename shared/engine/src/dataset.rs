@@ -373,8 +373,9 @@ impl Stored {
             while j < indices.len() && indices[j] == indices[j - 1] + 1 {
                 j += 1;
             }
-            if indices[i] >= self.shape[0] {
-                return Err(std::io::Error::other(format!("row {} of {}", indices[i], self.shape[0])));
+            // A run ascends, so its last row is its largest.
+            if indices[j - 1] >= self.shape[0] {
+                return Err(std::io::Error::other(format!("row {} of {}", indices[j - 1], self.shape[0])));
             }
             self.file.read_exact_at(&mut buf[i * row..j * row], self.offset + (indices[i] * row) as u64)?;
             i = j;

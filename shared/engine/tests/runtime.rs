@@ -248,6 +248,7 @@ fn streamed_inputs_read_the_same_rows_as_loaded_ones() {
         assert_eq!(held.select(&idx).unwrap(), streamed.select(&idx).unwrap(), "rows {idx:?}");
     }
     assert!(streamed.select(&[40]).unwrap_err().to_string().contains("'ids'"));
+    assert!(streamed.select(&[39, 40]).is_err(), "a run of rows that ends past the array");
     // Non-finite values in a streamed input are found at load, with their flat index.
     let mut bad = ArrayD::from_elem(IxDyn(&[40, 4]), 1.0f32);
     bad[[33, 2]] = f32::INFINITY;
