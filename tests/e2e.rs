@@ -608,19 +608,26 @@ print(checked)
     assert!(r.status.success(), "2:4 pattern: {}", String::from_utf8_lossy(&r.stderr));
 }
 
+/// `tamp compress` of all-MiniLM-L6-v2 with `recipe` (its eval set as both data sets):
+/// the temporary folder (kept alive), the output folder and candidates.json.
+fn compress_minilm(recipe: &str) -> (tempfile::TempDir, PathBuf, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "all-minilm-l6-v2").unwrap();
+    let recipe_path = dir.path().join("recipe.yaml");
+    std::fs::write(&recipe_path, recipe).unwrap();
+    let out = dir.path().join("out");
+    let r = compress(&model, &recipe_path, &eval, &eval, &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let cands = candidates_json(&out);
+    (dir, out, cands)
+}
+
 /// FFN-neuron pruning of all-MiniLM-L6-v2: six groups (one per encoder layer, 1536 neurons
 /// each: the first MatMul's columns, its bias, the second MatMul's rows), 30 % removed,
 /// fewer parameters and MACs; the model passes onnx.checker and runs in Python onnxruntime.
 #[test]
 fn ffn_neuron_pruning_of_minilm() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "all-minilm-l6-v2").unwrap();
-    let recipe = dir.path().join("ffn.yaml");
-    std::fs::write(&recipe, "policy:\n  name: ffn\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.3, sensitivity: false}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 64, latency_runs: 5}\nobjective: size\n").unwrap();
-    let out = dir.path().join("out");
-    let r = compress(&model, &recipe, &eval, &eval, &out);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let cands: serde_json::Value = candidates_json(&out);
+    let (_dir, out, cands) = compress_minilm("policy:\n  name: ffn\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.3, sensitivity: false}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 64, latency_runs: 5}\nobjective: size\n");
     let c = &cands["candidates"][0];
     let d = &c["details"];
     let groups = d["groups"].as_array().unwrap();
@@ -637,14 +644,7 @@ fn ffn_neuron_pruning_of_minilm() {
 /// rewritten); the model passes onnx.checker and runs in Python onnxruntime.
 #[test]
 fn attention_head_pruning_of_minilm() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "all-minilm-l6-v2").unwrap();
-    let recipe = dir.path().join("heads.yaml");
-    std::fs::write(&recipe, "policy:\n  name: heads\n  stages:\n    - pruning: {type: attention_head, target_sparsity: 0.25, sensitivity: false}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 32, latency_runs: 3}\n").unwrap();
-    let out = dir.path().join("out");
-    let r = compress(&model, &recipe, &eval, &eval, &out);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let cands: serde_json::Value = candidates_json(&out);
+    let (_dir, out, cands) = compress_minilm("policy:\n  name: heads\n  stages:\n    - pruning: {type: attention_head, target_sparsity: 0.25, sensitivity: false}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 32, latency_runs: 3}\n");
     let c = &cands["candidates"][0];
     let d = &c["details"];
     let blocks = d["blocks"].as_array().unwrap();
