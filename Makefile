@@ -47,7 +47,7 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -59,6 +59,7 @@ help:
 	@echo "make package     Lambda zips (cargo lambda) in dist/lambda and the Batch worker in dist/worker, with sizes"
 	@echo "make package-smoke  run each packaged bootstrap on one sample event (moto + a Lambda Runtime API stand-in)"
 	@echo "make infra-check terraform fmt + config load + checkov on infra/ (offline; part of make test)"
+	@echo "make fuzz        the parser fuzzers (ONNX, npz, recipe YAML, API bodies) at 100x the cases make test runs"
 
 ## --- set-up -----------------------------------------------------------------------------
 
@@ -175,6 +176,11 @@ run: build models
 
 test: build venv models moto infra-check
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast
+
+# The fuzz targets of tests/fuzz.rs at 150,000 cases each (make test runs 1,500); a failure
+# is shrunk and its seed kept in tests/fuzz.proptest-regressions, replayed by every run.
+fuzz: build
+	TAMP_FUZZ_CASES=150000 cargo test -p tamp-e2e --test fuzz -- --nocapture
 
 ## --- packaging ------------------------------------------------------------------------------
 

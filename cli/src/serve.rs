@@ -48,6 +48,25 @@ pub struct ServeArgs {
     /// The RS256 keys JWTs are signed with: a JWKS file, or an http(s) URL fetched at start.
     #[arg(long)]
     jwks: Option<String>,
+    /// Post job events to a Slack incoming webhook (repeatable).
+    #[arg(long = "slack-webhook")]
+    slack: Vec<String>,
+    /// Post job events to a Microsoft Teams Workflows URL as Adaptive Cards (repeatable).
+    #[arg(long = "teams-webhook")]
+    teams: Vec<String>,
+    /// Wall-clock limit of one stage attempt, in seconds (past it the stage fails, not retried).
+    #[arg(long, default_value_t = 6 * 3600)]
+    attempt_timeout: u64,
+    /// Largest upload (model or dataset file) in bytes.
+    #[arg(long, default_value_t = 8 << 30)]
+    max_upload_bytes: u64,
+    /// Most bytes of dataset arrays a worker holds in memory (compressed npz members count
+    /// decompressed; large uncompressed inputs are streamed and do not count).
+    #[arg(long, default_value_t = tamp_engine::dataset::DEFAULT_MAX_DECODED_BYTES)]
+    max_npz_bytes: u64,
+    /// Refused credentials per minute from one address before it is locked out for the minute.
+    #[arg(long, default_value_t = 20)]
+    failed_login_limit: u32,
 }
 
 fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
@@ -67,7 +86,7 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
         }
         _ => None,
     };
-    Ok(AuthConfig { jwt, rate_per_min: args.rate_limit.max(1) })
+    Ok(AuthConfig { jwt, rate_per_min: args.rate_limit.max(1), failed_logins_per_min: args.failed_login_limit.max(1) })
 }
 
 pub fn serve(args: &ServeArgs) -> Result<()> {
@@ -84,6 +103,11 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         retry: RetryPolicy { max_attempts: args.max_attempts.max(1), base_delay_s: args.retry_delay, max_delay_s: 300 },
         visibility_s: 60,
         auth: auth_config(args)?,
+        slack: args.slack.clone(),
+        teams: args.teams.clone(),
+        attempt_timeout: Some(std::time::Duration::from_secs(args.attempt_timeout.max(1))),
+        limits: tamp_control::api::Limits { max_upload_bytes: args.max_upload_bytes, ..Default::default() },
+        max_npz_bytes: Some(args.max_npz_bytes),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(local::serve(cfg)).map_err(|e| anyhow!("{e}"))
@@ -101,7 +125,19 @@ pub struct WorkerArgs {
     data_dir: PathBuf,
 }
 
+/// A worker started by `tamp serve` dies with it (the kernel's parent-death signal), so no
+/// orphan finishes a stage nobody records; if the server is already gone, it exits now.
+fn die_with_server() {
+    let Some(parent) = std::env::var("TAMP_PARENT_PID").ok().and_then(|p| p.parse::<i32>().ok()) else { return };
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid().as_raw() != parent {
+        eprintln!("error: the tamp serve that started this worker (pid {parent}) is gone");
+        std::process::exit(1);
+    }
+}
+
 pub fn worker(args: &WorkerArgs) -> Result<()> {
+    die_with_server();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let run = StageRun { job: args.job.clone(), stage: args.stage, attempt: args.attempt };
     let outcome = rt.block_on(async {

@@ -57,10 +57,21 @@ impl Observer for Lines {
 }
 
 /// Runs stage `run` of its job in `scratch` (emptied first and removed after). A failure
-/// is also recorded in the store (best effort) for the orchestrator.
+/// is also recorded in the store (best effort) for the orchestrator. A panic anywhere in the
+/// stage is caught and reported as bad input with its message (it is the input that drove
+/// the code there), never as the runtime's "exit status 101".
 pub async fn run_stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun, scratch: &Path) -> std::result::Result<(), Failure> {
-    let result = stage(files, meta, run, scratch).await;
+    use futures_util::FutureExt;
+    let mut renames = Vec::new();
+    let result = match std::panic::AssertUnwindSafe(stage(files, meta, run, scratch, &mut renames)).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into());
+            Err(Failure::BadInput(anyhow!("Tamp hit an internal error on this input ({what}); the job's inputs drove it there: please report it with the model and recipe")))
+        }
+    };
     let _ = std::fs::remove_dir_all(scratch);
+    let result = result.map_err(|f| f.scrubbed(scratch, &renames));
     if let Err(f) = &result {
         let doc = StageFailure { reason: f.message(), retryable: matches!(f, Failure::Transient(_)) };
         if let Ok(body) = serde_json::to_vec(&doc) {
@@ -70,7 +81,31 @@ pub async fn run_stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &
     result
 }
 
-async fn stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun, work: &Path) -> std::result::Result<(), Failure> {
+impl Failure {
+    /// The same failure with the scratch folder's path taken out of its message: users see
+    /// the names of the files they uploaded, never the worker's absolute paths.
+    /// `renames`: (local folder, the store prefix its files came from).
+    fn scrubbed(self, scratch: &Path, renames: &[(PathBuf, String)]) -> Self {
+        let clean = |e: anyhow::Error| {
+            let mut msg = e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            for (local, prefix) in renames {
+                msg = msg.replace(&local.display().to_string(), prefix);
+            }
+            anyhow!("{}", msg.replace(&format!("{}/", scratch.display()), "").replace(&scratch.display().to_string(), "the stage's inputs"))
+        };
+        match self {
+            Self::BadInput(e) => Self::BadInput(clean(e)),
+            Self::Transient(e) => Self::Transient(clean(e)),
+        }
+    }
+}
+
+/// The file name part of an object key (`uploads/p/m/v/calib.npz` → `calib.npz`).
+fn base_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+async fn stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun, work: &Path, renames: &mut Vec<(PathBuf, String)>) -> std::result::Result<(), Failure> {
     let bad = |e: anyhow::Error| Failure::BadInput(e);
     let transient = |e: anyhow::Error| Failure::Transient(e);
     let job = meta.get_job(&run.job).await.map_err(|e| transient(e.into()))?.ok_or_else(|| bad(anyhow!("no job {}", run.job)))?;
@@ -83,16 +118,45 @@ async fn stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun
         job.stages.get(run.stage - 1).and_then(|s| s.output.as_ref()).map(|o| o.artifact_key.clone()).ok_or_else(|| bad(anyhow!("stage {} has no output to build on", run.stage - 1)))?
     };
     let _ = std::fs::remove_dir_all(work);
-    std::fs::create_dir_all(work).map_err(|e| transient(anyhow!("{}: {e}", work.display())))?;
-    let fetch = |key: String, name: &'static str| {
-        let path = work.join(name);
-        async move { files.get_to_file(&key, &path).await.map(|()| path).map_err(|e| transient(anyhow!("fetching {key}: {e}"))) }
+    // Each input keeps its uploaded file name in a folder of its own (the model's folder also
+    // holds its external data), so every message can name what the user sent.
+    let folder = |name: &str, key: &str| -> std::result::Result<PathBuf, Failure> {
+        let dir = work.join("in").join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Failure::Transient(anyhow!("{}: {e}", dir.display())))?;
+        Ok(dir.join(base_name(key)))
     };
-    let model = fetch(model_key.clone(), "model.onnx").await?;
+    let fetch = |key: String, path: PathBuf| async move { files.get_to_file(&key, &path).await.map(|()| path).map_err(|e| Failure::Transient(anyhow!("fetching {key}: {e}"))) };
+    let prefix_of = |key: &str| key.rsplit_once('/').map_or(String::new(), |(p, _)| p.to_owned());
+    let model_path = folder("model", &model_key)?;
+    renames.push((model_path.parent().map(Path::to_path_buf).unwrap_or_default(), prefix_of(&model_key)));
+    let model = fetch(model_key.clone(), model_path).await?;
+    // External data the model names comes from beside it in the store, confined to its prefix.
+    let model_bytes = std::fs::read(&model).map_err(|e| transient(anyhow!("{model_key}: {e}")))?;
+    let locations = tamp_onnx::Model::external_locations(&model_bytes, Path::new(base_name(&model_key))).map_err(|e| bad(anyhow!("{model_key}: {e}")))?;
+    drop(model_bytes);
+    let prefix = prefix_of(&model_key);
+    for loc in locations {
+        let key = format!("{prefix}/{loc}");
+        tamp_ports::check_key(&key).map_err(|e| bad(anyhow!("{model_key}: external data '{loc}': {e}")))?;
+        if files.head(&key).await.map_err(|e| transient(e.into()))?.is_none() {
+            return Err(bad(anyhow!("{model_key} keeps weights in '{loc}', which was not uploaded: upload it to {key} before recipe.yaml")));
+        }
+        let path = model.parent().map(|d| d.join(&loc)).unwrap_or_default();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| transient(anyhow!("{}: {e}", dir.display())))?;
+        }
+        fetch(key, path).await?;
+    }
     let eval_key = job.inputs.evaluation.clone().ok_or_else(|| bad(anyhow!("the job has no evaluation data")))?;
-    let evaluation = Dataset::load(fetch(eval_key.clone(), "eval.npz").await?).map_err(|e| bad(anyhow!("{eval_key}: {e}")))?;
+    let eval_path = folder("eval", &eval_key)?;
+    renames.push((eval_path.parent().map(Path::to_path_buf).unwrap_or_default(), prefix_of(&eval_key)));
+    let evaluation = Dataset::load(fetch(eval_key.clone(), eval_path).await?).map_err(|e| bad(anyhow!("{e}")))?;
     let calibration = match &job.inputs.calibration {
-        Some(k) if *k != eval_key => Dataset::load(fetch(k.clone(), "calib.npz").await?).map_err(|e| bad(anyhow!("{k}: {e}")))?,
+        Some(k) if *k != eval_key => {
+            let path = folder("calib", k)?;
+            renames.push((path.parent().map(Path::to_path_buf).unwrap_or_default(), prefix_of(k)));
+            Dataset::load(fetch(k.clone(), path).await?).map_err(|e| bad(anyhow!("{e}")))?
+        }
         _ => evaluation.clone(),
     };
     let out = work.join("out");
@@ -111,8 +175,17 @@ async fn stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun
 /// that sees no marker create it and die by SIGKILL after its work, before publishing;
 /// `TAMP_FAULT_CRASH_ALWAYS=1` makes every worker die that way;
 /// `TAMP_FAULT_CRASH_AFTER_ARTIFACT=<marker>` dies once after the artifact is written but
-/// before the stage manifest (a container lost mid-upload).
+/// before the stage manifest (a container lost mid-upload);
+/// `TAMP_FAULT_PANIC=1` panics there (a bug reached by bad input);
+/// `TAMP_FAULT_SLEEP_BEFORE_PUBLISH=<s>` holds every worker that long before publishing (a
+/// server killed mid-job).
 fn fault_point() {
+    if std::env::var_os("TAMP_FAULT_PANIC").is_some() {
+        panic!("fault injection: the stage panicked");
+    }
+    if let Some(secs) = std::env::var("TAMP_FAULT_SLEEP_BEFORE_PUBLISH").ok().and_then(|s| s.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
     let once = std::env::var_os("TAMP_FAULT_CRASH_ONCE").is_some_and(|m| std::fs::OpenOptions::new().write(true).create_new(true).open(m).is_ok());
     if once || std::env::var_os("TAMP_FAULT_CRASH_ALWAYS").is_some() {
         die();

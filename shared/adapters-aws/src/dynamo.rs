@@ -5,9 +5,10 @@
 //! |---|---|---|---|
 //! | job | `JOB#<id>` | `JOB` | `doc`, `revision`; `GSI1PK = STATE#<state>#<shard>` (4 shards by id hash, so one busy state is not one hot key), `GSI1SK = <created, 20 digits>#<id>` |
 //! | idempotency | `IDEM#<key>` | `IDEM` | `job_id`; written in the job's transaction |
+//! | job's key | `JOBIDEM#<job id>` | `IDEM` | `key`: the idempotency key, so deleting a job deletes it too |
 //! | artifact | `ART#<id>` | `ART` | `doc` |
 //! | best pointer | `BEST#<model>#<runtime>` | `BEST` | moved only by a conditional update to a higher score |
-//! | token | `TOKEN#<hash>` | `TOKEN` | `doc`; its id reserved as `TOKENID#<id>` in the same transaction |
+//! | token | `TOKEN#<hash>` | `TOKEN` | `doc`; its id reserved as `TOKENID#<id>` (with `hash`) in the same transaction |
 //! | audit | `AUDIT` | `<time, 20 digits>#<random>` | newest first by a reverse query |
 //! | record | `REC#<kind>` | `<id>` | catalog documents; prefix listing with `begins_with` |
 
@@ -101,6 +102,20 @@ impl DynamoStore {
         Ok(out.item)
     }
 
+    /// Deletes one item; returns whether it existed.
+    async fn delete(&self, pk: String, sk: &str) -> Result<bool> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| unavailable("delete", e.into_service_error()))?;
+        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+    }
+
     fn put(&self, item: Item, condition: &str) -> Result<TransactWriteItem> {
         let put = Put::builder().table_name(&self.table).set_item(Some(item)).condition_expression(condition).build().map_err(|e| PortError::Invalid(e.to_string()))?;
         Ok(TransactWriteItem::builder().put(put).build())
@@ -126,7 +141,9 @@ impl MetadataStore for DynamoStore {
     async fn create_job(&self, job: &Job, idempotency_key: &str) -> Result<Created> {
         let mut idem = key(format!("IDEM#{idempotency_key}"), "IDEM");
         idem.insert("job_id".into(), s(job.id.clone()));
-        let failed = self.transact(vec![self.put(idem, "attribute_not_exists(PK)")?, self.put(Self::job_item(job)?, "attribute_not_exists(PK)")?]).await?;
+        let mut back = key(format!("JOBIDEM#{}", job.id), "IDEM");
+        back.insert("key".into(), s(idempotency_key));
+        let failed = self.transact(vec![self.put(idem, "attribute_not_exists(PK)")?, self.put(Self::job_item(job)?, "attribute_not_exists(PK)")?, self.put(back, "attribute_not_exists(PK)")?]).await?;
         if failed.is_empty() {
             return Ok(Created::New);
         }
@@ -203,6 +220,9 @@ impl MetadataStore for DynamoStore {
                 return Err(unavailable("put artifact", e));
             }
         }
+        if !a.eligible {
+            return Ok(false);
+        }
         let r = self
             .client
             .update_item()
@@ -238,7 +258,9 @@ impl MetadataStore for DynamoStore {
         item.insert("doc".into(), s(to_json(token)?));
         // DynamoDB's TTL deletes expired tokens (a day after expiry; reads check expiry anyway).
         item.insert(TTL_ATTRIBUTE.into(), n(token.expires_at + 86_400));
-        let failed = self.transact(vec![self.put(item, "attribute_not_exists(PK)")?, self.put(key(format!("TOKENID#{}", token.id), "TOKENID"), "attribute_not_exists(PK)")?]).await?;
+        let mut reserved = key(format!("TOKENID#{}", token.id), "TOKENID");
+        reserved.insert("hash".into(), s(token.hash.clone()));
+        let failed = self.transact(vec![self.put(item, "attribute_not_exists(PK)")?, self.put(reserved, "attribute_not_exists(PK)")?]).await?;
         if failed.is_empty() { Ok(()) } else { Err(PortError::Conflict(format!("token {} exists", token.id))) }
     }
 
@@ -282,6 +304,71 @@ impl MetadataStore for DynamoStore {
                 if e.is_conditional_check_failed_exception() { Ok(false) } else { Err(unavailable("put record", e)) }
             }
         }
+    }
+
+    async fn delete_job(&self, id: &str) -> Result<()> {
+        if let Some(back) = self.get(format!("JOBIDEM#{id}"), "IDEM").await?
+            && let Some(k) = back.get("key").and_then(|v| v.as_s().ok())
+        {
+            self.delete(format!("IDEM#{k}"), "IDEM").await?;
+        }
+        self.delete(format!("JOBIDEM#{id}"), "IDEM").await?;
+        self.delete(format!("JOB#{id}"), "JOB").await?;
+        Ok(())
+    }
+
+    async fn delete_artifact(&self, id: &str) -> Result<()> {
+        let Some(item) = self.get(format!("ART#{id}"), "ART").await? else { return Ok(()) };
+        let a: ArtifactRecord = doc(&item)?;
+        let r = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("BEST#{}#{}", a.model_id, a.runtime), "BEST")))
+            .condition_expression("artifact_id = :id")
+            .expression_attribute_values(":id", s(id))
+            .send()
+            .await;
+        if let Err(e) = r {
+            let e = e.into_service_error();
+            if !e.is_conditional_check_failed_exception() {
+                return Err(unavailable("delete best pointer", e));
+            }
+        }
+        self.delete(format!("ART#{id}"), "ART").await?;
+        Ok(())
+    }
+
+    async fn delete_record(&self, kind: &str, id: &str) -> Result<bool> {
+        self.delete(format!("REC#{kind}"), id).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        // Rare (admin listing, project deletion): a filtered scan of the one table.
+        let mut out = Vec::new();
+        let mut pages = self.client.scan().table_name(&self.table).filter_expression("SK = :t").expression_attribute_values(":t", s("TOKEN")).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| unavailable("list tokens", e.into_service_error()))?;
+            for item in page.items() {
+                out.push(doc::<TokenRecord>(item)?);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<bool> {
+        let hash = match self.get(format!("TOKENID#{id}"), "TOKENID").await? {
+            None => return Ok(false),
+            Some(item) => match item.get("hash").and_then(|v| v.as_s().ok()) {
+                Some(h) => h.clone(),
+                None => self.list_tokens().await?.into_iter().find(|t| t.id == id).map(|t| t.hash).unwrap_or_default(),
+            },
+        };
+        if !hash.is_empty() {
+            self.delete(format!("TOKEN#{hash}"), "TOKEN").await?;
+        }
+        self.delete(format!("TOKENID#{id}"), "TOKENID").await
     }
 
     async fn get_record(&self, kind: &str, id: &str) -> Result<Option<serde_json::Value>> {

@@ -23,6 +23,20 @@ pub struct ProcessRunner {
     permits: Arc<tokio::sync::Semaphore>,
     /// Run name → child pid (0 while waiting for a slot); present once submitted.
     runs: Arc<Mutex<HashMap<String, u32>>>,
+    limits: RunLimits,
+}
+
+/// What bounds a worker run.
+#[derive(Debug, Clone, Default)]
+pub struct RunLimits {
+    /// Wall-clock limit of one attempt: past it the worker is killed and the stage fails
+    /// (not retried: the same input would run as long again).
+    pub timeout: Option<Duration>,
+    /// Where workers keep per-run scratch folders (`<scratch>/<run name>`): removed when the
+    /// run ends however it ends (a killed worker cannot clean up after itself).
+    pub scratch: Option<PathBuf>,
+    /// Extra environment for every worker (limits the worker reads).
+    pub env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for ProcessRunner {
@@ -32,9 +46,17 @@ impl std::fmt::Debug for ProcessRunner {
 }
 
 impl ProcessRunner {
-    pub fn new(program: PathBuf, args: Vec<String>, logs: PathBuf, queue: Arc<dyn Queue>, concurrency: usize) -> Result<Self> {
+    pub fn new(program: PathBuf, args: Vec<String>, logs: PathBuf, queue: Arc<dyn Queue>, concurrency: usize, limits: RunLimits) -> Result<Self> {
         std::fs::create_dir_all(&logs).map_err(|e| PortError::Unavailable(format!("{}: {e}", logs.display())))?;
-        Ok(Self { program, args, logs, queue, permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))), runs: Arc::default() })
+        // Scratch left by runs of an earlier process (killed with it) is nobody's now.
+        if let Some(dir) = &limits.scratch
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(Self { program, args, logs, queue, permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))), runs: Arc::default(), limits })
     }
 }
 
@@ -66,7 +88,7 @@ impl BatchRunner for ProcessRunner {
             }
             runs.insert(name.clone(), 0);
         }
-        let (program, mut args, log, queue, permits, runs, run) = (self.program.clone(), self.args.clone(), self.logs.join(format!("{name}.log")), self.queue.clone(), self.permits.clone(), self.runs.clone(), run.clone());
+        let (program, mut args, log, queue, permits, runs, run, limits) = (self.program.clone(), self.args.clone(), self.logs.join(format!("{name}.log")), self.queue.clone(), self.permits.clone(), self.runs.clone(), run.clone(), self.limits.clone());
         args.extend(["--job".into(), run.job.clone(), "--stage".into(), run.stage.to_string(), "--attempt".into(), run.attempt.to_string()]);
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else { return };
@@ -76,18 +98,44 @@ impl BatchRunner for ProcessRunner {
             let status = async {
                 let out = std::fs::File::create(&log).map_err(|e| format!("log {}: {e}", log.display()))?;
                 let err = out.try_clone().map_err(|e| e.to_string())?;
-                let mut child = tokio::process::Command::new(&program).args(&args).stdout(out).stderr(err).kill_on_drop(true).spawn().map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+                // The worker is told the server's pid: it asks the kernel to kill it when the
+                // server dies (PR_SET_PDEATHSIG), so no orphan finishes unrecorded.
+                let mut child = tokio::process::Command::new(&program)
+                    .args(&args)
+                    .env("TAMP_PARENT_PID", std::process::id().to_string())
+                    .envs(limits.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .stdout(out)
+                    .stderr(err)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
                 if let (Some(pid), Ok(mut r)) = (child.id(), runs.lock()) {
                     r.insert(name.clone(), pid);
                 }
                 report(&queue, &run, RunStatus::Running).await;
-                child.wait().await.map_err(|e| e.to_string())
+                match limits.timeout {
+                    None => child.wait().await.map(Some).map_err(|e| e.to_string()),
+                    Some(t) => match tokio::time::timeout(t, child.wait()).await {
+                        Ok(r) => r.map(Some).map_err(|e| e.to_string()),
+                        Err(_) => {
+                            let _ = child.kill().await;
+                            Ok(None)
+                        }
+                    },
+                }
             }
             .await;
+            if let Some(dir) = &limits.scratch {
+                let _ = std::fs::remove_dir_all(dir.join(&name));
+            }
             let status = match status {
-                Ok(s) if s.success() => RunStatus::Succeeded,
-                Ok(s) if s.code() == Some(EXIT_BAD_INPUT) => RunStatus::Failed { reason: last_line(&log), retryable: false },
-                Ok(s) => {
+                Ok(None) => RunStatus::Failed {
+                    reason: format!("the stage ran past its wall-clock limit of {} s and was stopped; lower `evaluation.latency_runs` or the calibration samples, or raise `tamp serve --attempt-timeout`", limits.timeout.map_or(0, |t| t.as_secs())),
+                    retryable: false,
+                },
+                Ok(Some(s)) if s.success() => RunStatus::Succeeded,
+                Ok(Some(s)) if s.code() == Some(EXIT_BAD_INPUT) => RunStatus::Failed { reason: last_line(&log), retryable: false },
+                Ok(Some(s)) => {
                     use std::os::unix::process::ExitStatusExt;
                     let how = s.signal().map_or_else(|| format!("exit status {}", s.code().unwrap_or(-1)), |sig| format!("killed by signal {sig}"));
                     RunStatus::Failed { reason: format!("worker {how}: {}", last_line(&log)), retryable: true }
@@ -105,6 +153,27 @@ impl BatchRunner for ProcessRunner {
             // SIGTERM: the worker stops between steps; its exit is reported (and ignored, the
             // job being cancelled).
             let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+        }
+        Ok(())
+    }
+
+    async fn purge(&self, job: &str) -> Result<()> {
+        let prefix = format!("tamp-{job}-");
+        let entries = match std::fs::read_dir(&self.logs) {
+            Ok(e) => e,
+            Err(e) => return Err(PortError::Unavailable(format!("{}: {e}", self.logs.display()))),
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                std::fs::remove_file(e.path()).map_err(|err| PortError::Unavailable(format!("{}: {err}", e.path().display())))?;
+            }
+        }
+        if let Some(dir) = &self.limits.scratch
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
         }
         Ok(())
     }

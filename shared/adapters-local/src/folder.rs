@@ -20,6 +20,9 @@ pub struct FolderStore {
     secret: Vec<u8>,
 }
 
+/// What is escaped in a path segment of a presigned URL: everything but unreserved characters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// Longest a presigned URL may live.
 pub const MAX_PRESIGN: Duration = Duration::from_secs(15 * 60);
 
@@ -72,7 +75,10 @@ impl FolderStore {
         }
         let expires = now + ttl.as_secs();
         let sig = hex::encode(self.mac(method, key, expires).finalize().into_bytes());
-        Ok(format!("{}/{route}{key}?expires={expires}&signature={sig}", self.base_url.trim_end_matches('/')))
+        // The key is signed as it is and sent percent-encoded (a name with a space must still
+        // verify once a client has encoded it); the API decodes the path before verifying.
+        let path: String = key.split('/').map(|seg| percent_encoding::utf8_percent_encode(seg, SEGMENT).to_string()).collect::<Vec<_>>().join("/");
+        Ok(format!("{}/{route}{path}?expires={expires}&signature={sig}", self.base_url.trim_end_matches('/')))
     }
 
     fn staging(&self, path: &Path) -> Result<PathBuf> {
@@ -168,10 +174,20 @@ impl ObjectStore for FolderStore {
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
         match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&path)(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
         }
+        // Empty folders are key prefixes: they go with their last object (S3 keeps no folders),
+        // so a deleted project leaves no names behind.
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| *d != self.root && d.starts_with(&self.root)) {
+            if std::fs::remove_dir(d).is_err() {
+                break; // not empty (or gone)
+            }
+            dir = d.parent();
+        }
+        Ok(())
     }
 
     async fn presign_get(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String> {

@@ -59,6 +59,8 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        // Deleted records are overwritten, not left in free pages (data-subject erasure).
+        conn.pragma_update(None, "secure_delete", "ON").map_err(db)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db)?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -154,10 +156,11 @@ impl MetadataStore for SqliteStore {
             let tx = c.transaction().map_err(db)?;
             tx.execute("INSERT OR IGNORE INTO artifacts (id, model_id, runtime, score, doc) VALUES (?1, ?2, ?3, ?4, ?5)", params![a.id, a.model_id, a.runtime, a.score, doc]).map_err(db)?;
             let best: Option<(String, f64)> = tx.query_row("SELECT artifact_id, score FROM best WHERE model_id = ?1 AND runtime = ?2", params![a.model_id, a.runtime], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(db)?;
-            let better = match &best {
-                None => true,
-                Some((id, score)) => *id != a.id && a.score > *score,
-            };
+            let better = a.eligible
+                && match &best {
+                    None => true,
+                    Some((id, score)) => *id != a.id && a.score > *score,
+                };
             if better {
                 tx.execute("INSERT OR REPLACE INTO best (model_id, runtime, artifact_id, score) VALUES (?1, ?2, ?3, ?4)", params![a.model_id, a.runtime, a.id, a.score]).map_err(db)?;
             }
@@ -216,6 +219,41 @@ impl MetadataStore for SqliteStore {
         docs.iter().map(|d| parse(d)).collect()
     }
 
+    async fn delete_job(&self, id: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(db)?;
+            tx.execute("DELETE FROM idempotency WHERE job_id = ?1", [id]).map_err(db)?;
+            tx.execute("DELETE FROM jobs WHERE id = ?1", [id]).map_err(db)?;
+            tx.commit().map_err(db)
+        })
+    }
+
+    async fn delete_artifact(&self, id: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction().map_err(db)?;
+            tx.execute("DELETE FROM best WHERE artifact_id = ?1", [id]).map_err(db)?;
+            tx.execute("DELETE FROM artifacts WHERE id = ?1", [id]).map_err(db)?;
+            tx.commit().map_err(db)
+        })
+    }
+
+    async fn delete_record(&self, kind: &str, id: &str) -> Result<bool> {
+        self.with(|c| c.execute("DELETE FROM records WHERE kind = ?1 AND id = ?2", [kind, id]).map(|n| n == 1).map_err(db))
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let docs: Vec<String> = self.with(|c| {
+            let mut st = c.prepare("SELECT doc FROM tokens ORDER BY id").map_err(db)?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(db)?;
+            rows.map(|r| r.map_err(db)).collect()
+        })?;
+        docs.iter().map(|d| parse(d)).collect()
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<bool> {
+        self.with(|c| c.execute("DELETE FROM tokens WHERE id = ?1", [id]).map(|n| n == 1).map_err(db))
+    }
+
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditRecord>> {
         let docs: Vec<String> = self.with(|c| {
             let mut st = c.prepare("SELECT doc FROM audit ORDER BY seq DESC LIMIT ?1").map_err(db)?;
@@ -239,6 +277,6 @@ mod tests {
         // Reopening keeps the data and does not re-run migrations.
         drop(store);
         let again = SqliteStore::open(&dir.path().join("tamp.db")).unwrap();
-        assert!(again.get_job("job_a").await.unwrap().is_some());
+        assert!(again.get_job("job_c").await.unwrap().is_some());
     }
 }

@@ -43,6 +43,41 @@ pub struct AppState {
     /// presigned links itself and this is `None`.
     pub files: Option<Arc<FolderStore>>,
     pub auth: Arc<Auth>,
+    pub limits: Limits,
+}
+
+/// Size limits of the API (each breach is a 413 or 400 saying which limit and how to fix it).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest upload (model, dataset) in bytes.
+    pub max_upload_bytes: u64,
+    /// Largest JSON request body in bytes.
+    pub max_json_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_upload_bytes: 8 << 30, max_json_bytes: 1 << 20 }
+    }
+}
+
+/// Longest upload file name (bytes); with the other path parts it stays far below the
+/// file system's 255-byte name limit.
+pub const MAX_FILE_NAME: usize = 128;
+
+/// Checks an uploaded file's name: 1–128 bytes of letters, digits, spaces and `._-+@=,()`,
+/// not starting with a dot. NUL, slashes, control characters and overlong names are refused
+/// with a 400 here, never passed to the file system.
+pub fn check_file_name(file: &str) -> Result<(), Problem> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || " ._-+@=,()".contains(c);
+    if file.is_empty() || file.len() > MAX_FILE_NAME || file.starts_with('.') || !file.chars().all(ok_char) || file.trim() != file {
+        let shown: String = file.chars().take(40).map(|c| if c.is_control() { '?' } else { c }).collect();
+        return Err(Problem::bad_request(format!(
+            "bad file name '{shown}{}': use 1–{MAX_FILE_NAME} letters, digits, spaces and ._-+@=,() (not starting with a dot)",
+            if file.chars().count() > 40 { "…" } else { "" }
+        )));
+    }
+    Ok(())
 }
 
 /// Authenticates and rate-limits every route but `/healthz` and signed `/objects/…` links
@@ -52,12 +87,25 @@ async fn authenticate(State(st): State<AppState>, mut req: axum::extract::Reques
     if path == "/healthz" || path == "/openapi.json" || path.starts_with("/objects/") {
         return next.run(req).await;
     }
+    // Refused credentials are counted per client address (the peer; API Gateway's source IP
+    // header where the Lambda serves the API).
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .or_else(|| req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or_default().trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into());
+    if let Err(problem) = st.auth.login_allowed(&client) {
+        return problem.into_response();
+    }
     // A presigned upload link is its own credential: editor on that one key's project.
     if path.starts_with("/uploads/") && req.method() == axum::http::Method::PUT
         && let Some(q) = req.uri().query().and_then(signed_query)
     {
-        let key = path.trim_start_matches('/');
-        if !st.files.as_ref().is_some_and(|f| f.verify("PUT", key, q.0, &q.1, st.svc.clock.now())) {
+        // Signed over the key as it is; clients send it percent-encoded.
+        let key = percent_encoding::percent_decode_str(path.trim_start_matches('/')).decode_utf8_lossy().into_owned();
+        if !st.files.as_ref().is_some_and(|f| f.verify("PUT", &key, q.0, &q.1, st.svc.clock.now())) {
+            st.auth.login_failed(&client);
             return Problem::forbidden("the upload link is invalid or expired; ask POST /models/{id}/versions for new ones").into_response();
         }
         let project = key.split('/').nth(1).unwrap_or_default().to_owned();
@@ -66,7 +114,12 @@ async fn authenticate(State(st): State<AppState>, mut req: axum::extract::Reques
     }
     let principal = match st.auth.authenticate(req.headers(), st.svc.clock.now()).await {
         Ok(p) => p,
-        Err(problem) => return problem.into_response(),
+        Err(problem) => {
+            if problem.status == StatusCode::UNAUTHORIZED {
+                st.auth.login_failed(&client);
+            }
+            return problem.into_response();
+        }
     };
     if let Err(problem) = st.auth.rate_limit(&principal.actor) {
         return problem.into_response();
@@ -117,7 +170,7 @@ impl Problem {
     fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not found", detail)
     }
-    fn bad_request(detail: impl Into<String>) -> Self {
+    pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad request", detail)
     }
 }
@@ -150,7 +203,11 @@ impl From<PortError> for Problem {
             PortError::NotFound(m) => Self::not_found(m),
             PortError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             PortError::Invalid(m) => Self::bad_request(m),
-            PortError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            PortError::Unavailable(m) => {
+                // Storage errors carry server paths and endpoints: logged, never sent.
+                tracing::error!(error = %m, "storage unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server's storage did not answer; retry in a moment (the operator's log has the details)")
+            }
         }
     }
 }
@@ -161,23 +218,27 @@ pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
-        .route("/uploads/{project}/{model}/{version}/{file}", put(upload))
+        .route("/uploads/{project}/{model}/{version}/{file}", put(upload).delete(delete_upload))
         .route("/jobs", post(create_job).get(list_jobs))
-        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}", get(get_job).delete(delete_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/models/{id}/best", get(best))
-        .route("/artifacts/{id}", get(artifact))
+        .route("/artifacts/{id}", get(artifact).delete(delete_artifact))
         .route("/objects/{*key}", get(download))
-        .route("/tokens", post(create_token))
+        .route("/tokens", post(create_token).get(list_tokens))
         .route("/projects", post(create_project).get(list_projects))
         .route("/projects/{project}/models", post(create_model).get(list_models))
-        .route("/models/{id}", get(get_model))
+        .route("/models/{id}", get(get_model).delete(delete_model))
         .route("/models/{id}/versions", post(create_version).get(list_versions))
         .route("/policies", post(create_policy))
         .route("/policies/{id}", get(get_policy))
         .route("/reports/{job}", get(report))
         .route("/audit", get(list_audit))
+        .route("/projects/{project}", axum::routing::delete(delete_project))
+        .route("/models/{id}/versions/{version}", axum::routing::delete(delete_version))
+        .route("/tokens/{id}", axum::routing::delete(delete_token))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(axum::extract::DefaultBodyLimit::max(state.limits.max_json_bytes))
         .with_state(state)
 }
 
@@ -198,20 +259,34 @@ fn ingested(outcome: Ingested) -> ApiResult {
 
 /// Streams the request body to a temporary file (models can be gigabytes), then stores it.
 #[utoipa::path(put, path = "/uploads/{project}/{model}/{version}/{file}", tag = "uploads", params(("project" = String, Path), ("model" = String, Path), ("version" = String, Path), ("file" = String, Path)), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 201, description = "stored; for recipe.yaml, the job it started", body = serde_json::Value), (status = 400, body = ProblemDoc), (status = 403, body = ProblemDoc)))]
-async fn upload(State(st): State<AppState>, Extension(who): Extension<Principal>, Path((project, model, version, file)): Path<(String, String, String, String)>, body: Body) -> ApiResult {
+async fn upload(State(st): State<AppState>, Extension(who): Extension<Principal>, Path((project, model, version, file)): Path<(String, String, String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
     check_names(&[&project, &model, &version])?;
     who.require(&project, Role::Editor)?;
-    if file.starts_with('.') || file.contains('/') || file.is_empty() {
-        return Err(Problem::bad_request(format!("bad file name '{file}'")));
-    }
+    check_file_name(&file)?;
     let key = format!("uploads/{project}/{model}/{version}/{file}");
+    let max = if file == "recipe.yaml" { tamp_domain::recipe::MAX_RECIPE_BYTES as u64 } else { st.limits.max_upload_bytes };
+    let too_large = |what: u64| {
+        let hint = if file == "recipe.yaml" { "recipes are a few lines of YAML" } else { "ask the operator to raise `tamp serve --max-upload-bytes`, or upload large weights as external data files" };
+        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload too large", format!("{file} is {what} bytes or more, over the {max}-byte limit for this file ({hint})"))
+    };
+    // Refused from the declared length before a byte is read; counted again while streaming.
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > max
+    {
+        return Err(too_large(len));
+    }
     let tmp = st.files.as_ref().map_or_else(std::env::temp_dir, |f| f.root().to_path_buf()).join(format!(".upload-{}", tamp_adapters_local::random_hex(8)));
     let written = async {
         use tokio::io::AsyncWriteExt;
         let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| Problem::from(PortError::Unavailable(e.to_string())))?;
         let mut stream = body.into_data_stream();
+        let mut total = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Problem::bad_request(format!("upload interrupted: {e}")))?;
+            total += chunk.len() as u64;
+            if total > max {
+                return Err(too_large(total));
+            }
             f.write_all(&chunk).await.map_err(|e| Problem::from(PortError::Unavailable(e.to_string())))?;
         }
         f.flush().await.map_err(|e| Problem::from(PortError::Unavailable(e.to_string())))?;
@@ -244,10 +319,13 @@ async fn create_job(State(st): State<AppState>, Extension(who): Extension<Princi
     let req: CreateJob = serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("request body: {e}")))?;
     check_names(&[&req.project, &req.model, &req.version])?;
     who.require(&req.project, Role::Editor)?;
-    let marker_of = |version: &str| match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        Some(k) if !k.is_empty() && k.len() <= 200 => Ok(format!("api:{k}")),
+    // Keys are scoped to the caller, the project, the model version and what runs on it: the
+    // same key from another caller or project is another request, never its duplicate.
+    let scope = format!("{}|{}/{}/{}", who.actor, req.project, req.model, req.version);
+    let marker_of = |what: &str| match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        Some(k) if !k.is_empty() && k.len() <= 200 => Ok(format!("api:{scope}|{what}|{k}")),
         Some(_) => Err(Problem::bad_request("Idempotency-Key must be 1–200 visible characters")),
-        None => Ok(format!("api:{version}:{}", tamp_adapters_local::random_hex(8))),
+        None => Ok(format!("api:{scope}|{what}|{}", tamp_adapters_local::random_hex(8))),
     };
     if let Some(pid) = &req.policy {
         if project_of(pid) != req.project {
@@ -255,14 +333,14 @@ async fn create_job(State(st): State<AppState>, Extension(who): Extension<Princi
         }
         let policy = st.svc.meta.get_record("policy", pid).await?.ok_or_else(|| Problem::not_found(format!("no policy {pid}")))?;
         let yaml = policy["yaml"].as_str().unwrap_or_default();
-        let marker = marker_of(pid)?;
+        let marker = marker_of(&format!("policy {pid}"))?;
         return ingested(handlers::start_job(&st.svc, &req.project, &req.model, &req.version, yaml, &format!("policy {pid}"), &marker).await?);
     }
     let key = format!("uploads/{}/{}/{}/recipe.yaml", req.project, req.model, req.version);
     let meta = st.svc.store.head(&key).await?.ok_or_else(|| Problem::bad_request(format!("{key} has not been uploaded (PUT /{key}), and no `policy` was named")))?;
     // The Idempotency-Key replaces the object version in the ingest key, so a retried POST
     // finds the first job and a new key asks for a new run of the same upload.
-    let marker = marker_of(&meta.version)?;
+    let marker = marker_of(&format!("upload@{}", meta.version))?;
     ingested(handlers::ingest(&st.svc, &key, &marker).await?)
 }
 
@@ -511,10 +589,11 @@ async fn create_version(State(st): State<AppState>, Extension(who): Extension<Pr
     let prefix = format!("uploads/{project}/{model}/{}/", req.version);
     let now = st.svc.clock.now();
     let mut links = serde_json::Map::new();
+    if req.files.len() > 64 {
+        return Err(Problem::bad_request("ask for at most 64 extra upload links at once"));
+    }
     for f in ["model.onnx", "calib.npz", "eval.npz", "recipe.yaml"].iter().map(|s| (*s).to_owned()).chain(req.files.clone()) {
-        if f.starts_with('.') || f.contains('/') || f.is_empty() {
-            return Err(Problem::bad_request(format!("bad file name '{f}'")));
-        }
+        check_file_name(&f)?;
         links.insert(f.clone(), serde_json::Value::String(st.svc.store.presign_put(&format!("{prefix}{f}"), LINK_TTL, now).await?));
     }
     let vid = format!("{id}/{}", req.version);
@@ -578,6 +657,108 @@ async fn report(State(st): State<AppState>, Extension(who): Extension<Principal>
     Ok(Json(doc).into_response())
 }
 
+fn deleted(d: &handlers::Deleted) -> ApiResult {
+    Ok(Json(serde_json::json!({ "deleted": d })).into_response())
+}
+
+/// Deletes a project and everything of it: jobs, artifacts, reports, logs, uploads, models,
+/// versions, policies, its tokens (admin on the project). Audited.
+#[utoipa::path(delete, path = "/projects/{project}", tag = "catalog", params(("project" = String, Path)), responses((status = 200, description = "what was removed", body = serde_json::Value), (status = 403, body = ProblemDoc), (status = 404, body = ProblemDoc)))]
+async fn delete_project(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(project): Path<String>) -> ApiResult {
+    check_names(&[&project])?;
+    who.require(&project, Role::Admin)?;
+    let known = st.svc.meta.get_record("project", &project).await?.is_some() || !st.svc.store.list(&format!("uploads/{project}/")).await?.is_empty();
+    if !known {
+        return Err(Problem::not_found(format!("no project '{project}'")));
+    }
+    let d = handlers::delete_scope(&st.svc, handlers::Scope::Project(&project)).await?;
+    audit(&st, &who, "delete", &format!("project {project}"), serde_json::to_string(&d).unwrap_or_default()).await?;
+    deleted(&d)
+}
+
+/// Deletes a model with its versions, jobs, artifacts and uploads (admin on its project).
+#[utoipa::path(delete, path = "/models/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 403, body = ProblemDoc)))]
+async fn delete_model(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
+    let (project, model) = id.split_once('.').ok_or_else(|| Problem::bad_request(format!("model ids are <project>.<model>, not '{id}'")))?;
+    check_names(&[project, model])?;
+    who.require(project, Role::Admin)?;
+    let d = handlers::delete_scope(&st.svc, handlers::Scope::Model(project, model)).await?;
+    audit(&st, &who, "delete", &format!("model {id}"), serde_json::to_string(&d).unwrap_or_default()).await?;
+    deleted(&d)
+}
+
+/// Deletes one version of a model: its uploads, jobs and artifacts (admin on its project).
+#[utoipa::path(delete, path = "/models/{id}/versions/{version}", tag = "catalog", params(("id" = String, Path), ("version" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 403, body = ProblemDoc)))]
+async fn delete_version(State(st): State<AppState>, Extension(who): Extension<Principal>, Path((id, version)): Path<(String, String)>) -> ApiResult {
+    let (project, model) = id.split_once('.').ok_or_else(|| Problem::bad_request(format!("model ids are <project>.<model>, not '{id}'")))?;
+    check_names(&[project, model, &version])?;
+    who.require(project, Role::Admin)?;
+    let d = handlers::delete_scope(&st.svc, handlers::Scope::Version(project, model, &version)).await?;
+    audit(&st, &who, "delete", &format!("version {id}/{version}"), serde_json::to_string(&d).unwrap_or_default()).await?;
+    deleted(&d)
+}
+
+/// Deletes a job with its artifacts, report and logs (editor on its project); a running job
+/// is cancelled first.
+#[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ProblemDoc)))]
+async fn delete_job(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
+    let job = st.svc.meta.get_job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    who.require(&job.project, Role::Editor)?;
+    let mut d = handlers::Deleted::default();
+    handlers::delete_job(&st.svc, &job, &mut d).await?;
+    audit(&st, &who, "delete", &format!("job {id}"), serde_json::to_string(&d).unwrap_or_default()).await?;
+    deleted(&d)
+}
+
+/// Deletes one artifact: its record, the best pointer at it, and its stored objects.
+#[utoipa::path(delete, path = "/artifacts/{id}", tag = "artifacts", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ProblemDoc)))]
+async fn delete_artifact(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
+    let a = st.svc.meta.get_artifact(&id).await?.ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
+    who.require(project_of(&a.model_id), Role::Editor)?;
+    st.svc.meta.delete_artifact(&id).await?;
+    for key in [&a.key, &a.metadata_key] {
+        st.svc.store.delete(key).await?;
+    }
+    audit(&st, &who, "delete", &format!("artifact {id}"), a.key.clone()).await?;
+    deleted(&handlers::Deleted { objects: 2, records: 1, ..Default::default() })
+}
+
+/// Deletes one uploaded file (a model, a dataset, a recipe) of a version.
+#[utoipa::path(delete, path = "/uploads/{project}/{model}/{version}/{file}", tag = "uploads", params(("project" = String, Path), ("model" = String, Path), ("version" = String, Path), ("file" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ProblemDoc)))]
+async fn delete_upload(State(st): State<AppState>, Extension(who): Extension<Principal>, Path((project, model, version, file)): Path<(String, String, String, String)>) -> ApiResult {
+    check_names(&[&project, &model, &version])?;
+    who.require(&project, Role::Editor)?;
+    check_file_name(&file)?;
+    let key = format!("uploads/{project}/{model}/{version}/{file}");
+    if st.svc.store.head(&key).await?.is_none() {
+        return Err(Problem::not_found(format!("no upload {key}")));
+    }
+    st.svc.store.delete(&key).await?;
+    audit(&st, &who, "delete", &key, String::new()).await?;
+    deleted(&handlers::Deleted { objects: 1, ..Default::default() })
+}
+
+/// Revokes a token (admin on its project; anyone may revoke their own).
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "auth", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ProblemDoc)))]
+async fn delete_token(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
+    let t = st.svc.meta.list_tokens().await?.into_iter().find(|t| t.id == id).ok_or_else(|| Problem::not_found(format!("no token {id}")))?;
+    if who.actor != format!("token:{id}") {
+        who.require(&t.project, Role::Admin)?;
+    }
+    st.svc.meta.delete_token(&id).await?;
+    audit(&st, &who, "token.delete", &id, format!("{} on {}", t.subject, t.project)).await?;
+    deleted(&handlers::Deleted { tokens: 1, ..Default::default() })
+}
+
+/// Tokens the caller administers (never their secrets: those were shown once).
+#[utoipa::path(get, path = "/tokens", tag = "auth", responses((status = 200, body = serde_json::Value)))]
+async fn list_tokens(State(st): State<AppState>, Extension(who): Extension<Principal>) -> ApiResult {
+    let mut tokens = st.svc.meta.list_tokens().await?;
+    tokens.retain(|t| who.role_on(&t.project) == Some(Role::Admin) || (t.project == "*" && who.role_on("*") == Some(Role::Admin)));
+    let view: Vec<serde_json::Value> = tokens.iter().map(|t| serde_json::json!({ "id": t.id, "subject": t.subject, "project": t.project, "role": t.role, "created_at": t.created_at, "expires_at": t.expires_at, "created_by": t.created_by })).collect();
+    Ok(Json(serde_json::json!({ "tokens": view })).into_response())
+}
+
 #[utoipa::path(get, path = "/healthz", tag = "meta", security(()), responses((status = 200, body = serde_json::Value)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
@@ -607,7 +788,7 @@ impl utoipa::Modify for BearerAuth {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Tamp API", description = "Compress ONNX models and prove what it did."),
-    paths(healthz, upload, create_job, list_jobs, get_job, cancel_job, best, artifact, download, create_token, list_audit, create_project, list_projects, create_model, list_models, get_model, create_version, list_versions, create_policy, get_policy, report),
+    paths(healthz, upload, create_job, list_jobs, get_job, cancel_job, best, artifact, download, create_token, list_audit, create_project, list_projects, create_model, list_models, get_model, create_version, list_versions, create_policy, get_policy, report, delete_project, delete_model, delete_version, delete_job, delete_artifact, delete_upload, delete_token, list_tokens),
     components(schemas(ProblemDoc, CreateJob, NewProject, NewModel, NewVersion, NewPolicy, CreateToken)),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -8,6 +8,9 @@
 //! - **RBAC**: viewer < editor < admin, per project; `*` grants apply everywhere.
 //! - **Rate limit** per principal (token id or JWT subject), a fixed one-minute window,
 //!   default 1000 requests; beyond it `429` with `Retry-After`.
+//! - **Failed logins** per client address: after `failed_logins_per_min` refused credentials
+//!   in a minute, every request from that address gets `429` until the window ends (token
+//!   guessing gets 20 tries a minute, not thousands).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,11 +64,13 @@ pub struct AuthConfig {
     pub jwt: Option<JwtConfig>,
     /// Requests per minute per principal.
     pub rate_per_min: u32,
+    /// Refused credentials per minute per client address before it is locked out.
+    pub failed_logins_per_min: u32,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { jwt: None, rate_per_min: 1000 }
+        Self { jwt: None, rate_per_min: 1000, failed_logins_per_min: 20 }
     }
 }
 
@@ -113,6 +118,7 @@ pub struct Auth {
     pub config: AuthConfig,
     meta: Arc<dyn MetadataStore>,
     windows: Mutex<HashMap<String, (Instant, u32)>>,
+    failures: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -127,7 +133,7 @@ fn unauthorized(detail: impl Into<String>) -> Problem {
 
 impl Auth {
     pub fn new(config: AuthConfig, meta: Arc<dyn MetadataStore>) -> Self {
-        Self { config, meta, windows: Mutex::default() }
+        Self { config, meta, windows: Mutex::default(), failures: Mutex::default() }
     }
 
     /// Resolves the bearer credential of a request.
@@ -160,6 +166,7 @@ impl Auth {
         v.set_audience(&[&jwt.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v.leeway = 30;
+        v.validate_nbf = true;
         let data = decode::<Claims>(token, &key, &v).map_err(|e| unauthorized(format!("JWT rejected: {e}")))?;
         let mut grants = Vec::new();
         for (project, role) in data.claims.tamp_roles {
@@ -171,19 +178,36 @@ impl Auth {
 
     /// Counts a request against the principal's window; `Err` is the 429 to send.
     pub fn rate_limit(&self, actor: &str) -> Result<(), Problem> {
-        let now = Instant::now();
-        let mut w = self.windows.lock().map_err(|_| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "rate limiter lock poisoned"))?;
-        let entry = w.entry(actor.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(60) {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        if entry.1 > self.config.rate_per_min {
-            let retry = 60u64.saturating_sub(now.duration_since(entry.0).as_secs()).max(1);
-            return Err(Problem::too_many(retry, format!("{actor} exceeded {} requests per minute", self.config.rate_per_min)));
-        }
-        Ok(())
+        count(&self.windows, actor, 1, self.config.rate_per_min).map_err(|retry| Problem::too_many(retry, format!("{actor} exceeded {} requests per minute", self.config.rate_per_min)))
     }
+
+    /// Whether `client` (an address) is locked out after too many refused credentials.
+    pub fn login_allowed(&self, client: &str) -> Result<(), Problem> {
+        count(&self.failures, client, 0, self.config.failed_logins_per_min).map_err(|retry| Problem::too_many(retry, format!("too many refused credentials from this address; wait {retry} s")))
+    }
+
+    /// Counts one refused credential from `client`.
+    pub fn login_failed(&self, client: &str) {
+        let _ = count(&self.failures, client, 1, u32::MAX);
+    }
+}
+
+/// Adds `add` to `key`'s one-minute window; `Err(seconds to wait)` once it is over `limit`.
+fn count(windows: &Mutex<HashMap<String, (Instant, u32)>>, key: &str, add: u32, limit: u32) -> Result<(), u64> {
+    let now = Instant::now();
+    let Ok(mut w) = windows.lock() else { return Err(1) };
+    if w.len() > 100_000 {
+        w.retain(|_, e| now.duration_since(e.0) < Duration::from_secs(60)); // bounded memory
+    }
+    let entry = w.entry(key.to_owned()).or_insert((now, 0));
+    if now.duration_since(entry.0) >= Duration::from_secs(60) {
+        *entry = (now, 0);
+    }
+    entry.1 = entry.1.saturating_add(add);
+    if entry.1 > limit || (add == 0 && entry.1 >= limit) {
+        return Err(60u64.saturating_sub(now.duration_since(entry.0).as_secs()).max(1));
+    }
+    Ok(())
 }
 
 /// Mints an API token record; returns (record, the token string to show once).
@@ -200,4 +224,49 @@ pub fn mint(subject: &str, project: &str, role: Role, ttl: Duration, created_by:
         created_by: created_by.to_owned(),
     };
     (rec, token)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn auth(limit: u32) -> Auth {
+        let meta = Arc::new(tamp_adapters_local::SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
+        let jwt = JwtConfig { issuer: "https://idp".into(), audience: "tamp".into(), keys: JwtKeys::Hs256(b"0123456789abcdef0123456789abcdef".to_vec()) };
+        Auth::new(AuthConfig { jwt: Some(jwt), rate_per_min: 1000, failed_logins_per_min: limit }, meta)
+    }
+
+    fn bearer(claims: &serde_json::Value) -> HeaderMap {
+        let t = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), claims, &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef")).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn jwt_not_before_is_checked() {
+        let a = auth(20);
+        // jsonwebtoken checks `exp` and `nbf` against the system clock.
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = |nbf: u64| serde_json::json!({ "sub": "s", "iss": "https://idp", "aud": "tamp", "exp": wall + 7200, "nbf": nbf });
+        assert!(a.authenticate(&bearer(&claims(wall - 10)), wall).await.is_ok());
+        let e = a.authenticate(&bearer(&claims(wall + 3600)), wall).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        assert!(e.detail.to_lowercase().contains("immature"), "{}", e.detail);
+    }
+
+    #[test]
+    fn refused_credentials_lock_the_address_out() {
+        let a = auth(20);
+        for _ in 0..19 {
+            a.login_failed("10.9.9.9");
+            assert!(a.login_allowed("10.9.9.9").is_ok());
+        }
+        a.login_failed("10.9.9.9");
+        let e = a.login_allowed("10.9.9.9").unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.retry_after.is_some_and(|s| (1..=60).contains(&s)));
+        assert!(a.login_allowed("10.9.9.8").is_ok(), "another address is not affected");
+    }
 }

@@ -117,8 +117,48 @@ pub async fn ingest(svc: &Services, key: &str, version: &str) -> Result<Ingested
     let Some((project, model, ver)) = upload_prefix(key) else {
         return Ok(Ingested::Ignored(format!("'{key}' is not uploads/<project>/<model>/<version>/recipe.yaml (names: lowercase letters, digits, - and _)")));
     };
-    let text = String::from_utf8(svc.store.get(key).await?).map_err(|_| HandlerError::Invalid(format!("{key} is not UTF-8 text")))?;
-    start_job(svc, &project, &model, &ver, &text, key, &format!("upload:{key}@{version}")).await
+    let marker = format!("upload:{key}@{version}");
+    let max = tamp_domain::recipe::MAX_RECIPE_BYTES;
+    let Some(meta) = svc.store.head(key).await? else { return Err(HandlerError::Port(PortError::NotFound(key.to_owned()))) };
+    // A recipe that cannot be read still makes a failed job saying why: a dropped file must
+    // never vanish into a log line.
+    let text = if meta.size > max as u64 {
+        Err(format!("{key} is {} bytes; recipes are at most {max} bytes (a policy is a few lines of YAML)", meta.size))
+    } else {
+        String::from_utf8(svc.store.get(key).await?).map_err(|e| format!("{key} is not UTF-8 text (byte {}): save the recipe as UTF-8 YAML", e.utf8_error().valid_up_to()))
+    };
+    match text {
+        Ok(text) => start_job(svc, &project, &model, &ver, &text, key, &marker).await,
+        Err(reason) => fail_upload(svc, &project, &model, &ver, reason, &marker).await,
+    }
+}
+
+/// Records a job that failed before it could start (an unreadable recipe, an ingest that
+/// panicked), so the user sees the reason where they look for jobs.
+pub async fn fail_upload(svc: &Services, project: &str, model: &str, ver: &str, reason: String, idempotency_key: &str) -> Result<Ingested> {
+    let now = svc.clock.now();
+    let j = Job {
+        id: new_job_id(),
+        project: project.to_owned(),
+        model: model.to_owned(),
+        version: ver.to_owned(),
+        policy: String::new(),
+        recipe_yaml: String::new(),
+        inputs: JobInputs { model: format!("uploads/{project}/{model}/{ver}/model.onnx"), calibration: None, evaluation: None },
+        state: JobState::Failed,
+        stages: Vec::new(),
+        reason: Some(reason),
+        created_at: now,
+        updated_at: now,
+        revision: 0,
+    };
+    if let Created::Duplicate(id) = svc.meta.create_job(&j, idempotency_key).await? {
+        return Ok(Ingested::Duplicate(id));
+    }
+    ensure_catalog(svc, project, model, ver, "ingest").await?;
+    svc.bus.publish(&event(&j, EventKind::JobCreated, now, serde_json::json!({ "stages": 0 }))).await?;
+    svc.bus.publish(&event(&j, EventKind::JobFailed, now, serde_json::Value::Null)).await?;
+    Ok(Ingested::Created(j.id))
 }
 
 /// Records the catalog entries an upload implies (project, model, version), if new.
@@ -292,11 +332,22 @@ pub async fn write_report(svc: &Services, ev: &TampEvent) -> Result<Option<Strin
     Ok(Some(key))
 }
 
-/// Scores an artifact for the best pointer: meeting its constraints first, then speed-up.
+/// Whether an artifact may become its model's best: it met every constraint (the engine
+/// refuses degenerate baselines before any artifact exists). Speed alone never qualifies.
+fn eligible(metadata: &serde_json::Value) -> bool {
+    metadata["missed_constraints"].as_array().is_some_and(|m| m.is_empty())
+}
+
+/// Ranks eligible artifacts of one model: the P50 speed-up over their own baseline.
 fn score(metadata: &serde_json::Value) -> f64 {
-    let met = metadata["missed_constraints"].as_array().is_some_and(|m| m.is_empty());
-    let speedup = metadata["metrics"]["speedup_p50"].as_f64().unwrap_or(0.0);
-    if met { 1000.0 + speedup } else { speedup }
+    metadata["metrics"]["speedup_p50"].as_f64().filter(|v| v.is_finite()).unwrap_or(0.0)
+}
+
+/// The artifact record id of one stage of one job. Records are per job and stage, never
+/// content-addressed: two projects that make byte-identical models get two records, and
+/// neither can reach the other's through the id.
+pub fn artifact_id(job: &str, stage: usize) -> String {
+    format!("art_{}_{stage}", job.trim_start_matches("job_"))
 }
 
 /// Handles one orchestrator message.
@@ -347,7 +398,7 @@ async fn record_output(svc: &Services, run: &StageRun) -> Result<std::result::Re
     let Some(j) = svc.meta.get_job(&run.job).await? else { return Ok(Err("job vanished".into())) };
     let runtime = m.metadata["runtime"].as_str().unwrap_or("onnxruntime").to_owned();
     let record = ArtifactRecord {
-        id: format!("art_{}", &m.output.sha256[..m.output.sha256.len().min(24)]),
+        id: artifact_id(&run.job, run.stage),
         job: run.job.clone(),
         stage: run.stage,
         model_id: format!("{}.{}", j.project, j.model),
@@ -357,6 +408,7 @@ async fn record_output(svc: &Services, run: &StageRun) -> Result<std::result::Re
         sha256: m.output.sha256.clone(),
         size_bytes: m.output.size_bytes,
         score: score(&m.metadata),
+        eligible: eligible(&m.metadata),
         metadata: m.metadata,
         created_at: svc.clock.now(),
     };
@@ -380,4 +432,141 @@ pub async fn reconcile(svc: &Services) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Restart recovery (`tamp serve` starting on an existing data folder, whose in-process queue
+/// and worker table died with the last process): every unfinished job is driven on from what
+/// the store shows. A stage whose worker wrote its manifest is recorded as succeeded (the
+/// work is not redone); one with a failure record is recorded as failed; one with neither is
+/// submitted again under the same run name. Queued jobs are advanced. Returns the number of
+/// stages and jobs acted on.
+pub async fn recover(svc: &Services) -> Result<usize> {
+    let mut n = 0;
+    for state in [JobState::Queued, JobState::Planning] {
+        for j in svc.meta.list_jobs(Some(state), 100_000).await? {
+            send(svc, &Message::Advance { job: j.id.clone() }, Duration::ZERO).await?;
+            n += 1;
+        }
+    }
+    let now = svc.clock.now();
+    for j in svc.meta.list_jobs(Some(JobState::Running), 100_000).await? {
+        for s in j.stages.iter().filter(|s| matches!(s.state, StageState::Submitted | StageState::Running)) {
+            let run = StageRun { job: j.id.clone(), stage: s.index, attempt: s.attempt };
+            let status = if svc.store.head(&stage_manifest_key(&run)).await?.is_some() {
+                Some(RunStatus::Succeeded)
+            } else {
+                match svc.store.get(&stage_error_key(&run)).await {
+                    Ok(b) => serde_json::from_slice::<StageFailure>(&b).ok().map(|f| RunStatus::Failed { reason: f.reason, retryable: f.retryable }),
+                    Err(PortError::NotFound(_)) => None,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            match status {
+                Some(status) => send(svc, &Message::Batch { run, status, at: now }, Duration::ZERO).await?,
+                None => match s.not_before.filter(|t| *t > now) {
+                    Some(t) => send(svc, &Message::Submit { run }, Duration::from_secs(t - now)).await?,
+                    None => svc.runner.submit(&run).await?,
+                },
+            }
+            n += 1;
+        }
+        // A job whose next stage was never planned (the server died between two writes).
+        send(svc, &Message::Advance { job: j.id.clone() }, Duration::ZERO).await?;
+    }
+    Ok(n)
+}
+
+/// What a deletion removed, for the audit record and the response.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Deleted {
+    pub jobs: usize,
+    pub objects: usize,
+    pub records: usize,
+    pub tokens: usize,
+}
+
+async fn delete_prefix(svc: &Services, prefix: &str, d: &mut Deleted) -> Result<()> {
+    for key in svc.store.list(prefix).await? {
+        svc.store.delete(&key).await?;
+        d.objects += 1;
+    }
+    Ok(())
+}
+
+/// Deletes one job and everything it made: its artifacts (records, best pointers, objects),
+/// its report, the runner's logs and the job record with its idempotency keys. A job still
+/// running is cancelled first.
+pub async fn delete_job(svc: &Services, job: &Job, d: &mut Deleted) -> Result<()> {
+    if !job.state.is_terminal() {
+        signal(svc, &job.id, &Signal::Cancel { reason: "deleted".into() }).await?;
+    }
+    for s in 0..job.stages.len().max(1) {
+        svc.meta.delete_artifact(&artifact_id(&job.id, s)).await?;
+    }
+    delete_prefix(svc, &format!("artifacts/{}/", job.id), d).await?;
+    delete_prefix(svc, &format!("reports/{}/", job.id), d).await?;
+    svc.runner.purge(&job.id).await?;
+    svc.meta.delete_job(&job.id).await?;
+    d.jobs += 1;
+    Ok(())
+}
+
+/// What to delete: a whole project, one model of it, or one version of a model.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    Project(&'a str),
+    Model(&'a str, &'a str),
+    Version(&'a str, &'a str, &'a str),
+}
+
+/// Deletes everything of `scope` (data-subject erasure): jobs and their artifacts, reports
+/// and logs; uploads (models, datasets, recipes); catalog records; for a project also its
+/// policies, its tokens and its lines in a local event log. The audit log keeps the record
+/// of the deletion itself.
+pub async fn delete_scope(svc: &Services, scope: Scope<'_>) -> Result<Deleted> {
+    let mut d = Deleted::default();
+    let (project, model, version) = match scope {
+        Scope::Project(p) => (p, None, None),
+        Scope::Model(p, m) => (p, Some(m), None),
+        Scope::Version(p, m, v) => (p, Some(m), Some(v)),
+    };
+    let jobs = svc.meta.list_jobs(None, 100_000).await?;
+    for j in jobs.iter().filter(|j| j.project == project && model.is_none_or(|m| j.model == m) && version.is_none_or(|v| j.version == v)) {
+        delete_job(svc, j, &mut d).await?;
+    }
+    let uploads = match (model, version) {
+        (None, _) => format!("uploads/{project}/"),
+        (Some(m), None) => format!("uploads/{project}/{m}/"),
+        (Some(m), Some(v)) => format!("uploads/{project}/{m}/{v}/"),
+    };
+    delete_prefix(svc, &uploads, &mut d).await?;
+    let mut records: Vec<(&str, String)> = Vec::new();
+    let ids = |docs: Vec<serde_json::Value>| docs.into_iter().filter_map(|r| r["id"].as_str().map(str::to_owned)).collect::<Vec<_>>();
+    match (model, version) {
+        (None, _) => {
+            for kind in ["version", "model", "policy"] {
+                for id in ids(svc.meta.list_records(kind, &format!("{project}.")).await?) {
+                    records.push((kind, id));
+                }
+            }
+            records.push(("project", project.to_owned()));
+        }
+        (Some(m), None) => {
+            for id in ids(svc.meta.list_records("version", &format!("{project}.{m}/")).await?) {
+                records.push(("version", id));
+            }
+            records.push(("model", format!("{project}.{m}")));
+        }
+        (Some(m), Some(v)) => records.push(("version", format!("{project}.{m}/{v}"))),
+    }
+    for (kind, id) in records {
+        d.records += usize::from(svc.meta.delete_record(kind, &id).await?);
+    }
+    if model.is_none() {
+        for t in svc.meta.list_tokens().await?.into_iter().filter(|t| t.project == project) {
+            d.tokens += usize::from(svc.meta.delete_token(&t.id).await?);
+        }
+        svc.bus.purge_project(project).await?;
+    }
+    Ok(d)
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tamp_adapters_local::bus::Subscriber;
+use tamp_adapters_local::batch::RunLimits;
 use tamp_adapters_local::{FolderStore, LocalBus, MemoryQueue, ProcessRunner, SqliteStore};
 use tamp_domain::job::RetryPolicy;
 use tamp_ports::{Clock, Message, MetadataStore, PortError, Queue, Role, SystemClock};
@@ -16,7 +17,7 @@ use tamp_ports::{Clock, Message, MetadataStore, PortError, Queue, Role, SystemCl
 use crate::api::{AppState, router};
 use crate::auth::{self, Auth, AuthConfig};
 use crate::handlers::{self, Services};
-use crate::notify::Webhooks;
+use crate::notify::{Format, Outbox, Webhooks};
 
 /// How `tamp serve` runs.
 #[derive(Debug, Clone)]
@@ -33,6 +34,15 @@ pub struct ServeConfig {
     /// Seconds a message stays hidden while the orchestrator handles it.
     pub visibility_s: u64,
     pub auth: AuthConfig,
+    /// Slack incoming-webhook URLs (Block Kit messages).
+    pub slack: Vec<String>,
+    /// Microsoft Teams Workflows URLs (Adaptive Cards).
+    pub teams: Vec<String>,
+    /// Wall-clock limit of one stage attempt.
+    pub attempt_timeout: Option<Duration>,
+    pub limits: crate::api::Limits,
+    /// In-memory dataset limit handed to workers (`TAMP_MAX_NPZ_BYTES`).
+    pub max_npz_bytes: Option<u64>,
 }
 
 /// Where the bootstrap admin token is kept (mode 0600), created on the first start.
@@ -67,8 +77,10 @@ pub fn link_secret(data_dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
     match std::fs::read(&p) {
         Ok(s) if s.len() >= 32 => Ok(s),
         _ => {
+            use std::os::unix::fs::OpenOptionsExt;
             let s = tamp_adapters_local::random_hex(32).into_bytes();
-            std::fs::write(&p, &s)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&p)?;
+            std::io::Write::write_all(&mut f, &s)?;
             Ok(s)
         }
     }
@@ -94,16 +106,29 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     }
     let auth = Arc::new(Auth::new(auth_cfg, meta.clone()));
     let queue = Arc::new(MemoryQueue::new(5));
+    // Workers read the dataset limit from their environment.
+    let env = cfg.max_npz_bytes.map(|n| ("TAMP_MAX_NPZ_BYTES".to_owned(), n.to_string())).into_iter().collect();
     let runner = Arc::new(ProcessRunner::new(
         cfg.worker_program.clone(),
         vec!["worker".into(), "--data-dir".into(), cfg.data_dir.display().to_string()],
         cfg.data_dir.join("logs"),
         queue.clone(),
         cfg.concurrency,
+        RunLimits { timeout: cfg.attempt_timeout, scratch: Some(cfg.data_dir.join("work")), env },
     )?);
     let mut subscribers: Vec<Arc<dyn Subscriber>> = Vec::new();
-    if !cfg.webhooks.is_empty() {
-        subscribers.push(Arc::new(Webhooks::new(cfg.webhooks.clone(), cfg.webhook_secret.clone())));
+    let mut hooks = Webhooks::new(cfg.webhooks.clone(), cfg.webhook_secret.clone());
+    hooks.base_url = url.clone();
+    for u in &cfg.slack {
+        hooks = hooks.with_target(u.clone(), Format::Slack);
+    }
+    for u in &cfg.teams {
+        hooks = hooks.with_target(u.clone(), Format::Teams);
+    }
+    if !hooks.targets.is_empty() {
+        let outbox = Arc::new(Outbox::new(cfg.data_dir.join("outbox"), hooks)?);
+        tokio::spawn(outbox.clone().run());
+        subscribers.push(outbox);
     }
     let reporter = Arc::new(Reporter(std::sync::OnceLock::new()));
     subscribers.push(reporter.clone());
@@ -117,11 +142,17 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
         admin_token_path(&cfg.data_dir).display()
     );
 
+    // Jobs the last process left unfinished go on from what the store shows.
+    match handlers::recover(&svc).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(n, "recovered unfinished jobs"),
+        Err(e) => tracing::error!(error = %e, "restart recovery failed; reconcile will retry submitted stages"),
+    }
     tokio::spawn(orchestrator(svc.clone(), queue.clone(), cfg.visibility_s));
     tokio::spawn(watcher(svc.clone()));
     tokio::spawn(reconciler(svc.clone()));
-    let app = router(AppState { svc, files: Some(files), auth });
-    axum::serve(listener, app).await?;
+    let app = router(AppState { svc, files: Some(files), auth, limits: cfg.limits });
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
     Ok(())
 }
 
@@ -198,12 +229,31 @@ async fn watcher(svc: Services) {
                     if last_poll.get(&key) != Some(&meta.version) || !seen.insert((key.clone(), meta.version.clone())) {
                         continue;
                     }
-                    match handlers::ingest(&svc, &key, &meta.version).await {
-                        Ok(outcome) => tracing::info!(?outcome, key, "ingested"),
-                        Err(e) => {
+                    // Each upload is ingested in a task of its own: a panic there (a bug that
+                    // bad input reached) fails that upload's job, never the watcher.
+                    let (task_svc, task_key, task_version) = (svc.clone(), key.clone(), meta.version.clone());
+                    let outcome = tokio::spawn(async move {
+                        // Fault injection for tests: a panic while ingesting keys that contain this.
+                        if std::env::var("TAMP_FAULT_INGEST_PANIC").is_ok_and(|s| !s.is_empty() && task_key.contains(&s)) {
+                            panic!("fault injection: ingest panicked on {task_key}");
+                        }
+                        handlers::ingest(&task_svc, &task_key, &task_version).await
+                    })
+                    .await;
+                    match outcome {
+                        Ok(Ok(outcome)) => tracing::info!(?outcome, key, "ingested"),
+                        Ok(Err(e)) => {
                             tracing::warn!(error = %e, key, "ingest failed");
                             if e.retryable() {
                                 seen.remove(&(key, meta.version));
+                            }
+                        }
+                        Err(join) => {
+                            let why = join.try_into_panic().ok().and_then(|p| p.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| p.downcast_ref::<String>().cloned())).unwrap_or_else(|| "no message".into());
+                            tracing::error!(key, why, "ingest panicked");
+                            if let Some((p, m, v)) = handlers::upload_prefix(&key) {
+                                let reason = format!("{key}: Tamp hit an internal error reading this upload ({why}); please report it with the recipe");
+                                let _ = handlers::fail_upload(&svc, &p, &m, &v, reason, &format!("upload:{key}@{}", meta.version)).await;
                             }
                         }
                     }

@@ -72,22 +72,134 @@ impl Webhooks {
         if !self.wanted(event) {
             return Ok(0);
         }
-        let kind = event.detail_type.trim_start_matches("tamp.");
-        let signed = serde_json::to_vec(event).map_err(|e| PortError::Invalid(e.to_string()))?;
-        let sig = signature(&self.secret, &signed);
         let mut failures = Vec::new();
-        for (url, format) in &self.targets {
-            let req = self.client.post(url).header("content-type", "application/json");
-            let req = match format {
-                Format::Tamp => req.header("x-tamp-event", kind).header("x-tamp-signature", &sig).body(signed.clone()),
-                Format::Slack => req.body(slack_message(event, &self.base_url).to_string()),
-                Format::Teams => req.body(teams_message(event, &self.base_url).to_string()),
-            };
-            if let Err(e) = req.send().await.and_then(reqwest::Response::error_for_status) {
-                failures.push(format!("{url}: {e}"));
+        for i in 0..self.targets.len() {
+            if let Err(e) = self.send_to(event, i).await {
+                failures.push(e.to_string());
             }
         }
         if failures.is_empty() { Ok(self.targets.len()) } else { Err(PortError::Unavailable(failures.join("; "))) }
+    }
+
+    /// Sends `event` to target `i` in its format.
+    pub async fn send_to(&self, event: &TampEvent, i: usize) -> Result<()> {
+        let Some((url, format)) = self.targets.get(i) else { return Ok(()) };
+        let kind = event.detail_type.trim_start_matches("tamp.");
+        let req = self.client.post(url).header("content-type", "application/json");
+        let req = match format {
+            Format::Tamp => {
+                let signed = serde_json::to_vec(event).map_err(|e| PortError::Invalid(e.to_string()))?;
+                req.header("x-tamp-event", kind).header("x-tamp-signature", signature(&self.secret, &signed)).body(signed)
+            }
+            Format::Slack => req.body(slack_message(event, &self.base_url).to_string()),
+            Format::Teams => req.body(teams_message(event, &self.base_url).to_string()),
+        };
+        req.send().await.and_then(reqwest::Response::error_for_status).map(|_| ()).map_err(|e| PortError::Unavailable(format!("{url}: {e}")))
+    }
+}
+
+/// Webhook deliveries through a spool folder. The bus's subscriber only writes the event there
+/// (one file per event and target) and returns, so a slow receiver never holds up an upload
+/// or a job; [`Outbox::run`] sends what is due, retrying with exponential backoff (1 s
+/// doubling to 10 min, 16 tries, about 1.5 h) and keeping undeliverable events in `dead/`.
+/// The spool is on disk, so events survive a receiver that is down and a restart.
+#[derive(Debug)]
+pub struct Outbox {
+    dir: std::path::PathBuf,
+    hooks: Webhooks,
+    wake: tokio::sync::Notify,
+}
+
+/// One event waiting for one target.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Pending {
+    event: TampEvent,
+    target: usize,
+    attempts: u32,
+    next_at: u64,
+}
+
+/// Tries before an event is moved to `dead/`.
+pub const MAX_TRIES: u32 = 16;
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Outbox {
+    pub fn new(dir: std::path::PathBuf, hooks: Webhooks) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("dead")).map_err(|e| PortError::Unavailable(format!("{}: {e}", dir.display())))?;
+        Ok(Self { dir, hooks, wake: tokio::sync::Notify::new() })
+    }
+
+    fn write(&self, name: &str, p: &Pending) -> Result<()> {
+        let err = |e: std::io::Error| PortError::Unavailable(format!("{}: {e}", self.dir.display()));
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(p).map_err(|e| PortError::Invalid(e.to_string()))?).map_err(err)?;
+        std::fs::rename(&tmp, self.dir.join(name)).map_err(err)
+    }
+
+    /// Sends every spooled delivery that is due; returns how many were sent.
+    pub async fn drain(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
+        let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".json") && !n.starts_with('.')).collect();
+        names.sort(); // oldest first: names start with the event time
+        let mut sent = 0;
+        for name in names {
+            let path = self.dir.join(&name);
+            let Some(mut p) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Pending>(&b).ok()) else {
+                let _ = std::fs::rename(&path, self.dir.join("dead").join(&name));
+                continue;
+            };
+            if p.next_at > now_s() {
+                continue;
+            }
+            match self.hooks.send_to(&p.event, p.target).await {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&path);
+                    sent += 1;
+                }
+                Err(e) => {
+                    p.attempts += 1;
+                    if p.attempts >= MAX_TRIES {
+                        tracing::error!(event = %p.event.id, error = %e, "webhook undeliverable; kept in outbox/dead");
+                        let _ = std::fs::rename(&path, self.dir.join("dead").join(&name));
+                    } else {
+                        tracing::warn!(event = %p.event.id, attempt = p.attempts, error = %e, "webhook delivery failed; will retry");
+                        p.next_at = now_s() + (1u64 << p.attempts.min(10)).min(600);
+                        let _ = self.write(&name, &p);
+                    }
+                }
+            }
+        }
+        sent
+    }
+
+    /// Delivers for ever: on each new event, and every second for retries that fall due.
+    pub async fn run(self: std::sync::Arc<Self>) {
+        loop {
+            self.drain().await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.wake.notified()).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Subscriber for Outbox {
+    fn name(&self) -> &str {
+        "webhooks"
+    }
+
+    async fn on_event(&self, event: &TampEvent) -> Result<()> {
+        if !self.hooks.wanted(event) {
+            return Ok(());
+        }
+        for target in 0..self.hooks.targets.len() {
+            let name = format!("{:020}-{}-{target}.json", event.time, event.id);
+            self.write(&name, &Pending { event: event.clone(), target, attempts: 0, next_at: 0 })?;
+        }
+        self.wake.notify_one();
+        Ok(())
     }
 }
 
@@ -214,5 +326,60 @@ mod tests {
         assert!(!w.wanted(&e));
         e.detail_type = "tamp.quality.alert".into();
         assert!(w.wanted(&e));
+    }
+}
+
+#[cfg(test)]
+mod outbox_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn event(id: &str) -> TampEvent {
+        TampEvent { id: id.into(), detail_type: "tamp.job.succeeded".into(), time: 7, project: "p".into(), model: "m".into(), version: "v".into(), job: "job_1".into(), state: "succeeded".into(), reason: None, link: "/jobs/job_1".into(), detail: serde_json::Value::Null }
+    }
+
+    /// A receiver that is down when the event is published gets it once it is up; publishing
+    /// returns at once whatever the receiver does.
+    #[tokio::test]
+    async fn outbox_delivers_after_the_receiver_comes_back() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe); // the receiver is down
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::new(dir.path().join("outbox"), Webhooks::new(vec![format!("http://{addr}/hook")], b"k".to_vec())).unwrap();
+        let t = std::time::Instant::now();
+        outbox.on_event(&event("evt_a")).await.unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_millis(200), "publishing waited for the receiver");
+        assert_eq!(outbox.drain().await, 0, "delivered to nobody");
+        let spooled = std::fs::read_dir(dir.path().join("outbox")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count();
+        assert_eq!(spooled, 1, "the event must wait on disk");
+
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let got = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut n = 0;
+            loop {
+                let k = s.read(&mut buf[n..]).await.unwrap();
+                n += k;
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if k == 0 || (text.contains("\r\n\r\n") && text.contains("evt_a")) {
+                    break;
+                }
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        // The retry falls due after its backoff (2 s after the first failure).
+        let t = std::time::Instant::now();
+        while outbox.drain().await == 0 {
+            assert!(t.elapsed() < std::time::Duration::from_secs(10), "never redelivered");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let request = got.await.unwrap();
+        assert!(request.to_ascii_lowercase().contains("x-tamp-signature: sha256="), "{request}");
+        let left = std::fs::read_dir(dir.path().join("outbox")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count();
+        assert_eq!(left, 0);
     }
 }

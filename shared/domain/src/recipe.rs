@@ -146,6 +146,19 @@ pub enum PruningScope {
     PerLayer,
 }
 
+/// Largest side of a pruning block (`RxC`).
+pub const MAX_BLOCK_SIDE: usize = 1024;
+
+/// Largest recipe accepted, in bytes (recipes are small; a 20 MB one was once stored in
+/// every job record).
+pub const MAX_RECIPE_BYTES: usize = 256 * 1024;
+
+/// Most timed runs a recipe may ask for (`evaluation.latency_runs`).
+pub const MAX_LATENCY_RUNS: usize = 100_000;
+
+/// Most calibration samples a recipe may ask for.
+pub const MAX_CALIBRATION_SAMPLES: usize = 1_000_000;
+
 /// How `block` pruning zeroes weights, parsed from `pattern`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -166,7 +179,9 @@ impl SparsityPattern {
         }
         let (r, c) = s.split_once(['x', '×'])?;
         let (rows, cols): (usize, usize) = (r.trim().parse().ok()?, c.trim().parse().ok()?);
-        (rows >= 1 && cols >= 1 && rows * cols > 1).then_some(Self::Block { rows, cols })
+        // Bounded, so no size computed from a pattern can overflow (a 2^32 x 2^32 pattern did).
+        let fits = (1..=MAX_BLOCK_SIDE).contains(&rows) && (1..=MAX_BLOCK_SIDE).contains(&cols);
+        (fits && rows * cols > 1).then_some(Self::Block { rows, cols })
     }
 }
 
@@ -489,6 +504,9 @@ impl Default for Evaluation {
 impl Recipe {
     /// Parses and validates a recipe.
     pub fn from_yaml(source: &str) -> Result<Self, RecipeError> {
+        if source.len() > MAX_RECIPE_BYTES {
+            return Err(RecipeError::Schema(format!("the recipe is {} bytes; recipes are at most {MAX_RECIPE_BYTES} bytes (a policy is a few lines of YAML)", source.len())));
+        }
         let recipe: Recipe = serde_yaml_ng::from_str(source).map_err(|e| RecipeError::Schema(e.to_string()))?;
         recipe.validate(Some(source))?;
         Ok(recipe)
@@ -523,8 +541,8 @@ impl Recipe {
                         return Err(invalid(&at("symmetric_activations"), "symmetric activations need `activation_type: int8` (uint8 has no zero-centred range)".into()));
                     }
                     let c = &p.calibration;
-                    if c.samples == 0 {
-                        return Err(invalid(&[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("samples")], "must be at least 1".into()));
+                    if c.samples == 0 || c.samples > MAX_CALIBRATION_SAMPLES {
+                        return Err(invalid(&[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("samples")], format!("must be 1–{MAX_CALIBRATION_SAMPLES}")));
                     }
                     if !(c.percentile > 50.0 && c.percentile <= 100.0) {
                         return Err(invalid(&[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("percentile")], format!("{} is outside (50, 100]", c.percentile)));
@@ -537,16 +555,16 @@ impl Recipe {
                     if !(2..=256).contains(&c.clusters) {
                         return Err(invalid(&at("clusters"), format!("{} is outside 2..=256 (indices are stored as uint8)", c.clusters)));
                     }
-                    if c.iterations == 0 {
-                        return Err(invalid(&at("iterations"), "must be at least 1".into()));
+                    if !(1..=10_000).contains(&c.iterations) {
+                        return Err(invalid(&at("iterations"), format!("{} is outside 1..=10000", c.iterations)));
                     }
                 }
                 Stage::Pruning(p) => {
                     if p.kind == PruningType::Block && SparsityPattern::parse(&p.pattern).is_none() {
                         return Err(invalid(&at("pattern"), format!("'{}' is not a pattern; use RxC blocks (e.g. 1x4) or N:M (e.g. 2:4, N < M ≤ 64)", p.pattern)));
                     }
-                    if p.schedule == PruningSchedule::Iterative && p.steps < 2 {
-                        return Err(invalid(&at("steps"), format!("{} step(s): an iterative schedule needs at least 2", p.steps)));
+                    if p.schedule == PruningSchedule::Iterative && !(2..=100).contains(&p.steps) {
+                        return Err(invalid(&at("steps"), format!("{} step(s): an iterative schedule needs 2–100", p.steps)));
                     }
                     if p.schedule == PruningSchedule::Iterative && p.kind != PruningType::StructuredChannel {
                         return Err(invalid(&at("schedule"), "`iterative` is available for structured_channel pruning; use `schedule: oneshot`".into()));
@@ -557,7 +575,7 @@ impl Recipe {
                     if p.fine_tune {
                         return Err(invalid(&at("fine_tune"), "fine-tuning after pruning is not available yet (it arrives with training); set `fine_tune: false`".into()));
                     }
-                    if p.levels.is_empty() || p.levels.iter().any(|l| !(*l > 0.0 && *l < 1.0)) {
+                    if p.levels.is_empty() || p.levels.len() > 64 || p.levels.iter().any(|l| !(*l > 0.0 && *l < 1.0)) {
                         return Err(invalid(&at("levels"), "list sparsity levels in (0, 1), e.g. [0.1, 0.2, 0.3]".into()));
                     }
                 }
@@ -571,7 +589,7 @@ impl Recipe {
                     if l.energy.is_some_and(|e| !(e > 0.0 && e <= 1.0)) {
                         return Err(invalid(&at("energy"), "must be in (0, 1]".into()));
                     }
-                    if l.levels.is_empty() || l.levels.iter().any(|v| !(*v > 0.0 && *v < 1.0)) {
+                    if l.levels.is_empty() || l.levels.len() > 64 || l.levels.iter().any(|v| !(*v > 0.0 && *v < 1.0)) {
                         return Err(invalid(&at("levels"), "list fractions of each layer's parameters to remove in (0, 1), e.g. [0.25, 0.5, 0.75]".into()));
                     }
                     if l.sensitivity && l.energy.is_some() {
@@ -604,6 +622,12 @@ impl Recipe {
         }
         if self.evaluation.samples == Some(0) || self.evaluation.latency_runs == 0 {
             return Err(invalid(&[Key::Field("evaluation")], "`samples` and `latency_runs` must be at least 1".into()));
+        }
+        if self.evaluation.latency_runs > MAX_LATENCY_RUNS {
+            return Err(invalid(&[Key::Field("evaluation"), Key::Field("latency_runs")], format!("{} timed runs asked; at most {MAX_LATENCY_RUNS} (P50/P95 settle within a few hundred)", self.evaluation.latency_runs)));
+        }
+        if !(1..=256).contains(&self.evaluation.threads) {
+            return Err(invalid(&[Key::Field("evaluation"), Key::Field("threads")], format!("{} threads asked; use 1–256", self.evaluation.threads)));
         }
         Ok(())
     }
@@ -705,7 +729,7 @@ mod tests {
     #[test]
     fn bad_values_name_the_key_and_the_line() {
         let e = Recipe::from_yaml(&PRD.replace("samples: 2048", "samples: 0")).unwrap_err();
-        assert_eq!(e, RecipeError::Invalid { path: "policy.stages[0].ptq.calibration.samples".into(), line: Some(6), message: "must be at least 1".into() });
+        assert_eq!(e, RecipeError::Invalid { path: "policy.stages[0].ptq.calibration.samples".into(), line: Some(6), message: "must be 1–1000000".into() });
         let e = Recipe::from_yaml(&PRD.replace("method: kl", "method: magic")).unwrap_err().to_string();
         assert!(e.contains("magic") && e.contains("minmax") && e.contains("line 6"), "{e}");
         let e = Recipe::from_yaml(&PRD.replace("weights: [8]", "weights: [3]")).unwrap_err().to_string();
@@ -729,7 +753,7 @@ mod tests {
         // Known keys with settings this build cannot honour say so, with the line.
         let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: structured_channel\n        schedule: iterative\n        steps: 1\n";
         let e = Recipe::from_yaml(r).unwrap_err().to_string();
-        assert!(e.contains("line 7") && e.contains("at least 2"), "{e}");
+        assert!(e.contains("line 7") && e.contains("needs 2–100"), "{e}");
         let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: block\n        pattern: 4:2\n";
         let e = Recipe::from_yaml(r).unwrap_err().to_string();
         assert!(e.contains("line 6") && e.contains("N:M"), "{e}");

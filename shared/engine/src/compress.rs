@@ -185,7 +185,12 @@ impl Runner<'_, '_> {
         let rows = self.eval_cfg.samples.unwrap_or(self.job.evaluation.rows).min(self.job.evaluation.rows) as u64;
         self.obs.begin(&format!("evaluate {label}"), rows);
         let obs = &mut *self.obs;
-        let r = eval::evaluate(path, self.job.evaluation, &self.eval_cfg, None, &mut |done, _| obs.advance(done as u64))?;
+        let mut outputs = Vec::new();
+        let keep = (label == "baseline").then_some(&mut outputs);
+        let r = eval::evaluate(path, self.job.evaluation, &self.eval_cfg, keep, &mut |done, _| obs.advance(done as u64))?;
+        if label == "baseline" {
+            check_baseline(&self.metric, r.metrics.get(&self.metric).copied(), &outputs, self.job.evaluation)?;
+        }
         let value = r.metrics.get(&self.metric).copied().ok_or_else(|| EngineError::Config(format!("metric '{}' produced no value", self.metric)))?;
         let macs = crate::flops::count(model, self.job.evaluation, 0)?;
         let m = Measured {
@@ -897,6 +902,33 @@ pub fn choose(candidates: &[Candidate], objective: Objective) -> Option<(usize, 
         misses.push("not faster than the baseline".into());
     }
     Some((i, format!("no candidate meets every constraint; kept the best so far, which misses: {}", misses.join("; "))))
+}
+
+/// Refuses a baseline nothing can be judged against: every row giving the same output (all-zero
+/// inputs, a dead model), or a higher-is-better metric of 0 (labels from another task). A job
+/// on such data once became its model's "best" on speed alone.
+fn check_baseline(metric: &str, value: Option<f64>, outputs: &[ndarray::Array2<f32>], data: &Dataset) -> Result<()> {
+    let rows: Vec<ndarray::ArrayView1<'_, f32>> = outputs.iter().flat_map(|b| b.rows().into_iter()).collect();
+    if let Some(first) = rows.first()
+        && rows.len() > 1
+    {
+        let scale = first.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let constant = rows.iter().all(|r| r.iter().zip(first.iter()).all(|(a, b)| (a - b).abs() <= 1e-6 * scale));
+        if constant {
+            return Err(EngineError::Config(format!(
+                "the input model gives the same output for all {} evaluated rows of {}: the data cannot tell a good model from a bad one (all-zero or constant inputs? inputs not preprocessed as the model expects?); evaluate on real, varied inputs",
+                rows.len(),
+                data.path.display()
+            )));
+        }
+    }
+    if metrics::higher_is_better(metric) && value.is_some_and(|v| v <= 0.0) {
+        return Err(EngineError::Config(format!(
+            "the input model scores {metric} = 0 on {}: the labels do not match the model's outputs (another task? another class order?), so no drop can be measured; check `labels`",
+            data.path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Runs every stage of the recipe and writes the output folder.

@@ -77,11 +77,18 @@ impl Dataset {
         let mut inputs = BTreeMap::new();
         let mut labels = None;
         let mut cohort = None;
+        let limit = max_decoded_bytes();
+        let mut decoded = 0u64;
         for (name, member) in names {
             let entry = archive.by_name(&member).map_err(|e| err(format!("array '{name}': {e}")))?;
             let (stored, size, data_start) = (entry.compression() == zip::CompressionMethod::Stored, entry.size(), entry.data_start());
-            let npy = NpyFile::new(entry).map_err(|e| err(format!("array '{name}': {e}")))?;
+            // npyz multiplies the header's shape without checking (a (2^32, 2^32) header
+            // panicked): the header is read and checked here first, then handed on.
+            let (prefix, entry) = checked_npy_header(entry).map_err(|m| err(format!("array '{name}': {m}")))?;
+            let npy = NpyFile::new(std::io::Read::chain(std::io::Cursor::new(prefix), entry)).map_err(|e| err(format!("array '{name}': {e}")))?;
             let reserved = name == LABELS || name == COHORT;
+            // Sizes come from the file's header: checked, never trusted to fit.
+            let bytes = array_bytes(&npy).ok_or_else(|| err(format!("array '{name}': its shape {:?} describes more bytes than any machine holds", npy.shape())))?;
             // Stored (uncompressed) plain arrays are read straight from the file: streamed when
             // large, else in one read (no per-element decoding through the zip reader).
             let direct = if stored { Stored::of(&npy, size, data_start, file.clone(), 0) } else { None };
@@ -89,6 +96,14 @@ impl Dataset {
                 col.check_finite().map_err(|m| err(format!("array '{name}': {m}")))?;
                 inputs.insert(name, Column::Stored(col.clone()));
                 continue;
+            }
+            decoded = decoded.saturating_add(bytes);
+            if decoded > limit {
+                return Err(err(format!(
+                    "array '{name}' brings the arrays held in memory to {} MiB; the limit is {} MiB (set TAMP_MAX_NPZ_BYTES, or save large inputs uncompressed with numpy.savez so they are streamed)",
+                    decoded >> 20,
+                    limit >> 20
+                )));
             }
             let value = match direct {
                 Some(col) => col.select(&(0..col.shape[0]).collect::<Vec<_>>()).map_err(|e| err(format!("array '{name}': {e}")))?,
@@ -290,6 +305,64 @@ impl Dataset {
     }
 }
 
+/// Most bytes of arrays a dataset holds in memory (compressed members decompressed, small
+/// stored ones read), unless `TAMP_MAX_NPZ_BYTES` sets another limit. Streamed inputs do
+/// not count. A 1.2 MB zip bomb once inflated to 1.25 GB and a worker to 2.5 GB.
+pub const DEFAULT_MAX_DECODED_BYTES: u64 = 1 << 30;
+
+/// The in-memory dataset limit in force (`TAMP_MAX_NPZ_BYTES`, else the default).
+pub fn max_decoded_bytes() -> u64 {
+    std::env::var("TAMP_MAX_NPZ_BYTES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(DEFAULT_MAX_DECODED_BYTES)
+}
+
+/// Reads an npy member's header (magic, version, length, the Python dict) and checks that
+/// its shape's element count fits in 64 bits; returns the bytes read, to be replayed.
+fn checked_npy_header<R: Read>(mut r: R) -> std::result::Result<(Vec<u8>, R), String> {
+    let mut head = vec![0u8; 10];
+    r.read_exact(&mut head).map_err(|e| format!("not an npy array ({e})"))?;
+    if &head[..6] != b"\x93NUMPY" {
+        return Err("not an npy array (bad magic); write it with numpy.save/savez".into());
+    }
+    let len = match head[6] {
+        1 => u16::from_le_bytes([head[8], head[9]]) as usize,
+        2 | 3 => {
+            let mut more = [0u8; 2];
+            r.read_exact(&mut more).map_err(|e| format!("truncated npy header ({e})"))?;
+            head.extend_from_slice(&more);
+            u32::from_le_bytes([head[8], head[9], more[0], more[1]]) as usize
+        }
+        v => return Err(format!("npy format version {v} is not supported")),
+    };
+    if len > 1 << 20 {
+        return Err(format!("npy header of {len} bytes (numpy writes < 64 KiB)"));
+    }
+    let start = head.len();
+    head.resize(start + len, 0);
+    r.read_exact(&mut head[start..]).map_err(|e| format!("truncated npy header ({e})"))?;
+    let text = String::from_utf8_lossy(&head[start..]);
+    if let Some(i) = text.find("'shape'") {
+        let rest = &text[i..];
+        let (open, close) = (rest.find('(').unwrap_or(0), rest.find(')').unwrap_or(0));
+        if close > open {
+            let mut n: u64 = 1;
+            for d in rest[open + 1..close].split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                let d: u64 = d.trim_end_matches('L').parse().map_err(|_| format!("shape entry '{d}' is not a size"))?;
+                n = n.checked_mul(d).ok_or_else(|| format!("its shape {} describes more elements than any machine holds", &rest[open..=close]))?;
+            }
+        }
+    }
+    Ok((head, r))
+}
+
+/// Bytes an npy member's header says its data takes; `None` when that overflows.
+fn array_bytes<R: Read>(npy: &NpyFile<R>) -> Option<u64> {
+    let elem = match npy.dtype() {
+        DType::Plain(ts) => ts.size_field() as u64,
+        _ => 1,
+    };
+    npy.shape().iter().try_fold(elem, |n, &d| n.checked_mul(d))
+}
+
 /// Inputs at least this large (bytes) that the archive stores uncompressed are streamed.
 pub const STREAM_MIN_BYTES: u64 = 64 << 20;
 
@@ -345,9 +418,9 @@ impl Stored {
             (TypeChar::Bool, 1) => DataType::Bool,
             _ => return None,
         };
-        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+        let shape: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
         let elem = ts.size_field() as usize;
-        let bytes = (shape.iter().product::<usize>() * elem) as u64;
+        let bytes = shape.iter().try_fold(elem, |n, &d| n.checked_mul(d))? as u64;
         if shape.is_empty() || shape[0] == 0 || bytes < min_bytes || bytes > member_size {
             return None;
         }
@@ -487,7 +560,10 @@ fn check_finite(v: &TensorValue) -> std::result::Result<(), String> {
 }
 
 fn read_array<R: Read>(file: NpyFile<R>) -> std::result::Result<TensorValue, String> {
-    let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
+    let shape: Vec<usize> = file.shape().iter().map(|&d| usize::try_from(d).map_err(|_| format!("dimension {d} is too large"))).collect::<std::result::Result<_, _>>()?;
+    if shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none() {
+        return Err(format!("shape {shape:?} describes more elements than any machine holds"));
+    }
     let fortran = file.order() == Order::Fortran;
     let DType::Plain(ts) = file.dtype() else {
         return Err("structured arrays are not supported; store one plain array per input".into());

@@ -67,6 +67,24 @@ fn need<T>(metric: &str, v: Option<T>, what: &str) -> Result<T> {
     v.ok_or_else(|| EngineError::Metric { metric: metric.to_owned(), message: format!("needs {what} in the dataset's `labels` array") })
 }
 
+/// Class labels must index the model's output: `0..classes` (binary scores with one output
+/// column take 0 and 1). Checked before a metric counts anything, so a label of −5 or 2⁶³−1
+/// is an error naming the row, not a silent 0 % or an allocation panic.
+fn check_classes(metric: &str, labels: &[i64], columns: usize) -> Result<()> {
+    let classes = columns.max(2) as i64;
+    match labels.iter().position(|&l| !(0..classes).contains(&l)) {
+        None => Ok(()),
+        Some(i) => Err(EngineError::Metric {
+            metric: metric.to_owned(),
+            message: format!(
+                "label {} (row {i} of this batch) is not a class index of the model's output: labels must be 0–{} for its {columns} output column(s); check that `labels` belongs to this model and task",
+                labels[i],
+                classes - 1
+            ),
+        }),
+    }
+}
+
 fn argmax(row: ndarray::ArrayView1<'_, f32>) -> usize {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
@@ -94,6 +112,7 @@ impl TopK {
 impl Metric for TopK {
     fn update(&mut self, out: ArrayView2<'_, f32>, t: Targets<'_>) -> Result<()> {
         let labels = need("topk", t.classes, "class labels")?;
+        check_classes("topk", labels, out.ncols())?;
         for (row, &label) in out.axis_iter(Axis(0)).zip(labels) {
             let Ok(label) = usize::try_from(label) else { continue };
             if label >= row.len() {
@@ -125,7 +144,8 @@ pub struct F1 {
 impl Metric for F1 {
     fn update(&mut self, out: ArrayView2<'_, f32>, t: Targets<'_>) -> Result<()> {
         let labels = need("f1", t.classes, "class labels")?;
-        let classes = out.ncols().max(labels.iter().map(|&l| l.max(0) as usize + 1).max().unwrap_or(0));
+        check_classes("f1", labels, out.ncols())?;
+        let classes = out.ncols().max(2);
         for v in [&mut self.tp, &mut self.fp, &mut self.fneg] {
             if v.len() < classes {
                 v.resize(classes, 0);
@@ -192,6 +212,7 @@ fn auc(scores: &[f32], positive: &[bool]) -> Option<f64> {
 impl Metric for RocAuc {
     fn update(&mut self, out: ArrayView2<'_, f32>, t: Targets<'_>) -> Result<()> {
         let labels = need("roc_auc", t.classes, "class labels")?;
+        check_classes("roc_auc", labels, out.ncols())?;
         for (row, &l) in out.axis_iter(Axis(0)).zip(labels) {
             self.scores.push(row.to_vec());
             self.labels.push(l);

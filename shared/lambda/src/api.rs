@@ -20,6 +20,6 @@ pub async fn router(settings: &Settings, svc: Services) -> Result<axum::Router, 
         (None, None, None) => None,
         _ => return Err(Error::Config("TAMP_JWT_ISSUER, TAMP_JWT_AUDIENCE and TAMP_JWKS_URL go together".into())),
     };
-    let auth = Arc::new(Auth::new(AuthConfig { jwt, rate_per_min: settings.rate_limit.max(1) }, svc.meta.clone()));
-    Ok(api_router(AppState { svc, files: None, auth }))
+    let auth = Arc::new(Auth::new(AuthConfig { jwt, rate_per_min: settings.rate_limit.max(1), ..AuthConfig::default() }, svc.meta.clone()));
+    Ok(api_router(AppState { svc, files: None, auth, limits: tamp_control::api::Limits::default() }))
 }

@@ -227,8 +227,8 @@ pub fn stats(g: &GraphProto) -> GraphStats {
 
 fn accumulate(g: &GraphProto, s: &mut GraphStats) {
     for t in &g.initializer {
-        s.params += element_count(t);
-        s.weight_bytes += payload_bytes(t);
+        s.params = s.params.saturating_add(element_count(t));
+        s.weight_bytes = s.weight_bytes.saturating_add(payload_bytes(t));
     }
     for n in &g.node {
         s.nodes += 1;
@@ -240,8 +240,8 @@ fn accumulate(g: &GraphProto, s: &mut GraphStats) {
         *s.ops.entry(key).or_default() += 1;
         for attr in &n.attribute {
             if let Some(t) = &attr.t {
-                s.params += element_count(t);
-                s.weight_bytes += payload_bytes(t);
+                s.params = s.params.saturating_add(element_count(t));
+                s.weight_bytes = s.weight_bytes.saturating_add(payload_bytes(t));
             }
             for sub in subgraphs(attr) {
                 s.subgraphs += 1;

@@ -67,6 +67,35 @@ impl Model {
         Ok(Self::decode(&bytes, Some(base), path)?.0)
     }
 
+    /// The external data files `bytes` (a model file) names, relative to its folder and
+    /// checked to stay inside it, without reading them: what a worker fetches beside the
+    /// model. `origin` names the source in errors.
+    pub fn external_locations(bytes: &[u8], origin: &Path) -> Result<Vec<String>, OnnxError> {
+        let proto = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode { path: origin.to_owned(), source })?;
+        let mut model = Self { proto };
+        let mut found = std::collections::BTreeSet::new();
+        let mut bad = None;
+        model.for_each_tensor_mut(&mut |t| {
+            if t.data_location != Some(1) || bad.is_some() {
+                return;
+            }
+            let name = tensor_name(t).to_owned();
+            match t.external_data.iter().find(|e| e.key.as_deref() == Some("location")).and_then(|e| e.value.clone()) {
+                None => bad = Some(OnnxError::ExternalData { tensor: name, reason: "no 'location' entry".into() }),
+                Some(l) => match check_relative(&l) {
+                    Ok(()) => {
+                        found.insert(l);
+                    }
+                    Err(reason) => bad = Some(OnnxError::ExternalData { tensor: name, reason }),
+                },
+            }
+        });
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(found.into_iter().collect()),
+        }
+    }
+
     /// Like [`Model::load`], also describing the files on disk (hash, size, external files)
     /// from the same single read.
     pub fn load_with_info(path: impl AsRef<Path>) -> Result<(Self, FileInfo), OnnxError> {

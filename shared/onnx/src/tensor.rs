@@ -81,9 +81,10 @@ pub fn dims(t: &TensorProto) -> Result<Vec<usize>, OnnxError> {
         .collect()
 }
 
-/// Number of elements the tensor's dims describe.
+/// Number of elements the tensor's dims describe (`usize::MAX` when the product overflows:
+/// dims come from user bytes, and `[2^40, 2^40]` must not panic).
 pub fn element_count(t: &TensorProto) -> usize {
-    t.dims.iter().map(|&d| d.max(0) as usize).product()
+    t.dims.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d.max(0)).unwrap_or(usize::MAX))).unwrap_or(usize::MAX)
 }
 
 /// The tensor's element type.
@@ -110,7 +111,7 @@ pub fn payload_bytes(t: &TensorProto) -> usize {
     if let Some(raw) = &t.raw_data {
         return raw.len();
     }
-    element_size(data_type(t)).map_or(0, |s| s * element_count(t))
+    element_size(data_type(t)).map_or(0, |s| s.saturating_mul(element_count(t)))
 }
 
 /// Decodes a tensor into an `ndarray` of element type `T`.
@@ -125,7 +126,7 @@ pub fn to_array<T: Element>(t: &TensorProto) -> Result<ArrayD<T>, OnnxError> {
         return Err(err("data is still external; load the model with Model::load".into()));
     }
     let shape = dims(t)?;
-    let n: usize = shape.iter().product();
+    let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| n.checked_mul(T::SIZE).map(|_| n)).ok_or_else(|| err(format!("dims {shape:?} describe more elements than memory can hold")))?;
     let values: Vec<T> = match &t.raw_data {
         Some(raw) => {
             if raw.len() != n * T::SIZE {

@@ -84,6 +84,7 @@ fn artifact(id: &str, score: f64) -> ArtifactRecord {
         size_bytes: 10,
         metadata: serde_json::json!({"runtime": "onnxruntime"}),
         score,
+        eligible: true,
         created_at: 5,
     }
 }
@@ -123,6 +124,10 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     assert_eq!(store.best_artifact("p.m", "onnxruntime").await.unwrap().unwrap().id, "art_3");
     assert_eq!(store.get_artifact("art_2").await.unwrap().unwrap(), artifact("art_2", 0.4));
     assert!(store.best_artifact("p.m", "tflite").await.unwrap().is_none());
+    let missed = ArtifactRecord { eligible: false, model_id: "p.n".into(), ..artifact("art_4", 99.0) };
+    assert!(!store.put_artifact(&missed).await.unwrap(), "an artifact that missed its constraints became best");
+    assert!(store.best_artifact("p.n", "onnxruntime").await.unwrap().is_none(), "not even as the first one");
+    assert!(store.get_artifact("art_4").await.unwrap().is_some(), "it is still recorded");
 
     let token = TokenRecord { id: "tok_1".into(), hash: "ab".repeat(32), subject: "ci".into(), project: "p".into(), role: Role::Editor, created_at: 1, expires_at: 100, created_by: "admin".into() };
     store.put_token(&token).await.unwrap();
@@ -145,6 +150,26 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     assert_eq!(store.list_records("model", "p.").await.unwrap(), vec![serde_json::json!({"n": 3})]);
     assert_eq!(store.list_records("model", "").await.unwrap().len(), 2);
     assert!(store.get_record("project", "p.a").await.unwrap().is_none(), "kinds are separate");
+
+    // Deletion removes the record, its idempotency keys and pointers, and nothing else.
+    store.delete_job("job_a").await.unwrap();
+    assert!(store.get_job("job_a").await.unwrap().is_none());
+    assert_eq!(store.create_job(&job("job_d", 4), "upload:x").await.unwrap(), Created::New, "a deleted job's idempotency key still blocks new jobs");
+    store.delete_job("job_a").await.unwrap(); // absent: no error
+    assert!(store.get_job("job_c").await.unwrap().is_some());
+    store.delete_artifact("art_3").await.unwrap();
+    assert!(store.get_artifact("art_3").await.unwrap().is_none());
+    assert!(store.best_artifact("p.m", "onnxruntime").await.unwrap().is_none(), "a best pointer outlived its artifact");
+    assert!(store.get_artifact("art_1").await.unwrap().is_some());
+    store.delete_artifact("art_3").await.unwrap();
+    assert!(store.delete_record("model", "p.a").await.unwrap());
+    assert!(!store.delete_record("model", "p.a").await.unwrap());
+    assert!(store.get_record("model", "q.b").await.unwrap().is_some());
+    assert_eq!(store.list_tokens().await.unwrap(), vec![token.clone()]);
+    assert!(store.delete_token("tok_1").await.unwrap());
+    assert!(!store.delete_token("tok_1").await.unwrap());
+    assert!(store.token_by_hash(&"ab".repeat(32)).await.unwrap().is_none(), "a deleted token still authenticates");
+    assert!(store.list_tokens().await.unwrap().is_empty());
 }
 
 /// At-least-once delivery, visibility timeout, ack, dead letters after `max_receives`.

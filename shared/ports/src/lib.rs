@@ -98,7 +98,15 @@ pub struct ArtifactRecord {
     pub metadata: serde_json::Value,
     /// Higher is better; decides the model's best-artifact pointer.
     pub score: f64,
+    /// Whether it may become the model's best at all: it met its constraints, measured
+    /// against a meaningful baseline. Speed alone never moves the pointer.
+    #[serde(default = "yes")]
+    pub eligible: bool,
     pub created_at: Timestamp,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +143,16 @@ pub trait MetadataStore: Send + Sync {
     async fn list_records(&self, kind: &str, prefix: &str) -> Result<Vec<serde_json::Value>>;
     /// Newest first.
     async fn list_audit(&self, limit: usize) -> Result<Vec<AuditRecord>>;
+    /// Removes a job and its idempotency keys (no-op when absent).
+    async fn delete_job(&self, id: &str) -> Result<()>;
+    /// Removes an artifact record and any best pointer at it (no-op when absent).
+    async fn delete_artifact(&self, id: &str) -> Result<()>;
+    /// Removes a catalog record; returns whether it existed.
+    async fn delete_record(&self, kind: &str, id: &str) -> Result<bool>;
+    /// Every token record (admin listing and project deletion).
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Removes a token by id; returns whether it existed.
+    async fn delete_token(&self, id: &str) -> Result<bool>;
 }
 
 /// Roles, ordered: each includes the ones before it.
@@ -246,6 +264,11 @@ pub trait BatchRunner: Send + Sync {
     async fn submit(&self, run: &StageRun) -> Result<()>;
     /// Cancels a queued run or terminates a running one.
     async fn cancel(&self, run: &StageRun) -> Result<()>;
+    /// Forgets what the runner keeps of a deleted job (logs, scratch); Batch keeps nothing
+    /// of ours beyond its own retention.
+    async fn purge(&self, _job: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// An event on the team bus.
@@ -270,6 +293,11 @@ pub struct TampEvent {
 #[async_trait]
 pub trait EventBus: Send + Sync {
     async fn publish(&self, event: &TampEvent) -> Result<()>;
+    /// Drops what the bus stored of a deleted project's events (a local event log);
+    /// EventBridge stores nothing.
+    async fn purge_project(&self, _project: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The clock, injectable so tests can move time.
