@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ndarray::ArrayD;
 use proptest::prelude::*;
@@ -33,6 +34,12 @@ fn cases(scale: u32) -> u32 {
     (n / scale).max(50)
 }
 
+/// Prints how many cases ran and how many inputs the parser accepted (a fuzzer whose inputs
+/// are all rejected at the first byte explores nothing).
+fn summary(target: &str, ran: &AtomicUsize, accepted: &AtomicUsize) {
+    eprintln!("fuzz {target}: {} cases, {} accepted by the parser, no panic", ran.load(Ordering::Relaxed), accepted.load(Ordering::Relaxed));
+}
+
 fn runner(scale: u32) -> TestRunner {
     TestRunner::new(Config {
         cases: cases(scale),
@@ -48,7 +55,42 @@ const BOUNDARY: [u64; 8] = [0, 1, 0xFF, 0xFFFF_FFFF, 1 << 32, 1 << 40, i64::MAX 
 type Op = (u8, usize, Vec<u8>);
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
-    prop::collection::vec((0u8..7, any::<usize>(), prop::collection::vec(any::<u8>(), 0..12)), 1..6)
+    prop::collection::vec((0u8..8, any::<usize>(), prop::collection::vec(any::<u8>(), 0..12)), 1..4)
+}
+
+/// Hostile strings for names, paths and free text.
+const STRINGS: [&str; 10] = ["", "\0", "../../etc/passwd", "/abs/path", "a/b", "x\u{202e}y", "%2e%2e%2f", "{{}}", "\n\r", "é"];
+
+/// Replaces the `pos`-th number in `text` with a boundary value (numbers drive sizes, counts
+/// and shapes in every text format Tamp reads).
+fn mutate_number(text: &str, pos: usize, pick: u8) -> Option<String> {
+    let spans: Vec<(usize, usize)> = {
+        let b = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i].is_ascii_digit() {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                    i += 1;
+                }
+                out.push((start, i));
+            } else {
+                i += 1;
+            }
+        }
+        out
+    };
+    let (a, z) = *spans.get(pos % spans.len().max(1))?;
+    let value = match pick % 6 {
+        0 => BOUNDARY[(pick as usize / 6) % BOUNDARY.len()].to_string(),
+        1 => "-1".into(),
+        2 => "1e309".into(),
+        3 => "0".into(),
+        4 => "-9223372036854775808".into(),
+        _ => "nan".into(),
+    };
+    Some(format!("{}{value}{}", &text[..a], &text[z..]))
 }
 
 fn varint(mut v: u64) -> Vec<u8> {
@@ -124,11 +166,75 @@ fn onnx_seeds(dir: &Path) -> Vec<Vec<u8>> {
     seeds
 }
 
+/// Mutates a decoded model where sizes and paths live: dims, data types, raw data lengths,
+/// external-data entries, attribute integers; then encodes it again.
+fn mutate_model(seed: &[u8], ops: &[Op]) -> Vec<u8> {
+    use prost::Message;
+    let Ok(mut m) = tamp_onnx::proto::ModelProto::decode(seed) else { return seed.to_vec() };
+    let Some(g) = m.graph.as_mut() else { return seed.to_vec() };
+    for (kind, pos, payload) in ops {
+        let big = BOUNDARY[payload.first().copied().unwrap_or(0) as usize % BOUNDARY.len()] as i64;
+        let n = g.initializer.len().max(1);
+        match kind % 6 {
+            0 => {
+                if let Some(t) = g.initializer.get_mut(pos % n) {
+                    let d = t.dims.len().max(1);
+                    if let Some(x) = t.dims.get_mut(pos / n % d) {
+                        *x = if payload.len() % 2 == 0 { big } else { -big };
+                    } else {
+                        t.dims.push(big);
+                    }
+                }
+            }
+            1 => {
+                if let Some(t) = g.initializer.get_mut(pos % n) {
+                    t.data_type = Some(i32::from(payload.first().copied().unwrap_or(0) % 24));
+                }
+            }
+            2 => {
+                if let Some(t) = g.initializer.get_mut(pos % n)
+                    && let Some(raw) = t.raw_data.as_mut()
+                {
+                    raw.truncate(pos % (raw.len() + 1));
+                }
+            }
+            3 => {
+                if let Some(t) = g.initializer.get_mut(pos % n) {
+                    t.data_location = Some(1);
+                    let entry = |k: &str, v: String| tamp_onnx::proto::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+                    t.external_data = vec![entry("location", STRINGS[pos % STRINGS.len()].to_owned()), entry("offset", big.to_string()), entry("length", (big / 3).to_string())];
+                }
+            }
+            4 => {
+                let nodes = g.node.len().max(1);
+                if let Some(node) = g.node.get_mut(pos % nodes) {
+                    for a in &mut node.attribute {
+                        a.i = Some(big);
+                        a.ints.iter_mut().for_each(|x| *x = big);
+                    }
+                    if payload.len() % 3 == 0 {
+                        node.input.push(STRINGS[pos % STRINGS.len()].to_owned());
+                    }
+                }
+            }
+            _ => {
+                let v = g.input.len().max(1);
+                if let Some(vi) = g.input.get_mut(pos % v) {
+                    vi.name = Some(STRINGS[pos % STRINGS.len()].to_owned());
+                }
+            }
+        }
+    }
+    m.encode_to_vec()
+}
+
 /// Everything the service does with model bytes before ONNX Runtime sees them.
-fn parse_model(bytes: &[u8], dir: &Path) {
+fn parse_model(bytes: &[u8], dir: &Path) -> bool {
     let origin = Path::new("model.onnx");
     let _ = Model::external_locations(bytes, origin);
-    if let Ok(m) = Model::from_bytes(bytes, Some(dir), origin) {
+    let parsed = Model::from_bytes(bytes, Some(dir), origin);
+    let ok = parsed.is_ok();
+    if let Ok(m) = parsed {
         let _ = tamp_onnx::graph::stats(m.graph());
         let _ = tamp_onnx::GraphView::new(m.graph()).check(&Default::default());
         let _ = m.to_bytes();
@@ -136,16 +242,23 @@ fn parse_model(bytes: &[u8], dir: &Path) {
             let _ = tamp_onnx::tensor::to_array::<f32>(t);
         }
     }
+    ok
 }
 
 #[test]
 fn fuzz_onnx_protobuf_and_external_data() {
     let dir = tempfile::tempdir().unwrap();
     let seeds = onnx_seeds(dir.path());
+    let (ran, accepted) = (AtomicUsize::new(0), AtomicUsize::new(0));
     runner(1).run(&(0..seeds.len(), ops()), |(i, ops)| {
-        parse_model(&mutate(&seeds[i], &ops), dir.path());
+        ran.fetch_add(1, Ordering::Relaxed);
+        let bytes = if ops[0].0 % 2 == 0 { mutate_model(&seeds[i], &ops) } else { mutate(&seeds[i], &ops) };
+        if parse_model(&bytes, dir.path()) {
+            accepted.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }).unwrap();
+    summary("onnx", &ran, &accepted);
 }
 
 fn npz_seeds(dir: &Path) -> Vec<Vec<u8>> {
@@ -173,14 +286,45 @@ fn npz_seeds(dir: &Path) -> Vec<Vec<u8>> {
     seeds
 }
 
+/// An archive whose npy headers are drawn, not mutated: dtype, order and shape (boundary
+/// sizes included), with data of a drawn length, stored or deflated, named as an input or
+/// as `labels`/`cohort`.
+fn npz_from_header(ops: &[Op]) -> Vec<u8> {
+    const DESCR: [&str; 9] = ["<f4", "<f8", "<i8", "<i4", "|i1", "|u1", "|b1", ">f4", "<U3"];
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (k, (kind, pos, payload)) in ops.iter().enumerate() {
+        let dims: Vec<u64> = payload.iter().take(4).map(|b| if b % 5 == 0 { BOUNDARY[(*b as usize / 5) % BOUNDARY.len()] } else { u64::from(b % 7) }).collect();
+        let shape = dims.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        let header = format!("{{'descr': '{}', 'fortran_order': {}, 'shape': ({shape}{}), }}", DESCR[pos % DESCR.len()], if kind % 2 == 0 { "False" } else { "True" }, if dims.len() == 1 { "," } else { "" });
+        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+        let h = format!("{header}{}\n", " ".repeat(64 - (10 + header.len() + 1) % 64));
+        npy.extend((h.len() as u16).to_le_bytes());
+        npy.extend(h.as_bytes());
+        npy.extend(std::iter::repeat_n(7u8, pos % 512));
+        let name = match k {
+            0 => "x.npy".to_owned(),
+            1 => ["labels.npy", "cohort.npy", "y.npy"][pos % 3].to_owned(),
+            _ => format!("in{k}.npy"),
+        };
+        let method = if kind % 3 == 0 { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
+        z.start_file(name, zip::write::FileOptions::default().compression_method(method)).unwrap();
+        std::io::Write::write_all(&mut z, &npy).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
 #[test]
 fn fuzz_npz_zip_and_npy_headers() {
     let dir = tempfile::tempdir().unwrap();
     let seeds = npz_seeds(dir.path());
     let path = dir.path().join("case.npz");
+    let (ran, accepted) = (AtomicUsize::new(0), AtomicUsize::new(0));
     runner(1).run(&(0..seeds.len(), ops()), |(i, ops)| {
-        std::fs::write(&path, mutate(&seeds[i], &ops)).unwrap();
+        ran.fetch_add(1, Ordering::Relaxed);
+        let bytes = if ops[0].0 % 2 == 0 { npz_from_header(&ops) } else { mutate(&seeds[i], &ops) };
+        std::fs::write(&path, bytes).unwrap();
         if let Ok(d) = tamp_engine::Dataset::load_streaming(&path, 16) {
+            accepted.fetch_add(1, Ordering::Relaxed);
             let rows: Vec<usize> = (0..d.rows.min(3)).collect();
             let _ = d.select(&rows);
             let _ = d.class_labels(&rows);
@@ -188,15 +332,24 @@ fn fuzz_npz_zip_and_npy_headers() {
         }
         Ok(())
     }).unwrap();
+    summary("npz", &ran, &accepted);
 }
 
 #[test]
 fn fuzz_recipe_yaml() {
     let seeds = corpus("recipe");
     assert!(seeds.len() >= 10, "the recipe corpus is missing");
+    let (ran, accepted) = (AtomicUsize::new(0), AtomicUsize::new(0));
     runner(1).run(&(0..seeds.len(), ops()), |(i, ops)| {
-        let text = String::from_utf8_lossy(&mutate(&seeds[i], &ops)).into_owned();
+        ran.fetch_add(1, Ordering::Relaxed);
+        let seed = String::from_utf8_lossy(&seeds[i]).into_owned();
+        let text = if ops[0].0 % 2 == 0 {
+            ops.iter().fold(seed, |t, (_, pos, p)| mutate_number(&t, *pos, p.first().copied().unwrap_or(0)).unwrap_or(t))
+        } else {
+            String::from_utf8_lossy(&mutate(seed.as_bytes(), &ops)).into_owned()
+        };
         if let Ok(r) = tamp_domain::Recipe::from_yaml(&text) {
+            accepted.fetch_add(1, Ordering::Relaxed);
             for s in &r.policy.stages {
                 if let tamp_domain::recipe::Stage::Pruning(p) = s {
                     let _ = p.sparsity_pattern();
@@ -205,6 +358,31 @@ fn fuzz_recipe_yaml() {
         }
         Ok(())
     }).unwrap();
+    summary("recipe", &ran, &accepted);
+}
+
+/// Replaces values of a JSON body: strings with hostile ones, numbers with boundary values,
+/// a key dropped or a wrong type put in.
+fn mutate_json(body: &[u8], ops: &[Op]) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(body) else { return body.to_vec() };
+    for (kind, pos, payload) in ops {
+        let keys: Vec<String> = map.keys().cloned().collect();
+        let Some(key) = keys.get(pos % keys.len().max(1)).cloned() else { break };
+        let big = BOUNDARY[payload.first().copied().unwrap_or(0) as usize % BOUNDARY.len()];
+        let v = match kind % 6 {
+            0 => serde_json::json!(STRINGS[pos % STRINGS.len()]),
+            1 => serde_json::json!(big),
+            2 => serde_json::json!(-1),
+            3 => serde_json::json!("x".repeat(pos % 5000)),
+            4 => serde_json::json!([STRINGS[pos % STRINGS.len()], big]),
+            _ => {
+                map.remove(&key);
+                continue;
+            }
+        };
+        map.insert(key, v);
+    }
+    serde_json::to_vec(&serde_json::Value::Object(map)).unwrap()
 }
 
 /// The API's JSON bodies through the real router (local adapters, an admin token): every
@@ -234,14 +412,20 @@ fn fuzz_api_json_bodies() {
             (v["path"].as_str().unwrap().to_owned(), v["body"].to_string().into_bytes())
         })
         .collect();
+    let (ran, accepted) = (AtomicUsize::new(0), AtomicUsize::new(0));
     runner(5).run(&(0..seeds.len(), ops()), |(i, ops)| {
+        ran.fetch_add(1, Ordering::Relaxed);
         let (path, body) = &seeds[i];
-        let body = mutate(body, &ops);
+        let body = if ops[0].0 % 2 == 0 { mutate_json(body, &ops) } else { mutate(body, &ops) };
         let req = axum::http::Request::post(path.as_str()).header("authorization", format!("Bearer {token}")).header("content-type", "application/json").body(axum::body::Body::from(body.clone())).unwrap();
         let status = rt.block_on(app.clone().oneshot(req)).unwrap().status();
         prop_assert!(status.as_u16() < 500, "{path} answered {status} to {:?}", String::from_utf8_lossy(&body));
+        if status.is_success() {
+            accepted.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }).unwrap();
+    summary("api", &ran, &accepted);
 }
 
 // ---- Regressions: each panic the probe and the fuzzer found, as its own test. ----
@@ -347,4 +531,42 @@ fn regression_recipe_limits() {
     }
     laughs.push_str(base);
     assert!(tamp_domain::Recipe::from_yaml(&laughs).is_err());
+}
+
+/// Found by `fuzz_npz_zip_and_npy_headers`: a zero dim made the element count 0 while
+/// npyz's stride products still multiplied the others.
+#[test]
+fn regression_npz_zero_dim_with_huge_dims() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 9223372036854775807, 9223372036854775807), }";
+    let h = format!("{header}{}\n", " ".repeat(64 - (10 + header.len() + 1) % 64));
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend((h.len() as u16).to_le_bytes());
+    npy.extend(h.as_bytes());
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.start_file("x.npy", zip::write::FileOptions::default()).unwrap();
+    std::io::Write::write_all(&mut z, &npy).unwrap();
+    let p = dir.path().join("zero.npz");
+    std::fs::write(&p, z.finish().unwrap().into_inner()).unwrap();
+    let e = tamp_engine::Dataset::load(&p).unwrap_err().to_string();
+    assert!(e.contains("array 'x'"), "{e}");
+}
+
+/// Found by `fuzz_npz_zip_and_npy_headers`: shape (2^32, 0) holds no bytes, so it passed the
+/// memory limit, and listing its 2^32 rows asked for 34 GB.
+#[test]
+fn regression_npz_rows_without_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 0), }";
+    let h = format!("{header}{}\n", " ".repeat(64 - (10 + header.len() + 1) % 64));
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend((h.len() as u16).to_le_bytes());
+    npy.extend(h.as_bytes());
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.start_file("x.npy", zip::write::FileOptions::default()).unwrap();
+    std::io::Write::write_all(&mut z, &npy).unwrap();
+    let p = dir.path().join("empty-rows.npz");
+    std::fs::write(&p, z.finish().unwrap().into_inner()).unwrap();
+    let e = tamp_engine::Dataset::load(&p).unwrap_err().to_string();
+    assert!(e.contains("rows hold no values"), "{e}");
 }

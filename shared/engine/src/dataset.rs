@@ -143,6 +143,9 @@ impl Dataset {
             if v.shape().is_empty() {
                 return Err(err(format!("input '{name}' is a scalar; rows must run along axis 0")));
             }
+            if v.shape()[1..].contains(&0) {
+                return Err(err(format!("input '{name}' has shape {:?}: its rows hold no values", v.shape())));
+            }
             if rows_of(v) != rows {
                 return Err(err(format!("input '{name}' has {} rows but other inputs have {rows}", rows_of(v))));
             }
@@ -316,7 +319,9 @@ pub fn max_decoded_bytes() -> u64 {
 }
 
 /// Reads an npy member's header (magic, version, length, the Python dict) and checks that
-/// its shape's element count fits in 64 bits; returns the bytes read, to be replayed.
+/// the product of its nonzero dims fits in 64 bits (npyz multiplies them unchecked, in both
+/// orders: `(0, 2^63, 2^63)` panicked in its stride computation); returns the bytes read,
+/// to be replayed.
 fn checked_npy_header<R: Read>(mut r: R) -> std::result::Result<(Vec<u8>, R), String> {
     let mut head = vec![0u8; 10];
     r.read_exact(&mut head).map_err(|e| format!("not an npy array ({e})"))?;
@@ -347,7 +352,8 @@ fn checked_npy_header<R: Read>(mut r: R) -> std::result::Result<(Vec<u8>, R), St
             let mut n: u64 = 1;
             for d in rest[open + 1..close].split(',').map(str::trim).filter(|d| !d.is_empty()) {
                 let d: u64 = d.trim_end_matches('L').parse().map_err(|_| format!("shape entry '{d}' is not a size"))?;
-                n = n.checked_mul(d).ok_or_else(|| format!("its shape {} describes more elements than any machine holds", &rest[open..=close]))?;
+                // Zero dims are skipped: npyz's stride products run over every other dim.
+                n = n.checked_mul(d.max(1)).ok_or_else(|| format!("its shape {} describes more elements than any machine holds", &rest[open..=close]))?;
             }
         }
     }
@@ -421,7 +427,7 @@ impl Stored {
         let shape: Vec<usize> = npy.shape().iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
         let elem = ts.size_field() as usize;
         let bytes = shape.iter().try_fold(elem, |n, &d| n.checked_mul(d))? as u64;
-        if shape.is_empty() || shape[0] == 0 || bytes < min_bytes || bytes > member_size {
+        if shape.is_empty() || bytes == 0 || bytes < min_bytes || bytes > member_size {
             return None;
         }
         // The npy data is the member's tail, after its header.
