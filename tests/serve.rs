@@ -876,7 +876,9 @@ fn bad_data_fails_jobs_naming_the_uploaded_file() {
         m
     };
     let good_labels = eval.class_labels(&rows).unwrap();
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>, &str)> = vec![
+    // (version, files uploaded beside the model, what the reason must say)
+    type Case<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         ("badcalib", vec![("calib.npz", b"not a zip at all".to_vec()), ("eval.npz", std::fs::read(dir.join("eval.npz")).unwrap())], "calib.npz"),
         ("neglabels", vec![("eval.npz", write("neg.npz", &with_labels(vec![-5; 256], false)))], "label -5"),
         ("hugelabel", vec![("eval.npz", write("huge.npz", &with_labels(vec![i64::MAX; 256], false)))], "not a class index"),

@@ -363,7 +363,7 @@ fn checked_npy_header<R: Read>(mut r: R) -> std::result::Result<(Vec<u8>, R), St
 /// Bytes an npy member's header says its data takes; `None` when that overflows.
 fn array_bytes<R: Read>(npy: &NpyFile<R>) -> Option<u64> {
     let elem = match npy.dtype() {
-        DType::Plain(ts) => ts.size_field() as u64,
+        DType::Plain(ts) => ts.size_field(),
         _ => 1,
     };
     npy.shape().iter().try_fold(elem, |n, &d| n.checked_mul(d))
