@@ -197,7 +197,8 @@ fn upload_folder_to_best_artifact_with_signed_webhook() {
     let (hook, deliveries) = webhook_receiver();
     let marker = tempfile::tempdir().unwrap();
     let crash = marker.path().join("crashed-once");
-    let server = serve(&["--webhook", &hook, "--webhook-secret", "s3cret"], &[("TAMP_FAULT_CRASH_ONCE", crash.to_str().unwrap())]);
+    let (slack, slack_got) = webhook_receiver();
+    let server = serve(&["--webhook", &hook, "--webhook-secret", "s3cret", "--slack-webhook", &slack], &[("TAMP_FAULT_CRASH_ONCE", crash.to_str().unwrap())]);
     let url = server.url.clone();
     assert_eq!(json("GET", &format!("{url}/healthz"), b"", &[]).0, 200);
 
@@ -244,6 +245,19 @@ fn upload_folder_to_best_artifact_with_signed_webhook() {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(10), "no job.succeeded webhook: {got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The Slack target got the same event as a Block Kit message naming the job.
+    let start = Instant::now();
+    loop {
+        let got = slack_got.lock().unwrap().clone();
+        let bodies: Vec<serde_json::Value> = got.iter().filter_map(|(_, b)| serde_json::from_slice(b).ok()).collect();
+        if let Some(m) = bodies.iter().find(|m| m["text"].as_str().is_some_and(|t| t.contains(&id) && t.contains("succeeded"))) {
+            assert_eq!(m["blocks"][0]["type"], "section", "{m}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no Slack message: {bodies:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 
