@@ -47,7 +47,7 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -108,8 +108,13 @@ $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz:
 	@dpkg-deb -x '$(DEPS)/debs/$(FMNIST_DEB)' $(DEPS)/fashion-mnist
 	@touch $@
 
+# Every binary, the Batch worker's AWS half included (what the tests run).
 build: $(ORT_LIB)
-	cargo build --workspace --bins
+	cargo build --workspace --bins --features tamp-worker/aws
+
+# Only what `make run` runs: the tamp CLI (no Lambda functions, no AWS SDK).
+build-cli: $(ORT_LIB)
+	cargo build -p tamp-cli
 
 build-release: $(ORT_LIB)
 	cargo build --release -p tamp-cli
@@ -170,7 +175,7 @@ $(REF_CACHE)/model.onnx: | data
 
 ## --- the two commands ---------------------------------------------------------------------
 
-run: build models
+run: build-cli models
 	$(TAMP) compress $(FMNIST_REF)/model.onnx --recipe configs/policy_examples/ptq_8bit.yaml \
 		--data $(FMNIST_REF)/calib.npz --eval $(FMNIST_REF)/eval.npz --out out/fmnist-resnet8
 
@@ -199,7 +204,7 @@ package: .venv-package/.done $(ORT_LIB)
 	PATH=$(abspath .venv-package/bin):$$PATH cargo lambda build --profile lambda \
 		$(if $(filter arm64,$(LAMBDA_ARCH)),--arm64,--x86-64) $(foreach f,$(FUNCTIONS),--bin tamp-$(f)) \
 		--output-format zip --lambda-dir dist/lambda
-	cargo build --profile lambda -p tamp-worker --bin tamp-batch-worker
+	cargo build --profile lambda -p tamp-worker --features aws --bin tamp-batch-worker
 	@mkdir -p dist/worker && cp $(PROFILE_DIR)/tamp-batch-worker $(ORT_LIB) dist/worker/
 	@echo "Lambda zips ($(LAMBDA_ARCH)) and the worker:" && for f in $(FUNCTIONS); do \
 		printf '  %-30s %8s bytes\n' "dist/lambda/tamp-$$f/bootstrap.zip" "$$(stat -c %s dist/lambda/tamp-$$f/bootstrap.zip)"; done \
@@ -222,8 +227,10 @@ bench-api: build-release venv models
 bench-compress: build-release venv models
 	$(PY) scripts/bench_compress.py --tamp $(TAMP_RELEASE)
 
+# The house style: rustfmt (rustfmt.toml) and clippy with warnings as errors; .ci/run runs both.
 lint:
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --features tamp-worker/aws -- -D warnings
 
 nncf: .venv-nncf/.done
 .venv-nncf/.done: scripts/requirements-nncf.txt $(ORT_LIB)

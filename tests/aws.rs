@@ -107,7 +107,11 @@ async fn stack() -> Stack {
         .unwrap();
     s3.put_bucket_notification_configuration()
         .bucket(&bucket)
-        .notification_configuration(aws_sdk_s3::types::NotificationConfiguration::builder().event_bridge_configuration(aws_sdk_s3::types::EventBridgeConfiguration::builder().build()).build())
+        .notification_configuration(
+            aws_sdk_s3::types::NotificationConfiguration::builder()
+                .event_bridge_configuration(aws_sdk_s3::types::EventBridgeConfiguration::builder().build())
+                .build(),
+        )
         .send()
         .await
         .unwrap();
@@ -122,13 +126,24 @@ async fn stack() -> Stack {
     let rule = unique("tamp-uploads");
     let pattern = serde_json::json!({ "source": ["aws.s3"], "detail-type": ["Object Created"], "detail": { "bucket": { "name": [bucket] }, "object": { "key": [{ "prefix": "uploads/" }] } } });
     eb.put_rule().name(&rule).event_pattern(pattern.to_string()).send().await.unwrap();
-    eb.put_targets().rule(&rule).targets(aws_sdk_eventbridge::types::Target::builder().id("ingest").arn(queue_arn(&sqs, ingest_q.url()).await).build().unwrap()).send().await.unwrap();
+    eb.put_targets()
+        .rule(&rule)
+        .targets(aws_sdk_eventbridge::types::Target::builder().id("ingest").arn(queue_arn(&sqs, ingest_q.url()).await).build().unwrap())
+        .send()
+        .await
+        .unwrap();
     // Tamp's events (team bus) → a queue the test hands to report and notify.
     let bus = unique("tamp-bus");
     eb.create_event_bus().name(&bus).send().await.unwrap();
     let tap_rule = unique("tamp-tap");
     eb.put_rule().name(&tap_rule).event_bus_name(&bus).event_pattern(r#"{"source":["tamp"]}"#).send().await.unwrap();
-    eb.put_targets().rule(&tap_rule).event_bus_name(&bus).targets(aws_sdk_eventbridge::types::Target::builder().id("tap").arn(queue_arn(&sqs, tap_q.url()).await).build().unwrap()).send().await.unwrap();
+    eb.put_targets()
+        .rule(&tap_rule)
+        .event_bus_name(&bus)
+        .targets(aws_sdk_eventbridge::types::Target::builder().id("tap").arn(queue_arn(&sqs, tap_q.url()).await).build().unwrap())
+        .send()
+        .await
+        .unwrap();
     let (hook_url, hooks) = receiver();
     let webhook_secret = "a-team-secret-of-some-length".to_owned();
     let settings = Settings {
@@ -151,7 +166,18 @@ async fn stack() -> Stack {
     };
     let svc = settings.services().await;
     let runner = AwsBatchRunner::new(&cfg, &settings.batch_queue, &settings.batch_job_definition, 1);
-    Stack { svc, s3, sqs, ingest_q: ingest_q.url().to_owned(), orch_q: orch_q.url().to_owned(), tap_q: tap_q.url().to_owned(), runner, hooks, webhook_secret, settings }
+    Stack {
+        svc,
+        s3,
+        sqs,
+        ingest_q: ingest_q.url().to_owned(),
+        orch_q: orch_q.url().to_owned(),
+        tap_q: tap_q.url().to_owned(),
+        runner,
+        hooks,
+        webhook_secret,
+        settings,
+    }
 }
 
 impl Stack {
@@ -336,15 +362,27 @@ async fn the_whole_flow_on_the_emulator() {
     assert!(kinds.iter().any(|k| k == "tamp.job.succeeded") && kinds.iter().any(|k| k == "tamp.report.ready"), "{kinds:?}");
     assert!(st.svc.store.head(&tamp_control::report_key(&job.id)).await.unwrap().is_some(), "report stored");
     let hooks = st.hooks.lock().unwrap().clone();
-    let signed = hooks.iter().find(|(p, _, b)| p == "/hook" && String::from_utf8_lossy(b).contains("tamp.job.succeeded")).expect("generic webhook got job.succeeded");
+    let signed =
+        hooks.iter().find(|(p, _, b)| p == "/hook" && String::from_utf8_lossy(b).contains("tamp.job.succeeded")).expect("generic webhook got job.succeeded");
     let sig = signed.1.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("x-tamp-signature:").map(|v| v.trim().to_owned())).unwrap();
     assert!(tamp_control::notify::verify(st.webhook_secret.as_bytes(), &signed.2, &sig), "valid HMAC");
-    let slack: serde_json::Value = hooks.iter().find(|(p, _, b)| p == "/slack" && String::from_utf8_lossy(b).contains("succeeded")).map(|(_, _, b)| serde_json::from_slice(b).unwrap()).expect("Slack got a message");
+    let slack: serde_json::Value = hooks
+        .iter()
+        .find(|(p, _, b)| p == "/slack" && String::from_utf8_lossy(b).contains("succeeded"))
+        .map(|(_, _, b)| serde_json::from_slice(b).unwrap())
+        .expect("Slack got a message");
     assert!(slack["text"].as_str().unwrap().contains(&job.id), "{slack}");
     assert!(hooks.iter().any(|(p, _, b)| p == "/teams" && String::from_utf8_lossy(b).contains("AdaptiveCard")));
 
     // GET /models/{id}/best through the api handler, from an API Gateway v2 event.
-    let (rec, token) = tamp_control::auth::mint("ci-bot", "vision", tamp_ports::Role::Viewer, Duration::from_secs(600), "test", tamp_ports::Clock::now(&tamp_ports::SystemClock));
+    let (rec, token) = tamp_control::auth::mint(
+        "ci-bot",
+        "vision",
+        tamp_ports::Role::Viewer,
+        Duration::from_secs(600),
+        "test",
+        tamp_ports::Clock::now(&tamp_ports::SystemClock),
+    );
     st.svc.meta.put_token(&rec).await.unwrap();
     let mut event = sample("apigw-v2-get-best.json");
     event["headers"]["authorization"] = format!("Bearer {token}").into();

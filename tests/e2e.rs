@@ -67,7 +67,14 @@ fn eval_agrees_with_python_onnxruntime_on_every_reference_model() {
     for (name, model, data) in reference_models() {
         let ours = dir.path().join(format!("{name}-tamp.npy"));
         let theirs = dir.path().join(format!("{name}-ort.npy"));
-        let out = run(Command::new(tamp()).arg("eval").arg(&model).arg("--data").arg(&data).args(["--json", "--threads", "1", "--runs", "5", "--throughput", ""]).arg("--dump-outputs").arg(&ours));
+        let out = run(Command::new(tamp())
+            .arg("eval")
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .args(["--json", "--threads", "1", "--runs", "5", "--throughput", ""])
+            .arg("--dump-outputs")
+            .arg(&ours));
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let py = run(Command::new(python()).arg(root().join("scripts/ort_reference.py")).arg(&model).arg(&data).arg("--out").arg(&theirs));
@@ -97,7 +104,14 @@ fn ir_round_trip_keeps_reference_model_outputs() {
         let mut outs = Vec::new();
         for (tag, path) in [("orig", &model), ("resaved", &resaved)] {
             let npy = dir.path().join(format!("{name}-{tag}.npy"));
-            let out = run(Command::new(tamp()).arg("eval").arg(path).arg("--data").arg(&data).args(["--samples", "256", "--json", "--runs", "1", "--throughput", ""]).arg("--dump-outputs").arg(&npy));
+            let out = run(Command::new(tamp())
+                .arg("eval")
+                .arg(path)
+                .arg("--data")
+                .arg(&data)
+                .args(["--samples", "256", "--json", "--runs", "1", "--throughput", ""])
+                .arg("--dump-outputs")
+                .arg(&npy));
             assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
             outs.push(npy_f32(&npy));
         }
@@ -110,7 +124,14 @@ fn eval_writes_a_complete_baseline() {
     let dir = tempfile::tempdir().unwrap();
     let (_, model, data) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
     let baseline = dir.path().join("baseline.json");
-    let out = run(Command::new(tamp()).arg("eval").arg(&model).arg("--data").arg(&data).args(["--samples", "500", "--seed", "3", "--metric", "top1", "--metric", "top5", "--runs", "20", "--throughput", "1,16"]).arg("--baseline").arg(&baseline));
+    let out = run(Command::new(tamp())
+        .arg("eval")
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .args(["--samples", "500", "--seed", "3", "--metric", "top1", "--metric", "top5", "--runs", "20", "--throughput", "1,16"])
+        .arg("--baseline")
+        .arg(&baseline));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8_lossy(&out.stdout);
     for needle in ["top1", "latency P50 / P95 / P99", "throughput (batch 16)", "size on disk"] {
@@ -242,7 +263,14 @@ fn int8_ptq_of_the_reference_cnn() {
     let (_, model, data) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
     let calib = model.with_file_name("calib.npz");
     let quantize = |out: &Path, method: &str| {
-        let o = run(Command::new(tamp()).arg("quantize").arg(&model).arg("--data").arg(&calib).arg("--out").arg(out).args(["--method", method, "--samples", "256", "--seed", "4"]));
+        let o = run(Command::new(tamp()).arg("quantize").arg(&model).arg("--data").arg(&calib).arg("--out").arg(out).args([
+            "--method",
+            method,
+            "--samples",
+            "256",
+            "--seed",
+            "4",
+        ]));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
     let (q1, q2) = (dir.path().join("q1.onnx"), dir.path().join("q2.onnx"));
@@ -255,13 +283,26 @@ fn int8_ptq_of_the_reference_cnn() {
     // The 1-channel stem stays float (ORT's QLinearConv is slower there); the other 8 are integer.
     assert_eq!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0), 8, "integer convolutions: {ops}");
     let (everywhere, report) = (dir.path().join("all.onnx"), dir.path().join("all.json"));
-    let o = run(Command::new(tamp()).arg("quantize").arg(&model).arg("--data").arg(&calib).arg("--out").arg(&everywhere).arg("--report").arg(&report).args(["--samples", "64", "--int8-everywhere"]));
+    let o = run(Command::new(tamp()).arg("quantize").arg(&model).arg("--data").arg(&calib).arg("--out").arg(&everywhere).arg("--report").arg(&report).args([
+        "--samples",
+        "64",
+        "--int8-everywhere",
+    ]));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ops: serde_json::Value = serde_json::from_slice(&check_onnx(&everywhere).stdout).unwrap();
     assert_eq!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0), 9, "--int8-everywhere: {ops}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["float_for_speed"], serde_json::json!([]), "{r}");
-    let o = run(Command::new(tamp()).arg("quantize").arg(&model).arg("--data").arg(&calib).arg("--out").arg(&everywhere).arg("--report").arg(&report).args(["--samples", "64"]));
+    let o = run(Command::new(tamp())
+        .arg("quantize")
+        .arg(&model)
+        .arg("--data")
+        .arg(&calib)
+        .arg("--out")
+        .arg(&everywhere)
+        .arg("--report")
+        .arg(&report)
+        .args(["--samples", "64"]));
     assert!(String::from_utf8_lossy(&o.stdout).contains("slower in int8"), "{}", String::from_utf8_lossy(&o.stdout));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["float_for_speed"].as_array().map(Vec::len), Some(1), "{r}");
@@ -327,7 +368,8 @@ fn equalization_and_bias_correction_on_efficientnet() {
     // Asymmetric per-tensor weights on the small CNN: uint8 weights with zero points, loadable.
     let (_, cnn, cnn_eval) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
     let out = dir.path().join("asym");
-    let r = compress(&cnn, &recipe("asym", "        symmetric: false\n        per_channel_weights: false\n"), &cnn.with_file_name("calib.npz"), &cnn_eval, &out);
+    let r =
+        compress(&cnn, &recipe("asym", "        symmetric: false\n        per_channel_weights: false\n"), &cnn.with_file_name("calib.npz"), &cnn_eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let script = "import sys, onnx\nm = onnx.load(sys.argv[1])\nw = [t for t in m.graph.initializer if t.name.endswith('.q') and t.data_type == onnx.TensorProto.UINT8]\nassert len(w) >= 9, len(w)\n";
     let r = run(Command::new(python()).arg("-c").arg(script).arg(out.join("best.onnx")));
@@ -492,7 +534,11 @@ fn clustering_then_int8_on_the_reference_cnn() {
 
     // Per-channel codebooks (GatherElements + Reshape) load and run too.
     let per_channel = dir.path().join("per-channel.yaml");
-    std::fs::write(&per_channel, "policy:\n  name: pc\n  stages:\n    - cluster: {clusters: 16, granularity: per_channel}\nobjective: size\nconstraints: {max_metric_drop_pct: 5}\n").unwrap();
+    std::fs::write(
+        &per_channel,
+        "policy:\n  name: pc\n  stages:\n    - cluster: {clusters: 16, granularity: per_channel}\nobjective: size\nconstraints: {max_metric_drop_pct: 5}\n",
+    )
+    .unwrap();
     let pc_out = dir.path().join("pc");
     let r = compress(&model, &per_channel, &calib, &eval, &pc_out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -627,7 +673,9 @@ fn compress_minilm(recipe: &str) -> (tempfile::TempDir, PathBuf, serde_json::Val
 /// fewer parameters and MACs; the model passes onnx.checker and runs in Python onnxruntime.
 #[test]
 fn ffn_neuron_pruning_of_minilm() {
-    let (_dir, out, cands) = compress_minilm("policy:\n  name: ffn\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.3, sensitivity: false}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 64, latency_runs: 5}\nobjective: size\n");
+    let (_dir, out, cands) = compress_minilm(
+        "policy:\n  name: ffn\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.3, sensitivity: false}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 64, latency_runs: 5}\nobjective: size\n",
+    );
     let c = &cands["candidates"][0];
     let d = &c["details"];
     let groups = d["groups"].as_array().unwrap();
@@ -644,7 +692,9 @@ fn ffn_neuron_pruning_of_minilm() {
 /// rewritten); the model passes onnx.checker and runs in Python onnxruntime.
 #[test]
 fn attention_head_pruning_of_minilm() {
-    let (_dir, out, cands) = compress_minilm("policy:\n  name: heads\n  stages:\n    - pruning: {type: attention_head, target_sparsity: 0.25, sensitivity: false}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 32, latency_runs: 3}\n");
+    let (_dir, out, cands) = compress_minilm(
+        "policy:\n  name: heads\n  stages:\n    - pruning: {type: attention_head, target_sparsity: 0.25, sensitivity: false}\nconstraints: {max_metric_drop_pct: 100}\nevaluation: {samples: 32, latency_runs: 3}\n",
+    );
     let c = &cands["candidates"][0];
     let d = &c["details"];
     let blocks = d["blocks"].as_array().unwrap();

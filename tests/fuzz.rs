@@ -202,7 +202,11 @@ fn mutate_model(seed: &[u8], ops: &[Op]) -> Vec<u8> {
                 if let Some(t) = g.initializer.get_mut(pos % n) {
                     t.data_location = Some(1);
                     let entry = |k: &str, v: String| tamp_onnx::proto::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
-                    t.external_data = vec![entry("location", STRINGS[pos % STRINGS.len()].to_owned()), entry("offset", big.to_string()), entry("length", (big / 3).to_string())];
+                    t.external_data = vec![
+                        entry("location", STRINGS[pos % STRINGS.len()].to_owned()),
+                        entry("offset", big.to_string()),
+                        entry("length", (big / 3).to_string()),
+                    ];
                 }
             }
             4 => {
@@ -250,14 +254,16 @@ fn fuzz_onnx_protobuf_and_external_data() {
     let dir = tempfile::tempdir().unwrap();
     let seeds = onnx_seeds(dir.path());
     let (ran, accepted) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    runner(1).run(&(0..seeds.len(), ops()), |(i, ops)| {
-        ran.fetch_add(1, Ordering::Relaxed);
-        let bytes = if ops[0].0 % 2 == 0 { mutate_model(&seeds[i], &ops) } else { mutate(&seeds[i], &ops) };
-        if parse_model(&bytes, dir.path()) {
-            accepted.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }).unwrap();
+    runner(1)
+        .run(&(0..seeds.len(), ops()), |(i, ops)| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            let bytes = if ops[0].0 % 2 == 0 { mutate_model(&seeds[i], &ops) } else { mutate(&seeds[i], &ops) };
+            if parse_model(&bytes, dir.path()) {
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .unwrap();
     summary("onnx", &ran, &accepted);
 }
 
@@ -295,7 +301,12 @@ fn npz_from_header(ops: &[Op]) -> Vec<u8> {
     for (k, (kind, pos, payload)) in ops.iter().enumerate() {
         let dims: Vec<u64> = payload.iter().take(4).map(|b| if b % 5 == 0 { BOUNDARY[(*b as usize / 5) % BOUNDARY.len()] } else { u64::from(b % 7) }).collect();
         let shape = dims.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
-        let header = format!("{{'descr': '{}', 'fortran_order': {}, 'shape': ({shape}{}), }}", DESCR[pos % DESCR.len()], if kind % 2 == 0 { "False" } else { "True" }, if dims.len() == 1 { "," } else { "" });
+        let header = format!(
+            "{{'descr': '{}', 'fortran_order': {}, 'shape': ({shape}{}), }}",
+            DESCR[pos % DESCR.len()],
+            if kind % 2 == 0 { "False" } else { "True" },
+            if dims.len() == 1 { "," } else { "" }
+        );
         let mut npy = b"\x93NUMPY\x01\x00".to_vec();
         let h = format!("{header}{}\n", " ".repeat(64 - (10 + header.len() + 1) % 64));
         npy.extend((h.len() as u16).to_le_bytes());
@@ -319,19 +330,21 @@ fn fuzz_npz_zip_and_npy_headers() {
     let seeds = npz_seeds(dir.path());
     let path = dir.path().join("case.npz");
     let (ran, accepted) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    runner(1).run(&(0..seeds.len(), ops()), |(i, ops)| {
-        ran.fetch_add(1, Ordering::Relaxed);
-        let bytes = if ops[0].0 % 2 == 0 { npz_from_header(&ops) } else { mutate(&seeds[i], &ops) };
-        std::fs::write(&path, bytes).unwrap();
-        if let Ok(d) = tamp_engine::Dataset::load_streaming(&path, 16) {
-            accepted.fetch_add(1, Ordering::Relaxed);
-            let rows: Vec<usize> = (0..d.rows.min(3)).collect();
-            let _ = d.select(&rows);
-            let _ = d.class_labels(&rows);
-            let _ = d.sequence_lengths();
-        }
-        Ok(())
-    }).unwrap();
+    runner(1)
+        .run(&(0..seeds.len(), ops()), |(i, ops)| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            let bytes = if ops[0].0 % 2 == 0 { npz_from_header(&ops) } else { mutate(&seeds[i], &ops) };
+            std::fs::write(&path, bytes).unwrap();
+            if let Ok(d) = tamp_engine::Dataset::load_streaming(&path, 16) {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let rows: Vec<usize> = (0..d.rows.min(3)).collect();
+                let _ = d.select(&rows);
+                let _ = d.class_labels(&rows);
+                let _ = d.sequence_lengths();
+            }
+            Ok(())
+        })
+        .unwrap();
     summary("npz", &ran, &accepted);
 }
 
@@ -340,24 +353,26 @@ fn fuzz_recipe_yaml() {
     let seeds = corpus("recipe");
     assert!(seeds.len() >= 10, "the recipe corpus is missing");
     let (ran, accepted) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    runner(1).run(&(0..seeds.len(), ops()), |(i, ops)| {
-        ran.fetch_add(1, Ordering::Relaxed);
-        let seed = String::from_utf8_lossy(&seeds[i]).into_owned();
-        let text = if ops[0].0 % 2 == 0 {
-            ops.iter().fold(seed, |t, (_, pos, p)| mutate_number(&t, *pos, p.first().copied().unwrap_or(0)).unwrap_or(t))
-        } else {
-            String::from_utf8_lossy(&mutate(seed.as_bytes(), &ops)).into_owned()
-        };
-        if let Ok(r) = tamp_domain::Recipe::from_yaml(&text) {
-            accepted.fetch_add(1, Ordering::Relaxed);
-            for s in &r.policy.stages {
-                if let tamp_domain::recipe::Stage::Pruning(p) = s {
-                    let _ = p.sparsity_pattern();
+    runner(1)
+        .run(&(0..seeds.len(), ops()), |(i, ops)| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            let seed = String::from_utf8_lossy(&seeds[i]).into_owned();
+            let text = if ops[0].0 % 2 == 0 {
+                ops.iter().fold(seed, |t, (_, pos, p)| mutate_number(&t, *pos, p.first().copied().unwrap_or(0)).unwrap_or(t))
+            } else {
+                String::from_utf8_lossy(&mutate(seed.as_bytes(), &ops)).into_owned()
+            };
+            if let Ok(r) = tamp_domain::Recipe::from_yaml(&text) {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                for s in &r.policy.stages {
+                    if let tamp_domain::recipe::Stage::Pruning(p) = s {
+                        let _ = p.sparsity_pattern();
+                    }
                 }
             }
-        }
-        Ok(())
-    }).unwrap();
+            Ok(())
+        })
+        .unwrap();
     summary("recipe", &ran, &accepted);
 }
 
@@ -394,12 +409,29 @@ fn fuzz_api_json_bodies() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (app, token) = rt.block_on(async {
         let meta = Arc::new(tamp_adapters_local::SqliteStore::open(&dir.path().join("tamp.db")).unwrap());
-        let files = Arc::new(tamp_adapters_local::FolderStore::new(dir.path().join("store"), "http://127.0.0.1:1", b"0123456789abcdef0123456789abcdef").unwrap());
+        let files =
+            Arc::new(tamp_adapters_local::FolderStore::new(dir.path().join("store"), "http://127.0.0.1:1", b"0123456789abcdef0123456789abcdef").unwrap());
         let queue = Arc::new(tamp_adapters_local::MemoryQueue::new(5));
-        let runner = Arc::new(tamp_adapters_local::ProcessRunner::new("true".into(), vec![], dir.path().join("logs"), queue.clone(), 1, Default::default()).unwrap());
+        let runner =
+            Arc::new(tamp_adapters_local::ProcessRunner::new("true".into(), vec![], dir.path().join("logs"), queue.clone(), 1, Default::default()).unwrap());
         let bus = Arc::new(tamp_adapters_local::LocalBus::new(None, vec![]).unwrap());
-        let svc = tamp_control::Services { store: files.clone(), meta: meta.clone(), queue, runner, bus, clock: Arc::new(tamp_ports::SystemClock), retry: tamp_domain::job::RetryPolicy::default() };
-        let (rec, token) = tamp_control::auth::mint("fuzz", "*", tamp_ports::Role::Admin, std::time::Duration::from_secs(3600), "test", tamp_ports::Clock::now(&tamp_ports::SystemClock));
+        let svc = tamp_control::Services {
+            store: files.clone(),
+            meta: meta.clone(),
+            queue,
+            runner,
+            bus,
+            clock: Arc::new(tamp_ports::SystemClock),
+            retry: tamp_domain::job::RetryPolicy::default(),
+        };
+        let (rec, token) = tamp_control::auth::mint(
+            "fuzz",
+            "*",
+            tamp_ports::Role::Admin,
+            std::time::Duration::from_secs(3600),
+            "test",
+            tamp_ports::Clock::now(&tamp_ports::SystemClock),
+        );
         tamp_ports::MetadataStore::put_token(meta.as_ref(), &rec).await.unwrap();
         let auth = Arc::new(tamp_control::auth::Auth::new(tamp_control::auth::AuthConfig { rate_per_min: u32::MAX, ..Default::default() }, meta));
         (tamp_control::api::router(tamp_control::api::AppState { svc, files: Some(files), auth, limits: Default::default() }), token)
@@ -413,18 +445,24 @@ fn fuzz_api_json_bodies() {
         })
         .collect();
     let (ran, accepted) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    runner(5).run(&(0..seeds.len(), ops()), |(i, ops)| {
-        ran.fetch_add(1, Ordering::Relaxed);
-        let (path, body) = &seeds[i];
-        let body = if ops[0].0 % 2 == 0 { mutate_json(body, &ops) } else { mutate(body, &ops) };
-        let req = axum::http::Request::post(path.as_str()).header("authorization", format!("Bearer {token}")).header("content-type", "application/json").body(axum::body::Body::from(body.clone())).unwrap();
-        let status = rt.block_on(app.clone().oneshot(req)).unwrap().status();
-        prop_assert!(status.as_u16() < 500, "{path} answered {status} to {:?}", String::from_utf8_lossy(&body));
-        if status.is_success() {
-            accepted.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }).unwrap();
+    runner(5)
+        .run(&(0..seeds.len(), ops()), |(i, ops)| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            let (path, body) = &seeds[i];
+            let body = if ops[0].0 % 2 == 0 { mutate_json(body, &ops) } else { mutate(body, &ops) };
+            let req = axum::http::Request::post(path.as_str())
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.clone()))
+                .unwrap();
+            let status = rt.block_on(app.clone().oneshot(req)).unwrap().status();
+            prop_assert!(status.as_u16() < 500, "{path} answered {status} to {:?}", String::from_utf8_lossy(&body));
+            if status.is_success() {
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .unwrap();
     summary("api", &ran, &accepted);
 }
 

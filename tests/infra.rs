@@ -94,7 +94,8 @@ fn called_with(src: &str, call: &str) -> BTreeSet<String> {
 fn check_functions(files: &[(String, String)]) -> Vec<String> {
     let all = blocks(files);
     let mut out = Vec::new();
-    let crates: BTreeSet<String> = std::fs::read_dir(root().join("functions")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let crates: BTreeSet<String> =
+        std::fs::read_dir(root().join("functions")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     let declared = local(&all, "functions").map(object_keys).unwrap_or_default();
     let resources = find(&all, "resource", "aws_lambda_function");
     if resources.is_empty() {
@@ -260,7 +261,8 @@ fn a_function_without_a_resource_is_caught() {
 
 #[test]
 fn a_target_without_a_dead_letter_queue_is_caught() {
-    let planted = with_edit(&module_files(), "events.tf", "  dead_letter_config {\n    arn = aws_sqs_queue.dlq[\"events\"].arn\n  }\n}\n\n# Batch", "}\n\n# Batch");
+    let planted =
+        with_edit(&module_files(), "events.tf", "  dead_letter_config {\n    arn = aws_sqs_queue.dlq[\"events\"].arn\n  }\n}\n\n# Batch", "}\n\n# Batch");
     let f = check_dead_letters(&planted);
     assert!(f.iter().any(|m| m.contains("aws_cloudwatch_event_target.uploads has no dead_letter_config")), "{f:?}");
     let planted = with_edit(&module_files(), "queues.tf", "  redrive_policy = jsonencode({", "  not_a_redrive_policy = jsonencode({");
@@ -269,7 +271,12 @@ fn a_target_without_a_dead_letter_queue_is_caught() {
 
 #[test]
 fn a_star_resource_on_a_data_plane_action_is_caught() {
-    let planted = with_edit(&module_files(), "lambda.tf", "actions   = [\"s3:GetObject\"]\n    resources = [\"${aws_s3_bucket.data.arn}/uploads/*\"]", "actions   = [\"s3:GetObject\"]\n    resources = [\"*\"]");
+    let planted = with_edit(
+        &module_files(),
+        "lambda.tf",
+        "actions   = [\"s3:GetObject\"]\n    resources = [\"${aws_s3_bucket.data.arn}/uploads/*\"]",
+        "actions   = [\"s3:GetObject\"]\n    resources = [\"*\"]",
+    );
     let f = check_iam(&planted);
     assert!(f.iter().any(|m| m.contains("s3:GetObject on \"*\"")), "{f:?}");
 }

@@ -35,7 +35,8 @@ struct Api {
 impl Conn {
     fn open(&self) -> Result<Api> {
         let saved: Value = std::fs::read(credentials_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
-        let pick = |flag: &Option<String>, env: &str, key: &str| flag.clone().or_else(|| std::env::var(env).ok()).or_else(|| saved[key].as_str().map(str::to_owned));
+        let pick =
+            |flag: &Option<String>, env: &str, key: &str| flag.clone().or_else(|| std::env::var(env).ok()).or_else(|| saved[key].as_str().map(str::to_owned));
         let url = pick(&self.url, "TAMP_URL", "url").ok_or_else(|| anyhow!("no API URL: run `tamp login` or pass --url"))?;
         let token = pick(&self.token, "TAMP_TOKEN", "token").ok_or_else(|| anyhow!("no token: run `tamp login` or pass --token"))?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -88,10 +89,14 @@ pub struct LoginArgs {
 pub fn login(args: &LoginArgs) -> Result<()> {
     let (url, token) = match &args.local {
         Some(dir) => {
-            let serve: Value = serde_json::from_slice(&std::fs::read(dir.join("serve.json")).with_context(|| format!("is `tamp serve --data-dir {}` running?", dir.display()))?)?;
+            let serve: Value = serde_json::from_slice(
+                &std::fs::read(dir.join("serve.json")).with_context(|| format!("is `tamp serve --data-dir {}` running?", dir.display()))?,
+            )?;
             (serve["url"].as_str().unwrap_or_default().to_owned(), std::fs::read_to_string(dir.join("admin-token"))?.trim().to_owned())
         }
-        None => (args.conn.url.clone().ok_or_else(|| anyhow!("pass --url (or --local .tamp)"))?, args.conn.token.clone().ok_or_else(|| anyhow!("pass --token"))?),
+        None => {
+            (args.conn.url.clone().ok_or_else(|| anyhow!("pass --url (or --local .tamp)"))?, args.conn.token.clone().ok_or_else(|| anyhow!("pass --token"))?)
+        }
     };
     let api = Conn { url: Some(url.clone()), token: Some(token.clone()) }.open()?;
     api.get("/jobs?limit=1").context("checking the credentials")?;
@@ -204,7 +209,15 @@ pub fn jobs(args: &JobsArgs) -> Result<()> {
             let q = status.as_ref().map(|s| format!("?status={s}")).unwrap_or_default();
             let v = api.get(&format!("/jobs{q}"))?;
             for j in v["jobs"].as_array().into_iter().flatten() {
-                println!("{}  {:<10} {}.{} {}  {}", j["id"].as_str().unwrap_or(""), j["state"].as_str().unwrap_or(""), j["project"].as_str().unwrap_or(""), j["model"].as_str().unwrap_or(""), j["version"].as_str().unwrap_or(""), j["reason"].as_str().unwrap_or(""));
+                println!(
+                    "{}  {:<10} {}.{} {}  {}",
+                    j["id"].as_str().unwrap_or(""),
+                    j["state"].as_str().unwrap_or(""),
+                    j["project"].as_str().unwrap_or(""),
+                    j["model"].as_str().unwrap_or(""),
+                    j["version"].as_str().unwrap_or(""),
+                    j["reason"].as_str().unwrap_or("")
+                );
             }
             Ok(())
         }
@@ -241,7 +254,11 @@ pub struct DownloadArgs {
 
 pub fn download(args: &DownloadArgs) -> Result<()> {
     let api = args.conn.open()?;
-    let meta = if args.what.starts_with("art_") { api.get(&format!("/artifacts/{}", args.what))? } else { api.get(&format!("/models/{}/best?target_runtime={}", args.what, args.runtime))? };
+    let meta = if args.what.starts_with("art_") {
+        api.get(&format!("/artifacts/{}", args.what))?
+    } else {
+        api.get(&format!("/models/{}/best?target_runtime={}", args.what, args.runtime))?
+    };
     let link = meta["uri"].as_str().ok_or_else(|| anyhow!("no download link in {meta}"))?;
     let (status, bytes) = api.call(reqwest::Method::GET, link, None, false)?;
     if status != 200 {

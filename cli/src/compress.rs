@@ -100,7 +100,8 @@ pub fn run(args: &Args) -> Result<()> {
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    let job = Job { model_path: &model, recipe: &recipe, recipe_path: Some(&args.recipe), calibration: &calibration, evaluation: &evaluation, out_dir: &staging };
+    let job =
+        Job { model_path: &model, recipe: &recipe, recipe_path: Some(&args.recipe), calibration: &calibration, evaluation: &evaluation, out_dir: &staging };
     let mut bars = Bars { bar: None, quiet: args.json };
     if !args.json {
         eprintln!("tamp compress: {} with policy '{}' -> {}", model.display(), recipe.policy.name, args.out.display());
@@ -133,7 +134,19 @@ fn print_table(o: &Outcome) {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
     let b = &o.baseline;
-    t.set_header(vec!["model".to_owned(), b.metric.clone(), "drop %".into(), "P50 ms".into(), "P95 ms".into(), "b32 rows/s".into(), "MMACs".into(), "size".into(), "smaller".into(), "faster".into(), "notes".into()]);
+    t.set_header(vec![
+        "model".to_owned(),
+        b.metric.clone(),
+        "drop %".into(),
+        "P50 ms".into(),
+        "P95 ms".into(),
+        "b32 rows/s".into(),
+        "MMACs".into(),
+        "size".into(),
+        "smaller".into(),
+        "faster".into(),
+        "notes".into(),
+    ]);
     let thr = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
     let macs = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.2}", v as f64 / 1e6));
     t.add_row(vec![

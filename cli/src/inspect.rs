@@ -50,8 +50,15 @@ pub fn run(args: &Args) -> Result<()> {
         size_bytes: file.size_bytes,
         path: args.model.clone(),
         ir_version: model.proto.ir_version.unwrap_or(0),
-        producer: format!("{} {}", model.proto.producer_name.clone().unwrap_or_default(), model.proto.producer_version.clone().unwrap_or_default()).trim().to_owned(),
-        opsets: model.proto.opset_import.iter().map(|o| (o.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into()), o.version.unwrap_or(0))).collect(),
+        producer: format!("{} {}", model.proto.producer_name.clone().unwrap_or_default(), model.proto.producer_version.clone().unwrap_or_default())
+            .trim()
+            .to_owned(),
+        opsets: model
+            .proto
+            .opset_import
+            .iter()
+            .map(|o| (o.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into()), o.version.unwrap_or(0)))
+            .collect(),
         nodes: stats.nodes,
         subgraphs: stats.subgraphs,
         params: stats.params,

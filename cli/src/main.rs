@@ -5,6 +5,7 @@ mod client;
 mod compress;
 mod eval;
 mod inspect;
+mod local;
 mod quantize;
 mod serve;
 

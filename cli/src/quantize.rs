@@ -103,7 +103,11 @@ pub fn run(args: &Args) -> Result<()> {
         fold_batch_norm: !args.no_fold_bn,
         cross_layer_equalization: args.cle,
         bias_correction: !args.no_bias_correction,
-        quantize: QuantizeConfig { per_channel: !args.per_tensor, symmetric: !args.asymmetric, bias_correction: !args.no_bias_correction, float_slow_layers: !args.int8_everywhere,
+        quantize: QuantizeConfig {
+            per_channel: !args.per_tensor,
+            symmetric: !args.asymmetric,
+            bias_correction: !args.no_bias_correction,
+            float_slow_layers: !args.int8_everywhere,
             activations: if args.int8_activations || args.symmetric_activations { ActivationType::Int8 } else { ActivationType::Uint8 },
             symmetric_activations: args.symmetric_activations,
             ..QuantizeConfig::default()

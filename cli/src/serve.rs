@@ -3,12 +3,11 @@
 
 use std::path::PathBuf;
 
+use crate::local::{self, ServeConfig};
 use anyhow::{Context, Result, anyhow};
 use tamp_adapters_local::SqliteStore;
 use tamp_control::auth::{AuthConfig, JwtConfig, JwtKeys};
-use tamp_control::local::{self, ServeConfig};
 use tamp_domain::job::RetryPolicy;
-use tamp_ports::StageRun;
 use tamp_worker::Failure;
 
 #[derive(clap::Args)]
@@ -115,12 +114,8 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
 
 #[derive(clap::Args)]
 pub struct WorkerArgs {
-    #[arg(long)]
-    job: String,
-    #[arg(long)]
-    stage: usize,
-    #[arg(long, default_value_t = 1)]
-    attempt: u32,
+    #[command(flatten)]
+    run: tamp_worker::RunArgs,
     #[arg(long, default_value = ".tamp")]
     data_dir: PathBuf,
 }
@@ -139,17 +134,12 @@ fn die_with_server() {
 pub fn worker(args: &WorkerArgs) -> Result<()> {
     die_with_server();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let run = StageRun { job: args.job.clone(), stage: args.stage, attempt: args.attempt };
+    let run = args.run.run();
     let outcome = rt.block_on(async {
         let meta = SqliteStore::open(&local::db_path(&args.data_dir)).map_err(|e| Failure::Transient(e.into()))?;
         let files = local::object_store(&args.data_dir, "http://127.0.0.1").map_err(|e| Failure::Transient(e.into()))?;
         tamp_worker::run_stage(&files, &meta, &run, &tamp_worker::scratch_dir(&args.data_dir.join("work"), &run)).await
     });
-    match outcome {
-        Ok(()) => Ok(()),
-        Err(f) => {
-            eprintln!("error: {}", f.message());
-            std::process::exit(f.exit_code());
-        }
-    }
+    tamp_worker::finish(outcome);
+    Ok(())
 }

@@ -55,10 +55,7 @@ mod tests {
     fn codegen_is_fresh() -> anyhow::Result<()> {
         let fresh = super::generate()?;
         let committed = std::fs::read_to_string(super::target_file())?;
-        assert!(
-            fresh == committed,
-            "shared/onnx/src/generated/onnx.rs is stale: run `cargo run -p xtask -- codegen`"
-        );
+        assert!(fresh == committed, "shared/onnx/src/generated/onnx.rs is stale: run `cargo run -p xtask -- codegen`");
         Ok(())
     }
 }

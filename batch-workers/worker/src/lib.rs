@@ -66,8 +66,14 @@ pub async fn run_stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &
     let result = match std::panic::AssertUnwindSafe(stage(files, meta, run, scratch, &mut renames)).catch_unwind().await {
         Ok(r) => r,
         Err(panic) => {
-            let what = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "no message".into());
-            Err(Failure::BadInput(anyhow!("Tamp hit an internal error on this input ({what}); the job's inputs drove it there: please report it with the model and recipe")))
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(Failure::BadInput(anyhow!(
+                "Tamp hit an internal error on this input ({what}); the job's inputs drove it there: please report it with the model and recipe"
+            )))
         }
     };
     let _ = std::fs::remove_dir_all(scratch);
@@ -105,7 +111,13 @@ fn base_name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
 
-async fn stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun, work: &Path, renames: &mut Vec<(PathBuf, String)>) -> std::result::Result<(), Failure> {
+async fn stage(
+    files: &dyn ObjectStore,
+    meta: &dyn MetadataStore,
+    run: &StageRun,
+    work: &Path,
+    renames: &mut Vec<(PathBuf, String)>,
+) -> std::result::Result<(), Failure> {
     let bad = |e: anyhow::Error| Failure::BadInput(e);
     let transient = |e: anyhow::Error| Failure::Transient(e);
     let job = meta.get_job(&run.job).await.map_err(|e| transient(e.into()))?.ok_or_else(|| bad(anyhow!("no job {}", run.job)))?;
@@ -115,7 +127,11 @@ async fn stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun
     let model_key = if run.stage == 0 {
         job.inputs.model.clone()
     } else {
-        job.stages.get(run.stage - 1).and_then(|s| s.output.as_ref()).map(|o| o.artifact_key.clone()).ok_or_else(|| bad(anyhow!("stage {} has no output to build on", run.stage - 1)))?
+        job.stages
+            .get(run.stage - 1)
+            .and_then(|s| s.output.as_ref())
+            .map(|o| o.artifact_key.clone())
+            .ok_or_else(|| bad(anyhow!("stage {} has no output to build on", run.stage - 1)))?
     };
     let _ = std::fs::remove_dir_all(work);
     // Each input keeps its uploaded file name in a folder of its own (the model's folder also
@@ -125,7 +141,9 @@ async fn stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun
         std::fs::create_dir_all(&dir).map_err(|e| Failure::Transient(anyhow!("{}: {e}", dir.display())))?;
         Ok(dir.join(base_name(key)))
     };
-    let fetch = |key: String, path: PathBuf| async move { files.get_to_file(&key, &path).await.map(|()| path).map_err(|e| Failure::Transient(anyhow!("fetching {key}: {e}"))) };
+    let fetch = |key: String, path: PathBuf| async move {
+        files.get_to_file(&key, &path).await.map(|()| path).map_err(|e| Failure::Transient(anyhow!("fetching {key}: {e}")))
+    };
     let prefix_of = |key: &str| key.rsplit_once('/').map_or(String::new(), |(p, _)| p.to_owned());
     let model_path = folder("model", &model_key)?;
     renames.push((model_path.parent().map(Path::to_path_buf).unwrap_or_default(), prefix_of(&model_key)));
@@ -207,7 +225,10 @@ async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<
     let local_size = std::fs::metadata(out.join("best.onnx"))?.len();
     if files.put_if_absent_file(&artifact_key, &out.join("best.onnx")).await? == tamp_ports::PutOutcome::Exists {
         let stored = files.head(&artifact_key).await?.map(|m| m.size);
-        anyhow::ensure!(stored == Some(local_size), "{artifact_key} exists with {stored:?} bytes, this attempt made {local_size}: content-addressed keys must not differ");
+        anyhow::ensure!(
+            stored == Some(local_size),
+            "{artifact_key} exists with {stored:?} bytes, this attempt made {local_size}: content-addressed keys must not differ"
+        );
     }
     if std::env::var_os("TAMP_FAULT_CRASH_AFTER_ARTIFACT").is_some_and(|m| std::fs::OpenOptions::new().write(true).create_new(true).open(m).is_ok()) {
         die();
@@ -226,7 +247,35 @@ pub fn scratch_dir(root: &Path, run: &StageRun) -> PathBuf {
     root.join(run.name())
 }
 
+/// What both worker binaries take: one attempt of one stage of one job.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub job: String,
+    #[arg(long)]
+    pub stage: usize,
+    #[arg(long, default_value_t = 1)]
+    pub attempt: u32,
+}
+
+impl RunArgs {
+    pub fn run(&self) -> StageRun {
+        StageRun { job: self.job.clone(), stage: self.stage, attempt: self.attempt }
+    }
+}
+
+/// The exit contract of both worker binaries: success returns; a failure prints its reason
+/// as the last line (`error: …`, which the local runner reads) and exits with its code
+/// ([`EXIT_BAD_INPUT`] for bad input, 1 for anything worth retrying).
+pub fn finish(outcome: std::result::Result<(), Failure>) {
+    if let Err(f) = outcome {
+        eprintln!("error: {}", f.message());
+        std::process::exit(f.exit_code());
+    }
+}
+
 /// The AWS wiring of the Batch container.
+#[cfg(feature = "aws")]
 pub mod aws {
     use super::{Failure, run_stage, scratch_dir, stage_manifest_key};
     use anyhow::anyhow;

@@ -100,11 +100,20 @@ pub fn message_from_state_change(event: &serde_json::Value) -> Option<Message> {
     let p = &d["parameters"];
     let run = StageRun { job: p["job"].as_str()?.to_owned(), stage: p["stage"].as_str()?.parse().ok()?, attempt: p["attempt"].as_str()?.parse().ok()? };
     let exit = d["container"]["exitCode"].as_i64().or_else(|| d["attempts"].as_array()?.last()?["container"]["exitCode"].as_i64());
-    let reason = d["attempts"].as_array().and_then(|a| a.last()).and_then(|a| a["container"]["reason"].as_str()).or_else(|| d["statusReason"].as_str()).unwrap_or("").to_owned();
+    let reason = d["attempts"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|a| a["container"]["reason"].as_str())
+        .or_else(|| d["statusReason"].as_str())
+        .unwrap_or("")
+        .to_owned();
     let status = match d["status"].as_str()? {
         "RUNNING" => RunStatus::Running,
         "SUCCEEDED" => RunStatus::Succeeded,
-        "FAILED" => RunStatus::Failed { reason: format!("{reason} (exit {})", exit.map_or_else(|| "unknown".into(), |e| e.to_string())), retryable: exit != Some(EXIT_BAD_INPUT) },
+        "FAILED" => RunStatus::Failed {
+            reason: format!("{reason} (exit {})", exit.map_or_else(|| "unknown".into(), |e| e.to_string())),
+            retryable: exit != Some(EXIT_BAD_INPUT),
+        },
         _ => return None,
     };
     let at = d["stoppedAt"].as_u64().or_else(|| d["startedAt"].as_u64()).map_or(0, |ms| ms / 1000);
@@ -118,9 +127,12 @@ mod tests {
 
     #[test]
     fn the_sample_state_change_event_becomes_a_non_retryable_failure() {
-        let path = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())).join("../../events/batch-job-state-change.json");
+        let path = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+            .join("../../events/batch-job-state-change.json");
         let event: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-        let Some(Message::Batch { run, status: RunStatus::Failed { reason, retryable }, at }) = message_from_state_change(&event) else { panic!("not a failure") };
+        let Some(Message::Batch { run, status: RunStatus::Failed { reason, retryable }, at }) = message_from_state_change(&event) else {
+            panic!("not a failure")
+        };
         assert_eq!(run, StageRun { job: "job_ef335827e2c8116d".into(), stage: 0, attempt: 1 });
         assert!(!retryable && reason.contains("asymmetric weights") && reason.contains("exit 3"), "{reason}");
         assert_eq!(at, 1_795_716_067);

@@ -15,7 +15,10 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType,
+    TransactWriteItem,
+};
 use tamp_domain::job::{Job, JobState};
 use tamp_ports::{ArtifactRecord, AuditRecord, Created, MetadataStore, PortError, Result, TokenRecord};
 
@@ -83,7 +86,9 @@ impl DynamoStore {
         for a in ["PK", "SK", "GSI1PK", "GSI1SK"] {
             req = req.attribute_definitions(attr(a).map_err(|e| PortError::Invalid(e.to_string()))?);
         }
-        req = req.key_schema(ks("PK", KeyType::Hash).map_err(|e| PortError::Invalid(e.to_string()))?).key_schema(ks("SK", KeyType::Range).map_err(|e| PortError::Invalid(e.to_string()))?);
+        req = req
+            .key_schema(ks("PK", KeyType::Hash).map_err(|e| PortError::Invalid(e.to_string()))?)
+            .key_schema(ks("SK", KeyType::Range).map_err(|e| PortError::Invalid(e.to_string()))?);
         req.send().await.map_err(|e| unavailable("create table", e.into_service_error()))?;
         Ok(())
     }
@@ -98,7 +103,15 @@ impl DynamoStore {
     }
 
     async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>> {
-        let out = self.client.get_item().table_name(&self.table).set_key(Some(key(pk, sk))).consistent_read(true).send().await.map_err(|e| unavailable("get", e.into_service_error()))?;
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get", e.into_service_error()))?;
         Ok(out.item)
     }
 
@@ -117,7 +130,12 @@ impl DynamoStore {
     }
 
     fn put(&self, item: Item, condition: &str) -> Result<TransactWriteItem> {
-        let put = Put::builder().table_name(&self.table).set_item(Some(item)).condition_expression(condition).build().map_err(|e| PortError::Invalid(e.to_string()))?;
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .build()
+            .map_err(|e| PortError::Invalid(e.to_string()))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
@@ -143,7 +161,13 @@ impl MetadataStore for DynamoStore {
         idem.insert("job_id".into(), s(job.id.clone()));
         let mut back = key(format!("JOBIDEM#{}", job.id), "IDEM");
         back.insert("key".into(), s(idempotency_key));
-        let failed = self.transact(vec![self.put(idem, "attribute_not_exists(PK)")?, self.put(Self::job_item(job)?, "attribute_not_exists(PK)")?, self.put(back, "attribute_not_exists(PK)")?]).await?;
+        let failed = self
+            .transact(vec![
+                self.put(idem, "attribute_not_exists(PK)")?,
+                self.put(Self::job_item(job)?, "attribute_not_exists(PK)")?,
+                self.put(back, "attribute_not_exists(PK)")?,
+            ])
+            .await?;
         if failed.is_empty() {
             return Ok(Created::New);
         }
@@ -346,7 +370,8 @@ impl MetadataStore for DynamoStore {
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         // Rare (admin listing, project deletion): a filtered scan of the one table.
         let mut out = Vec::new();
-        let mut pages = self.client.scan().table_name(&self.table).filter_expression("SK = :t").expression_attribute_values(":t", s("TOKEN")).into_paginator().send();
+        let mut pages =
+            self.client.scan().table_name(&self.table).filter_expression("SK = :t").expression_attribute_values(":t", s("TOKEN")).into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| unavailable("list tokens", e.into_service_error()))?;
             for item in page.items() {
@@ -378,7 +403,11 @@ impl MetadataStore for DynamoStore {
     async fn list_records(&self, kind: &str, prefix: &str) -> Result<Vec<serde_json::Value>> {
         let mut out = Vec::new();
         let mut req = self.client.query().table_name(&self.table).expression_attribute_values(":pk", s(format!("REC#{kind}")));
-        req = if prefix.is_empty() { req.key_condition_expression("PK = :pk") } else { req.key_condition_expression("PK = :pk AND begins_with(SK, :p)").expression_attribute_values(":p", s(prefix)) };
+        req = if prefix.is_empty() {
+            req.key_condition_expression("PK = :pk")
+        } else {
+            req.key_condition_expression("PK = :pk AND begins_with(SK, :p)").expression_attribute_values(":p", s(prefix))
+        };
         let mut pages = req.into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| unavailable("list records", e.into_service_error()))?;

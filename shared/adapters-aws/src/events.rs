@@ -29,8 +29,15 @@ impl EventBridgeBus {
 impl EventBus for EventBridgeBus {
     async fn publish(&self, event: &TampEvent) -> Result<()> {
         let detail = serde_json::to_string(event).map_err(|e| PortError::Invalid(e.to_string()))?;
-        let entry = PutEventsRequestEntry::builder().event_bus_name(&self.bus).source(SOURCE).detail_type(&event.detail_type).detail(detail).resources(format!("tamp:job/{}", event.job)).build();
-        let out = self.client.put_events().entries(entry).send().await.map_err(|e| PortError::Unavailable(format!("eventbridge put: {}", e.into_service_error())))?;
+        let entry = PutEventsRequestEntry::builder()
+            .event_bus_name(&self.bus)
+            .source(SOURCE)
+            .detail_type(&event.detail_type)
+            .detail(detail)
+            .resources(format!("tamp:job/{}", event.job))
+            .build();
+        let out =
+            self.client.put_events().entries(entry).send().await.map_err(|e| PortError::Unavailable(format!("eventbridge put: {}", e.into_service_error())))?;
         if out.failed_entry_count() > 0 {
             let why: Vec<String> = out.entries().iter().filter_map(|e| e.error_message().map(str::to_owned)).collect();
             return Err(PortError::Unavailable(format!("eventbridge rejected the event: {}", why.join("; "))));

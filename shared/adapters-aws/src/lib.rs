@@ -66,7 +66,13 @@ impl S3Store {
     pub fn new(config: &aws_config::SdkConfig, bucket: impl Into<String>) -> Self {
         let path_style = config.endpoint_url().is_some();
         let s3 = aws_sdk_s3::config::Builder::from(config).force_path_style(path_style).build();
-        Self { client: aws_sdk_s3::Client::from_conf(s3), bucket: bucket.into(), kms_key_id: None, multipart_threshold: DEFAULT_MULTIPART_THRESHOLD, part_size: 16 << 20 }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(s3),
+            bucket: bucket.into(),
+            kms_key_id: None,
+            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
+            part_size: 16 << 20,
+        }
     }
 
     /// Sends `x-amz-server-side-encryption: aws:kms` with this key id on every write.
@@ -109,7 +115,16 @@ impl S3Store {
     async fn multipart(&self, key: &str, path: &Path, if_absent: bool) -> Result<PutOutcome> {
         use tokio::io::AsyncReadExt;
         let (sse, kms) = self.sse();
-        let created = self.client.create_multipart_upload().bucket(&self.bucket).key(key).set_server_side_encryption(sse).set_ssekms_key_id(kms).send().await.map_err(|e| unavailable("s3 create multipart", e.into_service_error()))?;
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms)
+            .send()
+            .await
+            .map_err(|e| unavailable("s3 create multipart", e.into_service_error()))?;
         let upload_id = created.upload_id().ok_or_else(|| PortError::Unavailable("s3 create multipart: no upload id".into()))?.to_owned();
         let parts = async {
             let mut file = tokio::fs::File::open(path).await.map_err(|e| unavailable(&path.display().to_string(), e))?;
@@ -121,7 +136,17 @@ impl S3Store {
                     break;
                 }
                 let last = (buf.len() as u64) < self.part_size;
-                let out = self.client.upload_part().bucket(&self.bucket).key(key).upload_id(&upload_id).part_number(number).body(ByteStream::from(buf)).send().await.map_err(|e| unavailable("s3 upload part", e.into_service_error()))?;
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(buf))
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("s3 upload part", e.into_service_error()))?;
                 parts.push(aws_sdk_s3::types::CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_owned)).build());
                 if last {
                     break;
@@ -130,7 +155,9 @@ impl S3Store {
             Ok::<_, PortError>(parts)
         }
         .await;
-        let abort = || async { let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(&upload_id).send().await; };
+        let abort = || async {
+            let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(&upload_id).send().await;
+        };
         let parts = match parts {
             Ok(p) => p,
             Err(e) => {
@@ -138,7 +165,13 @@ impl S3Store {
                 return Err(e);
             }
         };
-        let mut complete = self.client.complete_multipart_upload().bucket(&self.bucket).key(key).upload_id(&upload_id).multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        let mut complete = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(aws_sdk_s3::types::CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
         if if_absent {
             complete = complete.if_none_match("*");
         }
@@ -273,13 +306,27 @@ impl ObjectStore for S3Store {
 
     async fn presign_get(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String> {
         check_key(key)?;
-        let req = self.client.get_object().bucket(&self.bucket).key(key).presigned(Self::presign_config(ttl, now)?).await.map_err(|e| unavailable("s3 presign", e))?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(Self::presign_config(ttl, now)?)
+            .await
+            .map_err(|e| unavailable("s3 presign", e))?;
         Ok(req.uri().to_owned())
     }
 
     async fn presign_put(&self, key: &str, ttl: Duration, now: Timestamp) -> Result<String> {
         check_key(key)?;
-        let req = self.client.put_object().bucket(&self.bucket).key(key).presigned(Self::presign_config(ttl, now)?).await.map_err(|e| unavailable("s3 presign", e))?;
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(Self::presign_config(ttl, now)?)
+            .await
+            .map_err(|e| unavailable("s3 presign", e))?;
         Ok(req.uri().to_owned())
     }
 }
@@ -320,10 +367,22 @@ impl SqsQueue {
         let client = aws_sdk_sqs::Client::new(config);
         let dlq = client.create_queue().queue_name(format!("{name}-dlq")).send().await.map_err(|e| unavailable("sqs create dlq", e.into_service_error()))?;
         let dlq_url = dlq.queue_url().unwrap_or_default().to_owned();
-        let attrs = client.get_queue_attributes().queue_url(&dlq_url).attribute_names(QueueAttributeName::QueueArn).send().await.map_err(|e| unavailable("sqs dlq arn", e.into_service_error()))?;
+        let attrs = client
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| unavailable("sqs dlq arn", e.into_service_error()))?;
         let arn = attrs.attributes().and_then(|a| a.get(&QueueAttributeName::QueueArn)).cloned().unwrap_or_default();
         let redrive = serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": max_receives.to_string() }).to_string();
-        let q = client.create_queue().queue_name(name).attributes(QueueAttributeName::RedrivePolicy, redrive).send().await.map_err(|e| unavailable("sqs create", e.into_service_error()))?;
+        let q = client
+            .create_queue()
+            .queue_name(name)
+            .attributes(QueueAttributeName::RedrivePolicy, redrive)
+            .send()
+            .await
+            .map_err(|e| unavailable("sqs create", e.into_service_error()))?;
         Ok(Self { client, url: q.queue_url().unwrap_or_default().to_owned(), dlq_url })
     }
 }
@@ -331,7 +390,14 @@ impl SqsQueue {
 #[async_trait]
 impl Queue for SqsQueue {
     async fn send(&self, body: String, delay: Duration) -> Result<()> {
-        self.client.send_message().queue_url(&self.url).message_body(body).delay_seconds(whole_seconds(delay).min(900)).send().await.map_err(|e| unavailable("sqs send", e.into_service_error()))?;
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .delay_seconds(whole_seconds(delay).min(900))
+            .send()
+            .await
+            .map_err(|e| unavailable("sqs send", e.into_service_error()))?;
         Ok(())
     }
 
@@ -354,19 +420,37 @@ impl Queue for SqsQueue {
                 id: m.message_id().unwrap_or_default().to_owned(),
                 receipt: m.receipt_handle().unwrap_or_default().to_owned(),
                 body: m.body().unwrap_or_default().to_owned(),
-                receive_count: m.attributes().and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount)).and_then(|c| c.parse().ok()).unwrap_or(1),
+                receive_count: m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1),
             })
             .collect())
     }
 
     async fn ack(&self, receipt: &str) -> Result<()> {
-        self.client.delete_message().queue_url(&self.url).receipt_handle(receipt).send().await.map_err(|e| unavailable("sqs delete", e.into_service_error()))?;
+        self.client
+            .delete_message()
+            .queue_url(&self.url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| unavailable("sqs delete", e.into_service_error()))?;
         Ok(())
     }
 
     async fn dead_letters(&self) -> Result<Vec<String>> {
         // Peek: a zero visibility timeout leaves them on the DLQ.
-        let out = self.client.receive_message().queue_url(&self.dlq_url).max_number_of_messages(10).visibility_timeout(0).send().await.map_err(|e| unavailable("sqs dlq", e.into_service_error()))?;
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.dlq_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .map_err(|e| unavailable("sqs dlq", e.into_service_error()))?;
         Ok(out.messages().iter().filter_map(|m| m.body().map(str::to_owned)).collect())
     }
 }

@@ -60,8 +60,22 @@ async fn eventbridge_bus_delivers_to_a_rule_target() {
         .attributes()
         .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
         .clone();
-    bus.client().put_rule().name("to-notify").event_bus_name(&name).event_pattern(r#"{"source":["tamp"],"detail-type":[{"prefix":"tamp.job."}]}"#).send().await.unwrap();
-    bus.client().put_targets().rule("to-notify").event_bus_name(&name).targets(aws_sdk_eventbridge::types::Target::builder().id("q").arn(arn).build().unwrap()).send().await.unwrap();
+    bus.client()
+        .put_rule()
+        .name("to-notify")
+        .event_bus_name(&name)
+        .event_pattern(r#"{"source":["tamp"],"detail-type":[{"prefix":"tamp.job."}]}"#)
+        .send()
+        .await
+        .unwrap();
+    bus.client()
+        .put_targets()
+        .rule("to-notify")
+        .event_bus_name(&name)
+        .targets(aws_sdk_eventbridge::types::Target::builder().id("q").arn(arn).build().unwrap())
+        .send()
+        .await
+        .unwrap();
     let event = TampEvent {
         id: "evt_1".into(),
         detail_type: "tamp.job.succeeded".into(),

@@ -88,7 +88,16 @@ impl BatchRunner for ProcessRunner {
             }
             runs.insert(name.clone(), 0);
         }
-        let (program, mut args, log, queue, permits, runs, run, limits) = (self.program.clone(), self.args.clone(), self.logs.join(format!("{name}.log")), self.queue.clone(), self.permits.clone(), self.runs.clone(), run.clone(), self.limits.clone());
+        let (program, mut args, log, queue, permits, runs, run, limits) = (
+            self.program.clone(),
+            self.args.clone(),
+            self.logs.join(format!("{name}.log")),
+            self.queue.clone(),
+            self.permits.clone(),
+            self.runs.clone(),
+            run.clone(),
+            self.limits.clone(),
+        );
         args.extend(["--job".into(), run.job.clone(), "--stage".into(), run.stage.to_string(), "--attempt".into(), run.attempt.to_string()]);
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else { return };
@@ -130,7 +139,10 @@ impl BatchRunner for ProcessRunner {
             }
             let status = match status {
                 Ok(None) => RunStatus::Failed {
-                    reason: format!("the stage ran past its wall-clock limit of {} s and was stopped; lower `evaluation.latency_runs` or the calibration samples, or raise `tamp serve --attempt-timeout`", limits.timeout.map_or(0, |t| t.as_secs())),
+                    reason: format!(
+                        "the stage ran past its wall-clock limit of {} s and was stopped; lower `evaluation.latency_runs` or the calibration samples, or raise `tamp serve --attempt-timeout`",
+                        limits.timeout.map_or(0, |t| t.as_secs())
+                    ),
                     retryable: false,
                 },
                 Ok(Some(s)) if s.success() => RunStatus::Succeeded,

@@ -9,12 +9,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tamp_ports::{EventBus, PortError, Result, TampEvent};
 
-/// Something that reacts to events.
-#[async_trait]
-pub trait Subscriber: Send + Sync {
-    fn name(&self) -> &str;
-    async fn on_event(&self, event: &TampEvent) -> Result<()>;
-}
+pub use tamp_ports::Subscriber;
 
 pub struct LocalBus {
     log: Option<Mutex<(PathBuf, std::fs::File)>>,
@@ -65,11 +60,8 @@ impl EventBus for LocalBus {
         let path = guard.0.clone();
         let err = |e: std::io::Error| PortError::Unavailable(format!("{}: {e}", path.display()));
         let text = std::fs::read_to_string(&path).map_err(err)?;
-        let kept: String = text
-            .lines()
-            .filter(|l| serde_json::from_str::<TampEvent>(l).map_or(true, |e| e.project != project))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let kept: String =
+            text.lines().filter(|l| serde_json::from_str::<TampEvent>(l).map_or(true, |e| e.project != project)).map(|l| format!("{l}\n")).collect();
         let tmp = path.with_extension("jsonl.tmp");
         std::fs::write(&tmp, kept).map_err(err)?;
         std::fs::rename(&tmp, &path).map_err(err)?;

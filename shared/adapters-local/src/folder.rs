@@ -88,6 +88,16 @@ impl FolderStore {
     }
 }
 
+impl tamp_ports::SignedLinks for FolderStore {
+    fn verify(&self, method: &str, key: &str, expires: Timestamp, signature: &str, now: Timestamp) -> bool {
+        FolderStore::verify(self, method, key, expires, signature, now)
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.root.clone()
+    }
+}
+
 #[async_trait]
 impl ObjectStore for FolderStore {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {

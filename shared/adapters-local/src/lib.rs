@@ -13,10 +13,4 @@ pub use folder::FolderStore;
 pub use queue::MemoryQueue;
 pub use sqlite::SqliteStore;
 
-/// A random hex string of `bytes` bytes (ids, receipts).
-pub fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    hex::encode(buf)
-}
+pub use tamp_domain::ids::random_hex;

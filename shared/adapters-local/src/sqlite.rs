@@ -39,7 +39,9 @@ pub struct SqliteStore {
 
 fn db(e: rusqlite::Error) -> PortError {
     match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked => PortError::Unavailable(format!("sqlite busy: {e}")),
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked => {
+            PortError::Unavailable(format!("sqlite busy: {e}"))
+        }
         other => PortError::Unavailable(format!("sqlite: {other}")),
     }
 }
@@ -87,12 +89,16 @@ impl MetadataStore for SqliteStore {
         let doc = json(job)?;
         self.with(|c| {
             let tx = c.transaction().map_err(db)?;
-            let existing: Option<String> = tx.query_row("SELECT job_id FROM idempotency WHERE key = ?1", [idempotency_key], |r| r.get(0)).optional().map_err(db)?;
+            let existing: Option<String> =
+                tx.query_row("SELECT job_id FROM idempotency WHERE key = ?1", [idempotency_key], |r| r.get(0)).optional().map_err(db)?;
             if let Some(id) = existing {
                 return Ok(Created::Duplicate(id));
             }
             let inserted = tx
-                .execute("INSERT OR IGNORE INTO jobs (id, state, revision, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5)", params![job.id, job.state.as_str(), job.revision as i64, job.created_at as i64, doc])
+                .execute(
+                    "INSERT OR IGNORE INTO jobs (id, state, revision, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![job.id, job.state.as_str(), job.revision as i64, job.created_at as i64, doc],
+                )
                 .map_err(db)?;
             if inserted == 0 {
                 return Err(PortError::Conflict(format!("job {} already exists", job.id)));
@@ -112,7 +118,10 @@ impl MetadataStore for SqliteStore {
         let doc = json(job)?;
         self.with(|c| {
             let n = c
-                .execute("UPDATE jobs SET state = ?1, revision = ?2, doc = ?3 WHERE id = ?4 AND revision = ?5", params![job.state.as_str(), job.revision as i64, doc, job.id, expected_revision as i64])
+                .execute(
+                    "UPDATE jobs SET state = ?1, revision = ?2, doc = ?3 WHERE id = ?4 AND revision = ?5",
+                    params![job.state.as_str(), job.revision as i64, doc, job.id, expected_revision as i64],
+                )
                 .map_err(db)?;
             if n == 1 {
                 return Ok(());
@@ -154,15 +163,28 @@ impl MetadataStore for SqliteStore {
         let doc = json(a)?;
         self.with(|c| {
             let tx = c.transaction().map_err(db)?;
-            tx.execute("INSERT OR IGNORE INTO artifacts (id, model_id, runtime, score, doc) VALUES (?1, ?2, ?3, ?4, ?5)", params![a.id, a.model_id, a.runtime, a.score, doc]).map_err(db)?;
-            let best: Option<(String, f64)> = tx.query_row("SELECT artifact_id, score FROM best WHERE model_id = ?1 AND runtime = ?2", params![a.model_id, a.runtime], |r| Ok((r.get(0)?, r.get(1)?))).optional().map_err(db)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO artifacts (id, model_id, runtime, score, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![a.id, a.model_id, a.runtime, a.score, doc],
+            )
+            .map_err(db)?;
+            let best: Option<(String, f64)> = tx
+                .query_row("SELECT artifact_id, score FROM best WHERE model_id = ?1 AND runtime = ?2", params![a.model_id, a.runtime], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(db)?;
             let better = a.eligible
                 && match &best {
                     None => true,
                     Some((id, score)) => *id != a.id && a.score > *score,
                 };
             if better {
-                tx.execute("INSERT OR REPLACE INTO best (model_id, runtime, artifact_id, score) VALUES (?1, ?2, ?3, ?4)", params![a.model_id, a.runtime, a.id, a.score]).map_err(db)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO best (model_id, runtime, artifact_id, score) VALUES (?1, ?2, ?3, ?4)",
+                    params![a.model_id, a.runtime, a.id, a.score],
+                )
+                .map_err(db)?;
             }
             tx.commit().map_err(db)?;
             Ok(better)
@@ -176,7 +198,13 @@ impl MetadataStore for SqliteStore {
 
     async fn best_artifact(&self, model_id: &str, runtime: &str) -> Result<Option<ArtifactRecord>> {
         let doc: Option<String> = self.with(|c| {
-            c.query_row("SELECT a.doc FROM best b JOIN artifacts a ON a.id = b.artifact_id WHERE b.model_id = ?1 AND b.runtime = ?2", params![model_id, runtime], |r| r.get(0)).optional().map_err(db)
+            c.query_row(
+                "SELECT a.doc FROM best b JOIN artifacts a ON a.id = b.artifact_id WHERE b.model_id = ?1 AND b.runtime = ?2",
+                params![model_id, runtime],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
         })?;
         doc.map(|d| parse(&d)).transpose()
     }
@@ -201,12 +229,17 @@ impl MetadataStore for SqliteStore {
 
     async fn put_record(&self, kind: &str, id: &str, doc: &serde_json::Value, if_absent: bool) -> Result<bool> {
         let text = json(doc)?;
-        let sql = if if_absent { "INSERT OR IGNORE INTO records (kind, id, doc) VALUES (?1, ?2, ?3)" } else { "INSERT OR REPLACE INTO records (kind, id, doc) VALUES (?1, ?2, ?3)" };
+        let sql = if if_absent {
+            "INSERT OR IGNORE INTO records (kind, id, doc) VALUES (?1, ?2, ?3)"
+        } else {
+            "INSERT OR REPLACE INTO records (kind, id, doc) VALUES (?1, ?2, ?3)"
+        };
         self.with(|c| c.execute(sql, params![kind, id, text]).map(|n| n == 1).map_err(db))
     }
 
     async fn get_record(&self, kind: &str, id: &str) -> Result<Option<serde_json::Value>> {
-        let doc: Option<String> = self.with(|c| c.query_row("SELECT doc FROM records WHERE kind = ?1 AND id = ?2", [kind, id], |r| r.get(0)).optional().map_err(db))?;
+        let doc: Option<String> =
+            self.with(|c| c.query_row("SELECT doc FROM records WHERE kind = ?1 AND id = ?2", [kind, id], |r| r.get(0)).optional().map_err(db))?;
         doc.map(|d| parse(&d)).transpose()
     }
 

@@ -14,24 +14,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Json;
 use axum::body::{Body, Bytes};
-use futures_util::StreamExt;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::Extension;
+use futures_util::StreamExt;
 use serde::Deserialize;
-use tamp_adapters_local::FolderStore;
 use tamp_domain::job::{JobState, Signal, valid_name};
-use tamp_ports::{AuditRecord, ObjectStore, PortError, Role};
+use tamp_ports::{AuditRecord, PortError, Role};
 
 use utoipa::OpenApi as _;
 
 use crate::auth::{Auth, Principal, mint};
-use crate::handlers::{self, HandlerError, Ingested, Services};
+use crate::erasure::{delete_artifact, delete_job, delete_model, delete_project, delete_token, delete_upload, delete_version, list_tokens};
+use crate::handlers::{self, Ingested, Services};
+pub use crate::problem::Problem;
 
 /// Download links live this long.
 const LINK_TTL: Duration = Duration::from_secs(10 * 60);
@@ -41,7 +42,7 @@ pub struct AppState {
     pub svc: Services,
     /// The local object store, for `/objects/…` links and streamed uploads; on AWS, S3 serves
     /// presigned links itself and this is `None`.
-    pub files: Option<Arc<FolderStore>>,
+    pub files: Option<Arc<dyn tamp_ports::SignedLinks>>,
     pub auth: Arc<Auth>,
     pub limits: Limits,
 }
@@ -99,7 +100,8 @@ async fn authenticate(State(st): State<AppState>, mut req: axum::extract::Reques
         return problem.into_response();
     }
     // A presigned upload link is its own credential: editor on that one key's project.
-    if path.starts_with("/uploads/") && req.method() == axum::http::Method::PUT
+    if path.starts_with("/uploads/")
+        && req.method() == axum::http::Method::PUT
         && let Some(q) = req.uri().query().and_then(signed_query)
     {
         // Signed over the key as it is; clients send it percent-encoded.
@@ -142,77 +144,12 @@ fn signed_query(q: &str) -> Option<(u64, String)> {
     Some((expires?, signature?))
 }
 
-async fn audit(st: &AppState, who: &Principal, action: &str, resource: &str, detail: String) -> Result<(), Problem> {
+pub(crate) async fn audit(st: &AppState, who: &Principal, action: &str, resource: &str, detail: String) -> Result<(), Problem> {
     let rec = AuditRecord { time: st.svc.clock.now(), actor: who.actor.clone(), action: action.into(), resource: resource.into(), detail };
     st.svc.meta.append_audit(&rec).await.map_err(Problem::from)
 }
 
-/// A problem document.
-#[derive(Debug)]
-pub struct Problem {
-    pub status: StatusCode,
-    pub title: &'static str,
-    pub detail: String,
-    /// Seconds, sent as `Retry-After` (429).
-    pub retry_after: Option<u64>,
-}
-
-impl Problem {
-    pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, title, detail: detail.into(), retry_after: None }
-    }
-    pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
-    }
-    pub fn too_many(retry_after: u64, detail: impl Into<String>) -> Self {
-        Self { retry_after: Some(retry_after), ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too many requests", detail) }
-    }
-    fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not found", detail)
-    }
-    pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad request", detail)
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({ "type": "about:blank", "title": self.title, "status": self.status.as_u16(), "detail": self.detail });
-        let mut r = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
-        if let Some(secs) = self.retry_after
-            && let Ok(v) = secs.to_string().parse()
-        {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        r
-    }
-}
-
-impl From<HandlerError> for Problem {
-    fn from(e: HandlerError) -> Self {
-        match e {
-            HandlerError::Invalid(m) => Self::bad_request(m),
-            HandlerError::Port(p) => p.into(),
-        }
-    }
-}
-
-impl From<PortError> for Problem {
-    fn from(e: PortError) -> Self {
-        match e {
-            PortError::NotFound(m) => Self::not_found(m),
-            PortError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
-            PortError::Invalid(m) => Self::bad_request(m),
-            PortError::Unavailable(m) => {
-                // Storage errors carry server paths and endpoints: logged, never sent.
-                tracing::error!(error = %m, "storage unavailable");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server's storage did not answer; retry in a moment (the operator's log has the details)")
-            }
-        }
-    }
-}
-
-type ApiResult = Result<Response, Problem>;
+pub(crate) type ApiResult = Result<Response, Problem>;
 
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
@@ -242,7 +179,7 @@ pub fn router(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-fn check_names(parts: &[&str]) -> Result<(), Problem> {
+pub(crate) fn check_names(parts: &[&str]) -> Result<(), Problem> {
     match parts.iter().find(|p| !valid_name(p)) {
         Some(bad) => Err(Problem::bad_request(format!("'{bad}' is not a valid name (lowercase letters, digits, - and _; at most 64)"))),
         None => Ok(()),
@@ -259,15 +196,29 @@ fn ingested(outcome: Ingested) -> ApiResult {
 
 /// Streams the request body to a temporary file (models can be gigabytes), then stores it.
 #[utoipa::path(put, path = "/uploads/{project}/{model}/{version}/{file}", tag = "uploads", params(("project" = String, Path), ("model" = String, Path), ("version" = String, Path), ("file" = String, Path)), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 201, description = "stored; for recipe.yaml, the job it started", body = serde_json::Value), (status = 400, body = ProblemDoc), (status = 403, body = ProblemDoc)))]
-async fn upload(State(st): State<AppState>, Extension(who): Extension<Principal>, Path((project, model, version, file)): Path<(String, String, String, String)>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn upload(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((project, model, version, file)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     check_names(&[&project, &model, &version])?;
     who.require(&project, Role::Editor)?;
     check_file_name(&file)?;
     let key = format!("uploads/{project}/{model}/{version}/{file}");
     let max = if file == "recipe.yaml" { tamp_domain::recipe::MAX_RECIPE_BYTES as u64 } else { st.limits.max_upload_bytes };
     let too_large = |what: u64| {
-        let hint = if file == "recipe.yaml" { "recipes are a few lines of YAML" } else { "ask the operator to raise `tamp serve --max-upload-bytes`, or upload large weights as external data files" };
-        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload too large", format!("{file} is {what} bytes or more, over the {max}-byte limit for this file ({hint})"))
+        let hint = if file == "recipe.yaml" {
+            "recipes are a few lines of YAML"
+        } else {
+            "ask the operator to raise `tamp serve --max-upload-bytes`, or upload large weights as external data files"
+        };
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload too large",
+            format!("{file} is {what} bytes or more, over the {max}-byte limit for this file ({hint})"),
+        )
     };
     // Refused from the declared length before a byte is read; counted again while streaming.
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
@@ -275,7 +226,7 @@ async fn upload(State(st): State<AppState>, Extension(who): Extension<Principal>
     {
         return Err(too_large(len));
     }
-    let tmp = st.files.as_ref().map_or_else(std::env::temp_dir, |f| f.root().to_path_buf()).join(format!(".upload-{}", tamp_adapters_local::random_hex(8)));
+    let tmp = st.files.as_ref().map_or_else(std::env::temp_dir, |f| f.staging_dir()).join(format!(".upload-{}", tamp_domain::ids::random_hex(8)));
     let written = async {
         use tokio::io::AsyncWriteExt;
         let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| Problem::from(PortError::Unavailable(e.to_string())))?;
@@ -325,7 +276,7 @@ async fn create_job(State(st): State<AppState>, Extension(who): Extension<Princi
     let marker_of = |what: &str| match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
         Some(k) if !k.is_empty() && k.len() <= 200 => Ok(format!("api:{scope}|{what}|{k}")),
         Some(_) => Err(Problem::bad_request("Idempotency-Key must be 1–200 visible characters")),
-        None => Ok(format!("api:{scope}|{what}|{}", tamp_adapters_local::random_hex(8))),
+        None => Ok(format!("api:{scope}|{what}|{}", tamp_domain::ids::random_hex(8))),
     };
     if let Some(pid) = &req.policy {
         if project_of(pid) != req.project {
@@ -337,7 +288,8 @@ async fn create_job(State(st): State<AppState>, Extension(who): Extension<Princi
         return ingested(handlers::start_job(&st.svc, &req.project, &req.model, &req.version, yaml, &format!("policy {pid}"), &marker).await?);
     }
     let key = format!("uploads/{}/{}/{}/recipe.yaml", req.project, req.model, req.version);
-    let meta = st.svc.store.head(&key).await?.ok_or_else(|| Problem::bad_request(format!("{key} has not been uploaded (PUT /{key}), and no `policy` was named")))?;
+    let meta =
+        st.svc.store.head(&key).await?.ok_or_else(|| Problem::bad_request(format!("{key} has not been uploaded (PUT /{key}), and no `policy` was named")))?;
     // The Idempotency-Key replaces the object version in the ingest key, so a retried POST
     // finds the first job and a new key asks for a new run of the same upload.
     let marker = marker_of(&format!("upload@{}", meta.version))?;
@@ -354,7 +306,10 @@ struct ListQuery {
 async fn list_jobs(State(st): State<AppState>, Extension(who): Extension<Principal>, Query(q): Query<ListQuery>) -> ApiResult {
     let state = match q.status.as_deref() {
         None => None,
-        Some(s) => Some(JobState::parse(s).ok_or_else(|| Problem::bad_request(format!("unknown status '{s}' (queued, planning, running, succeeded, failed, cancelled)")))?),
+        Some(s) => Some(
+            JobState::parse(s)
+                .ok_or_else(|| Problem::bad_request(format!("unknown status '{s}' (queued, planning, running, succeeded, failed, cancelled)")))?,
+        ),
     };
     let mut jobs = st.svc.meta.list_jobs(state, q.limit.unwrap_or(100).min(1000)).await?;
     jobs.retain(|j| who.role_on(&j.project).is_some());
@@ -372,7 +327,9 @@ async fn get_job(State(st): State<AppState>, Extension(who): Extension<Principal
 async fn cancel_job(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
     let existing = st.svc.meta.get_job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
     who.require(&existing.project, Role::Editor)?;
-    let job = handlers::signal(&st.svc, &id, &Signal::Cancel { reason: "cancelled through the API".into() }).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
+    let job = handlers::signal(&st.svc, &id, &Signal::Cancel { reason: "cancelled through the API".into() })
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
     Ok(Json(job).into_response())
 }
 
@@ -406,7 +363,7 @@ async fn artifact_view(st: &AppState, a: &tamp_ports::ArtifactRecord) -> Result<
 }
 
 /// The project part of a `<project>.<model>` id.
-fn project_of(model_id: &str) -> &str {
+pub(crate) fn project_of(model_id: &str) -> &str {
     model_id.split_once('.').map_or(model_id, |(p, _)| p)
 }
 
@@ -439,7 +396,7 @@ async fn download(State(st): State<AppState>, Path(key): Path<String>, Query(q):
     if !files.verify("GET", &key, q.expires, &q.signature, st.svc.clock.now()) {
         return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "the link is invalid or expired; ask the API for a new one"));
     }
-    let bytes = files.get(&key).await?;
+    let bytes = st.svc.store.get(&key).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -478,7 +435,13 @@ async fn create_token(State(st): State<AppState>, Extension(who): Extension<Prin
     let (rec, token) = mint(&req.subject, &req.project, role, Duration::from_secs(req.ttl_days * 86_400), &who.actor, now);
     st.svc.meta.put_token(&rec).await?;
     audit(&st, &who, "token.create", &rec.id, format!("{} as {:?} on {}", rec.subject, rec.role, rec.project).to_lowercase()).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": rec.id, "token": token, "subject": rec.subject, "project": rec.project, "role": rec.role, "expires_at": rec.expires_at }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            serde_json::json!({ "id": rec.id, "token": token, "subject": rec.subject, "project": rec.project, "role": rec.role, "expires_at": rec.expires_at }),
+        ),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -546,7 +509,8 @@ async fn create_model(State(st): State<AppState>, Extension(who): Extension<Prin
     who.require(&project, Role::Editor)?;
     project_exists(&st, &project).await?;
     let id = format!("{project}.{}", req.name);
-    let doc = serde_json::json!({ "id": id, "project": project, "name": req.name, "task": req.task, "created_at": st.svc.clock.now(), "created_by": who.actor });
+    let doc =
+        serde_json::json!({ "id": id, "project": project, "name": req.name, "task": req.task, "created_at": st.svc.clock.now(), "created_by": who.actor });
     if !st.svc.meta.put_record("model", &id, &doc, true).await? {
         return Err(Problem::new(StatusCode::CONFLICT, "conflict", format!("model '{id}' exists")));
     }
@@ -599,7 +563,11 @@ async fn create_version(State(st): State<AppState>, Extension(who): Extension<Pr
     let vid = format!("{id}/{}", req.version);
     let doc = serde_json::json!({ "id": vid, "model_id": id, "version": req.version, "prefix": prefix, "state": "uploading", "created_at": now, "created_by": who.actor });
     st.svc.meta.put_record("version", &vid, &doc, true).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "version": doc, "upload_urls": links, "upload_urls_expire_at": now + LINK_TTL.as_secs(), "method": "PUT" }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "version": doc, "upload_urls": links, "upload_urls_expire_at": now + LINK_TTL.as_secs(), "method": "PUT" })),
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, path = "/models/{id}/versions", tag = "catalog", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value)))]
@@ -628,7 +596,8 @@ async fn create_policy(State(st): State<AppState>, Extension(who): Extension<Pri
         return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid policy", e.to_string()));
     }
     let id = format!("{}.{}", req.project, req.name);
-    let doc = serde_json::json!({ "id": id, "project": req.project, "name": req.name, "yaml": req.yaml, "updated_at": st.svc.clock.now(), "updated_by": who.actor });
+    let doc =
+        serde_json::json!({ "id": id, "project": req.project, "name": req.name, "yaml": req.yaml, "updated_at": st.svc.clock.now(), "updated_by": who.actor });
     st.svc.meta.put_record("policy", &id, &doc, false).await?;
     audit(&st, &who, "policy.change", &id, String::new()).await?;
     Ok((StatusCode::CREATED, Json(doc)).into_response())
@@ -657,108 +626,6 @@ async fn report(State(st): State<AppState>, Extension(who): Extension<Principal>
     Ok(Json(doc).into_response())
 }
 
-fn deleted(d: &handlers::Deleted) -> ApiResult {
-    Ok(Json(serde_json::json!({ "deleted": d })).into_response())
-}
-
-/// Deletes a project and everything of it: jobs, artifacts, reports, logs, uploads, models,
-/// versions, policies, its tokens (admin on the project). Audited.
-#[utoipa::path(delete, path = "/projects/{project}", tag = "catalog", params(("project" = String, Path)), responses((status = 200, description = "what was removed", body = serde_json::Value), (status = 403, body = ProblemDoc), (status = 404, body = ProblemDoc)))]
-async fn delete_project(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(project): Path<String>) -> ApiResult {
-    check_names(&[&project])?;
-    who.require(&project, Role::Admin)?;
-    let known = st.svc.meta.get_record("project", &project).await?.is_some() || !st.svc.store.list(&format!("uploads/{project}/")).await?.is_empty();
-    if !known {
-        return Err(Problem::not_found(format!("no project '{project}'")));
-    }
-    let d = handlers::delete_scope(&st.svc, handlers::Scope::Project(&project)).await?;
-    audit(&st, &who, "delete", &format!("project {project}"), serde_json::to_string(&d).unwrap_or_default()).await?;
-    deleted(&d)
-}
-
-/// Deletes a model with its versions, jobs, artifacts and uploads (admin on its project).
-#[utoipa::path(delete, path = "/models/{id}", tag = "catalog", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 403, body = ProblemDoc)))]
-async fn delete_model(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
-    let (project, model) = id.split_once('.').ok_or_else(|| Problem::bad_request(format!("model ids are <project>.<model>, not '{id}'")))?;
-    check_names(&[project, model])?;
-    who.require(project, Role::Admin)?;
-    let d = handlers::delete_scope(&st.svc, handlers::Scope::Model(project, model)).await?;
-    audit(&st, &who, "delete", &format!("model {id}"), serde_json::to_string(&d).unwrap_or_default()).await?;
-    deleted(&d)
-}
-
-/// Deletes one version of a model: its uploads, jobs and artifacts (admin on its project).
-#[utoipa::path(delete, path = "/models/{id}/versions/{version}", tag = "catalog", params(("id" = String, Path), ("version" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 403, body = ProblemDoc)))]
-async fn delete_version(State(st): State<AppState>, Extension(who): Extension<Principal>, Path((id, version)): Path<(String, String)>) -> ApiResult {
-    let (project, model) = id.split_once('.').ok_or_else(|| Problem::bad_request(format!("model ids are <project>.<model>, not '{id}'")))?;
-    check_names(&[project, model, &version])?;
-    who.require(project, Role::Admin)?;
-    let d = handlers::delete_scope(&st.svc, handlers::Scope::Version(project, model, &version)).await?;
-    audit(&st, &who, "delete", &format!("version {id}/{version}"), serde_json::to_string(&d).unwrap_or_default()).await?;
-    deleted(&d)
-}
-
-/// Deletes a job with its artifacts, report and logs (editor on its project); a running job
-/// is cancelled first.
-#[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ProblemDoc)))]
-async fn delete_job(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
-    let job = st.svc.meta.get_job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
-    who.require(&job.project, Role::Editor)?;
-    let mut d = handlers::Deleted::default();
-    handlers::delete_job(&st.svc, &job, &mut d).await?;
-    audit(&st, &who, "delete", &format!("job {id}"), serde_json::to_string(&d).unwrap_or_default()).await?;
-    deleted(&d)
-}
-
-/// Deletes one artifact: its record, the best pointer at it, and its stored objects.
-#[utoipa::path(delete, path = "/artifacts/{id}", tag = "artifacts", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ProblemDoc)))]
-async fn delete_artifact(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
-    let a = st.svc.meta.get_artifact(&id).await?.ok_or_else(|| Problem::not_found(format!("no artifact {id}")))?;
-    who.require(project_of(&a.model_id), Role::Editor)?;
-    st.svc.meta.delete_artifact(&id).await?;
-    for key in [&a.key, &a.metadata_key] {
-        st.svc.store.delete(key).await?;
-    }
-    audit(&st, &who, "delete", &format!("artifact {id}"), a.key.clone()).await?;
-    deleted(&handlers::Deleted { objects: 2, records: 1, ..Default::default() })
-}
-
-/// Deletes one uploaded file (a model, a dataset, a recipe) of a version.
-#[utoipa::path(delete, path = "/uploads/{project}/{model}/{version}/{file}", tag = "uploads", params(("project" = String, Path), ("model" = String, Path), ("version" = String, Path), ("file" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ProblemDoc)))]
-async fn delete_upload(State(st): State<AppState>, Extension(who): Extension<Principal>, Path((project, model, version, file)): Path<(String, String, String, String)>) -> ApiResult {
-    check_names(&[&project, &model, &version])?;
-    who.require(&project, Role::Editor)?;
-    check_file_name(&file)?;
-    let key = format!("uploads/{project}/{model}/{version}/{file}");
-    if st.svc.store.head(&key).await?.is_none() {
-        return Err(Problem::not_found(format!("no upload {key}")));
-    }
-    st.svc.store.delete(&key).await?;
-    audit(&st, &who, "delete", &key, String::new()).await?;
-    deleted(&handlers::Deleted { objects: 1, ..Default::default() })
-}
-
-/// Revokes a token (admin on its project; anyone may revoke their own).
-#[utoipa::path(delete, path = "/tokens/{id}", tag = "auth", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value), (status = 404, body = ProblemDoc)))]
-async fn delete_token(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
-    let t = st.svc.meta.list_tokens().await?.into_iter().find(|t| t.id == id).ok_or_else(|| Problem::not_found(format!("no token {id}")))?;
-    if who.actor != format!("token:{id}") {
-        who.require(&t.project, Role::Admin)?;
-    }
-    st.svc.meta.delete_token(&id).await?;
-    audit(&st, &who, "token.delete", &id, format!("{} on {}", t.subject, t.project)).await?;
-    deleted(&handlers::Deleted { tokens: 1, ..Default::default() })
-}
-
-/// Tokens the caller administers (never their secrets: those were shown once).
-#[utoipa::path(get, path = "/tokens", tag = "auth", responses((status = 200, body = serde_json::Value)))]
-async fn list_tokens(State(st): State<AppState>, Extension(who): Extension<Principal>) -> ApiResult {
-    let mut tokens = st.svc.meta.list_tokens().await?;
-    tokens.retain(|t| who.role_on(&t.project) == Some(Role::Admin) || (t.project == "*" && who.role_on("*") == Some(Role::Admin)));
-    let view: Vec<serde_json::Value> = tokens.iter().map(|t| serde_json::json!({ "id": t.id, "subject": t.subject, "project": t.project, "role": t.role, "created_at": t.created_at, "expires_at": t.expires_at, "created_by": t.created_by })).collect();
-    Ok(Json(serde_json::json!({ "tokens": view })).into_response())
-}
-
 #[utoipa::path(get, path = "/healthz", tag = "meta", security(()), responses((status = 200, body = serde_json::Value)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
@@ -767,7 +634,7 @@ async fn healthz() -> Json<serde_json::Value> {
 /// An RFC 9457 problem document, as every error is sent.
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)] // documents the shape `Problem` serialises to
-struct ProblemDoc {
+pub(crate) struct ProblemDoc {
     r#type: String,
     title: String,
     status: u16,
@@ -780,7 +647,10 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = api.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("an API token (tamp_…) or a JWT")).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("an API token (tamp_…) or a JWT")).build()),
+        );
     }
 }
 
@@ -788,7 +658,7 @@ impl utoipa::Modify for BearerAuth {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Tamp API", description = "Compress ONNX models and prove what it did."),
-    paths(healthz, upload, create_job, list_jobs, get_job, cancel_job, best, artifact, download, create_token, list_audit, create_project, list_projects, create_model, list_models, get_model, create_version, list_versions, create_policy, get_policy, report, delete_project, delete_model, delete_version, delete_job, delete_artifact, delete_upload, delete_token, list_tokens),
+    paths(healthz, upload, create_job, list_jobs, get_job, cancel_job, best, artifact, download, create_token, list_audit, create_project, list_projects, create_model, list_models, get_model, create_version, list_versions, create_policy, get_policy, report, crate::erasure::delete_project, crate::erasure::delete_model, crate::erasure::delete_version, crate::erasure::delete_job, crate::erasure::delete_artifact, crate::erasure::delete_upload, crate::erasure::delete_token, crate::erasure::list_tokens),
     components(schemas(ProblemDoc, CreateJob, NewProject, NewModel, NewVersion, NewPolicy, CreateToken)),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tamp_ports::{MetadataStore, Role, TokenRecord};
 
-use crate::api::Problem;
+use crate::problem::Problem;
 
 /// How JWTs are verified.
 #[derive(Clone)]
@@ -38,8 +38,20 @@ pub enum JwtKeys {
 pub async fn resolve_jwks(keys: JwtKeys) -> Result<JwtKeys, String> {
     match keys {
         JwtKeys::JwksUrl(url) => {
-            let resp = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?.get(&url).send().await.map_err(|e| format!("fetching the JWKS {url}: {e}"))?;
-            let set = resp.error_for_status().map_err(|e| format!("fetching the JWKS {url}: {e}"))?.json::<jsonwebtoken::jwk::JwkSet>().await.map_err(|e| format!("{url} is not a JWKS document: {e}"))?;
+            let resp = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())?
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("fetching the JWKS {url}: {e}"))?;
+            let set = resp
+                .error_for_status()
+                .map_err(|e| format!("fetching the JWKS {url}: {e}"))?
+                .json::<jsonwebtoken::jwk::JwkSet>()
+                .await
+                .map_err(|e| format!("{url} is not a JWKS document: {e}"))?;
             Ok(JwtKeys::Jwks(set))
         }
         other => Ok(other),
@@ -104,7 +116,7 @@ pub fn token_hash(token: &str) -> String {
 
 /// A new random token string.
 pub fn new_token() -> String {
-    format!("tamp_{}", tamp_adapters_local::random_hex(24))
+    format!("tamp_{}", tamp_domain::ids::random_hex(24))
 }
 
 #[derive(Deserialize)]
@@ -138,8 +150,15 @@ impl Auth {
 
     /// Resolves the bearer credential of a request.
     pub async fn authenticate(&self, headers: &HeaderMap, now: u64) -> Result<Principal, Problem> {
-        let value = headers.get("authorization").and_then(|v| v.to_str().ok()).ok_or_else(|| unauthorized("send `Authorization: Bearer <token>` (an API token or a JWT)"))?;
-        let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?.trim();
+        let value = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| unauthorized("send `Authorization: Bearer <token>` (an API token or a JWT)"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?
+            .trim();
         if token.starts_with("tamp_") {
             let rec = self.meta.token_by_hash(&token_hash(token)).await.map_err(Problem::from)?.ok_or_else(|| unauthorized("unknown API token"))?;
             if rec.expires_at <= now {
@@ -178,12 +197,14 @@ impl Auth {
 
     /// Counts a request against the principal's window; `Err` is the 429 to send.
     pub fn rate_limit(&self, actor: &str) -> Result<(), Problem> {
-        count(&self.windows, actor, 1, self.config.rate_per_min).map_err(|retry| Problem::too_many(retry, format!("{actor} exceeded {} requests per minute", self.config.rate_per_min)))
+        count(&self.windows, actor, 1, self.config.rate_per_min)
+            .map_err(|retry| Problem::too_many(retry, format!("{actor} exceeded {} requests per minute", self.config.rate_per_min)))
     }
 
     /// Whether `client` (an address) is locked out after too many refused credentials.
     pub fn login_allowed(&self, client: &str) -> Result<(), Problem> {
-        count(&self.failures, client, 0, self.config.failed_logins_per_min).map_err(|retry| Problem::too_many(retry, format!("too many refused credentials from this address; wait {retry} s")))
+        count(&self.failures, client, 0, self.config.failed_logins_per_min)
+            .map_err(|retry| Problem::too_many(retry, format!("too many refused credentials from this address; wait {retry} s")))
     }
 
     /// Counts one refused credential from `client`.
@@ -214,7 +235,7 @@ fn count(windows: &Mutex<HashMap<String, (Instant, u32)>>, key: &str, add: u32, 
 pub fn mint(subject: &str, project: &str, role: Role, ttl: Duration, created_by: &str, now: u64) -> (TokenRecord, String) {
     let token = new_token();
     let rec = TokenRecord {
-        id: format!("tok_{}", tamp_adapters_local::random_hex(6)),
+        id: format!("tok_{}", tamp_domain::ids::random_hex(6)),
         hash: token_hash(&token),
         subject: subject.to_owned(),
         project: project.to_owned(),
@@ -238,7 +259,12 @@ mod tests {
     }
 
     fn bearer(claims: &serde_json::Value) -> HeaderMap {
-        let t = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), claims, &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef")).unwrap();
+        let t = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
         let mut h = HeaderMap::new();
         h.insert("authorization", format!("Bearer {t}").parse().unwrap());
         h

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tamp_domain::job::{self, Effect, EventKind, Job, JobInputs, JobState, RetryPolicy, Signal, StageOutput, StageState};
 use tamp_domain::recipe::Recipe;
-use tamp_ports::{ArtifactRecord, BatchRunner, Clock, Created, EventBus, Message, MetadataStore, ObjectStore, PortError, Queue, RunStatus, StageRun, TampEvent};
+use tamp_ports::{
+    ArtifactRecord, BatchRunner, Clock, Created, EventBus, Message, MetadataStore, ObjectStore, PortError, Queue, RunStatus, StageRun, TampEvent,
+};
 
 /// The ports a handler works through.
 #[derive(Clone)]
@@ -91,12 +93,12 @@ pub fn upload_prefix(key: &str) -> Option<(String, String, String)> {
 }
 
 fn new_job_id() -> String {
-    format!("job_{}", tamp_adapters_local::random_hex(8))
+    format!("job_{}", tamp_domain::ids::random_hex(8))
 }
 
 fn event(job: &Job, kind: EventKind, now: u64, detail: serde_json::Value) -> TampEvent {
     TampEvent {
-        id: format!("evt_{}", tamp_adapters_local::random_hex(8)),
+        id: format!("evt_{}", tamp_domain::ids::random_hex(8)),
         detail_type: format!("tamp.{}", kind.as_str()),
         time: now,
         project: job.project.clone(),
@@ -125,7 +127,8 @@ pub async fn ingest(svc: &Services, key: &str, version: &str) -> Result<Ingested
     let text = if meta.size > max as u64 {
         Err(format!("{key} is {} bytes; recipes are at most {max} bytes (a policy is a few lines of YAML)", meta.size))
     } else {
-        String::from_utf8(svc.store.get(key).await?).map_err(|e| format!("{key} is not UTF-8 text (byte {}): save the recipe as UTF-8 YAML", e.utf8_error().valid_up_to()))
+        String::from_utf8(svc.store.get(key).await?)
+            .map_err(|e| format!("{key} is not UTF-8 text (byte {}): save the recipe as UTF-8 YAML", e.utf8_error().valid_up_to()))
     };
     match text {
         Ok(text) => start_job(svc, &project, &model, &ver, &text, key, &marker).await,
@@ -166,7 +169,9 @@ pub async fn ensure_catalog(svc: &Services, project: &str, model: &str, version:
     let now = svc.clock.now();
     svc.meta.put_record("project", project, &serde_json::json!({ "id": project, "created_at": now, "created_by": by }), true).await?;
     let model_id = format!("{project}.{model}");
-    svc.meta.put_record("model", &model_id, &serde_json::json!({ "id": model_id, "project": project, "name": model, "created_at": now, "created_by": by }), true).await?;
+    svc.meta
+        .put_record("model", &model_id, &serde_json::json!({ "id": model_id, "project": project, "name": model, "created_at": now, "created_by": by }), true)
+        .await?;
     let vid = format!("{model_id}/{version}");
     svc.meta.put_record("version", &vid, &serde_json::json!({ "id": vid, "model_id": model_id, "version": version, "prefix": format!("uploads/{project}/{model}/{version}/"), "created_at": now, "created_by": by }), true).await?;
     Ok(())
@@ -206,7 +211,9 @@ pub async fn start_job(svc: &Services, project: &str, model: &str, ver: &str, re
             match svc.store.head(&j.inputs.model).await? {
                 None => Some(format!("{} is missing: upload the model before recipe.yaml", j.inputs.model)),
                 Some(m) if m.size == 0 => Some(format!("{} is empty", j.inputs.model)),
-                Some(_) if j.inputs.evaluation.is_none() => Some(format!("no evaluation data: upload {prefix}/eval.npz or calib.npz (or name them in the recipe's `data:`)")),
+                Some(_) if j.inputs.evaluation.is_none() => {
+                    Some(format!("no evaluation data: upload {prefix}/eval.npz or calib.npz (or name them in the recipe's `data:`)"))
+                }
                 Some(_) => None,
             }
         }
@@ -412,9 +419,11 @@ async fn record_output(svc: &Services, run: &StageRun) -> Result<std::result::Re
         metadata: m.metadata,
         created_at: svc.clock.now(),
     };
-    let alert = record.metadata["missed_constraints"].as_array().is_some_and(|a| !a.is_empty()) || record.metadata["flags"].as_array().is_some_and(|a| !a.is_empty());
+    let alert =
+        record.metadata["missed_constraints"].as_array().is_some_and(|a| !a.is_empty()) || record.metadata["flags"].as_array().is_some_and(|a| !a.is_empty());
     if alert {
-        let detail = serde_json::json!({ "artifact": record.id, "missed_constraints": record.metadata["missed_constraints"], "flags": record.metadata["flags"] });
+        let detail =
+            serde_json::json!({ "artifact": record.id, "missed_constraints": record.metadata["missed_constraints"], "flags": record.metadata["flags"] });
         svc.bus.publish(&event(&j, EventKind::QualityAlert, svc.clock.now(), detail)).await?;
     }
     svc.meta.put_artifact(&record).await?;

@@ -1,11 +1,13 @@
-//! Tamp's control plane over the ports: the ingest, orchestrator and reconcile handlers, the
-//! notify subscriber (signed webhooks), the HTTP API (axum), and the local stack behind
-//! `tamp serve`. The AWS functions will wire the same handlers to AWS adapters.
+//! Tamp's control plane over the ports only: the ingest, orchestrator, reconcile, recovery
+//! and deletion handlers, the notify outbox (signed webhooks, Slack, Teams), auth, and the
+//! HTTP API (axum). The composition roots choose the adapters: the CLI's `tamp serve` the
+//! local ones, the Lambda functions the AWS ones.
 
 pub mod api;
 pub mod auth;
+pub mod erasure;
 pub mod handlers;
-pub mod local;
 pub mod notify;
+pub mod problem;
 
 pub use handlers::{Services, StageFailure, StageManifest, report_key, stage_error_key, stage_manifest_key};

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tamp_adapters_local::bus::Subscriber;
+use tamp_ports::Subscriber;
 use tamp_ports::{PortError, Result, TampEvent};
 
 /// Signs `body` with `secret`: the value of the `X-Tamp-Signature` header.
@@ -142,7 +142,8 @@ impl Outbox {
     /// Sends every spooled delivery that is due; returns how many were sent.
     pub async fn drain(&self) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
-        let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".json") && !n.starts_with('.')).collect();
+        let mut names: Vec<String> =
+            entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".json") && !n.starts_with('.')).collect();
         names.sort(); // oldest first: names start with the event time
         let mut sent = 0;
         for name in names {
@@ -218,7 +219,13 @@ pub fn headline(e: &TampEvent) -> String {
         "job.failed" => format!("failed: {}", e.reason.as_deref().unwrap_or("no reason recorded")),
         "job.cancelled" => "was cancelled".to_owned(),
         "quality.alert" => {
-            let missed: Vec<String> = e.detail["missed_constraints"].as_array().into_iter().flatten().chain(e.detail["flags"].as_array().into_iter().flatten()).filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            let missed: Vec<String> = e.detail["missed_constraints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(e.detail["flags"].as_array().into_iter().flatten())
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
             format!("artifact needs a look: {}", missed.join("; "))
         }
         other => other.replace('.', " "),
@@ -336,7 +343,19 @@ mod outbox_tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn event(id: &str) -> TampEvent {
-        TampEvent { id: id.into(), detail_type: "tamp.job.succeeded".into(), time: 7, project: "p".into(), model: "m".into(), version: "v".into(), job: "job_1".into(), state: "succeeded".into(), reason: None, link: "/jobs/job_1".into(), detail: serde_json::Value::Null }
+        TampEvent {
+            id: id.into(),
+            detail_type: "tamp.job.succeeded".into(),
+            time: 7,
+            project: "p".into(),
+            model: "m".into(),
+            version: "v".into(),
+            job: "job_1".into(),
+            state: "succeeded".into(),
+            reason: None,
+            link: "/jobs/job_1".into(),
+            detail: serde_json::Value::Null,
+        }
     }
 
     /// A receiver that is down when the event is published gets it once it is up; publishing

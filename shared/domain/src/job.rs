@@ -55,7 +55,10 @@ impl JobState {
     /// Whether `self → to` is a legal job transition.
     pub fn can_become(self, to: JobState) -> bool {
         use JobState::*;
-        matches!((self, to), (Queued, Planning) | (Planning, Running) | (Running, Succeeded) | (Queued | Planning | Running, Failed) | (Queued | Planning | Running, Cancelled))
+        matches!(
+            (self, to),
+            (Queued, Planning) | (Planning, Running) | (Running, Succeeded) | (Queued | Planning | Running, Failed) | (Queued | Planning | Running, Cancelled)
+        )
     }
 }
 
@@ -147,12 +150,29 @@ pub enum Signal {
     /// The orchestrator picked the job up.
     Plan,
     /// A stage attempt was handed to the batch runner.
-    Submitted { stage: usize, attempt: u32 },
-    Started { stage: usize, attempt: u32 },
-    Succeeded { stage: usize, attempt: u32, output: StageOutput },
+    Submitted {
+        stage: usize,
+        attempt: u32,
+    },
+    Started {
+        stage: usize,
+        attempt: u32,
+    },
+    Succeeded {
+        stage: usize,
+        attempt: u32,
+        output: StageOutput,
+    },
     /// `retryable: false` fails the job at once (bad input); otherwise retried with backoff.
-    Failed { stage: usize, attempt: u32, reason: String, retryable: bool },
-    Cancel { reason: String },
+    Failed {
+        stage: usize,
+        attempt: u32,
+        reason: String,
+        retryable: bool,
+    },
+    Cancel {
+        reason: String,
+    },
 }
 
 /// What the caller must do after a change (the state machine never does I/O).
@@ -160,9 +180,16 @@ pub enum Signal {
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
     /// Submit `attempt` of `stage` no earlier than `not_before`.
-    Submit { stage: usize, attempt: u32, not_before: Timestamp },
+    Submit {
+        stage: usize,
+        attempt: u32,
+        not_before: Timestamp,
+    },
     /// Cancel or terminate whatever runs for these stage attempts.
-    Abort { stage: usize, attempt: u32 },
+    Abort {
+        stage: usize,
+        attempt: u32,
+    },
     Emit(EventKind),
 }
 
@@ -327,7 +354,11 @@ impl Job {
             }
             // A run's report for a job not yet planned (attempt 0 was never submitted) is a
             // stray or replayed delivery: nothing to do.
-            Signal::Submitted { attempt, .. } | Signal::Started { attempt, .. } | Signal::Succeeded { attempt, .. } | Signal::Failed { attempt, .. } if self.state == JobState::Queued || *attempt == 0 => Ok(Vec::new()),
+            Signal::Submitted { attempt, .. } | Signal::Started { attempt, .. } | Signal::Succeeded { attempt, .. } | Signal::Failed { attempt, .. }
+                if self.state == JobState::Queued || *attempt == 0 =>
+            {
+                Ok(Vec::new())
+            }
             Signal::Submitted { stage, attempt } | Signal::Started { stage, attempt } => {
                 let to = if matches!(signal, Signal::Started { .. }) { StageState::Running } else { StageState::Submitted };
                 let s = self.stage_mut(*stage)?;
@@ -369,7 +400,11 @@ impl Job {
                 let tries = s.attempt;
                 let kind = s.kind.clone();
                 self.set_state(JobState::Failed);
-                self.reason = Some(if *retryable { format!("stage {stage} ({kind}) failed after {tries} attempt(s): {reason}") } else { format!("stage {stage} ({kind}) failed: {reason}") });
+                self.reason = Some(if *retryable {
+                    format!("stage {stage} ({kind}) failed after {tries} attempt(s): {reason}")
+                } else {
+                    format!("stage {stage} ({kind}) failed: {reason}")
+                });
                 Ok(vec![Effect::Emit(EventKind::StageFailed), Effect::Emit(EventKind::JobFailed)])
             }
             Signal::Cancel { reason } => {
@@ -408,7 +443,17 @@ mod tests {
             inputs: JobInputs { model: "uploads/p/m/v1/model.onnx".into(), calibration: None, evaluation: None },
             state: JobState::Queued,
             stages: (0..stages)
-                .map(|index| JobStage { index, kind: "ptq".into(), state: StageState::Pending, attempt: 0, max_attempts: 3, not_before: None, reason: None, output: None, updated_at: 0 })
+                .map(|index| JobStage {
+                    index,
+                    kind: "ptq".into(),
+                    state: StageState::Pending,
+                    attempt: 0,
+                    max_attempts: 3,
+                    not_before: None,
+                    reason: None,
+                    output: None,
+                    updated_at: 0,
+                })
                 .collect(),
             reason: None,
             created_at: 0,
@@ -427,7 +472,11 @@ mod tests {
     fn run_reports_before_planning_change_nothing() {
         let retry = RetryPolicy::default();
         let mut j = job(1);
-        for sig in [Signal::Started { stage: 0, attempt: 0 }, Signal::Succeeded { stage: 0, attempt: 0, output: out() }, Signal::Failed { stage: 0, attempt: 0, reason: "x".into(), retryable: false }] {
+        for sig in [
+            Signal::Started { stage: 0, attempt: 0 },
+            Signal::Succeeded { stage: 0, attempt: 0, output: out() },
+            Signal::Failed { stage: 0, attempt: 0, reason: "x".into(), retryable: false },
+        ] {
             assert!(j.apply(&sig, retry, 1).unwrap().is_empty());
         }
         assert_eq!((j.state, j.stages[0].state, j.revision), (JobState::Queued, StageState::Pending, 0));

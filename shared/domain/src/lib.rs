@@ -1,7 +1,8 @@
 //! Tamp's domain: the recipe (policy) schema and its validation, compression jobs with their
-//! state machine and planner, and the events Tamp publishes. No I/O: callers read files,
+//! state machine and planner, the events Tamp publishes, and random ids. No I/O: callers read files,
 //! talk to stores and pass the clock in.
 
+pub mod ids;
 pub mod job;
 pub mod recipe;
 

@@ -165,9 +165,15 @@ pub const MAX_CALIBRATION_SAMPLES: usize = 1_000_000;
 pub enum SparsityPattern {
     Unstructured,
     /// Blocks of `rows` outputs × `cols` consecutive reduction elements.
-    Block { rows: usize, cols: usize },
+    Block {
+        rows: usize,
+        cols: usize,
+    },
     /// Of every `m` consecutive reduction elements, the `n` largest stay.
-    NOfM { n: usize, m: usize },
+    NOfM {
+        n: usize,
+        m: usize,
+    },
 }
 
 impl SparsityPattern {
@@ -292,7 +298,18 @@ pub struct LowrankStage {
 
 impl Default for LowrankStage {
     fn default() -> Self {
-        Self { method: LowrankMethod::Svd, target_ratio: 0.5, energy: None, min_dim: 64, min_params: 0, layers: Vec::new(), sensitivity: false, levels: vec![0.25, 0.5, 0.75], sensitivity_rows: 256, seed: 0 }
+        Self {
+            method: LowrankMethod::Svd,
+            target_ratio: 0.5,
+            energy: None,
+            min_dim: 64,
+            min_params: 0,
+            layers: Vec::new(),
+            sensitivity: false,
+            levels: vec![0.25, 0.5, 0.75],
+            sensitivity_rows: 256,
+            seed: 0,
+        }
     }
 }
 
@@ -505,7 +522,10 @@ impl Recipe {
     /// Parses and validates a recipe.
     pub fn from_yaml(source: &str) -> Result<Self, RecipeError> {
         if source.len() > MAX_RECIPE_BYTES {
-            return Err(RecipeError::Schema(format!("the recipe is {} bytes; recipes are at most {MAX_RECIPE_BYTES} bytes (a policy is a few lines of YAML)", source.len())));
+            return Err(RecipeError::Schema(format!(
+                "the recipe is {} bytes; recipes are at most {MAX_RECIPE_BYTES} bytes (a policy is a few lines of YAML)",
+                source.len()
+            )));
         }
         let recipe: Recipe = serde_yaml_ng::from_str(source).map_err(|e| RecipeError::Schema(e.to_string()))?;
         recipe.validate(Some(source))?;
@@ -534,21 +554,43 @@ impl Recipe {
                             return Err(invalid(&path, "list at least one bit-width, e.g. [8]".into()));
                         }
                         if let Some(b) = list.iter().find(|b| !allowed.contains(b)) {
-                            return Err(invalid(&path, format!("{b}-bit is not supported; supported: {allowed:?} (4-bit weights are weight-only, for MatMul and Gemm layers)")));
+                            return Err(invalid(
+                                &path,
+                                format!("{b}-bit is not supported; supported: {allowed:?} (4-bit weights are weight-only, for MatMul and Gemm layers)"),
+                            ));
                         }
                     }
                     if p.symmetric_activations && p.activation_type == ActivationType::Uint8 {
-                        return Err(invalid(&at("symmetric_activations"), "symmetric activations need `activation_type: int8` (uint8 has no zero-centred range)".into()));
+                        return Err(invalid(
+                            &at("symmetric_activations"),
+                            "symmetric activations need `activation_type: int8` (uint8 has no zero-centred range)".into(),
+                        ));
                     }
                     let c = &p.calibration;
                     if c.samples == 0 || c.samples > MAX_CALIBRATION_SAMPLES {
-                        return Err(invalid(&[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("samples")], format!("must be 1–{MAX_CALIBRATION_SAMPLES}")));
+                        return Err(invalid(
+                            &[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("samples")],
+                            format!("must be 1–{MAX_CALIBRATION_SAMPLES}"),
+                        ));
                     }
                     if !(c.percentile > 50.0 && c.percentile <= 100.0) {
-                        return Err(invalid(&[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("percentile")], format!("{} is outside (50, 100]", c.percentile)));
+                        return Err(invalid(
+                            &[
+                                Key::Field("policy"),
+                                Key::Field("stages"),
+                                Key::Index(i),
+                                Key::Field("ptq"),
+                                Key::Field("calibration"),
+                                Key::Field("percentile"),
+                            ],
+                            format!("{} is outside (50, 100]", c.percentile),
+                        ));
                     }
                     if !(64..=1 << 16).contains(&c.bins) {
-                        return Err(invalid(&[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("bins")], format!("{} is outside 64..=65536", c.bins)));
+                        return Err(invalid(
+                            &[Key::Field("policy"), Key::Field("stages"), Key::Index(i), Key::Field("ptq"), Key::Field("calibration"), Key::Field("bins")],
+                            format!("{} is outside 64..=65536", c.bins),
+                        ));
                     }
                 }
                 Stage::Clustering(c) => {
@@ -561,7 +603,10 @@ impl Recipe {
                 }
                 Stage::Pruning(p) => {
                     if p.kind == PruningType::Block && SparsityPattern::parse(&p.pattern).is_none() {
-                        return Err(invalid(&at("pattern"), format!("'{}' is not a pattern; use RxC blocks (e.g. 1x4) or N:M (e.g. 2:4, N < M ≤ 64)", p.pattern)));
+                        return Err(invalid(
+                            &at("pattern"),
+                            format!("'{}' is not a pattern; use RxC blocks (e.g. 1x4) or N:M (e.g. 2:4, N < M ≤ 64)", p.pattern),
+                        ));
                     }
                     if p.schedule == PruningSchedule::Iterative && !(2..=100).contains(&p.steps) {
                         return Err(invalid(&at("steps"), format!("{} step(s): an iterative schedule needs 2–100", p.steps)));
@@ -570,10 +615,16 @@ impl Recipe {
                         return Err(invalid(&at("schedule"), "`iterative` is available for structured_channel pruning; use `schedule: oneshot`".into()));
                     }
                     if !(p.target_sparsity > 0.0 && p.target_sparsity < 1.0) {
-                        return Err(invalid(&at("target_sparsity"), format!("{} is outside (0, 1): the fraction of prunable channels to remove", p.target_sparsity)));
+                        return Err(invalid(
+                            &at("target_sparsity"),
+                            format!("{} is outside (0, 1): the fraction of prunable channels to remove", p.target_sparsity),
+                        ));
                     }
                     if p.fine_tune {
-                        return Err(invalid(&at("fine_tune"), "fine-tuning after pruning is not available yet (it arrives with training); set `fine_tune: false`".into()));
+                        return Err(invalid(
+                            &at("fine_tune"),
+                            "fine-tuning after pruning is not available yet (it arrives with training); set `fine_tune: false`".into(),
+                        ));
                     }
                     if p.levels.is_empty() || p.levels.len() > 64 || p.levels.iter().any(|l| !(*l > 0.0 && *l < 1.0)) {
                         return Err(invalid(&at("levels"), "list sparsity levels in (0, 1), e.g. [0.1, 0.2, 0.3]".into()));
@@ -581,10 +632,16 @@ impl Recipe {
                 }
                 Stage::Lowrank(l) => {
                     if l.method == LowrankMethod::Cp {
-                        return Err(invalid(&at("method"), "`cp` is not available in this build; available: svd (MatMul weights), tucker (Tucker-2 of Conv weights)".into()));
+                        return Err(invalid(
+                            &at("method"),
+                            "`cp` is not available in this build; available: svd (MatMul weights), tucker (Tucker-2 of Conv weights)".into(),
+                        ));
                     }
                     if !(l.target_ratio > 0.0 && l.target_ratio < 1.0) {
-                        return Err(invalid(&at("target_ratio"), format!("{} is outside (0, 1): the fraction of each layer's parameters to keep", l.target_ratio)));
+                        return Err(invalid(
+                            &at("target_ratio"),
+                            format!("{} is outside (0, 1): the fraction of each layer's parameters to keep", l.target_ratio),
+                        ));
                     }
                     if l.energy.is_some_and(|e| !(e > 0.0 && e <= 1.0)) {
                         return Err(invalid(&at("energy"), "must be in (0, 1]".into()));
@@ -593,7 +650,10 @@ impl Recipe {
                         return Err(invalid(&at("levels"), "list fractions of each layer's parameters to remove in (0, 1), e.g. [0.25, 0.5, 0.75]".into()));
                     }
                     if l.sensitivity && l.energy.is_some() {
-                        return Err(invalid(&at("sensitivity"), "sensitivity allocation works from `target_ratio`; remove `energy` or set `sensitivity: false`".into()));
+                        return Err(invalid(
+                            &at("sensitivity"),
+                            "sensitivity allocation works from `target_ratio`; remove `energy` or set `sensitivity: false`".into(),
+                        ));
                     }
                 }
                 other => {
@@ -612,7 +672,10 @@ impl Recipe {
         }
         let c = &self.constraints;
         if !(c.max_metric_drop_pct.is_finite() && c.max_metric_drop_pct >= 0.0) {
-            return Err(invalid(&[Key::Field("constraints"), Key::Field("max_metric_drop_pct")], "must be a number ≥ 0 (percent of the baseline metric)".into()));
+            return Err(invalid(
+                &[Key::Field("constraints"), Key::Field("max_metric_drop_pct")],
+                "must be a number ≥ 0 (percent of the baseline metric)".into(),
+            ));
         }
         if c.max_latency_ms_p50.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
             return Err(invalid(&[Key::Field("constraints"), Key::Field("max_latency_ms_p50")], "must be a number > 0 (milliseconds)".into()));
@@ -624,7 +687,10 @@ impl Recipe {
             return Err(invalid(&[Key::Field("evaluation")], "`samples` and `latency_runs` must be at least 1".into()));
         }
         if self.evaluation.latency_runs > MAX_LATENCY_RUNS {
-            return Err(invalid(&[Key::Field("evaluation"), Key::Field("latency_runs")], format!("{} timed runs asked; at most {MAX_LATENCY_RUNS} (P50/P95 settle within a few hundred)", self.evaluation.latency_runs)));
+            return Err(invalid(
+                &[Key::Field("evaluation"), Key::Field("latency_runs")],
+                format!("{} timed runs asked; at most {MAX_LATENCY_RUNS} (P50/P95 settle within a few hundred)", self.evaluation.latency_runs),
+            ));
         }
         if !(1..=256).contains(&self.evaluation.threads) {
             return Err(invalid(&[Key::Field("evaluation"), Key::Field("threads")], format!("{} threads asked; use 1–256", self.evaluation.threads)));

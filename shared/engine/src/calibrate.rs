@@ -21,7 +21,9 @@ use crate::runtime::SessionConfig;
 pub enum Method {
     MinMax,
     /// Symmetric threshold at this percentile of |x| (e.g. 99.99).
-    Percentile { percentile: f64 },
+    Percentile {
+        percentile: f64,
+    },
     /// Threshold minimising KL divergence between the clipped and the 8-bit distribution.
     Entropy,
     /// Threshold minimising expected squared quantisation error for symmetric int8.
@@ -149,9 +151,7 @@ impl ValueStats {
     /// range, so a non-negative activation keeps min = 0 for asymmetric quantisation).
     pub fn range(&self, method: Method) -> Result<Range> {
         let sym = |t: f32| Range { min: (-t).max(self.min), max: t.min(self.max) };
-        let hist = || {
-            self.histogram.as_ref().ok_or_else(|| EngineError::Config("a histogram method was not requested during calibration".into()))
-        };
+        let hist = || self.histogram.as_ref().ok_or_else(|| EngineError::Config("a histogram method was not requested during calibration".into()));
         Ok(match method {
             Method::MinMax => Range { min: self.min, max: self.max },
             Method::Percentile { percentile } => {
@@ -415,7 +415,9 @@ impl Collector {
             let (lo, hi, finite) = min_max(slice);
             if !finite {
                 let bad = slice.iter().find(|x| !x.is_finite()).copied().unwrap_or(f32::NAN);
-                return Err(EngineError::Config(format!("activation '{name}' holds {bad} on the calibration data; check the data for extreme or invalid values")));
+                return Err(EngineError::Config(format!(
+                    "activation '{name}' holds {bad} on the calibration data; check the data for extreme or invalid values"
+                )));
             }
             if let Some(s) = stats {
                 s.min = s.min.min(lo);
@@ -460,7 +462,14 @@ pub fn collect(
 /// Runs `collector` over `indices` of `data` in one streaming pass; padded token sequences
 /// run at their true lengths (pad positions never enter the statistics). Also returns
 /// whether padding was trimmed.
-pub fn collect_with(model: &Model, data: &Dataset, indices: &[usize], mut collector: Collector, batch_size: usize, cfg: &SessionConfig) -> Result<(Collector, bool)> {
+pub fn collect_with(
+    model: &Model,
+    data: &Dataset,
+    indices: &[usize],
+    mut collector: Collector,
+    batch_size: usize,
+    cfg: &SessionConfig,
+) -> Result<(Collector, bool)> {
     let trimmed = capture(model, data, indices, &collector.values(), batch_size, cfg, true, |_, batch| collector.observe(batch))?;
     Ok((collector, trimmed))
 }
@@ -595,7 +604,9 @@ mod tests {
         let a = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 3, 2, 2]), |ix| (ix[1] + ix[0] * 10) as f32);
         let b = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[4, 3]), |ix| (ix[1] * 2 + ix[0]) as f32);
         let batch = BTreeMap::from([("a".to_owned(), TensorValue::F32(a)), ("b".to_owned(), TensorValue::F32(b))]);
-        let mut c = Collector::new(&[StatRequest { value: "a".into(), method: Method::MinMax }], 64).with_channel_means("a", ChannelAxis::Second).with_channel_means("b", ChannelAxis::Last);
+        let mut c = Collector::new(&[StatRequest { value: "a".into(), method: Method::MinMax }], 64)
+            .with_channel_means("a", ChannelAxis::Second)
+            .with_channel_means("b", ChannelAxis::Last);
         assert_eq!(c.values(), vec!["a".to_owned(), "b".to_owned()]);
         c.observe(&batch).unwrap();
         c.observe(&batch).unwrap();

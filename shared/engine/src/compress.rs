@@ -215,7 +215,16 @@ impl Runner<'_, '_> {
 
     /// Saves, measures and judges one PTQ candidate model (`bits`: weights, activations).
     #[allow(clippy::too_many_arguments)]
-    fn candidate(&mut self, model: &Model, id: String, stage: usize, p: &PtqStage, mode: PtqMode, float_nodes: Vec<String>, bits: (u8, u8)) -> Result<Candidate> {
+    fn candidate(
+        &mut self,
+        model: &Model,
+        id: String,
+        stage: usize,
+        p: &PtqStage,
+        mode: PtqMode,
+        float_nodes: Vec<String>,
+        bits: (u8, u8),
+    ) -> Result<Candidate> {
         let mut c = self.judge(model, id, stage, "ptq")?;
         c.mode = if bits.0 == 4 { "weight_only".into() } else { format!("{mode:?}").to_lowercase() };
         c.weights_bits = bits.0;
@@ -285,7 +294,11 @@ impl Runner<'_, '_> {
         self.obs.begin(&format!("cluster weights ({} clusters, {:?})", cfg.clusters, cfg.granularity), 0);
         let started = std::time::Instant::now();
         let pass = ClusterWeights { config: cfg.clone() };
-        let folded = if cfg.fold_batch_norm { tamp_onnx::patch::run_to_fixpoint(model, &[&crate::passes::FoldBatchNorm], 4).map_err(ptq::patch_err)? } else { model.clone() };
+        let folded = if cfg.fold_batch_norm {
+            tamp_onnx::patch::run_to_fixpoint(model, &[&crate::passes::FoldBatchNorm], 4).map_err(ptq::patch_err)?
+        } else {
+            model.clone()
+        };
         let model = &folded;
         let Some((patch, layers)) = pass.build(model)? else {
             self.obs.end("no layer to cluster");
@@ -346,7 +359,8 @@ impl Runner<'_, '_> {
             g.channels - keep
         };
         let build = |levels: &[f64]| -> Result<Model> {
-            let keep: BTreeMap<usize, Vec<usize>> = groups.iter().zip(&imps).zip(levels).map(|((g, imp), &l)| (g.id, pr::keep_set(imp, removable(g, l)))).collect();
+            let keep: BTreeMap<usize, Vec<usize>> =
+                groups.iter().zip(&imps).zip(levels).map(|((g, imp), &l)| (g.id, pr::keep_set(imp, removable(g, l)))).collect();
             Ok(pr::prune(model, &groups, &keep)?)
         };
         let params_before = pr::parameter_count(model);
@@ -406,7 +420,9 @@ impl Runner<'_, '_> {
             c.mode = format!("{}/sensitivity", shape.mode);
             let mut d = describe(&alloc, &m);
             d["pass_seconds"] = serde_json::json!(pass_seconds);
-            d["sensitivity"] = serde_json::json!(names.iter().zip(&curves).map(|(n, cv)| serde_json::json!({ shape.key: n, "levels": cfg.levels, "metric_drop_pct": cv })).collect::<Vec<_>>());
+            d["sensitivity"] = serde_json::json!(
+                names.iter().zip(&curves).map(|(n, cv)| serde_json::json!({ shape.key: n, "levels": cfg.levels, "metric_drop_pct": cv })).collect::<Vec<_>>()
+            );
             c.details = d;
             out.push(c);
         }
@@ -418,7 +434,14 @@ impl Runner<'_, '_> {
     /// measured on the sensitivity rows after every step (the trajectory is in the details).
     /// Fine-tuning between steps arrives with training; until then a step changes only which
     /// channels the next one sees.
-    fn prune_iterative(&mut self, stage: usize, cfg: &PruningStage, model: &Model, groups: &[crate::passes::prune::ChannelGroup], removable: &dyn Fn(&crate::passes::prune::ChannelGroup, f64) -> usize) -> Result<Vec<Candidate>> {
+    fn prune_iterative(
+        &mut self,
+        stage: usize,
+        cfg: &PruningStage,
+        model: &Model,
+        groups: &[crate::passes::prune::ChannelGroup],
+        removable: &dyn Fn(&crate::passes::prune::ChannelGroup, f64) -> usize,
+    ) -> Result<Vec<Candidate>> {
         use crate::passes::prune as pr;
         let original: BTreeMap<String, &pr::ChannelGroup> = groups.iter().map(|g| (g.name.clone(), g)).collect();
         let data = self.job.evaluation;
@@ -426,7 +449,9 @@ impl Runner<'_, '_> {
         let session = SessionConfig::default();
         let started = std::time::Instant::now();
         let mut current = model.clone();
-        let mut trajectory = vec![serde_json::json!({ "step": 0, "level": 0.0, "metric": eval::score(model, data, &rows, &self.metric, 64, &session)?, "params": pr::parameter_count(model) })];
+        let mut trajectory = vec![
+            serde_json::json!({ "step": 0, "level": 0.0, "metric": eval::score(model, data, &rows, &self.metric, 64, &session)?, "params": pr::parameter_count(model) }),
+        ];
         self.obs.begin(&format!("prune in {} steps", cfg.steps), cfg.steps as u64);
         for step in 1..=cfg.steps {
             let level = cfg.target_sparsity * step as f64 / cfg.steps as f64;
@@ -484,7 +509,8 @@ impl Runner<'_, '_> {
         let imps: Vec<Vec<f64>> = groups.iter().map(|g| heads::importance(model, g)).collect();
         let removable = |g: &heads::HeadGroup, level: f64| ((g.heads as f64 * level).round() as usize).min(g.heads - 1);
         let build = |levels: &[f64]| -> Result<Model> {
-            let keep: BTreeMap<usize, Vec<usize>> = groups.iter().zip(&imps).zip(levels).map(|((g, imp), &l)| (g.id, crate::passes::prune::keep_set(imp, removable(g, l)))).collect();
+            let keep: BTreeMap<usize, Vec<usize>> =
+                groups.iter().zip(&imps).zip(levels).map(|((g, imp), &l)| (g.id, crate::passes::prune::keep_set(imp, removable(g, l)))).collect();
             Ok(heads::prune(model, &groups, &keep)?)
         };
         let params_before = crate::passes::prune::parameter_count(model);
@@ -584,7 +610,14 @@ impl Runner<'_, '_> {
     /// Metric drop (percent) of pruning each group alone at each level, on a seeded subset;
     /// computed on two threads and cached by (model sha, data sha, group, level, rows, seed)
     /// under `~/.cache/tamp/sensitivity/`.
-    fn sensitivity(&mut self, cfg: &PruningStage, model: &Model, tag: &str, names: &[String], build: &(dyn Fn(&[f64]) -> Result<Model> + Sync)) -> Result<Vec<Vec<f64>>> {
+    fn sensitivity(
+        &mut self,
+        cfg: &PruningStage,
+        model: &Model,
+        tag: &str,
+        names: &[String],
+        build: &(dyn Fn(&[f64]) -> Result<Model> + Sync),
+    ) -> Result<Vec<Vec<f64>>> {
         let data = self.job.evaluation;
         let rows = data.sample(cfg.sensitivity_rows.min(data.rows), cfg.seed);
         let session = SessionConfig { intra_threads: 1, ..SessionConfig::default() };
@@ -592,7 +625,8 @@ impl Runner<'_, '_> {
         let cache_dir = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tamp/sensitivity"));
         let key = format!("{}-{}-r{}-s{}", &model.sha256()?[..16], &data.sha256[..16], rows.len(), cfg.seed);
         let cache_path = cache_dir.as_ref().map(|d| d.join(format!("{key}.json")));
-        let mut cache: BTreeMap<String, f64> = cache_path.as_ref().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let mut cache: BTreeMap<String, f64> =
+            cache_path.as_ref().and_then(|p| std::fs::read(p).ok()).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         // Structured groups keep their historical keys (`name@level`); other kinds are tagged.
         let entry = |g: usize, level: f64| if tag.is_empty() { format!("{}@{level}", names[g]) } else { format!("{tag}/{}@{level}", names[g]) };
         let points: Vec<(usize, usize)> = (0..names.len()).flat_map(|g| (0..cfg.levels.len()).map(move |l| (g, l))).collect();
@@ -675,7 +709,10 @@ impl Runner<'_, '_> {
             let started = std::time::Instant::now();
             let eligible = pass.eligible(model)?;
             let names: Vec<String> = eligible.iter().map(|(n, _)| n.clone()).collect();
-            let with_levels = |levels: &[f64]| LowRank { config: cfg.clone(), ratios: names.iter().zip(levels).map(|(n, &l)| (n.clone(), if l <= 0.0 { 1.0 } else { 1.0 - l })).collect() };
+            let with_levels = |levels: &[f64]| LowRank {
+                config: cfg.clone(),
+                ratios: names.iter().zip(levels).map(|(n, &l)| (n.clone(), if l <= 0.0 { 1.0 } else { 1.0 - l })).collect(),
+            };
             let build = |levels: &[f64]| -> Result<Model> {
                 let p = with_levels(levels);
                 Ok(match p.build(model)? {
@@ -891,12 +928,19 @@ pub fn choose(candidates: &[Candidate], objective: Objective) -> Option<(usize, 
     };
     let eligible = |c: &Candidate| c.missed.is_empty() && (objective != Objective::Latency || c.faster);
     // Ties on the objective (e.g. equal sizes of sparsified models) go to the better metric.
-    let best = |pool: Vec<usize>| pool.into_iter().min_by(|&a, &b| key(&candidates[a]).total_cmp(&key(&candidates[b])).then(candidates[a].metric_drop_pct.total_cmp(&candidates[b].metric_drop_pct)));
+    let best = |pool: Vec<usize>| {
+        pool.into_iter()
+            .min_by(|&a, &b| key(&candidates[a]).total_cmp(&key(&candidates[b])).then(candidates[a].metric_drop_pct.total_cmp(&candidates[b].metric_drop_pct)))
+    };
     if let Some(i) = best((0..candidates.len()).filter(|&i| eligible(&candidates[i])).collect()) {
         return Some((i, format!("meets every constraint; best {objective:?} among {} candidate(s)", candidates.len()).to_lowercase()));
     }
     let fewest = candidates.iter().map(|c| c.missed.len() + usize::from(objective == Objective::Latency && !c.faster)).min()?;
-    let i = best((0..candidates.len()).filter(|&i| candidates[i].missed.len() + usize::from(objective == Objective::Latency && !candidates[i].faster) == fewest).collect())?;
+    let i = best(
+        (0..candidates.len())
+            .filter(|&i| candidates[i].missed.len() + usize::from(objective == Objective::Latency && !candidates[i].faster) == fewest)
+            .collect(),
+    )?;
     let mut misses = candidates[i].missed.clone();
     if objective == Objective::Latency && !candidates[i].faster {
         misses.push("not faster than the baseline".into());
@@ -940,7 +984,12 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     let metric = match &ev.metric {
         Some(m) => m.clone(),
         None => eval::default_metric(job.evaluation)
-            .ok_or_else(|| EngineError::Config(format!("{} has no `labels` array, so no task metric can be computed; add labels or name `evaluation.metric`", job.evaluation.path.display())))?
+            .ok_or_else(|| {
+                EngineError::Config(format!(
+                    "{} has no `labels` array, so no task metric can be computed; add labels or name `evaluation.metric`",
+                    job.evaluation.path.display()
+                ))
+            })?
             .to_owned(),
     };
     let eval_cfg = EvalConfig {
@@ -997,9 +1046,28 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// The artifact record (the PRD's artifact JSON).
 fn artifact_metadata(job: &Job<'_>, model: &Model, c: &Candidate, base: &Measured, ops: &BTreeMap<String, usize>) -> Result<serde_json::Value> {
-    const INTEGER_KERNELS: &[&str] = &["QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "ConvInteger", "MatMulNBits"];
+    const INTEGER_KERNELS: &[&str] = &[
+        "QLinearConv",
+        "QGemm",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearGlobalAveragePool",
+        "QLinearAveragePool",
+        "QLinearConcat",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "ConvInteger",
+        "MatMulNBits",
+    ];
     let ort = runtime::runtime_info()?;
-    let opsets: BTreeMap<String, i64> = model.proto.opset_import.iter().map(|o| (o.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into()), o.version.unwrap_or(0))).collect();
+    let opsets: BTreeMap<String, i64> = model
+        .proto
+        .opset_import
+        .iter()
+        .map(|o| (o.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into()), o.version.unwrap_or(0)))
+        .collect();
     let integer: BTreeMap<&String, &usize> = ops.iter().filter(|(k, _)| INTEGER_KERNELS.contains(&k.as_str())).collect();
     Ok(serde_json::json!({
         "artifact_id": format!("sha256:{}", c.measured.sha256),
@@ -1058,7 +1126,8 @@ fn input_entry(role: &str, path: &Path) -> Result<serde_json::Value> {
 }
 
 fn write_manifest(job: &Job<'_>, outcome: &Outcome) -> Result<()> {
-    let mut inputs = vec![input_entry("model", job.model_path)?, input_entry("calibration", &job.calibration.path)?, input_entry("evaluation", &job.evaluation.path)?];
+    let mut inputs =
+        vec![input_entry("model", job.model_path)?, input_entry("calibration", &job.calibration.path)?, input_entry("evaluation", &job.evaluation.path)?];
     if let Some(r) = job.recipe_path {
         inputs.push(input_entry("recipe", r)?);
     }

@@ -67,8 +67,8 @@ impl Dataset {
         let mut hasher = Sha256::new();
         std::io::copy(&mut BufReader::with_capacity(1 << 20, &*file), &mut hasher).map_err(io)?;
         let sha256 = hex::encode(hasher.finalize());
-        let mut archive = zip::ZipArchive::new(BufReader::new(&*file))
-            .map_err(|e| err(format!("not a readable .npz archive ({e}); write it with numpy.savez")))?;
+        let mut archive =
+            zip::ZipArchive::new(BufReader::new(&*file)).map_err(|e| err(format!("not a readable .npz archive ({e}); write it with numpy.savez")))?;
         let members: Vec<String> = archive.file_names().map(str::to_owned).collect();
         let names: Vec<(String, String)> = members.iter().filter_map(|m| Some((npyz::npz::array_name_from_file_name(m)?.to_owned(), m.clone()))).collect();
         if names.is_empty() {
@@ -88,7 +88,8 @@ impl Dataset {
             let npy = NpyFile::new(std::io::Read::chain(std::io::Cursor::new(prefix), entry)).map_err(|e| err(format!("array '{name}': {e}")))?;
             let reserved = name == LABELS || name == COHORT;
             // Sizes come from the file's header: checked, never trusted to fit.
-            let bytes = array_bytes(&npy).ok_or_else(|| err(format!("array '{name}': its shape {:?} describes more bytes than any machine holds", npy.shape())))?;
+            let bytes =
+                array_bytes(&npy).ok_or_else(|| err(format!("array '{name}': its shape {:?} describes more bytes than any machine holds", npy.shape())))?;
             // Stored (uncompressed) plain arrays are read straight from the file: streamed when
             // large, else in one read (no per-element decoding through the zip reader).
             let direct = if stored { Stored::of(&npy, size, data_start, file.clone(), 0) } else { None };
@@ -181,7 +182,13 @@ impl Dataset {
             }
             let shape = v.shape();
             if !spec.shape.is_empty() && shape.len() != spec.shape.len() {
-                return Err(err(format!("input '{}' has shape {shape:?} (rank {}) but the model expects rank {} {:?}", spec.name, shape.len(), spec.shape.len(), spec.shape)));
+                return Err(err(format!(
+                    "input '{}' has shape {shape:?} (rank {}) but the model expects rank {} {:?}",
+                    spec.name,
+                    shape.len(),
+                    spec.shape.len(),
+                    spec.shape
+                )));
             }
             for (axis, (&have, &want)) in shape.iter().zip(&spec.shape).enumerate().skip(1) {
                 if want >= 0 && have as i64 != want {
@@ -203,7 +210,9 @@ impl Dataset {
             .map(|(k, v)| {
                 let rows = match v {
                     Column::Memory(t) => select_rows(t, indices),
-                    Column::Stored(s) => s.select(indices).map_err(|e| EngineError::Dataset { path: self.path.clone(), message: format!("array '{k}': reading rows: {e}") })?,
+                    Column::Stored(s) => {
+                        s.select(indices).map_err(|e| EngineError::Dataset { path: self.path.clone(), message: format!("array '{k}': reading rows: {e}") })?
+                    }
                 };
                 Ok((k.clone(), rows))
             })
@@ -222,7 +231,9 @@ impl Dataset {
         let all: Vec<usize> = (0..self.rows).collect();
         let mask = match mask {
             Column::Memory(t) => t.clone(),
-            Column::Stored(s) => s.select(&all).map_err(|e| EngineError::Dataset { path: self.path.clone(), message: format!("array '{ATTENTION_MASK}': {e}") })?,
+            Column::Stored(s) => {
+                s.select(&all).map_err(|e| EngineError::Dataset { path: self.path.clone(), message: format!("array '{ATTENTION_MASK}': {e}") })?
+            }
         };
         let rows: Vec<Vec<i64>> = match &mask {
             TensorValue::I64(a) => a.outer_iter().map(|r| r.iter().copied().collect()).collect(),
@@ -470,7 +481,9 @@ impl Stored {
         let bad = |e: ndarray::ShapeError| std::io::Error::other(e.to_string());
         macro_rules! decode {
             ($t:ty, $n:literal, $variant:ident) => {
-                TensorValue::$variant(ArrayD::from_shape_vec(shape, bytes.chunks_exact($n).map(|b| <$t>::from_le_bytes(b.try_into().expect("chunk"))).collect()).map_err(bad)?)
+                TensorValue::$variant(
+                    ArrayD::from_shape_vec(shape, bytes.chunks_exact($n).map(|b| <$t>::from_le_bytes(b.try_into().expect("chunk"))).collect()).map_err(bad)?,
+                )
             };
         }
         Ok(match self.dtype {
@@ -544,11 +557,17 @@ fn scan_finite(v: &TensorValue) -> std::result::Result<(), Bad> {
             let (mut nan, mut inf, mut first) = (0usize, 0usize, None);
             for (i, x) in $a.iter().enumerate() {
                 if !x.is_finite() {
-                    if x.is_nan() { nan += 1 } else { inf += 1 }
+                    if x.is_nan() {
+                        nan += 1
+                    } else {
+                        inf += 1
+                    }
                     first.get_or_insert(i);
                 }
             }
-            if nan + inf > 0 { return Err(Bad { nan, inf, first: first.unwrap_or(0) }); }
+            if nan + inf > 0 {
+                return Err(Bad { nan, inf, first: first.unwrap_or(0) });
+            }
         }};
     }
     match v {
@@ -566,7 +585,8 @@ fn check_finite(v: &TensorValue) -> std::result::Result<(), String> {
 }
 
 fn read_array<R: Read>(file: NpyFile<R>) -> std::result::Result<TensorValue, String> {
-    let shape: Vec<usize> = file.shape().iter().map(|&d| usize::try_from(d).map_err(|_| format!("dimension {d} is too large"))).collect::<std::result::Result<_, _>>()?;
+    let shape: Vec<usize> =
+        file.shape().iter().map(|&d| usize::try_from(d).map_err(|_| format!("dimension {d} is too large"))).collect::<std::result::Result<_, _>>()?;
     if shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).is_none() {
         return Err(format!("shape {shape:?} describes more elements than any machine holds"));
     }

@@ -140,7 +140,10 @@ fn active_metrics(names: &[String], data: &Dataset) -> Result<Active> {
         let ok = matches!((def.needs, &data.labels), (Needs::Classes, Some(Labels::Classes(_))) | (Needs::Values, Some(Labels::Values(_))));
         if !ok {
             let want = if def.needs == Needs::Classes { "integer class labels" } else { "float reference values" };
-            return Err(EngineError::Metric { metric: name.clone(), message: format!("needs {want} in the dataset's `labels` array, which {} has not", data.path.display()) });
+            return Err(EngineError::Metric {
+                metric: name.clone(),
+                message: format!("needs {want} in the dataset's `labels` array, which {} has not", data.path.display()),
+            });
         }
         active.push((def.name, (def.make)()));
     }
@@ -173,7 +176,8 @@ fn metric_pass(
         let batch = data.select(rows)?;
         let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let outs = session.run(&inputs)?;
-        let out = outs.iter().find(|(k, _)| *k == output).map(|(_, v)| v).ok_or_else(|| EngineError::Config(format!("output '{output}' missing from results")))?;
+        let out =
+            outs.iter().find(|(k, _)| *k == output).map(|(_, v)| v).ok_or_else(|| EngineError::Config(format!("output '{output}' missing from results")))?;
         let out = as_rows(out)?;
         let classes = data.class_labels(rows);
         let values = data.value_labels(rows).map(|v| as_rows(&TensorValue::F32(v))).transpose()?;

@@ -59,7 +59,11 @@ pub fn count(model: &Model, data: &Dataset, row: usize) -> Result<Macs> {
     })?;
     let mut macs = Macs::default();
     for (y, w, op, trans_b) in nodes {
-        let (Some(out), Some(wd)) = (shapes.get(&y), view.constant(&w).map(|t| t.dims.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>()).or_else(|| shapes.get(&w).cloned())) else { continue };
+        let (Some(out), Some(wd)) =
+            (shapes.get(&y), view.constant(&w).map(|t| t.dims.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>()).or_else(|| shapes.get(&w).cloned()))
+        else {
+            continue;
+        };
         let out_elems: u64 = out.iter().map(|&d| d as u64).product();
         let per_output: u64 = match op.as_str() {
             "Conv" | "ConvInteger" | "QLinearConv" => wd.iter().skip(1).map(|&d| d as u64).product(),

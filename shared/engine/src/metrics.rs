@@ -171,10 +171,8 @@ impl Metric for F1 {
         Ok(100.0
             * if self.macro_avg {
                 // Classes that never occur in labels nor predictions are left out, as sklearn does.
-                let scores: Vec<f64> = (0..self.tp.len())
-                    .filter(|&c| self.tp[c] + self.fp[c] + self.fneg[c] > 0)
-                    .map(|c| f1(self.tp[c], self.fp[c], self.fneg[c]))
-                    .collect();
+                let scores: Vec<f64> =
+                    (0..self.tp.len()).filter(|&c| self.tp[c] + self.fp[c] + self.fneg[c] > 0).map(|c| f1(self.tp[c], self.fp[c], self.fneg[c])).collect();
                 if scores.is_empty() { 0.0 } else { scores.iter().sum::<f64>() / scores.len() as f64 }
             } else {
                 f1(self.tp.iter().sum(), self.fp.iter().sum(), self.fneg.iter().sum())

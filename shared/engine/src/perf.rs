@@ -99,7 +99,13 @@ pub fn throughput(session: &mut Session, data: &Dataset, batch_sizes: &[usize], 
     let mut out = Vec::new();
     for &b in batch_sizes {
         if let Some(fixed) = fixed_batch.filter(|&f| f as usize != b) {
-            out.push(Throughput { batch_size: b, samples_per_s: None, batch_p50_ms: None, batch_p95_ms: None, skipped: Some(format!("the model's batch dimension is fixed to {fixed}")) });
+            out.push(Throughput {
+                batch_size: b,
+                samples_per_s: None,
+                batch_p50_ms: None,
+                batch_p95_ms: None,
+                skipped: Some(format!("the model's batch dimension is fixed to {fixed}")),
+            });
             continue;
         }
         let idx: Vec<usize> = (0..b).map(|i| i % data.rows).collect();

@@ -5,14 +5,14 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tamp_onnx::{Model, Pass};
 use tamp_onnx::patch::run_to_fixpoint;
+use tamp_onnx::{Model, Pass};
 
 use crate::calibrate::{ChannelAxis, Collector, Method, Range, StatRequest, collect_with};
 use crate::dataset::Dataset;
 use crate::error::{EngineError, Result};
-use crate::passes::dynamic::DynamicCounts;
 use crate::passes::bias_correct::{self, CorrectedLayer};
+use crate::passes::dynamic::DynamicCounts;
 use crate::passes::equalize::{self, EqualizedPair};
 use crate::passes::{DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeDynamic, QuantizeNBits, QuantizeQdq, quantize};
 use crate::runtime::SessionConfig;
@@ -164,13 +164,19 @@ pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calib
 impl Calibrated {
     /// Applies the QDQ pass with `config` (per-channel, exclusions).
     pub fn quantize(&self, config: &QuantizeConfig) -> Result<(Model, PtqReport)> {
-        let float_for_speed: Vec<String> =
-            if config.float_slow_layers { quantize::slow_in_int8(&self.folded).into_iter().filter(|k| !config.exclude.contains(k)).collect() } else { Vec::new() };
+        let float_for_speed: Vec<String> = if config.float_slow_layers {
+            quantize::slow_in_int8(&self.folded).into_iter().filter(|k| !config.exclude.contains(k)).collect()
+        } else {
+            Vec::new()
+        };
         let requested = config;
         let merged = QuantizeConfig { exclude: config.exclude.iter().chain(&float_for_speed).cloned().collect(), ..config.clone() };
         let config = &merged;
         let (base, bias_corrected) = if config.bias_correction {
-            let means = self.input_means.as_ref().ok_or_else(|| EngineError::Config("bias correction needs the input means: calibrate with `bias_correction: true`".into()))?;
+            let means = self
+                .input_means
+                .as_ref()
+                .ok_or_else(|| EngineError::Config("bias correction needs the input means: calibrate with `bias_correction: true`".into()))?;
             match bias_correct::correct(&self.folded, means, config.per_channel, config.symmetric, &config.exclude)? {
                 Some((patch, layers)) => (patch.apply(&self.folded, "bias-correction").map_err(patch_err)?, layers),
                 None => (self.folded.clone(), Vec::new()),
@@ -219,7 +225,9 @@ pub fn quantize_static(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result
 /// calibration data. Deterministic.
 pub fn quantize_dynamic(model: &Model, cfg: &DynamicConfig) -> Result<(Model, DynamicCounts)> {
     let pass = QuantizeDynamic { config: cfg.clone() };
-    let (patch, counts) = pass.build(model)?.ok_or_else(|| EngineError::Config("dynamic quantization found nothing to quantize: no MatMul by a constant 2-D weight and no constant embedding table".into()))?;
+    let (patch, counts) = pass.build(model)?.ok_or_else(|| {
+        EngineError::Config("dynamic quantization found nothing to quantize: no MatMul by a constant 2-D weight and no constant embedding table".into())
+    })?;
     Ok((patch.apply(model, pass.name()).map_err(patch_err)?, counts))
 }
 
@@ -227,7 +235,12 @@ pub fn quantize_dynamic(model: &Model, cfg: &DynamicConfig) -> Result<(Model, Dy
 /// embedding tables as in [`quantize_dynamic`]. Returns the model and the number of layers.
 pub fn quantize_4bit(model: &Model, cfg: &NBitsConfig) -> Result<(Model, usize)> {
     let pass = QuantizeNBits { config: cfg.clone() };
-    let (patch, n) = pass.build(model)?.ok_or_else(|| EngineError::Config(format!("4-bit quantization found no MatMul or Gemm (no transA, alpha = beta = 1) by a constant 2-D weight of at least {} elements", cfg.min_elements)))?;
+    let (patch, n) = pass.build(model)?.ok_or_else(|| {
+        EngineError::Config(format!(
+            "4-bit quantization found no MatMul or Gemm (no transA, alpha = beta = 1) by a constant 2-D weight of at least {} elements",
+            cfg.min_elements
+        ))
+    })?;
     let q = patch.apply(model, pass.name()).map_err(patch_err)?;
     let emb = QuantizeDynamic { config: DynamicConfig { exclude: cfg.exclude.clone(), ..DynamicConfig::default() } };
     let q = match emb.build(&q)? {

@@ -56,7 +56,13 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { intra_threads: 0, inter_threads: 0, optimization: OptimizationLevel::All, execution_providers: vec![ExecutionProvider::Cpu], intra_spinning: true }
+        Self {
+            intra_threads: 0,
+            inter_threads: 0,
+            optimization: OptimizationLevel::All,
+            execution_providers: vec![ExecutionProvider::Cpu],
+            intra_spinning: true,
+        }
     }
 }
 
@@ -117,12 +123,7 @@ fn load() -> std::result::Result<Loaded, String> {
         .with_name("tamp")
         .build()
         .map_err(|e| format!("cannot create the environment: {e}"))?;
-    let version = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("libonnxruntime.so."))
-        .unwrap_or(ORT_VERSION)
-        .to_owned();
+    let version = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("libonnxruntime.so.")).unwrap_or(ORT_VERSION).to_owned();
     Ok(Loaded { env, info: RuntimeInfo { version, library: path } })
 }
 

@@ -141,7 +141,13 @@ fn evaluation_matches_a_direct_computation() {
         })
         .collect();
     let (model_path, data) = classifier_with_data(dir.path(), x, labels);
-    let cfg = EvalConfig { metrics: vec!["top1".into(), "f1_macro".into()], batch_size: 7, throughput_batches: vec![1, 8], latency: tamp_engine::perf::LatencyConfig { warmup: 2, runs: 20 }, ..EvalConfig::default() };
+    let cfg = EvalConfig {
+        metrics: vec!["top1".into(), "f1_macro".into()],
+        batch_size: 7,
+        throughput_batches: vec![1, 8],
+        latency: tamp_engine::perf::LatencyConfig { warmup: 2, runs: 20 },
+        ..EvalConfig::default()
+    };
     let mut kept = Vec::new();
     let mut calls = 0;
     let report = evaluate(&model_path, &data, &cfg, Some(&mut kept), &mut |_, _| calls += 1).unwrap();
@@ -278,7 +284,8 @@ fn capture_trims_right_padding() {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, mask: ArrayD<i64>| {
         let p = dir.path().join(name);
-        write_npz(&p, &[("input_ids".to_owned(), TensorValue::I64(ids.clone())), ("attention_mask".to_owned(), TensorValue::I64(mask))].into_iter().collect()).unwrap();
+        write_npz(&p, &[("input_ids".to_owned(), TensorValue::I64(ids.clone())), ("attention_mask".to_owned(), TensorValue::I64(mask))].into_iter().collect())
+            .unwrap();
         Dataset::load(&p).unwrap()
     };
     let data = write("right.npz", right.clone());

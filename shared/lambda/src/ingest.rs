@@ -58,7 +58,11 @@ pub fn uploads(body: &serde_json::Value) -> Vec<Upload> {
             Some(Upload {
                 bucket: s3["bucket"]["name"].as_str()?.to_owned(),
                 key: decode_key(s3["object"]["key"].as_str()?),
-                version: format!("{}:{}", s3["object"]["eTag"].as_str().unwrap_or_default().trim_matches('"'), s3["object"]["versionId"].as_str().unwrap_or_default()),
+                version: format!(
+                    "{}:{}",
+                    s3["object"]["eTag"].as_str().unwrap_or_default().trim_matches('"'),
+                    s3["object"]["versionId"].as_str().unwrap_or_default()
+                ),
             })
         })
         .collect()

@@ -26,7 +26,14 @@ fn sqs_ingest_sample_holds_a_test_event_an_eventbridge_upload_and_a_classic_one(
     assert_eq!(bodies[0]["Event"], "s3:TestEvent");
     assert!(ingest::uploads(&bodies[0]).is_empty());
     let eb = ingest::uploads(&bodies[1]);
-    assert_eq!(eb, vec![ingest::Upload { bucket: "tamp-example-team".into(), key: "uploads/vision/fmnist/v1/recipe.yaml".into(), version: "b1946ac92492d2347c6235b4d2611184:IYV3p45BT0ac8hjHg1houSdS1a.Mro8e".into() }]);
+    assert_eq!(
+        eb,
+        vec![ingest::Upload {
+            bucket: "tamp-example-team".into(),
+            key: "uploads/vision/fmnist/v1/recipe.yaml".into(),
+            version: "b1946ac92492d2347c6235b4d2611184:IYV3p45BT0ac8hjHg1houSdS1a.Mro8e".into()
+        }]
+    );
     let classic = ingest::uploads(&bodies[2]);
     assert_eq!(classic[0].key, "uploads/vision/fmnist/vé 2/recipe.yaml", "URL-decoded");
     let direct: serde_json::Value = serde_json::from_str(&text("s3-object-created.json")).unwrap();

@@ -7,8 +7,7 @@ use crate::proto::attribute_proto::AttributeType;
 use crate::proto::tensor_proto::DataType;
 use crate::proto::tensor_shape_proto::{Dimension, dimension};
 use crate::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
-    ValueInfoProto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, type_proto,
 };
 use crate::tensor::{Element, from_array};
 
@@ -77,10 +76,7 @@ pub fn value_info(name: &str, elem: DataType, dims: &[Option<i64>]) -> ValueInfo
     ValueInfoProto {
         name: Some(name.to_owned()),
         r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem as i32),
-                shape: Some(TensorShapeProto { dim }),
-            })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(elem as i32), shape: Some(TensorShapeProto { dim }) })),
             denotation: None,
         }),
         ..Default::default()

@@ -120,8 +120,7 @@ impl Model {
 
     /// Decodes and resolves external data; also returns the external locations read.
     fn decode(bytes: &[u8], base_dir: Option<&Path>, origin: &Path) -> Result<(Self, Vec<String>), OnnxError> {
-        let proto = ModelProto::decode(bytes)
-            .map_err(|source| OnnxError::Decode { path: origin.to_owned(), source })?;
+        let proto = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode { path: origin.to_owned(), source })?;
         let invalid = |reason: &str| OnnxError::Invalid { path: origin.to_owned(), reason: reason.to_owned() };
         let Some(graph) = &proto.graph else {
             return Err(invalid("it has no graph (is this really an .onnx file?)"));
@@ -188,18 +187,13 @@ impl Model {
         let external = match &opts.external_data {
             ExternalData::Never => None,
             ExternalData::Always { location, threshold } => Some((location.clone(), *threshold)),
-            ExternalData::Auto => {
-                (self.proto.encoded_len() > PROTOBUF_LIMIT).then(|| (format!("{file_name}.data"), 1024))
-            }
+            ExternalData::Auto => (self.proto.encoded_len() > PROTOBUF_LIMIT).then(|| (format!("{file_name}.data"), 1024)),
         };
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         match external {
             None => atomic_write(path, &self.to_bytes()?),
             Some((location, threshold)) => {
-                check_relative(&location).map_err(|reason| OnnxError::ExternalData {
-                    tensor: String::new(),
-                    reason,
-                })?;
+                check_relative(&location).map_err(|reason| OnnxError::ExternalData { tensor: String::new(), reason })?;
                 let mut copy = self.clone();
                 let data_path = dir.join(&location);
                 let tmp_data = tmp_path(&data_path);
@@ -213,16 +207,9 @@ impl Model {
                     }
                     // Align each tensor to 4 KiB, as onnx's own writer does, for mmap.
                     let pad = (4096 - offset % 4096) % 4096;
-                    result = out
-                        .write_all(&vec![0u8; pad])
-                        .and_then(|()| out.write_all(raw))
-                        .map_err(|e| OnnxError::io(&tmp_data, e));
+                    result = out.write_all(&vec![0u8; pad]).and_then(|()| out.write_all(raw)).map_err(|e| OnnxError::io(&tmp_data, e));
                     offset += pad;
-                    t.external_data = vec![
-                        kv("location", &location),
-                        kv("offset", &offset.to_string()),
-                        kv("length", &raw.len().to_string()),
-                    ];
+                    t.external_data = vec![kv("location", &location), kv("offset", &offset.to_string()), kv("length", &raw.len().to_string())];
                     offset += raw.len();
                     t.raw_data = None;
                     t.data_location = Some(1);
@@ -341,11 +328,7 @@ impl ExternalReader {
         let file_len = file.metadata().map_err(|e| err(e.to_string()))?.len();
         let length = length.unwrap_or(file_len.saturating_sub(offset));
         if offset.checked_add(length).is_none_or(|end| end > file_len) {
-            return Err(err(format!(
-                "{} is {file_len} bytes but the tensor needs bytes {offset}..{}",
-                full.display(),
-                offset.saturating_add(length)
-            )));
+            return Err(err(format!("{} is {file_len} bytes but the tensor needs bytes {offset}..{}", full.display(), offset.saturating_add(length))));
         }
         let mut buf = vec![0u8; length as usize];
         file.seek(SeekFrom::Start(offset)).map_err(|e| err(e.to_string()))?;
@@ -356,4 +339,3 @@ impl ExternalReader {
         Ok(())
     }
 }
-

@@ -73,11 +73,16 @@ impl Patch {
         let n = g.node.len();
         for &(node, slot, ref value) in &self.rewire {
             let target = g.node.get_mut(node).ok_or_else(|| label(OnnxError::Graph(format!("rewire names node {node}, but the graph has {n}"))))?;
-            let input = target.input.get_mut(slot).ok_or_else(|| label(OnnxError::Graph(format!("rewire names input {slot} of node {node}, which has fewer"))))?;
+            let input =
+                target.input.get_mut(slot).ok_or_else(|| label(OnnxError::Graph(format!("rewire names input {slot} of node {node}, which has fewer"))))?;
             *input = value.clone();
         }
         for (old, new) in &self.rename_outputs {
-            let o = g.output.iter_mut().find(|o| o.name.as_deref() == Some(old)).ok_or_else(|| label(OnnxError::Graph(format!("no graph output '{old}' to rename"))))?;
+            let o = g
+                .output
+                .iter_mut()
+                .find(|o| o.name.as_deref() == Some(old))
+                .ok_or_else(|| label(OnnxError::Graph(format!("no graph output '{old}' to rename"))))?;
             o.name = Some(new.clone());
         }
         if let Some(&bad) = self.remove_nodes.iter().find(|&&i| i >= n) {
@@ -146,10 +151,7 @@ pub fn run_to_fixpoint(model: &Model, passes: &[&dyn Pass], max_rounds: usize) -
         }
     }
     let names: Vec<&str> = passes.iter().map(|p| p.name()).collect();
-    Err(PatchError {
-        pass: names.join(","),
-        source: OnnxError::Graph(format!("no fixpoint after {max_rounds} rounds: a pass keeps firing")),
-    })
+    Err(PatchError { pass: names.join(","), source: OnnxError::Graph(format!("no fixpoint after {max_rounds} rounds: a pass keeps firing")) })
 }
 
 #[cfg(test)]

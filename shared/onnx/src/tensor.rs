@@ -72,12 +72,7 @@ pub fn tensor_name(t: &TensorProto) -> &str {
 pub fn dims(t: &TensorProto) -> Result<Vec<usize>, OnnxError> {
     t.dims
         .iter()
-        .map(|&d| {
-            usize::try_from(d).map_err(|_| OnnxError::Tensor {
-                tensor: tensor_name(t).to_owned(),
-                reason: format!("negative dimension {d}"),
-            })
-        })
+        .map(|&d| usize::try_from(d).map_err(|_| OnnxError::Tensor { tensor: tensor_name(t).to_owned(), reason: format!("negative dimension {d}") }))
         .collect()
 }
 
@@ -100,8 +95,7 @@ pub fn element_size(dt: DataType) -> Option<usize> {
         Double | Int64 | Uint64 | Complex64 => 8,
         Complex128 => 16,
         Int16 | Uint16 | Float16 | Bfloat16 => 2,
-        Int8 | Uint8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz
-        | Float8e8m0 => 1,
+        Int8 | Uint8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz | Float8e8m0 => 1,
         _ => return None,
     })
 }
@@ -126,15 +120,15 @@ pub fn to_array<T: Element>(t: &TensorProto) -> Result<ArrayD<T>, OnnxError> {
         return Err(err("data is still external; load the model with Model::load".into()));
     }
     let shape = dims(t)?;
-    let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| n.checked_mul(T::SIZE).map(|_| n)).ok_or_else(|| err(format!("dims {shape:?} describe more elements than memory can hold")))?;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_mul(T::SIZE).map(|_| n))
+        .ok_or_else(|| err(format!("dims {shape:?} describe more elements than memory can hold")))?;
     let values: Vec<T> = match &t.raw_data {
         Some(raw) => {
             if raw.len() != n * T::SIZE {
-                return Err(err(format!(
-                    "raw_data holds {} bytes but dims {shape:?} need {}",
-                    raw.len(),
-                    n * T::SIZE
-                )));
+                return Err(err(format!("raw_data holds {} bytes but dims {shape:?} need {}", raw.len(), n * T::SIZE)));
             }
             raw.chunks_exact(T::SIZE).map(T::from_le).collect()
         }
@@ -185,10 +179,7 @@ impl TensorValue {
             DataType::Uint8 => Self::U8(to_array(t)?),
             DataType::Bool => Self::Bool(to_array(t)?),
             other => {
-                return Err(OnnxError::Tensor {
-                    tensor: tensor_name(t).to_owned(),
-                    reason: format!("element type {other:?} is not supported for decoding"),
-                });
+                return Err(OnnxError::Tensor { tensor: tensor_name(t).to_owned(), reason: format!("element type {other:?} is not supported for decoding") });
             }
         })
     }
@@ -259,13 +250,8 @@ mod tests {
         };
         let a: ArrayD<i64> = to_array(&t).unwrap();
         assert_eq!(a.iter().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-        let u = TensorProto {
-            name: Some("u".into()),
-            dims: vec![3],
-            data_type: Some(DataType::Uint8 as i32),
-            int32_data: vec![0, 7, 255],
-            ..Default::default()
-        };
+        let u =
+            TensorProto { name: Some("u".into()), dims: vec![3], data_type: Some(DataType::Uint8 as i32), int32_data: vec![0, 7, 255], ..Default::default() };
         assert_eq!(TensorValue::from_proto(&u).unwrap().shape(), &[3]);
     }
 

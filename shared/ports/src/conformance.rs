@@ -63,7 +63,17 @@ fn job(id: &str, created_at: u64) -> Job {
         recipe_yaml: "policy: {name: ptq, stages: [ptq: {}]}".into(),
         inputs: JobInputs { model: "uploads/p/m/v1/model.onnx".into(), calibration: None, evaluation: None },
         state: JobState::Queued,
-        stages: vec![JobStage { index: 0, kind: "ptq".into(), state: StageState::Pending, attempt: 0, max_attempts: 3, not_before: None, reason: None, output: None, updated_at: 0 }],
+        stages: vec![JobStage {
+            index: 0,
+            kind: "ptq".into(),
+            state: StageState::Pending,
+            attempt: 0,
+            max_attempts: 3,
+            not_before: None,
+            reason: None,
+            output: None,
+            updated_at: 0,
+        }],
         reason: None,
         created_at,
         updated_at: created_at,
@@ -129,7 +139,16 @@ pub async fn metadata_store(store: &dyn MetadataStore) {
     assert!(store.best_artifact("p.n", "onnxruntime").await.unwrap().is_none(), "not even as the first one");
     assert!(store.get_artifact("art_4").await.unwrap().is_some(), "it is still recorded");
 
-    let token = TokenRecord { id: "tok_1".into(), hash: "ab".repeat(32), subject: "ci".into(), project: "p".into(), role: Role::Editor, created_at: 1, expires_at: 100, created_by: "admin".into() };
+    let token = TokenRecord {
+        id: "tok_1".into(),
+        hash: "ab".repeat(32),
+        subject: "ci".into(),
+        project: "p".into(),
+        role: Role::Editor,
+        created_at: 1,
+        expires_at: 100,
+        created_by: "admin".into(),
+    };
     store.put_token(&token).await.unwrap();
     assert_eq!(store.token_by_hash(&"ab".repeat(32)).await.unwrap(), Some(token.clone()));
     assert!(store.token_by_hash(&"cd".repeat(32)).await.unwrap().is_none());

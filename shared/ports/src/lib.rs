@@ -244,7 +244,10 @@ pub enum RunStatus {
     Running,
     Succeeded,
     /// `retryable: false` when the worker reported bad input.
-    Failed { reason: String, retryable: bool },
+    Failed {
+        reason: String,
+        retryable: bool,
+    },
 }
 
 /// Queue message bodies the orchestrator consumes.
@@ -252,10 +255,18 @@ pub enum RunStatus {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
     /// Look at the job and do what is due (plan, submit, finish).
-    Advance { job: String },
+    Advance {
+        job: String,
+    },
     /// Hand a (backed-off) stage attempt to the batch runner if it is still current.
-    Submit { run: StageRun },
-    Batch { run: StageRun, status: RunStatus, at: Timestamp },
+    Submit {
+        run: StageRun,
+    },
+    Batch {
+        run: StageRun,
+        status: RunStatus,
+        at: Timestamp,
+    },
 }
 
 #[async_trait]
@@ -298,6 +309,22 @@ pub trait EventBus: Send + Sync {
     async fn purge_project(&self, _project: &str) -> Result<()> {
         Ok(())
     }
+}
+
+/// Something that reacts to events on a local bus (the report step, the notify outbox).
+#[async_trait]
+pub trait Subscriber: Send + Sync {
+    fn name(&self) -> &str;
+    async fn on_event(&self, event: &TampEvent) -> Result<()>;
+}
+
+/// What the API needs of an object store that serves its own signed links (the local
+/// folder store; S3 serves presigned links itself, so on AWS there is none).
+pub trait SignedLinks: Send + Sync {
+    /// Checks a link's signature (for `method`: GET or PUT) and expiry.
+    fn verify(&self, method: &str, key: &str, expires: Timestamp, signature: &str, now: Timestamp) -> bool;
+    /// A folder on the store's file system where uploads are staged before they are stored.
+    fn staging_dir(&self) -> std::path::PathBuf;
 }
 
 /// The clock, injectable so tests can move time.

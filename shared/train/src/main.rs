@@ -11,8 +11,8 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use tamp_onnx::SaveOptions;
 use std::collections::BTreeMap;
+use tamp_onnx::SaveOptions;
 
 use ndarray::{ArrayD, IxDyn};
 use tamp_engine::dataset::write_npz;

@@ -59,7 +59,8 @@ impl ConvBn {
         let p = (self.kernel / 2) as i64;
         let s = self.stride as i64;
         let k = self.kernel as i64;
-        let y = b.op("Conv", &[x, &w], &[("kernel_shape", Attr::Ints(vec![k, k])), ("pads", Attr::Ints(vec![p, p, p, p])), ("strides", Attr::Ints(vec![s, s]))]);
+        let y =
+            b.op("Conv", &[x, &w], &[("kernel_shape", Attr::Ints(vec![k, k])), ("pads", Attr::Ints(vec![p, p, p, p])), ("strides", Attr::Ints(vec![s, s]))]);
         let (gamma, beta) = self.bn.weight_and_bias().ok_or_else(|| anyhow::anyhow!("batch norm without affine parameters"))?;
         let g = b.init_f32(&format!("{name}.bn.scale"), to_nd(gamma)?);
         let bb = b.init_f32(&format!("{name}.bn.bias"), to_nd(beta)?);

@@ -24,7 +24,13 @@ pub struct CorrectedLayer {
 }
 
 /// Bias corrections for the weighted nodes whose input means are known.
-pub fn correct(model: &Model, means: &BTreeMap<String, Vec<f64>>, per_channel: bool, symmetric: bool, exclude: &BTreeSet<String>) -> Result<Option<(Patch, Vec<CorrectedLayer>)>, OnnxError> {
+pub fn correct(
+    model: &Model,
+    means: &BTreeMap<String, Vec<f64>>,
+    per_channel: bool,
+    symmetric: bool,
+    exclude: &BTreeSet<String>,
+) -> Result<Option<(Patch, Vec<CorrectedLayer>)>, OnnxError> {
     let g = model.graph();
     let view = GraphView::new(g);
     let mut patch = Patch::default();
@@ -50,7 +56,10 @@ pub fn correct(model: &Model, means: &BTreeMap<String, Vec<f64>>, per_channel: b
                         if depthwise {
                             f.iter().map(|&e| f64::from(e)).sum::<f64>() * mean.get(o).copied().unwrap_or(0.0)
                         } else {
-                            f.axis_iter(Axis(0)).enumerate().map(|(c, k)| k.iter().map(|&e| f64::from(e)).sum::<f64>() * mean.get(c).copied().unwrap_or(0.0)).sum()
+                            f.axis_iter(Axis(0))
+                                .enumerate()
+                                .map(|(c, k)| k.iter().map(|&e| f64::from(e)).sum::<f64>() * mean.get(c).copied().unwrap_or(0.0))
+                                .sum()
                         }
                     })
                     .collect()

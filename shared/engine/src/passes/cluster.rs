@@ -144,10 +144,27 @@ impl ClusterWeights {
                 ClusterGranularity::PerLayer => {
                     let (cb, idx) = kmeans_1d(&flat, k, self.config.iterations, seed);
                     let mse = flat.iter().zip(&idx).map(|(v, &i)| f64::from(v - cb[i as usize]).powi(2)).sum::<f64>() / flat.len() as f64;
-                    patch.add_initializers.push(from_array(&cname, &ArrayD::from_shape_vec(IxDyn(&[cb.len()]), cb.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?));
-                    patch.add_initializers.push(from_array(&iname, &ArrayD::from_shape_vec(IxDyn(&shape), idx.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?));
-                    patch.add_nodes.push(NodeProto { op_type: Some("Cast".into()), name: Some(cast.clone()), input: vec![iname.clone()], output: vec![cast.clone()], attribute: vec![attribute("to", Attr::Int(7))], ..Default::default() });
-                    patch.add_nodes.push(NodeProto { op_type: Some("Gather".into()), name: Some(format!("{wname}.gather")), input: vec![cname, cast], output: vec![wname.clone()], ..Default::default() });
+                    patch
+                        .add_initializers
+                        .push(from_array(&cname, &ArrayD::from_shape_vec(IxDyn(&[cb.len()]), cb.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    patch
+                        .add_initializers
+                        .push(from_array(&iname, &ArrayD::from_shape_vec(IxDyn(&shape), idx.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    patch.add_nodes.push(NodeProto {
+                        op_type: Some("Cast".into()),
+                        name: Some(cast.clone()),
+                        input: vec![iname.clone()],
+                        output: vec![cast.clone()],
+                        attribute: vec![attribute("to", Attr::Int(7))],
+                        ..Default::default()
+                    });
+                    patch.add_nodes.push(NodeProto {
+                        op_type: Some("Gather".into()),
+                        name: Some(format!("{wname}.gather")),
+                        input: vec![cname, cast],
+                        output: vec![wname.clone()],
+                        ..Default::default()
+                    });
                     (idx, mse, cb.len())
                 }
                 ClusterGranularity::PerChannel => {
@@ -170,15 +187,48 @@ impl ClusterWeights {
                     let gathered = format!("{wname}.rows");
                     let shape_name = format!("{wname}.shape");
                     let target: Vec<i64> = wt.shape().iter().map(|&d| d as i64).collect();
-                    patch.add_initializers.push(from_array(&cname, &ArrayD::from_shape_vec(IxDyn(&[c, k]), cb_all).map_err(|e| OnnxError::Graph(e.to_string()))?));
-                    patch.add_initializers.push(from_array(&iname, &ArrayD::from_shape_vec(IxDyn(&[c, r]), idx_all.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?));
-                    patch.add_initializers.push(from_array(&shape_name, &ArrayD::from_shape_vec(IxDyn(&[target.len()]), target).map_err(|e| OnnxError::Graph(e.to_string()))?));
-                    patch.add_nodes.push(NodeProto { op_type: Some("Cast".into()), name: Some(cast.clone()), input: vec![iname.clone()], output: vec![cast.clone()], attribute: vec![attribute("to", Attr::Int(7))], ..Default::default() });
-                    patch.add_nodes.push(NodeProto { op_type: Some("GatherElements".into()), name: Some(gathered.clone()), input: vec![cname, cast], output: vec![gathered.clone()], attribute: vec![attribute("axis", Attr::Int(1))], ..Default::default() });
+                    patch
+                        .add_initializers
+                        .push(from_array(&cname, &ArrayD::from_shape_vec(IxDyn(&[c, k]), cb_all).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    patch
+                        .add_initializers
+                        .push(from_array(&iname, &ArrayD::from_shape_vec(IxDyn(&[c, r]), idx_all.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    patch
+                        .add_initializers
+                        .push(from_array(&shape_name, &ArrayD::from_shape_vec(IxDyn(&[target.len()]), target).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    patch.add_nodes.push(NodeProto {
+                        op_type: Some("Cast".into()),
+                        name: Some(cast.clone()),
+                        input: vec![iname.clone()],
+                        output: vec![cast.clone()],
+                        attribute: vec![attribute("to", Attr::Int(7))],
+                        ..Default::default()
+                    });
+                    patch.add_nodes.push(NodeProto {
+                        op_type: Some("GatherElements".into()),
+                        name: Some(gathered.clone()),
+                        input: vec![cname, cast],
+                        output: vec![gathered.clone()],
+                        attribute: vec![attribute("axis", Attr::Int(1))],
+                        ..Default::default()
+                    });
                     let reshaped = if axis == 0 { wname.clone() } else { format!("{wname}.t") };
-                    patch.add_nodes.push(NodeProto { op_type: Some("Reshape".into()), name: Some(format!("{wname}.reshape")), input: vec![gathered, shape_name], output: vec![reshaped.clone()], ..Default::default() });
+                    patch.add_nodes.push(NodeProto {
+                        op_type: Some("Reshape".into()),
+                        name: Some(format!("{wname}.reshape")),
+                        input: vec![gathered, shape_name],
+                        output: vec![reshaped.clone()],
+                        ..Default::default()
+                    });
                     if axis == 1 {
-                        patch.add_nodes.push(NodeProto { op_type: Some("Transpose".into()), name: Some(format!("{wname}.transpose")), input: vec![reshaped], output: vec![wname.clone()], attribute: vec![attribute("perm", Attr::Ints(vec![1, 0]))], ..Default::default() });
+                        patch.add_nodes.push(NodeProto {
+                            op_type: Some("Transpose".into()),
+                            name: Some(format!("{wname}.transpose")),
+                            input: vec![reshaped],
+                            output: vec![wname.clone()],
+                            attribute: vec![attribute("perm", Attr::Ints(vec![1, 0]))],
+                            ..Default::default()
+                        });
                     }
                     (idx_all, err / rows.len() as f64, k)
                 }
@@ -200,18 +250,30 @@ pub fn materialize(model: &Model) -> Result<Model, OnnxError> {
     let mut patch = Patch::default();
     for t in &g.initializer {
         let Some(w) = t.name.as_deref().and_then(|n| n.strip_suffix(".codebook")) else { continue };
-        let (Some(cb), Some(idx)) = (view.constant(&format!("{w}.codebook")).and_then(|t| to_array::<f32>(t).ok()), view.constant(&format!("{w}.idx")).and_then(|t| to_array::<u8>(t).ok())) else { continue };
+        let (Some(cb), Some(idx)) = (
+            view.constant(&format!("{w}.codebook")).and_then(|t| to_array::<f32>(t).ok()),
+            view.constant(&format!("{w}.idx")).and_then(|t| to_array::<u8>(t).ok()),
+        ) else {
+            continue;
+        };
         let mut values: ArrayD<f32> = if cb.ndim() == 1 {
             idx.mapv(|i| cb[[i as usize]])
         } else {
             let c = idx.shape()[0];
             let r = idx.len() / c.max(1);
-            let shape: Vec<usize> = view.constant(&format!("{w}.shape")).and_then(|t| to_array::<i64>(t).ok()).map(|s| s.iter().map(|&d| d as usize).collect()).unwrap_or_else(|| vec![c, r]);
+            let shape: Vec<usize> = view
+                .constant(&format!("{w}.shape"))
+                .and_then(|t| to_array::<i64>(t).ok())
+                .map(|s| s.iter().map(|&d| d as usize).collect())
+                .unwrap_or_else(|| vec![c, r]);
             let flat: Vec<f32> = idx.indexed_iter().map(|(ix, &i)| cb[[ix[0], i as usize]]).collect();
             ArrayD::from_shape_vec(IxDyn(&shape), flat).map_err(|e| OnnxError::Graph(e.to_string()))?
         };
         for (i, n) in g.node.iter().enumerate() {
-            if n.name.as_deref().is_some_and(|name| name.strip_prefix(w).is_some_and(|rest| [".idx64", ".gather", ".rows", ".reshape", ".transpose"].contains(&rest))) {
+            if n.name
+                .as_deref()
+                .is_some_and(|name| name.strip_prefix(w).is_some_and(|rest| [".idx64", ".gather", ".rows", ".reshape", ".transpose"].contains(&rest)))
+            {
                 patch.remove_nodes.insert(i);
                 if n.op_type.as_deref() == Some("Transpose") {
                     values = values.reversed_axes().as_standard_layout().to_owned();

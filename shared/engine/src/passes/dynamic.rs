@@ -123,13 +123,25 @@ impl QuantizeDynamic {
                         .entry(x.as_str())
                         .or_insert_with(|| {
                             let names = (format!("{x}.q"), format!("{x}.s"), format!("{x}.zp"));
-                            patch.add_nodes.push(node("DynamicQuantizeLinear", format!("{x}.DQL"), vec![x.clone()], vec![names.0.clone(), names.1.clone(), names.2.clone()], vec![]));
+                            patch.add_nodes.push(node(
+                                "DynamicQuantizeLinear",
+                                format!("{x}.DQL"),
+                                vec![x.clone()],
+                                vec![names.0.clone(), names.1.clone(), names.2.clone()],
+                                vec![],
+                            ));
                             names
                         })
                         .clone();
                     let (yi, yf, ys) = (format!("{y}.i32"), format!("{y}.f"), format!("{y}.scale"));
                     patch.add_nodes.push(node("MatMulInteger", format!("{y}.MatMulInteger"), vec![xq, wq, xz, wz], vec![yi.clone()], vec![]));
-                    patch.add_nodes.push(node("Cast", format!("{y}.Cast"), vec![yi], vec![yf.clone()], vec![attribute("to", Attr::Int(DataType::Float as i64))]));
+                    patch.add_nodes.push(node(
+                        "Cast",
+                        format!("{y}.Cast"),
+                        vec![yi],
+                        vec![yf.clone()],
+                        vec![attribute("to", Attr::Int(DataType::Float as i64))],
+                    ));
                     patch.add_nodes.push(node("Mul", format!("{y}.ScaleMul"), vec![xs, ws], vec![ys.clone()], vec![]));
                     patch.add_nodes.push(node("Mul", format!("{y}.Mul"), vec![yf, ys], vec![y.clone()], vec![]));
                     patch.remove_nodes.insert(i);
@@ -150,7 +162,13 @@ impl QuantizeDynamic {
                     patch.add_initializers.push(from_array(&ts, &shaped(&[rows, 1], scales)?));
                     let (gq, gf, gs) = (format!("{y}.q"), format!("{y}.f"), format!("{y}.s"));
                     patch.add_nodes.push(node("Gather", format!("{y}.GatherQ"), vec![tq, ids.clone()], vec![gq.clone()], vec![]));
-                    patch.add_nodes.push(node("Cast", format!("{y}.Cast"), vec![gq], vec![gf.clone()], vec![attribute("to", Attr::Int(DataType::Float as i64))]));
+                    patch.add_nodes.push(node(
+                        "Cast",
+                        format!("{y}.Cast"),
+                        vec![gq],
+                        vec![gf.clone()],
+                        vec![attribute("to", Attr::Int(DataType::Float as i64))],
+                    ));
                     patch.add_nodes.push(node("Gather", format!("{y}.GatherS"), vec![ts, ids.clone()], vec![gs.clone()], vec![]));
                     patch.add_nodes.push(node("Mul", format!("{y}.Mul"), vec![gf, gs], vec![y.clone()], vec![]));
                     patch.remove_nodes.insert(i);

@@ -58,7 +58,8 @@ fn find_pairs(model: &Model) -> Vec<Pair> {
     };
     let mut pairs = Vec::new();
     for (i, n) in g.node.iter().enumerate() {
-        if n.op_type.as_deref() != Some("Conv") || n.input.get(2).is_some_and(|b| !b.is_empty() && (view.constant(b).is_none() || view.consumers(b).len() != 1)) {
+        if n.op_type.as_deref() != Some("Conv") || n.input.get(2).is_some_and(|b| !b.is_empty() && (view.constant(b).is_none() || view.consumers(b).len() != 1))
+        {
             continue;
         }
         let Some(w1) = weight(n) else { continue };

@@ -61,11 +61,7 @@ impl Pass for FoldBatchNorm {
             let (wn, bname) = (format!("{stem}.w"), format!("{stem}.b"));
             patch.add_initializers.push(from_array(&wn, &w2));
             patch.add_initializers.push(from_array(&bname, &b2));
-            patch.add_nodes.push(NodeProto {
-                input: vec![layer.input[0].clone(), wn, bname],
-                output: bn.output.clone(),
-                ..layer.clone()
-            });
+            patch.add_nodes.push(NodeProto { input: vec![layer.input[0].clone(), wn, bname], output: bn.output.clone(), ..layer.clone() });
             patch.remove_nodes.insert(li);
             patch.remove_nodes.insert(bi);
         }

@@ -79,7 +79,8 @@ impl<'g> Finder<'g> {
         let lin = r.input.first()?;
         let (mm, bias) = match self.node(lin)? {
             (_, a) if op(a) == "Add" => {
-                let (mm_v, b) = if self.node(&a.input[0]).is_some_and(|(_, n)| op(n) == "MatMul") { (&a.input[0], &a.input[1]) } else { (&a.input[1], &a.input[0]) };
+                let (mm_v, b) =
+                    if self.node(&a.input[0]).is_some_and(|(_, n)| op(n) == "MatMul") { (&a.input[0], &a.input[1]) } else { (&a.input[1], &a.input[0]) };
                 self.weight(b).filter(|b| b.ndim() == 1)?;
                 (self.node(mm_v)?.1, Some(b.clone()))
             }
@@ -111,7 +112,15 @@ pub fn find(model: &Model) -> Vec<HeadGroup> {
                 let (_, p) = f.node(&v)?;
                 match op(p) {
                     "MatMul" => break p,
-                    "Add" | "Mul" | "Div" => v = if f.node(&p.input[0]).is_some_and(|(_, x)| matches!(op(x), "MatMul" | "Add" | "Mul" | "Div")) && f.view.constant(&p.input[0]).is_none() { p.input[0].clone() } else { p.input[1].clone() },
+                    "Add" | "Mul" | "Div" => {
+                        v = if f.node(&p.input[0]).is_some_and(|(_, x)| matches!(op(x), "MatMul" | "Add" | "Mul" | "Div"))
+                            && f.view.constant(&p.input[0]).is_none()
+                        {
+                            p.input[0].clone()
+                        } else {
+                            p.input[1].clone()
+                        }
+                    }
                     _ => return None,
                 }
             };
@@ -163,7 +172,8 @@ pub fn importance(model: &Model, group: &HeadGroup) -> Vec<f64> {
     let mut score = vec![0.0; group.heads];
     let mut add = |w: &str, axis: usize| {
         let Some(a) = view.constant(w).and_then(|t| to_array::<f32>(t).ok()) else { return };
-        let per: Vec<f64> = (0..group.heads).map(|h| a.slice_axis(Axis(axis), ndarray::Slice::from(h * d..(h + 1) * d)).iter().map(|x| f64::from(x.abs())).sum()).collect();
+        let per: Vec<f64> =
+            (0..group.heads).map(|h| a.slice_axis(Axis(axis), ndarray::Slice::from(h * d..(h + 1) * d)).iter().map(|x| f64::from(x.abs())).sum()).collect();
         let mean = per.iter().sum::<f64>() / per.len().max(1) as f64;
         score.iter_mut().zip(per).for_each(|(s, p)| *s += p / mean.max(1e-12));
     };
@@ -195,7 +205,8 @@ pub fn prune(model: &Model, groups: &[HeadGroup], keep: &BTreeMap<usize, Vec<usi
         }
         cut(&gr.output_weight, 0, &idx, &mut patch)?;
         let (split, merged) = (format!("{}.heads.split", gr.name), format!("{}.heads.merge", gr.name));
-        let split_shape = ArrayD::from_shape_vec(IxDyn(&[4]), vec![0i64, 0, k.len() as i64, gr.head_dim as i64]).map_err(|e| OnnxError::Graph(e.to_string()))?;
+        let split_shape =
+            ArrayD::from_shape_vec(IxDyn(&[4]), vec![0i64, 0, k.len() as i64, gr.head_dim as i64]).map_err(|e| OnnxError::Graph(e.to_string()))?;
         let merge_shape = ArrayD::from_shape_vec(IxDyn(&[3]), vec![0i64, 0, (k.len() * gr.head_dim) as i64]).map_err(|e| OnnxError::Graph(e.to_string()))?;
         patch.add_initializers.push(from_array(&split, &split_shape));
         patch.add_initializers.push(from_array(&merged, &merge_shape));

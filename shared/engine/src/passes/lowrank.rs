@@ -85,10 +85,12 @@ pub fn factorise(w: &Array2<f32>, cfg: &LowrankStage) -> Result<Option<Factors>,
     let rank = match cfg.energy {
         Some(e) => {
             let mut acc = 0.0;
-            s.iter().position(|x| {
-                acc += x * x;
-                acc >= e * total
-            }).map_or(s.len(), |p| p + 1)
+            s.iter()
+                .position(|x| {
+                    acc += x * x;
+                    acc >= e * total
+                })
+                .map_or(s.len(), |p| p + 1)
         }
         None => ((cfg.target_ratio * (m * n) as f64) / (m + n) as f64).floor() as usize,
     }
@@ -114,10 +116,12 @@ fn left_svd(m: &faer::Mat<f64>) -> Result<(faer::Mat<f64>, Vec<f64>), OnnxError>
 fn energy_rank(s: &[f64], e: f64) -> usize {
     let total: f64 = s.iter().map(|x| x * x).sum();
     let mut acc = 0.0;
-    s.iter().position(|x| {
-        acc += x * x;
-        acc >= e * total
-    }).map_or(s.len(), |p| p + 1)
+    s.iter()
+        .position(|x| {
+            acc += x * x;
+            acc >= e * total
+        })
+        .map_or(s.len(), |p| p + 1)
 }
 
 /// Tucker-2 factors of a conv weight `[co, ci, kh, kw]`.
@@ -243,11 +247,18 @@ impl LowRank {
             let Some(cfg) = self.layer_config(node_key(node)) else { continue };
             let Some(t) = tucker2(&w, &cfg)? else { continue };
             let key = format!("{y}.tk");
-            let (fname, cname, lname, m1, m2) = (format!("{key}.first"), format!("{key}.core"), format!("{key}.last"), format!("{key}.mid1"), format!("{key}.mid2"));
+            let (fname, cname, lname, m1, m2) =
+                (format!("{key}.first"), format!("{key}.core"), format!("{key}.last"), format!("{key}.mid1"), format!("{key}.mid2"));
             patch.add_initializers.push(from_array(&fname, &t.first));
             patch.add_initializers.push(from_array(&cname, &t.core));
             patch.add_initializers.push(from_array(&lname, &t.last));
-            patch.add_nodes.push(NodeProto { op_type: Some("Conv".into()), name: Some(format!("{key}.1")), input: vec![x.clone(), fname], output: vec![m1.clone()], ..Default::default() });
+            patch.add_nodes.push(NodeProto {
+                op_type: Some("Conv".into()),
+                name: Some(format!("{key}.1")),
+                input: vec![x.clone(), fname],
+                output: vec![m1.clone()],
+                ..Default::default()
+            });
             let mut core = node.clone();
             core.name = Some(format!("{key}.2"));
             core.input = vec![m1, cname];
@@ -258,7 +269,13 @@ impl LowRank {
             if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
                 last_in.push(b.clone());
             }
-            patch.add_nodes.push(NodeProto { op_type: Some("Conv".into()), name: Some(format!("{key}.3")), input: last_in, output: vec![y.clone()], ..Default::default() });
+            patch.add_nodes.push(NodeProto {
+                op_type: Some("Conv".into()),
+                name: Some(format!("{key}.3")),
+                input: last_in,
+                output: vec![y.clone()],
+                ..Default::default()
+            });
             patch.remove_nodes.insert(i);
             patch.remove_initializers.insert(wname.clone());
             let [r1, r2] = t.ranks;
@@ -296,15 +313,40 @@ impl LowRank {
             let Some((a, b, rank, energy, err)) = factorise(&w2, &cfg)? else { continue };
             let key = format!("{y}.lr");
             let (an, bn, mid) = (format!("{key}.A"), format!("{key}.B"), format!("{key}.mid"));
-            patch.add_initializers.push(from_array(&an, &ArrayD::from_shape_vec(IxDyn(&[m, rank]), a.into_raw_vec_and_offset().0).map_err(|e| OnnxError::Graph(e.to_string()))?));
-            patch.add_initializers.push(from_array(&bn, &ArrayD::from_shape_vec(IxDyn(&[rank, n]), b.into_raw_vec_and_offset().0).map_err(|e| OnnxError::Graph(e.to_string()))?));
-            patch.add_nodes.push(NodeProto { op_type: Some("MatMul".into()), name: Some(format!("{key}.1")), input: vec![x.clone(), an], output: vec![mid.clone()], ..Default::default() });
-            patch.add_nodes.push(NodeProto { op_type: Some("MatMul".into()), name: Some(format!("{key}.2")), input: vec![mid, bn], output: vec![y.clone()], ..Default::default() });
+            patch
+                .add_initializers
+                .push(from_array(&an, &ArrayD::from_shape_vec(IxDyn(&[m, rank]), a.into_raw_vec_and_offset().0).map_err(|e| OnnxError::Graph(e.to_string()))?));
+            patch
+                .add_initializers
+                .push(from_array(&bn, &ArrayD::from_shape_vec(IxDyn(&[rank, n]), b.into_raw_vec_and_offset().0).map_err(|e| OnnxError::Graph(e.to_string()))?));
+            patch.add_nodes.push(NodeProto {
+                op_type: Some("MatMul".into()),
+                name: Some(format!("{key}.1")),
+                input: vec![x.clone(), an],
+                output: vec![mid.clone()],
+                ..Default::default()
+            });
+            patch.add_nodes.push(NodeProto {
+                op_type: Some("MatMul".into()),
+                name: Some(format!("{key}.2")),
+                input: vec![mid, bn],
+                output: vec![y.clone()],
+                ..Default::default()
+            });
             patch.remove_nodes.insert(i);
             if view.consumers(wname).len() == 1 {
                 patch.remove_initializers.insert(wname.clone());
             }
-            layers.push(FactorisedLayer { node: node_key(node).to_owned(), shape: [m, n], rank, ranks: None, params_before: m * n, params_after: rank * (m + n), energy_kept: energy, relative_error: err });
+            layers.push(FactorisedLayer {
+                node: node_key(node).to_owned(),
+                shape: [m, n],
+                rank,
+                ranks: None,
+                params_before: m * n,
+                params_after: rank * (m + n),
+                energy_kept: energy,
+                relative_error: err,
+            });
         }
         Ok((!patch.is_empty()).then_some((patch, layers)))
     }
@@ -317,7 +359,9 @@ mod tests {
 
     #[test]
     fn a_rank_two_matrix_is_recovered_exactly() {
-        let w = Array2::from_shape_fn((80, 96), |(i, j)| ((i as f32) * 0.3).sin() * ((j as f32) * 0.2).cos() + ((i as f32) * 0.11).cos() * ((j as f32) * 0.05 - 2.0));
+        let w = Array2::from_shape_fn((80, 96), |(i, j)| {
+            ((i as f32) * 0.3).sin() * ((j as f32) * 0.2).cos() + ((i as f32) * 0.11).cos() * ((j as f32) * 0.05 - 2.0)
+        });
         let cfg = LowrankStage { energy: Some(1.0 - 1e-9), ..LowrankStage::default() };
         let (a, b, rank, energy, err) = factorise(&w, &cfg).unwrap().unwrap();
         assert_eq!(rank, 2, "energy {energy}");
@@ -366,7 +410,11 @@ mod tests {
         let w = ArrayD::from_shape_fn(IxDyn(&[16, 16, 3, 3]), |d| ((d[0] * 31 + d[1] * 7 + d[2] * 3 + d[3]) as f32 * 0.13).sin());
         let wn = gb.init_f32("w", w);
         let bn = gb.init_f32("b", ArrayD::from_shape_fn(IxDyn(&[16]), |d| d[0] as f32 * 0.1));
-        let y = gb.op("Conv", &[&x, &wn, &bn], &[("pads", Attr::Ints(vec![1, 1, 1, 1])), ("strides", Attr::Ints(vec![2, 2])), ("kernel_shape", Attr::Ints(vec![3, 3]))]);
+        let y = gb.op(
+            "Conv",
+            &[&x, &wn, &bn],
+            &[("pads", Attr::Ints(vec![1, 1, 1, 1])), ("strides", Attr::Ints(vec![2, 2])), ("kernel_shape", Attr::Ints(vec![3, 3]))],
+        );
         gb.output_f32(&y, &[None, Some(16), Some(3), Some(3)]);
         let m = gb.build();
         let input = TensorValue::F32(ArrayD::from_shape_fn(IxDyn(&[2, 16, 6, 6]), |d| ((d[1] * 13 + d[2] * 5 + d[3]) as f32 * 0.07).cos()));

@@ -9,8 +9,8 @@ pub mod equalize;
 pub mod fold_bn;
 pub mod heads;
 pub mod lowrank;
-pub mod prune;
 pub mod nbits;
+pub mod prune;
 pub mod quantize;
 pub mod sparsity;
 

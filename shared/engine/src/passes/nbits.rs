@@ -225,12 +225,22 @@ mod tests {
             let (before, after) = (run(&m), run(&q));
             // The product with the dequantized 4-bit weights, computed here.
             let inits = |name: &str| q.graph().initializer.iter().find(|t| t.name.as_deref() == Some(name)).unwrap().clone();
-            let (packed, scales, zps) = (to_array::<u8>(&inits("w.q4")).unwrap(), to_array::<f32>(&inits("w.s4")).unwrap(), to_array::<u8>(&inits("w.zp4")).unwrap());
+            let (packed, scales, zps) =
+                (to_array::<u8>(&inits("w.q4")).unwrap(), to_array::<f32>(&inits("w.s4")).unwrap(), to_array::<u8>(&inits("w.zp4")).unwrap());
             let blocks = k / 32;
-            let x = match &input { TensorValue::F32(a) => a.clone(), _ => unreachable!() };
+            let x = match &input {
+                TensorValue::F32(a) => a.clone(),
+                _ => unreachable!(),
+            };
             let mut want = ArrayD::<f32>::zeros(IxDyn(&[3, n]));
             for c in 0..n {
-                let col = dequantize_column(&packed.as_slice().unwrap()[c * k / 2..(c + 1) * k / 2], &scales.as_slice().unwrap()[c * blocks..(c + 1) * blocks], &zps.as_slice().unwrap()[c * blocks.div_ceil(2)..(c + 1) * blocks.div_ceil(2)], k, 32);
+                let col = dequantize_column(
+                    &packed.as_slice().unwrap()[c * k / 2..(c + 1) * k / 2],
+                    &scales.as_slice().unwrap()[c * blocks..(c + 1) * blocks],
+                    &zps.as_slice().unwrap()[c * blocks.div_ceil(2)..(c + 1) * blocks.div_ceil(2)],
+                    k,
+                    32,
+                );
                 for r in 0..3 {
                     want[[r, c]] = (0..k).map(|i| x[[r, i]] * col[i]).sum::<f32>() + c as f32 * 0.25 - 2.0;
                 }

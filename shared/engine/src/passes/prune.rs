@@ -50,7 +50,26 @@ pub struct ChannelGroup {
     pub segment_consumers: Vec<(usize, usize, usize)>,
 }
 
-const PASS_THROUGH: &[&str] = &["Erf", "Gelu", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Softplus", "Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"];
+const PASS_THROUGH: &[&str] = &[
+    "Erf",
+    "Gelu",
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "Identity",
+    "Dropout",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+];
 
 fn int_attr(n: &NodeProto, name: &str) -> Option<i64> {
     n.attribute.iter().find(|a| a.name.as_deref() == Some(name)).and_then(|a| a.i)
@@ -135,9 +154,12 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
                     composite.insert(out, segs);
                     continue;
                 }
-                "Conv" if int_attr(n, "group").unwrap_or(1) == 1
-                    && n.input.get(1).is_some_and(|w| weight_uses(w) == 1 && view.constant(w).is_some() && g.initializer.iter().any(|t| t.name.as_deref() == Some(w.as_str())))
-                    && n.input.get(2).is_none_or(|b| weight_uses(b) == 1 && view.constant(b).is_some()) =>
+                "Conv"
+                    if int_attr(n, "group").unwrap_or(1) == 1
+                        && n.input.get(1).is_some_and(|w| {
+                            weight_uses(w) == 1 && view.constant(w).is_some() && g.initializer.iter().any(|t| t.name.as_deref() == Some(w.as_str()))
+                        })
+                        && n.input.get(2).is_none_or(|b| weight_uses(b) == 1 && view.constant(b).is_some()) =>
                 {
                     let mut offset = 0;
                     for &(s, len) in &segs {
@@ -207,7 +229,12 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
                     channels.insert(s, dims[0]);
                     members.push((s, "producer", idx, 0));
                     space.insert(out, s);
-                } else if group > 1 && group == dims[0] && dims.get(1) == Some(&1) && bias_ok && let Some(s) = x {
+                } else if group > 1
+                    && group == dims[0]
+                    && dims.get(1) == Some(&1)
+                    && bias_ok
+                    && let Some(s) = x
+                {
                     members.push((s, "channelwise", idx, 0));
                     space.insert(out, s);
                 } else {
@@ -216,13 +243,15 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
                     space.insert(out, s);
                 }
             }
-            "BatchNormalization" if n.input.len() == 5 && n.input[1..].iter().all(|p| view.constant(p).is_some() && weight_uses(p) == 1) => match n.input.first().and_then(|v| space.get(v).copied()) {
-                Some(s) => {
-                    members.push((s, "channelwise", idx, 0));
-                    space.insert(out, s);
+            "BatchNormalization" if n.input.len() == 5 && n.input[1..].iter().all(|p| view.constant(p).is_some() && weight_uses(p) == 1) => {
+                match n.input.first().and_then(|v| space.get(v).copied()) {
+                    Some(s) => {
+                        members.push((s, "channelwise", idx, 0));
+                        space.insert(out, s);
+                    }
+                    None => tracked.iter().for_each(|&s| sp.block(s)),
                 }
-                None => tracked.iter().for_each(|&s| sp.block(s)),
-            },
+            }
             o if PASS_THROUGH.contains(&o) => {
                 if let Some(s) = n.input.first().and_then(|v| space.get(v).copied()) {
                     if POOLING.contains(&o) && sp.kind_of(s) != NCHW {
@@ -251,10 +280,14 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
                         space.insert(out, *b);
                     }
                     // A bias (or scale) per feature of a MatMul's output: `[N]`, used once.
-                    [Some(a), None] | [None, Some(a)] if op != "Div" && sp.kind_of(*a) == LAST && {
-                        let c = &n.input[usize::from(ins[0].is_some())];
-                        view.constant(c).is_some_and(|t| t.dims.len() == 1) && weight_uses(c) == 1 && g.initializer.iter().any(|t| t.name.as_deref() == Some(c.as_str()))
-                    } => {
+                    [Some(a), None] | [None, Some(a)]
+                        if op != "Div" && sp.kind_of(*a) == LAST && {
+                            let c = &n.input[usize::from(ins[0].is_some())];
+                            view.constant(c).is_some_and(|t| t.dims.len() == 1)
+                                && weight_uses(c) == 1
+                                && g.initializer.iter().any(|t| t.name.as_deref() == Some(c.as_str()))
+                        } =>
+                    {
                         members.push((*a, "constant", idx, usize::from(ins[0].is_some())));
                         space.insert(out, *a);
                     }
@@ -269,7 +302,10 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
             }
             "Gemm" | "MatMul" if n.input.first().is_some_and(|v| flattened.contains(v)) => {
                 let s = space[&n.input[0]];
-                let w = n.input.get(1).filter(|w| view.constant(w).is_some() && weight_uses(w) == 1 && g.initializer.iter().any(|t| t.name.as_deref() == Some(w.as_str())));
+                let w = n
+                    .input
+                    .get(1)
+                    .filter(|w| view.constant(w).is_some() && weight_uses(w) == 1 && g.initializer.iter().any(|t| t.name.as_deref() == Some(w.as_str())));
                 match w {
                     Some(_) => {
                         let trans_b = op == "Gemm" && int_attr(n, "transB") == Some(1);
@@ -279,9 +315,15 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
                 }
             }
             "Gemm" | "MatMul" => {
-                let w = n.input.get(1).filter(|w| weight_uses(w) == 1 && g.initializer.iter().any(|t| t.name.as_deref() == Some(w.as_str()))).and_then(|w| view.constant(w));
+                let w = n
+                    .input
+                    .get(1)
+                    .filter(|w| weight_uses(w) == 1 && g.initializer.iter().any(|t| t.name.as_deref() == Some(w.as_str())))
+                    .and_then(|w| view.constant(w));
                 let trans_b = op == "Gemm" && int_attr(n, "transB") == Some(1);
-                let plain = op == "MatMul" || (int_attr(n, "transA").unwrap_or(0) == 0 && n.input.get(2).is_none_or(|c| view.constant(c).is_some_and(|t| t.dims.len() == 1) && weight_uses(c) == 1));
+                let plain = op == "MatMul"
+                    || (int_attr(n, "transA").unwrap_or(0) == 0
+                        && n.input.get(2).is_none_or(|c| view.constant(c).is_some_and(|t| t.dims.len() == 1) && weight_uses(c) == 1));
                 let x = n.input.first().and_then(|v| space.get(v).copied());
                 match w.filter(|t| t.dims.len() == 2 && plain) {
                     Some(t) => {
@@ -314,7 +356,16 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
     let mut groups: BTreeMap<usize, ChannelGroup> = BTreeMap::new();
     for &(s, role, node, axis) in &members {
         let r = sp.root(s);
-        let e = groups.entry(r).or_insert_with(|| ChannelGroup { id: 0, name: String::new(), channels: 0, producers: vec![], channelwise: vec![], constants: vec![], consumers: vec![], segment_consumers: vec![] });
+        let e = groups.entry(r).or_insert_with(|| ChannelGroup {
+            id: 0,
+            name: String::new(),
+            channels: 0,
+            producers: vec![],
+            channelwise: vec![],
+            constants: vec![],
+            consumers: vec![],
+            segment_consumers: vec![],
+        });
         match role {
             "producer" => {
                 e.producers.push((node, axis));
@@ -373,7 +424,11 @@ pub fn importance(model: &Model, group: &ChannelGroup) -> Vec<f64> {
         let n = &g.node[c];
         if n.op_type.as_deref() == Some("BatchNormalization") {
             let eps = n.attribute.iter().find(|a| a.name.as_deref() == Some("epsilon")).and_then(|a| a.f).unwrap_or(1e-5);
-            let (Some(gamma), Some(var)) = (view.constant(&n.input[1]).and_then(|t| to_array::<f32>(t).ok()), view.constant(&n.input[4]).and_then(|t| to_array::<f32>(t).ok())) else { continue };
+            let (Some(gamma), Some(var)) =
+                (view.constant(&n.input[1]).and_then(|t| to_array::<f32>(t).ok()), view.constant(&n.input[4]).and_then(|t| to_array::<f32>(t).ok()))
+            else {
+                continue;
+            };
             add(gamma.iter().zip(var.iter()).map(|(g, v)| f64::from(g.abs() / (v + eps).sqrt())).collect());
         }
     }
@@ -501,7 +556,12 @@ mod tests {
             b.op("Conv", &[input, &wt, &bias], &[("pads", Attr::Ints(vec![1, 1, 1, 1])), ("group", Attr::Int(group))])
         };
         let a = conv(&mut b, "A", &x, 8, 3, 1, 1);
-        let (s, bb, m, v) = (b.init_f32("bn.s", w(&[8], 3) + 1.0), b.init_f32("bn.b", w(&[8], 4)), b.init_f32("bn.m", w(&[8], 5)), b.init_f32("bn.v", w(&[8], 6).mapv(f32::abs) + 0.5));
+        let (s, bb, m, v) = (
+            b.init_f32("bn.s", w(&[8], 3) + 1.0),
+            b.init_f32("bn.b", w(&[8], 4)),
+            b.init_f32("bn.m", w(&[8], 5)),
+            b.init_f32("bn.v", w(&[8], 6).mapv(f32::abs) + 0.5),
+        );
         let bn = b.op("BatchNormalization", &[&a, &s, &bb, &m, &v], &[]);
         let r = b.op("Relu", &[&bn], &[]);
         let bconv = conv(&mut b, "B", &r, 8, 8, 1, 7);

@@ -24,9 +24,8 @@ use tamp_onnx::{GraphView, Model, OnnxError, Pass, Patch};
 use crate::calibrate::Range;
 
 /// Ops whose float inputs and outputs are carried in int8 between Q/DQ pairs.
-pub const QUANTIZABLE: &[&str] = &[
-    "Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool", "MaxPool", "Relu", "Clip", "Flatten", "Reshape", "Transpose", "Concat",
-];
+pub const QUANTIZABLE: &[&str] =
+    &["Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool", "MaxPool", "Relu", "Clip", "Flatten", "Reshape", "Transpose", "Concat"];
 /// Ops with weights quantized per channel, and the activations ORT folds into them.
 const WEIGHTED: &[&str] = &["Conv", "Gemm", "MatMul"];
 const ABSORBED: &[&str] = &["Relu", "Clip"];
@@ -135,9 +134,9 @@ pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, On
         })
         .filter_map(|i| i.name.as_deref())
         .collect();
-    let candidates = float_inputs.into_iter().chain(
-        view.topological_order()?.into_iter().map(|i| &g.node[i]).filter(|n| quantizable(n)).flat_map(|n| n.output.iter().map(String::as_str)),
-    );
+    let candidates = float_inputs
+        .into_iter()
+        .chain(view.topological_order()?.into_iter().map(|i| &g.node[i]).filter(|n| quantizable(n)).flat_map(|n| n.output.iter().map(String::as_str)));
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for v in candidates {
@@ -145,7 +144,8 @@ pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, On
             continue;
         }
         let readers: Vec<&NodeProto> = view.consumers(v).iter().map(|&c| &g.node[c]).collect();
-        let quantized_readers = readers.iter().filter(|n| quantizable(n) && n.input.iter().enumerate().any(|(s, i)| i == v && !is_weight_slot(&view, n, s))).count();
+        let quantized_readers =
+            readers.iter().filter(|n| quantizable(n) && n.input.iter().enumerate().any(|(s, i)| i == v && !is_weight_slot(&view, n, s))).count();
         if quantized_readers == 0 {
             continue;
         }
@@ -177,10 +177,13 @@ fn activation_zero_point(r: Range, ty: ActivationType, symmetric: bool, name: &s
         return (if amax > 0.0 { amax / 127.0 } else { 1.0 }, zp_tensor(0));
     }
     let (scale, zp) = activation_params(r);
-    (scale, zp_tensor(match ty {
-        ActivationType::Uint8 => i32::from(zp),
-        ActivationType::Int8 => i32::from(zp) - 128,
-    }))
+    (
+        scale,
+        zp_tensor(match ty {
+            ActivationType::Uint8 => i32::from(zp),
+            ActivationType::Int8 => i32::from(zp) - 128,
+        }),
+    )
 }
 
 /// int8 symmetric quantization of `w` along `axis` (None: per tensor): (values, scales).
@@ -390,7 +393,9 @@ impl QuantizeQdq {
                     let x = n.input.first().map_or("", String::as_str);
                     patch.add_nodes.push(node("Mul", format!("{key}.bias.S"), vec![format!("{x}.s"), ws.clone()], bsn.clone(), vec![]));
                 } else {
-                    patch.add_initializers.push(from_array(&bsn, &ArrayD::from_shape_vec(IxDyn(&[bs.len()]), bs).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    patch
+                        .add_initializers
+                        .push(from_array(&bsn, &ArrayD::from_shape_vec(IxDyn(&[bs.len()]), bs).map_err(|e| OnnxError::Graph(e.to_string()))?));
                 }
                 patch.add_nodes.push(node("DequantizeLinear", format!("{key}.bias.DQ"), vec![bqn, bsn], bdq.clone(), vec![attribute("axis", Attr::Int(0))]));
                 patch.rewire.push((i, bias_slot, bdq));

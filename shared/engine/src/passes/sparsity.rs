@@ -75,8 +75,11 @@ pub fn units(model: &Model, min_elements: usize) -> Vec<SparseUnit> {
             let w = n.input.get(1)?;
             let t = view.constant(w)?;
             let a = to_array::<f32>(t).ok()?;
-            (a.len() >= min_elements && view.consumers(w).len() == 1 && to_matrix(&a, n.op_type.as_deref()?, trans_b(n)).is_some())
-                .then(|| SparseUnit { node: node_key(n).to_owned(), weight: w.clone(), elements: a.len() })
+            (a.len() >= min_elements && view.consumers(w).len() == 1 && to_matrix(&a, n.op_type.as_deref()?, trans_b(n)).is_some()).then(|| SparseUnit {
+                node: node_key(n).to_owned(),
+                weight: w.clone(),
+                elements: a.len(),
+            })
         })
         .collect()
 }
@@ -261,7 +264,8 @@ mod tests {
     fn blocks_are_zeroed_whole() {
         let mut w = Array2::from_shape_fn((4, 8), |(i, j)| (i * 8 + j) as f32 + 1.0);
         zero_blocks(&mut w, 1, 4, 0.5);
-        let zero_blocks_n = w.rows().into_iter().flat_map(|r| r.to_vec().chunks(4).map(|c| c.iter().all(|x| *x == 0.0)).collect::<Vec<_>>()).filter(|z| *z).count();
+        let zero_blocks_n =
+            w.rows().into_iter().flat_map(|r| r.to_vec().chunks(4).map(|c| c.iter().all(|x| *x == 0.0)).collect::<Vec<_>>()).filter(|z| *z).count();
         assert_eq!(zero_blocks_n, 4);
         // The weakest blocks are the first ones (smallest values).
         assert!(w.row(0).iter().all(|x| *x == 0.0));

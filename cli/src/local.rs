@@ -8,16 +8,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tamp_adapters_local::bus::Subscriber;
 use tamp_adapters_local::batch::RunLimits;
 use tamp_adapters_local::{FolderStore, LocalBus, MemoryQueue, ProcessRunner, SqliteStore};
 use tamp_domain::job::RetryPolicy;
+use tamp_ports::Subscriber;
 use tamp_ports::{Clock, Message, MetadataStore, PortError, Queue, Role, SystemClock};
 
-use crate::api::{AppState, router};
-use crate::auth::{self, Auth, AuthConfig};
-use crate::handlers::{self, Services};
-use crate::notify::{Format, Outbox, Webhooks};
+use tamp_control::api::{AppState, router};
+use tamp_control::auth::{self, Auth, AuthConfig};
+use tamp_control::handlers::{self, Services};
+use tamp_control::notify::{Format, Outbox, Webhooks};
 
 /// How `tamp serve` runs.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub struct ServeConfig {
     pub teams: Vec<String>,
     /// Wall-clock limit of one stage attempt.
     pub attempt_timeout: Option<Duration>,
-    pub limits: crate::api::Limits,
+    pub limits: tamp_control::api::Limits,
     /// In-memory dataset limit handed to workers (`TAMP_MAX_NPZ_BYTES`).
     pub max_npz_bytes: Option<u64>,
 }
@@ -151,7 +151,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     tokio::spawn(orchestrator(svc.clone(), queue.clone(), cfg.visibility_s));
     tokio::spawn(watcher(svc.clone()));
     tokio::spawn(reconciler(svc.clone()));
-    let app = router(AppState { svc, files: Some(files), auth, limits: cfg.limits });
+    let links: Arc<dyn tamp_ports::SignedLinks> = files;
+    let app = router(AppState { svc, files: Some(links), auth, limits: cfg.limits });
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
     Ok(())
 }
@@ -249,7 +250,11 @@ async fn watcher(svc: Services) {
                             }
                         }
                         Err(join) => {
-                            let why = join.try_into_panic().ok().and_then(|p| p.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| p.downcast_ref::<String>().cloned())).unwrap_or_else(|| "no message".into());
+                            let why = join
+                                .try_into_panic()
+                                .ok()
+                                .and_then(|p| p.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| p.downcast_ref::<String>().cloned()))
+                                .unwrap_or_else(|| "no message".into());
                             tracing::error!(key, why, "ingest panicked");
                             if let Some((p, m, v)) = handlers::upload_prefix(&key) {
                                 let reason = format!("{key}: Tamp hit an internal error reading this upload ({why}); please report it with the recipe");
