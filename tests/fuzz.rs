@@ -307,11 +307,7 @@ fn npz_from_header(ops: &[Op]) -> Vec<u8> {
             if kind % 2 == 0 { "False" } else { "True" },
             if dims.len() == 1 { "," } else { "" }
         );
-        let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-        let h = format!("{header}{}\n", " ".repeat(64 - (10 + header.len() + 1) % 64));
-        npy.extend((h.len() as u16).to_le_bytes());
-        npy.extend(h.as_bytes());
-        npy.extend(std::iter::repeat_n(7u8, pos % 512));
+        let member = npy(&header, &vec![7u8; pos % 512]);
         let name = match k {
             0 => "x.npy".to_owned(),
             1 => ["labels.npy", "cohort.npy", "y.npy"][pos % 3].to_owned(),
@@ -319,7 +315,7 @@ fn npz_from_header(ops: &[Op]) -> Vec<u8> {
         };
         let method = if kind % 3 == 0 { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
         z.start_file(name, zip::write::FileOptions::default().compression_method(method)).unwrap();
-        std::io::Write::write_all(&mut z, &npy).unwrap();
+        std::io::Write::write_all(&mut z, &member).unwrap();
     }
     z.finish().unwrap().into_inner()
 }
@@ -479,17 +475,11 @@ fn regression_block_pattern_overflow() {
 fn regression_npz_shape_product_overflow() {
     let dir = tempfile::tempdir().unwrap();
     // An npy header declaring (2^32, 2^32, 1, 1) float32 with 16 bytes of data.
-    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 1, 1), }";
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    let pad = 64 - (10 + header.len() + 1) % 64;
-    let h = format!("{header}{}\n", " ".repeat(pad));
-    npy.extend((h.len() as u16).to_le_bytes());
-    npy.extend(h.as_bytes());
-    npy.extend([0u8; 16]);
+    let member = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 1, 1), }", &[0u8; 16]);
     for method in [zip::CompressionMethod::Stored, zip::CompressionMethod::Deflated] {
         let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         z.start_file("x.npy", zip::write::FileOptions::default().compression_method(method)).unwrap();
-        std::io::Write::write_all(&mut z, &npy).unwrap();
+        std::io::Write::write_all(&mut z, &member).unwrap();
         let p = dir.path().join("bomb.npz");
         std::fs::write(&p, z.finish().unwrap().into_inner()).unwrap();
         let e = tamp_engine::Dataset::load(&p).unwrap_err().to_string();
@@ -503,13 +493,9 @@ fn regression_zip_bomb_is_refused_before_inflating() {
     // 1.25 GB of float32 zeros deflates to about 1.2 MB: the shape says so before inflating.
     let n: u64 = 1_250_000_000 / 4;
     let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n},), }}");
-    let h = format!("{header}{}\n", " ".repeat(64 - (10 + header.len() + 1) % 64));
     let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     z.start_file("x.npy", zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Deflated)).unwrap();
-    let mut head = b"\x93NUMPY\x01\x00".to_vec();
-    head.extend((h.len() as u16).to_le_bytes());
-    head.extend(h.as_bytes());
-    std::io::Write::write_all(&mut z, &head).unwrap();
+    std::io::Write::write_all(&mut z, &npy(&header, &[])).unwrap();
     let zeros = vec![0u8; 1 << 22];
     for _ in 0..(n * 4 / zeros.len() as u64) {
         std::io::Write::write_all(&mut z, &zeros).unwrap();
@@ -571,22 +557,33 @@ fn regression_recipe_limits() {
     assert!(tamp_domain::Recipe::from_yaml(&laughs).is_err());
 }
 
+/// An npy member: the v1 magic, `header` padded to 64 bytes as numpy pads it, then `data`.
+fn npy(header: &str, data: &[u8]) -> Vec<u8> {
+    let h = format!("{header}{}\n", " ".repeat(64 - (10 + header.len() + 1) % 64));
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((h.len() as u16).to_le_bytes());
+    out.extend(h.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Writes a one-member archive (`x.npy`, stored) to `dir/name`; returns its path.
+fn one_member_npz(dir: &Path, name: &str, member: &[u8]) -> PathBuf {
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.start_file("x.npy", zip::write::FileOptions::default()).unwrap();
+    std::io::Write::write_all(&mut z, member).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, z.finish().unwrap().into_inner()).unwrap();
+    p
+}
+
 /// Found by `fuzz_npz_zip_and_npy_headers`: a zero dim made the element count 0 while
 /// npyz's stride products still multiplied the others.
 #[test]
 fn regression_npz_zero_dim_with_huge_dims() {
     let dir = tempfile::tempdir().unwrap();
-    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 9223372036854775807, 9223372036854775807), }";
-    let h = format!("{header}{}\n", " ".repeat(64 - (10 + header.len() + 1) % 64));
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    npy.extend((h.len() as u16).to_le_bytes());
-    npy.extend(h.as_bytes());
-    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    z.start_file("x.npy", zip::write::FileOptions::default()).unwrap();
-    std::io::Write::write_all(&mut z, &npy).unwrap();
-    let p = dir.path().join("zero.npz");
-    std::fs::write(&p, z.finish().unwrap().into_inner()).unwrap();
-    let e = tamp_engine::Dataset::load(&p).unwrap_err().to_string();
+    let member = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 9223372036854775807, 9223372036854775807), }", &[]);
+    let e = tamp_engine::Dataset::load(one_member_npz(dir.path(), "zero.npz", &member)).unwrap_err().to_string();
     assert!(e.contains("array 'x'"), "{e}");
 }
 
@@ -595,16 +592,7 @@ fn regression_npz_zero_dim_with_huge_dims() {
 #[test]
 fn regression_npz_rows_without_values() {
     let dir = tempfile::tempdir().unwrap();
-    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 0), }";
-    let h = format!("{header}{}\n", " ".repeat(64 - (10 + header.len() + 1) % 64));
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    npy.extend((h.len() as u16).to_le_bytes());
-    npy.extend(h.as_bytes());
-    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    z.start_file("x.npy", zip::write::FileOptions::default()).unwrap();
-    std::io::Write::write_all(&mut z, &npy).unwrap();
-    let p = dir.path().join("empty-rows.npz");
-    std::fs::write(&p, z.finish().unwrap().into_inner()).unwrap();
-    let e = tamp_engine::Dataset::load(&p).unwrap_err().to_string();
+    let member = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 0), }", &[]);
+    let e = tamp_engine::Dataset::load(one_member_npz(dir.path(), "empty-rows.npz", &member)).unwrap_err().to_string();
     assert!(e.contains("rows hold no values"), "{e}");
 }

@@ -258,7 +258,9 @@ async fn watcher(svc: Services) {
                             tracing::error!(key, why, "ingest panicked");
                             if let Some((p, m, v)) = handlers::upload_prefix(&key) {
                                 let reason = format!("{key}: Tamp hit an internal error reading this upload ({why}); please report it with the recipe");
-                                let _ = handlers::fail_upload(&svc, &p, &m, &v, reason, &format!("upload:{key}@{}", meta.version)).await;
+                                if let Err(e) = handlers::fail_upload(&svc, &p, &m, &v, reason, &format!("upload:{key}@{}", meta.version)).await {
+                                    tracing::error!(key, error = %e, "could not record the failed upload");
+                                }
                             }
                         }
                     }
