@@ -3,9 +3,12 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-# Build cache shared by clones on this machine; a cold build on a new machine works too.
-export CARGO_TARGET_DIR ?= $(HOME)/.cache/tamp/target
-CACHE        := $(HOME)/.cache/tamp
+# Everything cached between runs lives under one folder, TAMP_CACHE_DIR (default
+# ~/.cache/tamp): the build folder (target/, shared by clones on this machine), the trained
+# reference CNN (models/) and, written by tamp itself, sensitivity curves (sensitivity/).
+# A cold build on a new machine works too.
+CACHE        := $(if $(filter-out off,$(TAMP_CACHE_DIR)),$(TAMP_CACHE_DIR),$(HOME)/.cache/tamp)
+export CARGO_TARGET_DIR ?= $(CACHE)/target
 DEPS         := .deps
 VENV         := .venv
 PY           := $(VENV)/bin/python
@@ -47,7 +50,7 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: artifact-digests build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -239,6 +242,12 @@ nncf: .venv-nncf/.done
 	@python3 -m venv .venv-nncf
 	@.venv-nncf/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements-nncf.txt $(DEPS)/wheels/$(ORT_WHEEL)
 	@touch $@
+
+# Every artifact of bench-compress and bench-ptq's tamp commands, digested (model files by
+# sha256, JSON records without clock-dependent fields): diff two runs' files to show a change
+# left artifacts byte-identical. OUT=<file> (default artifact-digests.txt).
+artifact-digests: build-cli venv models
+	$(PY) scripts/artifact_digests.py --tamp $(TAMP) --out $(or $(OUT),artifact-digests.txt)
 
 bench-ptq: build-release venv models nncf
 	$(PY) scripts/bench_ptq.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --model-dir $(EFFNET_REF) \

@@ -8,7 +8,7 @@ use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
 use tamp_domain::Recipe;
 use tamp_engine::Dataset;
-use tamp_engine::compress::{self, Job, Observer, Outcome, resolve_from_recipe};
+use tamp_pipeline::{self as compress, Job, Observer, Outcome, resolve_from_recipe};
 
 use crate::eval::human_bytes;
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use tamp_domain::recipe::{Calibration, CalibrationMethod};
 use tamp_engine::Dataset;
 use tamp_engine::calibrate::Method;
 use tamp_engine::passes::quantize::ActivationType;
@@ -26,15 +27,16 @@ pub struct Args {
     /// Where to write the int8 model.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, value_enum, default_value = "minmax")]
-    method: CliMethod,
+    /// How activation ranges are chosen: minmax, kl (entropy), percentile or mse.
+    #[arg(long, default_value = "minmax")]
+    method: CalibrationMethod,
     /// Percentile of |x| for --method percentile.
-    #[arg(long, default_value_t = 99.99)]
+    #[arg(long, default_value_t = Calibration::default().percentile)]
     percentile: f64,
     /// Calibration rows (seeded sample).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = Calibration::default().samples)]
     samples: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = Calibration::default().seed)]
     seed: u64,
     /// One weight scale per tensor instead of per output channel.
     #[arg(long)]
@@ -67,14 +69,6 @@ pub struct Args {
     report: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum CliMethod {
-    Minmax,
-    Percentile,
-    Entropy,
-    Mse,
-}
-
 pub fn run(args: &Args) -> Result<()> {
     let model = Model::load(&args.model)?;
     if args.weights4 {
@@ -92,12 +86,7 @@ pub fn run(args: &Args) -> Result<()> {
     let Some(data_path) = &args.data else { anyhow::bail!("--data is required for static quantization") };
     let data = Dataset::load(data_path)?;
     let cfg = PtqConfig {
-        method: match args.method {
-            CliMethod::Minmax => Method::MinMax,
-            CliMethod::Percentile => Method::Percentile { percentile: args.percentile },
-            CliMethod::Entropy => Method::Entropy,
-            CliMethod::Mse => Method::Mse,
-        },
+        method: Method::from(&Calibration { method: args.method, percentile: args.percentile, ..Calibration::default() }),
         samples: args.samples,
         seed: args.seed,
         fold_batch_norm: !args.no_fold_bn,

@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each test binary uses a subset
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+pub mod models;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,8 +19,11 @@ pub fn root() -> PathBuf {
 }
 
 pub fn tamp() -> PathBuf {
+    // Test binaries live in target/<profile>/deps; the CLI one level up.
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("tamp")
+    let bin = exe.parent().unwrap().parent().unwrap().join("tamp");
+    assert!(bin.exists(), "{} not built; run `cargo build -p tamp-cli` (make test does)", bin.display());
+    bin
 }
 
 pub fn cnn() -> PathBuf {

@@ -16,7 +16,7 @@ use tamp_control::{StageFailure, StageManifest, stage_error_key, stage_manifest_
 use tamp_domain::Recipe;
 use tamp_domain::job::StageOutput;
 use tamp_engine::Dataset;
-use tamp_engine::compress::{self, Job, Observer};
+use tamp_pipeline::{self as compress, Job, Observer};
 use tamp_ports::{MetadataStore, ObjectStore, StageRun};
 
 /// Exit status for input that will never work (the runners do not retry it).
@@ -216,8 +216,10 @@ fn die() {
 
 /// Writes the stage's artifacts under content-addressed keys, then the stage manifest last.
 async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<()> {
-    let metadata: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("best.json"))?)?;
-    let sha = metadata["sha256"].as_str().ok_or_else(|| anyhow!("best.json has no sha256"))?.to_owned();
+    let record = std::fs::read(out.join("best.json"))?;
+    let artifact: tamp_domain::results::ArtifactMetadata = serde_json::from_slice(&record).map_err(|e| anyhow!("best.json is not an artifact record: {e}"))?;
+    let metadata: serde_json::Value = serde_json::from_slice(&record)?;
+    let sha = artifact.sha256;
     let base = format!("artifacts/{}/{}", run.job, run.stage);
     let (artifact_key, metadata_key) = (format!("{base}/{sha}.onnx"), format!("{base}/{sha}.json"));
     // Immutable: a retry that produced the same bytes finds them there (not an error) — but

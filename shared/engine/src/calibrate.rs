@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use tamp_onnx::{Model, TensorValue};
 
 use crate::capture::capture;
-use crate::dataset::Dataset;
 use crate::error::{EngineError, Result};
 use crate::runtime::SessionConfig;
+use tamp_data::{Dataset, min_max};
 
 /// How a clipping range is chosen from the statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,19 @@ pub enum Method {
     Entropy,
     /// Threshold minimising expected squared quantisation error for symmetric int8.
     Mse,
+}
+
+impl From<&tamp_domain::recipe::Calibration> for Method {
+    /// The recipe's calibration settings as a range rule (the one mapping from recipe to engine).
+    fn from(c: &tamp_domain::recipe::Calibration) -> Self {
+        use tamp_domain::recipe::CalibrationMethod as M;
+        match c.method {
+            M::Minmax => Self::MinMax,
+            M::Kl => Self::Entropy,
+            M::Percentile => Self::Percentile { percentile: c.percentile },
+            M::Mse => Self::Mse,
+        }
+    }
 }
 
 impl Method {
@@ -275,31 +288,6 @@ pub fn mse_threshold(h: &Histogram, half_levels: f64) -> f32 {
         }
     }
     bin_edge(h, best.1)
-}
-
-/// Min, max and whether every element is finite, in one pass the compiler vectorizes
-/// (16 independent lanes; `x · 0` is NaN exactly when `x` is NaN or infinite).
-pub fn min_max(a: &[f32]) -> (f32, f32, bool) {
-    const L: usize = 16;
-    let (mut lo, mut hi, mut bad) = ([f32::INFINITY; L], [f32::NEG_INFINITY; L], [0.0f32; L]);
-    let chunks = a.chunks_exact(L);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for i in 0..L {
-            let x = c[i];
-            lo[i] = if x < lo[i] { x } else { lo[i] };
-            hi[i] = if x > hi[i] { x } else { hi[i] };
-            bad[i] += x * 0.0;
-        }
-    }
-    for (i, &x) in rest.iter().enumerate() {
-        lo[i] = if x < lo[i] { x } else { lo[i] };
-        hi[i] = if x > hi[i] { x } else { hi[i] };
-        bad[i] += x * 0.0;
-    }
-    let lo = lo.iter().fold(f32::INFINITY, |m, &x| m.min(x));
-    let hi = hi.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    (lo, hi, bad.iter().all(|b| !b.is_nan()))
 }
 
 /// Sum of `a` in f64, eight independent lanes.
@@ -584,18 +572,15 @@ mod tests {
     }
 
     #[test]
-    fn min_max_sees_every_lane_and_every_non_finite_value() {
-        let mut v: Vec<f32> = (0..37).map(|i| i as f32 - 5.0).collect();
-        assert_eq!(min_max(&v), (-5.0, 31.0, true));
-        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            for at in [0, 15, 16, 36] {
-                let keep = v[at];
-                v[at] = bad;
-                assert!(!min_max(&v).2, "{bad} at {at}");
-                v[at] = keep;
-            }
-        }
-        assert_eq!(min_max(&[]), (f32::INFINITY, f32::NEG_INFINITY, true));
+    fn recipe_settings_map_to_one_rule_each() {
+        use tamp_domain::recipe::{Calibration, CalibrationMethod as M};
+        let rule = |method| Method::from(&Calibration { method, percentile: 99.5, ..Calibration::default() });
+        assert_eq!(rule(M::Minmax), Method::MinMax);
+        assert_eq!(rule(M::Kl), Method::Entropy);
+        assert_eq!(rule(M::Percentile), Method::Percentile { percentile: 99.5 });
+        assert_eq!(rule(M::Mse), Method::Mse);
+        assert_eq!("entropy".parse::<M>(), Ok(M::Kl));
+        assert!("magic".parse::<M>().unwrap_err().contains("minmax"));
     }
 
     #[test]

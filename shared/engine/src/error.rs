@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub enum EngineError {
     #[error(transparent)]
     Onnx(#[from] tamp_onnx::OnnxError),
+    #[error(transparent)]
+    Patch(#[from] tamp_onnx::PatchError),
     #[error("ONNX Runtime library: {0}")]
     Library(String),
     #[error("ONNX Runtime {context}: {message}")]
@@ -25,8 +27,14 @@ impl EngineError {
     pub(crate) fn ort(context: impl Into<String>, e: impl std::fmt::Display) -> Self {
         Self::Ort { context: context.into(), message: e.to_string() }
     }
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+}
+
+impl From<tamp_data::DataError> for EngineError {
+    fn from(e: tamp_data::DataError) -> Self {
+        match e {
+            tamp_data::DataError::Dataset { path, message } => Self::Dataset { path, message },
+            tamp_data::DataError::Io { path, source } => Self::Io { path, source },
+        }
     }
 }
 

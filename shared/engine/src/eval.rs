@@ -68,13 +68,7 @@ pub struct DataInfo {
     pub evaluated_rows: usize,
 }
 
-/// The machine the numbers were measured on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CpuInfo {
-    pub model: String,
-    pub logical_cores: usize,
-    pub features: Vec<String>,
-}
+pub use tamp_domain::results::CpuInfo;
 
 /// One evaluation; written as `baseline.json` for the baseline model.
 #[derive(Debug, Clone, Serialize, Deserialize)]

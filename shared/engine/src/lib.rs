@@ -3,10 +3,9 @@
 //! measurement and the baseline record. Compression passes and the stage runner will live
 //! here too (see docs/architecture.md).
 
+pub mod cache;
 pub mod calibrate;
 pub mod capture;
-pub mod compress;
-pub mod dataset;
 pub mod error;
 pub mod eval;
 pub mod flops;
@@ -16,9 +15,12 @@ pub mod perf;
 pub mod ptq;
 pub mod runtime;
 
-pub use dataset::Dataset;
 pub use error::EngineError;
 pub use runtime::{Session, SessionConfig};
+/// Datasets live in `tamp-data` (training reads them without ONNX Runtime); re-exported
+/// here so engine callers keep one import path.
+pub use tamp_data as dataset;
+pub use tamp_data::Dataset;
 
 /// Tamp's version, recorded in every baseline and manifest.
 pub const TAMP_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -39,12 +39,14 @@ pub struct PtqConfig {
 
 impl Default for PtqConfig {
     fn default() -> Self {
+        // The recipe's defaults are the only ones: `tamp quantize` and a recipe's `ptq: {}` agree.
+        let c = tamp_domain::recipe::Calibration::default();
         Self {
-            method: Method::MinMax,
-            samples: 256,
-            seed: 0,
+            method: Method::from(&c),
+            samples: c.samples,
+            seed: c.seed,
             batch_size: 32,
-            bins: 2048,
+            bins: c.bins,
             fold_batch_norm: true,
             cross_layer_equalization: false,
             bias_correction: true,
@@ -86,10 +88,6 @@ fn count(model: &Model, op: &str) -> usize {
     model.graph().node.iter().filter(|n| n.op_type.as_deref() == Some(op)).count()
 }
 
-pub(crate) fn patch_err(e: tamp_onnx::PatchError) -> EngineError {
-    EngineError::Config(e.to_string())
-}
-
 /// A calibrated model: batch norms folded and every candidate activation's range measured,
 /// so candidates that differ only in what stays float are built without recalibrating.
 #[derive(Debug, Clone)]
@@ -128,10 +126,10 @@ fn mean_readers(model: &Model) -> BTreeMap<String, (Vec<String>, ChannelAxis)> {
 /// Folds batch norms and calibrates every activation the QDQ pass could quantize, in one
 /// streaming run over `cfg.samples` seeded rows of `data`.
 pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calibrated> {
-    let folded = if cfg.fold_batch_norm { run_to_fixpoint(model, &[&FoldBatchNorm], 4).map_err(patch_err)? } else { model.clone() };
+    let folded = if cfg.fold_batch_norm { run_to_fixpoint(model, &[&FoldBatchNorm], 4)? } else { model.clone() };
     let folded_batch_norms = count(model, "BatchNormalization") - count(&folded, "BatchNormalization");
     let (folded, equalized) = match cfg.cross_layer_equalization.then(|| equalize::equalize(&folded, 8)).transpose()?.flatten() {
-        Some((patch, pairs)) => (patch.apply(&folded, "cross-layer-equalization").map_err(patch_err)?, pairs),
+        Some((patch, pairs)) => (patch.apply(&folded, "cross-layer-equalization")?, pairs),
         None => (folded, Vec::new()),
     };
     let values = quantize::plan(&folded, &Default::default())?;
@@ -178,7 +176,7 @@ impl Calibrated {
                 .as_ref()
                 .ok_or_else(|| EngineError::Config("bias correction needs the input means: calibrate with `bias_correction: true`".into()))?;
             match bias_correct::correct(&self.folded, means, config.per_channel, config.symmetric, &config.exclude)? {
-                Some((patch, layers)) => (patch.apply(&self.folded, "bias-correction").map_err(patch_err)?, layers),
+                Some((patch, layers)) => (patch.apply(&self.folded, "bias-correction")?, layers),
                 None => (self.folded.clone(), Vec::new()),
             }
         } else {
@@ -186,7 +184,7 @@ impl Calibrated {
         };
         let pass = QuantizeQdq { config: config.clone(), ranges: self.ranges.clone() };
         let (patch, quantized_weights) = pass.build(&base)?.ok_or_else(|| EngineError::Config("the quantization pass found nothing to change".into()))?;
-        let quantized = patch.apply(&base, pass.name()).map_err(patch_err)?;
+        let quantized = patch.apply(&base, pass.name())?;
         let mut float_ops = BTreeMap::new();
         for n in &quantized.graph().node {
             let op = n.op_type.as_deref().unwrap_or("");
@@ -228,7 +226,7 @@ pub fn quantize_dynamic(model: &Model, cfg: &DynamicConfig) -> Result<(Model, Dy
     let (patch, counts) = pass.build(model)?.ok_or_else(|| {
         EngineError::Config("dynamic quantization found nothing to quantize: no MatMul by a constant 2-D weight and no constant embedding table".into())
     })?;
-    Ok((patch.apply(model, pass.name()).map_err(patch_err)?, counts))
+    Ok((patch.apply(model, pass.name())?, counts))
 }
 
 /// 4-bit weight-only quantization of MatMuls and Gemms by constant weights (`MatMulNBits`), then int8
@@ -241,10 +239,10 @@ pub fn quantize_4bit(model: &Model, cfg: &NBitsConfig) -> Result<(Model, usize)>
             cfg.min_elements
         ))
     })?;
-    let q = patch.apply(model, pass.name()).map_err(patch_err)?;
+    let q = patch.apply(model, pass.name())?;
     let emb = QuantizeDynamic { config: DynamicConfig { exclude: cfg.exclude.clone(), ..DynamicConfig::default() } };
     let q = match emb.build(&q)? {
-        Some((p, _)) => p.apply(&q, emb.name()).map_err(patch_err)?,
+        Some((p, _)) => p.apply(&q, emb.name())?,
         None => q,
     };
     Ok((q, n))

@@ -82,7 +82,7 @@ static RUNTIME: OnceLock<std::result::Result<Loaded, String>> = OnceLock::new();
 
 /// Candidate library paths, in the order they are tried: `ORT_DYLIB_PATH`; beside the
 /// executable (and its `lib/` or `../lib/`); the repository's `.deps/ort/` that `make ort`
-/// fills; the user cache `~/.cache/tamp/ort/`.
+/// fills; the cache's `ort/` ([`crate::cache`]: `$TAMP_CACHE_DIR`, default `~/.cache/tamp`).
 pub fn library_candidates() -> Vec<PathBuf> {
     let mut c = Vec::new();
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
@@ -100,8 +100,8 @@ pub fn library_candidates() -> Vec<PathBuf> {
         c.extend(cwd.ancestors().map(|d| d.join(".deps/ort").join(LIB_NAME)).filter(|p| p.is_file()).take(1));
     }
     c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.deps/ort").join(LIB_NAME));
-    if let Some(home) = std::env::var_os("HOME") {
-        c.push(Path::new(&home).join(".cache/tamp/ort").join(LIB_NAME));
+    if let Some(dir) = crate::cache::subdir("ort") {
+        c.push(dir.join(LIB_NAME));
     }
     c
 }
@@ -136,19 +136,7 @@ pub fn runtime_info() -> Result<&'static RuntimeInfo> {
     Ok(&loaded()?.info)
 }
 
-/// A model input or output as the session sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct IoSpec {
-    pub name: String,
-    #[serde(serialize_with = "ser_data_type")]
-    pub elem: DataType,
-    /// -1 for dynamic dimensions.
-    pub shape: Vec<i64>,
-}
-
-fn ser_data_type<S: serde::Serializer>(dt: &DataType, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(dt.as_str_name())
-}
+pub use tamp_data::IoSpec;
 
 /// An ONNX Runtime session plus its input/output signature.
 pub struct Session {

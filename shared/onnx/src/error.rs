@@ -22,6 +22,18 @@ pub enum OnnxError {
     TooLarge { bytes: usize },
     #[error("graph is inconsistent: {0}")]
     Graph(String),
+    /// A patch a pass built did not apply (names the pass).
+    #[error("graph is inconsistent: {0}")]
+    Patch(Box<crate::PatchError>),
+    /// An array built for the graph did not have the shape asked for.
+    #[error("graph is inconsistent: {0}")]
+    Shape(#[from] ndarray::ShapeError),
+}
+
+impl From<crate::PatchError> for OnnxError {
+    fn from(e: crate::PatchError) -> Self {
+        Self::Patch(Box::new(e))
+    }
 }
 
 impl OnnxError {

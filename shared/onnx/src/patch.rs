@@ -38,10 +38,19 @@ pub struct PatchError {
 
 /// A graph transformation. Implementations must not mutate the model or write files.
 pub trait Pass {
+    /// What the pass did, for reports (per-layer records, a count, or `()`).
+    type Report;
     /// Stable name used in errors and reports.
     fn name(&self) -> &str;
-    /// Returns the edits to make, or `None` when the pass has nothing (more) to do.
-    fn run(&self, model: &Model) -> Result<Option<Patch>, OnnxError>;
+    /// The edits to make and what they do, or `None` when the pass has nothing (more) to do.
+    fn build(&self, model: &Model) -> Result<Option<(Patch, Self::Report)>, OnnxError>;
+
+    /// Builds and applies the patch: the rewritten model and the report, or `None` when there
+    /// is nothing to do. Errors name the pass.
+    fn apply(&self, model: &Model) -> Result<Option<(Model, Self::Report)>, PatchError> {
+        let built = self.build(model).map_err(|source| PatchError { pass: self.name().to_owned(), source })?;
+        built.map(|(patch, report)| Ok((patch.apply(model, self.name())?, report))).transpose()
+    }
 }
 
 impl Patch {
@@ -135,13 +144,13 @@ impl Patch {
 
 /// Runs passes in order, repeating the list until none returns a patch (a fixpoint).
 /// A pass list that is still changing the graph after `max_rounds` is a bug and an error.
-pub fn run_to_fixpoint(model: &Model, passes: &[&dyn Pass], max_rounds: usize) -> Result<Model, PatchError> {
+pub fn run_to_fixpoint<P: Pass + ?Sized>(model: &Model, passes: &[&P], max_rounds: usize) -> Result<Model, PatchError> {
     let mut current = model.clone();
     for _ in 0..max_rounds {
         let mut changed = false;
         for pass in passes {
-            let patch = pass.run(&current).map_err(|source| PatchError { pass: pass.name().to_owned(), source })?;
-            if let Some(p) = patch.filter(|p| !p.is_empty()) {
+            let built = pass.build(&current).map_err(|source| PatchError { pass: pass.name().to_owned(), source })?;
+            if let Some((p, _)) = built.filter(|(p, _)| !p.is_empty()) {
                 current = p.apply(&current, pass.name())?;
                 changed = true;
             }
@@ -203,13 +212,14 @@ mod tests {
 
     struct Forever;
     impl Pass for Forever {
+        type Report = ();
         fn name(&self) -> &str {
             "forever"
         }
-        fn run(&self, m: &Model) -> Result<Option<Patch>, OnnxError> {
+        fn build(&self, m: &Model) -> Result<Option<(Patch, ())>, OnnxError> {
             let k = m.graph().initializer.len();
             let t = crate::tensor::from_array(&format!("c{k}"), &ArrayD::<f32>::zeros(IxDyn(&[1])));
-            Ok(Some(Patch { add_initializers: vec![t], ..Default::default() }))
+            Ok(Some((Patch { add_initializers: vec![t], ..Default::default() }, ())))
         }
     }
 

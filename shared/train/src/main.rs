@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use tamp_onnx::SaveOptions;
 
 use ndarray::{ArrayD, IxDyn};
-use tamp_engine::dataset::write_npz;
+use tamp_data::write_npz;
 use tamp_onnx::TensorValue;
 use tamp_train::{fmnist, resnet::ResNet};
 

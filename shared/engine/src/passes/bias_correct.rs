@@ -8,20 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use serde::{Deserialize, Serialize};
+
 use tamp_onnx::graph::attr_int;
 use tamp_onnx::tensor::{from_array, to_array};
 use tamp_onnx::{GraphView, Model, OnnxError, Patch};
 
 use super::quantize::{fake_quantized, node_key, weight_axis};
 
-/// What correcting one layer did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CorrectedLayer {
-    pub node: String,
-    /// Mean |Δb| relative to the mean |b| (0 when the layer had no bias).
-    pub mean_abs_shift: f64,
-}
+pub use tamp_domain::results::CorrectedLayer;
 
 /// Bias corrections for the weighted nodes whose input means are known.
 pub fn correct(

@@ -13,24 +13,14 @@
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+
 use tamp_domain::recipe::{ClusterGranularity, ClusterStage};
 use tamp_onnx::builder::{Attr, attribute};
 use tamp_onnx::proto::NodeProto;
 use tamp_onnx::tensor::{from_array, to_array};
 use tamp_onnx::{GraphView, Model, OnnxError, Pass, Patch};
 
-/// What clustering did to one layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClusteredLayer {
-    pub weight: String,
-    pub elements: usize,
-    pub clusters: usize,
-    /// Shannon entropy of the indices, bits per weight.
-    pub index_entropy_bits: f64,
-    /// Mean squared error of the clustered weights.
-    pub mse: f64,
-}
+pub use tamp_domain::results::ClusteredLayer;
 
 #[derive(Debug, Clone)]
 pub struct ClusterWeights {
@@ -103,19 +93,15 @@ fn entropy_bits(idx: &[u8]) -> f64 {
 }
 
 impl Pass for ClusterWeights {
+    type Report = Vec<ClusteredLayer>;
+
     fn name(&self) -> &str {
         "cluster-weights"
     }
 
-    fn run(&self, model: &Model) -> Result<Option<Patch>, OnnxError> {
-        Ok(self.build(model)?.map(|(p, _)| p))
-    }
-}
-
-impl ClusterWeights {
     /// The patch and what it did per layer. Weights shared by several nodes are clustered
     /// once; already-clustered graphs (weights produced by a Gather) have nothing to do.
-    pub fn build(&self, model: &Model) -> Result<Option<(Patch, Vec<ClusteredLayer>)>, OnnxError> {
+    fn build(&self, model: &Model) -> Result<Option<(Patch, Self::Report)>, OnnxError> {
         let g = model.graph();
         let view = GraphView::new(g);
         let mut patch = Patch::default();
@@ -144,12 +130,8 @@ impl ClusterWeights {
                 ClusterGranularity::PerLayer => {
                     let (cb, idx) = kmeans_1d(&flat, k, self.config.iterations, seed);
                     let mse = flat.iter().zip(&idx).map(|(v, &i)| f64::from(v - cb[i as usize]).powi(2)).sum::<f64>() / flat.len() as f64;
-                    patch
-                        .add_initializers
-                        .push(from_array(&cname, &ArrayD::from_shape_vec(IxDyn(&[cb.len()]), cb.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?));
-                    patch
-                        .add_initializers
-                        .push(from_array(&iname, &ArrayD::from_shape_vec(IxDyn(&shape), idx.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    patch.add_initializers.push(from_array(&cname, &ArrayD::from_shape_vec(IxDyn(&[cb.len()]), cb.clone())?));
+                    patch.add_initializers.push(from_array(&iname, &ArrayD::from_shape_vec(IxDyn(&shape), idx.clone())?));
                     patch.add_nodes.push(NodeProto {
                         op_type: Some("Cast".into()),
                         name: Some(cast.clone()),
@@ -187,15 +169,9 @@ impl ClusterWeights {
                     let gathered = format!("{wname}.rows");
                     let shape_name = format!("{wname}.shape");
                     let target: Vec<i64> = wt.shape().iter().map(|&d| d as i64).collect();
-                    patch
-                        .add_initializers
-                        .push(from_array(&cname, &ArrayD::from_shape_vec(IxDyn(&[c, k]), cb_all).map_err(|e| OnnxError::Graph(e.to_string()))?));
-                    patch
-                        .add_initializers
-                        .push(from_array(&iname, &ArrayD::from_shape_vec(IxDyn(&[c, r]), idx_all.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?));
-                    patch
-                        .add_initializers
-                        .push(from_array(&shape_name, &ArrayD::from_shape_vec(IxDyn(&[target.len()]), target).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    patch.add_initializers.push(from_array(&cname, &ArrayD::from_shape_vec(IxDyn(&[c, k]), cb_all)?));
+                    patch.add_initializers.push(from_array(&iname, &ArrayD::from_shape_vec(IxDyn(&[c, r]), idx_all.clone())?));
+                    patch.add_initializers.push(from_array(&shape_name, &ArrayD::from_shape_vec(IxDyn(&[target.len()]), target)?));
                     patch.add_nodes.push(NodeProto {
                         op_type: Some("Cast".into()),
                         name: Some(cast.clone()),
@@ -267,7 +243,7 @@ pub fn materialize(model: &Model) -> Result<Model, OnnxError> {
                 .map(|s| s.iter().map(|&d| d as usize).collect())
                 .unwrap_or_else(|| vec![c, r]);
             let flat: Vec<f32> = idx.indexed_iter().map(|(ix, &i)| cb[[ix[0], i as usize]]).collect();
-            ArrayD::from_shape_vec(IxDyn(&shape), flat).map_err(|e| OnnxError::Graph(e.to_string()))?
+            ArrayD::from_shape_vec(IxDyn(&shape), flat)?
         };
         for (i, n) in g.node.iter().enumerate() {
             if n.name
@@ -288,7 +264,7 @@ pub fn materialize(model: &Model) -> Result<Model, OnnxError> {
     if patch.is_empty() {
         return Ok(model.clone());
     }
-    patch.apply(model, "materialize-clusters").map_err(|e| OnnxError::Graph(e.to_string()))
+    patch.apply(model, "materialize-clusters").map_err(OnnxError::from)
 }
 
 /// A stable per-name seed offset (FNV-1a), so layers get different but reproducible draws.

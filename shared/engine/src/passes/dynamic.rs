@@ -66,29 +66,18 @@ fn node(op_type: &str, name: String, inputs: Vec<String>, outputs: Vec<String>, 
 }
 
 fn shaped(shape: &[usize], v: Vec<f32>) -> Result<ArrayD<f32>, OnnxError> {
-    ArrayD::from_shape_vec(IxDyn(shape), v).map_err(|e| OnnxError::Graph(e.to_string()))
+    ArrayD::from_shape_vec(IxDyn(shape), v).map_err(OnnxError::from)
 }
 
 impl Pass for QuantizeDynamic {
+    type Report = DynamicCounts;
+
     fn name(&self) -> &str {
         "quantize-dynamic"
     }
 
-    fn run(&self, model: &Model) -> Result<Option<Patch>, OnnxError> {
-        Ok(self.build(model)?.map(|(patch, _)| patch))
-    }
-}
-
-/// The nodes the dynamic pass would quantize (the fallback's units), in graph order.
-pub fn quantizable_nodes(model: &Model, cfg: &DynamicConfig) -> Result<Vec<String>, OnnxError> {
-    let probe = QuantizeDynamic { config: DynamicConfig { exclude: BTreeSet::new(), ..cfg.clone() } };
-    let Some((patch, _)) = probe.build(model)? else { return Ok(Vec::new()) };
-    Ok(patch.remove_nodes.iter().map(|&i| node_key(&model.graph().node[i]).to_owned()).collect())
-}
-
-impl QuantizeDynamic {
     /// The patch and what it quantized; `None` when there is nothing to do.
-    pub fn build(&self, model: &Model) -> Result<Option<(Patch, DynamicCounts)>, OnnxError> {
+    fn build(&self, model: &Model) -> Result<Option<(Patch, Self::Report)>, OnnxError> {
         let g = model.graph();
         if g.node.iter().any(|n| matches!(op(n), "MatMulInteger" | "DynamicQuantizeLinear")) {
             return Ok(None); // one-shot
@@ -179,6 +168,13 @@ impl QuantizeDynamic {
         }
         Ok((!patch.is_empty()).then_some((patch, counts)))
     }
+}
+
+/// The nodes the dynamic pass would quantize (the fallback's units), in graph order.
+pub fn quantizable_nodes(model: &Model, cfg: &DynamicConfig) -> Result<Vec<String>, OnnxError> {
+    let probe = QuantizeDynamic { config: DynamicConfig { exclude: BTreeSet::new(), ..cfg.clone() } };
+    let Some((patch, _)) = probe.build(model)? else { return Ok(Vec::new()) };
+    Ok(patch.remove_nodes.iter().map(|&i| node_key(&model.graph().node[i]).to_owned()).collect())
 }
 
 #[cfg(test)]

@@ -14,22 +14,13 @@
 use std::collections::BTreeMap;
 
 use ndarray::{ArrayD, Axis};
-use serde::{Deserialize, Serialize};
+
 use tamp_onnx::graph::attr_int;
 use tamp_onnx::proto::NodeProto;
 use tamp_onnx::tensor::{from_array, to_array};
 use tamp_onnx::{GraphView, Model, OnnxError, Patch};
 
-/// One equalized pair, for reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EqualizedPair {
-    pub first: String,
-    pub second: String,
-    pub channels: usize,
-    /// max/min of the per-channel weight ranges of the first layer, before and after.
-    pub spread_before: f64,
-    pub spread_after: f64,
-}
+pub use tamp_domain::results::EqualizedPair;
 
 struct Pair {
     first: usize,

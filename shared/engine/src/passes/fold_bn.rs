@@ -18,11 +18,14 @@ fn constant(view: &GraphView<'_>, name: &str) -> Option<ArrayD<f32>> {
 }
 
 impl Pass for FoldBatchNorm {
+    /// Batch norms folded.
+    type Report = usize;
+
     fn name(&self) -> &str {
         "fold-batch-norm"
     }
 
-    fn run(&self, model: &Model) -> Result<Option<Patch>, OnnxError> {
+    fn build(&self, model: &Model) -> Result<Option<(Patch, Self::Report)>, OnnxError> {
         let g = model.graph();
         let view = GraphView::new(g);
         let outputs: std::collections::HashSet<&str> = g.output.iter().filter_map(|o| o.name.as_deref()).collect();
@@ -65,6 +68,7 @@ impl Pass for FoldBatchNorm {
             patch.remove_nodes.insert(li);
             patch.remove_nodes.insert(bi);
         }
-        Ok((!patch.is_empty()).then_some(patch))
+        let folded = patch.remove_nodes.len() / 2;
+        Ok((!patch.is_empty()).then_some((patch, folded)))
     }
 }

@@ -23,7 +23,7 @@ use tamp_onnx::tensor::{from_array, to_array};
 use tamp_onnx::{GraphView, Model, OnnxError, Patch};
 
 /// One self-attention block's heads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HeadGroup {
     pub id: usize,
     /// The output projection's weight name (a readable label).
@@ -205,9 +205,8 @@ pub fn prune(model: &Model, groups: &[HeadGroup], keep: &BTreeMap<usize, Vec<usi
         }
         cut(&gr.output_weight, 0, &idx, &mut patch)?;
         let (split, merged) = (format!("{}.heads.split", gr.name), format!("{}.heads.merge", gr.name));
-        let split_shape =
-            ArrayD::from_shape_vec(IxDyn(&[4]), vec![0i64, 0, k.len() as i64, gr.head_dim as i64]).map_err(|e| OnnxError::Graph(e.to_string()))?;
-        let merge_shape = ArrayD::from_shape_vec(IxDyn(&[3]), vec![0i64, 0, (k.len() * gr.head_dim) as i64]).map_err(|e| OnnxError::Graph(e.to_string()))?;
+        let split_shape = ArrayD::from_shape_vec(IxDyn(&[4]), vec![0i64, 0, k.len() as i64, gr.head_dim as i64])?;
+        let merge_shape = ArrayD::from_shape_vec(IxDyn(&[3]), vec![0i64, 0, (k.len() * gr.head_dim) as i64])?;
         patch.add_initializers.push(from_array(&split, &split_shape));
         patch.add_initializers.push(from_array(&merged, &merge_shape));
         for &r in &gr.split_reshapes {
@@ -218,5 +217,5 @@ pub fn prune(model: &Model, groups: &[HeadGroup], keep: &BTreeMap<usize, Vec<usi
     if patch.is_empty() {
         return Ok(model.clone());
     }
-    patch.apply(model, "prune-heads").map_err(|e| OnnxError::Graph(e.to_string()))
+    patch.apply(model, "prune-heads").map_err(OnnxError::from)
 }

@@ -13,7 +13,7 @@
 //! `energy`, each mode keeps that fraction of its unfolding's Σσ².
 
 use ndarray::{Array2, ArrayD, IxDyn};
-use serde::{Deserialize, Serialize};
+
 use tamp_domain::recipe::{LowrankMethod, LowrankStage};
 use tamp_onnx::proto::NodeProto;
 use tamp_onnx::tensor::{from_array, to_array};
@@ -21,22 +21,7 @@ use tamp_onnx::{GraphView, Model, OnnxError, Pass, Patch};
 
 use super::quantize::node_key;
 
-/// What factorising one layer did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FactorisedLayer {
-    pub node: String,
-    pub shape: [usize; 2],
-    pub rank: usize,
-    /// Tucker-2: (R1 output side, R2 input side).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ranks: Option<[usize; 2]>,
-    pub params_before: usize,
-    pub params_after: usize,
-    /// Fraction of Σσ² the kept rank holds.
-    pub energy_kept: f64,
-    /// ‖W − A·B‖_F / ‖W‖_F.
-    pub relative_error: f64,
-}
+pub use tamp_domain::results::FactorisedLayer;
 
 #[derive(Debug, Clone)]
 pub struct LowRank {
@@ -209,23 +194,21 @@ pub fn tucker2(w: &ArrayD<f32>, cfg: &LowrankStage) -> Result<Option<Tucker2>, O
 }
 
 impl Pass for LowRank {
+    type Report = Vec<FactorisedLayer>;
+
     fn name(&self) -> &str {
         "lowrank-svd"
     }
 
-    fn run(&self, model: &Model) -> Result<Option<Patch>, OnnxError> {
-        Ok(self.build(model)?.map(|(p, _)| p))
-    }
-}
-
-impl LowRank {
-    pub fn build(&self, model: &Model) -> Result<Option<(Patch, Vec<FactorisedLayer>)>, OnnxError> {
+    fn build(&self, model: &Model) -> Result<Option<(Patch, Self::Report)>, OnnxError> {
         match self.config.method {
             LowrankMethod::Tucker => self.build_tucker(model),
             _ => self.build_svd(model),
         }
     }
+}
 
+impl LowRank {
     /// Tucker-2 of every eligible Conv (group 1, kernel larger than 1×1, constant weight used
     /// once, both channel counts ≥ `min_dim`).
     fn build_tucker(&self, model: &Model) -> Result<Option<(Patch, Vec<FactorisedLayer>)>, OnnxError> {
@@ -307,18 +290,14 @@ impl LowRank {
             if w.ndim() != 2 || view.constant(x).is_some() || w.shape()[0].min(w.shape()[1]) < self.config.min_dim || w.len() < self.config.min_params {
                 continue;
             }
-            let w2 = w.into_dimensionality::<ndarray::Ix2>().map_err(|e| OnnxError::Graph(e.to_string()))?;
+            let w2 = w.into_dimensionality::<ndarray::Ix2>()?;
             let (m, n) = w2.dim();
             let Some(cfg) = self.layer_config(node_key(node)) else { continue };
             let Some((a, b, rank, energy, err)) = factorise(&w2, &cfg)? else { continue };
             let key = format!("{y}.lr");
             let (an, bn, mid) = (format!("{key}.A"), format!("{key}.B"), format!("{key}.mid"));
-            patch
-                .add_initializers
-                .push(from_array(&an, &ArrayD::from_shape_vec(IxDyn(&[m, rank]), a.into_raw_vec_and_offset().0).map_err(|e| OnnxError::Graph(e.to_string()))?));
-            patch
-                .add_initializers
-                .push(from_array(&bn, &ArrayD::from_shape_vec(IxDyn(&[rank, n]), b.into_raw_vec_and_offset().0).map_err(|e| OnnxError::Graph(e.to_string()))?));
+            patch.add_initializers.push(from_array(&an, &ArrayD::from_shape_vec(IxDyn(&[m, rank]), a.into_raw_vec_and_offset().0)?));
+            patch.add_initializers.push(from_array(&bn, &ArrayD::from_shape_vec(IxDyn(&[rank, n]), b.into_raw_vec_and_offset().0)?));
             patch.add_nodes.push(NodeProto {
                 op_type: Some("MatMul".into()),
                 name: Some(format!("{key}.1")),

@@ -77,18 +77,14 @@ pub fn dequantize_column(packed: &[u8], scales: &[f32], zps: &[u8], k: usize, bl
 }
 
 impl Pass for QuantizeNBits {
+    type Report = usize;
+
     fn name(&self) -> &str {
         "quantize-4bit"
     }
 
-    fn run(&self, model: &Model) -> Result<Option<Patch>, OnnxError> {
-        Ok(self.build(model)?.map(|(p, _)| p))
-    }
-}
-
-impl QuantizeNBits {
     /// The patch and the number of MatMuls and Gemms it turned into `MatMulNBits`.
-    pub fn build(&self, model: &Model) -> Result<Option<(Patch, usize)>, OnnxError> {
+    fn build(&self, model: &Model) -> Result<Option<(Patch, Self::Report)>, OnnxError> {
         let block = self.config.block_size;
         if !(block.is_power_of_two() && block >= 16) {
             return Err(OnnxError::Graph(format!("4-bit block size {block} must be a power of two ≥ 16")));
@@ -138,15 +134,15 @@ impl QuantizeNBits {
             }
             let key = if view.consumers(wname).len() == 1 { wname.clone() } else { format!("{wname}#{i}") };
             let (bn, sn, zn) = (format!("{key}.q4"), format!("{key}.s4"), format!("{key}.zp4"));
-            let shaped_u8 = |shape: &[usize], v: Vec<u8>| ArrayD::from_shape_vec(IxDyn(shape), v).map_err(|e| OnnxError::Graph(e.to_string()));
+            let shaped_u8 = |shape: &[usize], v: Vec<u8>| ArrayD::from_shape_vec(IxDyn(shape), v).map_err(OnnxError::from);
             patch.add_initializers.push(from_array(&bn, &shaped_u8(&[cols, blocks, block / 2], b_all)?));
-            patch.add_initializers.push(from_array(&sn, &ArrayD::from_shape_vec(IxDyn(&[cols * blocks]), s_all).map_err(|e| OnnxError::Graph(e.to_string()))?));
+            patch.add_initializers.push(from_array(&sn, &ArrayD::from_shape_vec(IxDyn(&[cols * blocks]), s_all)?));
             patch.add_initializers.push(from_array(&zn, &shaped_u8(&[cols * blocks.div_ceil(2)], z_all)?));
             let mut inputs = vec![x.clone(), bn, sn, zn];
             if let Some(b) = bias {
                 // MatMulNBits inputs: A, B, scales, zero_points, g_idx (absent), bias.
                 let bname = format!("{key}.bias4");
-                patch.add_initializers.push(from_array(&bname, &ArrayD::from_shape_vec(IxDyn(&[cols]), b).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                patch.add_initializers.push(from_array(&bname, &ArrayD::from_shape_vec(IxDyn(&[cols]), b)?));
                 inputs.extend([String::new(), bname]);
             }
             patch.add_nodes.push(NodeProto {

@@ -23,13 +23,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ndarray::{ArrayD, Axis};
 use serde::{Deserialize, Serialize};
+use tamp_domain::recipe::ImportanceCriterion;
 use tamp_onnx::builder::{Attr, attribute};
 use tamp_onnx::proto::NodeProto;
 use tamp_onnx::tensor::{from_array, to_array};
 use tamp_onnx::{GraphView, Model, OnnxError, Patch};
 
 /// A set of channels that must be pruned together.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChannelGroup {
     pub id: usize,
     /// The first producer's weight name (a readable label).
@@ -394,9 +395,18 @@ pub fn analyze(model: &Model) -> Vec<ChannelGroup> {
     out
 }
 
-/// Per-channel importance: each producer's filter L1 norm and each BatchNorm's |γ|/√(σ²+ε),
-/// each normalised by its mean, summed.
+/// Per-channel importance by the recipe's default criterion ([`ImportanceCriterion::Combined`]).
 pub fn importance(model: &Model, group: &ChannelGroup) -> Vec<f64> {
+    importance_by(model, group, ImportanceCriterion::Combined)
+}
+
+/// Per-channel importance (higher: keep):
+/// - `combined`: each producer's filter L1 norm (and, for FFN neurons, the rows of the weights
+///   reading them) and each BatchNorm's |γ|/√(σ²+ε), each normalised by its mean, summed;
+/// - `l1` / `l2`: the producers' filter L1 / L2 norms, normalised and summed;
+/// - `bn_scale`: the BatchNorms' |γ|/√(σ²+ε) (network slimming); a group with no BatchNorm
+///   falls back to `l1`.
+pub fn importance_by(model: &Model, group: &ChannelGroup, criterion: ImportanceCriterion) -> Vec<f64> {
     let g = model.graph();
     let view = GraphView::new(g);
     let mut score = vec![0.0; group.channels];
@@ -406,31 +416,45 @@ pub fn importance(model: &Model, group: &ChannelGroup) -> Vec<f64> {
             *s += x / mean.max(1e-12);
         }
     };
-    for &(p, axis) in &group.producers {
-        if let Some(w) = view.constant(&g.node[p].input[1]).and_then(|t| to_array::<f32>(t).ok()) {
-            add(w.axis_iter(Axis(axis)).map(|f| f.iter().map(|x| f64::from(x.abs())).sum()).collect());
-        }
-    }
-    // A neuron's effect also goes through the weights reading it (FFN: the second MatMul's
-    // rows); convolution groups keep the filter-norm criterion.
-    if group.producers.iter().any(|&(p, _)| g.node[p].op_type.as_deref() != Some("Conv")) {
-        for &(c, axis) in &group.consumers {
-            if let Some(w) = view.constant(&g.node[c].input[1]).and_then(|t| to_array::<f32>(t).ok()) {
-                add(w.axis_iter(Axis(axis)).map(|f| f.iter().map(|x| f64::from(x.abs())).sum()).collect());
+    let norms = |node: usize, axis: usize, power: i32| -> Option<Vec<f64>> {
+        let w = view.constant(&g.node[node].input[1]).and_then(|t| to_array::<f32>(t).ok())?;
+        Some(
+            w.axis_iter(Axis(axis))
+                .map(|f| match power {
+                    1 => f.iter().map(|x| f64::from(x.abs())).sum(),
+                    _ => f.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt(),
+                })
+                .collect(),
+        )
+    };
+    let bn_scales: Vec<Vec<f64>> = group
+        .channelwise
+        .iter()
+        .filter_map(|&c| {
+            let n = &g.node[c];
+            if n.op_type.as_deref() != Some("BatchNormalization") {
+                return None;
             }
-        }
-    }
-    for &c in &group.channelwise {
-        let n = &g.node[c];
-        if n.op_type.as_deref() == Some("BatchNormalization") {
             let eps = n.attribute.iter().find(|a| a.name.as_deref() == Some("epsilon")).and_then(|a| a.f).unwrap_or(1e-5);
-            let (Some(gamma), Some(var)) =
-                (view.constant(&n.input[1]).and_then(|t| to_array::<f32>(t).ok()), view.constant(&n.input[4]).and_then(|t| to_array::<f32>(t).ok()))
-            else {
-                continue;
-            };
-            add(gamma.iter().zip(var.iter()).map(|(g, v)| f64::from(g.abs() / (v + eps).sqrt())).collect());
+            let gamma = view.constant(&n.input[1]).and_then(|t| to_array::<f32>(t).ok())?;
+            let var = view.constant(&n.input[4]).and_then(|t| to_array::<f32>(t).ok())?;
+            Some(gamma.iter().zip(var.iter()).map(|(g, v)| f64::from(g.abs() / (v + eps).sqrt())).collect())
+        })
+        .collect();
+    let criterion = if criterion == ImportanceCriterion::BnScale && bn_scales.is_empty() { ImportanceCriterion::L1 } else { criterion };
+    match criterion {
+        ImportanceCriterion::Combined => {
+            group.producers.iter().filter_map(|&(p, axis)| norms(p, axis, 1)).for_each(&mut add);
+            // A neuron's effect also goes through the weights reading it (FFN: the second
+            // MatMul's rows); convolution groups keep the filter-norm criterion.
+            if group.producers.iter().any(|&(p, _)| g.node[p].op_type.as_deref() != Some("Conv")) {
+                group.consumers.iter().filter_map(|&(c, axis)| norms(c, axis, 1)).for_each(&mut add);
+            }
+            bn_scales.into_iter().for_each(&mut add);
         }
+        ImportanceCriterion::L1 => group.producers.iter().filter_map(|&(p, axis)| norms(p, axis, 1)).for_each(&mut add),
+        ImportanceCriterion::L2 => group.producers.iter().filter_map(|&(p, axis)| norms(p, axis, 2)).for_each(&mut add),
+        ImportanceCriterion::BnScale => bn_scales.into_iter().for_each(&mut add),
     }
     score
 }
@@ -520,7 +544,7 @@ pub fn prune(model: &Model, groups: &[ChannelGroup], keep: &BTreeMap<usize, Vec<
     if patch.is_empty() {
         return Ok(model.clone());
     }
-    patch.apply(model, "prune-channels").map_err(|e| OnnxError::Graph(e.to_string()))
+    patch.apply(model, "prune-channels").map_err(OnnxError::from)
 }
 
 /// Parameters in the model's initializers.
@@ -588,6 +612,44 @@ mod tests {
             TensorValue::F32(a) => a,
             _ => panic!("not f32"),
         }
+    }
+
+    /// x → A(conv, 2 channels) → BN → Relu → B(conv 1) → y, where the criteria disagree:
+    /// channel 0 has the larger L1 norm (4 vs 3), channel 1 the larger L2 norm (3 vs 2) and
+    /// the larger BatchNorm scale (1.0 vs 0.1).
+    fn disagreeing() -> Model {
+        let mut b = GraphBuilder::new("criteria", 17);
+        let x = b.input_f32("x", &[None, Some(1), Some(2), Some(2)]);
+        let aw = b.init_f32("A.w", ArrayD::from_shape_vec(IxDyn(&[2, 1, 2, 2]), vec![1.0, 1.0, 1.0, 1.0, 3.0, 0.0, 0.0, 0.0]).unwrap());
+        let a = b.op("Conv", &[&x, &aw], &[]);
+        let f = |v: &[f32]| ArrayD::from_shape_vec(IxDyn(&[2]), v.to_vec()).unwrap();
+        let (s, bb, m, v) =
+            (b.init_f32("bn.s", f(&[0.1, 1.0])), b.init_f32("bn.b", f(&[0.0, 0.0])), b.init_f32("bn.m", f(&[0.0, 0.0])), b.init_f32("bn.v", f(&[1.0, 1.0])));
+        let bn = b.op("BatchNormalization", &[&a, &s, &bb, &m, &v], &[]);
+        let r = b.op("Relu", &[&bn], &[]);
+        let bw = b.init_f32("B.w", w(&[1, 2, 1, 1], 3));
+        let y = b.op("Conv", &[&r, &bw], &[]);
+        b.output_f32(&y, &[None, Some(1), Some(1), Some(1)]);
+        b.build()
+    }
+
+    #[test]
+    fn criteria_rank_channels_by_what_they_measure() {
+        let m = disagreeing();
+        let groups = analyze(&m);
+        let a = groups.iter().find(|g| g.name == "A.w").expect("A's channels form a group");
+        let better = |c: ImportanceCriterion| {
+            let v = importance_by(&m, a, c);
+            usize::from(v[1] > v[0])
+        };
+        assert_eq!(better(ImportanceCriterion::L1), 0, "L1: 4 > 3");
+        assert_eq!(better(ImportanceCriterion::L2), 1, "L2: 3 > 2");
+        assert_eq!(better(ImportanceCriterion::BnScale), 1, "BN: 1.0 > 0.1");
+        assert_eq!(better(ImportanceCriterion::Combined), 1, "normalised L1 + BN scale");
+        assert_eq!(importance(&m, a), importance_by(&m, a, ImportanceCriterion::Combined), "the default");
+        // Without a BatchNorm, bn_scale falls back to L1.
+        let no_bn = ChannelGroup { channelwise: Vec::new(), ..a.clone() };
+        assert_eq!(importance_by(&m, &no_bn, ImportanceCriterion::BnScale), importance_by(&m, &no_bn, ImportanceCriterion::L1));
     }
 
     #[test]

@@ -283,18 +283,14 @@ fn node(op_type: &str, name: String, inputs: Vec<String>, output: String, attrs:
 }
 
 impl Pass for QuantizeQdq {
+    type Report = usize;
+
     fn name(&self) -> &str {
         "quantize-qdq"
     }
 
-    fn run(&self, model: &Model) -> Result<Option<Patch>, OnnxError> {
-        Ok(self.build(model)?.map(|(patch, _)| patch))
-    }
-}
-
-impl QuantizeQdq {
     /// The patch plus the number of layers whose weights it quantizes.
-    pub fn build(&self, model: &Model) -> Result<Option<(Patch, usize)>, OnnxError> {
+    fn build(&self, model: &Model) -> Result<Option<(Patch, Self::Report)>, OnnxError> {
         if self.config.symmetric_activations && self.config.activations == ActivationType::Uint8 {
             return Err(OnnxError::Graph("symmetric activations need int8 activations (uint8 has no zero-centred range): set `activation_type: int8`".into()));
         }
@@ -357,7 +353,7 @@ impl QuantizeQdq {
                 (scales, Some(zps))
             };
             let scale_shape: Vec<usize> = if scales.len() == 1 { vec![] } else { vec![scales.len()] };
-            let scale_arr = ArrayD::from_shape_vec(IxDyn(&scale_shape), scales.clone()).map_err(|e| OnnxError::Graph(e.to_string()))?;
+            let scale_arr = ArrayD::from_shape_vec(IxDyn(&scale_shape), scales.clone())?;
             patch.add_initializers.push(from_array(&ws, &scale_arr));
             let axis_attr = if scales.len() > 1 { vec![attribute("axis", Attr::Int(axis as i64))] } else { vec![] };
             // Symmetric: the zero point is 0, which an omitted zero point means (a byte per channel
@@ -366,7 +362,7 @@ impl QuantizeQdq {
             let wz = format!("{key}.zp");
             match zero_points {
                 Some(z) => {
-                    patch.add_initializers.push(from_array(&wz, &ArrayD::from_shape_vec(scale_arr.raw_dim(), z).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    patch.add_initializers.push(from_array(&wz, &ArrayD::from_shape_vec(scale_arr.raw_dim(), z)?));
                     dq_inputs.push(wz);
                 }
                 None if kind != "Conv" => {
@@ -393,9 +389,7 @@ impl QuantizeQdq {
                     let x = n.input.first().map_or("", String::as_str);
                     patch.add_nodes.push(node("Mul", format!("{key}.bias.S"), vec![format!("{x}.s"), ws.clone()], bsn.clone(), vec![]));
                 } else {
-                    patch
-                        .add_initializers
-                        .push(from_array(&bsn, &ArrayD::from_shape_vec(IxDyn(&[bs.len()]), bs).map_err(|e| OnnxError::Graph(e.to_string()))?));
+                    patch.add_initializers.push(from_array(&bsn, &ArrayD::from_shape_vec(IxDyn(&[bs.len()]), bs)?));
                 }
                 patch.add_nodes.push(node("DequantizeLinear", format!("{key}.bias.DQ"), vec![bqn, bsn], bdq.clone(), vec![attribute("axis", Attr::Int(0))]));
                 patch.rewire.push((i, bias_slot, bdq));

@@ -32,14 +32,7 @@ pub struct SparseUnit {
     pub elements: usize,
 }
 
-/// What zeroing did to one layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SparseLayer {
-    pub node: String,
-    pub elements: usize,
-    pub zeros: usize,
-    pub sparsity: f64,
-}
+pub use tamp_domain::results::SparseLayer;
 
 /// Weights as `[outputs, reduction]` and back.
 fn to_matrix(w: &ArrayD<f32>, op: &str, trans_b: bool) -> Option<ndarray::Array2<f32>> {
@@ -136,7 +129,7 @@ pub fn sparsify(model: &Model, units: &[SparseUnit], levels: &[f64], pattern: Pa
     if patch.is_empty() {
         return Ok((model.clone(), report));
     }
-    Ok((patch.apply(model, "sparsify").map_err(|e| OnnxError::Graph(e.to_string()))?, report))
+    Ok((patch.apply(model, "sparsify")?, report))
 }
 
 fn zero_smallest(m: &mut ndarray::Array2<f32>, level: f64) {

@@ -22,8 +22,14 @@ use sha2::{Digest, Sha256};
 use tamp_onnx::TensorValue;
 use tamp_onnx::proto::tensor_proto::DataType;
 
-use crate::error::{EngineError, Result};
-use crate::runtime::IoSpec;
+mod error;
+mod finite;
+mod io;
+
+pub use error::{DataError, Result};
+pub use finite::min_max;
+use finite::{Bad, check_finite, non_finite_message, scan_finite};
+pub use io::IoSpec;
 
 /// Reserved array names.
 pub const LABELS: &str = "labels";
@@ -61,8 +67,8 @@ impl Dataset {
     /// [`Dataset::load`], streaming stored inputs of at least `min_bytes`.
     pub fn load_streaming(path: impl AsRef<Path>, min_bytes: u64) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let err = |m: String| EngineError::Dataset { path: path.clone(), message: m };
-        let io = |e: std::io::Error| EngineError::io(&path, e);
+        let err = |m: String| DataError::Dataset { path: path.clone(), message: m };
+        let io = |e: std::io::Error| DataError::io(&path, e);
         let file = Arc::new(File::open(&path).map_err(io)?);
         let mut hasher = Sha256::new();
         std::io::copy(&mut BufReader::with_capacity(1 << 20, &*file), &mut hasher).map_err(io)?;
@@ -171,7 +177,7 @@ impl Dataset {
     /// Checks the dataset against a model's inputs: every input present, element types
     /// equal, ranks equal and fixed dimensions (other than the batch axis) equal.
     pub fn check_against(&self, inputs: &[IoSpec]) -> Result<()> {
-        let err = |m: String| EngineError::Dataset { path: self.path.clone(), message: m };
+        let err = |m: String| DataError::Dataset { path: self.path.clone(), message: m };
         for spec in inputs {
             let Some(v) = self.inputs.get(&spec.name) else {
                 let have: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
@@ -211,7 +217,7 @@ impl Dataset {
                 let rows = match v {
                     Column::Memory(t) => select_rows(t, indices),
                     Column::Stored(s) => {
-                        s.select(indices).map_err(|e| EngineError::Dataset { path: self.path.clone(), message: format!("array '{k}': reading rows: {e}") })?
+                        s.select(indices).map_err(|e| DataError::Dataset { path: self.path.clone(), message: format!("array '{k}': reading rows: {e}") })?
                     }
                 };
                 Ok((k.clone(), rows))
@@ -232,7 +238,7 @@ impl Dataset {
         let mask = match mask {
             Column::Memory(t) => t.clone(),
             Column::Stored(s) => {
-                s.select(&all).map_err(|e| EngineError::Dataset { path: self.path.clone(), message: format!("array '{ATTENTION_MASK}': {e}") })?
+                s.select(&all).map_err(|e| DataError::Dataset { path: self.path.clone(), message: format!("array '{ATTENTION_MASK}': {e}") })?
             }
         };
         let rows: Vec<Vec<i64>> = match &mask {
@@ -540,50 +546,6 @@ pub fn select_rows(v: &TensorValue, idx: &[usize]) -> TensorValue {
     }
 }
 
-/// Non-finite values found in one array.
-struct Bad {
-    nan: usize,
-    inf: usize,
-    first: usize,
-}
-
-fn non_finite_message(nan: usize, inf: usize, first: Option<usize>) -> String {
-    format!("holds {nan} NaN and {inf} infinite values (first at flat index {}); clean the data before evaluating", first.unwrap_or(0))
-}
-
-fn scan_finite(v: &TensorValue) -> std::result::Result<(), Bad> {
-    macro_rules! scan {
-        ($a:expr) => {{
-            let (mut nan, mut inf, mut first) = (0usize, 0usize, None);
-            for (i, x) in $a.iter().enumerate() {
-                if !x.is_finite() {
-                    if x.is_nan() {
-                        nan += 1
-                    } else {
-                        inf += 1
-                    }
-                    first.get_or_insert(i);
-                }
-            }
-            if nan + inf > 0 {
-                return Err(Bad { nan, inf, first: first.unwrap_or(0) });
-            }
-        }};
-    }
-    match v {
-        // The common case, all finite, in one vectorised pass; the scan finds what and where.
-        TensorValue::F32(a) if a.as_slice().is_some_and(|s| crate::calibrate::min_max(s).2) => {}
-        TensorValue::F32(a) => scan!(a),
-        TensorValue::F64(a) => scan!(a),
-        _ => {}
-    }
-    Ok(())
-}
-
-fn check_finite(v: &TensorValue) -> std::result::Result<(), String> {
-    scan_finite(v).map_err(|b| non_finite_message(b.nan, b.inf, Some(b.first)))
-}
-
 fn read_array<R: Read>(file: NpyFile<R>) -> std::result::Result<TensorValue, String> {
     let shape: Vec<usize> =
         file.shape().iter().map(|&d| usize::try_from(d).map_err(|_| format!("dimension {d} is too large"))).collect::<std::result::Result<_, _>>()?;
@@ -627,7 +589,7 @@ fn to_standard<T: Clone>(data: Vec<T>, shape: &[usize], fortran: bool) -> std::r
 pub fn write_npz(path: &Path, arrays: &BTreeMap<String, TensorValue>) -> Result<()> {
     use npyz::WriterBuilder;
     let tmp = path.with_extension("npz.tmp");
-    let io = |e: std::io::Error| EngineError::io(path, e);
+    let io = |e: std::io::Error| DataError::io(path, e);
     {
         let mut npz = npyz::npz::NpzWriter::create(&tmp).map_err(io)?;
         let opts = || zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(true);
@@ -650,7 +612,7 @@ pub fn write_npz(path: &Path, arrays: &BTreeMap<String, TensorValue>) -> Result<
                 TensorValue::Bool(a) => put!(bool, a, name),
             }
         }
-        npz.zip_writer().finish().map_err(|e| EngineError::io(path, std::io::Error::other(e)))?;
+        npz.zip_writer().finish().map_err(|e| DataError::io(path, std::io::Error::other(e)))?;
     }
     std::fs::rename(&tmp, path).map_err(io)
 }

@@ -1,0 +1,171 @@
+//! The `ptq` stage: post-training quantization settings (bit-widths, static or dynamic,
+//! calibration, pre-passes) and their validation.
+
+use serde::{Deserialize, Serialize};
+
+use super::{At, StageSettings};
+use crate::recipe::RecipeError;
+
+/// Most calibration samples a recipe may ask for.
+pub const MAX_CALIBRATION_SAMPLES: usize = 1_000_000;
+
+/// Post-training quantization. Lists of bit-widths give one candidate per combination;
+/// 4-bit weights are weight-only (MatMul layers as `MatMulNBits`, activations float), so
+/// they make one candidate whatever `activations` lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PtqStage {
+    pub bits: Bits,
+    pub mode: PtqMode,
+    pub calibration: Calibration,
+    /// One weight scale per output channel (else one per tensor).
+    pub per_channel_weights: bool,
+    /// Symmetric int8 weights (zero point 0); `false`: asymmetric uint8 with zero points
+    /// (ONNX Runtime's QLinearConv takes one zero point for all channels, so per-channel
+    /// asymmetric Conv weights run unfused and are flagged when not faster).
+    pub symmetric: bool,
+    pub fold_batch_norm: bool,
+    /// Balance per-channel weight ranges of Conv → [Relu] → Conv pairs before calibrating.
+    pub cross_layer_equalization: bool,
+    /// Add each layer's expected weight-quantization error (from calibration input means)
+    /// to its bias (on by default: EfficientNet-Lite0 int8 92.2 → 100 % top-1 agreement).
+    pub bias_correction: bool,
+    /// Node names kept in float whatever the sensitivity ranking says.
+    pub keep_float: Vec<String>,
+    /// Leave in float the layers ONNX Runtime runs slower in int8 than in fp32 (single-input-
+    /// channel Convs; reported per candidate).
+    pub float_slow_layers: bool,
+    /// Element type of quantized activations (`uint8`, ONNX Runtime's x86 default, or `int8`).
+    pub activation_type: ActivationType,
+    /// int8 activations with zero point 0 (TensorRT-style); needs `activation_type: int8`.
+    pub symmetric_activations: bool,
+}
+
+/// Element type of quantized activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActivationType {
+    #[default]
+    Uint8,
+    Int8,
+}
+
+impl Default for PtqStage {
+    fn default() -> Self {
+        Self {
+            bits: Bits::default(),
+            mode: PtqMode::Auto,
+            calibration: Calibration::default(),
+            per_channel_weights: true,
+            symmetric: true,
+            fold_batch_norm: true,
+            cross_layer_equalization: false,
+            bias_correction: true,
+            keep_float: Vec::new(),
+            float_slow_layers: true,
+            activation_type: ActivationType::Uint8,
+            symmetric_activations: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bits {
+    pub weights: Vec<u8>,
+    pub activations: Vec<u8>,
+}
+
+impl Default for Bits {
+    fn default() -> Self {
+        Self { weights: vec![8], activations: vec![8] }
+    }
+}
+
+/// How activations are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PtqMode {
+    /// Static for convolutional graphs, dynamic for transformer-style graphs (MatMul by
+    /// constant weights, no Conv).
+    #[default]
+    Auto,
+    /// Calibrated activation ranges baked into the graph.
+    Static,
+    /// Activation ranges computed at run time; weights ahead of time.
+    Dynamic,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Calibration {
+    pub method: CalibrationMethod,
+    pub samples: usize,
+    /// For `percentile`: the percentile of |x| kept.
+    pub percentile: f64,
+    pub seed: u64,
+    pub bins: usize,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Self { method: CalibrationMethod::Minmax, samples: 256, percentile: 99.99, seed: 0, bins: 2048 }
+    }
+}
+
+/// How activation ranges are chosen (`--method` of `tamp quantize` parses the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CalibrationMethod {
+    Minmax,
+    /// KL divergence (TensorRT-style threshold search); `entropy` is an alias.
+    #[serde(alias = "entropy")]
+    Kl,
+    Percentile,
+    Mse,
+}
+
+impl StageSettings for PtqStage {
+    fn validate(&self, at: &At<'_>) -> Result<(), RecipeError> {
+        for (key, list, allowed) in [("weights", &self.bits.weights, &[8u8, 4][..]), ("activations", &self.bits.activations, &[8u8][..])] {
+            if list.is_empty() {
+                return Err(at.invalid(&["bits", key], "list at least one bit-width, e.g. [8]"));
+            }
+            if let Some(b) = list.iter().find(|b| !allowed.contains(b)) {
+                return Err(at.invalid(
+                    &["bits", key],
+                    format!("{b}-bit is not supported; supported: {allowed:?} (4-bit weights are weight-only, for MatMul and Gemm layers)"),
+                ));
+            }
+        }
+        if self.symmetric_activations && self.activation_type == ActivationType::Uint8 {
+            return Err(at.invalid(&["symmetric_activations"], "symmetric activations need `activation_type: int8` (uint8 has no zero-centred range)"));
+        }
+        let c = &self.calibration;
+        if c.samples == 0 || c.samples > MAX_CALIBRATION_SAMPLES {
+            return Err(at.invalid(&["calibration", "samples"], format!("must be 1–{MAX_CALIBRATION_SAMPLES}")));
+        }
+        if !(c.percentile > 50.0 && c.percentile <= 100.0) {
+            return Err(at.invalid(&["calibration", "percentile"], format!("{} is outside (50, 100]", c.percentile)));
+        }
+        if !(64..=1 << 16).contains(&c.bins) {
+            return Err(at.invalid(&["calibration", "bins"], format!("{} is outside 64..=65536", c.bins)));
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for CalibrationMethod {
+    type Err = String;
+
+    /// The recipe's names: `minmax`, `kl` (or `entropy`), `percentile`, `mse`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "minmax" => Ok(Self::Minmax),
+            "kl" | "entropy" => Ok(Self::Kl),
+            "percentile" => Ok(Self::Percentile),
+            "mse" => Ok(Self::Mse),
+            other => Err(format!("'{other}' is not a calibration method; use minmax, kl (entropy), percentile or mse")),
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The one place Tamp caches things between runs: `$TAMP_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/tamp`, else `~/.cache/tamp`. `TAMP_CACHE_DIR=off` turns caching off.
+//! Sensitivity curves live in `<dir>/sensitivity/` and a user-installed ONNX Runtime may live
+//! in `<dir>/ort/`; the Makefile keeps the trained reference CNN in `<dir>/models/` and its
+//! build folder in `<dir>/target/`.
+
+use std::path::PathBuf;
+
+/// The environment variable that moves (or, set to `off`, disables) the cache.
+pub const ENV: &str = "TAMP_CACHE_DIR";
+
+/// The cache folder, or `None` when caching is off or no home folder is known.
+pub fn dir() -> Option<PathBuf> {
+    dir_from(|k| std::env::var_os(k))
+}
+
+fn dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let set = |k: &str| var(k).filter(|v| !v.is_empty());
+    match set(ENV) {
+        Some(v) if v == "off" => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => set("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("tamp")).or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".cache/tamp"))),
+    }
+}
+
+/// The folder for one kind of cached thing (`sensitivity`, …).
+pub fn subdir(kind: &str) -> Option<PathBuf> {
+    dir().map(|d| d.join(kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variable_wins_then_xdg_then_home_and_off_disables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).into());
+        assert_eq!(dir_from(env(&[(ENV, "/c"), ("HOME", "/h")])), Some(PathBuf::from("/c")));
+        assert_eq!(dir_from(env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")])), Some(PathBuf::from("/x/tamp")));
+        assert_eq!(dir_from(env(&[("HOME", "/h")])), Some(PathBuf::from("/h/.cache/tamp")));
+        assert_eq!(dir_from(env(&[(ENV, "off"), ("HOME", "/h")])), None);
+        assert_eq!(dir_from(env(&[(ENV, ""), ("HOME", "/h")])), Some(PathBuf::from("/h/.cache/tamp")));
+        assert_eq!(dir_from(env(&[])), None);
+    }
+}

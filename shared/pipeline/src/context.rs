@@ -1,0 +1,110 @@
+//! What every technique works with: the job, the input model, the metric and how candidates
+//! are evaluated, the measured baseline, and the observer; plus the two things every
+//! technique does with a candidate model (save and judge it, compare its outputs).
+
+use std::path::Path;
+
+use tamp_domain::results::{Agreement, Candidate, Measured};
+use tamp_engine::eval::{self, EvalConfig};
+use tamp_engine::passes::cluster;
+use tamp_onnx::{Model, SaveOptions};
+
+use crate::judge::{self, check_baseline};
+use crate::{Job, Observer, Result, io_err};
+
+/// The state a run shares with its stages.
+pub struct Context<'a, 'o> {
+    pub job: &'a Job<'a>,
+    /// The input model, loaded once.
+    pub model: &'a Model,
+    pub obs: &'o mut dyn Observer,
+    pub metric: String,
+    pub eval_cfg: EvalConfig,
+    baseline: Measured,
+}
+
+impl<'a, 'o> Context<'a, 'o> {
+    /// Measures the baseline (refusing one nothing can be judged against) and returns the
+    /// context the stages run in.
+    pub fn new(job: &'a Job<'a>, model: &'a Model, obs: &'o mut dyn Observer, metric: String, eval_cfg: EvalConfig) -> Result<Self> {
+        let placeholder = Measured {
+            metric: metric.clone(),
+            value: 0.0,
+            latency_ms_p50: 0.0,
+            latency_ms_p95: 0.0,
+            throughput_b32: None,
+            size_bytes: 0,
+            sha256: String::new(),
+            eval_rows: 0,
+            macs_per_sample: None,
+        };
+        let mut cx = Self { job, model, obs, metric, eval_cfg, baseline: placeholder };
+        cx.baseline = cx.measure(job.model_path, model, "baseline")?;
+        Ok(cx)
+    }
+
+    /// The input model as measured on the evaluation set.
+    pub fn baseline(&self) -> &Measured {
+        &self.baseline
+    }
+
+    /// Evaluates a saved model: the task metric, latency, throughput, size and MACs.
+    pub fn measure(&mut self, path: &Path, model: &Model, label: &str) -> Result<Measured> {
+        let rows = self.eval_cfg.samples.unwrap_or(self.job.evaluation.rows).min(self.job.evaluation.rows) as u64;
+        self.obs.begin(&format!("evaluate {label}"), rows);
+        let obs = &mut *self.obs;
+        let mut outputs = Vec::new();
+        let keep = (label == "baseline").then_some(&mut outputs);
+        let r = eval::evaluate(path, self.job.evaluation, &self.eval_cfg, keep, &mut |done, _| obs.advance(done as u64))?;
+        if label == "baseline" {
+            check_baseline(&self.metric, r.metrics.get(&self.metric).copied(), &outputs, self.job.evaluation)?;
+        }
+        let value =
+            r.metrics.get(&self.metric).copied().ok_or_else(|| tamp_engine::EngineError::Config(format!("metric '{}' produced no value", self.metric)))?;
+        let macs = tamp_engine::flops::count(model, self.job.evaluation, 0)?;
+        let m = Measured {
+            metric: self.metric.clone(),
+            value,
+            latency_ms_p50: r.latency.p50_ms,
+            latency_ms_p95: r.latency.p95_ms,
+            throughput_b32: r.throughput.iter().find(|t| t.batch_size == 32 && t.skipped.is_none()).and_then(|t| t.samples_per_s),
+            size_bytes: r.model.size_bytes,
+            sha256: r.model.sha256,
+            eval_rows: r.dataset.evaluated_rows,
+            macs_per_sample: Some(macs.per_sample),
+        };
+        self.obs.end(&format!("{label}: {} {:.4}, P50 {:.3} ms", self.metric, m.value, m.latency_ms_p50));
+        Ok(m)
+    }
+
+    /// Saves, measures and judges one candidate model against the baseline and the
+    /// constraints; the technique fills in its mode and details.
+    pub fn judge(&mut self, model: &Model, id: String, stage: usize, technique: &str) -> Result<Candidate> {
+        let file = format!("candidates/{id}.onnx");
+        let path = self.job.out_dir.join(&file);
+        model.save(&path, &SaveOptions::default())?;
+        let measured = self.measure(&path, model, &id)?;
+        let coded_size_bytes = cluster::deflated_size(&std::fs::read(&path).map_err(io_err(&path))?);
+        Ok(judge::judge(&self.baseline, measured, &self.job.recipe.constraints, judge::Made { id, stage, technique, file, coded_size_bytes }))
+    }
+
+    /// How closely `candidate`'s first output follows `reference`'s on the evaluation rows the
+    /// metric uses: mean cosine similarity per row and, for class scores, top-1 agreement.
+    pub fn agreement(&self, reference: &Model, candidate: &Model) -> Result<Agreement> {
+        let data = self.job.evaluation;
+        let rows: Vec<usize> = match self.eval_cfg.samples {
+            Some(n) => data.sample(n.min(data.rows), self.eval_cfg.seed),
+            None => (0..data.rows).collect(),
+        };
+        let a = eval::first_output_rows(reference, data, &rows, &self.eval_cfg.session)?;
+        let b = eval::first_output_rows(candidate, data, &rows, &self.eval_cfg.session)?;
+        let (mean_cosine, top1_agreement) = eval::agreement(&a, &b);
+        Ok(Agreement { rows: rows.len(), mean_cosine, top1_agreement })
+    }
+
+    /// The deflated size of the input model file (what coded-size ratios compare against).
+    pub fn baseline_coded_size(&self) -> Result<u64> {
+        let bytes = std::fs::read(self.job.model_path).map_err(io_err(self.job.model_path))?;
+        Ok(cluster::deflated_size(&bytes))
+    }
+}

@@ -1,0 +1,128 @@
+//! The stage runner behind `tamp compress` and a service job's compress stage: measure the
+//! baseline, run each recipe stage through the technique that claims it (the [`stages`]
+//! registry), judge every candidate against the recipe's constraints, choose the best, and
+//! write the output folder.
+//!
+//! Output folder:
+//! - `candidates/<id>.onnx` and `candidates.json` (metric, latency, size, ratio, flags);
+//! - `best.onnx` + `best.json` (the chosen artifact and its metadata: runtime, opset,
+//!   compression, metrics, compatibility with ONNX Runtime's optimized op types);
+//! - `manifest.json` (sha256 of every input and output, the recipe, seeds, versions), last.
+//!
+//! Sensitivity curves are cached under `tamp_engine::cache::dir()` (`TAMP_CACHE_DIR`), and
+//! nowhere else; the observer's summary line says where.
+
+pub mod artifacts;
+mod context;
+mod fallback;
+pub mod judge;
+pub mod sensitivity;
+pub mod stages;
+
+use std::path::{Path, PathBuf};
+
+use tamp_data::Dataset;
+use tamp_domain::Recipe;
+pub use tamp_domain::results::{Candidate, Details, Measured, Outcome};
+use tamp_engine::EngineError;
+use tamp_engine::eval::{self, EvalConfig};
+use tamp_engine::perf::LatencyConfig;
+use tamp_engine::runtime::SessionConfig;
+use tamp_onnx::Model;
+
+pub use context::Context;
+pub use judge::{choose, metric_drop_pct};
+pub use stages::resolve_mode;
+
+/// Results of the runner (engine errors: bad input, runtime failures, I/O).
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// What the runner reports while it works (progress bars in the CLI, events in a worker).
+pub trait Observer {
+    /// A step starts; `total` units of work (0: unknown).
+    fn begin(&mut self, label: &str, total: u64);
+    fn advance(&mut self, done: u64);
+    /// The step ended, with a one-line summary.
+    fn end(&mut self, summary: &str);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn begin(&mut self, _: &str, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+    fn end(&mut self, _: &str) {}
+}
+
+/// One compression job on one machine.
+#[derive(Debug)]
+pub struct Job<'a> {
+    pub model_path: &'a Path,
+    pub recipe: &'a Recipe,
+    /// Where the recipe came from (recorded in the manifest with its hash).
+    pub recipe_path: Option<&'a Path>,
+    pub calibration: &'a Dataset,
+    pub evaluation: &'a Dataset,
+    pub out_dir: &'a Path,
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |e| EngineError::Io { path: path.to_owned(), source: e }
+}
+
+/// Runs every stage of the recipe and writes the output folder.
+pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
+    let out = job.out_dir;
+    std::fs::create_dir_all(out.join("candidates")).map_err(io_err(out))?;
+    let (model, _) = Model::load_with_info(job.model_path)?;
+    let ev = &job.recipe.evaluation;
+    let metric = match &ev.metric {
+        Some(m) => m.clone(),
+        None => eval::default_metric(job.evaluation)
+            .ok_or_else(|| {
+                EngineError::Config(format!(
+                    "{} has no `labels` array, so no task metric can be computed; add labels or name `evaluation.metric`",
+                    job.evaluation.path.display()
+                ))
+            })?
+            .to_owned(),
+    };
+    let eval_cfg = EvalConfig {
+        metrics: vec![metric.clone()],
+        samples: ev.samples,
+        latency: LatencyConfig { warmup: 10, runs: ev.latency_runs },
+        throughput_batches: vec![32],
+        throughput_runs: 10,
+        session: SessionConfig { intra_threads: ev.threads, ..SessionConfig::default() },
+        ..EvalConfig::default()
+    };
+    let mut cx = Context::new(job, &model, obs, metric, eval_cfg)?;
+    let mut candidates = Vec::new();
+    // Stages compose: each starts from the previous stage's choice (prune → cluster → quantize).
+    let mut current = model.clone();
+    let recipe_stages = &job.recipe.policy.stages;
+    for (i, stage) in recipe_stages.iter().enumerate() {
+        let made = stages::run_stage(&mut cx, i, stage, &current)?;
+        if i + 1 < recipe_stages.len()
+            && let Some((k, _)) = choose(&made, job.recipe.objective)
+        {
+            current = Model::load(out.join(&made[k].file))?;
+        }
+        candidates.extend(made);
+    }
+    let (chosen, reason) = choose(&candidates, job.recipe.objective).ok_or_else(|| EngineError::Config("the recipe produced no candidates".into()))?;
+    let baseline = cx.baseline().clone();
+    let outcome = Outcome { baseline, candidates, chosen: String::new(), reason, objective: job.recipe.objective };
+    artifacts::write(job, outcome, chosen)
+}
+
+/// Where a path given in a recipe points: absolute, or relative to the recipe's folder.
+pub fn resolve_from_recipe(recipe_path: Option<&Path>, value: &str) -> PathBuf {
+    let p = PathBuf::from(value);
+    match recipe_path.and_then(Path::parent) {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p,
+    }
+}

@@ -1,0 +1,55 @@
+//! Helpers the end-to-end tests on the reference models share: the venv's Python, the
+//! models `make models` builds, `tamp compress`, and the checks on its output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::{root, tamp};
+
+pub fn python() -> PathBuf {
+    let py = root().join(".venv/bin/python");
+    assert!(py.exists(), "{} missing; run `make venv` (make test does)", py.display());
+    py
+}
+
+/// Every reference model under `models/` (the three `make models` builds must be there): (name, model, eval set).
+pub fn reference_models() -> Vec<(String, PathBuf, PathBuf)> {
+    let dir = root().join("models");
+    for name in ["fmnist-resnet8", "efficientnet-lite0", "all-minilm-l6-v2", "all-minilm-l6-v2-medium"] {
+        let m = dir.join(name).join("model.onnx");
+        assert!(m.exists(), "reference model {} missing; run `make models`", m.display());
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.join("model.onnx").exists() && p.join("eval.npz").exists() {
+            found.push((entry.file_name().to_string_lossy().into_owned(), p.join("model.onnx"), p.join("eval.npz")));
+        }
+    }
+    found.sort();
+    found
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+pub fn candidates_json(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap()
+}
+
+/// Runs `scripts/check_onnx.py` (onnx.checker + Python onnxruntime) on a model; it must pass.
+pub fn check_onnx(model: impl AsRef<std::ffi::OsStr>) -> Output {
+    let check = run(Command::new(python()).arg(root().join("scripts/check_onnx.py")).arg(model));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    check
+}
+
+pub fn compress(model: &Path, recipe: &Path, calib: &Path, eval: &Path, out: &Path) -> Output {
+    run(Command::new(tamp()).arg("compress").arg(model).arg("--recipe").arg(recipe).arg("--data").arg(calib).arg("--eval").arg(eval).arg("--out").arg(out))
+}
+
+/// The run's results as the shared types (what reports, the API and the UI read).
+pub fn outcome(out: &Path) -> tamp_domain::results::Outcome {
+    serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap()
+}
