@@ -50,7 +50,7 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: artifact-digests build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -186,6 +186,21 @@ run: build-cli $(FMNIST_REF)/model.onnx
 
 test: build venv models moto infra-check
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast
+
+# Line coverage of the whole test suite (cargo-tarpaulin, LLVM engine: no extra toolchain
+# component). The instrumented binaries are built first, in tarpaulin's folder with its flags,
+# because the end-to-end tests run `tamp` as a subprocess (--follow-exec counts it). Generated
+# protobuf code and xtask are excluded. Reports: coverage/tarpaulin-report.{json,html}.
+TARPAULIN_VERSION := 0.37.5
+COV_DIR   := $(CARGO_TARGET_DIR)/cov
+COV_FLAGS := -Cdebuginfo=2 -Cstrip=none --cfg=tarpaulin -Cinstrument-coverage
+coverage: venv models moto infra-tools
+	@cargo tarpaulin --version 2>/dev/null | grep -q $(TARPAULIN_VERSION) || cargo install cargo-tarpaulin --version $(TARPAULIN_VERSION) --locked
+	RUSTFLAGS="$(COV_FLAGS)" cargo build --workspace --bins --features tamp-worker/aws --target-dir $(COV_DIR)
+	scripts/with_moto.sh cargo tarpaulin --engine llvm --workspace --features tamp-worker/aws --target-dir $(COV_DIR) \
+		--skip-clean --follow-exec --no-fail-fast --timeout 1800 \
+		--exclude-files 'shared/onnx/src/generated/*' --exclude-files 'xtask/*' --exclude-files 'target/*' \
+		--out Json --out Html --output-dir coverage $(COVERAGE_ARGS)
 
 # The fuzz targets of tests/fuzz.rs at 150,000 cases each (make test runs 1,500); a failure
 # is shrunk and its seed kept in tests/fuzz.proptest-regressions, replayed by every run.
