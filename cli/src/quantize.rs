@@ -67,10 +67,28 @@ pub struct Args {
     /// Also write the run's report (ranges, counts) as JSON here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// The CPU instruction set to quantize for: auto (this machine), avx2, avx512, vnni, amx.
+    /// Without VNNI (avx2, avx512) weights get 7 bits: ONNX Runtime's u8×s8 kernels saturate.
+    #[arg(long, default_value = "auto", value_parser = parse_isa)]
+    target_isa: tamp_engine::isa::TargetIsa,
+}
+
+fn parse_isa(s: &str) -> Result<tamp_engine::isa::TargetIsa, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| format!("unknown ISA '{s}' (auto, avx2, avx512, vnni, amx)"))
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let model = Model::load(&args.model)?;
+    // Models from other toolchains: opset upgrade, constant folding (exact; reported).
+    let (model, preparation) = tamp_engine::prepare::prepare(&model)?;
+    if !preparation.is_empty() {
+        eprintln!("prepared: {}", preparation.steps.join("; "));
+    }
+    // 7-bit weights where this CPU's u8×s8 kernels saturate (no VNNI).
+    let isa = tamp_engine::isa::choose(args.target_isa);
+    if isa.reduced_range_weights {
+        eprintln!("target ISA {:?} has no VNNI: weights quantized to 7 bits so ONNX Runtime's int16 sums cannot saturate", isa.target);
+    }
     if args.weights4 {
         let (quantized, n) = tamp_engine::ptq::quantize_4bit(&model, &tamp_engine::passes::NBitsConfig::default())?;
         quantized.save(&args.out, &SaveOptions::default())?;
@@ -78,9 +96,12 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     if args.dynamic {
-        let (quantized, counts) = quantize_dynamic(&model, &DynamicConfig { per_channel: !args.per_tensor, ..DynamicConfig::default() })?;
+        let (quantized, counts) = quantize_dynamic(&model, &DynamicConfig { per_channel: !args.per_tensor, reduce_range: isa.reduced_range_weights, ..DynamicConfig::default() })?;
         quantized.save(&args.out, &SaveOptions::default())?;
-        println!("{}", summary(args, &format!("dynamic int8, {} MatMuls and {} embedding tables quantized", counts.matmuls, counts.embeddings))?);
+        println!("{}", summary(args, &format!(
+                "dynamic int8, {} MatMuls, {} embedding tables and {} weights inside If/Loop bodies quantized",
+                counts.matmuls, counts.embeddings, counts.subgraph_weights
+            ))?);
         return Ok(());
     }
     let Some(data_path) = &args.data else { anyhow::bail!("--data is required for static quantization") };
@@ -99,6 +120,7 @@ pub fn run(args: &Args) -> Result<()> {
             float_slow_layers: !args.int8_everywhere,
             activations: if args.int8_activations || args.symmetric_activations { ActivationType::Int8 } else { ActivationType::Uint8 },
             symmetric_activations: args.symmetric_activations,
+            reduce_range: isa.reduced_range_weights,
             ..QuantizeConfig::default()
         },
         ..PtqConfig::default()

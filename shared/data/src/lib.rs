@@ -29,7 +29,7 @@ mod io;
 pub use error::{DataError, Result};
 pub use finite::min_max;
 use finite::{Bad, check_finite, non_finite_message, scan_finite};
-pub use io::IoSpec;
+pub use io::{IoSpec, fixed_batch};
 
 /// Reserved array names.
 pub const LABELS: &str = "labels";

@@ -93,6 +93,9 @@ pub fn capture(
     let augmented = with_outputs(model, values)?;
     let mut session = Session::from_model(&augmented, cfg)?;
     data.check_against(&session.inputs)?;
+    // A model exported with a fixed batch dimension runs at exactly that batch.
+    let fixed = crate::dataset::fixed_batch(&session.inputs);
+    let batch_size = fixed.unwrap_or(batch_size);
     let wanted: HashSet<&str> = values.iter().map(String::as_str).collect();
     let lengths = if trim_padding { data.sequence_lengths()? } else { None };
     let ordered: Vec<usize>;
@@ -105,6 +108,11 @@ pub fn capture(
         }
         None => indices,
     };
+    // Rows that do not fill a last fixed-size batch are left out.
+    let indices = match fixed {
+        Some(b) if b > 1 => &indices[..indices.len() - indices.len() % b],
+        _ => indices,
+    };
     let length_of = |i: usize| lengths.as_ref().map(|l| l[i]);
     let (tx, rx) = std::sync::mpsc::sync_channel::<(std::ops::Range<usize>, BTreeMap<String, TensorValue>)>(0);
     std::thread::scope(|scope| {
@@ -116,7 +124,7 @@ pub fn capture(
         });
         let produced = (|| -> Result<()> {
             let mut start = 0;
-            let mut rows_per_batch = 1;
+            let mut rows_per_batch = fixed.unwrap_or(1);
             while start < indices.len() {
                 let mut end = (start + rows_per_batch).min(indices.len());
                 if let Some(len) = length_of(indices[start]) {
@@ -132,6 +140,9 @@ pub fn capture(
                 if start == 0 {
                     let per_row = captured.values().map(byte_len).sum::<usize>().max(1);
                     rows_per_batch = (MAX_BATCH_BYTES / per_row).clamp(1, batch_size.max(1));
+                }
+                if let Some(b) = fixed {
+                    rows_per_batch = b;
                 }
                 if tx.send((start..end, captured)).is_err() {
                     break; // the sink failed; its error is returned below

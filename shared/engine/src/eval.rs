@@ -114,6 +114,36 @@ pub fn as_rows(v: &TensorValue) -> Result<Array2<f32>> {
         .map_err(|e| EngineError::Config(e.to_string()))
 }
 
+/// The outputs of a session, one line each: `name (FLOAT [-1, 10])`.
+pub fn describe_outputs(outputs: &[crate::runtime::IoSpec]) -> String {
+    outputs.iter().map(|o| format!("{} ({} {:?})", o.name, o.elem.as_str_name(), o.shape)).collect::<Vec<_>>().join(", ")
+}
+
+/// The output the metrics score: `requested`, else the first. A metric is never computed on
+/// an integer or boolean output (class ids, lengths, masks): its number would mean nothing.
+pub fn metric_output(outputs: &[crate::runtime::IoSpec], requested: Option<&str>) -> Result<String> {
+    use tamp_onnx::proto::tensor_proto::DataType;
+    let chosen = match requested {
+        Some(o) => outputs.iter().find(|s| s.name == o).ok_or_else(|| {
+            EngineError::Config(format!("the model has no output '{o}'; its outputs are {}", describe_outputs(outputs)))
+        })?,
+        None => outputs.first().ok_or_else(|| EngineError::Config("the model has no outputs".into()))?,
+    };
+    if !matches!(chosen.elem, DataType::Float | DataType::Double | DataType::Float16) {
+        let float: Vec<&str> = outputs.iter().filter(|o| matches!(o.elem, DataType::Float | DataType::Double)).map(|o| o.name.as_str()).collect();
+        let how = if requested.is_some() { "name another" } else { "name the one to score" };
+        return Err(EngineError::Config(format!(
+            "output '{}' is {} {:?}: a task metric needs float scores or values, not integers; {how} with `evaluation.output` in the recipe or `--output` on the command line{} (outputs: {})",
+            chosen.name,
+            chosen.elem.as_str_name(),
+            chosen.shape,
+            if float.is_empty() { String::new() } else { format!(" — float outputs: {}", float.join(", ")) },
+            describe_outputs(outputs)
+        )));
+    }
+    Ok(chosen.name.clone())
+}
+
 type Active = Vec<(&'static str, Box<dyn metrics::Metric>)>;
 
 /// The metrics to compute: `names`, or the default for the dataset's labels (top1 for
@@ -166,6 +196,15 @@ fn metric_pass(
     progress: Progress<'_>,
 ) -> Result<std::collections::BTreeMap<String, f64>> {
     let mut done = 0;
+    // A model exported with a fixed batch dimension runs at exactly that batch; rows that do
+    // not fill a last batch are left out (the report's evaluated rows say how many ran).
+    let (batch_size, indices) = match crate::dataset::fixed_batch(&session.inputs) {
+        Some(b) => (b, &indices[..indices.len() - indices.len() % b]),
+        None => (batch_size, indices),
+    };
+    if indices.is_empty() {
+        return Err(EngineError::Config(format!("the model's batch dimension is fixed at {batch_size}, more rows than the data set offers")));
+    }
     for rows in batches(indices, batch_size) {
         let batch = data.select(rows)?;
         let inputs: Vec<(&str, &TensorValue)> = batch.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -173,6 +212,16 @@ fn metric_pass(
         let out =
             outs.iter().find(|(k, _)| *k == output).map(|(_, v)| v).ok_or_else(|| EngineError::Config(format!("output '{output}' missing from results")))?;
         let out = as_rows(out)?;
+        if done == 0
+            && out.ncols() < 2
+            && active.iter().any(|(n, _)| n.starts_with("top"))
+        {
+            return Err(EngineError::Config(format!(
+                "output '{output}' has {} value per row, so top-k of class scores means nothing there; score another output (`evaluation.output` / `--output`), outputs: {}",
+                out.ncols(),
+                describe_outputs(&session.outputs)
+            )));
+        }
         let classes = data.class_labels(rows);
         let values = data.value_labels(rows).map(|v| as_rows(&TensorValue::F32(v))).transpose()?;
         let targets = Targets { classes: classes.as_deref(), values: values.as_ref().map(|v| v.view()) };
@@ -192,11 +241,11 @@ fn metric_pass(
     Ok(metrics)
 }
 
-/// The first output of an in-memory model on `indices` rows, as rows × features.
-pub fn first_output_rows(model: &Model, data: &Dataset, indices: &[usize], session: &SessionConfig) -> Result<Array2<f32>> {
+/// The scored output (`output`, else the first) of an in-memory model on `indices` rows, as rows × features.
+pub fn output_rows(model: &Model, data: &Dataset, indices: &[usize], output: Option<&str>, session: &SessionConfig) -> Result<Array2<f32>> {
     let mut session = Session::from_model(model, session)?;
     data.check_against(&session.inputs)?;
-    let output = session.outputs.first().map(|s| s.name.clone()).ok_or_else(|| EngineError::Config("the model has no outputs".into()))?;
+    let output = metric_output(&session.outputs, output)?;
     let mut parts: Vec<Array2<f32>> = Vec::new();
     metric_pass(&mut session, data, indices, &output, &mut Vec::new(), 64, Some(&mut parts), &mut |_, _| {})?;
     let views: Vec<ndarray::ArrayView2<f32>> = parts.iter().map(|p| p.view()).collect();
@@ -219,11 +268,11 @@ pub fn agreement(a: &Array2<f32>, b: &Array2<f32>) -> (f64, f64) {
 }
 
 /// One task metric of an in-memory model on `indices` rows, untimed: what the
-/// accuracy-aware fallback ranks candidates with. The first output is scored.
-pub fn score(model: &Model, data: &Dataset, indices: &[usize], metric: &str, batch_size: usize, session: &SessionConfig) -> Result<f64> {
+/// accuracy-aware fallback ranks candidates with. `output` (else the first) is scored.
+pub fn score(model: &Model, data: &Dataset, indices: &[usize], metric: &str, output: Option<&str>, batch_size: usize, session: &SessionConfig) -> Result<f64> {
     let mut session = Session::from_model(model, session)?;
     data.check_against(&session.inputs)?;
-    let output = session.outputs.first().map(|s| s.name.clone()).ok_or_else(|| EngineError::Config("the model has no outputs".into()))?;
+    let output = metric_output(&session.outputs, output)?;
     let mut active = active_metrics(&[metric.to_owned()], data)?;
     let values = metric_pass(&mut session, data, indices, &output, &mut active, batch_size, None, &mut |_, _| {})?;
     values.get(metric).copied().ok_or_else(|| EngineError::Config(format!("metric '{metric}' produced no value")))
@@ -245,14 +294,7 @@ pub fn evaluate(
     perf::reset_peak_rss();
     let mut session = Session::from_file(model_path, &cfg.session)?;
     data.check_against(&session.inputs)?;
-    let output = match &cfg.output {
-        Some(o) if session.outputs.iter().any(|s| &s.name == o) => o.clone(),
-        Some(o) => {
-            let names: Vec<&str> = session.outputs.iter().map(|s| s.name.as_str()).collect();
-            return Err(EngineError::Config(format!("the model has no output '{o}' (it has {names:?})")));
-        }
-        None => session.outputs.first().map(|s| s.name.clone()).ok_or_else(|| EngineError::Config("the model has no outputs".into()))?,
-    };
+    let output = metric_output(&session.outputs, cfg.output.as_deref())?;
     let mut active = active_metrics(&cfg.metrics, data)?;
     let indices: Vec<usize> = match cfg.samples {
         Some(n) => data.sample(n, cfg.seed),

@@ -1,7 +1,7 @@
 //! Tamp's engine: ONNX Runtime sessions from a typed config, `.npz` datasets, streaming
 //! capture of intermediate tensors, task metrics as plugins, latency/throughput/memory
-//! measurement and the baseline record. Compression passes and the stage runner will live
-//! here too (see docs/architecture.md).
+//! measurement and the baseline record; model preparation (`prepare`) and the compression
+//! passes. The stage runner is `tamp-pipeline` (see docs/architecture.md).
 
 pub mod cache;
 pub mod calibrate;
@@ -9,9 +9,11 @@ pub mod capture;
 pub mod error;
 pub mod eval;
 pub mod flops;
+pub mod isa;
 pub mod metrics;
 pub mod passes;
 pub mod perf;
+pub mod prepare;
 pub mod ptq;
 pub mod runtime;
 

@@ -133,6 +133,93 @@ pub fn throughput(session: &mut Session, data: &Dataset, batch_sizes: &[usize], 
     Ok(out)
 }
 
+/// A candidate's speed against a baseline from interleaved timings: in each round both run
+/// the same single-row input `per_round` times (which goes first alternates), and the round's
+/// ratio is baseline median / candidate median. Machine drift (another process, frequency
+/// changes) hits both sides of a round alike, which two separate P50s do not.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SpeedComparison {
+    /// Median over rounds of baseline time / candidate time (> 1: the candidate is faster).
+    pub speedup: f64,
+    /// Distribution-free confidence interval of that median (order statistics of the rounds).
+    pub low: f64,
+    pub high: f64,
+    /// Coverage of [low, high] (≥ 0.95).
+    pub confidence: f64,
+    pub rounds: usize,
+    pub runs_per_round: usize,
+}
+
+impl SpeedComparison {
+    /// Faster at the stated confidence: the whole interval is above 1.
+    pub fn faster(&self) -> bool {
+        self.low > 1.0
+    }
+
+    /// Slower at the stated confidence: the whole interval is below 1.
+    pub fn slower(&self) -> bool {
+        self.high < 1.0
+    }
+}
+
+/// Ranks (0-based, inclusive) of the order statistics bounding a distribution-free
+/// confidence interval for the median of `n` samples with coverage ≥ `level`, and the
+/// coverage achieved.
+pub fn median_interval_ranks(n: usize, level: f64) -> (usize, usize, f64) {
+    // P(Binomial(n, 1/2) ≤ k), accumulated exactly in f64.
+    let mut cdf = Vec::with_capacity(n + 1);
+    let mut p = 0.5f64.powi(n as i32);
+    let mut acc = 0.0;
+    for k in 0..=n {
+        acc += p;
+        cdf.push(acc);
+        p = p * (n - k) as f64 / (k + 1) as f64;
+    }
+    // [x_(j), x_(n−1−j)] (0-based) misses the median with probability 2·P(X ≤ j): the
+    // largest j that keeps the coverage at `level`.
+    let mut j = 0;
+    while j + 1 < n / 2 && 1.0 - 2.0 * cdf[j + 1] >= level {
+        j += 1;
+    }
+    (j, n - 1 - j, 1.0 - 2.0 * cdf[j])
+}
+
+/// Interleaved timing of two sessions on row 0 of `data` (see [`SpeedComparison`]).
+pub fn compare(baseline: &mut Session, candidate: &mut Session, data: &Dataset, rounds: usize, per_round: usize) -> Result<SpeedComparison> {
+    let sample = data.select(&[0])?;
+    let inputs = run_inputs(&sample);
+    for _ in 0..3 {
+        baseline.run(&inputs)?;
+        candidate.run(&inputs)?;
+    }
+    let per_round = per_round.max(3);
+    let time = |s: &mut Session| -> Result<f64> {
+        let mut t = Vec::with_capacity(per_round);
+        for _ in 0..per_round {
+            let start = Instant::now();
+            s.run(&inputs)?;
+            t.push(start.elapsed().as_secs_f64());
+        }
+        t.sort_by(f64::total_cmp);
+        Ok(percentile(&t, 50.0))
+    };
+    let rounds = rounds.max(9);
+    let mut ratios = Vec::with_capacity(rounds);
+    for r in 0..rounds {
+        let (b, c) = if r % 2 == 0 {
+            let b = time(baseline)?;
+            (b, time(candidate)?)
+        } else {
+            let c = time(candidate)?;
+            (time(baseline)?, c)
+        };
+        ratios.push(b / c.max(1e-12));
+    }
+    ratios.sort_by(f64::total_cmp);
+    let (lo, hi, confidence) = median_interval_ranks(rounds, 0.95);
+    Ok(SpeedComparison { speedup: percentile(&ratios, 50.0), low: ratios[lo], high: ratios[hi], confidence, rounds, runs_per_round: per_round })
+}
+
 /// Resident memory of this process, from `/proc/self/status` (Linux).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryStats {
@@ -165,7 +252,18 @@ pub fn reset_peak_rss() -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::{median_interval_ranks, percentile};
+
+    #[test]
+    fn median_interval_ranks_match_the_binomial_table() {
+        // n = 21: [x(6), x(16)] (1-based) covers 97.3 %; n = 9: [x(2), x(8)] covers 96.1 %.
+        let (lo, hi, c) = median_interval_ranks(21, 0.95);
+        assert_eq!((lo, hi), (5, 15));
+        assert!((c - 0.9734).abs() < 1e-3, "{c}");
+        let (lo, hi, c) = median_interval_ranks(9, 0.95);
+        assert_eq!((lo, hi), (1, 7));
+        assert!((c - 0.9609).abs() < 1e-3, "{c}");
+    }
 
     #[test]
     fn percentile_interpolates_like_numpy() {

@@ -14,7 +14,7 @@ use crate::error::{EngineError, Result};
 use crate::passes::bias_correct::{self, CorrectedLayer};
 use crate::passes::dynamic::DynamicCounts;
 use crate::passes::equalize::{self, EqualizedPair};
-use crate::passes::{DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeDynamic, QuantizeNBits, QuantizeQdq, quantize};
+use crate::passes::{DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeDynamic, QuantizeNBits, QuantizeQdq, QuantizeSubgraphWeights, quantize};
 use crate::runtime::SessionConfig;
 
 /// Everything a static PTQ run needs besides the model and data.
@@ -67,6 +67,9 @@ pub struct PtqReport {
     pub folded_batch_norms: usize,
     pub quantized_activations: usize,
     pub quantized_weights: usize,
+    /// Weights inside If/Loop/Scan bodies stored int8 (read through DequantizeLinear).
+    #[serde(default)]
+    pub subgraph_weights: usize,
     /// Nodes kept in float on request (accuracy-aware fallback, `keep_float`).
     pub excluded: Vec<String>,
     /// Nodes kept in float because ONNX Runtime runs them slower in int8
@@ -134,7 +137,9 @@ pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calib
     };
     let values = quantize::plan(&folded, &Default::default())?;
     if values.is_empty() {
-        return Err(EngineError::Config("nothing to quantize: the model has no float activations between quantizable ops".into()));
+        return Err(EngineError::Config(
+            "nothing to quantize statically: the model has no float activations between quantizable ops at its top level (weights inside If/Loop bodies: use dynamic quantization, `mode: dynamic` / `--dynamic`)".into(),
+        ));
     }
     let requests: Vec<StatRequest> = values.iter().map(|v| StatRequest { value: v.clone(), method: cfg.method }).collect();
     let indices = data.sample(cfg.samples, cfg.seed);
@@ -175,7 +180,7 @@ impl Calibrated {
                 .input_means
                 .as_ref()
                 .ok_or_else(|| EngineError::Config("bias correction needs the input means: calibrate with `bias_correction: true`".into()))?;
-            match bias_correct::correct(&self.folded, means, config.per_channel, config.symmetric, &config.exclude)? {
+            match bias_correct::correct(&self.folded, means, config.per_channel, config.symmetric, config.reduce_range, &config.exclude)? {
                 Some((patch, layers)) => (patch.apply(&self.folded, "bias-correction")?, layers),
                 None => (self.folded.clone(), Vec::new()),
             }
@@ -185,6 +190,10 @@ impl Calibrated {
         let pass = QuantizeQdq { config: config.clone(), ranges: self.ranges.clone() };
         let (patch, quantized_weights) = pass.build(&base)?.ok_or_else(|| EngineError::Config("the quantization pass found nothing to change".into()))?;
         let quantized = patch.apply(&base, pass.name())?;
+        let (quantized, subgraph_weights) = match QuantizeSubgraphWeights::default().apply(&quantized)? {
+            Some((m, n)) => (m, n),
+            None => (quantized, 0),
+        };
         let mut float_ops = BTreeMap::new();
         for n in &quantized.graph().node {
             let op = n.op_type.as_deref().unwrap_or("");
@@ -203,6 +212,7 @@ impl Calibrated {
             folded_batch_norms: self.folded_batch_norms,
             quantized_activations,
             quantized_weights,
+            subgraph_weights,
             excluded: requested.exclude.iter().cloned().collect(),
             float_for_speed,
             float_ops,
@@ -223,10 +233,25 @@ pub fn quantize_static(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result
 /// calibration data. Deterministic.
 pub fn quantize_dynamic(model: &Model, cfg: &DynamicConfig) -> Result<(Model, DynamicCounts)> {
     let pass = QuantizeDynamic { config: cfg.clone() };
-    let (patch, counts) = pass.build(model)?.ok_or_else(|| {
-        EngineError::Config("dynamic quantization found nothing to quantize: no MatMul by a constant 2-D weight and no constant embedding table".into())
-    })?;
-    Ok((patch.apply(model, pass.name())?, counts))
+    let (top, mut counts) = match pass.build(model)? {
+        Some((patch, counts)) => (patch.apply(model, pass.name())?, counts),
+        None => (model.clone(), DynamicCounts::default()),
+    };
+    // Weights inside If/Loop/Scan bodies, which the top-level pass cannot reach.
+    let sub = QuantizeSubgraphWeights::default();
+    let q = match sub.apply(&top)? {
+        Some((m, n)) => {
+            counts.subgraph_weights = n;
+            m
+        }
+        None => top,
+    };
+    if counts.matmuls + counts.embeddings + counts.subgraph_weights == 0 {
+        return Err(EngineError::Config(
+            "dynamic quantization found nothing to quantize: no MatMul by a constant 2-D weight, no constant embedding table and no Conv/MatMul/Gemm weight inside an If/Loop/Scan body".into(),
+        ));
+    }
+    Ok((q, counts))
 }
 
 /// 4-bit weight-only quantization of MatMuls and Gemms by constant weights (`MatMulNBits`), then int8

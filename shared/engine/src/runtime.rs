@@ -297,21 +297,33 @@ fn extract(name: &str, v: &DynValue) -> Result<TensorValue> {
 /// the proof that a quantized graph runs on integer kernels (QLinearConv, QGemm,
 /// DynamicQuantizeMatMul, …) rather than dequantizing back to float.
 pub fn optimized_op_types(path: &Path, cfg: &SessionConfig) -> Result<std::collections::BTreeMap<String, usize>> {
+    let model = with_optimized(&SessionConfig { optimization: OptimizationLevel::Extended, ..cfg.clone() }, |mut b| {
+        b.commit_from_file(path).map_err(|e| EngineError::ort(format!("cannot load {}", path.display()), e))
+    })?;
+    let mut ops = std::collections::BTreeMap::new();
+    for node in &model.graph().node {
+        *ops.entry(node.op_type.clone().unwrap_or_default()).or_insert(0) += 1;
+    }
+    Ok(ops)
+}
+
+/// The model as ONNX Runtime's optimizer at `cfg.optimization` leaves it (what
+/// `quant_pre_process` saves at the basic level: constants folded, value infos inferred).
+pub fn optimized_model(model: &Model, cfg: &SessionConfig) -> Result<Model> {
+    let bytes = model.to_bytes()?;
+    with_optimized(cfg, |mut b| b.commit_from_memory(&bytes).map_err(|e| EngineError::ort("cannot load the model", e)))
+}
+
+fn with_optimized(cfg: &SessionConfig, commit: impl FnOnce(ort::session::builder::SessionBuilder) -> Result<ort::session::Session>) -> Result<Model> {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("tamp-optimized-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io { path: dir.clone(), source: e })?;
     let out = dir.join("optimized.onnx");
     let result = (|| {
-        let cfg = SessionConfig { optimization: OptimizationLevel::Extended, ..cfg.clone() };
-        let mut b = builder(&cfg)?.with_optimized_model_path(&out).map_err(opt_err)?;
-        b.commit_from_file(path).map_err(|e| EngineError::ort(format!("cannot load {}", path.display()), e))?;
-        let model = Model::load(&out)?;
-        let mut ops = std::collections::BTreeMap::new();
-        for node in &model.graph().node {
-            *ops.entry(node.op_type.clone().unwrap_or_default()).or_insert(0) += 1;
-        }
-        Ok(ops)
+        let b = builder(cfg)?.with_optimized_model_path(&out).map_err(opt_err)?;
+        drop(commit(b)?);
+        Ok(Model::load(&out)?)
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod model;
 pub mod patch;
 pub mod tensor;
+pub mod types;
 
 /// The ONNX protobuf messages (onnx 1.23.2, proto2: most fields are `Option`).
 #[allow(clippy::all, missing_docs)]

@@ -80,6 +80,13 @@ impl Patch {
         let mut out = model.clone();
         let g = out.graph_mut();
         let n = g.node.len();
+        // Values whose shape this patch may change: what new nodes produce, replaced
+        // initializers, the outputs of rewired nodes, and everything downstream of them.
+        let mut dirty: HashSet<String> = self.add_nodes.iter().flat_map(|n| n.output.iter().cloned()).collect();
+        dirty.extend(self.add_initializers.iter().filter_map(|t| t.name.clone()));
+        for &(node, _, _) in &self.rewire {
+            dirty.extend(g.node.get(node).map(|n| n.output.clone()).unwrap_or_default());
+        }
         for &(node, slot, ref value) in &self.rewire {
             let target = g.node.get_mut(node).ok_or_else(|| label(OnnxError::Graph(format!("rewire names node {node}, but the graph has {n}"))))?;
             let input =
@@ -131,6 +138,15 @@ impl Patch {
         let live: HashSet<String> = g.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
         g.value_info.retain(|v| v.name.as_ref().is_some_and(|n| live.contains(n)));
         sort_nodes(g).map_err(label)?;
+        for n in &g.node {
+            if n.input.iter().any(|i| dirty.contains(i)) {
+                dirty.extend(n.output.iter().cloned());
+            }
+        }
+        // Stale shapes make ONNX Runtime refuse the model (a pruned Conv's old channel count
+        // against its new weight), so they go; the runtime infers them again.
+        let declared: HashSet<&str> = self.add_value_info.iter().filter_map(|v| v.name.as_deref()).collect();
+        g.value_info.retain(|v| v.name.as_ref().is_some_and(|n| !dirty.contains(n) || declared.contains(n.as_str())));
         for (domain, version) in &self.opsets {
             match out.proto.opset_import.iter_mut().find(|o| o.domain.as_deref().unwrap_or("") == domain) {
                 Some(o) => o.version = Some(o.version.unwrap_or(0).max(*version)),
@@ -167,6 +183,7 @@ pub fn run_to_fixpoint<P: Pass + ?Sized>(model: &Model, passes: &[&P], max_round
 mod tests {
     use super::*;
     use crate::builder::GraphBuilder;
+    use crate::proto::tensor_proto::DataType;
     use ndarray::{ArrayD, IxDyn};
 
     fn relu_model() -> Model {
@@ -177,6 +194,22 @@ mod tests {
         let z = b.op("Relu", &[&y], &[]);
         b.output_f32(&z, &[Some(1), Some(4)]);
         b.build()
+    }
+
+    #[test]
+    fn shapes_downstream_of_a_replaced_weight_are_dropped() {
+        // A pruned layer: same node, narrower weight. The old shapes of its output and of
+        // everything after it would make ONNX Runtime refuse the model; unrelated ones stay.
+        let mut m = relu_model();
+        let (mm, relu) = (m.graph().node[0].output[0].clone(), m.graph().node[1].output[0].clone());
+        m.graph_mut().value_info.push(crate::builder::value_info(&mm, DataType::Float, &[Some(1), Some(4)]));
+        m.graph_mut().value_info.push(crate::builder::value_info(&relu, DataType::Float, &[Some(1), Some(4)]));
+        m.graph_mut().value_info.push(crate::builder::value_info("x", DataType::Float, &[Some(1), Some(4)]));
+        let mut p = Patch::default();
+        p.add_initializers.push(crate::tensor::from_array("w", &ArrayD::from_elem(IxDyn(&[4, 2]), 0.5f32)));
+        let out = p.apply(&m, "prune").unwrap();
+        let names: Vec<&str> = out.graph().value_info.iter().filter_map(|v| v.name.as_deref()).collect();
+        assert!(!names.contains(&mm.as_str()) && !names.contains(&relu.as_str()), "{names:?}");
     }
 
     #[test]

@@ -113,6 +113,7 @@ pub fn metadata(job: &Job<'_>, model: &Model, c: &Candidate, base: &Measured, op
                 optimized_op_types: ops.clone(),
                 integer_kernels,
             },
+            cpu_isa: c.target_isa.clone(),
         },
         flags: c.flags.clone(),
         missed_constraints: c.missed.clone(),

@@ -7,10 +7,19 @@ use std::path::Path;
 use tamp_domain::results::{Agreement, Candidate, Measured};
 use tamp_engine::eval::{self, EvalConfig};
 use tamp_engine::passes::cluster;
+use tamp_engine::perf::{self, SpeedComparison};
 use tamp_onnx::{Model, SaveOptions};
 
 use crate::judge::{self, check_baseline};
 use crate::{Job, Observer, Result, io_err};
+
+/// Rounds of interleaved timing per candidate (15 rounds: the median's interval covers 96 %).
+const ROUNDS: usize = 15;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The state a run shares with its stages.
 pub struct Context<'a, 'o> {
@@ -21,6 +30,10 @@ pub struct Context<'a, 'o> {
     pub metric: String,
     pub eval_cfg: EvalConfig,
     baseline: Measured,
+    /// Why the running stage made no candidate (set by [`Context::not_applied`]).
+    pub(crate) nothing_because: Option<String>,
+    /// Candidates a stage skipped, with the reason (they go into the outcome's `not_applied`).
+    pub skipped: Vec<String>,
 }
 
 impl<'a, 'o> Context<'a, 'o> {
@@ -38,9 +51,18 @@ impl<'a, 'o> Context<'a, 'o> {
             eval_rows: 0,
             macs_per_sample: None,
         };
-        let mut cx = Self { job, model, obs, metric, eval_cfg, baseline: placeholder };
+        let mut cx = Self { job, model, obs, metric, eval_cfg, baseline: placeholder, nothing_because: None, skipped: Vec::new() };
         cx.baseline = cx.measure(job.model_path, model, "baseline")?;
         Ok(cx)
+    }
+
+    /// Ends the current step saying why the stage found nothing to change, and returns no
+    /// candidates: the runner fails the job with that reason (a stage that does nothing must
+    /// not let the job succeed as if it had).
+    pub fn not_applied(&mut self, reason: &str) -> Result<Vec<Candidate>> {
+        self.obs.end(reason);
+        self.nothing_because = Some(reason.to_owned());
+        Ok(Vec::new())
     }
 
     /// The input model as measured on the evaluation set.
@@ -85,10 +107,46 @@ impl<'a, 'o> Context<'a, 'o> {
         model.save(&path, &SaveOptions::default())?;
         let measured = self.measure(&path, model, &id)?;
         let coded_size_bytes = cluster::deflated_size(&std::fs::read(&path).map_err(io_err(&path))?);
-        Ok(judge::judge(&self.baseline, measured, &self.job.recipe.constraints, judge::Made { id, stage, technique, file, coded_size_bytes }))
+        let speed = self.compare_speed(&measured, &path)?;
+        Ok(judge::judge(&self.baseline, measured, &self.job.recipe.constraints, judge::Made { id, stage, technique, file, coded_size_bytes }, Some(&speed)))
     }
 
-    /// How closely `candidate`'s first output follows `reference`'s on the evaluation rows the
+    /// The candidate's speed against the baseline from interleaved timings
+    /// ([`perf::compare`]), cached by both files' hashes, the CPU, the thread count and the
+    /// runtime: the same artifact on the same kind of machine always gets the same verdict.
+    fn compare_speed(&mut self, candidate: &Measured, path: &Path) -> Result<SpeedComparison> {
+        let threads = self.eval_cfg.session.intra_threads;
+        let per_round = (self.eval_cfg.latency.runs / 10).max(5);
+        let cpu = eval::cpu_info();
+        let key = format!(
+            "{}|{}|{}|{:?}|{threads}|{}|{ROUNDS}x{per_round}",
+            self.baseline.sha256,
+            candidate.sha256,
+            cpu.model,
+            cpu.features,
+            tamp_engine::runtime::ORT_VERSION
+        );
+        let file = tamp_engine::cache::subdir("speed").map(|d| d.join(format!("{}.json", sha256_hex(key.as_bytes()))));
+        if let Some(hit) = file.as_ref().and_then(|f| std::fs::read(f).ok()).and_then(|b| serde_json::from_slice::<SpeedComparison>(&b).ok()) {
+            return Ok(hit);
+        }
+        self.obs.begin("interleaved timing against the baseline", 0);
+        let cfg = &self.eval_cfg.session;
+        let mut base = tamp_engine::Session::from_file(self.job.model_path, cfg)?;
+        let mut cand = tamp_engine::Session::from_file(path, cfg)?;
+        let s = perf::compare(&mut base, &mut cand, self.job.evaluation, ROUNDS, per_round)?;
+        self.obs.end(&format!("speed-up {:.2}× ({:.0} % interval {:.2}–{:.2}×)", s.speedup, s.confidence * 100.0, s.low, s.high));
+        if let Some(f) = file {
+            let _ = std::fs::create_dir_all(f.parent().unwrap_or(Path::new(".")));
+            let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, serde_json::to_vec(&s).unwrap_or_default()).is_ok() {
+                let _ = std::fs::rename(&tmp, &f);
+            }
+        }
+        Ok(s)
+    }
+
+    /// How closely `candidate`'s scored output follows `reference`'s on the evaluation rows the
     /// metric uses: mean cosine similarity per row and, for class scores, top-1 agreement.
     pub fn agreement(&self, reference: &Model, candidate: &Model) -> Result<Agreement> {
         let data = self.job.evaluation;
@@ -96,8 +154,8 @@ impl<'a, 'o> Context<'a, 'o> {
             Some(n) => data.sample(n.min(data.rows), self.eval_cfg.seed),
             None => (0..data.rows).collect(),
         };
-        let a = eval::first_output_rows(reference, data, &rows, &self.eval_cfg.session)?;
-        let b = eval::first_output_rows(candidate, data, &rows, &self.eval_cfg.session)?;
+        let a = eval::output_rows(reference, data, &rows, self.eval_cfg.output.as_deref(), &self.eval_cfg.session)?;
+        let b = eval::output_rows(candidate, data, &rows, self.eval_cfg.output.as_deref(), &self.eval_cfg.session)?;
         let (mean_cosine, top1_agreement) = eval::agreement(&a, &b);
         Ok(Agreement { rows: rows.len(), mean_cosine, top1_agreement })
     }

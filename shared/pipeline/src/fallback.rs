@@ -23,9 +23,10 @@ pub fn float_layers(cx: &mut Context<'_, '_>, input: &Model, units: &[String], k
     let rows = data.sample(SENSITIVITY_ROWS.min(data.rows), cx.eval_cfg.seed);
     let session = SessionConfig::default();
     let metric = cx.metric.clone();
-    let reference = eval::score(cx.model, data, &rows, &metric, 32, &session)?;
+    let output = cx.eval_cfg.output.clone();
+    let reference = eval::score(cx.model, data, &rows, &metric, output.as_deref(), 32, &session)?;
     let limit = cx.job.recipe.constraints.max_metric_drop_pct;
-    if !std::ptr::eq(input, cx.model) && metric_drop_pct(&metric, reference, eval::score(input, data, &rows, &metric, 32, &session)?) > limit {
+    if !std::ptr::eq(input, cx.model) && metric_drop_pct(&metric, reference, eval::score(input, data, &rows, &metric, output.as_deref(), 32, &session)?) > limit {
         // An earlier stage already spent the budget: no set of float layers can help.
         cx.obs.begin("rank layer sensitivity", 0);
         cx.obs.end("skipped: this stage's input already misses max_metric_drop_pct");
@@ -33,12 +34,12 @@ pub fn float_layers(cx: &mut Context<'_, '_>, input: &Model, units: &[String], k
     }
     let units: Vec<&String> = units.iter().filter(|u| !keep.contains(*u)).collect();
     cx.obs.begin("rank layer sensitivity", units.len() as u64 + 1);
-    let all = eval::score(&build(keep)?, data, &rows, &metric, 32, &session)?;
+    let all = eval::score(&build(keep)?, data, &rows, &metric, output.as_deref(), 32, &session)?;
     let mut gains = Vec::new();
     for (i, u) in units.iter().enumerate() {
         let mut ex = keep.clone();
         ex.insert((*u).clone());
-        let s = eval::score(&build(&ex)?, data, &rows, &metric, 32, &session)?;
+        let s = eval::score(&build(&ex)?, data, &rows, &metric, output.as_deref(), 32, &session)?;
         // Improvement from keeping `u` in float, in the metric's direction.
         gains.push((metric_drop_pct(&metric, reference, all) - metric_drop_pct(&metric, reference, s), (*u).clone()));
         cx.obs.advance(i as u64 + 1);
@@ -50,7 +51,7 @@ pub fn float_layers(cx: &mut Context<'_, '_>, input: &Model, units: &[String], k
     for k in 1..gains.len() {
         let mut ex = keep.clone();
         ex.extend(gains[..k].iter().map(|g| g.1.clone()));
-        let s = eval::score(&build(&ex)?, data, &rows, &metric, 32, &session)?;
+        let s = eval::score(&build(&ex)?, data, &rows, &metric, output.as_deref(), 32, &session)?;
         cx.obs.advance(k as u64);
         if metric_drop_pct(&metric, reference, s) <= limit {
             cx.obs.end(&format!("{k} layer(s) in float"));

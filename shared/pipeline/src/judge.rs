@@ -5,6 +5,7 @@
 use tamp_data::Dataset;
 use tamp_domain::recipe::{Constraints, Objective};
 use tamp_domain::results::{Candidate, Measured};
+use tamp_engine::perf::SpeedComparison;
 use tamp_engine::{EngineError, metrics};
 
 use crate::Result;
@@ -31,12 +32,19 @@ pub struct Made<'t> {
 
 /// A measured candidate compared with the baseline and the constraints (mode, bits and
 /// details are the technique's to fill in).
-pub fn judge(base: &Measured, measured: Measured, c: &Constraints, made: Made<'_>) -> Candidate {
+pub fn judge(base: &Measured, measured: Measured, c: &Constraints, made: Made<'_>, speed: Option<&SpeedComparison>) -> Candidate {
     let metric = &measured.metric;
     let ratio = base.size_bytes as f64 / measured.size_bytes.max(1) as f64;
     let drop = metric_drop_pct(metric, base.value, measured.value);
-    let speedup = base.latency_ms_p50 / measured.latency_ms_p50.max(1e-9);
-    let faster = speedup >= FASTER_THAN;
+    // With interleaved timings, "faster" means the interval excludes 1; else a P50 ratio above
+    // the noise margin.
+    let (speedup, faster, interval) = match speed {
+        Some(s) => (s.speedup, s.faster(), Some([s.low, s.high])),
+        None => {
+            let s = base.latency_ms_p50 / measured.latency_ms_p50.max(1e-9);
+            (s, s >= FASTER_THAN, None)
+        }
+    };
     let mut missed = Vec::new();
     if drop > c.max_metric_drop_pct {
         missed.push(format!("max_metric_drop_pct: {metric} dropped {drop:.2}% (limit {}%)", c.max_metric_drop_pct));
@@ -49,10 +57,14 @@ pub fn judge(base: &Measured, measured: Measured, c: &Constraints, made: Made<'_
     }
     let mut flags = Vec::new();
     if !faster {
-        flags.push(format!(
-            "not faster than the baseline on onnxruntime (P50 {:.3} ms vs {:.3} ms): never chosen for a latency objective",
-            measured.latency_ms_p50, base.latency_ms_p50
-        ));
+        let how = match speed {
+            Some(s) if s.slower() => {
+                format!("slower than the baseline ({:.2}×, {:.0} % interval {:.2}–{:.2}×)", s.speedup, s.confidence * 100.0, s.low, s.high)
+            }
+            Some(s) => format!("no speed-up shown ({:.2}×, {:.0} % interval {:.2}–{:.2}× includes 1)", s.speedup, s.confidence * 100.0, s.low, s.high),
+            None => format!("not faster than the baseline (P50 {:.3} ms vs {:.3} ms)", measured.latency_ms_p50, base.latency_ms_p50),
+        };
+        flags.push(format!("{how} on onnxruntime: never chosen for a latency objective"));
     }
     Candidate {
         id: made.id,
@@ -69,10 +81,12 @@ pub fn judge(base: &Measured, measured: Measured, c: &Constraints, made: Made<'_
         compression_ratio: ratio,
         metric_drop_pct: drop,
         speedup_p50: speedup,
+        speedup_interval: interval,
         faster,
         missed,
         flags,
         coded_size_bytes: made.coded_size_bytes,
+        target_isa: None,
         details: None,
     }
 }
@@ -167,12 +181,20 @@ mod tests {
     fn judging_names_every_missed_constraint_and_flags_slow_candidates() {
         let base = measured(90.0, 1.0, 4000);
         let c = Constraints { max_metric_drop_pct: 1.0, max_latency_ms_p50: Some(0.5), min_compression_ratio: Some(4.0) };
-        let j = judge(&base, measured(80.0, 1.0, 2000), &c, made("a"));
+        let j = judge(&base, measured(80.0, 1.0, 2000), &c, made("a"), None);
+        // With interleaved timings the verdict is the interval's: 1.3× but 0.98–1.6 is not "faster".
+        let cmp = |speedup, low, high| SpeedComparison { speedup, low, high, confidence: 0.96, rounds: 15, runs_per_round: 10 };
+        let unsure = judge(&base, measured(89.5, 0.4, 1000), &c, made("u"), Some(&cmp(1.3, 0.98, 1.6)));
+        assert!(!unsure.faster && unsure.flags.iter().any(|f| f.contains("includes 1")), "{:?}", unsure.flags);
+        let sure = judge(&base, measured(89.5, 0.4, 1000), &c, made("s"), Some(&cmp(1.3, 1.1, 1.6)));
+        assert!(sure.faster && sure.speedup_interval == Some([1.1, 1.6]));
+        let slow = judge(&base, measured(89.5, 0.4, 1000), &c, made("w"), Some(&cmp(0.8, 0.7, 0.9)));
+        assert!(slow.flags.iter().any(|f| f.contains("slower")), "{:?}", slow.flags);
         assert_eq!(j.missed.len(), 3, "{:?}", j.missed);
         assert!(j.missed[0].starts_with("max_metric_drop_pct: top1 dropped 11.11%"), "{:?}", j.missed);
         assert!(!j.faster && j.flags[0].contains("not faster"), "{:?}", j.flags);
         assert_eq!(j.compression_ratio, 2.0);
-        let ok = judge(&base, measured(89.5, 0.4, 1000), &c, made("b"));
+        let ok = judge(&base, measured(89.5, 0.4, 1000), &c, made("b"), None);
         assert!(ok.missed.is_empty() && ok.faster && ok.flags.is_empty(), "{ok:?}");
         assert!((ok.speedup_p50 - 2.5).abs() < 1e-12);
     }
@@ -181,9 +203,9 @@ mod tests {
     fn choose_prefers_eligible_then_the_objective_then_the_metric() {
         let base = measured(90.0, 1.0, 4000);
         let c = Constraints::default();
-        let slow_small = judge(&base, measured(90.0, 1.0, 1000), &c, made("slow-small"));
-        let fast_big = judge(&base, measured(89.5, 0.5, 3000), &c, made("fast-big"));
-        let fast_bad = judge(&base, measured(50.0, 0.1, 500), &c, made("fast-bad"));
+        let slow_small = judge(&base, measured(90.0, 1.0, 1000), &c, made("slow-small"), None);
+        let fast_big = judge(&base, measured(89.5, 0.5, 3000), &c, made("fast-big"), None);
+        let fast_bad = judge(&base, measured(50.0, 0.1, 500), &c, made("fast-bad"), None);
         let all = [slow_small.clone(), fast_big.clone(), fast_bad.clone()];
         assert_eq!(choose(&all, Objective::Latency).map(|c| c.0), Some(1), "slow candidates are never chosen for latency");
         assert_eq!(choose(&all, Objective::Size).map(|c| c.0), Some(0));

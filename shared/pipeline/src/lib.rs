@@ -76,7 +76,14 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError 
 pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     let out = job.out_dir;
     std::fs::create_dir_all(out.join("candidates")).map_err(io_err(out))?;
-    let (model, _) = Model::load_with_info(job.model_path)?;
+    let (original, _) = Model::load_with_info(job.model_path)?;
+    // Models from other toolchains: opset upgrade, constants folded for the declared shapes.
+    // Exact, so the baseline is still measured on the file the user gave.
+    let (model, preparation) = tamp_engine::prepare::prepare(&original)?;
+    if !preparation.is_empty() {
+        obs.begin("prepare the model", 0);
+        obs.end(&format!("prepared: {}", preparation.steps.join("; ")));
+    }
     let ev = &job.recipe.evaluation;
     let metric = match &ev.metric {
         Some(m) => m.clone(),
@@ -91,6 +98,7 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     };
     let eval_cfg = EvalConfig {
         metrics: vec![metric.clone()],
+        output: ev.output.clone(),
         samples: ev.samples,
         latency: LatencyConfig { warmup: 10, runs: ev.latency_runs },
         throughput_batches: vec![32],
@@ -104,7 +112,15 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     let mut current = model.clone();
     let recipe_stages = &job.recipe.policy.stages;
     for (i, stage) in recipe_stages.iter().enumerate() {
+        cx.nothing_because = None;
         let made = stages::run_stage(&mut cx, i, stage, &current)?;
+        if made.is_empty() {
+            let why = cx.nothing_because.take().unwrap_or_else(|| "it made no candidate".into());
+            return Err(EngineError::Config(format!(
+                "stage {i} (`{}`) changed nothing: {why}. Remove the stage from the recipe, or use a technique that applies to this model",
+                stage.kind()
+            )));
+        }
         if i + 1 < recipe_stages.len()
             && let Some((k, _)) = choose(&made, job.recipe.objective)
         {
@@ -112,9 +128,11 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
         }
         candidates.extend(made);
     }
+    let not_applied = std::mem::take(&mut cx.skipped);
     let (chosen, reason) = choose(&candidates, job.recipe.objective).ok_or_else(|| EngineError::Config("the recipe produced no candidates".into()))?;
     let baseline = cx.baseline().clone();
-    let outcome = Outcome { baseline, candidates, chosen: String::new(), reason, objective: job.recipe.objective };
+    let preparation = (!preparation.is_empty()).then_some(preparation);
+    let outcome = Outcome { baseline, candidates, chosen: String::new(), reason, objective: job.recipe.objective, preparation, not_applied };
     artifacts::write(job, outcome, chosen)
 }
 

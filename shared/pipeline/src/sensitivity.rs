@@ -81,9 +81,12 @@ pub fn curves(
     let data = cx.job.evaluation;
     let rows = data.sample(ladder.rows.min(data.rows), ladder.seed);
     let session = SessionConfig { intra_threads: 1, ..SessionConfig::default() };
-    let reference = eval::score(model, data, &rows, &cx.metric, 64, &session)?;
+    let output = cx.eval_cfg.output.clone();
+    let reference = eval::score(model, data, &rows, &cx.metric, output.as_deref(), 64, &session)?;
     let model_sha = model.sha256()?;
-    let key = CurveKey { technique, metric: &cx.metric, model_sha256: &model_sha, data_sha256: &data.sha256, rows: rows.len(), seed: ladder.seed, settings };
+    // The scored output is part of what a curve measures.
+    let metric_key = output.as_ref().map_or_else(|| cx.metric.clone(), |o| format!("{}@{o}", cx.metric));
+    let key = CurveKey { technique, metric: &metric_key, model_sha256: &model_sha, data_sha256: &data.sha256, rows: rows.len(), seed: ladder.seed, settings };
     let cache_dir = cache::subdir("sensitivity");
     let cache_path = cache_dir.as_ref().map(|d| d.join(format!("{}.json", key.digest())));
     let mut cached: BTreeMap<String, f64> =
@@ -97,14 +100,14 @@ pub fn curves(
         let handles: Vec<_> = todo
             .chunks(todo.len().div_ceil(2).max(1))
             .map(|chunk| {
-                let (metric, rows, session) = (&metric, &rows, &session);
+                let (metric, rows, session, output) = (&metric, &rows, &session, output.as_deref());
                 scope.spawn(move || {
                     chunk
                         .iter()
                         .map(|&(g, l)| {
                             let mut levels = vec![0.0; names.len()];
                             levels[g] = ladder.levels[l];
-                            let s = eval::score(&build(&levels)?, data, rows, metric, 64, session)?;
+                            let s = eval::score(&build(&levels)?, data, rows, metric, output, 64, session)?;
                             Ok((g, l, metric_drop_pct(metric, reference, s)))
                         })
                         .collect::<Vec<_>>()

@@ -153,6 +153,10 @@ pub struct Evaluation {
     /// Task metric (default: top1 for class labels, cosine for reference outputs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
+    /// The model output the metric scores (default: the first). Name it when the first
+    /// output is not the scores (class ids, lengths, several heads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     /// Evaluate a seeded sample of this many rows (all rows when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub samples: Option<usize>,
@@ -164,7 +168,7 @@ pub struct Evaluation {
 
 impl Default for Evaluation {
     fn default() -> Self {
-        Self { metric: None, samples: None, latency_runs: 100, threads: 1 }
+        Self { metric: None, output: None, samples: None, latency_runs: 100, threads: 1 }
     }
 }
 

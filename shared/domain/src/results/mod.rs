@@ -57,8 +57,12 @@ pub struct Candidate {
     pub compression_ratio: f64,
     /// Relative drop of the task metric, in percent of the baseline (negative: improved).
     pub metric_drop_pct: f64,
-    /// Baseline P50 / candidate P50.
+    /// Speed-up over the baseline: the median of interleaved baseline/candidate timing
+    /// ratios where measured that way (else baseline P50 / candidate P50).
     pub speedup_p50: f64,
+    /// The 95 % (or wider) confidence interval of `speedup_p50`; `faster` means it lies above 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speedup_interval: Option<[f64; 2]>,
     pub faster: bool,
     /// Constraints this candidate misses.
     pub missed: Vec<String>,
@@ -66,6 +70,10 @@ pub struct Candidate {
     /// Size after deflate (what a zip or an HTTP `Content-Encoding` ships).
     #[serde(default)]
     pub coded_size_bytes: u64,
+    /// The CPU instruction set an int8 candidate was quantized for (`vnni`, `amx`, or
+    /// `avx2`/`avx512` with 7-bit weights), where it matters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_isa: Option<String>,
     /// What the technique did (per-layer ranks, cluster entropy, sensitivity curves, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<Details>,
@@ -88,6 +96,47 @@ pub struct Outcome {
     /// Why it was chosen (and which constraints it misses, if every candidate misses some).
     pub reason: String,
     pub objective: Objective,
+    /// What model preparation changed before any technique ran (absent: nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preparation: Option<Preparation>,
+    /// Recipe stages that changed nothing, with the reason (the run's exit status says so too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_applied: Vec<String>,
+}
+
+/// Model preparation (`tamp_engine::prepare`): what was done to a model from another
+/// toolchain before any technique ran. Outputs are unchanged (each step is exact).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preparation {
+    /// (from, to) when the default-domain opset was upgraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opset_upgraded: Option<(i64, i64)>,
+    /// Nodes rewritten by the upgrade, by op type.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rewritten: std::collections::BTreeMap<String, usize>,
+    /// Initializers that were also graph inputs (the IR-3 convention), now constants.
+    #[serde(default)]
+    pub initializer_inputs_removed: usize,
+    /// Weights held in `Constant` nodes, moved to initializers.
+    #[serde(default)]
+    pub constant_nodes_to_initializers: usize,
+    /// Nodes removed by constant folding for the declared input shapes (shape paths,
+    /// identities, dropouts, dead nodes).
+    #[serde(default)]
+    pub nodes_folded: usize,
+    /// `Shape`/`Size` nodes left (their input has dynamic dimensions).
+    #[serde(default)]
+    pub shape_nodes_left: usize,
+    /// One line per step, for logs and reports.
+    #[serde(default)]
+    pub steps: Vec<String>,
+}
+
+impl Preparation {
+    /// True when preparation changed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
 }
 
 impl Outcome {

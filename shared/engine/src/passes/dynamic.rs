@@ -23,7 +23,7 @@ use tamp_onnx::proto::tensor_proto::DataType;
 use tamp_onnx::tensor::{from_array, to_array};
 use tamp_onnx::{GraphView, Model, OnnxError, Pass, Patch};
 
-use super::quantize::{node_key, quantize_weight};
+use super::quantize::{node_key, quantize_weight, quantize_weight_to, weight_qmax};
 
 /// What the dynamic pass quantizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,11 +37,13 @@ pub struct DynamicConfig {
     pub min_elements: usize,
     /// Nodes (by [`node_key`]) left in float.
     pub exclude: BTreeSet<String>,
+    /// 7-bit symmetric weights, for CPUs whose u8×s8 kernels saturate ([`crate::isa`]).
+    pub reduce_range: bool,
 }
 
 impl Default for DynamicConfig {
     fn default() -> Self {
-        Self { per_channel: true, embeddings: true, min_elements: 4096, exclude: BTreeSet::new() }
+        Self { per_channel: true, embeddings: true, min_elements: 4096, exclude: BTreeSet::new(), reduce_range: false }
     }
 }
 
@@ -50,6 +52,9 @@ impl Default for DynamicConfig {
 pub struct DynamicCounts {
     pub matmuls: usize,
     pub embeddings: usize,
+    /// Weights inside If/Loop/Scan bodies ([`super::subgraph`]).
+    #[serde(default)]
+    pub subgraph_weights: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -101,7 +106,7 @@ impl Pass for QuantizeDynamic {
                     if w.ndim() != 2 || w.len() < self.config.min_elements || view.constant(x).is_some() {
                         continue;
                     }
-                    let (q, scales) = quantize_weight(&w, self.config.per_channel.then_some(1));
+                    let (q, scales) = quantize_weight_to(&w, self.config.per_channel.then_some(1), weight_qmax(self.config.reduce_range));
                     let key = if view.consumers(wname).len() == 1 { wname.clone() } else { format!("{wname}#{i}") };
                     let (wq, ws, wz) = (format!("{key}.q"), format!("{key}.s"), format!("{key}.zp"));
                     let sshape: Vec<usize> = if scales.len() == 1 { vec![] } else { vec![scales.len()] };
@@ -196,7 +201,7 @@ mod tests {
     fn matmul_becomes_integer_matmul_and_weights_int8() {
         let m = toy();
         let (patch, counts) = QuantizeDynamic::default().build(&m).unwrap().unwrap();
-        assert_eq!(counts, DynamicCounts { matmuls: 1, embeddings: 0 });
+        assert_eq!(counts, DynamicCounts { matmuls: 1, embeddings: 0, subgraph_weights: 0 });
         let q = patch.apply(&m, "quantize-dynamic").unwrap();
         let ops: Vec<&str> = q.graph().node.iter().map(op).collect();
         assert!(ops.contains(&"MatMulInteger") && ops.contains(&"DynamicQuantizeLinear") && !ops.contains(&"MatMul"), "{ops:?}");

@@ -10,9 +10,11 @@ pub mod fold_bn;
 pub mod heads;
 pub mod lowrank;
 pub mod nbits;
+pub mod opset;
 pub mod prune;
 pub mod quantize;
 pub mod sparsity;
+pub mod subgraph;
 
 pub use cluster::{ClusterWeights, ClusteredLayer};
 pub use dynamic::{DynamicConfig, QuantizeDynamic};
@@ -20,3 +22,4 @@ pub use fold_bn::FoldBatchNorm;
 pub use lowrank::{FactorisedLayer, LowRank};
 pub use nbits::{NBitsConfig, QuantizeNBits};
 pub use quantize::{QuantizeConfig, QuantizeQdq};
+pub use subgraph::QuantizeSubgraphWeights;

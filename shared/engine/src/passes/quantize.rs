@@ -54,6 +54,8 @@ pub struct QuantizeConfig {
     /// Activations with zero point 0 and a range symmetric around it (int8 only; what
     /// TensorRT-style runtimes expect); otherwise asymmetric over [min(x, 0), max(x, 0)].
     pub symmetric_activations: bool,
+    /// 7-bit symmetric weights, for CPUs whose u8×s8 kernels saturate ([`crate::isa`]).
+    pub reduce_range: bool,
 }
 
 /// How activations are stored between quantized ops (uint8 is ONNX Runtime's x86 default:
@@ -70,6 +72,7 @@ impl Default for QuantizeConfig {
             float_slow_layers: true,
             activations: ActivationType::Uint8,
             symmetric_activations: false,
+            reduce_range: false,
         }
     }
 }
@@ -137,10 +140,13 @@ pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, On
     let candidates = float_inputs
         .into_iter()
         .chain(view.topological_order()?.into_iter().map(|i| &g.node[i]).filter(|n| quantizable(n)).flat_map(|n| n.output.iter().map(String::as_str)));
+    // Integer and boolean values (shape computations, masks, indices) are never activations.
+    let types = tamp_onnx::types::elem_types(g);
+    let float = |v: &str| types.get(v).is_none_or(|t| *t == DataType::Float);
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for v in candidates {
-        if v.is_empty() || outputs.contains(v) || view.initializer(v).is_some() || !seen.insert(v) {
+        if v.is_empty() || outputs.contains(v) || view.initializer(v).is_some() || !float(v) || !seen.insert(v) {
             continue;
         }
         let readers: Vec<&NodeProto> = view.consumers(v).iter().map(|&c| &g.node[c]).collect();
@@ -188,17 +194,28 @@ fn activation_zero_point(r: Range, ty: ActivationType, symmetric: bool, name: &s
 
 /// int8 symmetric quantization of `w` along `axis` (None: per tensor): (values, scales).
 pub fn quantize_weight(w: &ArrayD<f32>, axis: Option<usize>) -> (ArrayD<i8>, Vec<f32>) {
-    let scale_of = |amax: f32| if amax > 0.0 { amax / 127.0 } else { 1.0 };
+    quantize_weight_to(w, axis, 127.0)
+}
+
+/// The largest weight code: 127, or 63 with reduced range ([`crate::isa`]: 7-bit weights
+/// keep u8×s8 pair sums inside int16 on CPUs without VNNI).
+pub fn weight_qmax(reduce_range: bool) -> f32 {
+    if reduce_range { 63.0 } else { 127.0 }
+}
+
+/// Symmetric quantization of `w` to codes in [−qmax, qmax] along `axis`: (values, scales).
+pub fn quantize_weight_to(w: &ArrayD<f32>, axis: Option<usize>, qmax: f32) -> (ArrayD<i8>, Vec<f32>) {
+    let scale_of = |amax: f32| if amax > 0.0 { amax / qmax } else { 1.0 };
     match axis {
         None => {
             let s = scale_of(w.iter().fold(0.0f32, |m, v| m.max(v.abs())));
-            (w.mapv(|v| (v / s).round().clamp(-127.0, 127.0) as i8), vec![s])
+            (w.mapv(|v| (v / s).round().clamp(-qmax, qmax) as i8), vec![s])
         }
         Some(ax) => {
             let scales: Vec<f32> = w.axis_iter(Axis(ax)).map(|c| scale_of(c.iter().fold(0.0f32, |m, v| m.max(v.abs())))).collect();
             let mut q = ArrayD::<i8>::zeros(w.raw_dim());
             for (c, (src, mut dst)) in w.axis_iter(Axis(ax)).zip(q.axis_iter_mut(Axis(ax))).enumerate() {
-                dst.zip_mut_with(&src, |d, &v| *d = (v / scales[c]).round().clamp(-127.0, 127.0) as i8);
+                dst.zip_mut_with(&src, |d, &v| *d = (v / scales[c]).round().clamp(-qmax, qmax) as i8);
             }
             (q, scales)
         }
@@ -240,11 +257,11 @@ pub fn weight_axis(n: &NodeProto, w: &ArrayD<f32>) -> usize {
 }
 
 /// What the QDQ pass will make of `w` once dequantized (float), for bias correction.
-pub fn fake_quantized(w: &ArrayD<f32>, axis: Option<usize>, symmetric: bool) -> ArrayD<f32> {
+pub fn fake_quantized(w: &ArrayD<f32>, axis: Option<usize>, symmetric: bool, reduce_range: bool) -> ArrayD<f32> {
     let per = |c: usize, scales: &[f32]| scales[if scales.len() == 1 { 0 } else { c }];
     let mut out = ArrayD::<f32>::zeros(w.raw_dim());
     if symmetric {
-        let (q, scales) = quantize_weight(w, axis);
+        let (q, scales) = quantize_weight_to(w, axis, weight_qmax(reduce_range));
         match axis {
             Some(ax) => {
                 for (c, (src, mut dst)) in q.axis_iter(Axis(ax)).zip(out.axis_iter_mut(Axis(ax))).enumerate() {
@@ -344,7 +361,7 @@ impl Pass for QuantizeQdq {
             let key = if view.consumers(wname).len() == 1 { wname.clone() } else { format!("{wname}#{i}") };
             let (wq, ws, wdq) = (format!("{key}.q"), format!("{key}.s"), format!("{key}.dq"));
             let (scales, zero_points) = if self.config.symmetric {
-                let (q, scales) = quantize_weight(&w, self.config.per_channel.then_some(axis));
+                let (q, scales) = quantize_weight_to(&w, self.config.per_channel.then_some(axis), weight_qmax(self.config.reduce_range));
                 patch.add_initializers.push(from_array(&wq, &q));
                 (scales, None)
             } else {

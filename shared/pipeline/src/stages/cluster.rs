@@ -31,8 +31,7 @@ impl Technique for Cluster {
         let pass = ClusterWeights { config: cfg.clone() };
         let folded = if cfg.fold_batch_norm { tamp_onnx::patch::run_to_fixpoint(model, &[&FoldBatchNorm], 4)? } else { model.clone() };
         let Some((clustered, layers)) = pass.apply(&folded)? else {
-            cx.obs.end("no layer to cluster");
-            return Ok(Vec::new());
+            return cx.not_applied("no layer to cluster");
         };
         let pass_seconds = started.elapsed().as_secs_f64();
         cx.obs.end(&format!("{} layers clustered", layers.len()));

@@ -32,8 +32,7 @@ impl Technique for Heads {
         cx.obs.begin("find self-attention blocks", 0);
         let groups = heads::find(model);
         if groups.is_empty() {
-            cx.obs.end("no self-attention block in the BERT-style pattern (Reshape → Transpose heads, Softmax, merge Reshape, output MatMul)");
-            return Ok(Vec::new());
+            return cx.not_applied("no self-attention block in the BERT-style pattern (Reshape → Transpose heads, Softmax, merge Reshape, output MatMul)");
         }
         let total: usize = groups.iter().map(|g| g.heads).sum();
         cx.obs.end(&format!("{} attention blocks, {total} heads", groups.len()));

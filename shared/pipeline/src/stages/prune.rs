@@ -37,8 +37,7 @@ impl Technique for Channels {
         cx.obs.begin("find channel groups", 0);
         let groups = pr::analyze(model);
         if groups.is_empty() {
-            cx.obs.end("no prunable channel group (every channel feeds a Concat, Reshape, output …)");
-            return Ok(Vec::new());
+            return cx.not_applied("no prunable channel group (every channel feeds a Concat, Reshape, output …)");
         }
         let total: usize = groups.iter().map(|g| g.channels).sum();
         cx.obs.end(&format!("{} channel groups, {total} prunable channels", groups.len()));
@@ -158,8 +157,9 @@ fn iterative(cx: &mut Context<'_, '_>, stage: usize, cfg: &PruningStage, model: 
     let started = std::time::Instant::now();
     let mut current = model.clone();
     let metric = cx.metric.clone();
+    let output = cx.eval_cfg.output.clone();
     let mut trajectory =
-        vec![TrajectoryStep { step: 0, level: 0.0, metric: eval::score(model, data, &rows, &metric, 64, &session)?, params: pr::parameter_count(model) }];
+        vec![TrajectoryStep { step: 0, level: 0.0, metric: eval::score(model, data, &rows, &metric, output.as_deref(), 64, &session)?, params: pr::parameter_count(model) }];
     cx.obs.begin(&format!("prune in {} steps", cfg.steps), cfg.steps as u64);
     for step in 1..=cfg.steps {
         let level = cfg.target_sparsity * step as f64 / cfg.steps as f64;
@@ -173,7 +173,7 @@ fn iterative(cx: &mut Context<'_, '_>, stage: usize, cfg: &PruningStage, model: 
             })
             .collect();
         current = pr::prune(&current, &now, &keep)?;
-        let score = eval::score(&current, data, &rows, &metric, 64, &session)?;
+        let score = eval::score(&current, data, &rows, &metric, output.as_deref(), 64, &session)?;
         trajectory.push(TrajectoryStep { step, level, metric: score, params: pr::parameter_count(&current) });
         cx.obs.advance(step as u64);
     }

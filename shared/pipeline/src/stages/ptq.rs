@@ -33,6 +33,8 @@ impl Technique for Ptq {
         // A clustered input quantizes as plain weights (its Gather of centroids is materialized).
         let model = &cluster::materialize(input)?;
         let mode = resolve_mode(model, p.mode);
+        // The CPU the artifact is for decides whether weights need 7 bits (no VNNI).
+        let isa = tamp_engine::isa::choose(p.target_isa);
         let keep: BTreeSet<String> = p.keep_float.iter().cloned().collect();
         let mut out = Vec::new();
         let build: Box<BuildFn<'_>>;
@@ -64,6 +66,7 @@ impl Technique for Ptq {
                     float_slow_layers: p.float_slow_layers,
                     activations: p.activation_type,
                     symmetric_activations: p.symmetric_activations,
+                    reduce_range: isa.reduced_range_weights,
                 };
                 // The first static candidate, built once; its report says what the pre-passes did.
                 let (model8, probe) = calibrated.quantize(&QuantizeConfig { exclude: keep.clone(), ..qc.clone() })?;
@@ -78,7 +81,7 @@ impl Technique for Ptq {
                 build = Box::new(move |ex| Ok(calibrated.quantize(&QuantizeConfig { exclude: ex.clone(), ..qc.clone() })?.0));
             }
             PtqMode::Dynamic | PtqMode::Auto => {
-                let base = DynamicConfig { per_channel: p.per_channel_weights, ..DynamicConfig::default() };
+                let base = DynamicConfig { per_channel: p.per_channel_weights, reduce_range: isa.reduced_range_weights, ..DynamicConfig::default() };
                 units = dynamic::quantizable_nodes(model, &base)?;
                 build = Box::new(move |ex| Ok(ptq::quantize_dynamic(model, &DynamicConfig { exclude: ex.clone(), ..base.clone() })?.0));
             }
@@ -100,11 +103,24 @@ impl Technique for Ptq {
                 (format!("{mode:?}").to_lowercase(), build.as_ref(), units.clone())
             };
             let id = format!("s{index}-ptq-{label}-w{wb}a{ab}");
+            if wb == 4 && units_for.is_empty() {
+                // A CNN has no MatMul for 4-bit: skip this candidate, keep the others.
+                let why = format!(
+                    "{id} skipped: 4-bit weights need a MatMul or Gemm by a constant 2-D weight of at least {} elements, and this model has none",
+                    NBitsConfig::default().min_elements
+                );
+                cx.obs.begin(&format!("4-bit weights ({id})"), 0);
+                cx.obs.end(&why);
+                cx.nothing_because = Some(why.clone());
+                cx.skipped.push(why);
+                continue;
+            }
             let q = match first8.take() {
                 Some(m) if wb == 8 => m,
                 _ => build_fn(&keep)?,
             };
             let mut c = candidate(cx, &q, id.clone(), index, p, mode, keep.iter().cloned().collect(), (wb, ab))?;
+            c.target_isa = (wb == 8).then(|| isa_label(isa));
             if wb == 8
                 && let Some(pre) = &pre_passes
             {
@@ -115,7 +131,9 @@ impl Technique for Ptq {
             if drop_missed && let Some(float) = fallback::float_layers(cx, model, &units_for, &keep, build_fn)? {
                 let set: BTreeSet<String> = float.iter().cloned().collect();
                 let q = build_fn(&set)?;
-                out.push(candidate(cx, &q, format!("{id}-fallback{}", float.len()), index, p, mode, float, (wb, ab))?);
+                let mut f = candidate(cx, &q, format!("{id}-fallback{}", float.len()), index, p, mode, float, (wb, ab))?;
+                f.target_isa = (wb == 8).then(|| isa_label(isa));
+                out.push(f);
             }
         }
         Ok(out)
@@ -144,13 +162,22 @@ fn candidate(
     Ok(c)
 }
 
-/// `static` for graphs with convolutions, `dynamic` for transformer-style graphs.
+fn isa_label(isa: tamp_engine::isa::IsaChoice) -> String {
+    let name = serde_json::to_value(isa.target).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    if isa.reduced_range_weights { format!("{name} (7-bit weights: no VNNI)") } else { name }
+}
+
+/// `static` for graphs with convolutions, `dynamic` for transformer-style graphs and for
+/// graphs whose weights sit inside control-flow bodies.
 pub fn resolve_mode(model: &Model, mode: PtqMode) -> PtqMode {
     match mode {
         PtqMode::Auto => {
             let has_conv = model.graph().node.iter().any(|n| n.op_type.as_deref() == Some("Conv"));
             let dynamic_units = dynamic::quantizable_nodes(model, &DynamicConfig::default()).map(|v| v.len()).unwrap_or(0);
-            if !has_conv && dynamic_units > 0 { PtqMode::Dynamic } else { PtqMode::Static }
+            // Weights only inside If/Loop/Scan bodies (streaming models): nothing to calibrate
+            // at the top level, so the dynamic path (which reaches into bodies) it is.
+            let bodies = model.graph().node.iter().any(|n| matches!(n.op_type.as_deref(), Some("If" | "Loop" | "Scan")));
+            if !has_conv && (dynamic_units > 0 || bodies) { PtqMode::Dynamic } else { PtqMode::Static }
         }
         m => m,
     }

@@ -39,8 +39,7 @@ impl Technique for Sparsity {
         let units = sp::units(model, cfg.min_elements);
         cx.obs.begin("find prunable weights", 0);
         if units.is_empty() {
-            cx.obs.end(&format!("no Conv/Gemm/MatMul weight with ≥ {} elements", cfg.min_elements));
-            return Ok(Vec::new());
+            return cx.not_applied(&format!("no Conv/Gemm/MatMul weight with ≥ {} elements", cfg.min_elements));
         }
         let total: usize = units.iter().map(|u| u.elements).sum();
         cx.obs.end(&format!("{} layers, {total} weights", units.len()));

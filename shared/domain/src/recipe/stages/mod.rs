@@ -11,7 +11,7 @@ mod ptq;
 pub use clustering::{ClusterGranularity, ClusterStage};
 pub use lowrank::{LowrankMethod, LowrankStage};
 pub use pruning::{ImportanceCriterion, MAX_BLOCK_SIDE, PruningSchedule, PruningScope, PruningStage, PruningType, SparsityPattern};
-pub use ptq::{ActivationType, Bits, Calibration, CalibrationMethod, MAX_CALIBRATION_SAMPLES, PtqMode, PtqStage};
+pub use ptq::{ActivationType, Bits, Calibration, CalibrationMethod, MAX_CALIBRATION_SAMPLES, PtqMode, PtqStage, TargetIsa};
 use serde::{Deserialize, Serialize};
 
 use super::RecipeError;

@@ -39,6 +39,27 @@ pub struct PtqStage {
     pub activation_type: ActivationType,
     /// int8 activations with zero point 0 (TensorRT-style); needs `activation_type: int8`.
     pub symmetric_activations: bool,
+    /// The CPU instruction set the artifact is for (`auto`: the machine that quantizes).
+    /// Without VNNI (`avx2`, `avx512`) ONNX Runtime's u8×s8 kernels saturate int16 sums,
+    /// so weights get 7 bits there; the choice is recorded with the artifact.
+    pub target_isa: TargetIsa,
+}
+
+/// A CPU instruction-set class for int8 kernels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetIsa {
+    /// The CPU of the machine that quantizes.
+    #[default]
+    Auto,
+    /// AVX2 without VNNI (most pre-2019 x86 servers, many laptops).
+    Avx2,
+    /// AVX-512 without VNNI (Skylake-SP).
+    Avx512,
+    /// AVX-512 VNNI or AVX-VNNI (Cascade Lake and later, Zen 4 and later).
+    Vnni,
+    /// AMX int8 (Sapphire Rapids and later).
+    Amx,
 }
 
 /// Element type of quantized activations.
@@ -65,6 +86,7 @@ impl Default for PtqStage {
             float_slow_layers: true,
             activation_type: ActivationType::Uint8,
             symmetric_activations: false,
+            target_isa: TargetIsa::Auto,
         }
     }
 }
