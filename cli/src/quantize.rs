@@ -152,7 +152,13 @@ pub fn run(args: &Args) -> Result<()> {
         println!("padded sequences calibrated at their true lengths (attention_mask): pad positions left out of the ranges");
     }
     if !report.float_for_speed.is_empty() {
-        println!("kept in float because ONNX Runtime runs them slower in int8: {:?} (--int8-everywhere quantizes them too)", report.float_for_speed);
+        println!("kept in float because ONNX Runtime runs them slower in int8 (--int8-everywhere quantizes them too):");
+        for r in &report.float_for_speed_reasons {
+            println!("  {r}");
+        }
+        if report.float_for_speed_reasons.is_empty() {
+            println!("  {:?}", report.float_for_speed);
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod eval;
 pub mod flops;
 pub mod isa;
+pub mod kernels;
 pub mod metrics;
 pub mod passes;
 pub mod perf;

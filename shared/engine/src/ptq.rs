@@ -11,6 +11,7 @@ use tamp_onnx::{Model, Pass};
 use crate::calibrate::{ChannelAxis, Collector, Method, Range, StatRequest, collect_with};
 use crate::dataset::Dataset;
 use crate::error::{EngineError, Result};
+use crate::kernels::{self, LayerTiming};
 use crate::passes::bias_correct::{self, CorrectedLayer};
 use crate::passes::dynamic::DynamicCounts;
 use crate::passes::equalize::{self, EqualizedPair};
@@ -76,6 +77,9 @@ pub struct PtqReport {
     /// ([`quantize::slow_in_int8`]).
     #[serde(default)]
     pub float_for_speed: Vec<String>,
+    /// Why, per layer: its measured int8 and fp32 kernel times.
+    #[serde(default)]
+    pub float_for_speed_reasons: Vec<String>,
     /// Ops left in float, by type (count).
     pub float_ops: BTreeMap<String, usize>,
     /// Pairs cross-layer equalization balanced.
@@ -105,6 +109,11 @@ pub struct Calibrated {
     pub input_means: Option<BTreeMap<String, Vec<f64>>>,
     /// Padded token sequences were calibrated at their true lengths.
     pub trimmed_padding: bool,
+    /// One calibration row, for measuring which layers run faster in float ([`kernels`]).
+    pub probe: Option<BTreeMap<String, tamp_onnx::TensorValue>>,
+    /// The per-layer timings, measured on the first `quantize` call and reused by the rest
+    /// (the accuracy fallback builds many variants of one calibration).
+    pub timings: std::sync::OnceLock<Vec<LayerTiming>>,
 }
 
 /// The values whose per-channel means bias correction needs: every non-constant input of a
@@ -161,17 +170,53 @@ pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calib
         }
         by_node
     });
-    Ok(Calibrated { folded, folded_batch_norms, calibration_rows: indices.len(), method: cfg.method, ranges, equalized, input_means, trimmed_padding })
+    let probe = indices.first().map(|&i| data.select(&[i])).transpose()?;
+    Ok(Calibrated {
+        folded,
+        folded_batch_norms,
+        calibration_rows: indices.len(),
+        method: cfg.method,
+        ranges,
+        equalized,
+        input_means,
+        trimmed_padding,
+        probe,
+        timings: std::sync::OnceLock::new(),
+    })
 }
 
 impl Calibrated {
-    /// Applies the QDQ pass with `config` (per-channel, exclusions).
+    /// Applies the QDQ pass with `config` (per-channel, exclusions). With
+    /// `float_slow_layers`, the layers ONNX Runtime runs slower in int8 than in float stay
+    /// float: measured once per calibration ([`kernels`]: the fp32 and the all-int8 model
+    /// profiled at batch 1 on a calibration row), or, without a row to run, by the rule
+    /// [`quantize::slow_in_int8`].
     pub fn quantize(&self, config: &QuantizeConfig) -> Result<(Model, PtqReport)> {
-        let float_for_speed: Vec<String> = if config.float_slow_layers {
-            quantize::slow_in_int8(&self.folded).into_iter().filter(|k| !config.exclude.contains(k)).collect()
-        } else {
-            Vec::new()
+        if !config.float_slow_layers {
+            return self.build(config, Vec::new(), Vec::new());
+        }
+        let Some(probe) = &self.probe else {
+            let rule = quantize::slow_in_int8(&self.folded).into_iter().filter(|k| !config.exclude.contains(k)).collect();
+            return self.build(config, rule, Vec::new());
         };
+        let timings = match self.timings.get() {
+            Some(t) => t.clone(),
+            None => {
+                let (all, _) = self.build(config, Vec::new(), Vec::new())?;
+                let cfg = SessionConfig { intra_threads: 1, ..SessionConfig::default() };
+                let t = kernels::compare_cached(&self.folded, &all, probe, 30, &cfg)?;
+                let _ = self.timings.set(t.clone());
+                t
+            }
+        };
+        let mut slow: Vec<&LayerTiming> = timings.iter().filter(|t| t.slower_in_int8() && !config.exclude.contains(&t.layer)).collect();
+        slow.sort_by(|a, b| a.layer.cmp(&b.layer));
+        let keys = slow.iter().map(|t| t.layer.clone()).collect();
+        let reasons = slow.iter().map(|t| t.reason()).collect();
+        self.build(config, keys, reasons)
+    }
+
+    fn build(&self, config: &QuantizeConfig, float_for_speed: Vec<String>, speed_reasons: Vec<String>) -> Result<(Model, PtqReport)> {
         let requested = config;
         let merged = QuantizeConfig { exclude: config.exclude.iter().chain(&float_for_speed).cloned().collect(), ..config.clone() };
         let config = &merged;
@@ -215,6 +260,7 @@ impl Calibrated {
             subgraph_weights,
             excluded: requested.exclude.iter().cloned().collect(),
             float_for_speed,
+            float_for_speed_reasons: speed_reasons,
             float_ops,
             ranges: self.ranges.clone(),
             equalized: self.equalized.clone(),

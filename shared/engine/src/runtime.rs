@@ -328,3 +328,66 @@ fn with_optimized(cfg: &SessionConfig, commit: impl FnOnce(ort::session::builder
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+/// One node of ONNX Runtime's optimized graph with its median kernel time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeTime {
+    pub name: String,
+    pub op_type: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    /// Median kernel time over the profiled runs, in microseconds.
+    pub micros: f64,
+}
+
+/// Per-node kernel times of `model` on `inputs` (ONNX Runtime's profiler, `runs` runs after
+/// three warm-ups, medians), with the optimized graph each time belongs to — what deciding
+/// float vs int8 per layer from measurements needs.
+pub fn profile_nodes(model: &Model, inputs: &[(&str, &TensorValue)], runs: usize, cfg: &SessionConfig) -> Result<Vec<NodeTime>> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tamp-profile-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io { path: dir.clone(), source: e })?;
+    let result = (|| {
+        let opt = dir.join("optimized.onnx");
+        let mut b = builder(cfg)?.with_optimized_model_path(&opt).map_err(opt_err)?.with_profiling(dir.join("profile")).map_err(opt_err)?;
+        let inner = b.commit_from_memory(&model.to_bytes()?).map_err(|e| EngineError::ort("cannot load the model", e))?;
+        let mut session = Session::wrap(inner);
+        for _ in 0..3 + runs.max(1) {
+            session.run(inputs)?;
+        }
+        let file = session.inner.end_profiling().map_err(|e| EngineError::ort("profiling", e))?;
+        let text = std::fs::read_to_string(&file).map_err(|e| EngineError::Io { path: file.clone().into(), source: e })?;
+        let events: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| EngineError::Config(format!("ONNX Runtime's profile: {e}")))?;
+        let mut times: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
+        for e in &events {
+            let (Some(cat), Some(name), Some(dur)) = (e["cat"].as_str(), e["name"].as_str(), e["dur"].as_f64()) else { continue };
+            if let (true, Some(node)) = (cat == "Node", name.strip_suffix("_kernel_time")) {
+                times.entry(node.to_owned()).or_default().push(dur);
+            }
+        }
+        let graph = Model::load(&opt)?;
+        Ok(graph
+            .graph()
+            .node
+            .iter()
+            .filter_map(|nd| {
+                let name = nd.name.clone().unwrap_or_default();
+                let mut t = times.get(&name)?.clone();
+                // The warm-up runs are the first three of each node's events.
+                let t = if t.len() > 3 { t.split_off(3) } else { t };
+                let mut t = t;
+                t.sort_by(f64::total_cmp);
+                Some(NodeTime {
+                    name,
+                    op_type: nd.op_type.clone().unwrap_or_default(),
+                    inputs: nd.input.clone(),
+                    outputs: nd.output.clone(),
+                    micros: crate::perf::percentile(&t, 50.0),
+                })
+            })
+            .collect())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

@@ -51,6 +51,9 @@ pub struct PrePasses {
     pub symmetric_weights: bool,
     /// Layers kept in float because they are slower in int8 on this runtime.
     pub float_for_speed: Vec<String>,
+    /// Why, per layer: the measured int8 and fp32 kernel times.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub float_for_speed_reasons: Vec<String>,
 }
 
 /// One equalized pair of layers.
@@ -330,6 +333,7 @@ mod tests {
                 bias_correction: vec![CorrectedLayer { node: "c".into(), mean_abs_shift: 0.1 }],
                 symmetric_weights: true,
                 float_for_speed: vec![],
+                float_for_speed_reasons: vec![],
             },
         });
         for d in [channels, iterative, ptq, cluster()] {

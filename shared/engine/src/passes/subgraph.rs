@@ -1,6 +1,7 @@
 //! Weights inside `If`/`Loop`/`Scan` bodies (recurrent and streaming models keep them there,
-//! e.g. Silero VAD's 16 kHz and 8 kHz branches): int8 per output channel, stored quantized
-//! and read through `DequantizeLinear`, at every nesting depth. ONNX Runtime's quantizer
+//! e.g. Silero VAD's 16 kHz and 8 kHz branches) — Conv, MatMul, Gemm and the W/R of
+//! LSTM/GRU/RNN — and the recurrent layers' weights at the top level: int8 per output
+//! channel, stored quantized and read through `DequantizeLinear`, at every nesting depth. ONNX Runtime's quantizer
 //! leaves them alone; Tamp quantizes them with the same symmetric per-channel scheme as the
 //! top-level weights, so the file shrinks about 4× wherever the weights are, and outputs
 //! move only by the int8 weight rounding.
@@ -35,14 +36,21 @@ fn op(n: &NodeProto) -> &str {
     n.op_type.as_deref().unwrap_or("")
 }
 
-/// The output-channel axis of a weight read at slot 1 (None: not a weight slot we quantize).
-fn channel_axis(n: &NodeProto, rank: usize) -> Option<usize> {
-    match op(n) {
-        "Conv" if rank >= 3 => Some(0),
-        "MatMul" if rank == 2 => Some(1),
-        "Gemm" if rank == 2 => Some(if attr_int(n, "transB", 0) == 1 { 0 } else { 1 }),
+/// The output-channel axis of a weight read at `slot` (None: not a weight slot quantized here).
+/// Recurrent layers (`LSTM`, `GRU`, `RNN`): W and R are `[directions, gates·hidden, ·]`,
+/// one scale per gate row.
+fn channel_axis(n: &NodeProto, slot: usize, rank: usize) -> Option<usize> {
+    match (op(n), slot) {
+        ("Conv", 1) if rank >= 3 => Some(0),
+        ("MatMul", 1) if rank == 2 => Some(1),
+        ("Gemm", 1) if rank == 2 => Some(if attr_int(n, "transB", 0) == 1 { 0 } else { 1 }),
+        ("LSTM" | "GRU" | "RNN", 1 | 2) if rank == 3 => Some(1),
         _ => None,
     }
+}
+
+fn recurrent(n: &NodeProto) -> bool {
+    matches!(op(n), "LSTM" | "GRU" | "RNN")
 }
 
 /// A float constant of `g` by value name: an initializer or a `Constant` node's tensor.
@@ -56,15 +64,17 @@ fn constant_of<'g>(g: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
     })
 }
 
-/// Quantizes the weights of one body and, recursively, of the bodies inside it.
-fn body(g: &GraphProto, min_elements: usize, count: &mut usize) -> Result<GraphProto, OnnxError> {
+/// Quantizes the weights of one graph (at the top level only those of recurrent layers,
+/// which no other pass touches) and, recursively, of the bodies inside it.
+fn body(g: &GraphProto, top: bool, min_elements: usize, count: &mut usize) -> Result<GraphProto, OnnxError> {
     let mut out = g.clone();
     let readers = |v: &str| g.node.iter().filter(|n| n.input.iter().any(|i| i == v)).count();
     let mut gone: Vec<String> = Vec::new();
-    for (i, n) in g.node.iter().enumerate() {
-        let Some(w) = n.input.get(1) else { continue };
+    let slots = g.node.iter().enumerate().filter(|(_, n)| !top || recurrent(n)).flat_map(|(i, n)| [1usize, 2].map(|s| (i, n, s)));
+    for (i, n, slot) in slots {
+        let Some(w) = n.input.get(slot).filter(|w| !w.is_empty()) else { continue };
         let Some(t) = constant_of(g, w).filter(|t| t.data_type == Some(DataType::Float as i32)) else { continue };
-        let Some(axis) = channel_axis(n, t.dims.len()) else { continue };
+        let Some(axis) = channel_axis(n, slot, t.dims.len()) else { continue };
         let arr: ArrayD<f32> = to_array(t)?;
         if arr.len() < min_elements || readers(w) != 1 {
             continue;
@@ -81,7 +91,7 @@ fn body(g: &GraphProto, min_elements: usize, count: &mut usize) -> Result<GraphP
             attribute: vec![attribute("axis", Attr::Int(axis as i64))],
             ..Default::default()
         });
-        out.node[i].input[1] = dqn;
+        out.node[i].input[slot] = dqn;
         gone.push(w.clone());
         *count += 1;
     }
@@ -92,10 +102,10 @@ fn body(g: &GraphProto, min_elements: usize, count: &mut usize) -> Result<GraphP
     for n in &mut out.node {
         for a in &mut n.attribute {
             if let Some(sub) = &a.g {
-                a.g = Some(body(sub, min_elements, count)?);
+                a.g = Some(body(sub, false, min_elements, count)?);
             }
             for sub in &mut a.graphs {
-                *sub = body(sub, min_elements, count)?;
+                *sub = body(sub, false, min_elements, count)?;
             }
         }
     }
@@ -114,28 +124,20 @@ impl Pass for QuantizeSubgraphWeights {
         if model.opset("").unwrap_or(0) < 13 {
             return Ok(None); // per-axis DequantizeLinear needs 13; preparation upgrades first
         }
-        let mut patch = Patch::default();
+        // The whole graph is rewritten (bodies are attributes, not patchable nodes); the patch
+        // replaces every node and initializer that changed.
+        let g = model.graph();
         let mut count = 0;
-        for (i, n) in model.graph().node.iter().enumerate() {
-            if !n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()) {
-                continue;
-            }
-            let before = count;
-            let mut m = n.clone();
-            for a in &mut m.attribute {
-                if let Some(sub) = &a.g {
-                    a.g = Some(body(sub, self.min_elements, &mut count)?);
-                }
-                for sub in &mut a.graphs {
-                    *sub = body(sub, self.min_elements, &mut count)?;
-                }
-            }
-            if count > before {
-                patch.remove_nodes.insert(i);
-                patch.add_nodes.push(m);
-            }
+        let new = body(g, true, self.min_elements, &mut count)?;
+        if count == 0 {
+            return Ok(None);
         }
-        Ok((count > 0).then_some((patch, count)))
+        let mut patch = Patch { remove_nodes: (0..g.node.len()).collect(), add_nodes: new.node, ..Patch::default() };
+        let old: std::collections::HashSet<&str> = g.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+        let kept: std::collections::HashSet<&str> = new.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+        patch.remove_initializers = old.difference(&kept).map(|s| (*s).to_owned()).collect();
+        patch.add_initializers = new.initializer.into_iter().filter(|t| !t.name.as_deref().is_some_and(|n| old.contains(n))).collect();
+        Ok(Some((patch, count)))
     }
 }
 

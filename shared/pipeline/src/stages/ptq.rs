@@ -63,7 +63,9 @@ impl Technique for Ptq {
                     symmetric: p.symmetric,
                     bias_correction: p.bias_correction,
                     exclude: BTreeSet::new(),
-                    float_slow_layers: p.float_slow_layers,
+                    // Layers float for speed only where speed is the goal: a size objective
+                    // wants every weight in int8.
+                    float_slow_layers: p.float_slow_layers && cx.job.recipe.objective != tamp_domain::recipe::Objective::Size,
                     activations: p.activation_type,
                     symmetric_activations: p.symmetric_activations,
                     reduce_range: isa.reduced_range_weights,
@@ -77,6 +79,7 @@ impl Technique for Ptq {
                     bias_correction: probe.bias_corrected,
                     symmetric_weights: p.symmetric,
                     float_for_speed: probe.float_for_speed,
+                    float_for_speed_reasons: probe.float_for_speed_reasons,
                 });
                 build = Box::new(move |ex| Ok(calibrated.quantize(&QuantizeConfig { exclude: ex.clone(), ..qc.clone() })?.0));
             }
