@@ -72,7 +72,8 @@ fn an_opset_11_paddle_export_quantizes_with_no_manual_preparation() {
 
 /// PP-OCRv4's recogniser (opset 12, Shape → Slice → Concat → Reshape chains, Constant
 /// weights) failed calibration with "cannot calibrate 'Concat@0': it is Int64, not float".
-/// Now the shape chains fold for the declared shapes or are typed as integers and skipped.
+/// Now the shape chains fold for the declared shapes or are typed as integers and skipped,
+/// and the int8 model keeps cosine ≥ 0.90 to fp32 (measured 0.987).
 #[test]
 fn shape_subgraphs_are_never_calibrated() {
     let dir = zoo("ppocr4_rec");
@@ -92,7 +93,12 @@ fn shape_subgraphs_are_never_calibrated() {
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(stderr(&r).contains("opset 12 → 13"), "{}", stderr(&r));
     let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert!(rep["quantized_weights"].as_u64().unwrap() > 20, "{rep}");
+    // Every weighted layer is int8, or float with its measured kernel times as the reason
+    // (ONNX Runtime leaves a Conv whose output feeds HardSwish unfused: slower in int8).
+    let (nq, f) = (rep["quantized_weights"].as_u64().unwrap(), rep["float_for_speed"].as_array().unwrap());
+    assert!(nq > 0 && nq as usize + f.len() > 20, "{rep}");
+    assert_eq!(f.len(), rep["float_for_speed_reasons"].as_array().unwrap().len());
+    assert!(rep["float_for_speed_reasons"].as_array().unwrap().iter().all(|r| r.as_str().unwrap().contains("µs vs fp32")), "{rep}");
     check_onnx(&q);
     let e = entry(&dir);
     let ev = run(Command::new(tamp())

@@ -41,6 +41,7 @@ impl Technique for Ptq {
         let units: Vec<String>;
         let mut pre_passes = None;
         let mut first8: Option<Model> = None;
+        let mut all8: Option<Model> = None;
         match mode {
             PtqMode::Static => {
                 let cfg = PtqConfig {
@@ -73,6 +74,11 @@ impl Technique for Ptq {
                 // The first static candidate, built once; its report says what the pre-passes did.
                 let (model8, probe) = calibrated.quantize(&QuantizeConfig { exclude: keep.clone(), ..qc.clone() })?;
                 first8 = Some(model8);
+                // Layers left float for speed can cost accuracy at their int8 neighbours'
+                // boundaries: the all-int8 model is judged beside it, and the judge picks.
+                if !probe.float_for_speed.is_empty() {
+                    all8 = Some(calibrated.quantize(&QuantizeConfig { exclude: keep.clone(), float_slow_layers: false, ..qc.clone() })?.0);
+                }
                 pre_passes = Some(PrePasses {
                     fold_batch_norm: calibrated.folded_batch_norms,
                     cross_layer_equalization: probe.equalized,
@@ -131,6 +137,13 @@ impl Technique for Ptq {
             }
             let drop_missed = c.metric_drop_pct > cx.job.recipe.constraints.max_metric_drop_pct;
             out.push(c);
+            if wb == 8
+                && let Some(m) = all8.take()
+            {
+                let mut a = candidate(cx, &m, format!("{id}-int8-everywhere"), index, p, mode, keep.iter().cloned().collect(), (wb, ab))?;
+                a.target_isa = Some(isa_label(isa));
+                out.push(a);
+            }
             if drop_missed && let Some(float) = fallback::float_layers(cx, model, &units_for, &keep, build_fn)? {
                 let set: BTreeSet<String> = float.iter().cloned().collect();
                 let q = build_fn(&set)?;
