@@ -101,12 +101,13 @@ fn shape_subgraphs_are_never_calibrated() {
     assert!(rep["float_for_speed_reasons"].as_array().unwrap().iter().all(|r| r.as_str().unwrap().contains("µs vs fp32")), "{rep}");
     check_onnx(&q);
     let e = entry(&dir);
-    let ev = run(Command::new(tamp())
-        .arg("eval")
-        .arg(&q)
-        .arg("--data")
-        .arg(dir.join("eval.npz"))
-        .args(["--output", e["output"].as_str().unwrap(), "--metric", "cosine", "--json"]));
+    let ev = run(Command::new(tamp()).arg("eval").arg(&q).arg("--data").arg(dir.join("eval.npz")).args([
+        "--output",
+        e["output"].as_str().unwrap(),
+        "--metric",
+        "cosine",
+        "--json",
+    ]));
     assert!(ev.status.success(), "{}", stderr(&ev));
     let j: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
     let cos = j["metrics"]["cosine"].as_f64().unwrap();

@@ -96,12 +96,19 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     if args.dynamic {
-        let (quantized, counts) = quantize_dynamic(&model, &DynamicConfig { per_channel: !args.per_tensor, reduce_range: isa.reduced_range_weights, ..DynamicConfig::default() })?;
+        let (quantized, counts) =
+            quantize_dynamic(&model, &DynamicConfig { per_channel: !args.per_tensor, reduce_range: isa.reduced_range_weights, ..DynamicConfig::default() })?;
         quantized.save(&args.out, &SaveOptions::default())?;
-        println!("{}", summary(args, &format!(
-                "dynamic int8, {} MatMuls, {} embedding tables and {} weights inside If/Loop bodies quantized",
-                counts.matmuls, counts.embeddings, counts.subgraph_weights
-            ))?);
+        println!(
+            "{}",
+            summary(
+                args,
+                &format!(
+                    "dynamic int8, {} MatMuls, {} embedding tables and {} weights inside If/Loop bodies quantized",
+                    counts.matmuls, counts.embeddings, counts.subgraph_weights
+                )
+            )?
+        );
         return Ok(());
     }
     let Some(data_path) = &args.data else { anyhow::bail!("--data is required for static quantization") };

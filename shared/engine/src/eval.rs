@@ -124,9 +124,10 @@ pub fn describe_outputs(outputs: &[crate::runtime::IoSpec]) -> String {
 pub fn metric_output(outputs: &[crate::runtime::IoSpec], requested: Option<&str>) -> Result<String> {
     use tamp_onnx::proto::tensor_proto::DataType;
     let chosen = match requested {
-        Some(o) => outputs.iter().find(|s| s.name == o).ok_or_else(|| {
-            EngineError::Config(format!("the model has no output '{o}'; its outputs are {}", describe_outputs(outputs)))
-        })?,
+        Some(o) => outputs
+            .iter()
+            .find(|s| s.name == o)
+            .ok_or_else(|| EngineError::Config(format!("the model has no output '{o}'; its outputs are {}", describe_outputs(outputs))))?,
         None => outputs.first().ok_or_else(|| EngineError::Config("the model has no outputs".into()))?,
     };
     if !matches!(chosen.elem, DataType::Float | DataType::Double | DataType::Float16) {
@@ -212,10 +213,7 @@ fn metric_pass(
         let out =
             outs.iter().find(|(k, _)| *k == output).map(|(_, v)| v).ok_or_else(|| EngineError::Config(format!("output '{output}' missing from results")))?;
         let out = as_rows(out)?;
-        if done == 0
-            && out.ncols() < 2
-            && active.iter().any(|(n, _)| n.starts_with("top"))
-        {
+        if done == 0 && out.ncols() < 2 && active.iter().any(|(n, _)| n.starts_with("top")) {
             return Err(EngineError::Config(format!(
                 "output '{output}' has {} value per row, so top-k of class scores means nothing there; score another output (`evaluation.output` / `--output`), outputs: {}",
                 out.ncols(),

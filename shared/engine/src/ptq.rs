@@ -15,7 +15,9 @@ use crate::kernels::{self, LayerTiming};
 use crate::passes::bias_correct::{self, CorrectedLayer};
 use crate::passes::dynamic::DynamicCounts;
 use crate::passes::equalize::{self, EqualizedPair};
-use crate::passes::{DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeDynamic, QuantizeNBits, QuantizeQdq, QuantizeSubgraphWeights, quantize};
+use crate::passes::{
+    DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeDynamic, QuantizeNBits, QuantizeQdq, QuantizeSubgraphWeights, quantize,
+};
 use crate::runtime::SessionConfig;
 
 /// Everything a static PTQ run needs besides the model and data.

@@ -75,13 +75,11 @@ fn rule(n: &NodeProto, slot: usize, inputs: &[Option<DataType>]) -> Option<DataT
         "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "Not" | "And" | "Or" | "Xor" | "IsNaN" | "IsInf" => DataType::Bool,
         "Constant" => {
             let t = n.attribute.iter().find_map(|a| a.t.as_ref())?;
-            if let Some(d) = t.data_type.and_then(|d| DataType::try_from(d).ok()) {
-                d
-            } else {
-                return None;
-            }
+            t.data_type.and_then(|d| DataType::try_from(d).ok())?
         }
-        "ConstantOfShape" => attr(n, "value").and_then(|a| a.t.as_ref()).and_then(|t| t.data_type).and_then(|d| DataType::try_from(d).ok()).unwrap_or(DataType::Float),
+        "ConstantOfShape" => {
+            attr(n, "value").and_then(|a| a.t.as_ref()).and_then(|t| t.data_type).and_then(|d| DataType::try_from(d).ok()).unwrap_or(DataType::Float)
+        }
         "EyeLike" | "RandomNormalLike" | "RandomUniformLike" => int_attr_type(n, "dtype").or(first)?,
         "RandomNormal" | "RandomUniform" => int_attr_type(n, "dtype").unwrap_or(DataType::Float),
         "QuantizeLinear" => inputs.get(2).copied().flatten().or_else(|| int_attr_type(n, "output_dtype")).unwrap_or(DataType::Uint8),

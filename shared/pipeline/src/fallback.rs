@@ -26,7 +26,8 @@ pub fn float_layers(cx: &mut Context<'_, '_>, input: &Model, units: &[String], k
     let output = cx.eval_cfg.output.clone();
     let reference = eval::score(cx.model, data, &rows, &metric, output.as_deref(), 32, &session)?;
     let limit = cx.job.recipe.constraints.max_metric_drop_pct;
-    if !std::ptr::eq(input, cx.model) && metric_drop_pct(&metric, reference, eval::score(input, data, &rows, &metric, output.as_deref(), 32, &session)?) > limit {
+    if !std::ptr::eq(input, cx.model) && metric_drop_pct(&metric, reference, eval::score(input, data, &rows, &metric, output.as_deref(), 32, &session)?) > limit
+    {
         // An earlier stage already spent the budget: no set of float layers can help.
         cx.obs.begin("rank layer sensitivity", 0);
         cx.obs.end("skipped: this stage's input already misses max_metric_drop_pct");

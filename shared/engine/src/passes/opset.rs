@@ -60,7 +60,7 @@ fn without(n: &NodeProto, names: &[&str]) -> Vec<AttributeProto> {
 }
 
 fn ints_tensor(name: &str, v: &[i64]) -> TensorProto {
-    from_array(name, &ArrayD::from_shape_vec(IxDyn(&[v.len()]), v.to_vec()).expect("1-D"))
+    from_array(name, &ndarray::Array1::from(v.to_vec()).into_dyn())
 }
 
 fn scalar(name: &str, v: f32) -> TensorProto {
@@ -201,7 +201,7 @@ fn convert(n: &NodeProto, from: i64, rank: &dyn Fn(&str) -> Option<usize>) -> Re
                 (Some(v), _) if !v.is_empty() => v.clone(),
                 (_, Some(a)) => {
                     let name = format!("{s}.scales");
-                    constants.push(from_array(&name, &ArrayD::from_shape_vec(IxDyn(&[a.floats.len()]), a.floats.clone()).expect("1-D")));
+                    constants.push(from_array(&name, &ndarray::Array1::from(a.floats.clone()).into_dyn()));
                     name
                 }
                 _ => return refuse("no scales"),
@@ -217,7 +217,13 @@ fn convert(n: &NodeProto, from: i64, rank: &dyn Fn(&str) -> Option<usize>) -> Re
             if n.output.iter().skip(1).any(|o| !o.is_empty()) {
                 return refuse("its mask output is read; re-export for inference (Dropout is the identity there)");
             }
-            let node = new_node("Identity", n.name.clone().unwrap_or_else(|| format!("{s}.Identity")), n.input.iter().take(1).cloned().collect(), n.output.clone(), vec![]);
+            let node = new_node(
+                "Identity",
+                n.name.clone().unwrap_or_else(|| format!("{s}.Identity")),
+                n.input.iter().take(1).cloned().collect(),
+                n.output.clone(),
+                vec![],
+            );
             one(node, vec![])
         }
         "BatchNormalization" if from < 9 => {

@@ -35,7 +35,11 @@ impl Technique for LowRank {
         let started = std::time::Instant::now();
         let pass = LowRankPass::new(cfg.clone());
         let Some((factored, layers)) = pass.apply(model)? else {
-            return cx.not_applied(if tucker { "no Conv layer worth factorising (group 1, k > 1, channels ≥ min_dim)" } else { "no MatMul layer worth factorising" });
+            return cx.not_applied(if tucker {
+                "no Conv layer worth factorising (group 1, k > 1, channels ≥ min_dim)"
+            } else {
+                "no MatMul layer worth factorising"
+            });
         };
         let pass_seconds = started.elapsed().as_secs_f64();
         let (before, after) = params(&layers);

@@ -158,8 +158,12 @@ fn iterative(cx: &mut Context<'_, '_>, stage: usize, cfg: &PruningStage, model: 
     let mut current = model.clone();
     let metric = cx.metric.clone();
     let output = cx.eval_cfg.output.clone();
-    let mut trajectory =
-        vec![TrajectoryStep { step: 0, level: 0.0, metric: eval::score(model, data, &rows, &metric, output.as_deref(), 64, &session)?, params: pr::parameter_count(model) }];
+    let mut trajectory = vec![TrajectoryStep {
+        step: 0,
+        level: 0.0,
+        metric: eval::score(model, data, &rows, &metric, output.as_deref(), 64, &session)?,
+        params: pr::parameter_count(model),
+    }];
     cx.obs.begin(&format!("prune in {} steps", cfg.steps), cfg.steps as u64);
     for step in 1..=cfg.steps {
         let level = cfg.target_sparsity * step as f64 / cfg.steps as f64;
