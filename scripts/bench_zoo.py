@@ -340,7 +340,7 @@ def bench_model(d, entry, a, work):
     if not a.no_ort:
         methods = ["MinMax", "Percentile"]
         per_row = sum(int(np.prod(data[k].shape[1:])) * data[k].dtype.itemsize for k in entry["inputs"])
-        if model.stat().st_size < 16 << 20 and per_row < (2 << 20):
+        if not a.no_entropy and model.stat().st_size < 16 << 20 and per_row < (2 << 20):
             methods.append("Entropy")
         for m in methods:
             out = w / f"ort-{m.lower()}.onnx"
@@ -427,6 +427,7 @@ def main():
     ap.add_argument("--per-round", type=int, default=10)
     ap.add_argument("--latency-budget", type=float, default=60.0, help="seconds of timed runs per model (fewer runs per round for slow models)")
     ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime's quantizer")
+    ap.add_argument("--no-entropy", action="store_true", help="ONNX Runtime's MinMax and Percentile only (Entropy is its slowest calibrator)")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--keep", help="keep the produced models under this folder (default: a temporary folder, removed)")
     a = ap.parse_args()

@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long)]
     report: Option<PathBuf>,
     /// The CPU instruction set to quantize for: auto (this machine), avx2, avx512, vnni, amx.
-    /// Without VNNI (avx2, avx512) weights get 7 bits: ONNX Runtime's u8×s8 kernels saturate.
+    /// Without VNNI (avx2, avx512) weights are stored uint8: ONNX Runtime's u8×s8 kernels saturate.
     #[arg(long, default_value = "auto", value_parser = parse_isa)]
     target_isa: tamp_engine::isa::TargetIsa,
 }
@@ -84,10 +84,10 @@ pub fn run(args: &Args) -> Result<()> {
     if !preparation.is_empty() {
         eprintln!("prepared: {}", preparation.steps.join("; "));
     }
-    // 7-bit weights where this CPU's u8×s8 kernels saturate (no VNNI).
+    // uint8 weights where this CPU's u8×s8 kernels saturate (no VNNI).
     let isa = tamp_engine::isa::choose(args.target_isa);
-    if isa.reduced_range_weights {
-        eprintln!("target ISA {:?} has no VNNI: weights quantized to 7 bits so ONNX Runtime's int16 sums cannot saturate", isa.target);
+    if isa.u8_weights {
+        eprintln!("target ISA {:?} has no VNNI: uint8 weights (zero point 128) so ONNX Runtime runs U8U8 kernels, whose sums cannot saturate", isa.target);
     }
     if args.weights4 {
         let (quantized, n) = tamp_engine::ptq::quantize_4bit(&model, &tamp_engine::passes::NBitsConfig::default())?;
@@ -97,7 +97,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if args.dynamic {
         let (quantized, counts) =
-            quantize_dynamic(&model, &DynamicConfig { per_channel: !args.per_tensor, reduce_range: isa.reduced_range_weights, ..DynamicConfig::default() })?;
+            quantize_dynamic(&model, &DynamicConfig { per_channel: !args.per_tensor, u8_weights: isa.u8_weights, ..DynamicConfig::default() })?;
         quantized.save(&args.out, &SaveOptions::default())?;
         println!(
             "{}",
@@ -127,7 +127,7 @@ pub fn run(args: &Args) -> Result<()> {
             float_slow_layers: !args.int8_everywhere,
             activations: if args.int8_activations || args.symmetric_activations { ActivationType::Int8 } else { ActivationType::Uint8 },
             symmetric_activations: args.symmetric_activations,
-            reduce_range: isa.reduced_range_weights,
+            u8_weights: isa.u8_weights,
             ..QuantizeConfig::default()
         },
         ..PtqConfig::default()

@@ -215,7 +215,12 @@ impl Calibrated {
         slow.sort_by(|a, b| a.layer.cmp(&b.layer));
         let keys = slow.iter().map(|t| t.layer.clone()).collect();
         let reasons = slow.iter().map(|t| t.reason()).collect();
-        self.build(config, keys, reasons)
+        match self.build(config, keys, reasons) {
+            // Every layer measured slower: there is no int8 model to make that way, so the
+            // all-int8 one it is (judged against the baseline like any other).
+            Err(EngineError::Config(m)) if m.contains("found nothing to change") => self.build(config, Vec::new(), Vec::new()),
+            other => other,
+        }
     }
 
     fn build(&self, config: &QuantizeConfig, float_for_speed: Vec<String>, speed_reasons: Vec<String>) -> Result<(Model, PtqReport)> {
@@ -227,7 +232,7 @@ impl Calibrated {
                 .input_means
                 .as_ref()
                 .ok_or_else(|| EngineError::Config("bias correction needs the input means: calibrate with `bias_correction: true`".into()))?;
-            match bias_correct::correct(&self.folded, means, config.per_channel, config.symmetric, config.reduce_range, &config.exclude)? {
+            match bias_correct::correct(&self.folded, means, config.per_channel, config.symmetric, &config.exclude)? {
                 Some((patch, layers)) => (patch.apply(&self.folded, "bias-correction")?, layers),
                 None => (self.folded.clone(), Vec::new()),
             }

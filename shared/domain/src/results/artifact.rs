@@ -78,7 +78,7 @@ pub struct TaskMetric {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Compatibility {
     pub onnxruntime: OnnxRuntimeCompatibility,
-    /// The CPU instruction set int8 weights were quantized for (7-bit weights without VNNI).
+    /// The CPU instruction set int8 weights were quantized for (uint8 weights without VNNI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_isa: Option<String>,
 }

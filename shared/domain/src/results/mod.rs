@@ -71,7 +71,7 @@ pub struct Candidate {
     #[serde(default)]
     pub coded_size_bytes: u64,
     /// The CPU instruction set an int8 candidate was quantized for (`vnni`, `amx`, or
-    /// `avx2`/`avx512` with 7-bit weights), where it matters.
+    /// `avx2`/`avx512` with uint8 weights for the U8U8 kernels), where it matters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_isa: Option<String>,
     /// What the technique did (per-layer ranks, cluster entropy, sensitivity curves, …).

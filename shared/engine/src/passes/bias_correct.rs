@@ -23,7 +23,6 @@ pub fn correct(
     means: &BTreeMap<String, Vec<f64>>,
     per_channel: bool,
     symmetric: bool,
-    reduce_range: bool,
     exclude: &BTreeSet<String>,
 ) -> Result<Option<(Patch, Vec<CorrectedLayer>)>, OnnxError> {
     let g = model.graph();
@@ -40,7 +39,7 @@ pub fn correct(
             continue; // grouped (not depthwise) convs and transposed Gemm inputs: not handled
         }
         let axis = weight_axis(n, &w);
-        let err = &w - &fake_quantized(&w, per_channel.then_some(axis), symmetric, reduce_range);
+        let err = &w - &fake_quantized(&w, per_channel.then_some(axis), symmetric);
         let outs = w.shape()[axis];
         let shift: Vec<f64> = match op {
             "Conv" => {

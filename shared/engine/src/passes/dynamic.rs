@@ -23,7 +23,7 @@ use tamp_onnx::proto::tensor_proto::DataType;
 use tamp_onnx::tensor::{from_array, to_array};
 use tamp_onnx::{GraphView, Model, OnnxError, Pass, Patch};
 
-use super::quantize::{node_key, quantize_weight, quantize_weight_to, weight_qmax};
+use super::quantize::{node_key, quantize_weight, to_u8};
 
 /// What the dynamic pass quantizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,13 +37,14 @@ pub struct DynamicConfig {
     pub min_elements: usize,
     /// Nodes (by [`node_key`]) left in float.
     pub exclude: BTreeSet<String>,
-    /// 7-bit symmetric weights, for CPUs whose u8×s8 kernels saturate ([`crate::isa`]).
-    pub reduce_range: bool,
+    /// Weights as uint8 with zero point 128 (ORT's U8U8 kernels), for CPUs whose u8×s8
+    /// kernels saturate ([`crate::isa`]).
+    pub u8_weights: bool,
 }
 
 impl Default for DynamicConfig {
     fn default() -> Self {
-        Self { per_channel: true, embeddings: true, min_elements: 4096, exclude: BTreeSet::new(), reduce_range: false }
+        Self { per_channel: true, embeddings: true, min_elements: 4096, exclude: BTreeSet::new(), u8_weights: false }
     }
 }
 
@@ -106,13 +107,18 @@ impl Pass for QuantizeDynamic {
                     if w.ndim() != 2 || w.len() < self.config.min_elements || view.constant(x).is_some() {
                         continue;
                     }
-                    let (q, scales) = quantize_weight_to(&w, self.config.per_channel.then_some(1), weight_qmax(self.config.reduce_range));
+                    let (q, scales) = quantize_weight(&w, self.config.per_channel.then_some(1));
                     let key = if view.consumers(wname).len() == 1 { wname.clone() } else { format!("{wname}#{i}") };
                     let (wq, ws, wz) = (format!("{key}.q"), format!("{key}.s"), format!("{key}.zp"));
                     let sshape: Vec<usize> = if scales.len() == 1 { vec![] } else { vec![scales.len()] };
-                    patch.add_initializers.push(from_array(&wq, &q));
                     patch.add_initializers.push(from_array(&ws, &shaped(&sshape, scales)?));
-                    patch.add_initializers.push(from_array(&wz, &ArrayD::<i8>::zeros(IxDyn(&sshape))));
+                    if self.config.u8_weights {
+                        patch.add_initializers.push(from_array(&wq, &to_u8(&q)));
+                        patch.add_initializers.push(from_array(&wz, &ArrayD::<u8>::from_elem(IxDyn(&sshape), 128)));
+                    } else {
+                        patch.add_initializers.push(from_array(&wq, &q));
+                        patch.add_initializers.push(from_array(&wz, &ArrayD::<i8>::zeros(IxDyn(&sshape))));
+                    }
                     let (xq, xs, xz) = dql
                         .entry(x.as_str())
                         .or_insert_with(|| {

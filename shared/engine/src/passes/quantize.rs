@@ -54,8 +54,9 @@ pub struct QuantizeConfig {
     /// Activations with zero point 0 and a range symmetric around it (int8 only; what
     /// TensorRT-style runtimes expect); otherwise asymmetric over [min(x, 0), max(x, 0)].
     pub symmetric_activations: bool,
-    /// 7-bit symmetric weights, for CPUs whose u8×s8 kernels saturate ([`crate::isa`]).
-    pub reduce_range: bool,
+    /// Symmetric weights stored as uint8 with zero point 128 (the same codes), which ONNX
+    /// Runtime runs on its U8U8 kernels: for CPUs whose u8×s8 kernels saturate ([`crate::isa`]).
+    pub u8_weights: bool,
 }
 
 /// How activations are stored between quantized ops (uint8 is ONNX Runtime's x86 default:
@@ -72,7 +73,7 @@ impl Default for QuantizeConfig {
             float_slow_layers: true,
             activations: ActivationType::Uint8,
             symmetric_activations: false,
-            reduce_range: false,
+            u8_weights: false,
         }
     }
 }
@@ -164,6 +165,11 @@ pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, On
     Ok(out)
 }
 
+/// Symmetric int8 codes as uint8 with zero point 128 (the same values once dequantized).
+pub fn to_u8(q: &ArrayD<i8>) -> ArrayD<u8> {
+    q.mapv(|v| (i16::from(v) + 128) as u8)
+}
+
 /// uint8 asymmetric parameters covering `r` (and zero, so zero is exact).
 pub fn activation_params(r: Range) -> (f32, u8) {
     let (lo, hi) = (r.min.min(0.0), r.max.max(0.0));
@@ -194,17 +200,7 @@ fn activation_zero_point(r: Range, ty: ActivationType, symmetric: bool, name: &s
 
 /// int8 symmetric quantization of `w` along `axis` (None: per tensor): (values, scales).
 pub fn quantize_weight(w: &ArrayD<f32>, axis: Option<usize>) -> (ArrayD<i8>, Vec<f32>) {
-    quantize_weight_to(w, axis, 127.0)
-}
-
-/// The largest weight code: 127, or 63 with reduced range ([`crate::isa`]: 7-bit weights
-/// keep u8×s8 pair sums inside int16 on CPUs without VNNI).
-pub fn weight_qmax(reduce_range: bool) -> f32 {
-    if reduce_range { 63.0 } else { 127.0 }
-}
-
-/// Symmetric quantization of `w` to codes in [−qmax, qmax] along `axis`: (values, scales).
-pub fn quantize_weight_to(w: &ArrayD<f32>, axis: Option<usize>, qmax: f32) -> (ArrayD<i8>, Vec<f32>) {
+    let qmax = 127.0f32;
     let scale_of = |amax: f32| if amax > 0.0 { amax / qmax } else { 1.0 };
     match axis {
         None => {
@@ -257,11 +253,11 @@ pub fn weight_axis(n: &NodeProto, w: &ArrayD<f32>) -> usize {
 }
 
 /// What the QDQ pass will make of `w` once dequantized (float), for bias correction.
-pub fn fake_quantized(w: &ArrayD<f32>, axis: Option<usize>, symmetric: bool, reduce_range: bool) -> ArrayD<f32> {
+pub fn fake_quantized(w: &ArrayD<f32>, axis: Option<usize>, symmetric: bool) -> ArrayD<f32> {
     let per = |c: usize, scales: &[f32]| scales[if scales.len() == 1 { 0 } else { c }];
     let mut out = ArrayD::<f32>::zeros(w.raw_dim());
     if symmetric {
-        let (q, scales) = quantize_weight_to(w, axis, weight_qmax(reduce_range));
+        let (q, scales) = quantize_weight(w, axis);
         match axis {
             Some(ax) => {
                 for (c, (src, mut dst)) in q.axis_iter(Axis(ax)).zip(out.axis_iter_mut(Axis(ax))).enumerate() {
@@ -361,9 +357,16 @@ impl Pass for QuantizeQdq {
             let key = if view.consumers(wname).len() == 1 { wname.clone() } else { format!("{wname}#{i}") };
             let (wq, ws, wdq) = (format!("{key}.q"), format!("{key}.s"), format!("{key}.dq"));
             let (scales, zero_points) = if self.config.symmetric {
-                let (q, scales) = quantize_weight_to(&w, self.config.per_channel.then_some(axis), weight_qmax(self.config.reduce_range));
-                patch.add_initializers.push(from_array(&wq, &q));
-                (scales, None)
+                let (q, scales) = quantize_weight(&w, self.config.per_channel.then_some(axis));
+                if self.config.u8_weights {
+                    // The same codes shifted by 128 with zero point 128: ORT's U8U8 kernels.
+                    patch.add_initializers.push(from_array(&wq, &to_u8(&q)));
+                    let n = scales.len();
+                    (scales, Some(vec![128u8; n]))
+                } else {
+                    patch.add_initializers.push(from_array(&wq, &q));
+                    (scales, None)
+                }
             } else {
                 let (q, scales, zps) = quantize_weight_asym(&w, self.config.per_channel.then_some(axis));
                 patch.add_initializers.push(from_array(&wq, &q));

@@ -69,7 +69,7 @@ impl Technique for Ptq {
                     float_slow_layers: p.float_slow_layers && cx.job.recipe.objective != tamp_domain::recipe::Objective::Size,
                     activations: p.activation_type,
                     symmetric_activations: p.symmetric_activations,
-                    reduce_range: isa.reduced_range_weights,
+                    u8_weights: isa.u8_weights,
                 };
                 // The first static candidate, built once; its report says what the pre-passes did.
                 let (model8, probe) = calibrated.quantize(&QuantizeConfig { exclude: keep.clone(), ..qc.clone() })?;
@@ -90,7 +90,7 @@ impl Technique for Ptq {
                 build = Box::new(move |ex| Ok(calibrated.quantize(&QuantizeConfig { exclude: ex.clone(), ..qc.clone() })?.0));
             }
             PtqMode::Dynamic | PtqMode::Auto => {
-                let base = DynamicConfig { per_channel: p.per_channel_weights, reduce_range: isa.reduced_range_weights, ..DynamicConfig::default() };
+                let base = DynamicConfig { per_channel: p.per_channel_weights, u8_weights: isa.u8_weights, ..DynamicConfig::default() };
                 units = dynamic::quantizable_nodes(model, &base)?;
                 build = Box::new(move |ex| Ok(ptq::quantize_dynamic(model, &DynamicConfig { exclude: ex.clone(), ..base.clone() })?.0));
             }
@@ -180,7 +180,7 @@ fn candidate(
 
 fn isa_label(isa: tamp_engine::isa::IsaChoice) -> String {
     let name = serde_json::to_value(isa.target).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-    if isa.reduced_range_weights { format!("{name} (7-bit weights: no VNNI)") } else { name }
+    if isa.u8_weights { format!("{name} (uint8 weights, U8U8 kernels: no VNNI)") } else { name }
 }
 
 /// `static` for graphs with convolutions, `dynamic` for transformer-style graphs and for

@@ -41,7 +41,8 @@ pub struct PtqStage {
     pub symmetric_activations: bool,
     /// The CPU instruction set the artifact is for (`auto`: the machine that quantizes).
     /// Without VNNI (`avx2`, `avx512`) ONNX Runtime's u8×s8 kernels saturate int16 sums,
-    /// so weights get 7 bits there; the choice is recorded with the artifact.
+    /// so weights are stored uint8 there (its U8U8 kernels); the choice is recorded with the
+    /// artifact.
     pub target_isa: TargetIsa,
 }
 
