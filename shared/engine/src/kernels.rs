@@ -124,24 +124,13 @@ pub fn compare(fp32: &Model, int8: &Model, inputs: &BTreeMap<String, TensorValue
 
 /// [`compare`], cached by both models' hashes, the CPU and the runtime.
 pub fn compare_cached(fp32: &Model, int8: &Model, inputs: &BTreeMap<String, TensorValue>, runs: usize, cfg: &SessionConfig) -> Result<Vec<LayerTiming>> {
-    use sha2::Digest;
     let cpu = crate::eval::cpu_info();
     let key = format!("{}|{}|{}|{:?}|{}|{}|{runs}", fp32.sha256()?, int8.sha256()?, cpu.model, cpu.features, crate::runtime::ORT_VERSION, cfg.intra_threads);
-    let digest: String = sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-    let file = crate::cache::subdir("kernels").map(|d| d.join(format!("{digest}.json")));
-    if let Some(hit) = file.as_ref().and_then(|f| std::fs::read(f).ok()).and_then(|b| serde_json::from_slice(&b).ok()) {
+    if let Some(hit) = crate::cache::load("kernels", &key) {
         return Ok(hit);
     }
     let timings = compare(fp32, int8, inputs, runs, cfg)?;
-    if let Some(f) = file
-        && let Some(dir) = f.parent()
-        && std::fs::create_dir_all(dir).is_ok()
-    {
-        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, serde_json::to_vec(&timings).unwrap_or_default()).is_ok() {
-            let _ = std::fs::rename(&tmp, &f);
-        }
-    }
+    crate::cache::store("kernels", &key, &timings);
     Ok(timings)
 }
 

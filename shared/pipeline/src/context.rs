@@ -16,11 +16,6 @@ use crate::{Job, Observer, Result, io_err};
 /// Rounds of interleaved timing per candidate (15 rounds: the median's interval covers 96 %).
 const ROUNDS: usize = 15;
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The state a run shares with its stages.
 pub struct Context<'a, 'o> {
     pub job: &'a Job<'a>,
@@ -126,8 +121,7 @@ impl<'a, 'o> Context<'a, 'o> {
             cpu.features,
             tamp_engine::runtime::ORT_VERSION
         );
-        let file = tamp_engine::cache::subdir("speed").map(|d| d.join(format!("{}.json", sha256_hex(key.as_bytes()))));
-        if let Some(hit) = file.as_ref().and_then(|f| std::fs::read(f).ok()).and_then(|b| serde_json::from_slice::<SpeedComparison>(&b).ok()) {
+        if let Some(hit) = tamp_engine::cache::load::<SpeedComparison>("speed", &key) {
             return Ok(hit);
         }
         self.obs.begin("interleaved timing against the baseline", 0);
@@ -136,13 +130,7 @@ impl<'a, 'o> Context<'a, 'o> {
         let mut cand = tamp_engine::Session::from_file(path, cfg)?;
         let s = perf::compare(&mut base, &mut cand, self.job.evaluation, ROUNDS, per_round)?;
         self.obs.end(&format!("speed-up {:.2}× ({:.0} % interval {:.2}–{:.2}×)", s.speedup, s.confidence * 100.0, s.low, s.high));
-        if let Some(f) = file {
-            let _ = std::fs::create_dir_all(f.parent().unwrap_or(Path::new(".")));
-            let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-            if std::fs::write(&tmp, serde_json::to_vec(&s).unwrap_or_default()).is_ok() {
-                let _ = std::fs::rename(&tmp, &f);
-            }
-        }
+        tamp_engine::cache::store("speed", &key, &s);
         Ok(s)
     }
 
