@@ -215,12 +215,13 @@ impl Calibrated {
         slow.sort_by(|a, b| a.layer.cmp(&b.layer));
         let keys = slow.iter().map(|t| t.layer.clone()).collect();
         let reasons = slow.iter().map(|t| t.reason()).collect();
-        match self.build(config, keys, reasons) {
-            // Every layer measured slower: there is no int8 model to make that way, so the
-            // all-int8 one it is (judged against the baseline like any other).
-            Err(EngineError::Config(m)) if m.contains("found nothing to change") => self.build(config, Vec::new(), Vec::new()),
-            other => other,
+        let (model, report) = self.build(config, keys, reasons)?;
+        // Every layer measured slower: there is no int8 model to make that way, so the
+        // all-int8 one it is (judged against the baseline like any other).
+        if report.quantized_weights == 0 && report.quantized_activations == 0 {
+            return self.build(config, Vec::new(), Vec::new());
         }
+        Ok((model, report))
     }
 
     fn build(&self, config: &QuantizeConfig, float_for_speed: Vec<String>, speed_reasons: Vec<String>) -> Result<(Model, PtqReport)> {
@@ -240,8 +241,11 @@ impl Calibrated {
             (self.folded.clone(), Vec::new())
         };
         let pass = QuantizeQdq { config: config.clone(), ranges: self.ranges.clone() };
-        let (patch, quantized_weights) = pass.build(&base)?.ok_or_else(|| EngineError::Config("the quantization pass found nothing to change".into()))?;
-        let quantized = patch.apply(&base, pass.name())?;
+        // Every layer excluded (the accuracy fallback's "all float" probe): the float model.
+        let (quantized, quantized_weights) = match pass.build(&base)? {
+            Some((patch, n)) => (patch.apply(&base, pass.name())?, n),
+            None => (base.clone(), 0),
+        };
         let (quantized, subgraph_weights) = match QuantizeSubgraphWeights::default().apply(&quantized)? {
             Some((m, n)) => (m, n),
             None => (quantized, 0),
