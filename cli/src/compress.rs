@@ -145,8 +145,15 @@ pub fn run(args: &Args) -> Result<()> {
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    let job =
-        Job { model_path: &model, recipe: &recipe, recipe_path: Some(&args.recipe), calibration: &calibration, evaluation: &evaluation, out_dir: &staging };
+    let job = Job {
+        model_path: &model,
+        recipe: &recipe,
+        recipe_path: Some(&args.recipe),
+        calibration: &calibration,
+        evaluation: &evaluation,
+        out_dir: &staging,
+        reproducible: false,
+    };
     use std::io::IsTerminal;
     let now = std::time::Instant::now();
     let mut bars = Bars { bar: None, quiet: args.json, plain: !std::io::stderr().is_terminal(), step: String::new(), started: now, last_line: now, total: 0 };

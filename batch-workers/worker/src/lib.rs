@@ -178,7 +178,8 @@ async fn stage(
         _ => evaluation.clone(),
     };
     let out = work.join("out");
-    let j = Job { model_path: &model, recipe: &recipe, recipe_path: None, calibration: &calibration, evaluation: &evaluation, out_dir: &out };
+    let j =
+        Job { model_path: &model, recipe: &recipe, recipe_path: None, calibration: &calibration, evaluation: &evaluation, out_dir: &out, reproducible: true };
     println!("job {} stage {} attempt {}: {} on {}", job.id, run.stage, run.attempt, recipe.policy.name, model_key);
     let outcome = compress::run(&j, &mut Lines).map_err(|e| match e {
         tamp_engine::EngineError::Io { .. } => transient(e.into()),

@@ -197,7 +197,7 @@ impl Calibrated {
         if !config.float_slow_layers {
             return self.build(config, Vec::new(), Vec::new());
         }
-        let Some(probe) = &self.probe else {
+        let Some(probe) = self.probe.as_ref().filter(|_| config.measure_kernels) else {
             let rule = quantize::slow_in_int8(&self.folded).into_iter().filter(|k| !config.exclude.contains(k)).collect();
             return self.build(config, rule, Vec::new());
         };
@@ -206,7 +206,7 @@ impl Calibrated {
             None => {
                 let (all, _) = self.build(config, Vec::new(), Vec::new())?;
                 let cfg = SessionConfig { intra_threads: 1, ..SessionConfig::default() };
-                let t = kernels::compare_cached(&self.folded, &all, probe, 30, &cfg)?;
+                let t = kernels::compare_cached(&self.folded, &all, probe, 50, &cfg)?;
                 let _ = self.timings.set(t.clone());
                 t
             }
@@ -241,10 +241,18 @@ impl Calibrated {
             (self.folded.clone(), Vec::new())
         };
         let pass = QuantizeQdq { config: config.clone(), ranges: self.ranges.clone() };
-        // Every layer excluded (the accuracy fallback's "all float" probe): the float model.
         let (quantized, quantized_weights) = match pass.build(&base)? {
             Some((patch, n)) => (patch.apply(&base, pass.name())?, n),
-            None => (base.clone(), 0),
+            // Every layer excluded (the accuracy fallback's "all float" probe): the float model.
+            None if !config.exclude.is_empty() => (base.clone(), 0),
+            None => {
+                let qdq = base.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("QuantizeLinear")).count();
+                return Err(EngineError::Config(if qdq > 0 {
+                    format!("the model is already quantized ({qdq} QuantizeLinear nodes): Tamp quantizes float models; give it the float original")
+                } else {
+                    "the quantization pass found nothing to change".into()
+                }));
+            }
         };
         let (quantized, subgraph_weights) = match QuantizeSubgraphWeights::default().apply(&quantized)? {
             Some((m, n)) => (m, n),

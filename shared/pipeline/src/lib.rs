@@ -66,6 +66,10 @@ pub struct Job<'a> {
     pub calibration: &'a Dataset,
     pub evaluation: &'a Dataset,
     pub out_dir: &'a Path,
+    /// Artifacts must not depend on timing: a service stage's Batch retry runs in another
+    /// container and must write the same bytes (artifacts are content-addressed). Layers
+    /// then stay float by the fixed rule, not by measured kernel times.
+    pub reproducible: bool,
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {

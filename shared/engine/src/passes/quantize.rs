@@ -57,6 +57,9 @@ pub struct QuantizeConfig {
     /// Symmetric weights stored as uint8 with zero point 128 (the same codes), which ONNX
     /// Runtime runs on its U8U8 kernels: for CPUs whose u8×s8 kernels saturate ([`crate::isa`]).
     pub u8_weights: bool,
+    /// Decide `float_slow_layers` from ONNX Runtime's measured kernel times (else by the
+    /// fixed rule [`slow_in_int8`], which never depends on timing).
+    pub measure_kernels: bool,
 }
 
 /// How activations are stored between quantized ops (uint8 is ONNX Runtime's x86 default:
@@ -74,6 +77,7 @@ impl Default for QuantizeConfig {
             activations: ActivationType::Uint8,
             symmetric_activations: false,
             u8_weights: false,
+            measure_kernels: true,
         }
     }
 }

@@ -70,13 +70,16 @@ impl Technique for Ptq {
                     activations: p.activation_type,
                     symmetric_activations: p.symmetric_activations,
                     u8_weights: isa.u8_weights,
+                    measure_kernels: !cx.job.reproducible,
                 };
                 // The first static candidate, built once; its report says what the pre-passes did.
                 let (model8, probe) = calibrated.quantize(&QuantizeConfig { exclude: keep.clone(), ..qc.clone() })?;
                 first8 = Some(model8);
                 // Layers left float for speed can cost accuracy at their int8 neighbours'
                 // boundaries: the all-int8 model is judged beside it, and the judge picks.
-                if !probe.float_for_speed.is_empty() {
+                // (Not for a reproducible job: choosing between two candidates by speed would
+                // make a retry's artifact depend on timing.)
+                if !probe.float_for_speed.is_empty() && !cx.job.reproducible {
                     all8 = Some(calibrated.quantize(&QuantizeConfig { exclude: keep.clone(), float_slow_layers: false, ..qc.clone() })?.0);
                 }
                 pre_passes = Some(PrePasses {
