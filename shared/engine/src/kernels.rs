@@ -31,13 +31,13 @@ pub struct LayerTiming {
 }
 
 impl LayerTiming {
-    /// Slower in int8 by half again plus 5 µs: a margin wide enough that run-to-run noise
+    /// Slower in int8 by half again plus 2 µs: a margin wide enough that run-to-run noise
     /// (a few percent) does not flip a decision, so a retry on another machine of the same
     /// kind makes the same artifact. A layer with no float time of its own (ONNX Runtime
     /// fused it into a neighbour's kernel, as an Add into the Conv before it) cannot be
     /// compared alone and stays as it is.
     pub fn slower_in_int8(&self) -> bool {
-        self.fp32_us > 0.0 && self.int8_us > self.fp32_us * 1.5 + 5.0
+        self.fp32_us > 0.0 && self.int8_us > self.fp32_us * 1.5 + 2.0
     }
 
     /// "Conv 'c1': int8 264 µs vs fp32 44 µs (ONNX Runtime profile, batch 1)".
