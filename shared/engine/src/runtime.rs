@@ -315,16 +315,22 @@ pub fn optimized_model(model: &Model, cfg: &SessionConfig) -> Result<Model> {
 }
 
 fn with_optimized(cfg: &SessionConfig, commit: impl FnOnce(ort::session::builder::SessionBuilder) -> Result<ort::session::Session>) -> Result<Model> {
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("tamp-optimized-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io { path: dir.clone(), source: e })?;
-    let out = dir.join("optimized.onnx");
-    let result = (|| {
+    in_scratch("optimized", |dir| {
+        let out = dir.join("optimized.onnx");
         let b = builder(cfg)?.with_optimized_model_path(&out).map_err(opt_err)?;
         drop(commit(b)?);
         Ok(Model::load(&out)?)
-    })();
+    })
+}
+
+/// Runs `f` in a fresh folder under the temp dir, removed afterwards whatever `f` returns
+/// (ONNX Runtime writes optimized models and profiles only to files).
+fn in_scratch<T>(kind: &str, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tamp-{kind}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io { path: dir.clone(), source: e })?;
+    let result = f(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -344,11 +350,7 @@ pub struct NodeTime {
 /// three warm-ups, medians), with the optimized graph each time belongs to — what deciding
 /// float vs int8 per layer from measurements needs.
 pub fn profile_nodes(model: &Model, inputs: &[(&str, &TensorValue)], runs: usize, cfg: &SessionConfig) -> Result<Vec<NodeTime>> {
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("tamp-profile-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io { path: dir.clone(), source: e })?;
-    let result = (|| {
+    in_scratch("profile", |dir| {
         let opt = dir.join("optimized.onnx");
         let mut b = builder(cfg)?.with_optimized_model_path(&opt).map_err(opt_err)?.with_profiling(dir.join("profile")).map_err(opt_err)?;
         let inner = b.commit_from_memory(&model.to_bytes()?).map_err(|e| EngineError::ort("cannot load the model", e))?;
@@ -373,10 +375,9 @@ pub fn profile_nodes(model: &Model, inputs: &[(&str, &TensorValue)], runs: usize
             .iter()
             .filter_map(|nd| {
                 let name = nd.name.clone().unwrap_or_default();
-                let mut t = times.get(&name)?.clone();
+                let all = times.get(&name)?;
                 // The warm-up runs are the first three of each node's events.
-                let t = if t.len() > 3 { t.split_off(3) } else { t };
-                let mut t = t;
+                let mut t = all[if all.len() > 3 { 3 } else { 0 }..].to_vec();
                 t.sort_by(f64::total_cmp);
                 Some(NodeTime {
                     name,
@@ -387,7 +388,5 @@ pub fn profile_nodes(model: &Model, inputs: &[(&str, &TensorValue)], runs: usize
                 })
             })
             .collect())
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    })
 }
