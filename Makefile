@@ -40,8 +40,9 @@ MODELDATA_VERSION := 1.1.0-1
 MODELDATA_SHA256  := 66c2e08bb4bf695d972b1e72ea44d5af9ada3c42841793d3871017f7b896bf95
 MODELDATA_DIR     := $(DEPS)/modeldata/usr/lib/R/site-library/modeldata/data
 
-# The reference CNN is trained once per source hash and cached outside the clone.
-REF_HASH   := $(shell cat shared/train/src/*.rs shared/train/Cargo.toml shared/onnx/src/builder.rs | sha256sum | cut -c1-16)
+# The reference CNN is trained once per hash of the sources that define it (the trainer,
+# the network, the data reader, the ONNX builder) and cached outside the clone.
+REF_HASH   := $(shell cat shared/train/src/main.rs shared/train/src/resnet.rs shared/train/src/fmnist.rs shared/onnx/src/builder.rs | sha256sum | cut -c1-16)
 REF_CACHE  := $(CACHE)/models/fmnist-resnet8-$(REF_HASH)
 MODELS     := models
 FMNIST_REF := $(MODELS)/fmnist-resnet8
@@ -57,7 +58,7 @@ ZOO        := $(MODELS)/zoo
 ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
-.PHONY: zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: bench-train zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -260,6 +261,13 @@ bench-eval: build-release venv models
 
 bench-zoo: build-release venv zoo
 	$(PY) scripts/bench_zoo.py --tamp $(TAMP_RELEASE) --zoo $(ZOO) --json $(ZOO)/bench.json
+
+# Training: quality after fine-tuning / QAT per model x technique, and the training step
+# against PyTorch's (Debian's CPU python3-torch, installed here if missing) in one run.
+bench-train: build-release venv models
+	@/usr/bin/python3 -c "import torch" 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch; }
+	cargo build --release -p tamp-train --bin tamp-train-bench
+	$(PY) scripts/bench_train.py --tamp $(TAMP_RELEASE) --train-bench $(CARGO_TARGET_DIR)/release/tamp-train-bench --json out/bench-train.json $(BENCH_TRAIN_ARGS)
 
 bench-api: build-release venv models
 	$(PY) scripts/bench_api.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --recipe configs/policy_examples/ptq_8bit.yaml

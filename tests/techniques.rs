@@ -323,9 +323,10 @@ fn structured_pruning_of_the_reference_cnn() {
     let traj = cands["candidates"][0]["details"]["trajectory"].as_array().unwrap().clone();
     assert_eq!(traj.len(), 3, "{traj:?}");
     assert!(traj.windows(2).all(|w| w[1]["params"].as_u64() < w[0]["params"].as_u64()), "{traj:?}");
-    // The PRD's prune-then-fine-tune recipe is refused with the line, not run without its fine-tuning.
+    // The PRD's prune-then-fine-tune recipe without training rows is refused, naming them,
+    // not run without its fine-tuning (tests/training.rs runs it with them).
     let r = compress(&model, &root().join("configs/policy_examples/prune50_finetune.yaml"), &calib, &eval, &dir.path().join("ft"));
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains("line") && err.contains("fine-tuning"), "{err}");
+    assert!(err.contains("--train") && err.contains("fine-tunes"), "{err}");
 }

@@ -62,8 +62,8 @@ const LAYERS: &[(&str, &[&str], &str)] = &[
     ),
     (
         "tamp-train",
-        &["tamp-engine", "tamp-pipeline", "tamp-control", "tamp-adapters-", "aws-", "axum", "reqwest", "lambda_"],
-        "training depends on the IR and datasets only, so the stage runner can call it",
+        &["tamp-engine", "tamp-pipeline", "tamp-control", "tamp-adapters-", "aws-", "axum", "reqwest", "lambda_", "ort"],
+        "training depends on the IR, datasets and domain types only (never ONNX Runtime), so the stage runner can call it",
     ),
     (
         "tamp-pipeline",

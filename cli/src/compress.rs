@@ -25,6 +25,9 @@ pub struct Args {
     /// Evaluation .npz with `labels` (default: the recipe's `data.evaluation`, else --data).
     #[arg(long)]
     eval: Option<PathBuf>,
+    /// Training .npz for stages that fine-tune (default: the recipe's `data.train`).
+    #[arg(long)]
+    train: Option<PathBuf>,
     /// Output folder (replaced when the run succeeds; left alone when it fails).
     #[arg(long)]
     out: PathBuf,
@@ -138,6 +141,10 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let calibration = Dataset::load(&calib_path)?;
     let evaluation = if eval_path == calib_path { calibration.clone() } else { Dataset::load(&eval_path)? };
+    let train = match pick(&args.train, recipe.data.train.as_ref(), &args.recipe, "training data (--train)", "data.train") {
+        Ok(p) => Some(Dataset::load(&p)?),
+        Err(_) => None,
+    };
 
     // Work in a sibling staging folder; swap it in only when everything succeeded.
     let name = args.out.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
@@ -151,6 +158,7 @@ pub fn run(args: &Args) -> Result<()> {
         recipe_path: Some(&args.recipe),
         calibration: &calibration,
         evaluation: &evaluation,
+        train: train.as_ref(),
         out_dir: &staging,
         reproducible: false,
     };

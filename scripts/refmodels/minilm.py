@@ -224,7 +224,13 @@ def main():
 
     # The head is fit on the fp32 embeddings of every title outside the evaluation rows.
     train = order[a.rows:]
-    train_x = embed(sess, encode(tok, [titles[i] for i in train]))
+    train_arrays = encode(tok, [titles[i] for i in train])
+    train_x = embed(sess, train_arrays)
+    # Fine-tuning rows: the same titles, none of them an evaluation row. The encoder's have no
+    # labels (fine-tuning distils from the uncompressed model); the classifier's carry the
+    # medium groups.
+    np.savez(f"{a.out}/train.npz", **train_arrays)
+    np.savez(f"{a.out_classifier}/train.npz", **train_arrays, labels=groups[train])
     w, b = fit_head(train_x.astype(np.float64), groups[train], len(GROUPS))
     classifier = with_head(model, w, b)
     onnx.save(classifier, f"{a.out_classifier}/model.onnx")

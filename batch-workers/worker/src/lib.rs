@@ -177,9 +177,25 @@ async fn stage(
         }
         _ => evaluation.clone(),
     };
+    let train = match &job.inputs.train {
+        Some(k) => {
+            let path = folder("train", k)?;
+            renames.push((path.parent().map(Path::to_path_buf).unwrap_or_default(), prefix_of(k)));
+            Some(Dataset::load(fetch(k.clone(), path).await?).map_err(|e| bad(anyhow!("{e}")))?)
+        }
+        None => None,
+    };
     let out = work.join("out");
-    let j =
-        Job { model_path: &model, recipe: &recipe, recipe_path: None, calibration: &calibration, evaluation: &evaluation, out_dir: &out, reproducible: true };
+    let j = Job {
+        model_path: &model,
+        recipe: &recipe,
+        recipe_path: None,
+        calibration: &calibration,
+        evaluation: &evaluation,
+        train: train.as_ref(),
+        out_dir: &out,
+        reproducible: true,
+    };
     println!("job {} stage {} attempt {}: {} on {}", job.id, run.stage, run.attempt, recipe.policy.name, model_key);
     let outcome = compress::run(&j, &mut Lines).map_err(|e| match e {
         tamp_engine::EngineError::Io { .. } => transient(e.into()),

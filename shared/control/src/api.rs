@@ -556,7 +556,7 @@ async fn create_version(State(st): State<AppState>, Extension(who): Extension<Pr
     if req.files.len() > 64 {
         return Err(Problem::bad_request("ask for at most 64 extra upload links at once"));
     }
-    for f in ["model.onnx", "calib.npz", "eval.npz", "recipe.yaml"].iter().map(|s| (*s).to_owned()).chain(req.files.clone()) {
+    for f in ["model.onnx", "calib.npz", "eval.npz", "train.npz", "recipe.yaml"].iter().map(|s| (*s).to_owned()).chain(req.files.clone()) {
         check_file_name(&f)?;
         links.insert(f.clone(), serde_json::Value::String(st.svc.store.presign_put(&format!("{prefix}{f}"), LINK_TTL, now).await?));
     }

@@ -147,7 +147,7 @@ pub async fn fail_upload(svc: &Services, project: &str, model: &str, ver: &str, 
         version: ver.to_owned(),
         policy: String::new(),
         recipe_yaml: String::new(),
-        inputs: JobInputs { model: format!("uploads/{project}/{model}/{ver}/model.onnx"), calibration: None, evaluation: None },
+        inputs: JobInputs { model: format!("uploads/{project}/{model}/{ver}/model.onnx"), calibration: None, evaluation: None, train: None },
         state: JobState::Failed,
         stages: Vec::new(),
         reason: Some(reason),
@@ -189,7 +189,7 @@ pub async fn start_job(svc: &Services, project: &str, model: &str, ver: &str, re
         version: ver.to_owned(),
         policy: String::new(),
         recipe_yaml: recipe_text.to_owned(),
-        inputs: JobInputs { model: format!("{prefix}/model.onnx"), calibration: None, evaluation: None },
+        inputs: JobInputs { model: format!("{prefix}/model.onnx"), calibration: None, evaluation: None, train: None },
         state: JobState::Queued,
         stages: Vec::new(),
         reason: None,
@@ -208,12 +208,19 @@ pub async fn start_job(svc: &Services, project: &str, model: &str, ver: &str, re
             let eval = rel(recipe.data.evaluation.as_deref().unwrap_or("eval.npz"));
             j.inputs.calibration = svc.store.head(&calib).await?.map(|_| calib);
             j.inputs.evaluation = svc.store.head(&eval).await?.map(|_| eval).or_else(|| j.inputs.calibration.clone());
+            let train = rel(recipe.data.train.as_deref().unwrap_or("train.npz"));
+            j.inputs.train = svc.store.head(&train).await?.map(|_| train.clone());
+            let trains = recipe.policy.stages.iter().position(|s| s.fine_tune().is_some());
             match svc.store.head(&j.inputs.model).await? {
                 None => Some(format!("{} is missing: upload the model before recipe.yaml", j.inputs.model)),
                 Some(m) if m.size == 0 => Some(format!("{} is empty", j.inputs.model)),
                 Some(_) if j.inputs.evaluation.is_none() => {
                     Some(format!("no evaluation data: upload {prefix}/eval.npz or calib.npz (or name them in the recipe's `data:`)"))
                 }
+                Some(_) if trains.is_some() && j.inputs.train.is_none() => Some(format!(
+                    "stage {} fine-tunes, which needs training rows: upload {train} before recipe.yaml (or name it in the recipe's `data.train`)",
+                    trains.unwrap_or_default()
+                )),
                 Some(_) => None,
             }
         }

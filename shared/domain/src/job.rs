@@ -141,6 +141,9 @@ pub struct JobInputs {
     pub model: String,
     pub calibration: Option<String>,
     pub evaluation: Option<String>,
+    /// Training rows (`train.npz`) for stages that fine-tune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<String>,
 }
 
 /// Something that happened to a job, from a handler, a worker or the runtime.
@@ -440,7 +443,7 @@ mod tests {
             version: "v1".into(),
             policy: "ptq".into(),
             recipe_yaml: String::new(),
-            inputs: JobInputs { model: "uploads/p/m/v1/model.onnx".into(), calibration: None, evaluation: None },
+            inputs: JobInputs { model: "uploads/p/m/v1/model.onnx".into(), calibration: None, evaluation: None, train: None },
             state: JobState::Queued,
             stages: (0..stages)
                 .map(|index| JobStage {

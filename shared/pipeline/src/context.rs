@@ -4,11 +4,14 @@
 
 use std::path::Path;
 
-use tamp_domain::results::{Agreement, Candidate, Measured};
+use tamp_domain::recipe::FineTune;
+use tamp_domain::results::{Agreement, Candidate, Measured, TrainReport};
+use tamp_engine::EngineError;
 use tamp_engine::eval::{self, EvalConfig};
 use tamp_engine::passes::cluster;
 use tamp_engine::perf::{self, SpeedComparison};
 use tamp_onnx::{Model, SaveOptions};
+use tamp_train::finetune::Task;
 
 use crate::judge::{self, check_baseline};
 use crate::{Job, Observer, Result, io_err};
@@ -29,6 +32,8 @@ pub struct Context<'a, 'o> {
     pub(crate) nothing_because: Option<String>,
     /// Candidates a stage skipped, with the reason (they go into the outcome's `not_applied`).
     pub skipped: Vec<String>,
+    /// The running stage's `fine_tune` block: [`Context::judge`] trains each candidate first.
+    pub fine_tune: Option<FineTune>,
 }
 
 impl<'a, 'o> Context<'a, 'o> {
@@ -46,7 +51,7 @@ impl<'a, 'o> Context<'a, 'o> {
             eval_rows: 0,
             macs_per_sample: None,
         };
-        let mut cx = Self { job, model, obs, metric, eval_cfg, baseline: placeholder, nothing_because: None, skipped: Vec::new() };
+        let mut cx = Self { job, model, obs, metric, eval_cfg, baseline: placeholder, nothing_because: None, skipped: Vec::new(), fine_tune: None };
         cx.baseline = cx.measure(job.model_path, model, "baseline")?;
         Ok(cx)
     }
@@ -96,7 +101,64 @@ impl<'a, 'o> Context<'a, 'o> {
 
     /// Saves, measures and judges one candidate model against the baseline and the
     /// constraints; the technique fills in its mode and details.
+    /// With the stage's `fine_tune` set, the model is trained first (its metric before
+    /// training is recorded beside the result).
     pub fn judge(&mut self, model: &Model, id: String, stage: usize, technique: &str) -> Result<Candidate> {
+        let (tuned, training) = match self.fine_tune.clone() {
+            Some(ft) => {
+                let before = self.quick_score(model)?;
+                let (m, mut report) = self.train(model, &ft, &id)?;
+                report.metric_before = Some(before);
+                (Some(m), Some(report))
+            }
+            None => (None, None),
+        };
+        let mut c = self.judge_as_is(tuned.as_ref().unwrap_or(model), id, stage, technique)?;
+        c.training = training;
+        Ok(c)
+    }
+
+    /// The task metric of `model` on the rows candidates are measured on.
+    pub fn quick_score(&self, model: &Model) -> Result<f64> {
+        let data = self.job.evaluation;
+        let rows: Vec<usize> = match self.eval_cfg.samples {
+            Some(n) => data.sample(n.min(data.rows), self.eval_cfg.seed),
+            None => (0..data.rows).collect(),
+        };
+        eval::score(model, data, &rows, &self.metric, self.eval_cfg.output.as_deref(), 64, &self.eval_cfg.session)
+    }
+
+    /// Fine-tunes `model` on the job's training rows, distilling from the input model.
+    pub fn train(&mut self, model: &Model, ft: &FineTune, label: &str) -> Result<(Model, TrainReport)> {
+        let Some(data) = self.job.train else {
+            return Err(EngineError::Config("fine-tuning needs training rows: pass `--train train.npz`".into()));
+        };
+        let session = tamp_engine::Session::from_model(model, &self.eval_cfg.session)?;
+        let output = eval::metric_output(&session.outputs, self.eval_cfg.output.as_deref())?;
+        drop(session);
+        let task = Task { output, teacher: Some(self.model) };
+        let rss_reset = perf::reset_peak_rss();
+        let obs = &mut *self.obs;
+        let mut last = 0;
+        let (m, mut report) = tamp_train::finetune::fine_tune(model, &task, data, ft, &mut |step, total, _loss| {
+            if last == 0 {
+                obs.begin(&format!("fine-tune {label}"), total as u64);
+            }
+            last = step;
+            obs.advance(step as u64);
+        })
+        .map_err(|e| EngineError::Config(format!("fine-tuning {label}: {e}")))?;
+        // The peak covers the training run where the kernel allows a reset, else the process.
+        report.peak_rss_mib = (rss_reset || perf::peak_rss_mb() > 0.0).then(perf::peak_rss_mb);
+        self.obs.end(&format!(
+            "fine-tuned {label}: {} steps ({:.2} epochs of {} rows), loss {:.4} → {:.4}, {:.0} s",
+            report.steps, report.epochs, report.rows, report.loss_start, report.loss_end, report.wall_seconds
+        ));
+        Ok((m, report))
+    }
+
+    /// [`Context::judge`] without training.
+    pub fn judge_as_is(&mut self, model: &Model, id: String, stage: usize, technique: &str) -> Result<Candidate> {
         let file = format!("candidates/{id}.onnx");
         let path = self.job.out_dir.join(&file);
         model.save(&path, &SaveOptions::default())?;

@@ -88,6 +88,7 @@ pub fn judge(base: &Measured, measured: Measured, c: &Constraints, made: Made<'_
         coded_size_bytes: made.coded_size_bytes,
         target_isa: None,
         details: None,
+        training: None,
     }
 }
 

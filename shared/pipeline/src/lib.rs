@@ -65,6 +65,8 @@ pub struct Job<'a> {
     pub recipe_path: Option<&'a Path>,
     pub calibration: &'a Dataset,
     pub evaluation: &'a Dataset,
+    /// Training rows (`train.npz`) for stages that fine-tune; `None` when the job has none.
+    pub train: Option<&'a Dataset>,
     pub out_dir: &'a Path,
     /// Artifacts must not depend on timing: a service stage's Batch retry runs in another
     /// container and must write the same bytes (artifacts are content-addressed). Layers
@@ -110,6 +112,7 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
         session: SessionConfig { intra_threads: ev.threads, ..SessionConfig::default() },
         ..EvalConfig::default()
     };
+    preflight_training(job, &model)?;
     let mut cx = Context::new(job, &model, obs, metric, eval_cfg)?;
     let mut candidates = Vec::new();
     // Stages compose: each starts from the previous stage's choice (prune → cluster → quantize).
@@ -117,6 +120,7 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     let recipe_stages = &job.recipe.policy.stages;
     for (i, stage) in recipe_stages.iter().enumerate() {
         cx.nothing_because = None;
+        cx.fine_tune = stage.fine_tune().cloned();
         let made = stages::run_stage(&mut cx, i, stage, &current)?;
         if made.is_empty() {
             let why = cx.nothing_because.take().unwrap_or_else(|| "it made no candidate".into());
@@ -138,6 +142,29 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     let preparation = (!preparation.is_empty()).then_some(preparation);
     let outcome = Outcome { baseline, candidates, chosen: String::new(), reason, objective: job.recipe.objective, preparation, not_applied };
     artifacts::write(job, outcome, chosen)
+}
+
+/// Before any compute: a stage that trains needs training rows, and every node of the model
+/// must have a candle mapping (the error names the op and the node).
+fn preflight_training(job: &Job<'_>, model: &Model) -> Result<()> {
+    let Some((i, stage)) = job.recipe.policy.stages.iter().enumerate().find(|(_, s)| s.fine_tune().is_some()) else { return Ok(()) };
+    let Some(train) = job.train else {
+        return Err(EngineError::Config(format!(
+            "stage {i} (`{}`) fine-tunes, which needs training rows: pass `--train train.npz` (the service: upload train.npz beside calib.npz), or remove `fine_tune`",
+            stage.kind()
+        )));
+    };
+    tamp_train::graph::TrainGraph::new(model, &tamp_train::graph::GraphOptions::default())
+        .map_err(|e| EngineError::Config(format!("stage {i} cannot fine-tune: {e}")))?;
+    let inputs: Vec<&str> = train.input_names().collect();
+    let g = model.graph();
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    for input in g.input.iter().filter_map(|v| v.name.as_deref()).filter(|n| !inits.contains(n)) {
+        if !inputs.contains(&input) {
+            return Err(EngineError::Config(format!("{} has no array '{input}' (a model input); it has {inputs:?}", train.path.display())));
+        }
+    }
+    Ok(())
 }
 
 /// Where a path given in a recipe points: absolute, or relative to the recipe's folder.

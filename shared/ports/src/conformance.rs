@@ -61,7 +61,7 @@ fn job(id: &str, created_at: u64) -> Job {
         version: "v1".into(),
         policy: "ptq".into(),
         recipe_yaml: "policy: {name: ptq, stages: [ptq: {}]}".into(),
-        inputs: JobInputs { model: "uploads/p/m/v1/model.onnx".into(), calibration: None, evaluation: None },
+        inputs: JobInputs { model: "uploads/p/m/v1/model.onnx".into(), calibration: None, evaluation: None, train: None },
         state: JobState::Queued,
         stages: vec![JobStage {
             index: 0,

@@ -1,6 +1,11 @@
-//! Training on candle. Today it holds the reference CNN: a small ResNet trained, seeded, on
-//! Fashion-MNIST and exported to ONNX through Tamp's own IR builder (no torch needed).
-//! Fine-tuning, QAT and distillation arrive here later (see docs/architecture.md).
+//! Training on candle, free of the engine (ONNX Runtime is never needed to train):
+//! - [`graph`]: any supported ONNX graph as a candle module, weights written back after;
+//! - [`finetune`]: fine-tuning (and QAT on Tamp's QDQ graphs) with losses, optimizers,
+//!   schedules and the constraints a compression stage imposes;
+//! - the reference CNN: a small ResNet trained, seeded, on Fashion-MNIST and exported to
+//!   ONNX through Tamp's own IR builder (no torch needed).
 
+pub mod finetune;
 pub mod fmnist;
+pub mod graph;
 pub mod resnet;

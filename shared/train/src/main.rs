@@ -1,6 +1,8 @@
 //! `tamp-train-reference`: trains the Fashion-MNIST reference CNN (seeded) and writes
-//! `model.onnx`, `calib.npz` (seeded sample of the training set) and `eval.npz` (the full
-//! labelled test set) into an output folder. `make models` runs it once per source hash.
+//! `model.onnx`, `calib.npz` (seeded sample of the training set), `train.npz` (all 60k
+//! labelled training images, for fine-tuning) and `eval.npz` (the full labelled test set)
+//! into an output folder. `make models` runs it once per source hash. `--sets-only` writes
+//! the datasets into an existing folder without training.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,10 +29,11 @@ struct Args {
     seed: u64,
     train_rows: Option<usize>,
     calib_rows: usize,
+    sets_only: bool,
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { data: PathBuf::new(), out: PathBuf::new(), epochs: 2, width: 16, seed: 7, train_rows: None, calib_rows: 1024 };
+    let mut a = Args { data: PathBuf::new(), out: PathBuf::new(), epochs: 2, width: 16, seed: 7, train_rows: None, calib_rows: 1024, sets_only: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -42,6 +45,7 @@ fn parse() -> Result<Args> {
             "--seed" => a.seed = val()?.parse()?,
             "--train-rows" => a.train_rows = Some(val()?.parse()?),
             "--calib-rows" => a.calib_rows = val()?.parse()?,
+            "--sets-only" => a.sets_only = true,
             other => bail!("unknown flag {other}; usage: tamp-train-reference --data DIR --out DIR [--epochs N] [--width W] [--seed S] [--train-rows N]"),
         }
     }
@@ -104,11 +108,28 @@ fn write_set(path: &std::path::Path, split: &fmnist::Split, rows: &[usize]) -> R
     Ok(write_npz(path, &arrays)?)
 }
 
+/// `eval.npz` (the test split), `calib.npz` (a seeded sample of the training split, never
+/// the test split) and `train.npz` (the whole training split, uncompressed so it streams).
+fn write_sets(args: &Args, train: &fmnist::Split, test: &fmnist::Split) -> Result<()> {
+    let test_rows: Vec<usize> = (0..test.rows).collect();
+    write_set(&args.out.join("eval.npz"), test, &test_rows)?;
+    let mut calib_rows: Vec<usize> = (0..train.rows).collect();
+    calib_rows.shuffle(&mut ChaCha8Rng::seed_from_u64(args.seed + 1));
+    calib_rows.truncate(args.calib_rows);
+    write_set(&args.out.join("calib.npz"), train, &calib_rows)?;
+    let all: Vec<usize> = (0..train.rows).collect();
+    write_set(&args.out.join("train.npz"), train, &all)
+}
+
 fn main() -> Result<()> {
     let args = parse()?;
     let dev = Device::Cpu;
     let train = fmnist::load(&args.data, "train")?;
     let test = fmnist::load(&args.data, "t10k")?;
+    if args.sets_only {
+        std::fs::create_dir_all(&args.out)?;
+        return write_sets(&args, &train, &test);
+    }
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let net = ResNet::new(args.width, 10, vb)?;
@@ -144,13 +165,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let model = net.export(17)?;
     model.save(args.out.join("model.onnx"), &SaveOptions::default())?;
-    let test_rows: Vec<usize> = (0..test.rows).collect();
-    write_set(&args.out.join("eval.npz"), &test, &test_rows)?;
-    // Calibration rows come from the training split, never the test split.
-    let mut calib_rows: Vec<usize> = (0..train.rows).collect();
-    calib_rows.shuffle(&mut ChaCha8Rng::seed_from_u64(args.seed + 1));
-    calib_rows.truncate(args.calib_rows);
-    write_set(&args.out.join("calib.npz"), &train, &calib_rows)?;
+    write_sets(&args, &train, &test)?;
     let meta = serde_json::json!({
         "model": "fmnist-resnet8", "width": args.width, "epochs": args.epochs, "seed": args.seed,
         "train_rows": n_train, "candle_test_top1": acc, "train_seconds": started.elapsed().as_secs_f64(),

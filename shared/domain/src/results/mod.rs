@@ -77,6 +77,50 @@ pub struct Candidate {
     /// What the technique did (per-layer ranks, cluster entropy, sensitivity curves, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<Details>,
+    /// Training after the stage's pass (fine-tuning, QAT), when the stage asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainReport>,
+}
+
+/// What a training run did (fine-tuning after a pass, or QAT).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// The task metric before training (same rows and metric as `measured`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_before: Option<f64>,
+    pub steps: usize,
+    pub epochs: f64,
+    pub rows: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// `ce`, `ce+kl`, `kl`, `cosine`, `mse`.
+    pub loss: String,
+    /// Mean loss over the first and the last 10 % of steps.
+    pub loss_start: f64,
+    pub loss_end: f64,
+    /// Weights kept sparse by masked updates: tensors, and zeros held.
+    pub masked_tensors: usize,
+    pub masked_zeros: usize,
+    /// Weights trained through fake quantization (QAT).
+    pub fake_quantized: usize,
+    pub trainable_params: usize,
+    pub wall_seconds: f64,
+    /// Peak resident memory of the process while training, MiB (Linux).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
+    /// `lr: auto`: every trial, in order; the chosen rate is `lr`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lr_trials: Vec<LrTrial>,
+}
+
+/// One trial of the learning-rate search (successive halving).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrTrial {
+    pub lr: f64,
+    pub round: usize,
+    pub steps: usize,
+    /// The objective's loss on the held-back training rows (lower is better).
+    pub validation_loss: f64,
 }
 
 impl Candidate {

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use tamp_domain::recipe::{PruningSchedule, PruningStage, PruningType, Stage};
-use tamp_domain::results::{Candidate, ChannelGroupLevel, ChannelPruning, Details, GroupCurve, IterativeGroup, IterativePruning, TrajectoryStep};
+use tamp_domain::recipe::{FineTune, PruningSchedule, PruningStage, PruningType, Stage};
+use tamp_domain::results::{Candidate, ChannelGroupLevel, ChannelPruning, Details, GroupCurve, IterativeGroup, IterativePruning, TrainReport, TrajectoryStep};
 use tamp_engine::eval;
 use tamp_engine::passes::prune::{self as pr, ChannelGroup};
 use tamp_engine::runtime::SessionConfig;
@@ -147,8 +147,8 @@ pub(super) fn uniform_and_allocated(
 /// Iterative structured pruning: `steps` steps to `target_sparsity` (uniform), each
 /// re-analysing the pruned graph and re-ranking channels on its weights, with the metric
 /// measured on the sensitivity rows after every step (the trajectory is in the details).
-/// Fine-tuning between steps arrives with training; until then a step changes only which
-/// channels the next one sees.
+/// With `fine_tune`, the model trains after every step (each step gets an equal share of
+/// the epochs or steps), so the next step ranks channels of a recovered network.
 fn iterative(cx: &mut Context<'_, '_>, stage: usize, cfg: &PruningStage, model: &Model, groups: &[ChannelGroup]) -> Result<Vec<Candidate>> {
     let original: BTreeMap<String, &ChannelGroup> = groups.iter().map(|g| (g.name.clone(), g)).collect();
     let data = cx.job.evaluation;
@@ -164,6 +164,15 @@ fn iterative(cx: &mut Context<'_, '_>, stage: usize, cfg: &PruningStage, model: 
         metric: eval::score(model, data, &rows, &metric, output.as_deref(), 64, &session)?,
         params: pr::parameter_count(model),
     }];
+    // Training happens here, between steps; judging must not train once more.
+    let fine_tune = cx.fine_tune.take();
+    let share = fine_tune.as_ref().map(|ft| FineTune {
+        epochs: ft.epochs / cfg.steps as f64,
+        steps: ft.steps.map(|s| s.div_ceil(cfg.steps)),
+        seed: ft.seed,
+        ..ft.clone()
+    });
+    let mut training: Option<TrainReport> = None;
     cx.obs.begin(&format!("prune in {} steps", cfg.steps), cfg.steps as u64);
     for step in 1..=cfg.steps {
         let level = cfg.target_sparsity * step as f64 / cfg.steps as f64;
@@ -177,6 +186,13 @@ fn iterative(cx: &mut Context<'_, '_>, stage: usize, cfg: &PruningStage, model: 
             })
             .collect();
         current = pr::prune(&current, &now, &keep)?;
+        if let Some(ft) = &share {
+            let ft = FineTune { seed: ft.seed + step as u64, ..ft.clone() };
+            let before = (step == cfg.steps).then(|| cx.quick_score(&current)).transpose()?;
+            let (m, r) = cx.train(&current, &ft, &format!("after step {step}"))?;
+            current = m;
+            training = Some(merge(training, r, before));
+        }
         let score = eval::score(&current, data, &rows, &metric, output.as_deref(), 64, &session)?;
         trajectory.push(TrajectoryStep { step, level, metric: score, params: pr::parameter_count(&current) });
         cx.obs.advance(step as u64);
@@ -184,7 +200,10 @@ fn iterative(cx: &mut Context<'_, '_>, stage: usize, cfg: &PruningStage, model: 
     cx.obs.end(&format!("{} steps", cfg.steps));
     let pass_seconds = started.elapsed().as_secs_f64();
     let t = cfg.target_sparsity;
-    let mut c = cx.judge(&current, format!("s{stage}-prune-iterative{}-{t}", cfg.steps), stage, "pruning")?;
+    let judged = cx.judge(&current, format!("s{stage}-prune-iterative{}-{t}", cfg.steps), stage, "pruning");
+    cx.fine_tune = fine_tune;
+    let mut c = judged?;
+    c.training = training;
     c.mode = "structured_channel/iterative".into();
     let after = pr::analyze(&current);
     let removed: usize = after.iter().filter_map(|g| original.get(&g.name).map(|o| o.channels - g.channels)).sum();
@@ -193,7 +212,7 @@ fn iterative(cx: &mut Context<'_, '_>, stage: usize, cfg: &PruningStage, model: 
         steps: cfg.steps,
         trajectory,
         trajectory_rows: rows.len(),
-        fine_tuning: "not between steps (arrives with training)".into(),
+        fine_tuning: if share.is_some() { format!("after each of the {} steps", cfg.steps) } else { "none (no `fine_tune`)".into() },
         groups: after
             .iter()
             .map(|g| IterativeGroup { group: g.name.clone(), channels: original.get(&g.name).map_or(g.channels, |o| o.channels), kept: g.channels })
@@ -206,6 +225,26 @@ fn iterative(cx: &mut Context<'_, '_>, stage: usize, cfg: &PruningStage, model: 
         pass_seconds,
     }));
     Ok(vec![c])
+}
+
+/// One report for the training runs between steps: totals, the first run's starting loss,
+/// the last run's final loss, and the metric before the last run.
+fn merge(acc: Option<TrainReport>, r: TrainReport, before_last: Option<f64>) -> TrainReport {
+    let Some(mut a) = acc else { return TrainReport { metric_before: before_last, ..r } };
+    a.steps += r.steps;
+    a.epochs += r.epochs;
+    a.wall_seconds += r.wall_seconds;
+    a.loss_end = r.loss_end;
+    a.peak_rss_mib = match (a.peak_rss_mib, r.peak_rss_mib) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    };
+    a.lr_trials.extend(r.lr_trials);
+    if before_last.is_some() {
+        a.metric_before = before_last;
+    }
+    a.trainable_params = r.trainable_params;
+    a
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ impl Technique for Ptq {
 
     fn settings(stage: &Stage) -> Option<&PtqStage> {
         match stage {
-            Stage::Ptq(p) => Some(p),
+            Stage::Ptq(p) | Stage::Qat(p) => Some(p),
             _ => None,
         }
     }

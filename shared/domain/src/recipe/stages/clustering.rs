@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{At, StageSettings};
+use super::{At, FineTune, StageSettings};
 use crate::recipe::RecipeError;
 
 /// Weight clustering: each layer's weights become indices into a small codebook (k-means,
@@ -22,11 +22,14 @@ pub struct ClusterStage {
     pub iterations: u32,
     /// Fold BatchNorm into the preceding Conv/Gemm first (so the clustered weights carry it).
     pub fold_batch_norm: bool,
+    /// Fine-tune after the stage's pass (`true` takes the defaults).
+    #[serde(alias = "finetune", deserialize_with = "super::finetune::deserialize_opt", skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
 }
 
 impl Default for ClusterStage {
     fn default() -> Self {
-        Self { clusters: 16, granularity: ClusterGranularity::PerLayer, min_elements: 256, seed: 0, iterations: 30, fold_batch_norm: true }
+        Self { clusters: 16, granularity: ClusterGranularity::PerLayer, min_elements: 256, seed: 0, iterations: 30, fold_batch_norm: true, fine_tune: None }
     }
 }
 
@@ -41,6 +44,9 @@ pub enum ClusterGranularity {
 
 impl StageSettings for ClusterStage {
     fn validate(&self, at: &At<'_>) -> Result<(), RecipeError> {
+        if let Some(ft) = &self.fine_tune {
+            ft.validate(at)?;
+        }
         if !(2..=256).contains(&self.clusters) {
             return Err(at.invalid(&["clusters"], format!("{} is outside 2..=256 (indices are stored as uint8)", self.clusters)));
         }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{At, StageSettings};
+use super::{At, FineTune, StageSettings};
 use crate::recipe::RecipeError;
 
 /// Low-rank factorisation of MatMul weights by truncated SVD: `x·W` becomes `(x·A)·B`.
@@ -28,6 +28,9 @@ pub struct LowrankStage {
     pub levels: Vec<f64>,
     pub sensitivity_rows: usize,
     pub seed: u64,
+    /// Fine-tune after the stage's pass (`true` takes the defaults).
+    #[serde(alias = "finetune", deserialize_with = "super::finetune::deserialize_opt", skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
 }
 
 impl Default for LowrankStage {
@@ -43,6 +46,7 @@ impl Default for LowrankStage {
             levels: vec![0.25, 0.5, 0.75],
             sensitivity_rows: 256,
             seed: 0,
+            fine_tune: None,
         }
     }
 }
@@ -57,6 +61,9 @@ pub enum LowrankMethod {
 
 impl StageSettings for LowrankStage {
     fn validate(&self, at: &At<'_>) -> Result<(), RecipeError> {
+        if let Some(ft) = &self.fine_tune {
+            ft.validate(at)?;
+        }
         if self.method == LowrankMethod::Cp {
             return Err(at.invalid(&["method"], "`cp` is not available in this build; available: svd (MatMul weights), tucker (Tucker-2 of Conv weights)"));
         }

@@ -4,11 +4,13 @@
 //! line and one line in the list (docs/adding-a-technique.md).
 
 mod clustering;
+mod finetune;
 mod lowrank;
 mod pruning;
 mod ptq;
 
 pub use clustering::{ClusterGranularity, ClusterStage};
+pub use finetune::{BatchNormMode, FineTune, LearningRate, LossKind, LrSchedule, OptimizerKind};
 pub use lowrank::{LowrankMethod, LowrankStage};
 pub use pruning::{ImportanceCriterion, MAX_BLOCK_SIDE, PruningSchedule, PruningScope, PruningStage, PruningType, SparsityPattern};
 pub use ptq::{ActivationType, Bits, Calibration, CalibrationMethod, MAX_CALIBRATION_SAMPLES, PtqMode, PtqStage, TargetIsa};
@@ -62,10 +64,28 @@ macro_rules! stages {
 stages! {
     runs: [
         Ptq(PtqStage) = "ptq",
+        /// PTQ whose candidates train with fake quantization (`fine_tune` on by default).
+        Qat(PtqStage) = "qat",
         Pruning(PruningStage) = "pruning",
         Lowrank(LowrankStage) = "lowrank",
         #[serde(alias = "cluster")]
         Clustering(ClusterStage) = "clustering",
     ],
-    planned: [Distillation = "distillation", Qat = "qat", Search = "search"],
+    planned: [Distillation = "distillation", Search = "search"],
+}
+
+static DEFAULT_QAT: std::sync::OnceLock<FineTune> = std::sync::OnceLock::new();
+
+impl Stage {
+    /// The stage's `fine_tune` block, where it has one and it is on.
+    pub fn fine_tune(&self) -> Option<&FineTune> {
+        match self {
+            Stage::Pruning(p) => p.fine_tune.as_ref(),
+            Stage::Lowrank(l) => l.fine_tune.as_ref(),
+            Stage::Clustering(c) => c.fine_tune.as_ref(),
+            Stage::Ptq(p) => p.fine_tune.as_ref(),
+            Stage::Qat(p) => Some(p.fine_tune.as_ref().unwrap_or_else(|| DEFAULT_QAT.get_or_init(FineTune::default))),
+            _ => None,
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{At, StageSettings};
+use super::{At, FineTune, StageSettings};
 use crate::recipe::RecipeError;
 
 /// Pruning. `structured_channel` removes whole channels (the graph gets smaller and
@@ -17,6 +17,9 @@ pub struct PruningStage {
     pub kind: PruningType,
     pub target_sparsity: f64,
     pub schedule: PruningSchedule,
+    /// Allocate levels from measured sensitivity curves. `true`/`false`, or a ranking name
+    /// as the PRD writes it (`magnitude`, `l1`, `l2`, `bn_scale`, `combined`): on.
+    #[serde(deserialize_with = "sensitivity_flag")]
     pub sensitivity: bool,
     /// Sparsity levels the sensitivity curves are measured at.
     pub levels: Vec<f64>,
@@ -27,8 +30,10 @@ pub struct PruningStage {
     /// Kept channel counts are rounded to a multiple of this (SIMD-friendly widths: ONNX
     /// Runtime blocks channels by 8 or 16; odd widths can make a smaller model slower).
     pub round_to: usize,
-    /// Fine-tune after pruning (arrives with training; refused until then).
-    pub fine_tune: bool,
+    /// Fine-tune after pruning (between steps with `schedule: iterative`); `true` takes the
+    /// defaults.
+    #[serde(alias = "finetune", deserialize_with = "super::finetune::deserialize_opt", skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
     pub seed: u64,
     /// `block` pruning: `RxC` blocks (`1x4`: one output × four consecutive inputs) or `N:M`
     /// (`2:4`: two of every four consecutive inputs kept).
@@ -123,7 +128,7 @@ impl Default for PruningStage {
             sensitivity_rows: 512,
             min_channels: 4,
             round_to: 8,
-            fine_tune: false,
+            fine_tune: None,
             seed: 0,
             pattern: "1x4".into(),
             scope: PruningScope::Global,
@@ -167,12 +172,27 @@ impl StageSettings for PruningStage {
         if self.criterion != ImportanceCriterion::Combined && self.kind != PruningType::StructuredChannel {
             return Err(at.invalid(&["criterion"], "`criterion` ranks channels for structured_channel pruning; remove it for this type"));
         }
-        if self.fine_tune {
-            return Err(at.invalid(&["fine_tune"], "fine-tuning after pruning is not available yet (it arrives with training); set `fine_tune: false`"));
+        if let Some(ft) = &self.fine_tune {
+            ft.validate(at)?;
         }
         if self.levels.is_empty() || self.levels.len() > 64 || self.levels.iter().any(|l| !(*l > 0.0 && *l < 1.0)) {
             return Err(at.invalid(&["levels"], "list sparsity levels in (0, 1), e.g. [0.1, 0.2, 0.3]"));
         }
         Ok(())
+    }
+}
+
+/// `sensitivity: true | false | "magnitude" | …`.
+fn sensitivity_flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Flag(bool),
+        Name(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Flag(b) => Ok(b),
+        Raw::Name(n) if ["magnitude", "l1", "l2", "bn_scale", "combined", "measured"].contains(&n.as_str()) => Ok(true),
+        Raw::Name(n) => Err(serde::de::Error::custom(format!("sensitivity '{n}': use true/false, or one of magnitude, l1, l2, bn_scale, combined"))),
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{At, StageSettings};
+use super::{At, FineTune, StageSettings};
 use crate::recipe::RecipeError;
 
 /// Most calibration samples a recipe may ask for.
@@ -44,6 +44,12 @@ pub struct PtqStage {
     /// so weights are stored uint8 there (its U8U8 kernels); the choice is recorded with the
     /// artifact.
     pub target_isa: TargetIsa,
+    /// Quantization-aware training: each static int8 candidate trains with fake
+    /// quantization (straight-through gradients, activation ranges from this stage's
+    /// calibration) and keeps exactly the QDQ layout PTQ wrote. On by default in a `qat:`
+    /// stage.
+    #[serde(alias = "finetune", deserialize_with = "super::finetune::deserialize_opt", skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
 }
 
 /// A CPU instruction-set class for int8 kernels.
@@ -88,6 +94,7 @@ impl Default for PtqStage {
             activation_type: ActivationType::Uint8,
             symmetric_activations: false,
             target_isa: TargetIsa::Auto,
+            fine_tune: None,
         }
     }
 }
@@ -150,6 +157,18 @@ pub enum CalibrationMethod {
 
 impl StageSettings for PtqStage {
     fn validate(&self, at: &At<'_>) -> Result<(), RecipeError> {
+        if let Some(ft) = &self.fine_tune {
+            ft.validate(at)?;
+            if self.mode == PtqMode::Dynamic {
+                return Err(at.invalid(&["mode"], "quantization-aware training trains static QDQ graphs; use `mode: static` (or `auto`)"));
+            }
+            if self.bits.weights.contains(&4) {
+                return Err(at.invalid(
+                    &["bits", "weights"],
+                    "4-bit QAT is not available in this build; train 8-bit weights (`weights: [8]`), or drop `fine_tune` for 4-bit PTQ",
+                ));
+            }
+        }
         for (key, list, allowed) in [("weights", &self.bits.weights, &[8u8, 4][..]), ("activations", &self.bits.activations, &[8u8][..])] {
             if list.is_empty() {
                 return Err(at.invalid(&["bits", key], "list at least one bit-width, e.g. [8]"));
