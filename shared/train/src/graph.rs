@@ -16,6 +16,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use candle_core::{D, DType, Device, Shape, Tensor, Var};
+
+use crate::conv::{Im2Col, Window};
 use ndarray::{ArrayD, IxDyn};
 use tamp_onnx::graph::{attr, attr_float, attr_int, attr_ints, node_label};
 use tamp_onnx::proto::tensor_proto::DataType;
@@ -241,7 +243,10 @@ impl TrainGraph {
             }
             if op(n) == "DequantizeLinear" {
                 shape_like.extend(n.input.iter().skip(1).cloned());
-                if let Some(q) = n.input.first().filter(|q| view.initializer(q).is_some()) {
+                // int8/uint8 weights train; int32 biases (scale = x_scale · w_scale, computed by
+                // a node) stay as PTQ wrote them.
+                let weight = |q: &&String| view.initializer(q).is_some_and(|t| matches!(data_type(t), DataType::Int8 | DataType::Uint8));
+                if let Some(q) = n.input.first().filter(weight) {
                     let zp = n.input.get(2).cloned().unwrap_or_default();
                     dq_weights.insert(q.clone(), (n.input.get(1).cloned().unwrap_or_default(), zp, attr_int(n, "axis", 1)));
                 }
@@ -745,32 +750,29 @@ impl TrainGraph {
         let (cout, cin_g, kh, kw) = w.dims4()?;
         let group = attr_int(n, "group", 1).max(1) as usize;
         let geo = Geometry::of(n, x, (kh, kw))?;
-        let cols = patches(x, &geo, 0.0)?; // kh·kw tensors [N, C, Ho, Wo]
-        let (nb, c, _, _) = x.dims4()?;
-        let (ho, wo) = (geo.out.0, geo.out.1);
+        let (nb, c, h, wd) = x.dims4()?;
+        let (ho, wo) = geo.out;
+        let k = kh * kw;
+        let win = Window { c, h, w: wd, kh, kw, stride: geo.stride, dilation: geo.dilation, pad: (geo.pads[0], geo.pads[1]), out: geo.out };
+        // [N·Ho·Wo, C·kh·kw], columns in the weight's own order.
+        let col = x.contiguous()?.apply_op1(Im2Col(win))?;
         let y = if group == 1 {
-            // [N, Ho, Wo, K·C] · [K·C, M]: column (dy·kw + dx)·C + c.
-            let col = Tensor::cat(&cols, 1)?.permute((0, 2, 3, 1))?.reshape((nb * ho * wo, kh * kw * c))?;
-            let wm = w.permute((0, 2, 3, 1))?.reshape((cout, kh * kw * cin_g))?;
-            col.matmul(&wm.t()?)?.reshape((nb, ho, wo, cout))?.permute((0, 3, 1, 2))?
+            col.matmul(&w.reshape((cout, c * k))?.t()?)?
         } else if group == c && cin_g == 1 {
             // Depthwise (channel multiplier m = M / C): Σ_k patch_k · w[:, k].
             let m = cout / c;
-            let stacked = Tensor::stack(&cols, 2)?; // [N, C, K, Ho, Wo]
-            let stacked = if m > 1 { stacked.repeat_interleave_c(m)? } else { stacked };
-            let wk = w.reshape((1, cout, kh * kw, 1, 1))?;
-            stacked.broadcast_mul(&wk)?.sum(2)?
+            let col = col.reshape((nb * ho * wo, c, 1, k))?;
+            col.broadcast_mul(&w.reshape((1, c, m, k))?)?.sum(3)?.reshape((nb * ho * wo, cout))?
         } else {
             let (gin, gout) = (c / group, cout / group);
             let mut outs = Vec::with_capacity(group);
             for gi in 0..group {
-                let part: Vec<Tensor> = cols.iter().map(|t| t.narrow(1, gi * gin, gin)).collect::<candle_core::Result<_>>()?;
-                let col = Tensor::cat(&part, 1)?.permute((0, 2, 3, 1))?.reshape((nb * ho * wo, kh * kw * gin))?;
-                let wg = w.narrow(0, gi * gout, gout)?.permute((0, 2, 3, 1))?.reshape((gout, kh * kw * gin))?;
-                outs.push(col.matmul(&wg.t()?)?.reshape((nb, ho, wo, gout))?.permute((0, 3, 1, 2))?);
+                let wg = w.narrow(0, gi * gout, gout)?.reshape((gout, gin * k))?;
+                outs.push(col.narrow(1, gi * gin * k, gin * k)?.matmul(&wg.t()?)?);
             }
             Tensor::cat(&outs, 1)?
         };
+        let y = y.reshape((nb, ho, wo, cout))?.permute((0, 3, 1, 2))?.contiguous()?;
         Ok(match b {
             Some(b) => y.broadcast_add(&b.reshape((1, cout, 1, 1))?)?,
             None => y,
@@ -804,32 +806,27 @@ impl TrainGraph {
         let get = |k: usize| ins.get(k).and_then(Option::as_ref).ok_or_else(|| node_err(n, format!("input {k} is missing")));
         let (x, gamma, beta) = (get(0)?, get(1)?, get(2)?);
         let eps = f64::from(attr_float(n, "epsilon", 1e-5));
-        let c = x.dim(1)?;
-        let mut shape = vec![1usize; x.rank()];
-        shape[1] = c;
-        let dims: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
-        let (mean, var) = match mode {
+        let x = x.contiguous()?;
+        let running = match mode {
             Mode::Train => {
-                let mean = x.mean_keepdim(dims.as_slice())?;
-                let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(dims.as_slice())?;
+                // Running statistics move toward the batch's (unbiased variance, as PyTorch).
+                let (mean, var) = crate::bn::batch_stats(&x.flatten_all()?.to_vec1::<f32>()?, x.dims());
                 let momentum = f64::from(attr_float(n, "momentum", 0.9));
-                let count = (x.elem_count() / c) as f64;
+                let count = (x.elem_count() / x.dim(1)?.max(1)) as f64;
                 let unbiased = count / (count - 1.0).max(1.0);
-                for (slot, batch) in [(3usize, &mean), (4, &var)] {
+                for (slot, batch, k) in [(3usize, &mean, 1.0), (4, &var, unbiased)] {
                     let name = &n.input[slot];
                     if let Some(r) = self.running.get(name) {
-                        let b = batch.detach().flatten_all()?;
-                        let b = if slot == 4 { b.affine(unbiased, 0.0)? } else { b };
-                        let updated = ((r.affine(momentum, 0.0)? + b.affine(1.0 - momentum, 0.0)?)?).reshape(r.shape())?;
-                        self.running.insert(name.clone(), updated);
+                        let old = r.flatten_all()?.to_vec1::<f32>()?;
+                        let new: Vec<f32> = old.iter().zip(batch).map(|(&o, &b)| (f64::from(o) * momentum + b * k * (1.0 - momentum)) as f32).collect();
+                        self.running.insert(name.clone(), Tensor::from_vec(new, r.shape(), &self.device)?);
                     }
                 }
-                (mean, var)
+                None
             }
-            Mode::Eval => (get(3)?.reshape(shape.clone())?, get(4)?.reshape(shape.clone())?),
+            Mode::Eval => Some((get(3)?.flatten_all()?.to_vec1::<f32>()?, get(4)?.flatten_all()?.to_vec1::<f32>()?)),
         };
-        let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + eps)?.sqrt()?)?;
-        Ok(y.broadcast_mul(&gamma.reshape(shape.clone())?)?.broadcast_add(&beta.reshape(shape)?)?)
+        Ok(x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, crate::bn::BatchNorm { eps, running })?)
     }
 
     /// `model` with every trained weight, running statistic and quantized weight written
@@ -1036,22 +1033,6 @@ fn patches(x: &Tensor, g: &Geometry, pad_value: f64) -> Result<Vec<Tensor>> {
         }
     }
     Ok(out)
-}
-
-trait RepeatInterleave {
-    fn repeat_interleave_c(&self, m: usize) -> candle_core::Result<Tensor>;
-}
-
-impl RepeatInterleave for Tensor {
-    /// [N, C, …] → [N, C·m, …], each channel repeated m times in place.
-    fn repeat_interleave_c(&self, m: usize) -> candle_core::Result<Tensor> {
-        let dims = self.dims().to_vec();
-        let mut expanded = dims.clone();
-        expanded.insert(2, m);
-        let mut out = dims.clone();
-        out[1] *= m;
-        self.unsqueeze(2)?.broadcast_as(expanded)?.contiguous()?.reshape(out)
-    }
 }
 
 /// Names of the graph's float outputs.

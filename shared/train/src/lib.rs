@@ -5,6 +5,8 @@
 //! - the reference CNN: a small ResNet trained, seeded, on Fashion-MNIST and exported to
 //!   ONNX through Tamp's own IR builder (no torch needed).
 
+mod bn;
+mod conv;
 pub mod finetune;
 pub mod fmnist;
 pub mod graph;
