@@ -265,7 +265,8 @@ bench-zoo: build-release venv zoo
 # Training: quality after fine-tuning / QAT per model x technique, and the training step
 # against PyTorch's (Debian's CPU python3-torch, installed here if missing) in one run.
 bench-train: build-release venv models
-	@/usr/bin/python3 -c "import torch" 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch; }
+	@# PyTorch at its real speed: with OpenBLAS (Debian otherwise links its reference BLAS, ~90x slower matmuls).
+	@/usr/bin/python3 -c "import torch" 2>/dev/null && [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch libopenblas0-pthread; }
 	cargo build --release -p tamp-train --bin tamp-train-bench
 	$(PY) scripts/bench_train.py --tamp $(TAMP_RELEASE) --train-bench $(CARGO_TARGET_DIR)/release/tamp-train-bench --json out/bench-train.json $(BENCH_TRAIN_ARGS)
 

@@ -1,7 +1,8 @@
 """`make bench-compress`: each reference model × technique through `tamp compress` (release
 build, one run each), one table: size ratio (raw and deflate-coded), the task metric, P50
 latency at batch 1 (1 thread), speed-up and the wall time of the pass itself (sensitivity
-curves included for pruning; evaluation excluded)."""
+curves included for pruning; evaluation excluded). The passes alone: the examples'
+`fine_tune` lines are dropped here (`make bench-train` measures training)."""
 import argparse
 import json
 import subprocess
@@ -41,8 +42,11 @@ def main() -> None:
         d = Path(args.models) / model
         for label, recipe in cases:
             with tempfile.TemporaryDirectory() as tmp:
+                text = (ROOT / recipe).read_text()
+                alone = Path(tmp) / "recipe.yaml"
+                alone.write_text("\n".join(line for line in text.splitlines() if not line.strip().startswith("fine_tune:")) + "\n")
                 start = time.monotonic()
-                r = subprocess.run([args.tamp, "compress", str(d / "model.onnx"), "--recipe", str(ROOT / recipe), "--data", str(d / "calib.npz"),
+                r = subprocess.run([args.tamp, "compress", str(d / "model.onnx"), "--recipe", str(alone), "--data", str(d / "calib.npz"),
                                     "--eval", str(d / "eval.npz"), "--out", f"{tmp}/out"], capture_output=True, text=True)
                 wall = time.monotonic() - start
                 if r.returncode != 0:

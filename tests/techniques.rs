@@ -14,6 +14,16 @@ use std::process::Command;
 use support::models::*;
 use support::{root, tamp};
 
+/// A shipped example recipe without its `fine_tune` lines: these tests check the passes
+/// alone (tests/training.rs checks training).
+fn without_training(dir: &Path, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(root().join(format!("configs/policy_examples/{name}.yaml"))).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with("fine_tune:")).collect();
+    let path = dir.join(format!("{name}-no-training.yaml"));
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    path
+}
+
 /// Weight clustering of the reference CNN (16 clusters per layer, then int8 on the clustered
 /// model): the clustered candidate's coded artifact is ≥ 6× smaller than the fp32 file with
 /// its top-1 drop reported, its weights take at most 16 values per layer once ONNX Runtime
@@ -95,7 +105,7 @@ fn tucker_of_the_reference_cnn() {
     let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
     let calib = model.with_file_name("calib.npz");
     let out = dir.path().join("out");
-    let r = compress(&model, &root().join("configs/policy_examples/tucker_cnn.yaml"), &calib, &eval, &out);
+    let r = compress(&model, &without_training(dir.path(), "tucker_cnn"), &calib, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let cands: serde_json::Value = candidates_json(&out);
     let c = &cands["candidates"][0];
@@ -130,7 +140,7 @@ fn unstructured_and_2of4_pruning_of_the_reference_cnn() {
     let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
     let calib = model.with_file_name("calib.npz");
     let out = dir.path().join("u");
-    let r = compress(&model, &root().join("configs/policy_examples/sparse_unstructured.yaml"), &calib, &eval, &out);
+    let r = compress(&model, &without_training(dir.path(), "sparse_unstructured"), &calib, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let cands: serde_json::Value = candidates_json(&out);
     let list = cands["candidates"].as_array().unwrap();
@@ -146,7 +156,7 @@ fn unstructured_and_2of4_pruning_of_the_reference_cnn() {
         check_onnx(out.join(c["file"].as_str().unwrap()));
     }
     let out = dir.path().join("s24");
-    let r = compress(&model, &root().join("configs/policy_examples/sparse_2of4.yaml"), &calib, &eval, &out);
+    let r = compress(&model, &without_training(dir.path(), "sparse_2of4"), &calib, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     check_onnx(out.join("best.onnx"));
     let script = r#"
@@ -296,7 +306,7 @@ fn structured_pruning_of_the_reference_cnn() {
     let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
     let calib = model.with_file_name("calib.npz");
     let out = dir.path().join("out");
-    let r = compress(&model, &root().join("configs/policy_examples/prune30.yaml"), &calib, &eval, &out);
+    let r = compress(&model, &without_training(dir.path(), "prune30"), &calib, &eval, &out);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let cands: serde_json::Value = candidates_json(&out);
     let list = cands["candidates"].as_array().unwrap();

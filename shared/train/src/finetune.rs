@@ -223,7 +223,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
     if rows.is_empty() {
         return Err(GraphError::Other(format!("{} has no rows to train on", data.path.display())));
     }
-    let mut g = TrainGraph::new(student, &GraphOptions { trainable: true, learn_scales: false })?;
+    let mut g = TrainGraph::new(student, &GraphOptions { trainable: true, learn_scales: cfg.learn_scales })?;
     if !g.outputs.contains(&task.output) {
         return Err(GraphError::Other(format!("the model has no output '{}' to train; its outputs: {}", task.output, g.outputs.join(", "))));
     }
@@ -235,7 +235,9 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
     let mut slots: Vec<Slot> = Vec::new();
     let quantized: std::collections::HashSet<String> = g.quantized_weights().map(str::to_owned).collect();
     for (name, var) in g.params().iter() {
-        let t = var.as_tensor();
+        // Detached: a mask derived from the variable would record every product with it,
+        // chaining each step's moments to the last (memory grew ~0.4 GB a step on MiniLM).
+        let t = &var.as_tensor().detach();
         let zeros = t.eq(&t.zeros_like()?)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
         // A trained float weight has no exact zeros but those a pass made. A quantized one
         // rounds small weights to zero (a few %): only a pruned share (≥ 10 %) is held.
@@ -294,16 +296,18 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
             let rate = lr_at(cfg, lr, step, total);
             let t = (step + 1) as i32;
             for s in &mut slots {
-                let Some(gr) = grads.get(s.var.as_tensor()) else { continue };
+                // Detached: a gradient computed from activations would otherwise keep that
+                // step's whole graph alive through the moments (MiniLM ran out of memory).
+                let Some(gr) = grads.get(s.var.as_tensor()).map(Tensor::detach) else { continue };
                 let gr = match &s.mask {
                     Some(m) => gr.mul(m)?,
-                    None => gr.clone(),
+                    None => gr,
                 };
-                let w = s.var.as_tensor();
+                let w = &s.var.as_tensor().detach();
                 let next = match cfg.optimizer {
                     OptimizerKind::Adamw => {
-                        s.m = ((&s.m * b1)? + (&gr * (1.0 - b1))?)?;
-                        s.v = ((&s.v * b2)? + (gr.sqr()? * (1.0 - b2))?)?;
+                        s.m = ((&s.m * b1)? + (&gr * (1.0 - b1))?)?.detach();
+                        s.v = ((&s.v * b2)? + (gr.sqr()? * (1.0 - b2))?)?.detach();
                         let mh = (&s.m / (1.0 - b1.powi(t)))?;
                         let vh = (&s.v / (1.0 - b2.powi(t)))?;
                         let upd = mh.div(&(vh.sqrt()? + eps)?)?;
@@ -312,7 +316,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                     }
                     OptimizerKind::Sgd => {
                         let gr = if s.decay && cfg.weight_decay > 0.0 { (gr + (w * cfg.weight_decay)?)? } else { gr };
-                        s.m = ((&s.m * cfg.momentum)? + gr)?;
+                        s.m = ((&s.m * cfg.momentum)? + gr)?.detach();
                         (w - (&s.m * rate)?)?
                     }
                 };
@@ -320,7 +324,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                     Some(m) => next.mul(m)?,
                     None => next,
                 };
-                s.var.set(&next)?;
+                s.var.set(&next.detach())?;
             }
             step += 1;
             progress(step, total, value);

@@ -230,6 +230,8 @@ impl TrainGraph {
         let nodes: Vec<NodeProto> = order.iter().map(|&i| g.node[i].clone()).collect();
         // Which values are read as shapes/axes/indices, BN statistics or quantized weights.
         let mut shape_like = HashSet::new();
+        // Activation scales that train (LSQ): read by QuantizeLinear and DequantizeLinear alike.
+        let mut learned_scales = HashSet::new();
         let mut bn_stats = HashSet::new();
         let mut dq_weights: HashMap<String, (String, String, i64)> = HashMap::new();
         for n in &nodes {
@@ -251,8 +253,17 @@ impl TrainGraph {
                     dq_weights.insert(q.clone(), (n.input.get(1).cloned().unwrap_or_default(), zp, attr_int(n, "axis", 1)));
                 }
             }
-            if op(n) == "QuantizeLinear" && !opts.learn_scales {
-                shape_like.extend(n.input.iter().skip(1).cloned());
+            if op(n) == "QuantizeLinear" {
+                shape_like.extend(n.input.iter().skip(2).cloned());
+                match n.input.get(1) {
+                    Some(s) if opts.learn_scales => {
+                        learned_scales.insert(s.clone());
+                    }
+                    Some(s) => {
+                        shape_like.insert(s.clone());
+                    }
+                    None => {}
+                }
             }
         }
         let mut params = BTreeMap::new();
@@ -279,7 +290,7 @@ impl TrainGraph {
                 continue;
             }
             let trainable = value.dtype() == DType::F32 && value.elem_count() > 1 && !shape_like.contains(&name);
-            if trainable || (opts.learn_scales && value.dtype() == DType::F32 && !shape_like.contains(&name)) {
+            if trainable || learned_scales.contains(&name) {
                 if constant {
                     from_constant.insert(name.clone());
                 }

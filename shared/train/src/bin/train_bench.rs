@@ -19,6 +19,12 @@ use tamp_onnx::tensor::{data_type, to_array};
 use tamp_onnx::{Model, TensorValue};
 use tamp_train::finetune::{Task, fine_tune};
 
+/// Training allocates activation buffers of a different size every batch (sequence lengths
+/// vary); glibc's heap kept the freed ones (RSS grew ~30 MB a step on MiniLM). mimalloc
+/// reuses them at the same speed (docs/architecture.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let mut model = None;
     let mut data = None;
@@ -59,7 +65,14 @@ fn main() -> Result<()> {
     // Two runs; the difference is the steady-state cost of `steps` steps (set-up excluded).
     let warm = 3;
     let (_, short) = fine_tune(&m, &task, &d, &cfg(warm), &mut |_, _, _| {})?;
-    let (_, long) = fine_tune(&m, &task, &d, &cfg(warm + steps), &mut |_, _, _| {})?;
+    let trace = std::env::var_os("TAMP_TRACE_RSS").is_some();
+    let (_, long) = fine_tune(&m, &task, &d, &cfg(warm + steps), &mut |step, _, loss| {
+        if trace {
+            let rss = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let rss = rss.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("").to_owned();
+            eprintln!("step {step}: loss {loss:.4} {rss}");
+        }
+    })?;
     let per_step = (long.wall_seconds - short.wall_seconds) / steps as f64;
     println!("{}", json!({"model": model_path, "output": output, "batch": batch, "steps": steps, "seconds_per_step": per_step, "loss": long.loss}));
     Ok(())

@@ -40,6 +40,9 @@ pub struct FineTune {
     /// BatchNormalization uses batch statistics while training (`train`), or keeps its
     /// running statistics (`frozen`).
     pub batch_norm: BatchNormMode,
+    /// QAT: activation quantization scales train too (LSQ style); else they stay as
+    /// calibrated.
+    pub learn_scales: bool,
 }
 
 impl Default for FineTune {
@@ -62,6 +65,7 @@ impl Default for FineTune {
             distill_weight: 0.5,
             max_rows: None,
             batch_norm: BatchNormMode::Train,
+            learn_scales: false,
         }
     }
 }
