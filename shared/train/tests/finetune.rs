@@ -80,3 +80,21 @@ fn the_same_inputs_and_seed_give_the_same_bytes() {
     assert_eq!(a.to_bytes().unwrap(), b.to_bytes().unwrap());
     assert_ne!(a.to_bytes().unwrap(), model.to_bytes().unwrap());
 }
+
+/// `lr: auto`: successive halving over four rates on held-back training rows; every trial
+/// is recorded, the second round trains the better half twice as long, and the chosen rate
+/// is the survivor.
+#[test]
+fn learning_rate_auto_records_its_trials() {
+    let (model, train, _) = load();
+    let task = Task { output: "logits".into(), teacher: Some(&model) };
+    let cfg = FineTune { steps: Some(40), lr: LearningRate::Auto, max_rows: Some(2048), ..quick() };
+    let (_, report) = fine_tune(&model, &task, &train, &cfg, &mut |_, _, _| {}).unwrap();
+    let rounds: Vec<usize> = report.lr_trials.iter().map(|t| t.round).collect();
+    assert_eq!(rounds, vec![0, 0, 0, 0, 1, 1], "{report:?}");
+    assert!(report.lr_trials[4].steps == 2 * report.lr_trials[0].steps);
+    let best = report.lr_trials[4..].iter().min_by(|a, b| a.validation_loss.total_cmp(&b.validation_loss)).unwrap();
+    assert_eq!(report.lr, best.lr);
+    assert_eq!(report.steps, 40);
+    assert!(report.lr_trials.iter().all(|t| t.validation_loss.is_finite()));
+}

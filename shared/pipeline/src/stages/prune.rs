@@ -153,7 +153,8 @@ fn iterative(cx: &mut Context<'_, '_>, stage: usize, cfg: &PruningStage, model: 
     let original: BTreeMap<String, &ChannelGroup> = groups.iter().map(|g| (g.name.clone(), g)).collect();
     let data = cx.job.evaluation;
     let rows = data.sample(cfg.sensitivity_rows.min(data.rows), cfg.seed);
-    let session = SessionConfig::default();
+    // Training runs between these scores on the same cores: ORT's idle threads must not spin.
+    let session = SessionConfig { intra_spinning: cx.fine_tune.is_none(), ..SessionConfig::default() };
     let started = std::time::Instant::now();
     let mut current = model.clone();
     let metric = cx.metric.clone();

@@ -29,6 +29,7 @@ fn main() -> Result<()> {
     let mut model = None;
     let mut data = None;
     let mut export = None;
+    let mut teacher_model = None;
     let (mut batch, mut steps, mut teacher) = (64usize, 20usize, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -40,6 +41,10 @@ fn main() -> Result<()> {
             "--batch" => batch = val()?.parse()?,
             "--steps" => steps = val()?.parse()?,
             "--teacher" => teacher = true,
+            "--teacher-model" => {
+                teacher = true;
+                teacher_model = Some(PathBuf::from(val()?));
+            }
             other => bail!("unknown flag {other}; usage: tamp-train-bench --model M --data D [--batch B] [--steps N] [--teacher] [--export DIR]"),
         }
     }
@@ -50,8 +55,15 @@ fn main() -> Result<()> {
         export_graph(&m, dir)?;
     }
     let output = tamp_train::graph::float_outputs(&m).into_iter().last().context("no float output")?;
-    let task = Task { output: output.clone(), teacher: teacher.then_some(&m) };
-    let loss = if teacher { LossKind::Cosine } else { LossKind::CrossEntropy };
+    let other = teacher_model.map(Model::load).transpose()?;
+    let task = Task { output: output.clone(), teacher: teacher.then_some(other.as_ref().unwrap_or(&m)) };
+    let loss = if std::env::var_os("TAMP_BENCH_AUTO").is_some() {
+        LossKind::Auto
+    } else if teacher {
+        LossKind::Cosine
+    } else {
+        LossKind::CrossEntropy
+    };
     let cfg = |n: usize| FineTune {
         steps: Some(n),
         batch_size: batch,
@@ -66,7 +78,11 @@ fn main() -> Result<()> {
     let warm = 3;
     let (_, short) = fine_tune(&m, &task, &d, &cfg(warm), &mut |_, _, _| {})?;
     let trace = std::env::var_os("TAMP_TRACE_RSS").is_some();
-    let (_, long) = fine_tune(&m, &task, &d, &cfg(warm + steps), &mut |step, _, loss| {
+    let long_cfg = match std::env::var("TAMP_BENCH_FT") {
+        Ok(j) => serde_json::from_str::<FineTune>(&j)?,
+        Err(_) => cfg(warm + steps),
+    };
+    let (_, long) = fine_tune(&m, &task, &d, &long_cfg, &mut |step, _, loss| {
         if trace {
             let rss = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
             let rss = rss.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("").to_owned();
