@@ -106,10 +106,8 @@ fn qat_keeps_the_ptq_layout() {
     let ptq = "policy:\n  name: p\n  stages:\n    - ptq: {mode: static, float_slow_layers: false}\nconstraints: {max_metric_drop_pct: 100}\n";
     let (o, ptq_out) = compress_train(ptq, dir.path(), "ptq", false);
     ok(&o);
-    let qat = format!(
-        "policy:\n  name: p\n  stages:\n    - qat: {{mode: static, float_slow_layers: false, fine_tune: {{steps: 60, batch_size: 64, lr: 0.0003, max_rows: 8192, seed: 3}}}}\nconstraints: {{max_metric_drop_pct: 100}}\n"
-    );
-    let (o, qat_out) = compress_train(&qat, dir.path(), "qat", true);
+    let qat = "policy:\n  name: p\n  stages:\n    - qat: {mode: static, float_slow_layers: false, fine_tune: {steps: 60, batch_size: 64, lr: 0.0003, max_rows: 8192, seed: 3}}\nconstraints: {max_metric_drop_pct: 100}\n";
+    let (o, qat_out) = compress_train(qat, dir.path(), "qat", true);
     ok(&o);
     let (p, q) = (outcome(&ptq_out), outcome(&qat_out));
     let pc = p.candidates.iter().find(|c| c.technique == "ptq").unwrap();
