@@ -197,39 +197,39 @@ fn shapes_and_indexing() {
     });
 }
 
+/// `x` (trainable) → QuantizeLinear(scale 0.1, int8) → DequantizeLinear → `y`.
+fn qdq(values: Vec<f32>) -> TrainGraph {
+    let mut b = GraphBuilder::new("qdq", 17);
+    b.init_f32("x", ArrayD::from_shape_vec(IxDyn(&[values.len()]), values).unwrap());
+    let s = b.init_f32("s", ArrayD::from_elem(IxDyn(&[]), 0.1));
+    let z = b.init("z", ArrayD::from_elem(IxDyn(&[]), 0i8));
+    let q = b.op("QuantizeLinear", &["x", &s, &z], &[]);
+    b.op_n("DequantizeLinear", &[&q, &s, &z], &["y"], &[]);
+    b.output_f32("y", &[]);
+    TrainGraph::new(&b.build(), &GraphOptions { trainable: true, learn_scales: false }).unwrap()
+}
+
+/// d Σy / dx of a [`qdq`] graph, and y.
+fn qdq_grad(values: Vec<f32>) -> (Vec<f32>, Vec<f32>) {
+    let mut g = qdq(values);
+    let y = g.forward(&HashMap::new(), Mode::Train, &["y"]).unwrap().remove("y").unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let gx = grads.get(g.params()["x"].as_tensor()).unwrap().to_vec1().unwrap();
+    (y.to_vec1().unwrap(), gx)
+}
+
 /// Fake quantization (QuantizeLinear → DequantizeLinear): gradient 1 inside the range, 0
 /// where the value clips; the forward value is the quantized one.
 #[test]
 fn fake_quantization_is_straight_through() {
-    let mut b = GraphBuilder::new("qdq", 17);
-    b.init_f32("x", ArrayD::from_shape_vec(IxDyn(&[4]), vec![0.26, -0.49, 3.0, -3.0]).unwrap());
-    let s = b.init_f32("s", ArrayD::from_elem(IxDyn(&[]), 0.1));
-    let z = b.init("z", ArrayD::from_elem(IxDyn(&[]), 0i8));
-    let q = b.op("QuantizeLinear", &["x", &s, &z], &[]);
-    b.op_n("DequantizeLinear", &[&q, &s, &z], &["y"], &[]);
-    b.output_f32("y", &[]);
-    let mut g = TrainGraph::new(&b.build(), &GraphOptions { trainable: true, learn_scales: false }).unwrap();
-    let y = g.forward(&HashMap::new(), Mode::Train, &["y"]).unwrap().remove("y").unwrap();
-    let v: Vec<f32> = y.to_vec1().unwrap();
+    let (v, gx) = qdq_grad(vec![0.26, -0.49, 3.0, -3.0]);
     let expect = [0.3, -0.5, 3.0, -3.0];
     for (a, e) in v.iter().zip(expect) {
         assert!((a - e).abs() < 1e-5, "{v:?}");
     }
-    let grads = y.sum_all().unwrap().backward().unwrap();
-    let x = g.params()["x"].clone();
-    let gx: Vec<f32> = grads.get(x.as_tensor()).unwrap().to_vec1().unwrap();
     assert_eq!(gx, vec![1.0, 1.0, 1.0, 1.0], "3.0 and -3.0 are inside int8 × 0.1 = [-12.8, 12.7]");
-    let mut b = GraphBuilder::new("qdq", 17);
-    b.init_f32("x", ArrayD::from_shape_vec(IxDyn(&[2]), vec![20.0, 0.2]).unwrap());
-    let s = b.init_f32("s", ArrayD::from_elem(IxDyn(&[]), 0.1));
-    let z = b.init("z", ArrayD::from_elem(IxDyn(&[]), 0i8));
-    let q = b.op("QuantizeLinear", &["x", &s, &z], &[]);
-    b.op_n("DequantizeLinear", &[&q, &s, &z], &["y"], &[]);
-    b.output_f32("y", &[]);
-    let mut g = TrainGraph::new(&b.build(), &GraphOptions { trainable: true, learn_scales: false }).unwrap();
-    let y = g.forward(&HashMap::new(), Mode::Train, &["y"]).unwrap().remove("y").unwrap();
-    let grads = y.sum_all().unwrap().backward().unwrap();
-    let gx: Vec<f32> = grads.get(g.params()["x"].as_tensor()).unwrap().to_vec1().unwrap();
+    let (v, gx) = qdq_grad(vec![20.0, 0.2]);
+    assert!((v[0] - 12.7).abs() < 1e-5, "{v:?}");
     assert_eq!(gx, vec![0.0, 1.0], "a clipped value gets no gradient");
 }
 
