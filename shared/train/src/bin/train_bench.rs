@@ -4,7 +4,8 @@
 //! PyTorch, in the same run.
 //!
 //! Usage: tamp-train-bench --model M.onnx --data train.npz --batch 64 --steps 20 [--teacher]
-//!        [--export DIR]
+//!        [--teacher-model T.onnx] [--export DIR]
+//! `TAMP_TRACE_RSS=1` prints the resident set after every step (memory checks).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -57,13 +58,7 @@ fn main() -> Result<()> {
     let output = tamp_train::graph::float_outputs(&m).into_iter().last().context("no float output")?;
     let other = teacher_model.map(Model::load).transpose()?;
     let task = Task { output: output.clone(), teacher: teacher.then_some(other.as_ref().unwrap_or(&m)) };
-    let loss = if std::env::var_os("TAMP_BENCH_AUTO").is_some() {
-        LossKind::Auto
-    } else if teacher {
-        LossKind::Cosine
-    } else {
-        LossKind::CrossEntropy
-    };
+    let loss = if teacher { LossKind::Cosine } else { LossKind::CrossEntropy };
     let cfg = |n: usize| FineTune {
         steps: Some(n),
         batch_size: batch,
@@ -78,10 +73,7 @@ fn main() -> Result<()> {
     let warm = 3;
     let (_, short) = fine_tune(&m, &task, &d, &cfg(warm), &mut |_, _, _| {})?;
     let trace = std::env::var_os("TAMP_TRACE_RSS").is_some();
-    let long_cfg = match std::env::var("TAMP_BENCH_FT") {
-        Ok(j) => serde_json::from_str::<FineTune>(&j)?,
-        Err(_) => cfg(warm + steps),
-    };
+    let long_cfg = cfg(warm + steps);
     let (_, long) = fine_tune(&m, &task, &d, &long_cfg, &mut |step, _, loss| {
         if trace {
             let rss = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
