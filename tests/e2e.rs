@@ -306,7 +306,9 @@ fn equalization_and_bias_correction_on_efficientnet() {
     let calib = model.with_file_name("calib.npz");
     let recipe = |name: &str, extra: &str| {
         let p = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&p, format!("policy:\n  name: {name}\n  stages:\n    - ptq:\n        calibration: {{method: percentile, percentile: 99.99, samples: 128}}\n{extra}constraints: {{max_metric_drop_pct: 100}}\nevaluation: {{latency_runs: 3}}\n")).unwrap();
+        // Every layer quantized: which ones ONNX Runtime runs slower in int8 is a timing on
+        // this machine, and this test is about the weights, not the speed rule.
+        std::fs::write(&p, format!("policy:\n  name: {name}\n  stages:\n    - ptq:\n        float_slow_layers: false\n        calibration: {{method: percentile, percentile: 99.99, samples: 128}}\n{extra}constraints: {{max_metric_drop_pct: 100}}\nevaluation: {{latency_runs: 3}}\n")).unwrap();
         p
     };
     let top1 = |name: &str, extra: &str| -> serde_json::Value {
@@ -370,7 +372,9 @@ fn compress_the_reference_cnn_with_the_shipped_recipe() {
     let best: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("best.json")).unwrap()).unwrap();
     assert_eq!(best["runtime"], "onnxruntime");
     assert_eq!(best["sha256"].as_str().unwrap(), sha256_hex(&out.join("best.onnx")));
-    assert!(best["compatibility"]["onnxruntime"]["integer_kernels"]["QLinearConv"].as_u64().unwrap() >= 8, "{best}");
+    // Most of the 9 convolutions run integer; which ones stay float for speed is timed
+    // on the machine running the test, so the bar leaves room for a different CPU.
+    assert!(best["compatibility"]["onnxruntime"]["integer_kernels"]["QLinearConv"].as_u64().unwrap() >= 5, "{best}");
     assert_eq!(best["opset"]["ai.onnx"], 17);
 
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
