@@ -18,6 +18,7 @@ use support::models::*;
 use support::{root, tamp};
 use tamp_onnx::Model;
 use tamp_onnx::tensor::data_type;
+use tamp_onnx::proto::tensor_proto::DataType;
 
 fn cnn() -> PathBuf {
     root().join("models/fmnist-resnet8")
@@ -127,6 +128,36 @@ fn qat_keeps_the_ptq_layout() {
     let ops_after = check_onnx(qat_out.join(&qc.file));
     let ops: serde_json::Value = serde_json::from_slice(&ops_after.stdout).unwrap();
     assert!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0) >= 8, "ONNX Runtime still runs integer kernels: {ops}");
+}
+
+/// 4-bit QAT: int4 Conv weights (opset 21) train through fake quantization to exactly their
+/// codes and come back in PTQ's 4-bit layout, with top-1 at least PTQ's less a little.
+#[test]
+fn w4_qat_keeps_the_4bit_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let ptq = "policy:\n  name: p\n  stages:\n    - ptq: {bits: {weights: [4]}}\nconstraints: {max_metric_drop_pct: 100}\n";
+    let (o, ptq_out) = compress_train(ptq, dir.path(), "ptq4", false);
+    ok(&o);
+    let qat = "policy:\n  name: p\n  stages:\n    - qat: {bits: {weights: [4]}, fine_tune: {steps: 60, batch_size: 64, lr: 0.0003, max_rows: 8192, seed: 3}}\nconstraints: {max_metric_drop_pct: 100}\n";
+    let (o, qat_out) = compress_train(qat, dir.path(), "qat4", true);
+    ok(&o);
+    let (p, q) = (outcome(&ptq_out), outcome(&qat_out));
+    let (pc, qc) = (&p.candidates[0], &q.candidates[0]);
+    assert_eq!((pc.weights_bits, qc.weights_bits), (4, 4));
+    let t = qc.training.as_ref().expect("the 4-bit candidate trained");
+    assert!(t.fake_quantized >= 6, "{t:?}");
+    let (a, b) = (Model::load(ptq_out.join(&pc.file)).unwrap(), Model::load(qat_out.join(&qc.file)).unwrap());
+    assert_eq!(b.opset(""), Some(21));
+    let inits =
+        |m: &Model| m.graph().initializer.iter().map(|t| (t.name.clone().unwrap_or_default(), (data_type(t), t.dims.clone()))).collect::<BTreeMap<_, _>>();
+    assert_eq!(inits(&a), inits(&b), "QAT changed an initializer's name, type or shape");
+    let int4: Vec<_> = b.graph().initializer.iter().filter(|t| data_type(t) == DataType::Int4).collect();
+    assert!(int4.len() >= 6, "{} int4 weights", int4.len());
+    let changed = int4.iter().filter(|t| a.graph().initializer.iter().find(|x| x.name == t.name).unwrap().raw_data != t.raw_data).count();
+    assert!(changed >= 3, "only {changed} int4 weights changed");
+    eprintln!("W4 QAT {:.4} vs W4 PTQ {:.4}", qc.measured.value, pc.measured.value);
+    assert!(qc.measured.value >= pc.measured.value - 0.01, "W4 QAT {:.4} vs PTQ {:.4}", qc.measured.value, pc.measured.value);
+    check_onnx(qat_out.join(&qc.file));
 }
 
 /// Asking for training without training rows fails before any work, with one line naming

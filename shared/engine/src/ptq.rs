@@ -16,7 +16,7 @@ use crate::passes::bias_correct::{self, CorrectedLayer};
 use crate::passes::dynamic::DynamicCounts;
 use crate::passes::equalize::{self, EqualizedPair};
 use crate::passes::{
-    DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeDynamic, QuantizeNBits, QuantizeQdq, QuantizeSubgraphWeights, quantize,
+    DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConv4, QuantizeConfig, QuantizeDynamic, QuantizeNBits, QuantizeQdq, QuantizeSubgraphWeights, conv4, quantize,
 };
 use crate::runtime::SessionConfig;
 
@@ -319,17 +319,36 @@ pub fn quantize_dynamic(model: &Model, cfg: &DynamicConfig) -> Result<(Model, Dy
     Ok((q, counts))
 }
 
-/// 4-bit weight-only quantization of MatMuls and Gemms by constant weights (`MatMulNBits`), then int8
-/// embedding tables as in [`quantize_dynamic`]. Returns the model and the number of layers.
+/// 4-bit weight-only quantization: MatMuls and Gemms by constant weights as `MatMulNBits`,
+/// Conv weights as int4 behind `DequantizeLinear` (batch norms folded into them first; opset
+/// 21), then int8 embedding tables as in [`quantize_dynamic`]. Returns the model and the
+/// number of layers with 4-bit weights.
 pub fn quantize_4bit(model: &Model, cfg: &NBitsConfig) -> Result<(Model, usize)> {
     let pass = QuantizeNBits { config: cfg.clone() };
-    let (patch, n) = pass.build(model)?.ok_or_else(|| {
-        EngineError::Config(format!(
-            "4-bit quantization found no MatMul or Gemm (no transA, alpha = beta = 1) by a constant 2-D weight of at least {} elements",
-            cfg.min_elements
-        ))
-    })?;
-    let q = patch.apply(model, pass.name())?;
+    let (mut q, mut n) = match pass.build(model)? {
+        Some((patch, n)) => (patch.apply(model, pass.name())?, n),
+        None => (model.clone(), 0),
+    };
+    let conv4 = QuantizeConv4 { exclude: cfg.exclude.clone(), ..QuantizeConv4::default() };
+    if conv4.build(&q)?.is_some() {
+        let folded = match FoldBatchNorm.apply(&q)? {
+            Some((m, _)) => m,
+            None => q.clone(),
+        };
+        if let Some((m, convs)) = conv4.apply(&folded)? {
+            q = m;
+            q.proto.ir_version = Some(q.proto.ir_version.unwrap_or(conv4::IR_VERSION).max(conv4::IR_VERSION));
+            n += convs.len();
+        }
+    }
+    if n == 0 {
+        let blocked = conv4::opset21_blocker(model).map(|b| format!("; Conv weights need opset 21, and {b}")).unwrap_or_default();
+        return Err(EngineError::Config(format!(
+            "4-bit quantization found no MatMul or Gemm (no transA, alpha = beta = 1) by a constant 2-D weight of at least {} elements, and no Conv weight of at least {} elements{blocked}",
+            cfg.min_elements,
+            QuantizeConv4::default().min_elements
+        )));
+    }
     let emb = QuantizeDynamic { config: DynamicConfig { exclude: cfg.exclude.clone(), ..DynamicConfig::default() } };
     let q = match emb.build(&q)? {
         Some((p, _)) => p.apply(&q, emb.name())?,

@@ -155,6 +155,22 @@ pub fn from_array<T: Element>(name: &str, a: &ArrayD<T>) -> TensorProto {
     }
 }
 
+/// Two's-complement int4 codes packed two per byte, the first in the low nibble (ONNX's
+/// INT4 layout).
+pub fn pack_int4(codes: &[i8]) -> Vec<u8> {
+    codes.chunks(2).map(|p| (p[0] as u8 & 0x0f) | (p.get(1).map_or(0, |&h| (h as u8 & 0x0f) << 4))).collect()
+}
+
+/// The `n` int4 codes [`pack_int4`] packed.
+pub fn unpack_int4(raw: &[u8], n: usize) -> Vec<i8> {
+    (0..n)
+        .map(|i| {
+            let nib = if i.is_multiple_of(2) { raw[i / 2] & 0x0f } else { raw[i / 2] >> 4 };
+            ((nib << 4) as i8) >> 4
+        })
+        .collect()
+}
+
 /// A decoded tensor of any element type Tamp computes with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorValue {

@@ -21,14 +21,17 @@ use tamp_domain::recipe::{BatchNormMode, FineTune, LearningRate, LossKind, LrSch
 pub use tamp_domain::results::{LrTrial, TrainReport};
 use tamp_onnx::Model;
 
-use crate::graph::{GraphError, GraphOptions, Mode, Result, TrainGraph, to_candle};
+use crate::graph::{FourBit, GraphError, GraphOptions, Mode, Result, TrainGraph, to_candle};
 
 /// What the job knows about the task.
+#[derive(Debug, Clone, Default)]
 pub struct Task<'a> {
     /// The output trained on (the one the evaluation scores).
     pub output: String,
     /// The input model, whose outputs are the distillation targets.
     pub teacher: Option<&'a Model>,
+    /// 4-bit QAT: the weights the 4-bit pass will quantize train through its quantizer.
+    pub fake_quant_4bit: Option<FourBit>,
 }
 
 /// Training progress: (step, total steps, running loss).
@@ -223,7 +226,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
     if rows.is_empty() {
         return Err(GraphError::Other(format!("{} has no rows to train on", data.path.display())));
     }
-    let mut g = TrainGraph::new(student, &GraphOptions { trainable: true, learn_scales: cfg.learn_scales })?;
+    let mut g = TrainGraph::new(student, &GraphOptions { trainable: true, learn_scales: cfg.learn_scales, fake_quant_4bit: task.fake_quant_4bit })?;
     if !g.outputs.contains(&task.output) {
         return Err(GraphError::Other(format!("the model has no output '{}' to train; its outputs: {}", task.output, g.outputs.join(", "))));
     }
@@ -351,7 +354,7 @@ fn mean(v: &[f64]) -> f64 {
 
 /// The objective's loss on held-back rows (in eval mode).
 fn validation_loss(model: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: &FineTune) -> Result<f64> {
-    let mut g = TrainGraph::new(model, &GraphOptions::default())?;
+    let mut g = TrainGraph::new(model, &GraphOptions { fake_quant_4bit: task.fake_quant_4bit, ..GraphOptions::default() })?;
     let mut teacher = task.teacher.map(|t| TrainGraph::new(t, &GraphOptions::default())).transpose()?;
     let objective = Objective::resolve(cfg, data, teacher.is_some())?;
     let lengths = data.sequence_lengths().map_err(|e| GraphError::Other(e.to_string()))?;

@@ -35,7 +35,7 @@ fn fine_tuning_recovers_half_the_channels_removed() {
     let pruned = pr::prune(&model, &groups, &keep).unwrap();
     let rows: Vec<usize> = (0..2000).collect();
     let before = top1(&pruned, &eval, &rows, "logits").unwrap();
-    let task = Task { output: "logits".into(), teacher: Some(&model) };
+    let task = Task { output: "logits".into(), teacher: Some(&model), ..Task::default() };
     let (tuned, report) = fine_tune(&pruned, &task, &train, &quick(), &mut |_, _, _| {}).unwrap();
     let after = top1(&tuned, &eval, &rows, "logits").unwrap();
     assert_eq!(report.steps, 80);
@@ -49,7 +49,7 @@ fn pruned_zeros_stay_zero_and_two_of_four_stays_two_of_four() {
     let units = sparsity::units(&model, 256);
     let levels = vec![0.5; units.len()];
     let (sparse, _) = sparsity::sparsify(&model, &units, &levels, Pattern::NOfM { n: 2, m: 4 }, false).unwrap();
-    let task = Task { output: "logits".into(), teacher: Some(&model) };
+    let task = Task { output: "logits".into(), teacher: Some(&model), ..Task::default() };
     let cfg = FineTune { steps: Some(20), ..quick() };
     let (tuned, report) = fine_tune(&sparse, &task, &train, &cfg, &mut |_, _, _| {}).unwrap();
     assert!(report.masked_tensors >= units.len(), "{report:?}");
@@ -73,7 +73,7 @@ fn pruned_zeros_stay_zero_and_two_of_four_stays_two_of_four() {
 #[test]
 fn the_same_inputs_and_seed_give_the_same_bytes() {
     let (model, train, _) = load();
-    let task = Task { output: "logits".into(), teacher: Some(&model) };
+    let task = Task { output: "logits".into(), teacher: Some(&model), ..Task::default() };
     let cfg = FineTune { steps: Some(5), ..quick() };
     let (a, _) = fine_tune(&model, &task, &train, &cfg, &mut |_, _, _| {}).unwrap();
     let (b, _) = fine_tune(&model, &task, &train, &cfg, &mut |_, _, _| {}).unwrap();
@@ -87,7 +87,7 @@ fn the_same_inputs_and_seed_give_the_same_bytes() {
 #[test]
 fn learning_rate_auto_records_its_trials() {
     let (model, train, _) = load();
-    let task = Task { output: "logits".into(), teacher: Some(&model) };
+    let task = Task { output: "logits".into(), teacher: Some(&model), ..Task::default() };
     let cfg = FineTune { steps: Some(40), lr: LearningRate::Auto, max_rows: Some(2048), ..quick() };
     let (_, report) = fine_tune(&model, &task, &train, &cfg, &mut |_, _, _| {}).unwrap();
     let rounds: Vec<usize> = report.lr_trials.iter().map(|t| t.round).collect();

@@ -42,7 +42,7 @@ fn check_mode(name: &str, x_shape: &[usize], extra: &[(&str, Vec<usize>)], mode:
     b.op_n("Identity", &[&out], &["y"], &[]);
     b.output_f32("y", &[]);
     let model = b.build();
-    let mut g = TrainGraph::new(&model, &GraphOptions { trainable: true, learn_scales: false }).unwrap();
+    let mut g = TrainGraph::new(&model, &GraphOptions { trainable: true, ..GraphOptions::default() }).unwrap();
     let probe = g.forward(&HashMap::new(), mode, &["y"]).unwrap().remove("y").unwrap();
     let r = Tensor::from_vec((0..probe.elem_count()).map(|_| rng.random_range(-1f32..1.0)).collect::<Vec<_>>(), probe.elem_count(), g.device()).unwrap();
     let l = loss(&mut g, &r, mode);
@@ -206,7 +206,7 @@ fn qdq(values: Vec<f32>) -> TrainGraph {
     let q = b.op("QuantizeLinear", &["x", &s, &z], &[]);
     b.op_n("DequantizeLinear", &[&q, &s, &z], &["y"], &[]);
     b.output_f32("y", &[]);
-    TrainGraph::new(&b.build(), &GraphOptions { trainable: true, learn_scales: false }).unwrap()
+    TrainGraph::new(&b.build(), &GraphOptions { trainable: true, ..GraphOptions::default() }).unwrap()
 }
 
 /// d Σy / dx of a [`qdq`] graph, and y.

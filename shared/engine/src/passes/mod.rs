@@ -4,6 +4,7 @@
 
 pub mod bias_correct;
 pub mod cluster;
+pub mod conv4;
 pub mod dynamic;
 pub mod equalize;
 pub mod fold_bn;
@@ -17,6 +18,7 @@ pub mod sparsity;
 pub mod subgraph;
 
 pub use cluster::{ClusterWeights, ClusteredLayer};
+pub use conv4::QuantizeConv4;
 pub use dynamic::{DynamicConfig, QuantizeDynamic};
 pub use fold_bn::FoldBatchNorm;
 pub use lowrank::{FactorisedLayer, LowRank};

@@ -4,12 +4,13 @@
 
 use std::collections::BTreeSet;
 
-use tamp_domain::recipe::{PtqMode, PtqStage, Stage};
-use tamp_domain::results::{Candidate, Details, PrePasses, PtqDetails};
+use tamp_domain::recipe::{FineTune, PtqMode, PtqStage, Stage};
+use tamp_domain::results::{Candidate, Details, PrePasses, PtqDetails, TrainReport};
 use tamp_engine::calibrate::Method;
-use tamp_engine::passes::{DynamicConfig, NBitsConfig, QuantizeConfig, QuantizeNBits, cluster, dynamic, quantize};
+use tamp_engine::passes::{DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeConv4, QuantizeNBits, cluster, dynamic, quantize};
 use tamp_engine::ptq::{self, PtqConfig};
 use tamp_onnx::{Model, Pass};
+use tamp_train::graph::FourBit;
 
 use super::Technique;
 use crate::fallback::{self, BuildFn};
@@ -32,7 +33,8 @@ impl Technique for Ptq {
     fn candidates(&self, cx: &mut Context<'_, '_>, index: usize, p: &PtqStage, input: &Model) -> Result<Vec<Candidate>> {
         // A clustered input quantizes as plain weights (its Gather of centroids is materialized).
         let model = &cluster::materialize(input)?;
-        let mode = resolve_mode(model, p.mode);
+        // QAT trains static QDQ graphs (a dynamic graph quantizes activations at run time).
+        let mode = if cx.fine_tune.is_some() && p.mode == PtqMode::Auto { PtqMode::Static } else { resolve_mode(model, p.mode) };
         // The CPU the artifact is for decides whether weights need 7 bits (no VNNI).
         let isa = tamp_engine::isa::choose(p.target_isa);
         let keep: BTreeSet<String> = p.keep_float.iter().cloned().collect();
@@ -116,10 +118,12 @@ impl Technique for Ptq {
             };
             let id = format!("s{index}-ptq-{label}-w{wb}a{ab}");
             if wb == 4 && units_for.is_empty() {
-                // A CNN has no MatMul for 4-bit: skip this candidate, keep the others.
+                // Nothing with a weight big enough for 4-bit: skip this candidate, keep the others.
+                let blocked = tamp_engine::passes::conv4::opset21_blocker(model).map(|b| format!(" (Conv weights need opset 21, and {b})")).unwrap_or_default();
                 let why = format!(
-                    "{id} skipped: 4-bit weights need a MatMul or Gemm by a constant 2-D weight of at least {} elements, and this model has none",
-                    NBitsConfig::default().min_elements
+                    "{id} skipped: 4-bit weights need a MatMul or Gemm by a constant 2-D weight of at least {} elements, or a Conv weight of at least {}, and this model has none{blocked}",
+                    NBitsConfig::default().min_elements,
+                    QuantizeConv4::default().min_elements
                 );
                 cx.obs.begin(&format!("4-bit weights ({id})"), 0);
                 cx.obs.end(&why);
@@ -127,11 +131,24 @@ impl Technique for Ptq {
                 cx.skipped.push(why);
                 continue;
             }
-            let q = match first8.take() {
-                Some(m) if wb == 8 => m,
-                _ => build_fn(&keep)?,
+            // 4-bit QAT trains float latent weights through the 4-bit quantizer, then
+            // quantizes them (training the 4-bit graph itself would start every weight on its
+            // grid point, a half step — ~7 % of a channel's range — from changing code).
+            let four_bit_qat = if wb == 4 { cx.fine_tune.take() } else { None };
+            let prepared = match (&four_bit_qat, first8.take()) {
+                (Some(ft), _) => qat_4bit(cx, model, &keep, ft, &id).map(|(q, r)| (q, Some(r))),
+                (None, Some(m)) if wb == 8 => Ok((m, None)),
+                _ => build_fn(&keep).map(|q| (q, None)),
             };
-            let mut c = candidate(cx, &q, id.clone(), index, p, mode, keep.iter().cloned().collect(), (wb, ab))?;
+            let judged = prepared.and_then(|(q, training)| {
+                let mut c = candidate(cx, &q, id.clone(), index, p, mode, keep.iter().cloned().collect(), (wb, ab))?;
+                c.training = training.or(c.training);
+                Ok(c)
+            });
+            if four_bit_qat.is_some() {
+                cx.fine_tune = four_bit_qat;
+            }
+            let mut c = judged?;
             c.target_isa = (wb == 8).then(|| isa_label(isa));
             if wb == 8
                 && let Some(pre) = &pre_passes
@@ -157,6 +174,21 @@ impl Technique for Ptq {
         }
         Ok(out)
     }
+}
+
+/// 4-bit QAT: batch norms folded, the float model trained with its 4-bit weights
+/// fake-quantized exactly as the 4-bit pass will quantize them, then that pass. Returns the
+/// 4-bit model and the training report (metric before: the 4-bit PTQ model's).
+fn qat_4bit(cx: &mut Context<'_, '_>, model: &Model, keep: &BTreeSet<String>, ft: &FineTune, id: &str) -> Result<(Model, TrainReport)> {
+    let folded = match FoldBatchNorm.apply(model)? {
+        Some((m, _)) => m,
+        None => model.clone(),
+    };
+    let (trained, mut report) = cx.train_with(&folded, ft, id, Some(FourBit::default()))?;
+    let cfg = NBitsConfig { exclude: keep.clone(), ..NBitsConfig::default() };
+    let before = ptq::quantize_4bit(model, &cfg)?.0;
+    report.metric_before = Some(cx.quick_score(&before)?);
+    Ok((ptq::quantize_4bit(&trained, &cfg)?.0, report))
 }
 
 /// Saves, measures and judges one PTQ candidate model (`bits`: weights, activations).
@@ -202,8 +234,15 @@ pub fn resolve_mode(model: &Model, mode: PtqMode) -> PtqMode {
     }
 }
 
-/// The MatMuls the 4-bit pass would quantize (the fallback's units for 4-bit candidates).
+/// The layers the 4-bit passes would quantize (the fallback's units for 4-bit candidates):
+/// MatMuls and Gemms as `MatMulNBits`, Convs with int4 weights.
 fn nbits_units(model: &Model) -> Result<Vec<String>> {
-    let Some((patch, _)) = QuantizeNBits::default().build(model)? else { return Ok(Vec::new()) };
-    Ok(patch.remove_nodes.iter().map(|&i| quantize::node_key(&model.graph().node[i]).to_owned()).collect())
+    let mut units = match QuantizeNBits::default().build(model)? {
+        Some((patch, _)) => patch.remove_nodes.iter().map(|&i| quantize::node_key(&model.graph().node[i]).to_owned()).collect(),
+        None => Vec::new(),
+    };
+    if let Some((_, convs)) = QuantizeConv4::default().build(model)? {
+        units.extend(convs);
+    }
+    Ok(units)
 }

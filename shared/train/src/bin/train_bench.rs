@@ -57,7 +57,7 @@ fn main() -> Result<()> {
     }
     let output = tamp_train::graph::float_outputs(&m).into_iter().last().context("no float output")?;
     let other = teacher_model.map(Model::load).transpose()?;
-    let task = Task { output: output.clone(), teacher: teacher.then_some(other.as_ref().unwrap_or(&m)) };
+    let task = Task { output: output.clone(), teacher: teacher.then_some(other.as_ref().unwrap_or(&m)), ..Task::default() };
     let loss = if teacher { LossKind::Cosine } else { LossKind::CrossEntropy };
     let cfg = |n: usize| FineTune {
         steps: Some(n),

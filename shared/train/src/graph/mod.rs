@@ -78,6 +78,7 @@ pub const SUPPORTED: &[&str] = &[
     "Less",
     "Log",
     "MatMul",
+    "MatMulNBits",
     "Max",
     "MaxPool",
     "Min",
@@ -121,6 +122,35 @@ pub struct GraphOptions {
     pub trainable: bool,
     /// Activation quantization scales train too (LSQ style).
     pub learn_scales: bool,
+    /// Float weights that Tamp's 4-bit pass would quantize are read fake-quantized to exactly
+    /// its codes (4-bit QAT with float latent weights): Conv weights symmetric int4 per output
+    /// channel, MatMul/Gemm weights asymmetric uint4 in blocks along K.
+    pub fake_quant_4bit: Option<FourBit>,
+}
+
+/// Which weights the 4-bit pass quantizes, and how (mirrors `tamp_engine`'s `QuantizeConv4`
+/// and `QuantizeNBits` defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FourBit {
+    pub conv_min_elements: usize,
+    pub matmul_min_elements: usize,
+    pub block: usize,
+}
+
+impl Default for FourBit {
+    fn default() -> Self {
+        Self { conv_min_elements: 256, matmul_min_elements: 4096, block: 32 }
+    }
+}
+
+/// How a float weight is fake-quantized when read ([`GraphOptions::fake_quant_4bit`]).
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    /// Symmetric, one scale (max |w| / `div`) per slice of axis 0, codes in `[lo, hi]`: int4
+    /// Conv weights (`/7`, `[-8, 7]`), int8 embedding rows (`/127`, `[-127, 127]`).
+    Symmetric { div: f32, lo: f64, hi: f64 },
+    /// Asymmetric uint4 per block of `block` along K; `k_first`: the weight is [K, N].
+    Uint4Blocks { block: usize, k_first: bool },
 }
 
 /// A quantized weight trained in float: `DequantizeLinear(q, scale, zp)` with `q` an
@@ -132,7 +162,8 @@ struct QuantWeight {
     /// Scale/zero point shaped to broadcast against the weight (per-channel axis).
     lo: f64,
     hi: f64,
-    signed: bool,
+    /// The integer type written back.
+    elem: DataType,
 }
 
 /// The graph, ready to run forward (and backward through candle's autograd).
@@ -146,6 +177,8 @@ pub struct TrainGraph {
     running: HashMap<String, Tensor>,
     /// Integer weights behind a DequantizeLinear, trained as float.
     quant: HashMap<String, QuantWeight>,
+    /// Float weights read through a 4-bit fake quantizer.
+    hooks: HashMap<String, Hook>,
     /// Where each param came from: a `Constant` node's output, or an initializer.
     from_constant: HashSet<String>,
     /// Constants stored as int8 (zero points say whether a QuantizeLinear is signed).
@@ -186,6 +219,15 @@ fn proto_to_candle(t: &TensorProto, dev: &Device) -> Result<Tensor> {
         DataType::Int8 => TensorValue::I8(to_array::<i8>(t)?),
         DataType::Uint8 => TensorValue::U8(to_array::<u8>(t)?),
         DataType::Bool => TensorValue::Bool(to_array::<bool>(t)?),
+        DataType::Int4 => {
+            let n: usize = t.dims.iter().map(|&d| d.max(0) as usize).product();
+            let raw = t.raw_data.as_deref().filter(|r| r.len() * 2 >= n).ok_or_else(|| {
+                GraphError::Other(format!("int4 tensor '{}' has no packed raw data of {n} values", t.name.as_deref().unwrap_or("?")))
+            })?;
+            let codes = tamp_onnx::tensor::unpack_int4(raw, n);
+            let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+            TensorValue::I8(ArrayD::from_shape_vec(IxDyn(&shape), codes).map_err(|e| GraphError::Other(e.to_string()))?)
+        }
         other => {
             return Err(GraphError::Other(format!("tensor '{}' has element type {other:?}, which training does not read", t.name.as_deref().unwrap_or("?"))));
         }
@@ -224,7 +266,9 @@ impl TrainGraph {
     pub fn new(model: &Model, opts: &GraphOptions) -> Result<Self> {
         let g = model.graph();
         let dev = Device::Cpu;
-        if let Some(n) = g.node.iter().find(|n| !SUPPORTED.contains(&op(n)) || n.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx")) {
+        // The one contrib op read is the `MatMulNBits` Tamp's 4-bit pass writes.
+        let foreign = |n: &NodeProto| n.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx" && !(d == "com.microsoft" && op(n) == "MatMulNBits"));
+        if let Some(n) = g.node.iter().find(|n| !SUPPORTED.contains(&op(n)) || foreign(n)) {
             return Err(GraphError::Unsupported { node: node_label(n), op: op(n).to_owned(), supported: SUPPORTED.join(", ") });
         }
         let view = GraphView::new(g);
@@ -247,13 +291,17 @@ impl TrainGraph {
             }
             if op(n) == "DequantizeLinear" {
                 shape_like.extend(n.input.iter().skip(1).cloned());
-                // int8/uint8 weights train; int32 biases (scale = x_scale · w_scale, computed by
+                // int8/uint8/int4 weights train; int32 biases (scale = x_scale · w_scale, computed by
                 // a node) stay as PTQ wrote them.
-                let weight = |q: &&String| view.initializer(q).is_some_and(|t| matches!(data_type(t), DataType::Int8 | DataType::Uint8));
+                let weight = |q: &&String| view.initializer(q).is_some_and(|t| matches!(data_type(t), DataType::Int8 | DataType::Uint8 | DataType::Int4));
                 if let Some(q) = n.input.first().filter(weight) {
                     let zp = n.input.get(2).cloned().unwrap_or_default();
                     dq_weights.insert(q.clone(), (n.input.get(1).cloned().unwrap_or_default(), zp, attr_int(n, "axis", 1)));
                 }
+            }
+            if op(n) == "MatMulNBits" {
+                // Packed weights, block scales and zero points: the weights train (below).
+                shape_like.extend(n.input.iter().skip(1).take(3).cloned());
             }
             if op(n) == "QuantizeLinear" {
                 shape_like.extend(n.input.iter().skip(2).cloned());
@@ -310,8 +358,12 @@ impl TrainGraph {
                 Some(z) => z.to_dtype(DType::F32)?,
                 None => scale.zeros_like()?,
             };
-            let signed = g.initializer.iter().find(|t| t.name.as_deref() == Some(q.as_str())).is_some_and(|t| data_type(t) == DataType::Int8);
-            let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+            let elem = g.initializer.iter().find(|t| t.name.as_deref() == Some(q.as_str())).map_or(DataType::Uint8, data_type);
+            let (lo, hi) = match elem {
+                DataType::Int8 => (-128.0, 127.0),
+                DataType::Int4 => (-8.0, 7.0),
+                _ => (0.0, 255.0),
+            };
             let rank = qv.rank();
             let shape_for = |t: &Tensor| -> Result<Tensor> {
                 if t.rank() == 0 || rank == 0 {
@@ -326,7 +378,14 @@ impl TrainGraph {
             let w = qv.to_dtype(DType::F32)?.broadcast_sub(&zero)?.broadcast_mul(&scale)?;
             consts.remove(&q);
             params.insert(q.clone(), Var::from_tensor(&w)?);
-            quant.insert(q, QuantWeight { scale, zero, lo, hi, signed });
+            quant.insert(q, QuantWeight { scale, zero, lo, hi, elem });
+        }
+        for n in nodes.iter().filter(|n| op(n) == "MatMulNBits") {
+            let (b, w) = nbits_weight(n, &consts)?;
+            let name = n.input[1].clone();
+            consts.remove(&name);
+            params.insert(name.clone(), Var::from_tensor(&w)?);
+            quant.insert(name, b);
         }
         if !opts.trainable {
             // A frozen graph: the same values, not tracked by autograd.
@@ -336,10 +395,14 @@ impl TrainGraph {
                 params.insert(k, Var::from_tensor(&v)?);
             }
         }
+        let hooks = match opts.fake_quant_4bit {
+            Some(fb) => four_bit_hooks(&nodes, &params, &consts, fb),
+            None => HashMap::new(),
+        };
         let inits: HashSet<&str> = g.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
         let inputs = g.input.iter().filter_map(|i| i.name.clone()).filter(|n| !inits.contains(n.as_str())).collect();
         let outputs = g.output.iter().filter_map(|o| o.name.clone()).collect();
-        Ok(Self { nodes, params, consts, running, quant, from_constant, int8, inputs, outputs, device: dev })
+        Ok(Self { nodes, params, consts, running, quant, hooks, from_constant, int8, inputs, outputs, device: dev })
     }
 
     /// The trainable weights, by name.
@@ -347,9 +410,10 @@ impl TrainGraph {
         &self.params
     }
 
-    /// Names of weights trained through fake quantization.
+    /// Names of weights trained through fake quantization (quantized in the graph, or float
+    /// weights read through the 4-bit quantizer).
     pub fn quantized_weights(&self) -> impl Iterator<Item = &str> {
-        self.quant.keys().map(String::as_str)
+        self.quant.keys().chain(self.hooks.keys()).map(String::as_str)
     }
 
     pub fn device(&self) -> &Device {
@@ -408,8 +472,11 @@ impl TrainGraph {
             return Ok(v.clone());
         }
         if let Some(p) = self.params.get(name) {
-            return match self.quant.get(name) {
-                Some(q) => fake_quant(p.as_tensor(), &q.scale, &q.zero, q.lo, q.hi),
+            if let Some(q) = self.quant.get(name) {
+                return fake_quant(p.as_tensor(), &q.scale, &q.zero, q.lo, q.hi);
+            }
+            return match self.hooks.get(name) {
+                Some(h) => hooked(p.as_tensor(), *h),
                 None => Ok(p.as_tensor().clone()),
             };
         }
@@ -430,16 +497,25 @@ impl TrainGraph {
                     let qv = t.broadcast_div(&q.scale)?.round()?.broadcast_add(&q.zero)?.clamp(q.lo as f32, q.hi as f32)?;
                     let vals = qv.flatten_all()?.to_vec1::<f32>()?;
                     let shape = IxDyn(t.dims());
-                    if q.signed {
-                        tamp_onnx::tensor::from_array(
-                            name,
-                            &ArrayD::from_shape_vec(shape, vals.iter().map(|&v| v as i8).collect()).map_err(|e| GraphError::Other(e.to_string()))?,
-                        )
-                    } else {
-                        tamp_onnx::tensor::from_array(
-                            name,
-                            &ArrayD::from_shape_vec(shape, vals.iter().map(|&v| v as u8).collect()).map_err(|e| GraphError::Other(e.to_string()))?,
-                        )
+                    fn shaped<T>(shape: &IxDyn, v: Vec<T>) -> Result<ArrayD<T>> {
+                        ArrayD::from_shape_vec(shape.clone(), v).map_err(|e| GraphError::Other(e.to_string()))
+                    }
+                    match q.elem {
+                        DataType::Int8 => tamp_onnx::tensor::from_array(name, &shaped(&shape, vals.iter().map(|&v| v as i8).collect())?),
+                        DataType::Int4 => TensorProto {
+                            name: Some(name.clone()),
+                            dims: t.dims().iter().map(|&d| d as i64).collect(),
+                            data_type: Some(DataType::Int4 as i32),
+                            raw_data: Some(tamp_onnx::tensor::pack_int4(&vals.iter().map(|&v| v as i8).collect::<Vec<_>>())),
+                            ..Default::default()
+                        },
+                        DataType::Uint4 => {
+                            // MatMulNBits' layout: [N, blocks, block / 2] bytes, low nibble first.
+                            let d = t.dims();
+                            let packed = tamp_onnx::tensor::pack_int4(&vals.iter().map(|&v| v as i8).collect::<Vec<_>>());
+                            tamp_onnx::tensor::from_array(name, &shaped(&IxDyn(&[d[0], d[1], d[2] / 2]), packed)?)
+                        }
+                        _ => tamp_onnx::tensor::from_array(name, &shaped(&shape, vals.iter().map(|&v| v as u8).collect())?),
                     }
                 }
                 None => tamp_onnx::tensor::from_array(name, &to_nd(t)?),
@@ -475,6 +551,116 @@ impl TrainGraph {
             }
         }
         Ok(Model::new(proto))
+    }
+}
+
+/// A `MatMulNBits` weight as float `[N, blocks, block]` (what the trained param holds) and its
+/// block scales and zero points; written back as uint4 codes in the same packing.
+fn nbits_weight(n: &NodeProto, consts: &HashMap<String, Tensor>) -> Result<(QuantWeight, Tensor)> {
+    let get = |slot: usize| n.input.get(slot).filter(|s| !s.is_empty()).and_then(|s| consts.get(s));
+    let (Some(b), Some(scales)) = (get(1), get(2)) else {
+        return Err(node_err(n, "the packed weights and scales must be initializers"));
+    };
+    if attr_int(n, "bits", 4) != 4 || n.input.get(4).is_some_and(|g| !g.is_empty()) {
+        return Err(node_err(n, "only 4-bit MatMulNBits without g_idx trains"));
+    }
+    let (cols, blocks, half) = b.dims3()?;
+    let block = half * 2;
+    let bytes: Vec<u8> = ints(b)?.iter().map(|&v| v as u8).collect();
+    let codes: Vec<f32> = bytes.iter().flat_map(|&v| [f32::from(v & 0x0f), f32::from(v >> 4)]).collect();
+    let q = Tensor::from_vec(codes, (cols, blocks, block), b.device())?;
+    let scale = scales.to_dtype(DType::F32)?.reshape((cols, blocks, 1))?;
+    let zero = match get(3) {
+        Some(z) if z.dtype() != DType::F32 => {
+            // Packed like the weights: ⌈blocks / 2⌉ bytes per column.
+            let zb: Vec<u8> = ints(z)?.iter().map(|&v| v as u8).collect();
+            let per = blocks.div_ceil(2);
+            let zs: Vec<f32> = (0..cols * blocks)
+                .map(|i| {
+                    let (c, k) = (i / blocks, i % blocks);
+                    let byte = zb[c * per + k / 2];
+                    f32::from(if k.is_multiple_of(2) { byte & 0x0f } else { byte >> 4 })
+                })
+                .collect();
+            Tensor::from_vec(zs, (cols, blocks, 1), b.device())?
+        }
+        Some(_) => return Err(node_err(n, "float zero points do not train")),
+        None => Tensor::full(8f32, (cols, blocks, 1), b.device())?,
+    };
+    let w = q.broadcast_sub(&zero)?.broadcast_mul(&scale)?;
+    Ok((QuantWeight { scale, zero, lo: 0.0, hi: 15.0, elem: DataType::Uint4 }, w))
+}
+
+/// The float weights Tamp's 4-bit passes would quantize: Conv weights (rank ≥ 3) of at least
+/// `conv_min_elements`; MatMul weights (2-D, activation on the left) and plain Gemm weights
+/// (no transA, alpha = beta = 1) of at least `matmul_min_elements`.
+fn four_bit_hooks(nodes: &[NodeProto], params: &BTreeMap<String, Var>, consts: &HashMap<String, Tensor>, fb: FourBit) -> HashMap<String, Hook> {
+    let mut hooks = HashMap::new();
+    for n in nodes {
+        let Some(w) = n.input.get(1).filter(|w| params.contains_key(*w)) else { continue };
+        let dims = params[w].dims();
+        let count: usize = dims.iter().product();
+        let activation_left = n.input.first().is_some_and(|x| !params.contains_key(x) && !consts.contains_key(x));
+        let hook = match op(n) {
+            "Conv" if dims.len() >= 3 && count >= fb.conv_min_elements => Hook::Symmetric { div: 7.0, lo: -8.0, hi: 7.0 },
+            "MatMul" if dims.len() == 2 && count >= fb.matmul_min_elements && activation_left => Hook::Uint4Blocks { block: fb.block, k_first: true },
+            "Gemm"
+                if dims.len() == 2
+                    && count >= fb.matmul_min_elements
+                    && activation_left
+                    && attr_int(n, "transA", 0) == 0
+                    && tamp_onnx::graph::attr_float(n, "alpha", 1.0) == 1.0
+                    && tamp_onnx::graph::attr_float(n, "beta", 1.0) == 1.0 =>
+            {
+                Hook::Uint4Blocks { block: fb.block, k_first: attr_int(n, "transB", 0) == 0 }
+            }
+            _ => continue,
+        };
+        hooks.insert(w.clone(), hook);
+    }
+    // The 4-bit pass keeps embedding tables in int8, one scale per row (as dynamic int8 does).
+    for n in nodes.iter().filter(|n| op(n) == "Gather" && attr_int(n, "axis", 0) == 0) {
+        let Some(t) = n.input.first().filter(|t| params.get(*t).is_some_and(|v| v.rank() == 2 && v.elem_count() >= fb.matmul_min_elements)) else { continue };
+        hooks.insert(t.clone(), Hook::Symmetric { div: 127.0, lo: -127.0, hi: 127.0 });
+    }
+    hooks
+}
+
+/// `w` through the 4-bit quantizer `h` (scales from the current weights, not tracked; the
+/// rounding passes gradients straight through).
+fn hooked(w: &Tensor, h: Hook) -> Result<Tensor> {
+    let wd = w.detach();
+    match h {
+        Hook::Symmetric { div, lo, hi } => {
+            let out = w.dim(0)?;
+            let amax = wd.abs()?.reshape((out, ()))?.max_keepdim(1)?;
+            // Divided, not multiplied by 1/div: the same f32 the export computes.
+            let scale = amax.broadcast_div(&Tensor::new(div, w.device())?)?;
+            // An all-zero channel gets scale 1 (its codes are 0 either way).
+            let scale = scale.eq(0.0)?.where_cond(&scale.ones_like()?, &scale)?;
+            let mut shape = vec![1usize; w.rank()];
+            shape[0] = out;
+            let scale = scale.reshape(shape)?;
+            fake_quant(w, &scale, &scale.zeros_like()?, lo, hi)
+        }
+        Hook::Uint4Blocks { block, k_first } => {
+            // As [N, K], zero-padded to whole blocks.
+            let wt = if k_first { w.t()? } else { w.clone() };
+            let (cols, k) = wt.dims2()?;
+            let blocks = k.div_ceil(block);
+            let padded = if blocks * block > k { Tensor::cat(&[&wt, &Tensor::zeros((cols, blocks * block - k), DType::F32, w.device())?], 1)? } else { wt };
+            let x = padded.reshape((cols, blocks, block))?;
+            let xd = x.detach();
+            let lo = xd.min_keepdim(2)?.minimum(0.0)?;
+            let hi = xd.max_keepdim(2)?.maximum(0.0)?;
+            let range = (&hi - &lo)?;
+            let flat = range.eq(0.0)?;
+            let scale = flat.where_cond(&range.ones_like()?, &range.broadcast_div(&Tensor::new(15f32, w.device())?)?)?;
+            let zero = lo.neg()?.broadcast_div(&scale)?.round()?.clamp(0f32, 15f32)?;
+            let q = fake_quant(&x, &scale, &zero, 0.0, 15.0)?;
+            let back = q.reshape((cols, blocks * block))?.narrow(1, 0, k)?;
+            Ok(if k_first { back.t()? } else { back })
+        }
     }
 }
 

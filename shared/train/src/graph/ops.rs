@@ -111,6 +111,18 @@ impl TrainGraph {
                 }
                 one(y)
             }
+            "MatMulNBits" => {
+                // The weight arrives fake-quantized as [N, blocks, block]: its first K columns
+                // of each row are Wᵀ.
+                let w = inp(1)?;
+                let (cols, k) = (w.dim(0)?, i("K", 0) as usize);
+                let wt = w.reshape((cols, ()))?.narrow(1, 0, k)?;
+                let mut y = matmul(inp(0)?, &wt.t()?)?;
+                if let Some(b) = ins.get(5).and_then(Option::as_ref) {
+                    y = y.broadcast_add(b)?;
+                }
+                one(y)
+            }
             "Conv" => one(self.conv(n, inp(0)?, inp(1)?, ins.get(2).and_then(Option::as_ref))?),
             "BatchNormalization" => one(self.batch_norm(n, ins, mode)?),
             "LayerNormalization" => {

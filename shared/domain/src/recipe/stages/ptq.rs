@@ -10,8 +10,9 @@ use crate::recipe::RecipeError;
 pub const MAX_CALIBRATION_SAMPLES: usize = 1_000_000;
 
 /// Post-training quantization. Lists of bit-widths give one candidate per combination;
-/// 4-bit weights are weight-only (MatMul layers as `MatMulNBits`, activations float), so
-/// they make one candidate whatever `activations` lists.
+/// 4-bit weights are weight-only (MatMul layers as `MatMulNBits`, Conv weights as int4 behind
+/// `DequantizeLinear`; activations float), so they make one candidate whatever `activations`
+/// lists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PtqStage {
@@ -44,10 +45,11 @@ pub struct PtqStage {
     /// so weights are stored uint8 there (its U8U8 kernels); the choice is recorded with the
     /// artifact.
     pub target_isa: TargetIsa,
-    /// Quantization-aware training: each static int8 candidate trains with fake
-    /// quantization (straight-through gradients, activation ranges from this stage's
-    /// calibration) and keeps exactly the QDQ layout PTQ wrote. On by default in a `qat:`
-    /// stage.
+    /// Quantization-aware training: each candidate trains with fake quantization
+    /// (straight-through gradients) and keeps exactly the layout PTQ wrote: int8 as static QDQ
+    /// (activation ranges from this stage's calibration; `mode: auto` means static here), 4-bit
+    /// as `MatMulNBits` / int4 Conv weights with their block or channel scales. On by default
+    /// in a `qat:` stage.
     #[serde(alias = "finetune", deserialize_with = "super::finetune::deserialize_opt", skip_serializing_if = "Option::is_none")]
     pub fine_tune: Option<FineTune>,
 }
@@ -162,12 +164,6 @@ impl StageSettings for PtqStage {
             if self.mode == PtqMode::Dynamic {
                 return Err(at.invalid(&["mode"], "quantization-aware training trains static QDQ graphs; use `mode: static` (or `auto`)"));
             }
-            if self.bits.weights.contains(&4) {
-                return Err(at.invalid(
-                    &["bits", "weights"],
-                    "4-bit QAT is not available in this build; train 8-bit weights (`weights: [8]`), or drop `fine_tune` for 4-bit PTQ",
-                ));
-            }
         }
         for (key, list, allowed) in [("weights", &self.bits.weights, &[8u8, 4][..]), ("activations", &self.bits.activations, &[8u8][..])] {
             if list.is_empty() {
@@ -176,7 +172,7 @@ impl StageSettings for PtqStage {
             if let Some(b) = list.iter().find(|b| !allowed.contains(b)) {
                 return Err(at.invalid(
                     &["bits", key],
-                    format!("{b}-bit is not supported; supported: {allowed:?} (4-bit weights are weight-only, for MatMul and Gemm layers)"),
+                    format!("{b}-bit is not supported; supported: {allowed:?} (4-bit weights are weight-only: MatMul and Gemm layers as MatMulNBits, Conv weights as int4)"),
                 ));
             }
         }
