@@ -17,8 +17,8 @@ use std::process::{Command, Output};
 use support::models::*;
 use support::{root, tamp};
 use tamp_onnx::Model;
-use tamp_onnx::tensor::data_type;
 use tamp_onnx::proto::tensor_proto::DataType;
+use tamp_onnx::tensor::data_type;
 
 fn cnn() -> PathBuf {
     root().join("models/fmnist-resnet8")

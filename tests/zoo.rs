@@ -180,7 +180,7 @@ fn a_metric_on_an_integer_output_is_refused_naming_the_outputs() {
 /// pruning on a CNN once "succeeded" as plain int8). 4-bit on a CNN gives its Convs int4
 /// weights (opset 21) beside the int8 candidate.
 #[test]
-fn a_stage_that_changes_nothing_fails_and_an_inapplicable_candidate_is_skipped() {
+fn a_stage_that_changes_nothing_fails_and_4bit_reaches_convolutions() {
     let dir = zoo("ppocr_cls");
     let t = tempfile::tempdir().unwrap();
     let heads = t.path().join("heads.yaml");

@@ -16,7 +16,8 @@ use crate::passes::bias_correct::{self, CorrectedLayer};
 use crate::passes::dynamic::DynamicCounts;
 use crate::passes::equalize::{self, EqualizedPair};
 use crate::passes::{
-    DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConv4, QuantizeConfig, QuantizeDynamic, QuantizeNBits, QuantizeQdq, QuantizeSubgraphWeights, conv4, quantize,
+    DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeConv4, QuantizeDynamic, QuantizeNBits, QuantizeQdq, QuantizeSubgraphWeights, conv4,
+    quantize,
 };
 use crate::runtime::SessionConfig;
 

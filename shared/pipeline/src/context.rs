@@ -134,19 +134,27 @@ impl<'a, 'o> Context<'a, 'o> {
 
     /// Fine-tunes `model` on the job's training rows, distilling from the input model.
     pub fn train(&mut self, model: &Model, ft: &FineTune, label: &str) -> Result<(Model, TrainReport)> {
-        self.train_with(model, ft, label, None)
+        self.train_with(model, ft, label, None, None)
     }
 
     /// [`Context::train`], with the weights the 4-bit pass will quantize read through its
-    /// quantizer (`four_bit`: 4-bit QAT on float latent weights).
-    pub fn train_with(&mut self, model: &Model, ft: &FineTune, label: &str, four_bit: Option<tamp_train::graph::FourBit>) -> Result<(Model, TrainReport)> {
+    /// quantizer (`four_bit`: 4-bit QAT on float latent weights), and another teacher than
+    /// the input model (`teacher`).
+    pub fn train_with(
+        &mut self,
+        model: &Model,
+        ft: &FineTune,
+        label: &str,
+        four_bit: Option<tamp_train::graph::FourBit>,
+        teacher: Option<&Model>,
+    ) -> Result<(Model, TrainReport)> {
         let Some(data) = self.job.train else {
             return Err(EngineError::Config("fine-tuning needs training rows: pass `--train train.npz`".into()));
         };
         let session = tamp_engine::Session::from_model(model, &self.eval_cfg.session)?;
         let output = eval::metric_output(&session.outputs, self.eval_cfg.output.as_deref())?;
         drop(session);
-        let task = Task { output, teacher: Some(self.model), fake_quant_4bit: four_bit };
+        let task = Task { output, teacher: Some(teacher.unwrap_or(self.model)), fake_quant_4bit: four_bit };
         let rss_reset = perf::reset_peak_rss();
         let obs = &mut *self.obs;
         let mut last = 0;

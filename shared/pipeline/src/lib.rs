@@ -154,6 +154,7 @@ fn preflight_training(job: &Job<'_>, model: &Model) -> Result<()> {
             stage.kind()
         )));
     };
+    stages::distill_preflight(job, model)?;
     tamp_train::graph::TrainGraph::new(model, &tamp_train::graph::GraphOptions::default())
         .map_err(|e| EngineError::Config(format!("stage {i} cannot fine-tune: {e}")))?;
     let inputs: Vec<&str> = train.input_names().collect();

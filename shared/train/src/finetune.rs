@@ -270,6 +270,9 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
     let mode = if cfg.batch_norm == BatchNormMode::Train { Mode::Train } else { Mode::Eval };
     let out = [task.output.as_str()];
     let mut step = 0;
+    // The teacher's answer for each row, after its first epoch (rank-2 outputs only: one row
+    // each, whatever the batch's padding).
+    let mut cached: HashMap<usize, Vec<f32>> = HashMap::new();
     'outer: loop {
         order.shuffle(&mut rng);
         for idx in order.chunks(cfg.batch_size) {
@@ -282,7 +285,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
             }
             let feeds = batch_feeds(&g, data, idx, lengths.as_deref())?;
             let target = match teacher.as_mut() {
-                Some(t) => Some(t.forward(&feeds, Mode::Eval, &out)?.remove(&task.output).ok_or_else(|| missing(&task.output))?.detach()),
+                Some(t) => Some(teacher_targets(t, &feeds, idx, &task.output, &mut cached, &dev)?),
                 None => None,
             };
             let labels = labels_for(data, idx, &dev)?;
@@ -342,6 +345,32 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
     report.loss_start = mean(&losses[..tenth.min(losses.len())]);
     report.loss_end = mean(&losses[losses.len().saturating_sub(tenth)..]);
     Ok((g.write_back(student)?, report))
+}
+
+/// The teacher's `output` for the rows `idx`: from `cache` when every row is there, else
+/// computed (and cached when it is one vector per row).
+fn teacher_targets(
+    teacher: &mut TrainGraph,
+    feeds: &HashMap<String, Tensor>,
+    idx: &[usize],
+    output: &str,
+    cache: &mut HashMap<usize, Vec<f32>>,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    if let Some(first) = idx.first().and_then(|i| cache.get(i)) {
+        let width = first.len();
+        if idx.iter().all(|i| cache.contains_key(i)) {
+            let flat: Vec<f32> = idx.iter().flat_map(|i| cache[i].iter().copied()).collect();
+            return Ok(Tensor::from_vec(flat, (idx.len(), width), dev)?);
+        }
+    }
+    let t = teacher.forward(feeds, Mode::Eval, &[output])?.remove(output).ok_or_else(|| missing(output))?.detach();
+    if t.rank() == 2 && t.dtype() == DType::F32 {
+        for (row, values) in idx.iter().zip(t.to_vec2::<f32>()?) {
+            cache.insert(*row, values);
+        }
+    }
+    Ok(t)
 }
 
 fn missing(output: &str) -> GraphError {

@@ -326,9 +326,25 @@ mod tests {
 
     #[test]
     fn stages_not_in_this_build_are_refused_by_name() {
-        let r = "policy:\n  name: p\n  stages:\n    - ptq: {}\n    - distillation: {teacher: t.onnx}\n";
+        let r = "policy:\n  name: p\n  stages:\n    - ptq: {}\n    - search: {budget_trials: 10}\n";
         let e = Recipe::from_yaml(r).unwrap_err().to_string();
-        assert!(e.contains("line 5") && e.contains("`distillation` stage"), "{e}");
+        assert!(e.contains("line 5") && e.contains("`search` stage"), "{e}");
+        // Distillation: the PRD's key and Tamp's, each student form, and their mistakes.
+        let r = "policy:\n  name: p\n  stages:\n    - distillation: {teacher: t.onnx, student: {layers: {keep_every: 2}}}\n";
+        let d = Recipe::from_yaml(r).unwrap();
+        assert!(matches!(&d.policy.stages[0], Stage::Distill(s) if s.student == Student::Layers(LayerChoice { keep_every: Some(2), keep: vec![] })));
+        for ok in ["student: input", "student: {width: 0.5}", "student: {file: s.onnx}", "student: {layers: {keep: [1, 3, 5]}}"] {
+            Recipe::from_yaml(&format!("policy:\n  name: p\n  stages:\n    - distill: {{{ok}}}\n")).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, says) in [
+            ("student: {width: 1.5}", "outside (0, 1)"),
+            ("student: {layers: {keep_every: 2, keep: [1]}}", "not both"),
+            ("student: {layers: {}}", "which layers stay"),
+            ("student: {depth: 3}", "unknown variant"),
+        ] {
+            let e = Recipe::from_yaml(&format!("policy:\n  name: p\n  stages:\n    - distill: {{{bad}}}\n")).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
         // Known keys with settings this build cannot honour say so, with the line.
         let r = "policy:\n  name: p\n  stages:\n    - pruning:\n        type: structured_channel\n        schedule: iterative\n        steps: 1\n";
         let e = Recipe::from_yaml(r).unwrap_err().to_string();

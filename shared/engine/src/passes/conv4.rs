@@ -164,8 +164,8 @@ mod tests {
     use super::*;
     use crate::runtime::{Session, SessionConfig};
     use tamp_onnx::TensorValue;
-    use tamp_onnx::tensor::unpack_int4;
     use tamp_onnx::builder::GraphBuilder;
+    use tamp_onnx::tensor::unpack_int4;
 
     #[test]
     fn int4_codes_round_trip_through_the_packing() {

@@ -9,6 +9,7 @@ pub mod dynamic;
 pub mod equalize;
 pub mod fold_bn;
 pub mod heads;
+pub mod layers;
 pub mod lowrank;
 pub mod nbits;
 pub mod opset;

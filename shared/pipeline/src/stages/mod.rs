@@ -4,6 +4,7 @@
 //! the first technique that claims it. Adding one: docs/adding-a-technique.md.
 
 mod cluster;
+mod distill;
 mod heads;
 mod lowrank;
 mod prune;
@@ -15,12 +16,13 @@ use tamp_domain::results::Candidate;
 use tamp_engine::EngineError;
 use tamp_onnx::Model;
 
+pub(crate) use distill::preflight as distill_preflight;
 pub use ptq::resolve_mode;
 
 use crate::{Context, Result};
 
 /// Every technique this build runs, in the order they are asked.
-pub const REGISTRY: &[&dyn Runs] = &[&ptq::Ptq, &prune::Channels, &heads::Heads, &sparsity::Sparsity, &lowrank::LowRank, &cluster::Cluster];
+pub const REGISTRY: &[&dyn Runs] = &[&ptq::Ptq, &prune::Channels, &heads::Heads, &sparsity::Sparsity, &lowrank::LowRank, &cluster::Cluster, &distill::Distill];
 
 /// One compression technique.
 pub trait Technique: Sync {
@@ -81,6 +83,7 @@ mod tests {
             "pruning: {type: block, pattern: 2:4}",
             "lowrank: {}",
             "clustering: {}",
+            "distill: {student: {width: 0.5}}",
         ];
         for s in stages {
             let r = Recipe::from_yaml(&format!("policy:\n  name: p\n  stages:\n    - {s}\n")).unwrap();

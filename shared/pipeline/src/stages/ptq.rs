@@ -184,7 +184,7 @@ fn qat_4bit(cx: &mut Context<'_, '_>, model: &Model, keep: &BTreeSet<String>, ft
         Some((m, _)) => m,
         None => model.clone(),
     };
-    let (trained, mut report) = cx.train_with(&folded, ft, id, Some(FourBit::default()))?;
+    let (trained, mut report) = cx.train_with(&folded, ft, id, Some(FourBit::default()), None)?;
     let cfg = NBitsConfig { exclude: keep.clone(), ..NBitsConfig::default() };
     let before = ptq::quantize_4bit(model, &cfg)?.0;
     report.metric_before = Some(cx.quick_score(&before)?);

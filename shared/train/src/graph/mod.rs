@@ -221,9 +221,11 @@ fn proto_to_candle(t: &TensorProto, dev: &Device) -> Result<Tensor> {
         DataType::Bool => TensorValue::Bool(to_array::<bool>(t)?),
         DataType::Int4 => {
             let n: usize = t.dims.iter().map(|&d| d.max(0) as usize).product();
-            let raw = t.raw_data.as_deref().filter(|r| r.len() * 2 >= n).ok_or_else(|| {
-                GraphError::Other(format!("int4 tensor '{}' has no packed raw data of {n} values", t.name.as_deref().unwrap_or("?")))
-            })?;
+            let raw = t
+                .raw_data
+                .as_deref()
+                .filter(|r| r.len() * 2 >= n)
+                .ok_or_else(|| GraphError::Other(format!("int4 tensor '{}' has no packed raw data of {n} values", t.name.as_deref().unwrap_or("?"))))?;
             let codes = tamp_onnx::tensor::unpack_int4(raw, n);
             let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
             TensorValue::I8(ArrayD::from_shape_vec(IxDyn(&shape), codes).map_err(|e| GraphError::Other(e.to_string()))?)

@@ -4,12 +4,14 @@
 //! line and one line in the list (docs/adding-a-technique.md).
 
 mod clustering;
+mod distill;
 mod finetune;
 mod lowrank;
 mod pruning;
 mod ptq;
 
 pub use clustering::{ClusterGranularity, ClusterStage};
+pub use distill::{DistillStage, LayerChoice, Student};
 pub use finetune::{BatchNormMode, FineTune, LearningRate, LossKind, LrSchedule, OptimizerKind};
 pub use lowrank::{LowrankMethod, LowrankStage};
 pub use pruning::{ImportanceCriterion, MAX_BLOCK_SIDE, PruningSchedule, PruningScope, PruningStage, PruningType, SparsityPattern};
@@ -70,8 +72,11 @@ stages! {
         Lowrank(LowrankStage) = "lowrank",
         #[serde(alias = "cluster")]
         Clustering(ClusterStage) = "clustering",
+        /// A student trained to match a teacher (`distillation:` is the same key).
+        #[serde(alias = "distillation")]
+        Distill(DistillStage) = "distill",
     ],
-    planned: [Distillation = "distillation", Search = "search"],
+    planned: [Search = "search"],
 }
 
 static DEFAULT_QAT: std::sync::OnceLock<FineTune> = std::sync::OnceLock::new();
@@ -85,6 +90,7 @@ impl Stage {
             Stage::Clustering(c) => c.fine_tune.as_ref(),
             Stage::Ptq(p) => p.fine_tune.as_ref(),
             Stage::Qat(p) => Some(p.fine_tune.as_ref().unwrap_or_else(|| DEFAULT_QAT.get_or_init(FineTune::default))),
+            Stage::Distill(d) => Some(&d.fine_tune),
             _ => None,
         }
     }

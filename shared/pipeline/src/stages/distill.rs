@@ -1,0 +1,136 @@
+//! Knowledge distillation: a student (fewer transformer layers, narrower channels, the model
+//! earlier stages made, or the user's own) trained on `train.npz` to match a teacher (the
+//! job's model, or another file). Two candidates: the student as made (the comparison row,
+//! unless `untrained_candidate: false`) and the student distilled.
+
+use std::collections::BTreeMap;
+
+use tamp_domain::recipe::{DistillStage, Stage, Student};
+use tamp_domain::results::Candidate;
+use tamp_engine::EngineError;
+use tamp_engine::passes::{layers, prune as pr};
+use tamp_onnx::Model;
+
+use super::Technique;
+use crate::{Context, Job, Result, resolve_from_recipe};
+
+/// Teacher → student training.
+pub struct Distill;
+
+impl Technique for Distill {
+    type Settings = DistillStage;
+    const NAME: &'static str = "distill";
+
+    fn settings(stage: &Stage) -> Option<&DistillStage> {
+        match stage {
+            Stage::Distill(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn candidates(&self, cx: &mut Context<'_, '_>, index: usize, d: &DistillStage, input: &Model) -> Result<Vec<Candidate>> {
+        let teacher_file = load_teacher(cx.job, index, d)?;
+        let teacher = teacher_file.as_ref().unwrap_or(cx.model);
+        cx.obs.begin("make the student", 0);
+        let (student, how) = make_student(cx.job, index, d, teacher, input)?;
+        cx.obs.end(&format!("student: {how}"));
+        let Some(ft) = cx.fine_tune.take() else {
+            return Err(EngineError::Config(format!("stage {index} (`distill`) has no training settings")));
+        };
+        let mut out = Vec::new();
+        let id = format!("s{index}-distill");
+        let result = (|| {
+            if d.untrained_candidate {
+                out.push(cx.judge_as_is(&student, format!("{id}-untrained"), index, "distill")?);
+            }
+            let (trained, mut report) = cx.train_with(&student, &ft, &id, None, teacher_file.as_ref())?;
+            report.metric_before = Some(cx.quick_score(&student)?);
+            let mut c = cx.judge_as_is(&trained, id.clone(), index, "distill")?;
+            c.training = Some(report);
+            c.mode = "distilled".into();
+            out.push(c);
+            Ok(())
+        })();
+        cx.fine_tune = Some(ft);
+        result.map(|()| out)
+    }
+}
+
+fn load_model(job: &Job<'_>, index: usize, what: &str, path: &str) -> Result<Model> {
+    let p = resolve_from_recipe(job.recipe_path, path);
+    Model::load(&p).map_err(|e| EngineError::Config(format!("stage {index} (`distill`): the {what} {}: {e}", p.display())))
+}
+
+/// The teacher's file, when it is not the job's model.
+fn load_teacher(job: &Job<'_>, index: usize, d: &DistillStage) -> Result<Option<Model>> {
+    (d.teacher != "input").then(|| load_model(job, index, "teacher", &d.teacher)).transpose()
+}
+
+/// The student the stage trains, and how it was made; checked against the teacher.
+fn make_student(job: &Job<'_>, index: usize, d: &DistillStage, teacher: &Model, input: &Model) -> Result<(Model, String)> {
+    let (student, how) = match &d.student {
+        Student::Input => (input.clone(), "the model the earlier stages made".to_owned()),
+        Student::File(f) => (load_model(job, index, "student", f)?, format!("the user's {f}")),
+        Student::Layers(choice) => {
+            let found = layers::boundaries(teacher)?.len();
+            let keep = match choice.keep_every {
+                Some(k) => layers::every_kth(found, k),
+                None => choice.keep.clone(),
+            };
+            let m = layers::drop_layers(teacher, &keep).map_err(|e| EngineError::Config(format!("stage {index} (`distill`) student.layers: {e}")))?;
+            (m, format!("layers {keep:?} of the teacher's {found}"))
+        }
+        Student::Width(w) => {
+            let groups = pr::analyze(teacher);
+            if groups.is_empty() {
+                return Err(EngineError::Config(format!(
+                    "stage {index} (`distill`) student.width: the teacher has no prunable channel group; use `student: {{layers: …}}` or `{{file: …}}`"
+                )));
+            }
+            let keep: BTreeMap<usize, Vec<usize>> = groups
+                .iter()
+                .map(|g| {
+                    let remove = g.channels - ((g.channels as f64 * w).round() as usize).clamp(1, g.channels);
+                    (g.id, pr::keep_set(&pr::importance(teacher, g), remove))
+                })
+                .collect();
+            let kept: usize = keep.values().map(Vec::len).sum();
+            let total: usize = groups.iter().map(|g| g.channels).sum();
+            (pr::prune(teacher, &groups, &keep)?, format!("{kept} of {total} channels in {} groups", groups.len()))
+        }
+    };
+    pairing(teacher, &student).map_err(|e| EngineError::Config(format!("stage {index} (`distill`): {e}")))?;
+    Ok((student, how))
+}
+
+/// Before any compute: the first stage's student is made from the job's model and checked
+/// against its teacher (files load, layers exist, inputs and outputs pair up). Later
+/// stages' students depend on what earlier stages choose and are checked when they run.
+pub(crate) fn preflight(job: &Job<'_>, model: &Model) -> Result<()> {
+    let Some(Stage::Distill(d)) = job.recipe.policy.stages.first() else { return Ok(()) };
+    let teacher_file = load_teacher(job, 0, d)?;
+    let (student, _) = make_student(job, 0, d, teacher_file.as_ref().unwrap_or(model), model)?;
+    tamp_train::graph::TrainGraph::new(&student, &tamp_train::graph::GraphOptions::default())
+        .map_err(|e| EngineError::Config(format!("stage 0 (`distill`): the student cannot train: {e}")))?;
+    Ok(())
+}
+
+/// The student must read the teacher's inputs and produce each of the teacher's outputs with
+/// the same element type and rank (the trained output is compared value for value).
+fn pairing(teacher: &Model, student: &Model) -> std::result::Result<(), String> {
+    let names = |m: &Model, inputs: bool| -> Vec<String> {
+        let g = m.graph();
+        let inits: std::collections::HashSet<&str> = g.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+        let list = if inputs { &g.input } else { &g.output };
+        list.iter().filter_map(|v| v.name.clone()).filter(|n| !inits.contains(n.as_str())).collect()
+    };
+    let (ti, si) = (names(teacher, true), names(student, true));
+    if let Some(x) = si.iter().find(|x| !ti.contains(x)) {
+        return Err(format!("the student reads '{x}', which the teacher does not (teacher inputs: {ti:?})"));
+    }
+    let (to, so) = (names(teacher, false), names(student, false));
+    if let Some(o) = to.iter().find(|o| !so.contains(o)) {
+        return Err(format!("the student has no output '{o}' (its outputs: {so:?}); name its outputs as the teacher's"));
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! End-to-end tests of the `distill` stage inside `tamp compress`: a 3-layer MiniLM student
+//! (every other layer of the teacher) distilled on unlabeled text, a half-width ResNet-8
+//! student distilled with labels (the same seed gives the same bytes), and the refusals.
+//! Budgets are small; `make bench-distill` runs the full ones.
+//! Needs `make models venv` (the Makefile's `test` target does it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::models::*;
+use support::{root, tamp};
+use tamp_onnx::Model;
+
+fn compress_distill(model: &str, recipe: &str, dir: &Path, name: &str) -> (Output, PathBuf) {
+    let m = root().join("models").join(model);
+    let r = dir.join(format!("{name}.yaml"));
+    std::fs::write(&r, recipe).unwrap();
+    let out = dir.join(name);
+    let mut cmd = Command::new(tamp());
+    cmd.arg("compress").arg(m.join("model.onnx")).arg("--recipe").arg(&r);
+    cmd.arg("--data").arg(m.join("calib.npz")).arg("--eval").arg(m.join("eval.npz")).arg("--train").arg(m.join("train.npz"));
+    cmd.args(["--samples", "1000", "--runs", "20"]);
+    (run(cmd.arg("--out").arg(&out)), out)
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn softmaxes(path: &Path) -> usize {
+    Model::load(path).unwrap().graph().node.iter().filter(|n| n.op_type.as_deref() == Some("Softmax")).count()
+}
+
+/// Every other layer of MiniLM kept: the untrained student (the comparison row) and the
+/// distilled one, both loadable by ONNX Runtime with 3 attention blocks; distillation on
+/// unlabeled text raises the cosine to the teacher.
+#[test]
+fn minilm_three_layer_student_learns_from_its_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = "policy:\n  name: d\n  stages:\n    - distill:\n        student: {layers: {keep_every: 2}}\n        fine_tune: {steps: 12, batch_size: 32, lr: 0.0005, seed: 2}\nconstraints: {max_metric_drop_pct: 100}\n";
+    let (o, out) = compress_distill("all-minilm-l6-v2", recipe, dir.path(), "mini3");
+    ok(&o);
+    let c = outcome(&out).candidates;
+    let untrained = c.iter().find(|c| c.id == "s0-distill-untrained").expect("the untrained student");
+    let distilled = c.iter().find(|c| c.id == "s0-distill").expect("the distilled student");
+    let t = distilled.training.as_ref().unwrap();
+    assert_eq!(t.steps, 12);
+    assert_eq!(t.metric_before, Some(untrained.measured.value));
+    eprintln!("3-layer MiniLM: untrained {:.4}, distilled {:.4}", untrained.measured.value, distilled.measured.value);
+    assert!(distilled.measured.value > untrained.measured.value + 0.01, "{} vs {}", distilled.measured.value, untrained.measured.value);
+    assert!(distilled.compression_ratio > 1.25, "{}", distilled.compression_ratio);
+    for f in [&untrained.file, &distilled.file] {
+        assert_eq!(softmaxes(&out.join(f)), 3);
+        check_onnx(out.join(f));
+    }
+}
+
+/// A half-width ResNet-8 student distilled with labels and soft targets; the same recipe and
+/// seed give a byte-identical student.
+#[test]
+fn half_width_resnet_student_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = "policy:\n  name: d\n  stages:\n    - distill:\n        student: {width: 0.5}\n        untrained_candidate: false\n        fine_tune: {steps: 40, batch_size: 64, lr: 0.002, temperature: 4, distill_weight: 0.7, max_rows: 4096, seed: 5}\nconstraints: {max_metric_drop_pct: 100}\n";
+    let (o, a) = compress_distill("fmnist-resnet8", recipe, dir.path(), "a");
+    ok(&o);
+    let (o, b) = compress_distill("fmnist-resnet8", recipe, dir.path(), "b");
+    ok(&o);
+    let (ca, cb) = (&outcome(&a).candidates[0], &outcome(&b).candidates[0]);
+    assert_eq!(ca.id, "s0-distill");
+    let t = ca.training.as_ref().unwrap();
+    assert!(t.loss.contains("kl"), "{t:?}");
+    assert!(ca.measured.value > t.metric_before.unwrap() + 10.0, "{} from {:?}", ca.measured.value, t.metric_before);
+    assert_eq!(std::fs::read(a.join(&ca.file)).unwrap(), std::fs::read(b.join(&cb.file)).unwrap(), "the same seed gives the same student");
+    check_onnx(a.join(&ca.file));
+}
+
+/// A student that does not fit the teacher, or layers that do not exist, fail before any
+/// training with the reason.
+#[test]
+fn mismatched_students_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cnn = root().join("models/fmnist-resnet8/model.onnx");
+    let recipe = format!("policy:\n  name: d\n  stages:\n    - distill: {{student: {{file: {}}}}}\n", cnn.display());
+    let (o, out) = compress_distill("all-minilm-l6-v2", &recipe, dir.path(), "file");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("the student reads") && err.contains("teacher inputs"), "{err}");
+    assert!(!out.exists(), "a failed run writes no output folder");
+    let recipe = "policy:\n  name: d\n  stages:\n    - distill: {student: {layers: {keep: [0, 2]}}}\n";
+    let (o, _) = compress_distill("all-minilm-l6-v2", recipe, dir.path(), "layers");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("last layer") && err.contains("[1, 3, 5]"), "{err}");
+}
