@@ -58,7 +58,7 @@ ZOO        := $(MODELS)/zoo
 ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
-.PHONY: bench-train zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: bench-train bench-distill zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -67,6 +67,7 @@ help:
 	@echo "make bench-ptq   Tamp's int8 PTQ beside onnxruntime.quantization (metric, latency, size, time, RSS)"
 	@echo "make bench-api   tamp serve's API latency (P50/P95/P99) at 500 and 5000 requests/min, loopback"
 	@echo "make bench-zoo   the real-model corpus: inspect/eval/quantize/compress/prune per model, int8 quality and speed beside ONNX Runtime's quantizer"
+	@echo "make bench-distill  distilled students (3-layer MiniLM, half-width ResNet-8) beside their untrained selves and fp32"
 	@echo "make bench-compress  pruning, clustering, low-rank (and their int8 follow-ups) on the reference models: size, metric, P50, pass time"
 	@echo "make package     Lambda zips (cargo lambda) in dist/lambda and the Batch worker in dist/worker, with sizes"
 	@echo "make package-smoke  run each packaged bootstrap on one sample event (moto + a Lambda Runtime API stand-in)"
@@ -269,6 +270,9 @@ bench-train: build-release venv models
 	@/usr/bin/python3 -c "import torch" 2>/dev/null && [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch libopenblas0-pthread; }
 	cargo build --release -p tamp-train --bin tamp-train-bench
 	$(PY) scripts/bench_train.py --tamp $(TAMP_RELEASE) --train-bench $(CARGO_TARGET_DIR)/release/tamp-train-bench --json out/bench-train.json $(BENCH_TRAIN_ARGS)
+
+bench-distill: build-release venv models
+	$(PY) scripts/bench_distill.py --tamp $(TAMP_RELEASE) --json out/bench-distill.json $(BENCH_DISTILL_ARGS)
 
 bench-api: build-release venv models
 	$(PY) scripts/bench_api.py --tamp $(TAMP_RELEASE) --model-dir $(FMNIST_REF) --recipe configs/policy_examples/ptq_8bit.yaml

@@ -60,9 +60,9 @@ def sh(cmd, **kw):
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
 
 
-def quality(tamp, quick, only):
+def quality(tamp, quick, only, runs=None):
     rows = []
-    for label, model, recipe in RUNS:
+    for label, model, recipe in (RUNS if runs is None else runs):
         if only and not any(o in label for o in only):
             continue
         if quick:
@@ -72,7 +72,7 @@ def quality(tamp, quick, only):
             r.write_text(recipe + "constraints: {max_metric_drop_pct: 100}\n")
             out = Path(d) / "out"
             cmd = [tamp, "compress", model / "model.onnx", "--recipe", r, "--data", model / "calib.npz", "--eval", model / "eval.npz", "--out", out, "--runs", "200"]
-            if "FT" in label or "QAT" in label:
+            if "FT" in label or "QAT" in label or "distill" in recipe:
                 cmd += ["--train", model / "train.npz"]
             t0 = time.time()
             p = sh(cmd)
@@ -93,7 +93,7 @@ def quality(tamp, quick, only):
                     "p50_ms": cand["measured"]["latency_ms_p50"], "speedup": cand["speedup_p50"],
                     "macs_ratio": (cand["measured"].get("macs_per_sample") or 0) / max(base.get("macs_per_sample") or 1, 1),
                     "train_s": t.get("wall_seconds"), "steps": t.get("steps"), "epochs": t.get("epochs"),
-                    "peak_rss_mib": t.get("peak_rss_mib"), "run_s": wall,
+                    "peak_rss_mib": t.get("peak_rss_mib"), "run_s": wall, "missed": cand.get("missed"),
                 })
                 print(json.dumps(rows[-1]), file=sys.stderr)
     return rows

@@ -95,3 +95,24 @@ fn mismatched_students_are_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("last layer") && err.contains("[1, 3, 5]"), "{err}");
 }
+
+/// Depthwise-separable ResNet-8: every 3×3 Conv with more than one input channel becomes
+/// depthwise + pointwise (fewer MACs by far), and distillation lifts the student above its
+/// rank-1 initialisation; ONNX Runtime loads it.
+#[test]
+fn depthwise_separable_student_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = "policy:\n  name: d\n  stages:\n    - distill:\n        student: {depthwise: {}}\n        fine_tune: {steps: 40, batch_size: 64, lr: 0.002, temperature: 4, distill_weight: 0.7, max_rows: 4096, seed: 5}\nconstraints: {max_metric_drop_pct: 100}\n";
+    let (o, out) = compress_distill("fmnist-resnet8", recipe, dir.path(), "dw");
+    ok(&o);
+    let oc = outcome(&out);
+    let c = oc.candidates.iter().find(|c| c.id == "s0-distill").unwrap();
+    let base = oc.baseline.macs_per_sample.unwrap() as f64;
+    let macs = c.measured.macs_per_sample.unwrap() as f64;
+    assert!(macs < base / 3.0, "MACs {macs} vs {base}");
+    let groups = Model::load(out.join(&c.file)).unwrap().graph().node.iter().filter(|n| tamp_onnx::graph::attr_int(n, "group", 1) > 1).count();
+    assert_eq!(groups, 6, "6 depthwise Convs (the 1-channel stem and the 1×1 shortcuts stay)");
+    let before = c.training.as_ref().unwrap().metric_before.unwrap();
+    assert!(c.measured.value > before + 20.0, "{} from {before}", c.measured.value);
+    check_onnx(out.join(&c.file));
+}

@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use tamp_domain::recipe::{DistillStage, Stage, Student};
 use tamp_domain::results::Candidate;
 use tamp_engine::EngineError;
+use tamp_engine::passes::depthwise::Depthwise;
 use tamp_engine::passes::{layers, prune as pr};
 use tamp_onnx::Model;
+use tamp_onnx::Pass;
 
 use super::Technique;
 use crate::{Context, Job, Result, resolve_from_recipe};
@@ -72,16 +74,16 @@ fn make_student(job: &Job<'_>, index: usize, d: &DistillStage, teacher: &Model, 
         Student::Input => (input.clone(), "the model the earlier stages made".to_owned()),
         Student::File(f) => (load_model(job, index, "student", f)?, format!("the user's {f}")),
         Student::Layers(choice) => {
-            let found = layers::boundaries(teacher)?.len();
+            let found = layers::boundaries(input)?.len();
             let keep = match choice.keep_every {
                 Some(k) => layers::every_kth(found, k),
                 None => choice.keep.clone(),
             };
-            let m = layers::drop_layers(teacher, &keep).map_err(|e| EngineError::Config(format!("stage {index} (`distill`) student.layers: {e}")))?;
+            let m = layers::drop_layers(input, &keep).map_err(|e| EngineError::Config(format!("stage {index} (`distill`) student.layers: {e}")))?;
             (m, format!("layers {keep:?} of the teacher's {found}"))
         }
         Student::Width(w) => {
-            let groups = pr::analyze(teacher);
+            let groups = pr::analyze(input);
             if groups.is_empty() {
                 return Err(EngineError::Config(format!(
                     "stage {index} (`distill`) student.width: the teacher has no prunable channel group; use `student: {{layers: …}}` or `{{file: …}}`"
@@ -96,7 +98,18 @@ fn make_student(job: &Job<'_>, index: usize, d: &DistillStage, teacher: &Model, 
                 .collect();
             let kept: usize = keep.values().map(Vec::len).sum();
             let total: usize = groups.iter().map(|g| g.channels).sum();
-            (pr::prune(teacher, &groups, &keep)?, format!("{kept} of {total} channels in {} groups", groups.len()))
+            (pr::prune(input, &groups, &keep)?, format!("{kept} of {total} channels in {} groups", groups.len()))
+        }
+        Student::Depthwise(choice) => {
+            let pass = Depthwise { layers: choice.layers.iter().cloned().collect() };
+            let Some((m, convs)) = pass.apply(input)? else {
+                return Err(EngineError::Config(format!(
+                    "stage {index} (`distill`) student.depthwise: no k×k Conv with more than one input channel{}",
+                    if choice.layers.is_empty() { String::new() } else { format!(" among {:?}", choice.layers) }
+                )));
+            };
+            let worst = convs.iter().map(|c| c.error).fold(0.0, f64::max);
+            (m, format!("{} Convs made depthwise-separable (worst relative approximation error {worst:.2})", convs.len()))
         }
     };
     pairing(teacher, &student).map_err(|e| EngineError::Config(format!("stage {index} (`distill`): {e}")))?;

@@ -4,8 +4,9 @@
 //! - distill:
 //!     teacher: input               # the job's model (default), or a path to teacher.onnx
 //!     student: {layers: {keep_every: 2}}   # or {layers: {keep: [1, 3, 5]}}, {width: 0.5},
-//!                                          # {file: student.onnx}, or `input` (default: the
-//!                                          # model the earlier stages made)
+//!                                          # {depthwise: {}}, {file: student.onnx}, or
+//!                                          # `input` (default: the model the earlier stages
+//!                                          # made, which the other forms also start from)
 //!     fine_tune: {epochs: 3, lr: 0.0002, temperature: 4, distill_weight: 0.7}
 //! ```
 //!
@@ -45,14 +46,26 @@ pub enum Student {
     /// The model the earlier stages made (the job's model when this stage is first).
     #[default]
     Input,
-    /// The teacher with fewer transformer layers, initialised from the teacher's own.
+    /// The stage's input (the job's model when first) with fewer transformer layers,
+    /// initialised from its own.
     Layers(LayerChoice),
-    /// The teacher with this fraction of each prunable channel group (Conv channels, FFN
-    /// neurons) kept: structured pruning as the initialisation.
+    /// The stage's input with this fraction of each prunable channel group (Conv channels,
+    /// FFN neurons) kept: structured pruning as the initialisation.
     Width(f64),
+    /// The stage's input with each k×k Conv replaced by a depthwise k×k and a pointwise 1×1,
+    /// initialised from the weight's best separable approximation.
+    Depthwise(DepthwiseChoice),
     /// A user's student model (relative to the recipe); its inputs must be the teacher's, and
     /// the output trained on must have the teacher's shape.
     File(String),
+}
+
+/// Which Convs a depthwise-separable student replaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DepthwiseChoice {
+    /// Node names; empty: every k×k Conv with more than one input channel.
+    pub layers: Vec<String>,
 }
 
 /// Which transformer layers a layer-dropped student keeps (0-based; the last stays).

@@ -11,7 +11,7 @@ mod pruning;
 mod ptq;
 
 pub use clustering::{ClusterGranularity, ClusterStage};
-pub use distill::{DistillStage, LayerChoice, Student};
+pub use distill::{DepthwiseChoice, DistillStage, LayerChoice, Student};
 pub use finetune::{BatchNormMode, FineTune, LearningRate, LossKind, LrSchedule, OptimizerKind};
 pub use lowrank::{LowrankMethod, LowrankStage};
 pub use pruning::{ImportanceCriterion, MAX_BLOCK_SIDE, PruningSchedule, PruningScope, PruningStage, PruningType, SparsityPattern};

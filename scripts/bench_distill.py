@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Distillation in Tamp, measured (`make bench-distill`).
+
+One `tamp compress` per row with the `distill` stage, on the reference models and their
+train.npz; each row prints every candidate: the student as made (untrained, the comparison
+row) and distilled, then what later stages made of it. Columns: the metric before training,
+after, the change against fp32, size ratio, MACs ratio, batch-1 P50 and speed-up against
+fp32 (measured interleaved in the same run), training wall time and peak RSS.
+
+    python3 scripts/bench_distill.py --tamp PATH/tamp [--quick] [--only SUBSTR,...]
+
+--quick runs each recipe at a tenth of its budget (a smoke run, not the acceptance numbers).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import CNN, MINI, MINI_CLS, fmt, quality  # noqa: E402
+
+MINI_FT = "{epochs: 3, lr: 0.0005, batch_size: 32, seed: 1}"
+CNN_FT = "epochs: 3, lr: 0.002, batch_size: 64, temperature: 4, seed: 1"
+RUNS = [
+    ("MiniLM / 3 of 6 layers, distilled, then dynamic int8", MINI,
+     f"policy:\n  name: d3\n  stages:\n    - distill: {{student: {{layers: {{keep_every: 2}}}}, fine_tune: {MINI_FT}}}\n"
+     "    - ptq: {mode: dynamic}\n"),
+    ("MiniLM-medium / 3 of 6 layers, distilled + labels", MINI_CLS,
+     f"policy:\n  name: d3m\n  stages:\n    - distill: {{student: {{layers: {{keep_every: 2}}}}, fine_tune: {MINI_FT}}}\n"),
+    ("ResNet-8 / half width, KL (T=4) + labels", CNN,
+     f"policy:\n  name: dh\n  stages:\n    - distill: {{student: {{width: 0.5}}, fine_tune: {{{CNN_FT}, distill_weight: 0.7}}}}\n"),
+    ("ResNet-8 / half width, labels only", CNN,
+     f"policy:\n  name: dl\n  stages:\n    - distill: {{student: {{width: 0.5}}, untrained_candidate: false, fine_tune: {{{CNN_FT}, distill_weight: 0.0}}}}\n"),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tamp", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated substrings of row labels")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    only = [o for o in a.only.split(",") if o]
+    rows = quality(a.tamp, a.quick, only, RUNS)
+    print(f"\n{'teacher / student':52} {'candidate':28} {'fp32':>7} {'before':>7} {'after':>7} {'Δ fp32':>7} {'size':>6} {'MACs':>5} {'P50 ms':>7} {'speed':>6} {'train s':>8} {'RSS MiB':>8}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['label']:52} FAILED: {r['error']}")
+            continue
+        print(f"{r['label']:52} {r['id'][:28]:28} {r['fp32']:7.4f} {fmt(r['before'], '7.4f')} {r['after']:7.4f} {r['delta_vs_fp32']:+7.4f} "
+              f"{r['size_ratio']:5.2f}x {r['macs_ratio']:5.2f} {r['p50_ms']:7.3f} {r['speedup']:5.2f}x {fmt(r['train_s'], '8.0f')} {fmt(r['peak_rss_mib'], '8.0f')}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"quality": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
