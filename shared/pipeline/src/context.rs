@@ -36,6 +36,22 @@ pub struct Context<'a, 'o> {
     pub fine_tune: Option<FineTune>,
 }
 
+/// How [`Context::train_with`] departs from plain fine-tuning.
+#[derive(Debug, Default)]
+pub struct TrainSpec<'m> {
+    /// 4-bit QAT on float latent weights: the weights the 4-bit passes will quantize read
+    /// through their quantizer.
+    pub four_bit: Option<tamp_train::graph::FourBit>,
+    /// Another teacher than the input model.
+    pub teacher: Option<&'m Model>,
+    /// The student's output trained (default: the one the evaluation scores).
+    pub output: Option<String>,
+    /// The teacher's output it learns from (default: the same name).
+    pub teacher_output: Option<String>,
+    /// Only these weights train.
+    pub train_only: Option<std::collections::HashSet<String>>,
+}
+
 impl<'a, 'o> Context<'a, 'o> {
     /// Measures the baseline (refusing one nothing can be judged against) and returns the
     /// context the stages run in.
@@ -134,27 +150,25 @@ impl<'a, 'o> Context<'a, 'o> {
 
     /// Fine-tunes `model` on the job's training rows, distilling from the input model.
     pub fn train(&mut self, model: &Model, ft: &FineTune, label: &str) -> Result<(Model, TrainReport)> {
-        self.train_with(model, ft, label, None, None)
+        self.train_with(model, ft, label, TrainSpec::default())
     }
 
-    /// [`Context::train`], with the weights the 4-bit pass will quantize read through its
-    /// quantizer (`four_bit`: 4-bit QAT on float latent weights), and another teacher than
-    /// the input model (`teacher`).
-    pub fn train_with(
-        &mut self,
-        model: &Model,
-        ft: &FineTune,
-        label: &str,
-        four_bit: Option<tamp_train::graph::FourBit>,
-        teacher: Option<&Model>,
-    ) -> Result<(Model, TrainReport)> {
+    /// [`Context::train`] with the variations in `spec`.
+    pub fn train_with(&mut self, model: &Model, ft: &FineTune, label: &str, spec: TrainSpec<'_>) -> Result<(Model, TrainReport)> {
         let Some(data) = self.job.train else {
             return Err(EngineError::Config("fine-tuning needs training rows: pass `--train train.npz`".into()));
         };
         let session = tamp_engine::Session::from_model(model, &self.eval_cfg.session)?;
         let output = eval::metric_output(&session.outputs, self.eval_cfg.output.as_deref())?;
         drop(session);
-        let task = Task { output, teacher: Some(teacher.unwrap_or(self.model)), fake_quant_4bit: four_bit };
+        let output = spec.output.unwrap_or(output);
+        let task = Task {
+            output,
+            teacher: Some(spec.teacher.unwrap_or(self.model)),
+            fake_quant_4bit: spec.four_bit,
+            teacher_output: spec.teacher_output,
+            train_only: spec.train_only,
+        };
         let rss_reset = perf::reset_peak_rss();
         let obs = &mut *self.obs;
         let mut last = 0;

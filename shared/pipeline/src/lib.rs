@@ -30,7 +30,7 @@ use tamp_engine::perf::LatencyConfig;
 use tamp_engine::runtime::SessionConfig;
 use tamp_onnx::Model;
 
-pub use context::Context;
+pub use context::{Context, TrainSpec};
 pub use judge::{choose, metric_drop_pct};
 pub use stages::resolve_mode;
 

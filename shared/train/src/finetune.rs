@@ -32,6 +32,10 @@ pub struct Task<'a> {
     pub teacher: Option<&'a Model>,
     /// 4-bit QAT: the weights the 4-bit pass will quantize train through its quantizer.
     pub fake_quant_4bit: Option<FourBit>,
+    /// The teacher's output the student's `output` learns from (default: the same name).
+    pub teacher_output: Option<String>,
+    /// Only these weights train (default: all).
+    pub train_only: Option<std::collections::HashSet<String>>,
 }
 
 /// Training progress: (step, total steps, running loss).
@@ -226,7 +230,10 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
     if rows.is_empty() {
         return Err(GraphError::Other(format!("{} has no rows to train on", data.path.display())));
     }
-    let mut g = TrainGraph::new(student, &GraphOptions { trainable: true, learn_scales: cfg.learn_scales, fake_quant_4bit: task.fake_quant_4bit })?;
+    let mut g = TrainGraph::new(
+        student,
+        &GraphOptions { trainable: true, learn_scales: cfg.learn_scales, fake_quant_4bit: task.fake_quant_4bit, train_only: task.train_only.clone() },
+    )?;
     if !g.outputs.contains(&task.output) {
         return Err(GraphError::Other(format!("the model has no output '{}' to train; its outputs: {}", task.output, g.outputs.join(", "))));
     }
@@ -285,7 +292,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
             }
             let feeds = batch_feeds(&g, data, idx, lengths.as_deref())?;
             let target = match teacher.as_mut() {
-                Some(t) => Some(teacher_targets(t, &feeds, idx, &task.output, &mut cached, &dev)?),
+                Some(t) => Some(teacher_targets(t, &feeds, idx, task.teacher_output.as_deref().unwrap_or(&task.output), &mut cached, &dev)?),
                 None => None,
             };
             let labels = labels_for(data, idx, &dev)?;
@@ -394,7 +401,10 @@ fn validation_loss(model: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize
     for idx in rows.chunks(cfg.batch_size) {
         let feeds = batch_feeds(&g, data, idx, lengths.as_deref())?;
         let target = match teacher.as_mut() {
-            Some(t) => t.forward(&feeds, Mode::Eval, &out)?.remove(&task.output),
+            Some(t) => {
+                let name = task.teacher_output.as_deref().unwrap_or(&task.output);
+                t.forward(&feeds, Mode::Eval, &[name])?.remove(name)
+            }
             None => None,
         };
         let labels = labels_for(data, idx, &dev)?;

@@ -16,6 +16,7 @@ pub enum Details {
     Sparsity(SparsityDetails),
     Cluster(ClusterDetails),
     Lowrank(LowrankDetails),
+    EarlyExit(EarlyExitDetails),
 }
 
 impl Details {
@@ -29,6 +30,7 @@ impl Details {
             Details::Sparsity(d) => Some(d.pass_seconds),
             Details::Cluster(d) => Some(d.pass_seconds),
             Details::Lowrank(d) => Some(d.pass_seconds),
+            Details::EarlyExit(_) => None,
         }
     }
 }
@@ -352,4 +354,40 @@ mod tests {
         assert!(serde_json::from_value::<Details>(extra).is_err());
         assert_eq!(cluster().pass_seconds(), Some(0.5));
     }
+}
+
+/// Early exits: the heads, each exit's measured batch-1 latency, and the accuracy against
+/// average latency over thresholds on the evaluation rows (per row: the first exit whose
+/// top softmax probability reaches the threshold answers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyExitDetails {
+    /// The values the heads read, in order.
+    pub exits: Vec<String>,
+    /// Top-1 of each head alone, then of the full model.
+    pub exit_top1: Vec<f64>,
+    /// P50 at batch 1 of the model up to each exit (its earlier heads included), then of the
+    /// full model with every head.
+    pub latency_ms: Vec<f64>,
+    /// The full model without heads (the baseline the ratios use).
+    pub baseline_latency_ms: f64,
+    pub curve: Vec<ExitCurvePoint>,
+    /// The threshold the cascade uses: the fastest point within the metric constraint.
+    pub threshold: f64,
+    /// How the cascade decides with a batch: the early answer needs every row confident.
+    pub batching: String,
+}
+
+/// One threshold's outcome on the evaluation rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitCurvePoint {
+    pub threshold: f64,
+    pub top1: f64,
+    /// Share of rows answered by each exit, then by the full model.
+    pub answered: Vec<f64>,
+    pub average_latency_ms: f64,
+    /// `average_latency_ms` over the baseline's.
+    pub latency_ratio: f64,
+    pub meets_constraint: bool,
 }

@@ -11,9 +11,9 @@ pub use artifact::{
     TaskMetric,
 };
 pub use details::{
-    Agreement, BlockCurve, ChannelGroupLevel, ChannelPruning, ClusterDetails, ClusteredLayer, CorrectedLayer, Details, EqualizedPair, FactorisedLayer,
-    GroupCurve, HeadBlockLevel, HeadPruning, IterativeGroup, IterativePruning, LayerCurve, LowrankDetails, PrePasses, PtqDetails, SparseLayer, SparsityDetails,
-    TrajectoryStep,
+    Agreement, BlockCurve, ChannelGroupLevel, ChannelPruning, ClusterDetails, ClusteredLayer, CorrectedLayer, Details, EarlyExitDetails, EqualizedPair,
+    ExitCurvePoint, FactorisedLayer, GroupCurve, HeadBlockLevel, HeadPruning, IterativeGroup, IterativePruning, LayerCurve, LowrankDetails, PrePasses,
+    PtqDetails, SparseLayer, SparsityDetails, TrajectoryStep,
 };
 
 use serde::{Deserialize, Serialize};

@@ -8,6 +8,7 @@ pub mod conv4;
 pub mod depthwise;
 pub mod dynamic;
 pub mod equalize;
+pub mod exits;
 pub mod fold_bn;
 pub mod heads;
 pub mod layers;

@@ -14,7 +14,7 @@ use tamp_onnx::Model;
 use tamp_onnx::Pass;
 
 use super::Technique;
-use crate::{Context, Job, Result, resolve_from_recipe};
+use crate::{Context, Job, Result, TrainSpec, resolve_from_recipe};
 
 /// Teacher → student training.
 pub struct Distill;
@@ -45,7 +45,7 @@ impl Technique for Distill {
             if d.untrained_candidate {
                 out.push(cx.judge_as_is(&student, format!("{id}-untrained"), index, "distill")?);
             }
-            let (trained, mut report) = cx.train_with(&student, &ft, &id, None, teacher_file.as_ref())?;
+            let (trained, mut report) = cx.train_with(&student, &ft, &id, TrainSpec { teacher: teacher_file.as_ref(), ..TrainSpec::default() })?;
             report.metric_before = Some(cx.quick_score(&student)?);
             let mut c = cx.judge_as_is(&trained, id.clone(), index, "distill")?;
             c.training = Some(report);

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod distill;
+mod early_exit;
 mod heads;
 mod lowrank;
 mod prune;
@@ -22,7 +23,8 @@ pub use ptq::resolve_mode;
 use crate::{Context, Result};
 
 /// Every technique this build runs, in the order they are asked.
-pub const REGISTRY: &[&dyn Runs] = &[&ptq::Ptq, &prune::Channels, &heads::Heads, &sparsity::Sparsity, &lowrank::LowRank, &cluster::Cluster, &distill::Distill];
+pub const REGISTRY: &[&dyn Runs] =
+    &[&ptq::Ptq, &prune::Channels, &heads::Heads, &sparsity::Sparsity, &lowrank::LowRank, &cluster::Cluster, &distill::Distill, &early_exit::EarlyExit];
 
 /// One compression technique.
 pub trait Technique: Sync {
@@ -84,6 +86,7 @@ mod tests {
             "lowrank: {}",
             "clustering: {}",
             "distill: {student: {width: 0.5}}",
+            "early_exit: {}",
         ];
         for s in stages {
             let r = Recipe::from_yaml(&format!("policy:\n  name: p\n  stages:\n    - {s}\n")).unwrap();

@@ -14,7 +14,7 @@ use tamp_train::graph::FourBit;
 
 use super::Technique;
 use crate::fallback::{self, BuildFn};
-use crate::{Context, Result};
+use crate::{Context, Result, TrainSpec};
 
 /// Static, dynamic and 4-bit weight-only PTQ.
 pub struct Ptq;
@@ -184,7 +184,7 @@ fn qat_4bit(cx: &mut Context<'_, '_>, model: &Model, keep: &BTreeSet<String>, ft
         Some((m, _)) => m,
         None => model.clone(),
     };
-    let (trained, mut report) = cx.train_with(&folded, ft, id, Some(FourBit::default()), None)?;
+    let (trained, mut report) = cx.train_with(&folded, ft, id, TrainSpec { four_bit: Some(FourBit::default()), ..TrainSpec::default() })?;
     let cfg = NBitsConfig { exclude: keep.clone(), ..NBitsConfig::default() };
     let before = ptq::quantize_4bit(model, &cfg)?.0;
     report.metric_before = Some(cx.quick_score(&before)?);

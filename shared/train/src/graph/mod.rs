@@ -126,6 +126,9 @@ pub struct GraphOptions {
     /// its codes (4-bit QAT with float latent weights): Conv weights symmetric int4 per output
     /// channel, MatMul/Gemm weights asymmetric uint4 in blocks along K.
     pub fake_quant_4bit: Option<FourBit>,
+    /// Only these weights train; every other one is a constant (e.g. a frozen backbone under
+    /// new heads). `None`: all of them.
+    pub train_only: Option<HashSet<String>>,
 }
 
 /// Which weights the 4-bit pass quantizes, and how (mirrors `tamp_engine`'s `QuantizeConv4`
@@ -395,6 +398,16 @@ impl TrainGraph {
             params.clear();
             for (k, v) in frozen {
                 params.insert(k, Var::from_tensor(&v)?);
+            }
+        }
+        if let Some(only) = &opts.train_only {
+            // Frozen weights are constants: no gradient is computed for them, and the
+            // optimizer never sees them.
+            let frozen: Vec<String> = params.keys().filter(|k| !only.contains(*k)).cloned().collect();
+            for k in frozen {
+                if let Some(v) = params.remove(&k) {
+                    consts.insert(k, v.as_tensor().detach());
+                }
             }
         }
         let hooks = match opts.fake_quant_4bit {

@@ -5,6 +5,7 @@
 
 mod clustering;
 mod distill;
+mod early_exit;
 mod finetune;
 mod lowrank;
 mod pruning;
@@ -12,6 +13,7 @@ mod ptq;
 
 pub use clustering::{ClusterGranularity, ClusterStage};
 pub use distill::{DepthwiseChoice, DistillStage, LayerChoice, Student};
+pub use early_exit::EarlyExitStage;
 pub use finetune::{BatchNormMode, FineTune, LearningRate, LossKind, LrSchedule, OptimizerKind};
 pub use lowrank::{LowrankMethod, LowrankStage};
 pub use pruning::{ImportanceCriterion, MAX_BLOCK_SIDE, PruningSchedule, PruningScope, PruningStage, PruningType, SparsityPattern};
@@ -75,6 +77,8 @@ stages! {
         /// A student trained to match a teacher (`distillation:` is the same key).
         #[serde(alias = "distillation")]
         Distill(DistillStage) = "distill",
+        /// Classifier heads after chosen blocks and a confidence cascade.
+        EarlyExit(EarlyExitStage) = "early_exit",
     ],
     planned: [Search = "search"],
 }
@@ -91,6 +95,7 @@ impl Stage {
             Stage::Ptq(p) => p.fine_tune.as_ref(),
             Stage::Qat(p) => Some(p.fine_tune.as_ref().unwrap_or_else(|| DEFAULT_QAT.get_or_init(FineTune::default))),
             Stage::Distill(d) => Some(&d.fine_tune),
+            Stage::EarlyExit(e) => Some(&e.fine_tune),
             _ => None,
         }
     }

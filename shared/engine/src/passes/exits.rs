@@ -1,0 +1,250 @@
+//! Early exits: classifier heads after chosen blocks, and the cascade that answers from the
+//! first head confident enough.
+//!
+//! - [`residual_points`]: the outputs of residual blocks (`Relu(Add(a, b))`, neither input a
+//!   constant), in order, without the last (the full model answers there anyway).
+//! - [`attach_heads`]: `GlobalAveragePool → Flatten → Gemm` after each point, each a new graph
+//!   output `exit_<k>` (class scores, like the model's own output).
+//! - [`cascade`]: one ONNX model. The graph computes up to the first exit; an `If` on "the
+//!   largest softmax probability of every row ≥ τ" returns that exit's scores, or its else
+//!   branch computes on to the next exit (another `If`) and finally the full output. One file
+//!   and one session for the deployer, rather than a plan and a model per exit; with a batch,
+//!   the early answer needs every row confident (batch 1 is the per-row rule).
+
+use std::collections::{BTreeSet, HashSet};
+
+use ndarray::{ArrayD, IxDyn};
+use tamp_onnx::builder::{Attr, attribute, value_info};
+use tamp_onnx::proto::tensor_proto::DataType;
+use tamp_onnx::proto::{GraphProto, NodeProto, ValueInfoProto};
+use tamp_onnx::tensor::from_array;
+use tamp_onnx::{GraphView, Model, OnnxError, Patch};
+
+fn op(n: &NodeProto) -> &str {
+    n.op_type.as_deref().unwrap_or("")
+}
+
+fn node(op_type: &str, name: String, inputs: Vec<String>, output: String, attrs: Vec<tamp_onnx::proto::AttributeProto>) -> NodeProto {
+    NodeProto { op_type: Some(op_type.into()), name: Some(name), input: inputs, output: vec![output], attribute: attrs, ..Default::default() }
+}
+
+/// Residual block outputs in topological order, the last one left out.
+pub fn residual_points(model: &Model) -> Vec<String> {
+    let g = model.graph();
+    let view = GraphView::new(g);
+    let mut points: Vec<String> = g
+        .node
+        .iter()
+        .filter(|n| op(n) == "Relu")
+        .filter(|n| {
+            n.input.first().and_then(|x| view.producer(x)).is_some_and(|p| {
+                let add = &g.node[p];
+                op(add) == "Add" && add.input.len() == 2 && add.input.iter().all(|i| view.constant(i).is_none())
+            })
+        })
+        .filter_map(|n| n.output.first().cloned())
+        .collect();
+    points.pop();
+    points
+}
+
+/// The nodes (indices) needed to compute `values`, subgraph bodies' outer reads included.
+pub fn ancestors(g: &GraphProto, values: &[String]) -> BTreeSet<usize> {
+    let view = GraphView::new(g);
+    let mut live = BTreeSet::new();
+    let mut needed: Vec<String> = values.to_vec();
+    let mut seen: HashSet<String> = HashSet::new();
+    while let Some(v) = needed.pop() {
+        if !seen.insert(v.clone()) {
+            continue;
+        }
+        if let Some(p) = view.producer(&v)
+            && live.insert(p)
+        {
+            let n = &g.node[p];
+            needed.extend(n.input.iter().filter(|s| !s.is_empty()).cloned());
+            for a in &n.attribute {
+                for body in a.g.iter().chain(&a.graphs) {
+                    needed.extend(body.node.iter().flat_map(|n| n.input.iter().cloned()));
+                }
+            }
+        }
+    }
+    live
+}
+
+/// `model` with only `outputs` as graph outputs, and only what they need.
+pub fn keep_outputs(model: &Model, outputs: &[String]) -> Result<Model, OnnxError> {
+    let g = model.graph();
+    let live = ancestors(g, outputs);
+    let mut used: HashSet<&str> = HashSet::new();
+    for &i in &live {
+        used.extend(g.node[i].input.iter().map(String::as_str));
+        for a in &g.node[i].attribute {
+            for body in a.g.iter().chain(&a.graphs) {
+                used.extend(body.node.iter().flat_map(|n| n.input.iter().map(String::as_str)));
+            }
+        }
+    }
+    used.extend(outputs.iter().map(String::as_str));
+    let used: HashSet<String> = used.into_iter().map(str::to_owned).collect();
+    let mut proto = model.proto.clone();
+    let gm = proto.graph.get_or_insert_with(Default::default);
+    let existing: Vec<ValueInfoProto> = gm.output.clone();
+    gm.node = live.iter().map(|&i| g.node[i].clone()).collect();
+    gm.initializer.retain(|t| t.name.as_ref().is_some_and(|n| used.contains(n)));
+    gm.output =
+        outputs.iter().map(|o| existing.iter().find(|v| v.name.as_deref() == Some(o.as_str())).cloned().unwrap_or_else(|| float_of_any_shape(o))).collect();
+    let m = Model::new(proto);
+    GraphView::new(m.graph()).check(&HashSet::new())?;
+    Ok(m)
+}
+
+/// A float value of unstated rank (ONNX Runtime infers it).
+fn float_of_any_shape(name: &str) -> ValueInfoProto {
+    let mut v = value_info(name, DataType::Float, &[]);
+    if let Some(tamp_onnx::proto::type_proto::Value::TensorType(t)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        t.shape = None;
+    }
+    v
+}
+
+/// A classifier head after each `(value, channels)` point: graph outputs `exit_1 …`. Returns
+/// the model, the exit output names and each head's weight and bias names. Weights start
+/// small and seeded; biases at zero.
+pub fn attach_heads(model: &Model, points: &[(String, usize)], classes: usize, seed: u64) -> Result<(Model, Vec<String>, Vec<Vec<String>>), OnnxError> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut patch = Patch::default();
+    let (mut exits, mut params) = (Vec::new(), Vec::new());
+    for (k, (value, channels)) in points.iter().enumerate() {
+        let exit = format!("exit_{}", k + 1);
+        let (w, b) = (format!("{exit}.weight"), format!("{exit}.bias"));
+        let bound = 1.0 / (*channels as f32).sqrt();
+        let weight = ArrayD::from_shape_fn(IxDyn(&[classes, *channels]), |_| rng.random_range(-bound..bound));
+        patch.add_initializers.push(from_array(&w, &weight));
+        patch.add_initializers.push(from_array(&b, &ArrayD::<f32>::zeros(IxDyn(&[classes]))));
+        let (pooled, flat) = (format!("{exit}.pool"), format!("{exit}.flat"));
+        patch.add_nodes.push(node("GlobalAveragePool", format!("{exit}.GlobalAveragePool"), vec![value.clone()], pooled.clone(), vec![]));
+        patch.add_nodes.push(node("Flatten", format!("{exit}.Flatten"), vec![pooled], flat.clone(), vec![attribute("axis", Attr::Int(1))]));
+        patch.add_nodes.push(node("Gemm", format!("{exit}.Gemm"), vec![flat, w.clone(), b.clone()], exit.clone(), vec![attribute("transB", Attr::Int(1))]));
+        patch.add_outputs.push(value_info(&exit, DataType::Float, &[None, Some(classes as i64)]));
+        exits.push(exit);
+        params.push(vec![w, b]);
+    }
+    Ok((patch.apply(model, "early-exit-heads").map_err(|e| OnnxError::Graph(e.to_string()))?, exits, params))
+}
+
+/// The cascade of `with_heads` (a model with `exits` outputs and `final_output`) at
+/// threshold `tau`: see the module docs.
+pub fn cascade(with_heads: &Model, exits: &[String], final_output: &str, tau: f32) -> Result<Model, OnnxError> {
+    if exits.is_empty() {
+        return Err(OnnxError::Graph("a cascade needs at least one exit".into()));
+    }
+    let g = with_heads.graph();
+    let opset = with_heads.opset("").unwrap_or(13);
+    let final_info = g.output.iter().find(|o| o.name.as_deref() == Some(final_output)).cloned();
+    let out_info = |name: &str| {
+        let mut v = final_info.clone().unwrap_or_else(|| value_info(name, DataType::Float, &[None, None]));
+        v.name = Some(name.to_owned());
+        v
+    };
+    // The nodes each level computes: what its target needs beyond what earlier levels did.
+    let mut done: BTreeSet<usize> = BTreeSet::new();
+    let mut levels: Vec<Vec<usize>> = Vec::new();
+    for target in exits.iter().chain(std::iter::once(&final_output.to_owned())) {
+        let need = ancestors(g, std::slice::from_ref(target));
+        levels.push(need.difference(&done).copied().collect());
+        done.extend(need);
+    }
+    let tau_name = "cascade.tau".to_owned();
+    // "Every row's top probability ≥ τ" for exit k, as nodes.
+    let confident = |k: usize| -> (Vec<NodeProto>, String) {
+        let e = &exits[k];
+        let (p, top, least, cond) = (format!("{e}.prob"), format!("{e}.top"), format!("{e}.least"), format!("{e}.confident"));
+        let reduce = |name: String, input: String, out: String, axes: Vec<i64>| -> Vec<NodeProto> {
+            if opset >= 18 {
+                let a = format!("{out}.axes");
+                let c = NodeProto {
+                    op_type: Some("Constant".into()),
+                    name: Some(format!("{out}.AxesConst")),
+                    output: vec![a.clone()],
+                    attribute: vec![attribute("value", Attr::Tensor(from_array("", &ArrayD::from_shape_vec(IxDyn(&[axes.len()]), axes).unwrap_or_default())))],
+                    ..Default::default()
+                };
+                vec![c, node(&name, format!("{out}.{name}"), vec![input, a], out, vec![attribute("keepdims", Attr::Int(0))])]
+            } else {
+                vec![node(&name, format!("{out}.{name}"), vec![input], out, vec![attribute("axes", Attr::Ints(axes)), attribute("keepdims", Attr::Int(0))])]
+            }
+        };
+        let mut nodes = vec![node("Softmax", format!("{e}.Softmax"), vec![e.clone()], p.clone(), vec![attribute("axis", Attr::Int(-1))])];
+        nodes.extend(reduce("ReduceMax".into(), p, top.clone(), vec![-1]));
+        nodes.extend(reduce("ReduceMin".into(), top, least.clone(), vec![0]));
+        nodes.push(node("GreaterOrEqual", format!("{e}.GreaterOrEqual"), vec![least, tau_name.clone()], cond.clone(), vec![]));
+        (nodes, cond)
+    };
+    // Built from the innermost level out: level k's graph is its nodes, then (for an exit)
+    // the confidence test and an If whose else branch is level k+1.
+    let take = |idx: &[usize]| -> Vec<NodeProto> { idx.iter().map(|&i| g.node[i].clone()).collect() };
+    let last = exits.len();
+    let mut inner = GraphProto {
+        name: Some("cascade.full".into()),
+        node: {
+            let mut n = take(&levels[last]);
+            n.push(node("Identity", "cascade.full.Identity".into(), vec![final_output.to_owned()], "cascade.full.out".into(), vec![]));
+            n
+        },
+        output: vec![out_info("cascade.full.out")],
+        ..Default::default()
+    };
+    let mut top_nodes = Vec::new();
+    for k in (0..last).rev() {
+        let (test, cond) = confident(k);
+        let then = GraphProto {
+            name: Some(format!("cascade.exit{}", k + 1)),
+            node: vec![node("Identity", format!("cascade.exit{}.Identity", k + 1), vec![exits[k].clone()], format!("cascade.exit{}.out", k + 1), vec![])],
+            output: vec![out_info(&format!("cascade.exit{}.out", k + 1))],
+            ..Default::default()
+        };
+        let result = if k == 0 { final_output.to_owned() } else { format!("cascade.level{k}.out") };
+        let if_node = NodeProto {
+            op_type: Some("If".into()),
+            name: Some(format!("cascade.If{}", k + 1)),
+            input: vec![cond],
+            output: vec![result.clone()],
+            attribute: vec![attribute("then_branch", Attr::Graph(then)), attribute("else_branch", Attr::Graph(inner))],
+            ..Default::default()
+        };
+        let mut nodes = take(&levels[k]);
+        nodes.extend(test);
+        nodes.push(if_node);
+        if k == 0 {
+            top_nodes = nodes;
+            break;
+        }
+        inner = GraphProto { name: Some(format!("cascade.level{k}")), node: nodes, output: vec![out_info(&result)], ..Default::default() };
+    }
+    let mut proto = with_heads.proto.clone();
+    let gm = proto.graph.get_or_insert_with(Default::default);
+    gm.node = top_nodes;
+    gm.output = vec![out_info(final_output)];
+    gm.value_info.clear();
+    let used: HashSet<String> = ancestors_inputs(gm);
+    gm.initializer.retain(|t| t.name.as_ref().is_some_and(|n| used.contains(n)));
+    gm.initializer.push(from_array(&tau_name, &ArrayD::from_elem(IxDyn(&[]), tau)));
+    Ok(Model::new(proto))
+}
+
+/// Every value name read by a node of `g` or of its subgraphs.
+fn ancestors_inputs(g: &GraphProto) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for n in &g.node {
+        out.extend(n.input.iter().cloned());
+        for a in &n.attribute {
+            for body in a.g.iter().chain(&a.graphs) {
+                out.extend(ancestors_inputs(body));
+            }
+        }
+    }
+    out
+}
