@@ -31,6 +31,8 @@ RUNS = [
      f"policy:\n  name: dh\n  stages:\n    - distill: {{student: {{width: 0.5}}, fine_tune: {{{CNN_FT}, distill_weight: 0.7}}}}\n"),
     ("ResNet-8 / depthwise-separable 3x3, KL (T=4) + labels", CNN,
      f"policy:\n  name: dw\n  stages:\n    - distill: {{student: {{depthwise: {{}}}}, fine_tune: {{{CNN_FT}, distill_weight: 0.7}}}}\n"),
+    ("ResNet-8 / early exits (conv heads), cascade", CNN,
+     "policy:\n  name: ee\n  stages:\n    - early_exit: {head_channels: 32, fine_tune: {epochs: 1, lr: 0.01, batch_size: 64, temperature: 2, distill_weight: 0.7, seed: 1}}\n"),
     ("ResNet-8 / half width, labels only", CNN,
      f"policy:\n  name: dl\n  stages:\n    - distill: {{student: {{width: 0.5}}, untrained_candidate: false, fine_tune: {{{CNN_FT}, distill_weight: 0.0}}}}\n"),
 ]
@@ -52,6 +54,15 @@ def main():
             continue
         print(f"{r['label']:52} {r['id'][:28]:28} {r['fp32']:7.4f} {fmt(r['before'], '7.4f')} {r['after']:7.4f} {r['delta_vs_fp32']:+7.4f} "
               f"{r['size_ratio']:5.2f}x {r['macs_ratio']:5.2f} {r['p50_ms']:7.3f} {r['speedup']:5.2f}x {fmt(r['train_s'], '8.0f')} {fmt(r['peak_rss_mib'], '8.0f')}")
+    for r in rows:
+        curve = r.get("early_exit")
+        if curve:
+            print(f"\nEarly-exit curve ({r['label']}): exit top-1 {curve['exit_top1']}, batch-1 P50 per exit {[round(v, 4) for v in curve['latency_ms']]} ms, model {curve['baseline_latency_ms']:.4f} ms")
+            print(f"{'threshold':>9} {'top1':>7} {'answered by exit 1, 2, …, full':>34} {'avg ms':>8} {'ratio':>6} {'meets':>6}")
+            for p in curve["curve"]:
+                shares = ", ".join(f"{v:.3f}" for v in p["answered"])
+                print(f"{p['threshold']:9.4f} {p['top1']:7.2f} {shares:>34} {p['average_latency_ms']:8.4f} {p['latency_ratio']:6.3f} {str(p['meets_constraint']):>6}")
+            print(f"chosen threshold: {curve['threshold']}")
     if a.json:
         Path(a.json).write_text(json.dumps({"quality": rows}, indent=2))
 

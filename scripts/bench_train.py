@@ -94,6 +94,7 @@ def quality(tamp, quick, only, runs=None):
                     "macs_ratio": (cand["measured"].get("macs_per_sample") or 0) / max(base.get("macs_per_sample") or 1, 1),
                     "train_s": t.get("wall_seconds"), "steps": t.get("steps"), "epochs": t.get("epochs"),
                     "peak_rss_mib": t.get("peak_rss_mib"), "run_s": wall, "missed": cand.get("missed"),
+                    "early_exit": (cand.get("details") or {}).get("curve") and cand["details"],
                 })
                 print(json.dumps(rows[-1]), file=sys.stderr)
     return rows

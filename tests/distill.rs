@@ -116,3 +116,32 @@ fn depthwise_separable_student_recovers() {
     assert!(c.measured.value > before + 20.0, "{} from {before}", c.measured.value);
     check_onnx(out.join(&c.file));
 }
+
+/// Early exits on ResNet-8: two heads (after the first two residual blocks), the curve over
+/// thresholds (shares of rows per exit sum to 1; the highest threshold sends nearly every row
+/// to the full model and keeps its top-1), and the cascade, one ONNX file with an If that
+/// ONNX Runtime loads and that scores like the full model at batch 64.
+#[test]
+fn early_exit_cascade_and_its_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = "policy:\n  name: e\n  stages:\n    - early_exit:\n        thresholds: [0.5, 0.9, 0.9999]\n        head_channels: 16\n        fine_tune: {steps: 30, batch_size: 64, lr: 0.01, max_rows: 4096, seed: 5}\nconstraints: {max_metric_drop_pct: 0.6}\n";
+    let (o, out) = compress_distill("fmnist-resnet8", recipe, dir.path(), "ee");
+    ok(&o);
+    let oc = outcome(&out);
+    let c = &oc.candidates[0];
+    assert_eq!((c.id.as_str(), c.mode.as_str()), ("s0-early-exit", "cascade"));
+    let Some(tamp_domain::results::Details::EarlyExit(d)) = &c.details else { panic!("{:?}", c.details) };
+    assert_eq!(d.exits.len(), 2);
+    assert_eq!(d.latency_ms.len(), 3);
+    assert_eq!(d.curve.len(), 3);
+    for p in &d.curve {
+        assert!((p.answered.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{p:?}");
+    }
+    let strict = d.curve.last().unwrap();
+    assert!(strict.answered[2] > 0.9 && (strict.top1 - oc.baseline.value).abs() < 0.5, "{strict:?}");
+    assert!(d.curve.iter().any(|p| p.threshold == d.threshold));
+    let ifs = Model::load(out.join(&c.file)).unwrap().graph().node.iter().filter(|n| n.op_type.as_deref() == Some("If")).count();
+    assert_eq!(ifs, 1, "one If at the top level (the second nests in its else branch)");
+    check_onnx(out.join(&c.file));
+    assert!(c.measured.value >= oc.baseline.value - 1.0, "{} vs {}", c.measured.value, oc.baseline.value);
+}

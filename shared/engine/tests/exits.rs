@@ -34,7 +34,7 @@ fn cascade_answers_from_the_first_confident_exit() {
     let data = Dataset::load(dir.join("eval.npz")).unwrap();
     let points = residual_points(&model);
     assert_eq!(points.len(), 2, "{points:?}");
-    let (heads, exits, params) = attach_heads(&model, &[(points[0].clone(), 16), (points[1].clone(), 32)], 10, 1).unwrap();
+    let (heads, exits, params) = attach_heads(&model, &[(points[0].clone(), 16), (points[1].clone(), 32)], 10, 0, 1).unwrap();
     assert_eq!(exits, ["exit_1", "exit_2"]);
     assert_eq!(params[1], ["exit_2.weight", "exit_2.bias"]);
     let final_out = model.graph().output[0].name.clone().unwrap();

@@ -109,28 +109,55 @@ fn float_of_any_shape(name: &str) -> ValueInfoProto {
     v
 }
 
-/// A classifier head after each `(value, channels)` point: graph outputs `exit_1 …`. Returns
-/// the model, the exit output names and each head's weight and bias names. Weights start
-/// small and seeded; biases at zero.
-pub fn attach_heads(model: &Model, points: &[(String, usize)], classes: usize, seed: u64) -> Result<(Model, Vec<String>, Vec<Vec<String>>), OnnxError> {
+/// A classifier head after each `(value, channels)` point: graph outputs `exit_1 …`. With
+/// `conv_channels > 0` the head first runs a 3×3 stride-2 Conv to that many channels and a
+/// Relu (more capacity than a linear probe of early features). Returns the model, the exit
+/// output names and each head's parameter names. Weights start seeded (uniform, ±1/√fan-in);
+/// biases at zero.
+pub fn attach_heads(
+    model: &Model,
+    points: &[(String, usize)],
+    classes: usize,
+    conv_channels: usize,
+    seed: u64,
+) -> Result<(Model, Vec<String>, Vec<Vec<String>>), OnnxError> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut patch = Patch::default();
     let (mut exits, mut params) = (Vec::new(), Vec::new());
     for (k, (value, channels)) in points.iter().enumerate() {
         let exit = format!("exit_{}", k + 1);
+        let mut names = Vec::new();
+        let (mut feature, mut width) = (value.clone(), *channels);
+        if conv_channels > 0 {
+            let (cw, cb, co, cr) = (format!("{exit}.conv.weight"), format!("{exit}.conv.bias"), format!("{exit}.conv"), format!("{exit}.relu"));
+            let bound = 1.0 / ((width * 9) as f32).sqrt();
+            let weight = ArrayD::from_shape_fn(IxDyn(&[conv_channels, width, 3, 3]), |_| rng.random_range(-bound..bound));
+            patch.add_initializers.push(from_array(&cw, &weight));
+            patch.add_initializers.push(from_array(&cb, &ArrayD::<f32>::zeros(IxDyn(&[conv_channels]))));
+            let attrs = vec![
+                attribute("kernel_shape", Attr::Ints(vec![3, 3])),
+                attribute("pads", Attr::Ints(vec![1, 1, 1, 1])),
+                attribute("strides", Attr::Ints(vec![2, 2])),
+            ];
+            patch.add_nodes.push(node("Conv", format!("{exit}.Conv"), vec![feature, cw.clone(), cb.clone()], co.clone(), attrs));
+            patch.add_nodes.push(node("Relu", format!("{exit}.Relu"), vec![co], cr.clone(), vec![]));
+            names.extend([cw, cb]);
+            (feature, width) = (cr, conv_channels);
+        }
         let (w, b) = (format!("{exit}.weight"), format!("{exit}.bias"));
-        let bound = 1.0 / (*channels as f32).sqrt();
-        let weight = ArrayD::from_shape_fn(IxDyn(&[classes, *channels]), |_| rng.random_range(-bound..bound));
+        let bound = 1.0 / (width as f32).sqrt();
+        let weight = ArrayD::from_shape_fn(IxDyn(&[classes, width]), |_| rng.random_range(-bound..bound));
         patch.add_initializers.push(from_array(&w, &weight));
         patch.add_initializers.push(from_array(&b, &ArrayD::<f32>::zeros(IxDyn(&[classes]))));
         let (pooled, flat) = (format!("{exit}.pool"), format!("{exit}.flat"));
-        patch.add_nodes.push(node("GlobalAveragePool", format!("{exit}.GlobalAveragePool"), vec![value.clone()], pooled.clone(), vec![]));
+        patch.add_nodes.push(node("GlobalAveragePool", format!("{exit}.GlobalAveragePool"), vec![feature], pooled.clone(), vec![]));
         patch.add_nodes.push(node("Flatten", format!("{exit}.Flatten"), vec![pooled], flat.clone(), vec![attribute("axis", Attr::Int(1))]));
         patch.add_nodes.push(node("Gemm", format!("{exit}.Gemm"), vec![flat, w.clone(), b.clone()], exit.clone(), vec![attribute("transB", Attr::Int(1))]));
         patch.add_outputs.push(value_info(&exit, DataType::Float, &[None, Some(classes as i64)]));
         exits.push(exit);
-        params.push(vec![w, b]);
+        names.extend([w, b]);
+        params.push(names);
     }
     Ok((patch.apply(model, "early-exit-heads").map_err(|e| OnnxError::Graph(e.to_string()))?, exits, params))
 }

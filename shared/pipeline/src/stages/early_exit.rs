@@ -60,7 +60,7 @@ impl Technique for EarlyExit {
         }
         let classes = shapes.last().and_then(|s| s.last().copied()).unwrap_or(0);
         let seed = e.fine_tune.seed;
-        let (mut model, names, params) = exits::attach_heads(input, &sites, classes, seed)?;
+        let (mut model, names, params) = exits::attach_heads(input, &sites, classes, e.head_channels, seed)?;
         // Each head learns the full model's answer; the backbone and its statistics stay.
         let Some(mut ft) = cx.fine_tune.take() else {
             return Err(EngineError::Config(format!("stage {index} (`early_exit`) has no training settings")));

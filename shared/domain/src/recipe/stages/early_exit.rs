@@ -6,6 +6,7 @@
 //! - early_exit:
 //!     after: []            # values the heads read; empty: every residual block but the last
 //!     thresholds: [0.5, 0.7, 0.9, 0.95, 0.99]
+//!     head_channels: 32    # a 3×3 stride-2 Conv + Relu before pooling (0: linear head)
 //!     fine_tune: {epochs: 1, lr: 0.01}
 //! ```
 
@@ -23,6 +24,9 @@ pub struct EarlyExitStage {
     /// Softmax-probability thresholds to measure; the cascade takes the fastest one that meets
     /// the metric constraint.
     pub thresholds: Vec<f64>,
+    /// Channels of a 3×3 stride-2 Conv + Relu each head runs before pooling (0: a linear head
+    /// on the pooled features).
+    pub head_channels: usize,
     /// Training of the heads (the backbone stays frozen).
     #[serde(alias = "finetune")]
     pub fine_tune: FineTune,
@@ -33,6 +37,7 @@ impl Default for EarlyExitStage {
         Self {
             after: Vec::new(),
             thresholds: vec![0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999],
+            head_channels: 0,
             fine_tune: FineTune { lr: LearningRate::Value(0.01), ..FineTune::default() },
         }
     }
@@ -43,6 +48,9 @@ impl StageSettings for EarlyExitStage {
         self.fine_tune.validate(at)?;
         if self.thresholds.is_empty() || self.thresholds.len() > 1000 || self.thresholds.iter().any(|t| !(*t > 0.0 && *t <= 1.0)) {
             return Err(at.invalid(&["thresholds"], "list probabilities in (0, 1], e.g. [0.5, 0.9, 0.99]"));
+        }
+        if self.head_channels > 4096 {
+            return Err(at.invalid(&["head_channels"], "at most 4096"));
         }
         Ok(())
     }
