@@ -47,10 +47,12 @@ RUNS = [
      "policy:\n  name: ptq4\n  stages:\n    - ptq: {bits: {weights: [4]}}\n"),
     ("ResNet-8 / QAT w4 (int4 Conv)", CNN,
      "policy:\n  name: qat4\n  stages:\n    - qat: {bits: {weights: [4]}, fine_tune: {epochs: 2, lr: 0.0003, batch_size: 64, seed: 1}}\n"),
-    ("MiniLM / FFN 30 % + FT (teacher)", MINI,
-     "policy:\n  name: ffn\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.3, sensitivity: false, round_to: 8, fine_tune: {epochs: 3, lr: 0.0002, batch_size: 32, seed: 1}}\n"),
-    ("MiniLM / heads 25 % + FT (teacher)", MINI,
-     "policy:\n  name: heads\n  stages:\n    - pruning: {type: attention_head, target_sparsity: 0.25, sensitivity: false, fine_tune: {epochs: 3, lr: 0.0002, batch_size: 32, seed: 1}}\n"),
+    ("MiniLM / FFN 30 % + FT (teacher), then dynamic int8", MINI,
+     "policy:\n  name: ffn\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.3, sensitivity: false, round_to: 8, fine_tune: {epochs: 3, lr: 0.0002, batch_size: 32, seed: 1}}\n"
+     "    - ptq: {mode: dynamic}\n"),
+    ("MiniLM / heads 25 % + FT (teacher), then dynamic int8", MINI,
+     "policy:\n  name: heads\n  stages:\n    - pruning: {type: attention_head, target_sparsity: 0.25, sensitivity: false, fine_tune: {epochs: 3, lr: 0.0002, batch_size: 32, seed: 1}}\n"
+     "    - ptq: {mode: dynamic}\n"),
     ("MiniLM-medium / heads 25 % + FT (labels)", MINI_CLS,
      "policy:\n  name: heads\n  stages:\n    - pruning: {type: attention_head, target_sparsity: 0.25, sensitivity: false, fine_tune: {epochs: 1, lr: 0.0002, batch_size: 32, seed: 1}}\n"),
 ]

@@ -100,6 +100,9 @@ pub fn keep_outputs(model: &Model, outputs: &[String]) -> Result<Model, OnnxErro
     Ok(m)
 }
 
+/// A model with heads, the exit output names, and each head's parameter names.
+pub type Heads = (Model, Vec<String>, Vec<Vec<String>>);
+
 /// A float value of unstated rank (ONNX Runtime infers it).
 fn float_of_any_shape(name: &str) -> ValueInfoProto {
     let mut v = value_info(name, DataType::Float, &[]);
@@ -120,7 +123,7 @@ pub fn attach_heads(
     classes: usize,
     conv_channels: usize,
     seed: u64,
-) -> Result<(Model, Vec<String>, Vec<Vec<String>>), OnnxError> {
+) -> Result<Heads, OnnxError> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut patch = Patch::default();
