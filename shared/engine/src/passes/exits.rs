@@ -117,13 +117,7 @@ fn float_of_any_shape(name: &str) -> ValueInfoProto {
 /// Relu (more capacity than a linear probe of early features). Returns the model, the exit
 /// output names and each head's parameter names. Weights start seeded (uniform, ±1/√fan-in);
 /// biases at zero.
-pub fn attach_heads(
-    model: &Model,
-    points: &[(String, usize)],
-    classes: usize,
-    conv_channels: usize,
-    seed: u64,
-) -> Result<Heads, OnnxError> {
+pub fn attach_heads(model: &Model, points: &[(String, usize)], classes: usize, conv_channels: usize, seed: u64) -> Result<Heads, OnnxError> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut patch = Patch::default();
