@@ -99,7 +99,7 @@ impl TrainGraph {
                 if i("transB", 0) != 0 {
                     b = b.t()?;
                 }
-                let mut y = a.contiguous()?.matmul(&b.contiguous()?)?;
+                let mut y = crate::blas::matmul(&a, &b)?;
                 let alpha = f64::from(f("alpha", 1.0));
                 if alpha != 1.0 {
                     y = y.affine(alpha, 0.0)?;
@@ -373,7 +373,7 @@ impl TrainGraph {
         // [N·Ho·Wo, C·kh·kw], columns in the weight's own order.
         let col = x.contiguous()?.apply_op1(Im2Col(win))?;
         let y = if group == 1 {
-            col.matmul(&w.reshape((cout, c * k))?.t()?)?
+            crate::blas::matmul(&col, &w.reshape((cout, c * k))?.t()?)?
         } else if group == c && cin_g == 1 {
             // Depthwise (channel multiplier m = M / C): Σ_k patch_k · w[:, k].
             let m = cout / c;
@@ -384,7 +384,7 @@ impl TrainGraph {
             let mut outs = Vec::with_capacity(group);
             for gi in 0..group {
                 let wg = w.narrow(0, gi * gout, gout)?.reshape((gout, gin * k))?;
-                outs.push(col.narrow(1, gi * gin * k, gin * k)?.matmul(&wg.t()?)?);
+                outs.push(crate::blas::matmul(&col.narrow(1, gi * gin * k, gin * k)?.contiguous()?, &wg.t()?)?);
             }
             Tensor::cat(&outs, 1)?
         };
@@ -491,10 +491,13 @@ fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let dims = a.dims().to_vec();
         let k = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = a.contiguous()?.reshape((rows, k))?.matmul(&b.contiguous()?)?;
+        let y = crate::blas::matmul(&a.contiguous()?.reshape((rows, k))?, b)?;
         let mut out = dims[..dims.len() - 1].to_vec();
         out.push(b.dim(1)?);
         return Ok(y.reshape(out)?);
+    }
+    if b.rank() >= 2 && a.rank() == b.rank() && a.dims()[..a.rank() - 2] == b.dims()[..b.rank() - 2] {
+        return Ok(crate::blas::matmul(&a, b)?);
     }
     Ok(a.contiguous()?.broadcast_matmul(&b.contiguous()?)?)
 }
