@@ -272,3 +272,60 @@ fn ancestors_inputs(g: &GraphProto) -> HashSet<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Session, SessionConfig};
+    use tamp_onnx::TensorValue;
+    use tamp_onnx::builder::GraphBuilder;
+
+    /// Two residual blocks: one point (the last is left out); the cascade answers from the
+    /// head at τ = 0 and from the full model above 1, in ONNX Runtime.
+    #[test]
+    fn one_head_and_its_cascade() {
+        let mut b = GraphBuilder::new("res", 17);
+        let x = b.input_f32("x", &[Some(1), Some(4), Some(6), Some(6)]);
+        let w = |b: &mut GraphBuilder, name: &str, seed: f32| {
+            b.init_f32(name, ArrayD::from_shape_fn(IxDyn(&[4, 4, 3, 3]), |d| ((d[0] * 7 + d[1] * 5 + d[2] * 3 + d[3]) as f32 * seed).sin() * 0.2))
+        };
+        let pads = [("pads", Attr::Ints(vec![1, 1, 1, 1]))];
+        let w1 = w(&mut b, "w1", 0.3);
+        let c1 = b.op("Conv", &[&x, &w1], &pads);
+        let a1 = b.op("Add", &[&c1, &x], &[]);
+        let r1 = b.op("Relu", &[&a1], &[]);
+        let w2 = w(&mut b, "w2", 0.7);
+        let c2 = b.op("Conv", &[&r1, &w2], &pads);
+        let a2 = b.op("Add", &[&c2, &r1], &[]);
+        let r2 = b.op("Relu", &[&a2], &[]);
+        let p = b.op("GlobalAveragePool", &[&r2], &[]);
+        let f = b.op("Flatten", &[&p], &[]);
+        let wf = b.init_f32("wf", ArrayD::from_shape_fn(IxDyn(&[3, 4]), |d| (d[0] as f32 - d[1] as f32) * 0.3));
+        let y = b.op("Gemm", &[&f, &wf], &[("transB", Attr::Int(1))]);
+        b.output_f32(&y, &[Some(1), Some(3)]);
+        let m = b.build();
+        assert_eq!(residual_points(&m), vec![r1.clone()]);
+        let (heads, exits, params) = attach_heads(&m, &[(r1, 4)], 3, 0, 1).unwrap();
+        assert_eq!((exits.len(), params[0].len()), (1, 2));
+        let input = TensorValue::F32(ArrayD::from_shape_fn(IxDyn(&[1, 4, 6, 6]), |d| ((d[1] * 11 + d[2] * 3 + d[3]) as f32 * 0.2).cos()));
+        let run = |m: &Model| -> Vec<ArrayD<f32>> {
+            Session::from_model(m, &SessionConfig::default())
+                .unwrap()
+                .run(&[("x", &input)])
+                .unwrap()
+                .into_iter()
+                .map(|(_, v)| match v {
+                    TensorValue::F32(a) => a,
+                    _ => panic!(),
+                })
+                .collect()
+        };
+        let all = run(&heads);
+        for (tau, want) in [(0.0, &all[1]), (1.5, &all[0])] {
+            let got = run(&cascade(&heads, &exits, &y, tau).unwrap());
+            // Equal up to float rounding (the last bit differed once through the If body).
+            let err = (&got[0] - want).mapv(f32::abs).fold(0f32, |a, &v| a.max(v));
+            assert!(err < 1e-5, "τ = {tau}: {err}");
+        }
+    }
+}
