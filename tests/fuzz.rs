@@ -587,6 +587,20 @@ fn regression_npz_zero_dim_with_huge_dims() {
     assert!(e.contains("array 'x'"), "{e}");
 }
 
+/// Found by `fuzz_npz_zip_and_npy_headers` (the CI run that timed out): a header of nested
+/// `{` sent npyz's Python-literal parser into exponential backtracking.
+#[test]
+fn regression_nested_npy_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = format!("{}'descr': '<f4', 'fortran_order': False, 'shape': (4, ), }}", "{".repeat(60));
+    let member = npy(&header, &[0; 16]);
+    let e = tamp_engine::Dataset::load(one_member_npz(dir.path(), "nested.npz", &member)).unwrap_err().to_string();
+    assert!(e.contains("array 'x'") && e.contains("nested"), "{e}");
+    let member = npy("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (4, ), }", &[0; 16]);
+    let e = tamp_engine::Dataset::load(one_member_npz(dir.path(), "structured.npz", &member)).unwrap_err().to_string();
+    assert!(e.contains("structured arrays are not supported"), "{e}");
+}
+
 /// Found by `fuzz_npz_zip_and_npy_headers`: shape (2^32, 0) holds no bytes, so it passed the
 /// memory limit, and listing its 2^32 rows asked for 34 GB.
 #[test]

@@ -362,6 +362,7 @@ fn checked_npy_header<R: Read>(mut r: R) -> std::result::Result<(Vec<u8>, R), St
     head.resize(start + len, 0);
     r.read_exact(&mut head[start..]).map_err(|e| format!("truncated npy header ({e})"))?;
     let text = String::from_utf8_lossy(&head[start..]);
+    flat_header(&text)?;
     if let Some(i) = text.find("'shape'") {
         let rest = &text[i..];
         let (open, close) = (rest.find('(').unwrap_or(0), rest.find(')').unwrap_or(0));
@@ -375,6 +376,31 @@ fn checked_npy_header<R: Read>(mut r: R) -> std::result::Result<(Vec<u8>, R), St
         }
     }
     Ok((head, r))
+}
+
+/// numpy writes a flat dict (`{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2), }`);
+/// npyz's Python-literal grammar backtracks exponentially in nesting depth (a header of 60
+/// `{` ran for hours), so anything nested deeper than the shape tuple is refused before it
+/// is parsed. Lists only come with structured dtypes, which Tamp does not read.
+fn flat_header(text: &str) -> std::result::Result<(), String> {
+    let (mut depth, mut quote) = (0usize, None);
+    for c in text.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[') => return Err("structured arrays are not supported; store one plain array per input".into()),
+            (None, '{' | '(') => {
+                depth += 1;
+                if depth > 2 {
+                    return Err("the npy header is not numpy's flat dict (nested brackets); write the array with numpy.save/savez".into());
+                }
+            }
+            (None, '}' | ')') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Bytes an npy member's header says its data takes; `None` when that overflows.
