@@ -154,7 +154,6 @@ async fn stack() -> Stack {
         event_bus: bus,
         batch_queue: std::env::var("TAMP_TEST_BATCH_QUEUE").unwrap(),
         batch_job_definition: std::env::var("TAMP_TEST_BATCH_JOBDEF").unwrap(),
-        batch_attempts: 1,
         retry: RetryPolicy { max_attempts: 3, base_delay_s: 0, max_delay_s: 0 },
         public_url: "https://tamp.example.com".into(),
         rate_limit: 1000,
@@ -165,7 +164,7 @@ async fn stack() -> Stack {
         ..Settings::default()
     };
     let svc = settings.services().await;
-    let runner = AwsBatchRunner::new(&cfg, &settings.batch_queue, &settings.batch_job_definition, 1);
+    let runner = AwsBatchRunner::new(&cfg, &settings.batch_queue, &settings.batch_job_definition);
     Stack {
         svc,
         s3,
@@ -292,7 +291,7 @@ impl Stack {
             let envelope: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
             kinds.push(envelope["detail-type"].as_str().unwrap().to_owned());
             report::handle(&self.svc, envelope.clone()).await.unwrap();
-            notify::handle(&targets, envelope).await.unwrap();
+            notify::handle(&targets, self.svc.meta.as_ref(), envelope).await.unwrap();
         }
         self.delete(&self.tap_q, &receipts).await;
         kinds
@@ -324,8 +323,10 @@ async fn the_whole_flow_on_the_emulator() {
     assert_eq!((job.project.as_str(), job.model.as_str(), job.version.as_str()), ("vision", "fmnist", "v1"));
     assert_eq!(job.stages.len(), 1);
 
-    // The Advance message delivered twice: one Batch job.
-    assert_eq!(st.run_orchestrator(2, 10).await, 1);
+    // The Advance message (the duplicate upload sends it again: it cannot know the first
+    // delivery got that far), each delivered twice: one Batch job.
+    let advances = st.run_orchestrator(2, 10).await;
+    assert!((1..=2).contains(&advances), "{advances} messages");
     let a1 = StageRun { job: job.id.clone(), stage: 0, attempt: 1 };
     assert_eq!(st.runner.find(&a1).await.unwrap().len(), 1, "one Batch job for one stage attempt");
 

@@ -243,12 +243,61 @@ fn check_routes(files: &[(String, String)]) -> Vec<String> {
     out
 }
 
+/// AWS Batch's `evaluate_on_exit` semantics: rules in order, the first whose every given
+/// condition matches decides; patterns match exactly or, ending in `*`, by prefix; no match
+/// retries (while attempts remain).
+fn batch_action(rules: &[&Block], exit_code: &str, reason: &str, status_reason: &str) -> String {
+    let glob = |p: &str, v: &str| p.strip_suffix('*').map_or(p == v, |prefix| v.starts_with(prefix));
+    for r in rules {
+        let cond = |k: &str| attr(&r.body, k).and_then(|e| strings(e).into_iter().next());
+        let hit =
+            [("on_exit_code", exit_code), ("on_reason", reason), ("on_status_reason", status_reason)].iter().all(|(k, v)| cond(k).is_none_or(|p| glob(&p, v)));
+        if hit {
+            return cond("action").unwrap_or_default().to_uppercase();
+        }
+    }
+    "RETRY".into()
+}
+
+/// Batch retries only infrastructure failures: exit 3 (bad input) and any other exit of the
+/// worker end the Batch job, and a lost host is retried. The runner sends no retryStrategy of
+/// its own (one in SubmitJob replaces the definition's, rules and all).
+fn check_batch_retries(files: &[(String, String)]) -> Vec<String> {
+    let all = blocks(files);
+    let mut out = Vec::new();
+    for d in find(&all, "resource", "aws_batch_job_definition") {
+        let name = labels(d)[1].clone();
+        let Some(strategy) = d.body.blocks().find(|b| b.identifier.as_str() == "retry_strategy") else {
+            out.push(format!("aws_batch_job_definition.{name} has no retry_strategy"));
+            continue;
+        };
+        let rules: Vec<&Block> = strategy.body.blocks().filter(|b| b.identifier.as_str() == "evaluate_on_exit").collect();
+        let exited = "Essential container in task exited";
+        for (code, what) in [("3", "bad input (exit 3)"), ("1", "a worker error (exit 1)")] {
+            let action = batch_action(&rules, code, "", exited);
+            if action != "EXIT" {
+                out.push(format!("aws_batch_job_definition.{name}: {what} gets {action}; Batch must not retry it"));
+            }
+        }
+        let action = batch_action(&rules, "", "", "Host EC2 (instance i-0123456789abcdef0) terminated.");
+        if action != "RETRY" {
+            out.push(format!("aws_batch_job_definition.{name}: a lost host gets {action}; it should be retried"));
+        }
+    }
+    let runner = std::fs::read_to_string(root().join("shared/adapters-aws/src/batch.rs")).unwrap();
+    if runner.contains(".retry_strategy(") {
+        out.push("shared/adapters-aws/src/batch.rs sends a retryStrategy with SubmitJob, replacing the job definition's rules".into());
+    }
+    out
+}
+
 // --- tests ------------------------------------------------------------------------------
 
 #[test]
 fn the_module_is_wired_to_the_code() {
     let files = module_files();
-    let findings: Vec<String> = [check_functions(&files), check_env(&files), check_dead_letters(&files), check_iam(&files), check_routes(&files)].concat();
+    let findings: Vec<String> =
+        [check_functions(&files), check_env(&files), check_dead_letters(&files), check_iam(&files), check_routes(&files), check_batch_retries(&files)].concat();
     assert!(findings.is_empty(), "infra/modules/tamp drifted from the code:\n{}", findings.join("\n"));
 }
 
@@ -294,4 +343,11 @@ fn a_missing_environment_variable_is_caught() {
 fn a_route_the_router_lacks_is_caught() {
     let planted = with_edit(&module_files(), "api.tf", "\"GET /audit\"", "\"GET /audits\"");
     assert!(check_routes(&planted).iter().any(|m| m.contains("GET /audits")));
+}
+
+#[test]
+fn a_retry_rule_that_retries_bad_input_is_caught() {
+    let planted = with_edit(&module_files(), "batch.tf", "    evaluate_on_exit {\n      on_reason = \"*\"\n      action    = \"EXIT\"\n    }\n", "");
+    let f = check_batch_retries(&planted);
+    assert!(f.iter().any(|m| m.contains("bad input (exit 3) gets RETRY")), "{f:?}");
 }

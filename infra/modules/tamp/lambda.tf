@@ -263,7 +263,13 @@ data "aws_iam_policy_document" "fn_report" {
   }
 }
 
-# notify only posts to the team's webhooks.
+# notify posts to the team's webhooks and keeps a ledger of deliveries in the table, so a
+# retried event reaches only the targets that missed it.
 data "aws_iam_policy_document" "fn_notify" {
   source_policy_documents = [data.aws_iam_policy_document.fn_base.json]
+  statement {
+    sid       = "Deliveries"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]
+    resources = local.table_arns
+  }
 }

@@ -6,8 +6,8 @@
 //! events; [`message_from_state_change`] turns one into the orchestrator's queue message.
 
 use async_trait::async_trait;
-use aws_sdk_batch::types::{ContainerOverrides, JobStatus, KeyValuesPair, RetryStrategy};
-use tamp_ports::{BatchRunner, Message, PortError, Result, RunStatus, StageRun};
+use aws_sdk_batch::types::{ContainerOverrides, JobStatus, JobSummary, KeyValuesPair};
+use tamp_ports::{BatchRunner, Message, Observed, PortError, Result, RunStatus, StageRun};
 
 /// Exit status a worker uses for input that will never work (no retry); the local runner's
 /// contract, kept by the container too.
@@ -18,9 +18,6 @@ pub struct AwsBatchRunner {
     client: aws_sdk_batch::Client,
     queue: String,
     definition: String,
-    /// Batch-level attempts per submission (infrastructure failures); Tamp's own stage
-    /// retries are separate submissions with new attempt numbers.
-    attempts: i32,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> PortError {
@@ -28,20 +25,30 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> PortError {
 }
 
 impl AwsBatchRunner {
-    pub fn new(config: &aws_config::SdkConfig, queue: impl Into<String>, definition: impl Into<String>, attempts: i32) -> Self {
-        Self { client: aws_sdk_batch::Client::new(config), queue: queue.into(), definition: definition.into(), attempts: attempts.clamp(1, 10) }
+    /// Batch-level retries (infrastructure failures only) are the job definition's
+    /// `retry_strategy` with its `evaluate_on_exit` rules; `SubmitJob` sends none, because one
+    /// sent there replaces the definition's and with it the rule that exit 3 (bad input) is
+    /// never retried. Tamp's own stage retries are new submissions with new attempt numbers.
+    pub fn new(config: &aws_config::SdkConfig, queue: impl Into<String>, definition: impl Into<String>) -> Self {
+        Self { client: aws_sdk_batch::Client::new(config), queue: queue.into(), definition: definition.into() }
     }
 
     /// Jobs on the queue with this run's name: (id, status).
     pub async fn find(&self, run: &StageRun) -> Result<Vec<(String, JobStatus)>> {
+        Ok(self
+            .summaries(run)
+            .await?
+            .iter()
+            .map(|j| (j.job_id().unwrap_or_default().to_owned(), j.status().cloned().unwrap_or(JobStatus::Submitted)))
+            .collect())
+    }
+
+    async fn summaries(&self, run: &StageRun) -> Result<Vec<JobSummary>> {
         let filter = KeyValuesPair::builder().name("JOB_NAME").values(run.name()).build();
         let mut out = Vec::new();
         let mut pages = self.client.list_jobs().job_queue(&self.queue).filters(filter).into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| unavailable("list", e.into_service_error()))?;
-            for j in page.job_summary_list() {
-                out.push((j.job_id().unwrap_or_default().to_owned(), j.status().cloned().unwrap_or(JobStatus::Submitted)));
-            }
+            out.extend(page.map_err(|e| unavailable("list", e.into_service_error()))?.job_summary_list().iter().cloned());
         }
         Ok(out)
     }
@@ -64,12 +71,37 @@ impl BatchRunner for AwsBatchRunner {
             .parameters("stage", &stage)
             .parameters("attempt", &attempt)
             .tags("tamp:job", &run.job)
-            .retry_strategy(RetryStrategy::builder().attempts(self.attempts).build())
             .container_overrides(ContainerOverrides::builder().set_command(Some(command)).build())
             .send()
             .await
             .map_err(|e| unavailable("submit", e.into_service_error()))?;
         Ok(())
+    }
+
+    async fn observe(&self, run: &StageRun) -> Result<Observed> {
+        let jobs = self.summaries(run).await?;
+        let status = |j: &JobSummary| j.status().cloned().unwrap_or(JobStatus::Submitted);
+        if jobs.iter().any(|j| status(j) == JobStatus::Succeeded) {
+            return Ok(Observed::Is(RunStatus::Succeeded));
+        }
+        if jobs.iter().any(|j| matches!(status(j), JobStatus::Starting | JobStatus::Running)) {
+            return Ok(Observed::Is(RunStatus::Running));
+        }
+        if jobs.iter().any(|j| status(j) != JobStatus::Failed) {
+            return Ok(Observed::Queued);
+        }
+        // Every try failed: the last one's exit code decides, as in the state-change event.
+        Ok(match jobs.iter().max_by_key(|j| j.created_at().unwrap_or(0)) {
+            None => Observed::Absent,
+            Some(j) => {
+                let exit = j.container().and_then(|c| c.exit_code()).map(i64::from);
+                let reason = j.container().and_then(|c| c.reason()).or_else(|| j.status_reason()).unwrap_or("");
+                Observed::Is(RunStatus::Failed {
+                    reason: format!("{reason} (exit {})", exit.map_or_else(|| "unknown".into(), |e| e.to_string())),
+                    retryable: exit != Some(EXIT_BAD_INPUT),
+                })
+            }
+        })
     }
 
     async fn cancel(&self, run: &StageRun) -> Result<()> {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tamp_ports::{BatchRunner, Clock, Message, PortError, Queue, Result, RunStatus, StageRun, SystemClock};
+use tamp_ports::{BatchRunner, Clock, Message, Observed, PortError, Queue, Result, RunStatus, StageRun, SystemClock};
 
 /// Exit status a worker uses for input that will never work (no retry).
 pub const EXIT_BAD_INPUT: i32 = 3;
@@ -23,6 +23,8 @@ pub struct ProcessRunner {
     permits: Arc<tokio::sync::Semaphore>,
     /// Run name → child pid (0 while waiting for a slot); present once submitted.
     runs: Arc<Mutex<HashMap<String, u32>>>,
+    /// Run name → how it ended, for [`BatchRunner::observe`].
+    ended: Arc<Mutex<HashMap<String, RunStatus>>>,
     limits: RunLimits,
 }
 
@@ -56,7 +58,16 @@ impl ProcessRunner {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
-        Ok(Self { program, args, logs, queue, permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))), runs: Arc::default(), limits })
+        Ok(Self {
+            program,
+            args,
+            logs,
+            queue,
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            runs: Arc::default(),
+            ended: Arc::default(),
+            limits,
+        })
     }
 }
 
@@ -88,6 +99,7 @@ impl BatchRunner for ProcessRunner {
             }
             runs.insert(name.clone(), 0);
         }
+        let ended = self.ended.clone();
         let (program, mut args, log, queue, permits, runs, run, limits) = (
             self.program.clone(),
             self.args.clone(),
@@ -154,9 +166,25 @@ impl BatchRunner for ProcessRunner {
                 }
                 Err(e) => RunStatus::Failed { reason: e, retryable: true },
             };
+            if let Ok(mut e) = ended.lock() {
+                e.insert(name.clone(), status.clone());
+            }
             report(&queue, &run, status).await;
         });
         Ok(())
+    }
+
+    async fn observe(&self, run: &StageRun) -> Result<Observed> {
+        let name = run.name();
+        let lost = || PortError::Unavailable("runner lock poisoned".into());
+        if let Some(status) = self.ended.lock().map_err(|_| lost())?.get(&name) {
+            return Ok(Observed::Is(status.clone()));
+        }
+        Ok(match self.runs.lock().map_err(|_| lost())?.get(&name) {
+            None => Observed::Absent,
+            Some(0) => Observed::Queued,
+            Some(_) => Observed::Is(RunStatus::Running),
+        })
     }
 
     async fn cancel(&self, run: &StageRun) -> Result<()> {

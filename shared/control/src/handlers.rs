@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tamp_domain::job::{self, Effect, EventKind, Job, JobInputs, JobState, RetryPolicy, Signal, StageOutput, StageState};
+use tamp_domain::job::{self, Effect, EventKind, Job, JobInputs, JobState, Outgoing, RetryPolicy, Signal, StageOutput, StageState};
 use tamp_domain::recipe::Recipe;
 use tamp_ports::{
-    ArtifactRecord, BatchRunner, Clock, Created, EventBus, Message, MetadataStore, ObjectStore, PortError, Queue, RunStatus, StageRun, TampEvent,
+    ArtifactRecord, BatchRunner, Clock, Created, EventBus, Message, MetadataStore, ObjectStore, Observed, PortError, Queue, RunStatus, StageRun, TampEvent,
 };
 
 /// The ports a handler works through.
@@ -96,9 +96,16 @@ fn new_job_id() -> String {
     format!("job_{}", tamp_domain::ids::random_hex(8))
 }
 
+/// An event about `job` as it stands. The id is the job, its revision and the kind, so a
+/// replayed effect or a redelivered upload publishes the same id again and consumers
+/// (notify, report) drop the copy.
 fn event(job: &Job, kind: EventKind, now: u64, detail: serde_json::Value) -> TampEvent {
+    event_at(job, job.revision, kind, now, detail)
+}
+
+fn event_at(job: &Job, revision: u64, kind: EventKind, now: u64, detail: serde_json::Value) -> TampEvent {
     TampEvent {
-        id: format!("evt_{}", tamp_domain::ids::random_hex(8)),
+        id: format!("evt_{}_{revision}_{}", job.id.trim_start_matches("job_"), kind.as_str()),
         detail_type: format!("tamp.{}", kind.as_str()),
         time: now,
         project: job.project.clone(),
@@ -154,14 +161,35 @@ pub async fn fail_upload(svc: &Services, project: &str, model: &str, ver: &str, 
         created_at: now,
         updated_at: now,
         revision: 0,
+        outbox: Vec::new(),
     };
-    if let Created::Duplicate(id) = svc.meta.create_job(&j, idempotency_key).await? {
-        return Ok(Ingested::Duplicate(id));
+    create_and_announce(svc, j, idempotency_key).await
+}
+
+/// Creates `j` (idempotent on `idempotency_key`), then does what follows a creation: the
+/// catalog entries, `job.created`, and `job.failed` or the first `Advance`. A redelivered
+/// upload whose first delivery died after the create finds its job still at revision 0 and
+/// does the rest again (the same event ids; `Plan` acts once), so no job stays queued for ever.
+async fn create_and_announce(svc: &Services, j: Job, idempotency_key: &str) -> Result<Ingested> {
+    let (j, outcome) = match svc.meta.create_job(&j, idempotency_key).await? {
+        Created::New => {
+            let id = j.id.clone();
+            (j, Ingested::Created(id))
+        }
+        Created::Duplicate(id) => match svc.meta.get_job(&id).await? {
+            Some(stored) if stored.revision == 0 => (stored, Ingested::Duplicate(id)),
+            _ => return Ok(Ingested::Duplicate(id)),
+        },
+    };
+    ensure_catalog(svc, &j.project, &j.model, &j.version, "ingest").await?;
+    let now = svc.clock.now();
+    svc.bus.publish(&event(&j, EventKind::JobCreated, now, serde_json::json!({ "policy": j.policy, "stages": j.stages.len() }))).await?;
+    if j.state == JobState::Failed {
+        svc.bus.publish(&event(&j, EventKind::JobFailed, now, serde_json::Value::Null)).await?;
+    } else {
+        send(svc, &Message::Advance { job: j.id.clone() }, Duration::ZERO).await?;
     }
-    ensure_catalog(svc, project, model, ver, "ingest").await?;
-    svc.bus.publish(&event(&j, EventKind::JobCreated, now, serde_json::json!({ "stages": 0 }))).await?;
-    svc.bus.publish(&event(&j, EventKind::JobFailed, now, serde_json::Value::Null)).await?;
-    Ok(Ingested::Created(j.id))
+    Ok(outcome)
 }
 
 /// Records the catalog entries an upload implies (project, model, version), if new.
@@ -196,6 +224,7 @@ pub async fn start_job(svc: &Services, project: &str, model: &str, ver: &str, re
         created_at: now,
         updated_at: now,
         revision: 0,
+        outbox: Vec::new(),
     };
     let problem = match Recipe::from_yaml(recipe_text) {
         Err(e) => Some(format!("{source}: {e}")),
@@ -229,18 +258,7 @@ pub async fn start_job(svc: &Services, project: &str, model: &str, ver: &str, re
         j.state = JobState::Failed;
         j.reason = Some(reason.clone());
     }
-    match svc.meta.create_job(&j, idempotency_key).await? {
-        Created::Duplicate(id) => return Ok(Ingested::Duplicate(id)),
-        Created::New => {}
-    }
-    ensure_catalog(svc, project, model, ver, "ingest").await?;
-    svc.bus.publish(&event(&j, EventKind::JobCreated, now, serde_json::json!({ "policy": j.policy, "stages": j.stages.len() }))).await?;
-    if problem.is_some() {
-        svc.bus.publish(&event(&j, EventKind::JobFailed, now, serde_json::Value::Null)).await?;
-    } else {
-        send(svc, &Message::Advance { job: j.id.clone() }, Duration::ZERO).await?;
-    }
-    Ok(Ingested::Created(j.id))
+    create_and_announce(svc, j, idempotency_key).await
 }
 
 async fn send(svc: &Services, msg: &Message, delay: Duration) -> Result<()> {
@@ -249,8 +267,10 @@ async fn send(svc: &Services, msg: &Message, delay: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Applies `signal` to job `id` with a conditional write, retrying on lost races; then
-/// carries out the effects. Returns the job as stored.
+/// Applies `signal` to job `id` with a conditional write, retrying on lost races. The
+/// effects go into the job's outbox in that same write, then are carried out and cleared
+/// ([`drain`]); a delivery that dies in between is redelivered, finds nothing new to apply and
+/// drains what the outbox still holds. Returns the job as stored.
 pub async fn signal(svc: &Services, id: &str, signal: &Signal) -> Result<Option<Job>> {
     for _ in 0..8 {
         let Some(mut j) = svc.meta.get_job(id).await? else { return Ok(None) };
@@ -258,13 +278,14 @@ pub async fn signal(svc: &Services, id: &str, signal: &Signal) -> Result<Option<
         let before = j.revision;
         let effects = j.apply(signal, svc.retry, now).map_err(|e| HandlerError::Invalid(e.to_string()))?;
         if j.revision == before {
-            return Ok(Some(j)); // stale or duplicate: nothing to do
+            // Stale or duplicate: nothing new, but effects an earlier delivery committed and
+            // did not finish are carried out now.
+            return drain(svc, j).await.map(Some);
         }
+        let revision = j.revision;
+        j.outbox.extend(effects.into_iter().map(|effect| Outgoing { revision, effect }));
         match svc.meta.update_job(&j, before).await {
-            Ok(()) => {
-                run_effects(svc, &j, &effects).await?;
-                return Ok(Some(j));
-            }
+            Ok(()) => return drain(svc, j).await.map(Some),
             Err(PortError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -272,10 +293,38 @@ pub async fn signal(svc: &Services, id: &str, signal: &Signal) -> Result<Option<
     Err(HandlerError::Port(PortError::Conflict(format!("job {id}: too many concurrent updates"))))
 }
 
-async fn run_effects(svc: &Services, j: &Job, effects: &[Effect]) -> Result<()> {
+/// Carries out the effects in `j`'s outbox, in order, then clears them with a conditional
+/// write. A failure leaves them in the outbox (the error makes the queue redeliver); a lost
+/// race on the clear takes off only what was carried out.
+pub async fn drain(svc: &Services, mut j: Job) -> Result<Job> {
+    if j.outbox.is_empty() {
+        return Ok(j);
+    }
+    let done = j.outbox.clone();
+    run_effects(svc, &j, &done).await?;
+    for _ in 0..8 {
+        if !j.outbox.starts_with(&done) {
+            return Ok(j); // another delivery drained them first
+        }
+        let before = j.revision;
+        j.outbox.drain(..done.len());
+        j.revision += 1;
+        match svc.meta.update_job(&j, before).await {
+            Ok(()) => return Ok(j),
+            Err(PortError::Conflict(_)) => match svc.meta.get_job(&j.id).await? {
+                Some(fresh) => j = fresh,
+                None => return Ok(j),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(HandlerError::Port(PortError::Conflict(format!("job {}: too many concurrent updates", j.id))))
+}
+
+async fn run_effects(svc: &Services, j: &Job, effects: &[Outgoing]) -> Result<()> {
     let now = svc.clock.now();
-    for e in effects {
-        match e {
+    for Outgoing { revision, effect } in effects {
+        match effect {
             Effect::Submit { stage, attempt, not_before } => {
                 let run = StageRun { job: j.id.clone(), stage: *stage, attempt: *attempt };
                 if *not_before > now {
@@ -294,7 +343,7 @@ async fn run_effects(svc: &Services, j: &Job, effects: &[Effect]) -> Result<()> 
                     }
                     _ => serde_json::Value::Null,
                 };
-                svc.bus.publish(&event(j, *kind, now, detail)).await?;
+                svc.bus.publish(&event_at(j, *revision, *kind, now, detail)).await?;
             }
         }
     }
@@ -428,22 +477,59 @@ async fn record_output(svc: &Services, run: &StageRun) -> Result<std::result::Re
     };
     let alert =
         record.metadata["missed_constraints"].as_array().is_some_and(|a| !a.is_empty()) || record.metadata["flags"].as_array().is_some_and(|a| !a.is_empty());
-    if alert {
+    // A duplicated SUCCEEDED delivery finds the attempt already recorded: no second alert.
+    // The id names the stage attempt, so a replay after a crash here is dropped downstream.
+    let recorded = j.stages.get(run.stage).is_some_and(|s| s.attempt == run.attempt && s.state == StageState::Succeeded);
+    if alert && !recorded {
         let detail =
             serde_json::json!({ "artifact": record.id, "missed_constraints": record.metadata["missed_constraints"], "flags": record.metadata["flags"] });
-        svc.bus.publish(&event(&j, EventKind::QualityAlert, svc.clock.now(), detail)).await?;
+        let mut ev = event(&j, EventKind::QualityAlert, svc.clock.now(), detail);
+        ev.id = format!("evt_{}_s{}a{}_{}", j.id.trim_start_matches("job_"), run.stage, run.attempt, EventKind::QualityAlert.as_str());
+        svc.bus.publish(&ev).await?;
     }
     svc.meta.put_artifact(&record).await?;
     Ok(Ok(m.output))
 }
 
-/// Re-submits attempts recorded as submitted or running (the runner ignores ones it has):
-/// repairs jobs whose effects were lost between the state write and the submit.
+/// How long a stage may stay recorded as submitted or running while the runner has no
+/// record of its run before reconcile fails the attempt (retryably): Batch forgot it, or its
+/// submission was lost with the process that made it.
+pub const ORPHAN_AFTER_S: u64 = 15 * 60;
+
+/// Repairs what lost messages leave behind, from the state alone (every few minutes on AWS,
+/// from an EventBridge schedule): each submitted or running stage attempt is looked up in the
+/// runner. A finished run whose state-change event was lost is delivered now (its manifest or
+/// failure record decides, as for the event); a submitted attempt the runner does not have is
+/// submitted (the submit was lost); one it has not had for [`ORPHAN_AFTER_S`] fails
+/// retryably. Jobs with effects still in their outbox have them carried out. Returns the
+/// number of stages and outboxes acted on.
 pub async fn reconcile(svc: &Services) -> Result<usize> {
     let mut n = 0;
+    let now = svc.clock.now();
     for j in svc.meta.list_jobs(Some(JobState::Running), 1000).await? {
-        for s in j.stages.iter().filter(|s| s.state == StageState::Submitted && s.not_before.is_none_or(|t| t <= svc.clock.now())) {
-            svc.runner.submit(&StageRun { job: j.id.clone(), stage: s.index, attempt: s.attempt }).await?;
+        for s in j.stages.iter().filter(|s| matches!(s.state, StageState::Submitted | StageState::Running) && s.not_before.is_none_or(|t| t <= now)) {
+            let run = StageRun { job: j.id.clone(), stage: s.index, attempt: s.attempt };
+            let msg = match svc.runner.observe(&run).await? {
+                Observed::Queued | Observed::Is(RunStatus::Running) => continue,
+                Observed::Is(status) => Message::Batch { run, status, at: now },
+                Observed::Absent if s.state == StageState::Submitted && now.saturating_sub(s.updated_at) < ORPHAN_AFTER_S => {
+                    svc.runner.submit(&run).await?;
+                    n += 1;
+                    continue;
+                }
+                Observed::Absent if now.saturating_sub(s.updated_at) < ORPHAN_AFTER_S => continue,
+                Observed::Absent => {
+                    let reason = format!("the batch runner has no record of {} after {} s; retried as a new attempt", run.name(), now - s.updated_at);
+                    Message::Batch { run, status: RunStatus::Failed { reason, retryable: true }, at: now }
+                }
+            };
+            orchestrate(svc, &msg).await?;
+            n += 1;
+        }
+    }
+    for state in [JobState::Queued, JobState::Planning, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
+        for j in svc.meta.list_jobs(Some(state), 1000).await?.into_iter().filter(|j| !j.outbox.is_empty()) {
+            drain(svc, j).await?;
             n += 1;
         }
     }

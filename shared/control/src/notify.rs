@@ -6,9 +6,13 @@
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
+use sha2::Digest;
 use sha2::Sha256;
-use tamp_ports::Subscriber;
+use tamp_ports::{MetadataStore, Subscriber};
 use tamp_ports::{PortError, Result, TampEvent};
+
+/// Record kind of the notify function's delivery ledger.
+pub const DELIVERY: &str = "delivery";
 
 /// Signs `body` with `secret`: the value of the `X-Tamp-Signature` header.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
@@ -81,6 +85,49 @@ impl Webhooks {
         if failures.is_empty() { Ok(self.targets.len()) } else { Err(PortError::Unavailable(failures.join("; "))) }
     }
 
+    /// Sends `event` to each target that has not had it yet, recording each delivery in
+    /// `ledger` (kind `delivery`, id `<event id>:<target key>`). A retried or duplicated event
+    /// reaches only the targets that missed it, so one failing target never makes the others
+    /// receive a message twice. Returns how many were sent now.
+    pub async fn deliver_once(&self, event: &TampEvent, ledger: &dyn MetadataStore) -> Result<usize> {
+        if !self.wanted(event) {
+            return Ok(0);
+        }
+        let (mut sent, mut failures) = (0, Vec::new());
+        for i in 0..self.targets.len() {
+            let id = format!("{}:{}", event.id, self.target_key(i));
+            if ledger.get_record(DELIVERY, &id).await?.is_some() {
+                continue;
+            }
+            match self.send_to(event, i).await {
+                Ok(()) => {
+                    ledger
+                        .put_record(DELIVERY, &id, &serde_json::json!({ "id": id, "event": event.id, "job": event.job, "target": self.target_label(i) }), true)
+                        .await?;
+                    sent += 1;
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        if failures.is_empty() { Ok(sent) } else { Err(PortError::Unavailable(failures.join("; "))) }
+    }
+
+    /// A stable name for target `i` that does not reveal its URL (a Slack URL is the secret).
+    pub fn target_key(&self, i: usize) -> String {
+        let url = self.targets.get(i).map_or("", |(u, _)| u.as_str());
+        hex::encode(&Sha256::digest(url.as_bytes())[..8])
+    }
+
+    /// How logs and errors name target `i`: its format and key, never its URL.
+    pub fn target_label(&self, i: usize) -> String {
+        let format = self.targets.get(i).map_or("?", |(_, f)| match f {
+            Format::Tamp => "webhook",
+            Format::Slack => "slack",
+            Format::Teams => "teams",
+        });
+        format!("{format} target {}", self.target_key(i))
+    }
+
     /// Sends `event` to target `i` in its format.
     pub async fn send_to(&self, event: &TampEvent, i: usize) -> Result<()> {
         let Some((url, format)) = self.targets.get(i) else { return Ok(()) };
@@ -94,7 +141,13 @@ impl Webhooks {
             Format::Slack => req.body(slack_message(event, &self.base_url).to_string()),
             Format::Teams => req.body(teams_message(event, &self.base_url).to_string()),
         };
-        req.send().await.and_then(reqwest::Response::error_for_status).map(|_| ()).map_err(|e| PortError::Unavailable(format!("{url}: {e}")))
+        // Errors name the target by its key: reqwest's own text carries the URL, which for
+        // Slack and Teams is the credential.
+        req.send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map(|_| ())
+            .map_err(|e| PortError::Unavailable(format!("{}: {}", self.target_label(i), e.without_url())))
     }
 }
 
@@ -119,6 +172,11 @@ struct Pending {
     next_at: u64,
 }
 
+/// One delivery's name in the spool and in `sent/`: the event id and the target index.
+fn delivery_name(event: &TampEvent, target: usize) -> String {
+    format!("{}-{target}", event.id)
+}
+
 /// Tries before an event is moved to `dead/`.
 pub const MAX_TRIES: u32 = 16;
 
@@ -128,7 +186,9 @@ fn now_s() -> u64 {
 
 impl Outbox {
     pub fn new(dir: std::path::PathBuf, hooks: Webhooks) -> Result<Self> {
-        std::fs::create_dir_all(dir.join("dead")).map_err(|e| PortError::Unavailable(format!("{}: {e}", dir.display())))?;
+        for sub in ["dead", "sent"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| PortError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
         Ok(Self { dir, hooks, wake: tokio::sync::Notify::new() })
     }
 
@@ -157,6 +217,7 @@ impl Outbox {
             }
             match self.hooks.send_to(&p.event, p.target).await {
                 Ok(()) => {
+                    let _ = std::fs::write(self.dir.join("sent").join(delivery_name(&p.event, p.target)), b"");
                     let _ = std::fs::remove_file(&path);
                     sent += 1;
                 }
@@ -195,8 +256,16 @@ impl Subscriber for Outbox {
         if !self.hooks.wanted(event) {
             return Ok(());
         }
+        // Event ids are deterministic, so a replayed or duplicated event is spooled only for
+        // targets that neither have it nor are waiting for it.
+        let spooled: Vec<String> =
+            std::fs::read_dir(&self.dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
         for target in 0..self.hooks.targets.len() {
-            let name = format!("{:020}-{}-{target}.json", event.time, event.id);
+            let id = delivery_name(event, target);
+            if self.dir.join("sent").join(&id).exists() || spooled.iter().any(|n| n.ends_with(&format!("-{id}.json"))) {
+                continue;
+            }
+            let name = format!("{:020}-{id}.json", event.time);
             self.write(&name, &Pending { event: event.clone(), target, attempts: 0, next_at: 0 })?;
         }
         self.wake.notify_one();

@@ -134,6 +134,20 @@ pub struct Job {
     pub updated_at: Timestamp,
     /// Bumped by every applied change; stores write only if it still matches (optimistic).
     pub revision: u64,
+    /// Effects committed in the same conditional write as the change they follow from and not
+    /// yet known to be carried out (a transactional outbox): replayed on redelivery and by
+    /// reconcile, then cleared. Every effect is idempotent (runs have deterministic names,
+    /// events deterministic ids), so a replay never doubles one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Outgoing>,
+}
+
+/// An effect waiting in a job's outbox, with the revision that committed it (events carry
+/// it in their id, so a replay after later changes still publishes the same id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    pub revision: u64,
+    pub effect: Effect,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -462,6 +476,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             revision: 0,
+            outbox: Vec::new(),
         }
     }
 

@@ -21,7 +21,6 @@ pub const ENV_VARS: &[&str] = &[
     "TAMP_EVENT_BUS",
     "TAMP_BATCH_QUEUE",
     "TAMP_BATCH_JOB_DEFINITION",
-    "TAMP_BATCH_ATTEMPTS",
     "TAMP_MAX_ATTEMPTS",
     "TAMP_RETRY_DELAY_S",
     "TAMP_KMS_KEY_ID",
@@ -46,8 +45,6 @@ pub struct Settings {
     pub event_bus: String,
     pub batch_queue: String,
     pub batch_job_definition: String,
-    /// Batch-level attempts per submission (infrastructure failures).
-    pub batch_attempts: i32,
     pub retry: RetryPolicy,
     pub kms_key_id: Option<String>,
     /// The API's public URL, for links in chat messages.
@@ -86,7 +83,6 @@ impl Settings {
             event_bus: req("TAMP_EVENT_BUS")?,
             batch_queue: req("TAMP_BATCH_QUEUE")?,
             batch_job_definition: req("TAMP_BATCH_JOB_DEFINITION")?,
-            batch_attempts: num("TAMP_BATCH_ATTEMPTS", 2)?,
             retry: RetryPolicy { max_attempts: num("TAMP_MAX_ATTEMPTS", 3u32)?.max(1), base_delay_s: num("TAMP_RETRY_DELAY_S", 30)?, max_delay_s: 900 },
             kms_key_id: opt("TAMP_KMS_KEY_ID"),
             public_url: opt("TAMP_PUBLIC_URL").unwrap_or_default(),
@@ -108,7 +104,7 @@ impl Settings {
             store: Arc::new(S3Store::new(&config, &self.bucket).with_kms_key(self.kms_key_id.clone())),
             meta: Arc::new(DynamoStore::new(&config, &self.table)),
             queue: Arc::new(SqsQueue::new(&config, &self.queue_url, &self.dlq_url)),
-            runner: Arc::new(AwsBatchRunner::new(&config, &self.batch_queue, &self.batch_job_definition, self.batch_attempts)),
+            runner: Arc::new(AwsBatchRunner::new(&config, &self.batch_queue, &self.batch_job_definition)),
             bus: Arc::new(EventBridgeBus::new(&config, &self.event_bus)),
             clock: Arc::new(SystemClock),
             retry: self.retry,

@@ -78,6 +78,7 @@ fn job(id: &str, created_at: u64) -> Job {
         created_at,
         updated_at: created_at,
         revision: 0,
+        outbox: Vec::new(),
     }
 }
 

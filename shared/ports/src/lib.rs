@@ -269,10 +269,24 @@ pub enum Message {
     },
 }
 
+/// What a batch runner knows of one run, asked by reconcile when a state-change event may
+/// have been lost.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// No such run (never submitted, or past the runner's retention).
+    Absent,
+    /// Submitted, waiting for capacity.
+    Queued,
+    /// Running, or finished: a finished run's status is the event that may have been lost.
+    Is(RunStatus),
+}
+
 #[async_trait]
 pub trait BatchRunner: Send + Sync {
     /// Starts the run; submitting the same run twice starts it once.
     async fn submit(&self, run: &StageRun) -> Result<()>;
+    /// The run's state as the runner sees it now.
+    async fn observe(&self, run: &StageRun) -> Result<Observed>;
     /// Cancels a queued run or terminates a running one.
     async fn cancel(&self, run: &StageRun) -> Result<()>;
     /// Forgets what the runner keeps of a deleted job (logs, scratch); Batch keeps nothing

@@ -1,0 +1,320 @@
+//! At-least-once delivery, tried the way it fails in production: a crash at each boundary
+//! (after the job is created; after a state change is committed and before its effects; a
+//! Batch terminal event that never arrives; a SUCCEEDED event delivered twice; one webhook
+//! target down) ends with the job finished exactly once, one artifact, one `job.succeeded`
+//! and one notification per target.
+//!
+//! The handlers run over the local adapters (folder store, SQLite, in-memory queue). The bus
+//! records what was published and can be told to fail once on an event kind, as a PutEvents
+//! call that times out would; the runner records submissions and answers `observe` from what
+//! the test played, as Batch's ListJobs would. Webhook targets are real HTTP servers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tamp_adapters_local::{FolderStore, MemoryQueue, SqliteStore};
+use tamp_control::handlers::{self, Ingested};
+use tamp_control::notify::Webhooks;
+use tamp_control::{Services, StageManifest, stage_manifest_key};
+use tamp_domain::job::{JobState, RetryPolicy, StageOutput};
+use tamp_ports::{BatchRunner, Clock, EventBus, Message, MetadataStore, ObjectStore, Observed, PortError, Queue, RunStatus, StageRun, TampEvent};
+
+const RECIPE: &str = "policy:\n  name: p\n  stages:\n    - ptq: {}\n";
+
+/// Publishes into a list; fails the first publish of `fail_once` (a detail-type).
+#[derive(Default)]
+struct Bus {
+    events: Mutex<Vec<TampEvent>>,
+    fail_once: Mutex<Option<String>>,
+}
+
+impl Bus {
+    fn kinds(&self, kind: &str) -> Vec<TampEvent> {
+        self.events.lock().unwrap().iter().filter(|e| e.detail_type == format!("tamp.{kind}")).cloned().collect()
+    }
+    fn fail_next(&self, kind: &str) {
+        *self.fail_once.lock().unwrap() = Some(format!("tamp.{kind}"));
+    }
+}
+
+#[async_trait]
+impl EventBus for Bus {
+    async fn publish(&self, event: &TampEvent) -> tamp_ports::Result<()> {
+        let mut f = self.fail_once.lock().unwrap();
+        if f.as_deref() == Some(event.detail_type.as_str()) {
+            *f = None;
+            return Err(PortError::Unavailable("PutEvents timed out (injected)".into()));
+        }
+        self.events.lock().unwrap().push(event.clone());
+        Ok(())
+    }
+}
+
+/// Submissions recorded; `observe` answers from `status` (what Batch would list).
+#[derive(Default)]
+struct Runner {
+    submitted: Mutex<Vec<StageRun>>,
+    status: Mutex<HashMap<String, Observed>>,
+}
+
+#[async_trait]
+impl BatchRunner for Runner {
+    async fn submit(&self, run: &StageRun) -> tamp_ports::Result<()> {
+        let mut s = self.submitted.lock().unwrap();
+        if !s.contains(run) {
+            s.push(run.clone());
+            self.status.lock().unwrap().insert(run.name(), Observed::Queued);
+        }
+        Ok(())
+    }
+    async fn observe(&self, run: &StageRun) -> tamp_ports::Result<Observed> {
+        Ok(self.status.lock().unwrap().get(&run.name()).cloned().unwrap_or(Observed::Absent))
+    }
+    async fn cancel(&self, _run: &StageRun) -> tamp_ports::Result<()> {
+        Ok(())
+    }
+}
+
+struct TestClock(AtomicU64);
+
+impl Clock for TestClock {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct World {
+    svc: Services,
+    bus: Arc<Bus>,
+    runner: Arc<Runner>,
+    queue: Arc<MemoryQueue>,
+    clock: Arc<TestClock>,
+    _dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FolderStore::new(dir.path().join("data"), "http://localhost", b"0123456789abcdef0123456789abcdef").unwrap());
+    let meta = Arc::new(SqliteStore::open(&dir.path().join("meta.db")).unwrap());
+    let (bus, runner, queue) = (Arc::new(Bus::default()), Arc::new(Runner::default()), Arc::new(MemoryQueue::new(10)));
+    let clock = Arc::new(TestClock(AtomicU64::new(1_800_000_000)));
+    let svc = Services {
+        store: store.clone(),
+        meta,
+        queue: queue.clone(),
+        runner: runner.clone(),
+        bus: bus.clone(),
+        clock: clock.clone(),
+        retry: RetryPolicy { max_attempts: 3, base_delay_s: 0, max_delay_s: 0 },
+    };
+    for (name, bytes) in [("model.onnx", b"onnx".to_vec()), ("calib.npz", b"npz".to_vec()), ("recipe.yaml", RECIPE.as_bytes().to_vec())] {
+        store.put(&format!("uploads/p/m/v1/{name}"), bytes).await.unwrap();
+    }
+    World { svc, bus, runner, queue, clock, _dir: dir }
+}
+
+impl World {
+    /// Runs the orchestrator over every queued message (a failed one stays for redelivery).
+    async fn pump(&self) {
+        for _ in 0..20 {
+            let batch = self.queue.receive(10, Duration::ZERO).await.unwrap();
+            if batch.is_empty() {
+                return;
+            }
+            for d in batch {
+                let msg: Message = serde_json::from_str(&d.body).unwrap();
+                if handlers::orchestrate(&self.svc, &msg).await.is_ok() {
+                    self.queue.ack(&d.receipt).await.unwrap();
+                }
+            }
+        }
+    }
+
+    async fn job(&self) -> tamp_domain::job::Job {
+        let jobs = self.svc.meta.list_jobs(None, 10).await.unwrap();
+        assert_eq!(jobs.len(), 1, "exactly one job");
+        jobs.into_iter().next().unwrap()
+    }
+
+    /// Plays the worker of the only submitted run: writes its manifest (with `missed`
+    /// constraints, if any) and marks it succeeded in the runner; returns the Batch message.
+    async fn finish_run(&self, missed: &[&str]) -> Message {
+        let run = self.runner.submitted.lock().unwrap().last().cloned().expect("a submitted run");
+        let output =
+            StageOutput { artifact_key: format!("artifacts/{}/0/model.onnx", run.job), sha256: "ab".into(), size_bytes: 4, metadata_key: "m.json".into() };
+        let manifest = StageManifest { output, metadata: serde_json::json!({ "runtime": "onnxruntime", "missed_constraints": missed, "flags": [] }) };
+        self.svc.store.put(&stage_manifest_key(&run), serde_json::to_vec(&manifest).unwrap()).await.unwrap();
+        self.runner.status.lock().unwrap().insert(run.name(), Observed::Is(RunStatus::Succeeded));
+        Message::Batch { run, status: RunStatus::Succeeded, at: self.clock.now() }
+    }
+
+    async fn started(&self) {
+        let run = self.runner.submitted.lock().unwrap().last().cloned().unwrap();
+        self.runner.status.lock().unwrap().insert(run.name(), Observed::Is(RunStatus::Running));
+        handlers::orchestrate(&self.svc, &Message::Batch { run, status: RunStatus::Running, at: self.clock.now() }).await.unwrap();
+    }
+
+    /// The job finished once: succeeded, one artifact, one `job.succeeded`.
+    async fn finished_once(&self) {
+        let j = self.job().await;
+        assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+        assert!(j.outbox.is_empty(), "effects left undone: {:?}", j.outbox);
+        assert_eq!(self.bus.kinds("job.succeeded").len(), 1, "one job.succeeded");
+        assert_eq!(self.bus.kinds("job.created").len(), 1, "one job.created");
+        assert!(self.svc.meta.get_artifact(&handlers::artifact_id(&j.id, 0)).await.unwrap().is_some(), "the artifact is recorded");
+        assert_eq!(self.runner.submitted.lock().unwrap().len(), 1, "one run");
+    }
+}
+
+/// The upload's first delivery dies after the job is created (its `job.created` never went
+/// out, no `Advance` was sent). The redelivery is a duplicate, and still drives the job on.
+#[tokio::test]
+async fn a_crash_after_create_job_does_not_strand_the_job() {
+    let w = world().await;
+    w.bus.fail_next("job.created");
+    assert!(handlers::ingest(&w.svc, "uploads/p/m/v1/recipe.yaml", "v1").await.is_err());
+    assert_eq!(w.job().await.state, JobState::Queued);
+    let again = handlers::ingest(&w.svc, "uploads/p/m/v1/recipe.yaml", "v1").await.unwrap();
+    assert!(matches!(again, Ingested::Duplicate(_)), "{again:?}");
+    w.pump().await;
+    assert_eq!(w.job().await.state, JobState::Running, "the redelivery sent Advance");
+    let done = w.finish_run(&[]).await;
+    handlers::orchestrate(&w.svc, &done).await.unwrap();
+    w.finished_once().await;
+}
+
+/// `job.succeeded` fails to publish after the state is committed: the message is redelivered,
+/// finds nothing new to apply, and publishes the event from the outbox — once.
+#[tokio::test]
+async fn effects_committed_with_the_state_survive_a_failed_publish() {
+    let w = world().await;
+    handlers::ingest(&w.svc, "uploads/p/m/v1/recipe.yaml", "v1").await.unwrap();
+    w.pump().await;
+    w.started().await;
+    let done = w.finish_run(&[]).await;
+    w.bus.fail_next("job.succeeded");
+    assert!(handlers::orchestrate(&w.svc, &done).await.is_err());
+    let j = w.job().await;
+    assert_eq!(j.state, JobState::Succeeded);
+    assert_eq!(j.outbox.len(), 2, "stage.succeeded went out, then job.succeeded failed: both stay until drained");
+    assert!(w.bus.kinds("job.succeeded").is_empty());
+    handlers::orchestrate(&w.svc, &done).await.unwrap(); // the redelivery
+    handlers::orchestrate(&w.svc, &done).await.unwrap(); // and a duplicate of it
+    w.finished_once().await;
+    let stage = w.bus.kinds("stage.succeeded");
+    assert_eq!(stage.len(), 2, "replayed from the outbox…");
+    assert_eq!(stage[0].id, stage[1].id, "…under the same id, which consumers drop");
+}
+
+/// The same crash, repaired by reconcile instead of a redelivery.
+#[tokio::test]
+async fn reconcile_drains_an_outbox_left_behind() {
+    let w = world().await;
+    handlers::ingest(&w.svc, "uploads/p/m/v1/recipe.yaml", "v1").await.unwrap();
+    w.pump().await;
+    let done = w.finish_run(&[]).await;
+    w.bus.fail_next("job.succeeded");
+    assert!(handlers::orchestrate(&w.svc, &done).await.is_err());
+    assert!(handlers::reconcile(&w.svc).await.unwrap() >= 1);
+    w.finished_once().await;
+}
+
+/// Batch's SUCCEEDED event is lost: the stage stays running until reconcile asks the runner,
+/// which says the run succeeded; the manifest is recorded as the event would have.
+#[tokio::test]
+async fn a_lost_terminal_batch_event_is_found_by_reconcile() {
+    let w = world().await;
+    handlers::ingest(&w.svc, "uploads/p/m/v1/recipe.yaml", "v1").await.unwrap();
+    w.pump().await;
+    w.started().await;
+    handlers::reconcile(&w.svc).await.unwrap();
+    assert_eq!(w.job().await.state, JobState::Running, "a running run is left alone");
+    let _lost = w.finish_run(&[]).await;
+    assert_eq!(handlers::reconcile(&w.svc).await.unwrap(), 1);
+    w.finished_once().await;
+}
+
+/// A stage recorded as running whose run the runner no longer has is failed retryably after
+/// the grace period, and the next attempt is submitted.
+#[tokio::test]
+async fn a_running_stage_the_runner_forgot_is_retried() {
+    let w = world().await;
+    handlers::ingest(&w.svc, "uploads/p/m/v1/recipe.yaml", "v1").await.unwrap();
+    w.pump().await;
+    w.started().await;
+    w.runner.status.lock().unwrap().clear(); // Batch's record is gone
+    handlers::reconcile(&w.svc).await.unwrap();
+    assert_eq!(w.job().await.stages[0].attempt, 1, "not before the grace period");
+    w.clock.0.fetch_add(handlers::ORPHAN_AFTER_S + 1, Ordering::SeqCst);
+    handlers::reconcile(&w.svc).await.unwrap();
+    w.pump().await;
+    let j = w.job().await;
+    assert_eq!((j.state, j.stages[0].attempt), (JobState::Running, 2), "{j:?}");
+    assert!(j.stages[0].reason.as_deref().unwrap_or("").contains("no record"), "{:?}", j.stages[0].reason);
+    assert_eq!(w.runner.submitted.lock().unwrap().last().unwrap().attempt, 2);
+}
+
+/// A SUCCEEDED event delivered twice raises one `quality.alert`.
+#[tokio::test]
+async fn a_duplicated_success_alerts_once() {
+    let w = world().await;
+    handlers::ingest(&w.svc, "uploads/p/m/v1/recipe.yaml", "v1").await.unwrap();
+    w.pump().await;
+    let done = w.finish_run(&["max_metric_drop_pct"]).await;
+    handlers::orchestrate(&w.svc, &done).await.unwrap();
+    handlers::orchestrate(&w.svc, &done).await.unwrap();
+    assert_eq!(w.bus.kinds("quality.alert").len(), 1);
+    w.finished_once().await;
+}
+
+/// A webhook receiver that answers 503 to its first `fail` requests, then 200; counts the
+/// requests it accepted.
+async fn receiver(fail: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::new(Mutex::new(0usize));
+    let (g, s) = (got.clone(), seen.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let (g, s) = (g.clone(), s.clone());
+            async move {
+                let mut n = s.lock().unwrap();
+                *n += 1;
+                if *n <= fail {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                g.lock().unwrap().push(body);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+/// One target down: the retried event reaches only that target, and a duplicated event
+/// reaches nobody twice. The error names the target without its URL.
+#[tokio::test]
+async fn notify_delivers_once_per_target() {
+    let w = world().await;
+    let ((ok_url, ok_got), (flaky_url, flaky_got)) = (receiver(0).await, receiver(1).await);
+    let hooks = Webhooks::new(vec![ok_url, flaky_url.clone()], b"0123456789abcdef".to_vec());
+    handlers::ingest(&w.svc, "uploads/p/m/v1/recipe.yaml", "v1").await.unwrap();
+    w.pump().await;
+    let done = w.finish_run(&[]).await;
+    handlers::orchestrate(&w.svc, &done).await.unwrap();
+    let event = w.bus.kinds("job.succeeded").remove(0);
+    let ledger: &dyn MetadataStore = w.svc.meta.as_ref();
+    let e = hooks.deliver_once(&event, ledger).await.unwrap_err().to_string();
+    assert!(e.contains("webhook target") && !e.contains(&flaky_url), "{e}");
+    assert_eq!(hooks.deliver_once(&event, ledger).await.unwrap(), 1, "the retry goes to the target that missed it");
+    assert_eq!(hooks.deliver_once(&event, ledger).await.unwrap(), 0, "a duplicate goes nowhere");
+    assert_eq!((ok_got.lock().unwrap().len(), flaky_got.lock().unwrap().len()), (1, 1));
+}
