@@ -23,7 +23,9 @@ fn compress_distill(model: &str, recipe: &str, dir: &Path, name: &str) -> (Outpu
     let mut cmd = Command::new(tamp());
     cmd.arg("compress").arg(m.join("model.onnx")).arg("--recipe").arg(&r);
     cmd.arg("--data").arg(m.join("calib.npz")).arg("--eval").arg(m.join("eval.npz")).arg("--train").arg(m.join("train.npz"));
-    cmd.args(["--samples", "1000", "--runs", "20"]);
+    // MiniLM's evaluation runs at ~35 rows/s on 2 cores: 200 rows keep the test short.
+    let samples = if model.starts_with("all-minilm") { "200" } else { "1000" };
+    cmd.args(["--samples", samples, "--runs", "20"]);
     (run(cmd.arg("--out").arg(&out)), out)
 }
 
@@ -41,14 +43,14 @@ fn softmaxes(path: &Path) -> usize {
 #[test]
 fn minilm_three_layer_student_learns_from_its_teacher() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = "policy:\n  name: d\n  stages:\n    - distill:\n        student: {layers: {keep_every: 2}}\n        fine_tune: {steps: 12, batch_size: 32, lr: 0.0005, seed: 2}\nconstraints: {max_metric_drop_pct: 100}\n";
+    let recipe = "policy:\n  name: d\n  stages:\n    - distill:\n        student: {layers: {keep_every: 2}}\n        fine_tune: {steps: 8, batch_size: 32, lr: 0.0005, seed: 2}\nconstraints: {max_metric_drop_pct: 100}\n";
     let (o, out) = compress_distill("all-minilm-l6-v2", recipe, dir.path(), "mini3");
     ok(&o);
     let c = outcome(&out).candidates;
     let untrained = c.iter().find(|c| c.id == "s0-distill-untrained").expect("the untrained student");
     let distilled = c.iter().find(|c| c.id == "s0-distill").expect("the distilled student");
     let t = distilled.training.as_ref().unwrap();
-    assert_eq!(t.steps, 12);
+    assert_eq!(t.steps, 8);
     assert_eq!(t.metric_before, Some(untrained.measured.value));
     eprintln!("3-layer MiniLM: untrained {:.4}, distilled {:.4}", untrained.measured.value, distilled.measured.value);
     assert!(distilled.measured.value > untrained.measured.value + 0.01, "{} vs {}", distilled.measured.value, untrained.measured.value);
