@@ -82,6 +82,8 @@ struct Stack {
     ingest_q: String,
     orch_q: String,
     tap_q: String,
+    ingest_park: SqsQueue,
+    orch_park: SqsQueue,
     runner: AwsBatchRunner,
     hooks: Seen,
     webhook_secret: String,
@@ -171,6 +173,8 @@ async fn stack() -> Stack {
         sqs,
         ingest_q: ingest_q.url().to_owned(),
         orch_q: orch_q.url().to_owned(),
+        ingest_park: SqsQueue::new(&cfg, ingest_q.dlq_url(), ingest_q.dlq_url()),
+        orch_park: SqsQueue::new(&cfg, orch_q.dlq_url(), orch_q.dlq_url()),
         tap_q: tap_q.url().to_owned(),
         runner,
         hooks,
@@ -219,7 +223,7 @@ impl Stack {
         let (event, receipts) = self.poll(&self.ingest_q, 20).await;
         assert!(!event.records.is_empty(), "the S3 notification never reached the ingest queue");
         for _ in 0..times {
-            let resp = ingest::handle(&self.svc, event.clone()).await.unwrap();
+            let resp = ingest::handle(&self.svc, Some(&self.ingest_park), event.clone()).await.unwrap();
             assert!(resp.batch_item_failures.is_empty());
         }
         self.delete(&self.ingest_q, &receipts).await;
@@ -230,7 +234,7 @@ impl Stack {
         let (event, receipts) = self.poll(&self.orch_q, secs).await;
         let n = event.records.len();
         for _ in 0..times {
-            let out = orchestrator::handle(&self.svc, serde_json::to_value(&event).unwrap()).await.unwrap();
+            let out = orchestrator::handle(&self.svc, Some(&self.orch_park), serde_json::to_value(&event).unwrap()).await.unwrap();
             let orchestrator::Outcome::Batch(resp) = out else { panic!("not a batch outcome") };
             assert!(resp.batch_item_failures.is_empty());
         }
@@ -440,4 +444,12 @@ async fn malformed_uploads_fail_with_the_reason_and_write_nothing_else() {
     assert!(st.svc.meta.best_artifact("vision.broken", "onnxruntime").await.unwrap().is_none());
     let kinds = st.run_subscribers(10).await;
     assert!(kinds.contains(&"tamp.job.failed".to_owned()), "{kinds:?}");
+
+    // A message no handler can ever act on is parked on the queue's DLQ at once, with why.
+    st.sqs.send_message().queue_url(&st.orch_q).message_body(r#"{"type": "advance"}"#).send().await.unwrap();
+    st.run_orchestrator(1, 10).await;
+    let parked = st.sqs.receive_message().queue_url(st.orch_park.url()).message_attribute_names("All").max_number_of_messages(10).send().await.unwrap();
+    let m = parked.messages().iter().find(|m| m.body() == Some(r#"{"type": "advance"}"#)).expect("the poison message is on the DLQ");
+    let reason = m.message_attributes().and_then(|a| a.get("tamp_reason")).and_then(|v| v.string_value()).unwrap_or_default();
+    assert!(reason.contains("not a Tamp message") && reason.contains("job"), "{reason}");
 }

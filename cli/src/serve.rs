@@ -77,7 +77,9 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
                 (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => JwtKeys::JwksUrl(url.clone()),
                 (None, Some(path)) => {
                     let text = std::fs::read_to_string(path).with_context(|| format!("reading the JWKS {path}"))?;
-                    JwtKeys::Jwks(serde_json::from_str(&text).with_context(|| format!("{path} is not a JWKS document"))?)
+                    JwtKeys::Jwks(std::sync::Arc::new(tamp_control::auth::Jwks::fixed(
+                        serde_json::from_str(&text).with_context(|| format!("{path} is not a JWKS document"))?,
+                    )))
                 }
                 _ => anyhow::bail!("--jwt-issuer needs a key: --jwt-secret (HS256) or --jwks (RS256)"),
             };

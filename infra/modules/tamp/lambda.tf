@@ -189,6 +189,11 @@ data "aws_iam_policy_document" "fn_ingest" {
     resources = [aws_sqs_queue.main["orchestrator"].arn]
   }
   statement {
+    sid       = "Park"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.dlq["ingest"].arn]
+  }
+  statement {
     sid       = "Bus"
     actions   = ["events:PutEvents"]
     resources = [aws_cloudwatch_event_bus.team.arn]
@@ -216,6 +221,11 @@ data "aws_iam_policy_document" "fn_orchestrator" {
     sid       = "Queue"
     actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility", "sqs:SendMessage"]
     resources = [aws_sqs_queue.main["orchestrator"].arn]
+  }
+  statement {
+    sid       = "Park"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.dlq["orchestrator"].arn]
   }
   statement {
     sid       = "Bus"

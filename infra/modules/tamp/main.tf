@@ -39,8 +39,8 @@ locals {
       TAMP_PUBLIC_URL   = aws_apigatewayv2_api.http.api_endpoint
       TAMP_RATE_LIMIT   = "1000"
     }
-    ingest       = {}
-    orchestrator = {}
+    ingest       = { TAMP_SOURCE_DLQ_URL = aws_sqs_queue.dlq["ingest"].url }
+    orchestrator = { TAMP_SOURCE_DLQ_URL = aws_sqs_queue.dlq["orchestrator"].url }
     report       = {}
     notify = {
       TAMP_PUBLIC_URL        = aws_apigatewayv2_api.http.api_endpoint

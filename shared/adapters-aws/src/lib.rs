@@ -361,6 +361,32 @@ impl SqsQueue {
         &self.url
     }
 
+    pub fn dlq_url(&self) -> &str {
+        &self.dlq_url
+    }
+
+    /// Puts a message that can never succeed straight on the DLQ, with why (`tamp_reason`)
+    /// and its original message id as attributes, where an operator sees it and can replay
+    /// it once the cause is fixed (SQS's redrive only moves messages that failed
+    /// `maxReceiveCount` times, and would retry a poison message that often first).
+    pub async fn park(&self, body: &str, reason: &str, message_id: &str) -> Result<()> {
+        let attr = |v: &str| {
+            aws_sdk_sqs::types::MessageAttributeValue::builder().data_type("String").string_value(v).build().map_err(|e| unavailable("sqs attribute", e))
+        };
+        // SQS attribute values are at most 256 KiB; a reason is one line.
+        let reason: String = reason.chars().take(4096).collect();
+        self.client
+            .send_message()
+            .queue_url(&self.dlq_url)
+            .message_body(body)
+            .message_attributes("tamp_reason", attr(&reason)?)
+            .message_attributes("tamp_message_id", attr(if message_id.is_empty() { "-" } else { message_id })?)
+            .send()
+            .await
+            .map_err(|e| unavailable("sqs park", e.into_service_error()))?;
+        Ok(())
+    }
+
     /// Creates `name` and `name-dlq` with the redrive policy (tests and emulators; Terraform
     /// owns real queues).
     pub async fn create(config: &aws_config::SdkConfig, name: &str, max_receives: u32) -> Result<Self> {

@@ -29,31 +29,83 @@ use crate::problem::Problem;
 pub enum JwtKeys {
     Hs256(Vec<u8>),
     /// RS256 keys by `kid`.
-    Jwks(jsonwebtoken::jwk::JwkSet),
+    Jwks(Arc<Jwks>),
     /// A JWKS URL, fetched when the server starts (see [`resolve_jwks`]).
     JwksUrl(String),
+}
+
+/// Least time between two fetches of a JWKS URL for unknown `kid`s: a rotation is picked
+/// up at once, and a flood of tokens with made-up `kid`s costs the IdP one request a minute.
+pub const JWKS_REFRESH_FLOOR: Duration = Duration::from_secs(60);
+
+/// RS256 keys, from a file or a URL. A URL's set is fetched again when a token names a `kid`
+/// it lacks (the IdP rotated its keys), at most once per [`JWKS_REFRESH_FLOOR`].
+pub struct Jwks {
+    url: Option<String>,
+    set: std::sync::RwLock<jsonwebtoken::jwk::JwkSet>,
+    fetched: Mutex<Instant>,
+    floor: Duration,
+}
+
+impl Jwks {
+    /// A fixed set (a file): never refreshed.
+    pub fn fixed(set: jsonwebtoken::jwk::JwkSet) -> Self {
+        Self { url: None, set: std::sync::RwLock::new(set), fetched: Mutex::new(Instant::now()), floor: JWKS_REFRESH_FLOOR }
+    }
+
+    /// The set at `url`, refetched on unknown `kid`s no more often than `floor`.
+    pub async fn remote(url: &str, floor: Duration) -> Result<Self, String> {
+        let set = fetch_jwks(url).await?;
+        Ok(Self { url: Some(url.to_owned()), set: std::sync::RwLock::new(set), fetched: Mutex::new(Instant::now()), floor })
+    }
+
+    fn find(&self, kid: &str) -> Option<jsonwebtoken::jwk::Jwk> {
+        self.set.read().ok()?.find(kid).cloned()
+    }
+
+    /// The key `kid`, refreshing the set once if it is not there.
+    pub async fn key(&self, kid: &str) -> Result<jsonwebtoken::jwk::Jwk, Problem> {
+        if let Some(k) = self.find(kid) {
+            return Ok(k);
+        }
+        let Some(url) = &self.url else { return Err(unauthorized(format!("no key '{kid}' in the JWKS"))) };
+        {
+            let mut last = self.fetched.lock().map_err(|_| unauthorized("JWKS lock poisoned"))?;
+            if last.elapsed() < self.floor {
+                return Err(unauthorized(format!("no key '{kid}' in the JWKS (fetched {} s ago)", last.elapsed().as_secs())));
+            }
+            *last = Instant::now();
+        }
+        // A failed refresh keeps the keys there were.
+        let set = fetch_jwks(url).await.map_err(|e| unauthorized(format!("no key '{kid}' in the JWKS, and refreshing it failed: {e}")))?;
+        tracing::info!(kid, keys = set.keys.len(), "JWKS refreshed for an unknown kid");
+        if let Ok(mut s) = self.set.write() {
+            *s = set;
+        }
+        self.find(kid).ok_or_else(|| unauthorized(format!("no key '{kid}' in the JWKS (refreshed just now)")))
+    }
+}
+
+async fn fetch_jwks(url: &str) -> Result<jsonwebtoken::jwk::JwkSet, String> {
+    let resp = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("fetching the JWKS {url}: {e}"))?;
+    resp.error_for_status()
+        .map_err(|e| format!("fetching the JWKS {url}: {e}"))?
+        .json::<jsonwebtoken::jwk::JwkSet>()
+        .await
+        .map_err(|e| format!("{url} is not a JWKS document: {e}"))
 }
 
 /// Fetches a `JwksUrl` into `Jwks` (other keys are returned as they are).
 pub async fn resolve_jwks(keys: JwtKeys) -> Result<JwtKeys, String> {
     match keys {
-        JwtKeys::JwksUrl(url) => {
-            let resp = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| e.to_string())?
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| format!("fetching the JWKS {url}: {e}"))?;
-            let set = resp
-                .error_for_status()
-                .map_err(|e| format!("fetching the JWKS {url}: {e}"))?
-                .json::<jsonwebtoken::jwk::JwkSet>()
-                .await
-                .map_err(|e| format!("{url} is not a JWKS document: {e}"))?;
-            Ok(JwtKeys::Jwks(set))
-        }
+        JwtKeys::JwksUrl(url) => Ok(JwtKeys::Jwks(Arc::new(Jwks::remote(&url, JWKS_REFRESH_FLOOR).await?))),
         other => Ok(other),
     }
 }
@@ -173,8 +225,8 @@ impl Auth {
             JwtKeys::JwksUrl(url) => return Err(unauthorized(format!("the JWKS at {url} was not loaded"))),
             JwtKeys::Jwks(set) => {
                 let kid = header.kid.as_deref().ok_or_else(|| unauthorized("the JWT has no `kid`"))?;
-                let jwk = set.find(kid).ok_or_else(|| unauthorized(format!("no key '{kid}' in the JWKS")))?;
-                (DecodingKey::from_jwk(jwk).map_err(|e| unauthorized(format!("JWKS key '{kid}': {e}")))?, Algorithm::RS256)
+                let jwk = set.key(kid).await?;
+                (DecodingKey::from_jwk(&jwk).map_err(|e| unauthorized(format!("JWKS key '{kid}': {e}")))?, Algorithm::RS256)
             }
         };
         if header.alg != alg {

@@ -4,6 +4,7 @@
 //! Idempotent on bucket + key + version: redelivered or duplicated events make one job.
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use tamp_adapters_aws::SqsQueue;
 use tamp_control::Services;
 use tamp_control::handlers::{self, Ingested};
 
@@ -68,9 +69,9 @@ pub fn uploads(body: &serde_json::Value) -> Vec<Upload> {
         .collect()
 }
 
-/// Ingests every upload in the batch.
-pub async fn handle(svc: &Services, event: SqsEvent) -> Result<SqsBatchResponse, Error> {
-    Ok(for_each_record(event, |body| async move { ingest_body(svc, &body).await }).await)
+/// Ingests every upload in the batch; a message that can never be ingested goes to `dlq`.
+pub async fn handle(svc: &Services, dlq: Option<&SqsQueue>, event: SqsEvent) -> Result<SqsBatchResponse, Error> {
+    Ok(for_each_record(event, dlq, |body| async move { ingest_body(svc, &body).await }).await)
 }
 
 /// Ingests the uploads in one message body.

@@ -12,7 +12,9 @@
 //!
 //! SQS-fed handlers report partial batch failures (`batchItemFailures`): only messages that
 //! failed with a retryable error go back to the queue (and after `maxReceiveCount`, to its
-//! DLQ); a message that can never succeed is logged and dropped.
+//! DLQ); a message that can never succeed is put on the source queue's DLQ at once
+//! (`TAMP_SOURCE_DLQ_URL`), with the reason as a message attribute, for an operator to see
+//! and replay.
 
 pub mod api;
 pub mod ingest;
@@ -24,6 +26,7 @@ mod settings;
 pub use settings::{ENV_VARS, Settings};
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use tamp_adapters_aws::SqsQueue;
 use tamp_control::handlers::HandlerError;
 
 /// A handler's error. `retryable` decides whether the event is delivered again.
@@ -73,8 +76,9 @@ fn tracing_subscriber_filter(level: &str) -> tracing_subscriber::EnvFilter {
 }
 
 /// Runs `each` on every record's body; retryable failures are reported back to SQS as
-/// `batchItemFailures`, other failures are logged and dropped.
-pub(crate) async fn for_each_record<F, Fut>(event: SqsEvent, mut each: F) -> SqsBatchResponse
+/// `batchItemFailures`; other failures are parked on `dlq` with their reason (or, if that
+/// fails or there is no DLQ, reported back too, so nothing is lost).
+pub(crate) async fn for_each_record<F, Fut>(event: SqsEvent, dlq: Option<&SqsQueue>, mut each: F) -> SqsBatchResponse
 where
     F: FnMut(String) -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>>,
@@ -86,15 +90,33 @@ where
             tracing::warn!(message_id = %id, "SQS record without a body dropped");
             continue;
         };
-        match each(body).await {
-            Ok(()) => {}
+        let failed = match each(body.clone()).await {
+            Ok(()) => false,
             Err(e) if e.retryable() => {
                 tracing::warn!(message_id = %id, error = %e, "will be redelivered");
-                let mut f = BatchItemFailure::default();
-                f.item_identifier = id;
-                response.batch_item_failures.push(f);
+                true
             }
-            Err(e) => tracing::error!(message_id = %id, error = %e, "cannot be handled; dropped"),
+            Err(e) => match dlq {
+                Some(q) => match q.park(&body, &e.to_string(), &id).await {
+                    Ok(()) => {
+                        tracing::error!(message_id = %id, error = %e, "cannot be handled; parked on the DLQ");
+                        false
+                    }
+                    Err(p) => {
+                        tracing::error!(message_id = %id, error = %e, park_error = %p, "cannot be handled, nor parked; redelivered");
+                        true
+                    }
+                },
+                None => {
+                    tracing::error!(message_id = %id, error = %e, "cannot be handled and no DLQ is configured; redelivered until the queue's redrive moves it");
+                    true
+                }
+            },
+        };
+        if failed {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            response.batch_item_failures.push(f);
         }
     }
     response

@@ -5,6 +5,7 @@
 //! number and state rank), so at-least-once delivery is safe.
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use tamp_adapters_aws::SqsQueue;
 use tamp_adapters_aws::batch::message_from_state_change;
 use tamp_control::Services;
 use tamp_control::handlers;
@@ -20,15 +21,16 @@ pub enum Outcome {
     Reconciled { resubmitted: usize },
 }
 
-/// Handles an SQS batch, or a scheduled (reconcile) invocation.
-pub async fn handle(svc: &Services, payload: serde_json::Value) -> Result<Outcome, Error> {
+/// Handles an SQS batch (a message that can never be handled goes to `dlq`), or a
+/// scheduled (reconcile) invocation.
+pub async fn handle(svc: &Services, dlq: Option<&SqsQueue>, payload: serde_json::Value) -> Result<Outcome, Error> {
     if payload["detail-type"] == "Scheduled Event" || payload["tamp"] == "reconcile" {
         let resubmitted = handlers::reconcile(svc).await?;
         tracing::info!(resubmitted, "reconciled");
         return Ok(Outcome::Reconciled { resubmitted });
     }
     let event: SqsEvent = serde_json::from_value(payload).map_err(|e| Error::Invalid(format!("not an SQS event or a schedule: {e}")))?;
-    Ok(Outcome::Batch(for_each_record(event, |body| async move { handle_body(svc, &body).await }).await))
+    Ok(Outcome::Batch(for_each_record(event, dlq, |body| async move { handle_body(svc, &body).await }).await))
 }
 
 /// The orchestrator message a queue body carries, if any: a Tamp message or a Batch state

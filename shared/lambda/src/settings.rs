@@ -18,6 +18,7 @@ pub const ENV_VARS: &[&str] = &[
     "TAMP_TABLE",
     "TAMP_QUEUE_URL",
     "TAMP_DLQ_URL",
+    "TAMP_SOURCE_DLQ_URL",
     "TAMP_EVENT_BUS",
     "TAMP_BATCH_QUEUE",
     "TAMP_BATCH_JOB_DEFINITION",
@@ -42,6 +43,9 @@ pub struct Settings {
     /// The orchestrator's queue (Tamp messages; Batch state changes arrive there too).
     pub queue_url: String,
     pub dlq_url: String,
+    /// The DLQ of the queue this function consumes (ingest's or the orchestrator's), where
+    /// messages that can never succeed are parked with their reason.
+    pub source_dlq_url: Option<String>,
     pub event_bus: String,
     pub batch_queue: String,
     pub batch_job_definition: String,
@@ -80,6 +84,7 @@ impl Settings {
             table: req("TAMP_TABLE")?,
             queue_url: req("TAMP_QUEUE_URL")?,
             dlq_url: opt("TAMP_DLQ_URL").unwrap_or_default(),
+            source_dlq_url: opt("TAMP_SOURCE_DLQ_URL"),
             event_bus: req("TAMP_EVENT_BUS")?,
             batch_queue: req("TAMP_BATCH_QUEUE")?,
             batch_job_definition: req("TAMP_BATCH_JOB_DEFINITION")?,
@@ -109,6 +114,12 @@ impl Settings {
             clock: Arc::new(SystemClock),
             retry: self.retry,
         }
+    }
+
+    /// Where poison messages of this function's source queue go (`TAMP_SOURCE_DLQ_URL`).
+    pub async fn parking(&self) -> Option<SqsQueue> {
+        let url = self.source_dlq_url.clone()?;
+        Some(SqsQueue::new(&aws_config().await, url.clone(), url))
     }
 
     /// The notify function's targets. Generic webhooks need a signing secret.
