@@ -430,7 +430,7 @@ fn fuzz_api_json_bodies() {
         );
         tamp_ports::MetadataStore::put_token(meta.as_ref(), &rec).await.unwrap();
         let auth = Arc::new(tamp_control::auth::Auth::new(tamp_control::auth::AuthConfig { rate_per_min: u32::MAX, ..Default::default() }, meta));
-        (tamp_control::api::router(tamp_control::api::AppState { svc, files: Some(files), auth, limits: Default::default() }), token)
+        (tamp_control::api::router(tamp_control::api::AppState { svc, files: Some(files), auth, limits: Default::default(), metrics: None }), token)
     });
     let seeds: Vec<(String, Vec<u8>)> = String::from_utf8(corpus("api").concat())
         .unwrap()

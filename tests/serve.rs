@@ -235,11 +235,41 @@ fn concurrent_jobs_all_complete() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), n + 1, "duplicate job ids");
+    // Prometheus scrapes while the jobs run: every job is counted in some state.
+    let during = scrape(&url);
+    let states = ["queued", "planning", "running", "succeeded", "failed", "cancelled"];
+    let counted: f64 = states.iter().map(|s| sample(&during, &format!("tamp_jobs{{state=\"{s}\"}}"))).sum();
+    assert_eq!(counted, (n + 1) as f64, "{during}");
+    assert!(during.contains("tamp_queue_messages ") && during.contains("tamp_queue_oldest_message_age_seconds "), "{during}");
     for id in &ids {
         assert_eq!(wait_for_job(&url, id, Duration::from_secs(300))["state"], "succeeded");
     }
     let (_, all) = json("GET", &format!("{url}/jobs?status=succeeded&limit=1000"), b"", &[]);
     assert_eq!(all["jobs"].as_array().unwrap().len(), n + 1);
+    let after = scrape(&url);
+    assert_eq!(sample(&after, "tamp_jobs{state=\"succeeded\"}"), (n + 1) as f64, "{after}");
+    assert_eq!(sample(&after, "tamp_api_request_duration_seconds_count{method=\"POST\",route=\"/jobs\",status=\"201\"}"), n as f64, "{after}");
+    let stages: f64 = after.lines().filter(|l| l.starts_with("tamp_stage_duration_seconds_count{") && l.contains("outcome=\"succeeded\"")).map(value).sum();
+    assert_eq!(stages, (n + 1) as f64, "one timed stage per job: {after}");
+    // Job counts span every project: viewers may not scrape.
+    let (_, viewer) = json("POST", &format!("{url}/tokens"), br#"{"subject":"dash","project":"load","role":"viewer","ttl_days":1}"#, &[]);
+    let bearer = format!("Bearer {}", viewer["token"].as_str().unwrap());
+    assert_eq!(http("GET", &format!("{url}/metrics"), b"", &[("Authorization", &bearer)]).0, 403);
+}
+
+fn scrape(url: &str) -> String {
+    let (s, body) = http("GET", &format!("{url}/metrics"), b"", &[]);
+    assert_eq!(s, 200);
+    String::from_utf8(body).unwrap()
+}
+
+fn value(line: &str) -> f64 {
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// The value of the sample named exactly `name` (with its labels), 0 when absent.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines().find(|l| l.starts_with(&format!("{name} "))).map_or(0.0, value)
 }
 
 fn hs256(secret: &[u8], claims: &serde_json::Value) -> String {

@@ -132,6 +132,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     }
     let reporter = Arc::new(Reporter(std::sync::OnceLock::new()));
     subscribers.push(reporter.clone());
+    let probe = queue.clone();
+    let metrics = Arc::new(tamp_control::metrics::Metrics::new(Some(Arc::new(move || probe.stats())))?);
+    subscribers.push(metrics.clone());
     let bus = Arc::new(LocalBus::new(Some(cfg.data_dir.join("events.jsonl")), subscribers)?);
     let svc = Services { store: files.clone(), meta, queue: queue.clone(), runner, bus, clock: Arc::new(SystemClock), retry: cfg.retry };
     let _ = reporter.0.set(svc.clone());
@@ -152,7 +155,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     tokio::spawn(watcher(svc.clone()));
     tokio::spawn(reconciler(svc.clone()));
     let links: Arc<dyn tamp_ports::SignedLinks> = files;
-    let app = router(AppState { svc, files: Some(links), auth, limits: cfg.limits });
+    let app = router(AppState { svc, files: Some(links), auth, limits: cfg.limits, metrics: Some(metrics) });
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
     Ok(())
 }

@@ -150,7 +150,25 @@ variable "upload_expiry_days" {
 }
 
 variable "alarm_topic_arn" {
-  description = "SNS topic for DLQ alarms (empty: alarms without actions)."
+  description = "SNS topic for the alarms: DLQ depth, job failure rate, oldest message, worker failures (empty: alarms without actions)."
   type        = string
   default     = ""
+}
+
+variable "job_failure_rate_pct" {
+  description = "Alarm when more than this share (%) of the jobs finished in an hour failed."
+  type        = number
+  default     = 20
+}
+
+variable "oldest_message_alarm_s" {
+  description = "Alarm when a queue's oldest message is older than this many seconds."
+  type        = number
+  default     = 900
+}
+
+variable "worker_failure_alarm" {
+  description = "Alarm when more stage attempts than this fail retryably in an hour."
+  type        = number
+  default     = 5
 }

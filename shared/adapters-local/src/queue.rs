@@ -12,6 +12,7 @@ struct Entry {
     id: String,
     body: String,
     visible_at: Instant,
+    sent_at: Instant,
     receive_count: u32,
     receipt: Option<String>,
 }
@@ -33,6 +34,14 @@ impl MemoryQueue {
         let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
     }
 
+    /// Messages held, dead letters, and the age of the oldest message in seconds (metrics).
+    pub fn stats(&self) -> (usize, usize, f64) {
+        self.lock().map_or((0, 0, 0.0), |g| {
+            let oldest = g.0.iter().map(|e| e.sent_at.elapsed().as_secs_f64()).fold(0.0, f64::max);
+            (g.0.len(), g.1.len(), oldest)
+        })
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, (Vec<Entry>, Vec<String>)>> {
         self.inner.lock().map_err(|_| PortError::Unavailable("queue lock poisoned".into()))
     }
@@ -41,7 +50,8 @@ impl MemoryQueue {
 #[async_trait]
 impl Queue for MemoryQueue {
     async fn send(&self, body: String, delay: Duration) -> Result<()> {
-        self.lock()?.0.push(Entry { id: crate::random_hex(8), body, visible_at: Instant::now() + delay, receive_count: 0, receipt: None });
+        let now = Instant::now();
+        self.lock()?.0.push(Entry { id: crate::random_hex(8), body, visible_at: now + delay, sent_at: now, receive_count: 0, receipt: None });
         self.notify.notify_one();
         Ok(())
     }

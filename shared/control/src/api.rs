@@ -45,6 +45,8 @@ pub struct AppState {
     pub files: Option<Arc<dyn tamp_ports::SignedLinks>>,
     pub auth: Arc<Auth>,
     pub limits: Limits,
+    /// Prometheus metrics (`GET /metrics`), where this process keeps them (`tamp serve`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Size limits of the API (each breach is a 413 or 400 saying which limit and how to fix it).
@@ -154,6 +156,7 @@ pub(crate) type ApiResult = Result<Response, Problem>;
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/uploads/{project}/{model}/{version}/{file}", put(upload).delete(delete_upload))
         .route("/jobs", post(create_job).get(list_jobs))
@@ -174,6 +177,7 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/projects/{project}", axum::routing::delete(delete_project))
         .route("/models/{id}/versions/{version}", axum::routing::delete(delete_version))
         .route("/tokens/{id}", axum::routing::delete(delete_token))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), timed))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(state.limits.max_json_bytes))
         .with_state(state)
@@ -624,6 +628,27 @@ async fn report(State(st): State<AppState>, Extension(who): Extension<Principal>
     }
     let doc = handlers::build_report(&st.svc, &j.id).await?.ok_or_else(|| Problem::not_found(format!("no job {job}")))?;
     Ok(Json(doc).into_response())
+}
+
+/// Prometheus text exposition (admins only: job counts span every project).
+async fn metrics(State(st): State<AppState>, Extension(who): Extension<Principal>) -> ApiResult {
+    who.require("*", Role::Admin)?;
+    let Some(m) = &st.metrics else {
+        return Err(Problem::new(StatusCode::NOT_FOUND, "not found", "this deployment exports metrics to CloudWatch, not /metrics"));
+    };
+    let text = m.render(st.svc.meta.as_ref()).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// Times each routed request for `tamp_api_request_duration_seconds` (by route pattern).
+async fn timed(State(st): State<AppState>, req: axum::extract::Request, next: Next) -> Response {
+    let Some(m) = st.metrics.clone() else { return next.run(req).await };
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let t0 = std::time::Instant::now();
+    let resp = next.run(req).await;
+    m.observe_request(&method, &route, resp.status().as_u16(), t0.elapsed().as_secs_f64());
+    resp
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "meta", security(()), responses((status = 200, body = serde_json::Value)))]

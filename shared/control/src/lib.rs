@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod erasure;
 pub mod handlers;
+pub mod metrics;
 pub mod notify;
 pub mod problem;
 

@@ -21,5 +21,5 @@ pub async fn router(settings: &Settings, svc: Services) -> Result<axum::Router, 
         _ => return Err(Error::Config("TAMP_JWT_ISSUER, TAMP_JWT_AUDIENCE and TAMP_JWKS_URL go together".into())),
     };
     let auth = Arc::new(Auth::new(AuthConfig { jwt, rate_per_min: settings.rate_limit.max(1), ..AuthConfig::default() }, svc.meta.clone()));
-    Ok(api_router(AppState { svc, files: None, auth, limits: tamp_control::api::Limits::default() }))
+    Ok(api_router(AppState { svc, files: None, auth, limits: tamp_control::api::Limits::default(), metrics: None }))
 }

@@ -17,6 +17,7 @@
 //! and replay.
 
 pub mod api;
+pub mod emf;
 pub mod ingest;
 pub mod notify;
 pub mod orchestrator;
@@ -100,6 +101,7 @@ where
                 Some(q) => match q.park(&body, &e.to_string(), &id).await {
                     Ok(()) => {
                         tracing::error!(message_id = %id, error = %e, "cannot be handled; parked on the DLQ");
+                        emf::emit("sqs", &[("PoisonMessages", 1.0, "Count")]);
                         false
                     }
                     Err(p) => {

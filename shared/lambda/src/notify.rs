@@ -13,5 +13,11 @@ use crate::report::tamp_event;
 /// posted to now.
 pub async fn handle(targets: &Webhooks, ledger: &dyn MetadataStore, payload: serde_json::Value) -> Result<usize, Error> {
     let event = tamp_event(&payload)?;
-    targets.deliver_once(&event, ledger).await.map_err(|e| Error::Delivery(e.to_string()))
+    let sent = targets.deliver_once(&event, ledger).await;
+    let metric = match &sent {
+        Ok(n) => ("NotificationsSent", *n as f64),
+        Err(_) => ("NotificationFailures", 1.0),
+    };
+    crate::emf::emit("notify", &[(metric.0, metric.1, "Count")]);
+    sent.map_err(|e| Error::Delivery(e.to_string()))
 }

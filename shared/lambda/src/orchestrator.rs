@@ -27,6 +27,7 @@ pub async fn handle(svc: &Services, dlq: Option<&SqsQueue>, payload: serde_json:
     if payload["detail-type"] == "Scheduled Event" || payload["tamp"] == "reconcile" {
         let resubmitted = handlers::reconcile(svc).await?;
         tracing::info!(resubmitted, "reconciled");
+        crate::emf::emit("orchestrator", &[("Reconciled", resubmitted as f64, "Count")]);
         return Ok(Outcome::Reconciled { resubmitted });
     }
     let event: SqsEvent = serde_json::from_value(payload).map_err(|e| Error::Invalid(format!("not an SQS event or a schedule: {e}")))?;
@@ -45,7 +46,12 @@ pub fn message(body: &str) -> Result<Option<Message>, Error> {
 
 pub async fn handle_body(svc: &Services, body: &str) -> Result<(), Error> {
     match message(body)? {
-        Some(msg) => Ok(handlers::orchestrate(svc, &msg).await?),
+        Some(msg) => {
+            if let Message::Batch { status: tamp_ports::RunStatus::Failed { retryable, .. }, .. } = &msg {
+                crate::emf::emit("orchestrator", &[(if *retryable { "WorkerFailures" } else { "WorkerBadInput" }, 1.0, "Count")]);
+            }
+            Ok(handlers::orchestrate(svc, &msg).await?)
+        }
         None => {
             tracing::debug!("not a message the orchestrator acts on");
             Ok(())

@@ -16,5 +16,17 @@ pub fn tamp_event(payload: &serde_json::Value) -> Result<TampEvent, Error> {
 
 pub async fn handle(svc: &Services, payload: serde_json::Value) -> Result<Option<String>, Error> {
     let event = tamp_event(&payload)?;
-    Ok(handlers::write_report(svc, &event).await?)
+    let t0 = std::time::Instant::now();
+    let written = handlers::write_report(svc, &event).await?;
+    // Finished jobs by outcome (the failure-rate alarm's inputs), and the report step's time.
+    let outcome = match event.detail_type.as_str() {
+        "tamp.job.succeeded" => Some("JobsSucceeded"),
+        "tamp.job.failed" => Some("JobsFailed"),
+        "tamp.job.cancelled" => Some("JobsCancelled"),
+        _ => None,
+    };
+    if let Some(name) = outcome {
+        crate::emf::emit("report", &[(name, 1.0, "Count"), ("ReportSeconds", t0.elapsed().as_secs_f64(), "Seconds")]);
+    }
+    Ok(written)
 }
