@@ -148,6 +148,23 @@ async fn stack() -> Stack {
         .unwrap();
     let (hook_url, hooks) = receiver();
     let webhook_secret = "a-team-secret-of-some-length".to_owned();
+    // The targets and the HMAC key live in an SSM SecureString, as the module stores them;
+    // the functions' settings carry only its name.
+    let parameter = format!("/{}/notify/webhooks", unique("tamp"));
+    let secrets = serde_json::json!({
+        "slack_webhook_url": format!("{hook_url}/slack"),
+        "teams_webhook_url": format!("{hook_url}/teams"),
+        "webhook_urls": [format!("{hook_url}/hook")],
+        "webhook_secret": webhook_secret,
+    });
+    aws_sdk_ssm::Client::new(&cfg)
+        .put_parameter()
+        .name(&parameter)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .value(secrets.to_string())
+        .send()
+        .await
+        .unwrap();
     let settings = Settings {
         bucket,
         table,
@@ -159,12 +176,13 @@ async fn stack() -> Stack {
         retry: RetryPolicy { max_attempts: 3, base_delay_s: 0, max_delay_s: 0 },
         public_url: "https://tamp.example.com".into(),
         rate_limit: 1000,
-        slack_webhook_url: Some(format!("{hook_url}/slack")),
-        teams_webhook_url: Some(format!("{hook_url}/teams")),
-        webhook_urls: vec![format!("{hook_url}/hook")],
-        webhook_secret: webhook_secret.clone(),
+        secrets_parameter: Some(parameter),
         ..Settings::default()
-    };
+    }
+    .with_secrets()
+    .await
+    .unwrap();
+    assert_eq!(settings.webhook_urls, vec![format!("{hook_url}/hook")], "read from SSM");
     let svc = settings.services().await;
     let runner = AwsBatchRunner::new(&cfg, &settings.batch_queue, &settings.batch_job_definition);
     Stack {
@@ -313,8 +331,31 @@ fn cnn_file(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run `make models`)", p.display()))
 }
 
+/// Everything the handlers log in this process, as Lambda's log stream would hold it.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let sink = buf.clone();
+        let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_writer(move || Sink(sink.clone())).try_init();
+        buf
+    })
+    .clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_flow_on_the_emulator() {
+    let logs = captured_logs();
     let st = stack().await;
     for f in ["model.onnx", "calib.npz", "eval.npz"] {
         st.put(&format!("uploads/vision/fmnist/v1/{f}"), cnn_file(f)).await;
@@ -401,6 +442,26 @@ async fn the_whole_flow_on_the_emulator() {
     let bytes = reqwest::get(best["uri"].as_str().unwrap()).await.unwrap().bytes().await.unwrap();
     use sha2::Digest;
     assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), best["sha256"].as_str().unwrap(), "the presigned link serves the artifact");
+
+    // A Slack URL that stops answering: the failure is logged (as the Lambda runtime logs a
+    // handler's error) naming the target by its key, never by the URL, which is the secret.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}/services/T0/B0/secret-path", dead.local_addr().unwrap());
+    drop(dead);
+    let mut broken = st.settings.clone();
+    broken.slack_webhook_url = Some(dead_url.clone());
+    let event = st.svc.meta.list_records(tamp_control::notify::DELIVERY, "").await.unwrap();
+    assert!(!event.is_empty(), "the ledger recorded the deliveries");
+    let envelope = serde_json::json!({ "source": "tamp", "detail-type": "tamp.job.succeeded", "detail": {
+        "id": "evt_dead_target", "detail_type": "tamp.job.succeeded", "time": 1, "project": "vision", "model": "fmnist", "version": "v1",
+        "job": job.id, "state": "succeeded", "reason": null, "link": "/jobs/x", "detail": null } });
+    let err = notify::handle(&broken.webhooks().unwrap(), st.svc.meta.as_ref(), envelope).await.unwrap_err();
+    tracing::error!(error = %err, "notify failed");
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(logs.contains("notify failed") && logs.contains("slack target"), "{logs}");
+    for secret in [st.webhook_secret.as_str(), dead_url.as_str(), "/slack", "/teams", "secret-path"] {
+        assert!(!logs.contains(secret), "a secret reached the logs: {secret}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

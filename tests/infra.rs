@@ -151,6 +151,11 @@ fn check_env(files: &[(String, String)]) -> Vec<String> {
             out.push(format!("{name} is set by Terraform but no function reads it (tamp_lambda::ENV_VARS)"));
         }
     }
+    // Secrets (webhook URLs, the HMAC key) reach the functions through SSM, never as values
+    // in their environment.
+    for name in set.iter().filter(|n| (n.contains("WEBHOOK") || n.contains("SECRET")) && n.as_str() != "TAMP_SECRETS_PARAMETER") {
+        out.push(format!("{name} puts a secret in a Lambda environment; store it in the SSM parameter (secrets.tf)"));
+    }
     let worker = std::fs::read_to_string(root().join("batch-workers/worker/src/lib.rs")).unwrap();
     let worker_env = local(&all, "worker_env").map(|e| format!("{e}")).unwrap_or_default();
     for name in called_with(&worker, "env_var") {
@@ -337,6 +342,9 @@ fn a_missing_environment_variable_is_caught() {
     assert!(f.iter().any(|m| m.contains("TAMP_TABLE is required")), "{f:?}");
     let planted = with_edit(&module_files(), "main.tf", "TAMP_RETRY_DELAY_S ", "TAMP_RETRY_DELAY_MS");
     assert!(check_env(&planted).iter().any(|m| m.contains("TAMP_RETRY_DELAY_MS is set by Terraform but no function reads it")));
+    let planted =
+        with_edit(&module_files(), "main.tf", "      TAMP_SECRETS_PARAMETER = local.secrets_parameter", "      TAMP_WEBHOOK_SECRET = var.webhook_secret");
+    assert!(check_env(&planted).iter().any(|m| m.contains("TAMP_WEBHOOK_SECRET puts a secret in a Lambda environment")));
 }
 
 #[test]

@@ -94,8 +94,13 @@ resource "aws_iam_role_policy" "fn" {
 
 locals {
   table_arns = [aws_dynamodb_table.meta.arn, "${aws_dynamodb_table.meta.arn}/index/*"]
-  table_rw   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:ConditionCheckItem", "dynamodb:TransactWriteItems", "dynamodb:BatchGetItem"]
+  # What shared/adapters-aws/src/dynamo.rs calls; deletion (DeleteItem, and Scan for the
+  # token listing) only from the api function.
+  table_rw   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:TransactWriteItems"]
   batch_jobs = [aws_batch_job_queue.cpu.arn, aws_batch_job_queue.gpu.arn, "arn:${local.partition}:batch:${local.region}:${local.account}:job-definition/${var.name}-worker-*", "arn:${local.partition}:batch:${local.region}:${local.account}:job/*"]
+  # Jobs carry the queue they were submitted to as the tag tamp:queue; cancel and terminate
+  # are allowed only on this stack's, not on other teams' jobs in the account.
+  batch_own_queues = [aws_batch_job_queue.cpu.name, aws_batch_job_queue.gpu.name]
 }
 
 # Shared by every function: its own logs, the key, the async DLQ, X-Ray.
@@ -125,8 +130,18 @@ data "aws_iam_policy_document" "fn_base" {
 data "aws_iam_policy_document" "fn_api" {
   source_policy_documents = [data.aws_iam_policy_document.fn_base.json]
   statement {
-    sid       = "Objects"
-    actions   = ["s3:GetObject", "s3:PutObject"]
+    sid       = "Read"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/uploads/*", "${aws_s3_bucket.data.arn}/artifacts/*", "${aws_s3_bucket.data.arn}/reports/*"]
+  }
+  statement {
+    sid       = "Upload"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.data.arn}/uploads/*"]
+  }
+  statement {
+    sid       = "Erase"
+    actions   = ["s3:DeleteObject"]
     resources = ["${aws_s3_bucket.data.arn}/uploads/*", "${aws_s3_bucket.data.arn}/artifacts/*", "${aws_s3_bucket.data.arn}/reports/*"]
   }
   statement {
@@ -136,7 +151,7 @@ data "aws_iam_policy_document" "fn_api" {
   }
   statement {
     sid       = "Table"
-    actions   = local.table_rw
+    actions   = concat(local.table_rw, ["dynamodb:DeleteItem", "dynamodb:Scan"])
     resources = local.table_arns
   }
   statement {
@@ -151,8 +166,18 @@ data "aws_iam_policy_document" "fn_api" {
   }
   statement {
     sid       = "Batch"
-    actions   = ["batch:SubmitJob", "batch:CancelJob", "batch:TerminateJob", "batch:TagResource"]
+    actions   = ["batch:SubmitJob", "batch:TagResource"]
     resources = local.batch_jobs
+  }
+  statement {
+    sid       = "BatchStop"
+    actions   = ["batch:CancelJob", "batch:TerminateJob"]
+    resources = ["arn:${local.partition}:batch:${local.region}:${local.account}:job/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/tamp:queue"
+      values   = local.batch_own_queues
+    }
   }
   statement {
     sid       = "BatchRead"
@@ -234,8 +259,18 @@ data "aws_iam_policy_document" "fn_orchestrator" {
   }
   statement {
     sid       = "Batch"
-    actions   = ["batch:SubmitJob", "batch:CancelJob", "batch:TerminateJob", "batch:TagResource"]
+    actions   = ["batch:SubmitJob", "batch:TagResource"]
     resources = local.batch_jobs
+  }
+  statement {
+    sid       = "BatchStop"
+    actions   = ["batch:CancelJob", "batch:TerminateJob"]
+    resources = ["arn:${local.partition}:batch:${local.region}:${local.account}:job/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/tamp:queue"
+      values   = local.batch_own_queues
+    }
   }
   statement {
     sid       = "BatchRead"
@@ -281,5 +316,10 @@ data "aws_iam_policy_document" "fn_notify" {
     sid       = "Deliveries"
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]
     resources = local.table_arns
+  }
+  statement {
+    sid       = "Secrets"
+    actions   = ["ssm:GetParameter"]
+    resources = [local.secrets_parameter_arn]
   }
 }

@@ -42,12 +42,11 @@ locals {
     ingest       = { TAMP_SOURCE_DLQ_URL = aws_sqs_queue.dlq["ingest"].url }
     orchestrator = { TAMP_SOURCE_DLQ_URL = aws_sqs_queue.dlq["orchestrator"].url }
     report       = {}
+    # Only the parameter's name: the URLs (a Slack URL is itself a credential) and the HMAC
+    # key live in an SSM SecureString under the stack's KMS key (secrets.tf).
     notify = {
       TAMP_PUBLIC_URL        = aws_apigatewayv2_api.http.api_endpoint
-      TAMP_SLACK_WEBHOOK_URL = var.slack_webhook_url
-      TAMP_TEAMS_WEBHOOK_URL = var.teams_webhook_url
-      TAMP_WEBHOOK_URLS      = join(",", var.webhook_urls)
-      TAMP_WEBHOOK_SECRET    = var.webhook_secret
+      TAMP_SECRETS_PARAMETER = local.secrets_parameter
     }
   }
 }

@@ -123,6 +123,16 @@ variable "webhook_secret" {
   type        = string
   default     = ""
   sensitive   = true
+  validation {
+    condition     = can(regex("^(|.{16,})$", var.webhook_secret))
+    error_message = "webhook_secret must be at least 16 characters (receivers verify X-Tamp-Signature with it)."
+  }
+}
+
+variable "secrets_parameter_name" {
+  description = "An existing SSM SecureString parameter holding {slack_webhook_url, teams_webhook_url, webhook_urls, webhook_secret} as JSON, encrypted with a key the notify function may use. Empty: the module creates one from the webhook variables (their values are then in the Terraform state: keep the state encrypted)."
+  type        = string
+  default     = ""
 }
 
 variable "max_attempts" {

@@ -71,6 +71,8 @@ impl BatchRunner for AwsBatchRunner {
             .parameters("stage", &stage)
             .parameters("attempt", &attempt)
             .tags("tamp:job", &run.job)
+            // The module lets this stack cancel and terminate only jobs with its queue's tag.
+            .tags("tamp:queue", &self.queue)
             .container_overrides(ContainerOverrides::builder().set_command(Some(command)).build())
             .send()
             .await

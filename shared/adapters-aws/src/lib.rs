@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod dynamo;
 pub mod events;
+pub mod secrets;
 
 pub use batch::AwsBatchRunner;
 pub use dynamo::DynamoStore;

@@ -34,6 +34,7 @@ pub const ENV_VARS: &[&str] = &[
     "TAMP_TEAMS_WEBHOOK_URL",
     "TAMP_WEBHOOK_URLS",
     "TAMP_WEBHOOK_SECRET",
+    "TAMP_SECRETS_PARAMETER",
 ];
 
 #[derive(Debug, Clone, Default)]
@@ -61,6 +62,8 @@ pub struct Settings {
     pub teams_webhook_url: Option<String>,
     pub webhook_urls: Vec<String>,
     pub webhook_secret: String,
+    /// SSM SecureString parameter holding the webhook targets and HMAC key (on AWS).
+    pub secrets_parameter: Option<String>,
 }
 
 fn opt(name: &str) -> Option<String> {
@@ -99,7 +102,22 @@ impl Settings {
             teams_webhook_url: opt("TAMP_TEAMS_WEBHOOK_URL"),
             webhook_urls: opt("TAMP_WEBHOOK_URLS").map(|v| v.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect()).unwrap_or_default(),
             webhook_secret: opt("TAMP_WEBHOOK_SECRET").unwrap_or_default(),
+            secrets_parameter: opt("TAMP_SECRETS_PARAMETER"),
         })
+    }
+
+    /// Fills the webhook targets and HMAC key from the SecureString parameter named by
+    /// `TAMP_SECRETS_PARAMETER` (`{"slack_webhook_url", "teams_webhook_url", "webhook_urls",
+    /// "webhook_secret"}`, each optional). Without it, the plain variables stand (local runs).
+    pub async fn with_secrets(mut self) -> Result<Self, Error> {
+        let Some(name) = self.secrets_parameter.clone() else { return Ok(self) };
+        let v = tamp_adapters_aws::secrets::load_json(&aws_config().await, &name).await.map_err(|e| Error::Config(e.to_string()))?;
+        let text = |k: &str| v[k].as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+        self.slack_webhook_url = text("slack_webhook_url");
+        self.teams_webhook_url = text("teams_webhook_url");
+        self.webhook_urls = v["webhook_urls"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+        self.webhook_secret = text("webhook_secret").unwrap_or_default();
+        Ok(self)
     }
 
     /// The ports on AWS. Clients are built once per cold start (no network until used).
