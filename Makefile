@@ -243,6 +243,7 @@ package: .venv-package/.done $(ORT_LIB)
 	PATH=$(abspath .venv-package/bin):$$PATH cargo lambda build --profile lambda \
 		$(if $(filter arm64,$(LAMBDA_ARCH)),--arm64,--x86-64) $(foreach f,$(FUNCTIONS),--bin tamp-$(f)) \
 		--output-format zip --lambda-dir dist/lambda
+	@echo $(LAMBDA_ARCH) > dist/lambda/ARCHITECTURE
 	cargo build --profile lambda -p tamp-worker --features aws --bin tamp-batch-worker
 	@mkdir -p dist/worker && cp $(PROFILE_DIR)/tamp-batch-worker $(ORT_LIB) dist/worker/
 	@echo "Lambda zips ($(LAMBDA_ARCH)) and the worker:" && for f in $(FUNCTIONS); do \

@@ -116,16 +116,22 @@ fn check_functions(files: &[(String, String)]) -> Vec<String> {
         if lit("handler") != ["bootstrap"] {
             out.push(format!("{:?}: handler must be bootstrap", labels(r)));
         }
-        if !attr(b, "architectures").is_some_and(|e| format!("{e}").contains("var.lambda_architecture")) {
-            out.push(format!("{:?}: architectures must come from var.lambda_architecture", labels(r)));
+        if !attr(b, "architectures").is_some_and(|e| format!("{e}").contains("local.lambda_architecture")) {
+            out.push(format!("{:?}: architectures must come from local.lambda_architecture (the variable, or the built zips' ARCHITECTURE)", labels(r)));
         }
         if !b.blocks().any(|x| x.identifier.as_str() == "dead_letter_config") {
             out.push(format!("{:?}: no dead_letter_config for async invocations", labels(r)));
         }
     }
-    let arch_default = find(&all, "variable", "lambda_architecture").first().and_then(|v| attr(&v.body, "default")).map(strings).unwrap_or_default();
-    if arch_default != ["arm64"] {
-        out.push(format!("var.lambda_architecture defaults to {arch_default:?}, not arm64"));
+    // The architecture follows the zips: `make package` writes ARCHITECTURE beside them and
+    // the module reads it unless the variable overrides it.
+    let arch = local(&all, "lambda_architecture").map(|e| format!("{e}")).unwrap_or_default();
+    if !(arch.contains("var.lambda_architecture") && arch.contains("ARCHITECTURE")) {
+        out.push(format!("local.lambda_architecture must be var.lambda_architecture or the built zips' ARCHITECTURE file, not {arch:?}"));
+    }
+    let makefile = std::fs::read_to_string(root().join("Makefile")).unwrap();
+    if !makefile.contains("> dist/lambda/ARCHITECTURE") {
+        out.push("make package no longer writes dist/lambda/ARCHITECTURE, which the module reads".into());
     }
     out
 }

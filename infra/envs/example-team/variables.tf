@@ -9,9 +9,9 @@ variable "team" {
 }
 
 variable "lambda_architecture" {
-  description = "arm64 or x86_64, as built by `make package`."
+  description = "arm64 or x86_64; empty reads what `make package` built (dist/lambda/ARCHITECTURE)."
   type        = string
-  default     = "arm64"
+  default     = ""
 }
 
 variable "worker_image_tag" {

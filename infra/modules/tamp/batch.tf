@@ -215,7 +215,7 @@ data "aws_iam_policy_document" "batch_assume" {
 }
 
 resource "aws_iam_role" "batch_service" {
-  name                = "${var.name}-batch-service"
+  name                = "${var.name}-${local.region}-batch-service"
   assume_role_policy  = data.aws_iam_policy_document.batch_assume.json
   managed_policy_arns = ["arn:${local.partition}:iam::aws:policy/service-role/AWSBatchServiceRole"]
   tags                = local.tags
@@ -232,7 +232,7 @@ data "aws_iam_policy_document" "ecs_tasks_assume" {
 }
 
 resource "aws_iam_role" "batch_execution" {
-  name                = "${var.name}-batch-execution"
+  name                = "${var.name}-${local.region}-batch-execution"
   assume_role_policy  = data.aws_iam_policy_document.ecs_tasks_assume.json
   managed_policy_arns = ["arn:${local.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"]
   tags                = local.tags
@@ -249,20 +249,20 @@ data "aws_iam_policy_document" "ec2_assume" {
 }
 
 resource "aws_iam_role" "batch_instance" {
-  name                = "${var.name}-batch-instance"
+  name                = "${var.name}-${local.region}-batch-instance"
   assume_role_policy  = data.aws_iam_policy_document.ec2_assume.json
   managed_policy_arns = ["arn:${local.partition}:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"]
   tags                = local.tags
 }
 
 resource "aws_iam_instance_profile" "batch_instance" {
-  name = "${var.name}-batch-instance"
+  name = "${var.name}-${local.region}-batch-instance"
   role = aws_iam_role.batch_instance.name
 }
 
 # The worker: reads its job and inputs, writes artifacts and manifests. Nothing else.
 resource "aws_iam_role" "worker" {
-  name               = "${var.name}-worker"
+  name               = "${var.name}-${local.region}-worker"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
   tags               = local.tags
 }

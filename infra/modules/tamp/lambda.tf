@@ -8,7 +8,7 @@ resource "aws_lambda_function" "fn" {
   role                           = aws_iam_role.fn[each.key].arn
   runtime                        = "provided.al2023"
   handler                        = "bootstrap"
-  architectures                  = [var.lambda_architecture]
+  architectures                  = [local.lambda_architecture]
   filename                       = "${var.lambda_package_dir}/tamp-${each.key}/bootstrap.zip"
   source_code_hash               = filebase64sha256("${var.lambda_package_dir}/tamp-${each.key}/bootstrap.zip")
   memory_size                    = each.value.memory
@@ -73,8 +73,9 @@ data "aws_iam_policy_document" "lambda_assume" {
 }
 
 resource "aws_iam_role" "fn" {
-  for_each           = local.functions
-  name               = "${var.name}-${each.key}"
+  for_each = local.functions
+  # IAM names are global to the account: the region keeps one team's stacks in two regions apart.
+  name               = "${var.name}-${local.region}-${each.key}"
   assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
   tags               = local.tags
 }
@@ -93,7 +94,8 @@ resource "aws_iam_role_policy" "fn" {
 }
 
 locals {
-  table_arns = [aws_dynamodb_table.meta.arn, "${aws_dynamodb_table.meta.arn}/index/*"]
+  lambda_architecture = coalesce(var.lambda_architecture, trimspace(file("${var.lambda_package_dir}/ARCHITECTURE")))
+  table_arns          = [aws_dynamodb_table.meta.arn, "${aws_dynamodb_table.meta.arn}/index/*"]
   # What shared/adapters-aws/src/dynamo.rs calls; deletion (DeleteItem, and Scan for the
   # token listing) only from the api function.
   table_rw   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:TransactWriteItems"]

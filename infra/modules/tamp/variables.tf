@@ -20,13 +20,13 @@ variable "lambda_package_dir" {
 }
 
 variable "lambda_architecture" {
-  description = "Lambda architecture: arm64 (cheaper per GB-second) or x86_64; must match the zips `make package` built."
+  description = "Lambda architecture: arm64 or x86_64. Empty (the default): what `make package` built, read from <lambda_package_dir>/ARCHITECTURE, so the functions never run zips built for the other one."
   type        = string
-  default     = "arm64"
+  default     = ""
 
   validation {
-    condition     = contains(["arm64", "x86_64"], var.lambda_architecture)
-    error_message = "lambda_architecture must be arm64 or x86_64."
+    condition     = contains(["", "arm64", "x86_64"], var.lambda_architecture)
+    error_message = "lambda_architecture must be arm64, x86_64, or empty (read the built zips' ARCHITECTURE file)."
   }
 }
 
@@ -43,15 +43,22 @@ variable "lambda_reserved_concurrency" {
 }
 
 variable "worker_image_tag" {
-  description = "Tag of the Batch worker image pushed to the stack's ECR repository (`make package` builds it; see README)."
+  description = "Tag of the Batch worker image pushed to the stack's ECR repository (`make package` builds it; see README). The repository's tags are immutable, so this is a version (cpu-0.1.0), never a moving *-latest."
   type        = string
-  default     = "cpu-latest"
+  validation {
+    condition     = contains(["0"], tostring(length(regexall("latest$", var.worker_image_tag))))
+    error_message = "worker_image_tag must name a version (the ECR repository's tags are immutable): push cpu-<version> and set it here."
+  }
 }
 
 variable "worker_gpu_image_tag" {
-  description = "Tag of the GPU worker image (CUDA execution provider) in the same repository."
+  description = "Tag of the GPU worker image (CUDA execution provider) in the same repository (a version, as for worker_image_tag)."
   type        = string
-  default     = "gpu-latest"
+  default     = "gpu-0.1.0"
+  validation {
+    condition     = contains(["0"], tostring(length(regexall("latest$", var.worker_gpu_image_tag))))
+    error_message = "worker_gpu_image_tag must name a version (the ECR repository's tags are immutable)."
+  }
 }
 
 variable "subnet_ids" {
