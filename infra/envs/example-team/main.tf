@@ -1,11 +1,11 @@
 # One team's Tamp stack. Copy this folder per team, fill terraform.tfvars and the backend.
 terraform {
-  required_version = ">= 1.6.0"
+  required_version = ">= 1.11.0, < 2.0.0" # the S3 backend's use_lockfile
 
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 5.60.0, < 7.0.0"
+      version = "~> 5.80" # 6.x renames Batch attributes this module uses; make infra-check holds the pin
     }
   }
 

@@ -215,10 +215,9 @@ data "aws_iam_policy_document" "batch_assume" {
 }
 
 resource "aws_iam_role" "batch_service" {
-  name                = "${var.name}-${local.region}-batch-service"
-  assume_role_policy  = data.aws_iam_policy_document.batch_assume.json
-  managed_policy_arns = ["arn:${local.partition}:iam::aws:policy/service-role/AWSBatchServiceRole"]
-  tags                = local.tags
+  name               = "${var.name}-${local.region}-batch-service"
+  assume_role_policy = data.aws_iam_policy_document.batch_assume.json
+  tags               = local.tags
 }
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
@@ -232,10 +231,9 @@ data "aws_iam_policy_document" "ecs_tasks_assume" {
 }
 
 resource "aws_iam_role" "batch_execution" {
-  name                = "${var.name}-${local.region}-batch-execution"
-  assume_role_policy  = data.aws_iam_policy_document.ecs_tasks_assume.json
-  managed_policy_arns = ["arn:${local.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"]
-  tags                = local.tags
+  name               = "${var.name}-${local.region}-batch-execution"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  tags               = local.tags
 }
 
 data "aws_iam_policy_document" "ec2_assume" {
@@ -249,10 +247,9 @@ data "aws_iam_policy_document" "ec2_assume" {
 }
 
 resource "aws_iam_role" "batch_instance" {
-  name                = "${var.name}-${local.region}-batch-instance"
-  assume_role_policy  = data.aws_iam_policy_document.ec2_assume.json
-  managed_policy_arns = ["arn:${local.partition}:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"]
-  tags                = local.tags
+  name               = "${var.name}-${local.region}-batch-instance"
+  assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
+  tags               = local.tags
 }
 
 resource "aws_iam_instance_profile" "batch_instance" {
@@ -299,4 +296,20 @@ data "aws_iam_policy_document" "worker" {
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.tamp.arn]
   }
+}
+
+# AWS-managed policies, attached as resources (managed_policy_arns is deprecated).
+resource "aws_iam_role_policy_attachment" "batch_service" {
+  role       = aws_iam_role.batch_service.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AWSBatchServiceRole"
+}
+
+resource "aws_iam_role_policy_attachment" "batch_execution" {
+  role       = aws_iam_role.batch_execution.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+}
+
+resource "aws_iam_role_policy_attachment" "batch_instance" {
+  role       = aws_iam_role.batch_instance.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role"
 }

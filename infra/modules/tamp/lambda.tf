@@ -50,6 +50,11 @@ resource "aws_lambda_event_source_mapping" "ingest" {
   batch_size                         = 10
   maximum_batching_window_in_seconds = 1
   function_response_types            = ["ReportBatchItemFailures"]
+  # The poller never runs more batches at once than the function's reserved concurrency, so
+  # messages wait on the queue instead of being throttled toward the DLQ.
+  scaling_config {
+    maximum_concurrency = max(2, lookup(var.lambda_reserved_concurrency, "ingest", 5))
+  }
 }
 
 resource "aws_lambda_event_source_mapping" "orchestrator" {
@@ -58,6 +63,26 @@ resource "aws_lambda_event_source_mapping" "orchestrator" {
   batch_size                         = 10
   maximum_batching_window_in_seconds = 1
   function_response_types            = ["ReportBatchItemFailures"]
+  # The poller never runs more batches at once than the function's reserved concurrency, so
+  # messages wait on the queue instead of being throttled toward the DLQ.
+  scaling_config {
+    maximum_concurrency = max(2, lookup(var.lambda_reserved_concurrency, "orchestrator", 5))
+  }
+}
+
+# The functions EventBridge invokes (report, notify) and the schedule's orchestrator call:
+# asynchronous invocations get two retries within an hour, then the events DLQ, so a
+# throttled or failing invocation is kept, not dropped.
+resource "aws_lambda_function_event_invoke_config" "async" {
+  for_each                     = toset(["report", "notify", "orchestrator"])
+  function_name                = aws_lambda_function.fn[each.key].function_name
+  maximum_retry_attempts       = 2
+  maximum_event_age_in_seconds = 3600
+  destination_config {
+    on_failure {
+      destination = aws_sqs_queue.dlq["events"].arn
+    }
+  }
 }
 
 # --- IAM: one role per function, each with only what its handler touches ---------------
