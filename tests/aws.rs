@@ -514,3 +514,55 @@ async fn malformed_uploads_fail_with_the_reason_and_write_nothing_else() {
     let reason = m.message_attributes().and_then(|a| a.get("tamp_reason")).and_then(|v| v.string_value()).unwrap_or_default();
     assert!(reason.contains("not a Tamp message") && reason.contains("job"), "{reason}");
 }
+
+/// `tamp jobs submit` against the AWS API with a service-account token (a Tamp token, which
+/// API Gateway's JWT authorizer used to refuse): the api function behind an HTTP listener as
+/// API Gateway forwards to it, uploads by presigned S3 links (whose responses are empty), the
+/// S3 event through EventBridge to ingest, and the CLI finding the job that created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_through_the_aws_api_with_a_service_account_token() {
+    let st = stack().await;
+    let now = tamp_ports::Clock::now(&tamp_ports::SystemClock);
+    let (rec, token) = tamp_control::auth::mint("ci-bot", "vision", tamp_ports::Role::Admin, Duration::from_secs(600), "test", now);
+    st.svc.meta.put_token(&rec).await.unwrap();
+    let router = api::router(&st.settings, st.svc.clone()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["model.onnx", "eval.npz"] {
+        std::fs::write(dir.path().join(f), cnn_file(f)).unwrap();
+    }
+    std::fs::copy(root().join("configs/policy_examples/ptq_8bit.yaml"), dir.path().join("recipe.yaml")).unwrap();
+    let tamp = worker_bin().with_file_name("tamp");
+    let mut cli = std::process::Command::new(&tamp)
+        .args(["jobs", "submit", "--url", &url, "--token", &token, "--project", "vision", "--model", "fmnist", "--version", "v9"])
+        .arg("--model-file")
+        .arg(dir.path().join("model.onnx"))
+        .arg("--eval")
+        .arg(dir.path().join("eval.npz"))
+        .arg("--recipe")
+        .arg(dir.path().join("recipe.yaml"))
+        .env("TAMP_CONFIG_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Lambda's SQS poller: hand what reaches the ingest queue to the ingest function until
+    // the CLI is done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    while cli.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the CLI did not finish");
+        let (event, receipts) = st.poll(&st.ingest_q, 1).await;
+        if !event.records.is_empty() {
+            ingest::handle(&st.svc, Some(&st.ingest_park), event).await.unwrap();
+            st.delete(&st.ingest_q, &receipts).await;
+        }
+    }
+    let out = cli.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let job = st.only_job().await;
+    assert_eq!((job.id.as_str(), job.version.as_str(), job.state.as_str()), (id.as_str(), "v9", "queued"), "{job:?}");
+}

@@ -171,6 +171,31 @@ fn wait(api: &Api, id: &str) -> Result<Value> {
     }
 }
 
+/// Waits (up to two minutes) for the job the upload of `project/model/version`'s recipe
+/// created at or after `since` (seconds), as the ingest function records it.
+fn created_job(api: &Api, project: &str, model: &str, version: &str, since: u64) -> Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let v = api.get("/jobs?limit=1000")?;
+        let found = v["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|j| j["project"] == project && j["model"] == model && j["version"] == version)
+            .filter(|j| j["created_at"].as_u64().is_some_and(|t| t + 1 >= since))
+            .max_by_key(|j| j["created_at"].as_u64().unwrap_or(0));
+        if let Some(id) = found.and_then(|j| j["id"].as_str()) {
+            return Ok(id.to_owned());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the recipe was uploaded, but no job for {project}.{model} {version} appeared within 2 minutes: check the ingest function's logs and its queue's DLQ"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 pub fn jobs(args: &JobsArgs) -> Result<()> {
     let api = args.conn.open()?;
     match &args.cmd {
@@ -196,8 +221,15 @@ pub fn jobs(args: &JobsArgs) -> Result<()> {
             if let Some(e) = eval {
                 upload("eval.npz", e)?;
             }
+            let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             let created = upload("recipe.yaml", recipe)?;
-            let id = created["job"].as_str().ok_or_else(|| anyhow!("no job in {created}"))?.to_owned();
+            let id = match created["job"].as_str() {
+                Some(id) => id.to_owned(),
+                // A team's deployment: the link is S3's, which answers with an empty body; the
+                // upload event creates the job a moment later. It is the newest job on this
+                // version created since the upload began.
+                None => created_job(&api, project, model, version, before)?,
+            };
             if *wait_for {
                 print(&wait(&api, &id)?)
             } else {

@@ -90,7 +90,7 @@ variable "gpu_instance_types" {
 }
 
 variable "jwt_issuer" {
-  description = "OIDC issuer URL whose JWTs the API accepts (API Gateway's authorizer and the api function both check them)."
+  description = "OIDC issuer URL whose JWTs the API accepts (the api function checks them, beside Tamp tokens)."
   type        = string
 }
 
