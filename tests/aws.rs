@@ -124,9 +124,12 @@ async fn stack() -> Stack {
     let orch_q = SqsQueue::create(&cfg, &unique("tamp-orch"), 5).await.unwrap();
     let tap_q = SqsQueue::create(&cfg, &unique("tamp-tap"), 5).await.unwrap();
     let eb = aws_sdk_eventbridge::Client::new(&cfg);
-    // S3 uploads (default bus) → the ingest queue, as the Terraform module's rule does.
+    // S3 uploads (default bus) → the ingest queue, with the Terraform module's own key pattern.
     let rule = unique("tamp-uploads");
-    let pattern = serde_json::json!({ "source": ["aws.s3"], "detail-type": ["Object Created"], "detail": { "bucket": { "name": [bucket] }, "object": { "key": [{ "prefix": "uploads/" }] } } });
+    let module = std::fs::read_to_string(root().join("infra/modules/tamp/events.tf")).unwrap();
+    let key = module.split("key = [{ wildcard = \"").nth(1).and_then(|r| r.split('"').next()).expect("the module's uploads rule matches keys by wildcard");
+    assert_eq!(key, "uploads/*/recipe.yaml");
+    let pattern = serde_json::json!({ "source": ["aws.s3"], "detail-type": ["Object Created"], "detail": { "bucket": { "name": [bucket] }, "object": { "key": [{ "wildcard": key }] } } });
     eb.put_rule().name(&rule).event_pattern(pattern.to_string()).send().await.unwrap();
     eb.put_targets()
         .rule(&rule)
@@ -237,14 +240,16 @@ impl Stack {
     }
 
     /// Runs the ingest handler on whatever reached the ingest queue; `times` deliveries.
-    async fn run_ingest(&self, times: usize) {
+    async fn run_ingest(&self, times: usize) -> usize {
         let (event, receipts) = self.poll(&self.ingest_q, 20).await;
         assert!(!event.records.is_empty(), "the S3 notification never reached the ingest queue");
+        let n = event.records.len();
         for _ in 0..times {
             let resp = ingest::handle(&self.svc, Some(&self.ingest_park), event.clone()).await.unwrap();
             assert!(resp.batch_item_failures.is_empty());
         }
         self.delete(&self.ingest_q, &receipts).await;
+        n
     }
 
     /// Hands everything on the orchestrator queue to the orchestrator, `times` deliveries each.
@@ -362,8 +367,9 @@ async fn the_whole_flow_on_the_emulator() {
     }
     st.put("uploads/vision/fmnist/v1/recipe.yaml", std::fs::read(root().join("configs/policy_examples/ptq_8bit.yaml")).unwrap()).await;
 
-    // S3 → EventBridge → SQS → ingest, delivered twice: one job, stages planned.
-    st.run_ingest(2).await;
+    // S3 → EventBridge → SQS → ingest, delivered twice: one job, stages planned. Only the
+    // recipe's upload matches the module's rule (the model and data uploads do not).
+    assert_eq!(st.run_ingest(2).await, 1, "the rule passed a non-recipe upload");
     let job = st.only_job().await;
     assert_eq!((job.project.as_str(), job.model.as_str(), job.version.as_str()), ("vision", "fmnist", "v1"));
     assert_eq!(job.stages.len(), 1);
