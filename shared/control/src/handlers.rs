@@ -327,6 +327,12 @@ async fn run_effects(svc: &Services, j: &Job, effects: &[Outgoing]) -> Result<()
         match effect {
             Effect::Submit { stage, attempt, not_before } => {
                 let run = StageRun { job: j.id.clone(), stage: *stage, attempt: *attempt };
+                // A replayed submit whose attempt is no longer the stage's current one (reconcile
+                // failed it meanwhile, or the job ended) would start a run nobody waits for.
+                let current = j.stages.get(*stage).is_some_and(|s| s.attempt == *attempt && s.state == StageState::Submitted);
+                if !current || j.state.is_terminal() {
+                    continue;
+                }
                 if *not_before > now {
                     send(svc, &Message::Submit { run }, Duration::from_secs(not_before - now)).await?;
                 } else {
