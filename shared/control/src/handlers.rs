@@ -533,8 +533,12 @@ pub async fn reconcile(svc: &Services) -> Result<usize> {
             n += 1;
         }
     }
+    // Finished jobs: the most recent ones only (newest first). An outbox left on a finished
+    // job is drained by its message's redelivery; this catches what redelivery missed,
+    // without reading every finished job on each run.
     for state in [JobState::Queued, JobState::Planning, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled] {
-        for j in svc.meta.list_jobs(Some(state), 1000).await?.into_iter().filter(|j| !j.outbox.is_empty()) {
+        let recent = if state.is_terminal() { 200 } else { 1000 };
+        for j in svc.meta.list_jobs(Some(state), recent).await?.into_iter().filter(|j| !j.outbox.is_empty()) {
             drain(svc, j).await?;
             n += 1;
         }
