@@ -154,8 +154,32 @@ data "aws_iam_policy_document" "fn_base" {
   }
 }
 
+# Submitting, stopping and finding stage runs: the api (cancel) and the orchestrator share it.
+data "aws_iam_policy_document" "batch_control" {
+  statement {
+    sid       = "Batch"
+    actions   = ["batch:SubmitJob", "batch:TagResource"]
+    resources = local.batch_jobs
+  }
+  statement {
+    sid       = "BatchStop"
+    actions   = ["batch:CancelJob", "batch:TerminateJob"]
+    resources = ["arn:${local.partition}:batch:${local.region}:${local.account}:job/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/tamp:queue"
+      values   = local.batch_own_queues
+    }
+  }
+  statement {
+    sid       = "BatchRead"
+    actions   = ["batch:ListJobs", "batch:DescribeJobs"]
+    resources = ["*"] # Batch's List/Describe have no resource-level permissions
+  }
+}
+
 data "aws_iam_policy_document" "fn_api" {
-  source_policy_documents = [data.aws_iam_policy_document.fn_base.json]
+  source_policy_documents = [data.aws_iam_policy_document.fn_base.json, data.aws_iam_policy_document.batch_control.json]
   statement {
     sid       = "Read"
     actions   = ["s3:GetObject"]
@@ -190,26 +214,6 @@ data "aws_iam_policy_document" "fn_api" {
     sid       = "Bus"
     actions   = ["events:PutEvents"]
     resources = [aws_cloudwatch_event_bus.team.arn]
-  }
-  statement {
-    sid       = "Batch"
-    actions   = ["batch:SubmitJob", "batch:TagResource"]
-    resources = local.batch_jobs
-  }
-  statement {
-    sid       = "BatchStop"
-    actions   = ["batch:CancelJob", "batch:TerminateJob"]
-    resources = ["arn:${local.partition}:batch:${local.region}:${local.account}:job/*"]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/tamp:queue"
-      values   = local.batch_own_queues
-    }
-  }
-  statement {
-    sid       = "BatchRead"
-    actions   = ["batch:ListJobs", "batch:DescribeJobs"]
-    resources = ["*"] # Batch's List/Describe have no resource-level permissions
   }
 }
 
@@ -253,7 +257,7 @@ data "aws_iam_policy_document" "fn_ingest" {
 }
 
 data "aws_iam_policy_document" "fn_orchestrator" {
-  source_policy_documents = [data.aws_iam_policy_document.fn_base.json]
+  source_policy_documents = [data.aws_iam_policy_document.fn_base.json, data.aws_iam_policy_document.batch_control.json]
   statement {
     sid       = "Manifests"
     actions   = ["s3:GetObject"]
@@ -283,26 +287,6 @@ data "aws_iam_policy_document" "fn_orchestrator" {
     sid       = "Bus"
     actions   = ["events:PutEvents"]
     resources = [aws_cloudwatch_event_bus.team.arn]
-  }
-  statement {
-    sid       = "Batch"
-    actions   = ["batch:SubmitJob", "batch:TagResource"]
-    resources = local.batch_jobs
-  }
-  statement {
-    sid       = "BatchStop"
-    actions   = ["batch:CancelJob", "batch:TerminateJob"]
-    resources = ["arn:${local.partition}:batch:${local.region}:${local.account}:job/*"]
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/tamp:queue"
-      values   = local.batch_own_queues
-    }
-  }
-  statement {
-    sid       = "BatchRead"
-    actions   = ["batch:ListJobs", "batch:DescribeJobs"]
-    resources = ["*"] # Batch's List/Describe have no resource-level permissions
   }
 }
 
