@@ -46,6 +46,9 @@ pub struct Args {
     /// Timed single-row runs for the latency percentiles (overrides `evaluation.latency_runs`).
     #[arg(long)]
     runs: Option<usize>,
+    /// Skip the report's analysis (robustness, cohorts, calibration coverage, per-layer error).
+    #[arg(long)]
+    no_analysis: bool,
 }
 
 struct Bars {
@@ -161,6 +164,7 @@ pub fn run(args: &Args) -> Result<()> {
         train: train.as_ref(),
         out_dir: &staging,
         reproducible: false,
+        analyse: !args.no_analysis,
     };
     use std::io::IsTerminal;
     let now = std::time::Instant::now();
@@ -175,6 +179,17 @@ pub fn run(args: &Args) -> Result<()> {
             return Err(e.into());
         }
     };
+    let reproduce = std::env::args().map(|a| if a.contains(' ') { format!("'{a}'") } else { a }).collect::<Vec<_>>().join(" ");
+    let verdict = match tamp_report::Sources::from_dir(&staging)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| crate::report::write(&staging, tamp_report::Sources { title: name.clone(), ..s }, Some(reproduce)))
+    {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     if args.out.exists() {
         std::fs::rename(&args.out, &old).with_context(|| format!("moving the previous {} aside", args.out.display()))?;
@@ -187,6 +202,7 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         print_table(&outcome);
         println!("chosen: {} ({})", outcome.chosen, outcome.reason);
+        println!("report: {verdict} ({0}/report.html, {0}/report.pdf)", args.out.display());
         println!("wrote {0}/best.onnx, {0}/best.json, {0}/candidates.json, {0}/manifest.json", args.out.display());
     }
     Ok(())

@@ -7,6 +7,7 @@ mod eval;
 mod inspect;
 mod local;
 mod quantize;
+mod report;
 mod serve;
 
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Command {
     Eval(eval::Args),
     /// Run a recipe: candidates, accuracy-aware fallback, timing, the best artifact, a manifest.
     Compress(compress::Args),
+    /// Write the HTML and PDF report of a `tamp compress` output folder.
+    Report(report::Args),
     /// Run the local stack: API on 127.0.0.1, upload watcher, queue, stage workers (data in ./.tamp).
     Serve(serve::ServeArgs),
     /// Save the API URL and token for the client verbs (`--local .tamp` for tamp serve).
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(&a),
         Command::Compress(a) => compress::run(&a),
         Command::Quantize(a) => quantize::run(&a),
+        Command::Report(a) => report::run(&a),
         Command::Serve(a) => serve::serve(&a),
         Command::Worker(a) => serve::worker(&a),
         Command::Login(a) => client::login(&a),

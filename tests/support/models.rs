@@ -45,8 +45,21 @@ pub fn check_onnx(model: impl AsRef<std::ffi::OsStr>) -> Output {
     check
 }
 
+/// `tamp compress` without the report's analysis (the report tests run it; the rest need
+/// only the candidates, and the analysis would add minutes on the larger models).
 pub fn compress(model: &Path, recipe: &Path, calib: &Path, eval: &Path, out: &Path) -> Output {
-    run(Command::new(tamp()).arg("compress").arg(model).arg("--recipe").arg(recipe).arg("--data").arg(calib).arg("--eval").arg(eval).arg("--out").arg(out))
+    run(Command::new(tamp())
+        .arg("compress")
+        .arg("--no-analysis")
+        .arg(model)
+        .arg("--recipe")
+        .arg(recipe)
+        .arg("--data")
+        .arg(calib)
+        .arg("--eval")
+        .arg(eval)
+        .arg("--out")
+        .arg(out))
 }
 
 /// The run's results as the shared types (what reports, the API and the UI read).

@@ -195,6 +195,7 @@ async fn stage(
         train: train.as_ref(),
         out_dir: &out,
         reproducible: true,
+        analyse: true,
     };
     println!("job {} stage {} attempt {}: {} on {}", job.id, run.stage, run.attempt, recipe.policy.name, model_key);
     let outcome = compress::run(&j, &mut Lines).map_err(|e| match e {
@@ -253,7 +254,10 @@ async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<
         die();
     }
     files.put_if_absent(&metadata_key, std::fs::read(out.join("best.json"))?).await?;
-    for name in ["candidates.json", "manifest.json"] {
+    for name in ["candidates.json", "manifest.json", "analysis.json"] {
+        if name == "analysis.json" && !out.join(name).exists() {
+            continue; // the analysis failed (the run's log says why); the report shows less
+        }
         files.put(&format!("{base}/attempt-{}/{name}", run.attempt), std::fs::read(out.join(name))?).await?;
     }
     let manifest = StageManifest { output: StageOutput { artifact_key, sha256: sha, size_bytes: local_size, metadata_key }, metadata };

@@ -616,10 +616,66 @@ async fn get_policy(State(st): State<AppState>, Extension(who): Extension<Princi
 
 /// The job's report: the stored document the report step wrote, or (while the job runs) one
 /// built now: per stage, the candidates table and the manifest of its last attempt.
-#[utoipa::path(get, path = "/reports/{job}", tag = "reports", params(("job" = String, Path)), responses((status = 200, description = "per stage: candidates and manifest", body = serde_json::Value)))]
-async fn report(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(job): Path<String>) -> ApiResult {
+/// The format `GET /reports/{job}` answers in: `?format=` first, else the `Accept` header.
+fn report_format(query: Option<&str>, accept: Option<&str>) -> Result<&'static str, Problem> {
+    match query {
+        Some("json") => return Ok("json"),
+        Some("html") => return Ok("html"),
+        Some("pdf") => return Ok("pdf"),
+        Some(other) => return Err(Problem::bad_request(format!("format `{other}` is not offered; use json, html or pdf"))),
+        None => {}
+    }
+    let accept = accept.unwrap_or("application/json");
+    // The first listed type we offer wins (q-values are rare from browsers and curl alike).
+    for t in accept.split(',').map(|t| t.split(';').next().unwrap_or("").trim()) {
+        match t {
+            "application/json" | "*/*" | "application/*" => return Ok("json"),
+            "text/html" | "text/*" => return Ok("html"),
+            "application/pdf" => return Ok("pdf"),
+            _ => {}
+        }
+    }
+    Err(Problem::new(
+        StatusCode::NOT_ACCEPTABLE,
+        "not acceptable",
+        format!("`{accept}`: the report is offered as application/json, text/html and application/pdf"),
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct ReportQuery {
+    /// `json` (default), `html` or `pdf`; overrides `Accept`.
+    format: Option<String>,
+}
+
+#[utoipa::path(get, path = "/reports/{job}", tag = "reports", params(("job" = String, Path), ReportQuery), responses(
+    (status = 200, description = "JSON: per stage the candidates and manifest, and the summary (recommendation, flags, cost); HTML or PDF: the rendered report (after the job ends)", body = serde_json::Value),
+    (status = 404, body = ProblemDoc), (status = 406, body = ProblemDoc)))]
+async fn report(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(job): Path<String>,
+    Query(q): Query<ReportQuery>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult {
     let j = st.svc.meta.get_job(&job).await?.ok_or_else(|| Problem::not_found(format!("no job {job}")))?;
     who.require(&j.project, Role::Viewer)?;
+    let format = report_format(q.format.as_deref(), headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()))?;
+    if format != "json" {
+        let bytes = match st.svc.store.get(&handlers::report_doc_key(&j.id, format)).await {
+            Ok(b) => b,
+            Err(tamp_ports::PortError::NotFound(_)) => {
+                return Err(Problem::not_found(format!(
+                    "no {format} report for {job} yet: it is rendered when the job ends (state now: {}); the JSON report is available now",
+                    j.state.as_str()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ctype = if format == "pdf" { "application/pdf" } else { "text/html; charset=utf-8" };
+        let disposition = format!("inline; filename=\"{}-report.{format}\"", j.id);
+        return Ok(([(axum::http::header::CONTENT_TYPE, ctype.to_owned()), (axum::http::header::CONTENT_DISPOSITION, disposition)], bytes).into_response());
+    }
     if j.state.is_terminal()
         && let Ok(bytes) = st.svc.store.get(&handlers::report_key(&j.id)).await
         && let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes)

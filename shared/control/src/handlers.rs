@@ -392,13 +392,87 @@ pub async fn write_report(svc: &Services, ev: &TampEvent) -> Result<Option<Strin
     if !matches!(ev.detail_type.as_str(), "tamp.job.succeeded" | "tamp.job.failed" | "tamp.job.cancelled") {
         return Ok(None);
     }
-    let Some(doc) = build_report(svc, &ev.job).await? else { return Ok(None) };
+    let Some(mut doc) = build_report(svc, &ev.job).await? else { return Ok(None) };
     let key = report_key(&ev.job);
-    svc.store.put(&key, serde_json::to_vec_pretty(&doc).map_err(|e| HandlerError::Invalid(e.to_string()))?).await?;
-    if let Some(j) = svc.meta.get_job(&ev.job).await? {
-        svc.bus.publish(&event(&j, EventKind::ReportReady, svc.clock.now(), serde_json::json!({ "report": format!("/reports/{}", j.id), "key": key }))).await?;
+    let Some(j) = svc.meta.get_job(&ev.job).await? else { return Ok(None) };
+    let sources = report_sources(svc, &j).await?;
+    let mut formats = vec!["json"];
+    if sources.outcome.is_some() {
+        // Rendering is pure CPU on records already read; a failure loses the documents, not the job.
+        match tamp_report::render(sources) {
+            Ok(r) => {
+                svc.store.put(&report_doc_key(&j.id, "html"), r.html.into_bytes()).await?;
+                svc.store.put(&report_doc_key(&j.id, "pdf"), r.pdf).await?;
+                doc["summary"] = r.summary;
+                formats.extend(["html", "pdf"]);
+            }
+            Err(e) => doc["render_error"] = serde_json::Value::String(e.to_string()),
+        }
     }
+    svc.store.put(&key, serde_json::to_vec_pretty(&doc).map_err(|e| HandlerError::Invalid(e.to_string()))?).await?;
+    let links: serde_json::Map<String, serde_json::Value> = formats.iter().map(|f| ((*f).to_owned(), format!("/reports/{}?format={f}", j.id).into())).collect();
+    let recommendation = doc["summary"]["recommendation"].clone();
+    svc.bus
+        .publish(&event(
+            &j,
+            EventKind::ReportReady,
+            svc.clock.now(),
+            serde_json::json!({ "report": format!("/reports/{}", j.id), "key": key, "formats": links, "recommendation": recommendation }),
+        ))
+        .await?;
     Ok(Some(key))
+}
+
+/// Where a job's rendered report is kept (`html`, `pdf`).
+pub fn report_doc_key(job: &str, ext: &str) -> String {
+    format!("reports/{job}/report.{ext}")
+}
+
+/// What the rendered report is built from: the last stage with an outcome (its candidates,
+/// manifest, analysis and artifact record) and the job's history from its record.
+async fn report_sources(svc: &Services, j: &Job) -> Result<tamp_report::Sources> {
+    async fn json<T: serde::de::DeserializeOwned>(svc: &Services, key: &str) -> Result<Option<T>> {
+        match svc.store.get(key).await {
+            Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+            Err(PortError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+    let mut src = tamp_report::Sources {
+        title: format!("{} ({} {} · {})", j.id, j.model, j.version, j.policy),
+        state: Some((j.state.as_str().to_owned(), j.reason.clone())),
+        recipe: tamp_domain::Recipe::from_yaml(&j.recipe_yaml).ok(),
+        ..tamp_report::Sources::default()
+    };
+    for s in j.stages.iter().rev().filter(|s| s.attempt > 0) {
+        let base = format!("artifacts/{}/{}/attempt-{}", j.id, s.index, s.attempt);
+        let Some(outcome) = json(svc, &format!("{base}/candidates.json")).await? else { continue };
+        src.outcome = Some(outcome);
+        src.manifest = json(svc, &format!("{base}/manifest.json")).await?;
+        src.analysis = json(svc, &format!("{base}/analysis.json")).await?;
+        if let Some(o) = &s.output {
+            src.artifact = json(svc, &o.metadata_key).await?;
+        }
+        break;
+    }
+    let at = tamp_report::utc;
+    src.events.push(tamp_report::EventLine { at: at(j.created_at), kind: "job.created".into(), detail: format!("inputs {}", j.inputs.model) });
+    for s in &j.stages {
+        let detail = format!("attempt {}/{}{}", s.attempt, s.max_attempts, s.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default());
+        src.events.push(tamp_report::EventLine {
+            at: at(s.updated_at),
+            kind: format!("stage {} ({}) {}", s.index, s.kind, format!("{:?}", s.state).to_lowercase()),
+            detail,
+        });
+    }
+    src.events.push(tamp_report::EventLine { at: at(j.updated_at), kind: format!("job.{}", j.state.as_str()), detail: j.reason.clone().unwrap_or_default() });
+    src.reproduce = Some(format!(
+        "tamp compress {} --recipe recipe.yaml --data {} --eval {} --out out   # the job's inputs, downloaded from the store (tamp download)",
+        j.inputs.model,
+        j.inputs.calibration.as_deref().unwrap_or("calib.npz"),
+        j.inputs.evaluation.as_deref().unwrap_or("eval.npz")
+    ));
+    Ok(src)
 }
 
 /// Whether an artifact may become its model's best: it met every constraint (the engine
@@ -481,20 +555,43 @@ async fn record_output(svc: &Services, run: &StageRun) -> Result<std::result::Re
         metadata: m.metadata,
         created_at: svc.clock.now(),
     };
-    let alert =
-        record.metadata["missed_constraints"].as_array().is_some_and(|a| !a.is_empty()) || record.metadata["flags"].as_array().is_some_and(|a| !a.is_empty());
+    let cohorts = cohort_breaches(svc, &j, run).await?;
+    let alert = record.metadata["missed_constraints"].as_array().is_some_and(|a| !a.is_empty())
+        || record.metadata["flags"].as_array().is_some_and(|a| !a.is_empty())
+        || !cohorts.is_empty();
     // A duplicated SUCCEEDED delivery finds the attempt already recorded: no second alert.
     // The id names the stage attempt, so a replay after a crash here is dropped downstream.
     let recorded = j.stages.get(run.stage).is_some_and(|s| s.attempt == run.attempt && s.state == StageState::Succeeded);
     if alert && !recorded {
-        let detail =
-            serde_json::json!({ "artifact": record.id, "missed_constraints": record.metadata["missed_constraints"], "flags": record.metadata["flags"] });
+        let detail = serde_json::json!({ "artifact": record.id, "missed_constraints": record.metadata["missed_constraints"], "flags": record.metadata["flags"], "cohort_regressions": cohorts });
         let mut ev = event(&j, EventKind::QualityAlert, svc.clock.now(), detail);
         ev.id = format!("evt_{}_s{}a{}_{}", j.id.trim_start_matches("job_"), run.stage, run.attempt, EventKind::QualityAlert.as_str());
         svc.bus.publish(&ev).await?;
     }
     svc.meta.put_artifact(&record).await?;
     Ok(Ok(m.output))
+}
+
+/// Cohorts of the stage's analysis whose metric dropped beyond the recipe's per-cohort
+/// threshold (`report.cohort_max_drop_pct`, else `constraints.max_metric_drop_pct`), one line each.
+async fn cohort_breaches(svc: &Services, j: &Job, run: &StageRun) -> Result<Vec<String>> {
+    let key = format!("artifacts/{}/{}/attempt-{}/analysis.json", run.job, run.stage, run.attempt);
+    let analysis: tamp_domain::results::Analysis = match svc.store.get(&key).await {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(a) => a,
+            Err(_) => return Ok(Vec::new()),
+        },
+        Err(PortError::NotFound(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let Ok(recipe) = Recipe::from_yaml(&j.recipe_yaml) else { return Ok(Vec::new()) };
+    let limit = recipe.report.cohort_max_drop_pct.unwrap_or(recipe.constraints.max_metric_drop_pct);
+    Ok(analysis
+        .cohorts
+        .iter()
+        .filter(|c| c.drop_pct > limit)
+        .map(|c| format!("cohort {}: {} {:.4} → {:.4} (−{:.2} %, limit {limit:.2} %)", c.cohort, analysis.metric, c.baseline, c.chosen, c.drop_pct))
+        .collect())
 }
 
 /// How long a stage may stay recorded as submitted or running while the runner has no

@@ -45,7 +45,7 @@ pub enum Format {
 pub struct Webhooks {
     pub targets: Vec<(String, Format)>,
     pub secret: Vec<u8>,
-    /// Event kinds to send (`job.succeeded`, …); empty sends job-level events and quality alerts.
+    /// Event kinds to send (`job.succeeded`, …); empty sends job-level events, quality alerts and `report.ready` (with the report's links).
     pub kinds: Vec<String>,
     /// Prefix for links in chat messages (the API's public URL), if known.
     pub base_url: String,
@@ -68,7 +68,7 @@ impl Webhooks {
     /// Whether `event` goes out at all.
     pub fn wanted(&self, event: &TampEvent) -> bool {
         let kind = event.detail_type.trim_start_matches("tamp.");
-        if self.kinds.is_empty() { kind.starts_with("job.") || kind == "quality.alert" } else { self.kinds.iter().any(|k| k == kind) }
+        if self.kinds.is_empty() { kind.starts_with("job.") || kind == "quality.alert" || kind == "report.ready" } else { self.kinds.iter().any(|k| k == kind) }
     }
 
     /// Sends `event` to every target; the error lists the targets that failed.
@@ -280,6 +280,7 @@ pub fn headline(e: &TampEvent) -> String {
         "job.succeeded" => "✅",
         "job.failed" | "stage.failed" => "❌",
         "quality.alert" => "⚠️",
+        "report.ready" => "📄",
         "job.cancelled" => "⏹️",
         _ => "ℹ️",
     };
@@ -293,9 +294,16 @@ pub fn headline(e: &TampEvent) -> String {
                 .into_iter()
                 .flatten()
                 .chain(e.detail["flags"].as_array().into_iter().flatten())
+                .chain(e.detail["cohort_regressions"].as_array().into_iter().flatten())
                 .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect();
             format!("artifact needs a look: {}", missed.join("; "))
+        }
+        "report.ready" => {
+            let verdict = e.detail["recommendation"].as_str().unwrap_or("unknown").replace('_', " ");
+            let links: Vec<String> =
+                e.detail["formats"].as_object().into_iter().flatten().filter_map(|(k, v)| v.as_str().map(|u| format!("{k} {u}"))).collect();
+            format!("report ready — recommendation: {verdict}; {}", links.join(" · "))
         }
         other => other.replace('.', " "),
     };

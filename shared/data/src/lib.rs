@@ -209,6 +209,17 @@ impl Dataset {
         Ok(())
     }
 
+    /// A dataset held in memory (derived rows: shifted copies for robustness analysis, a
+    /// subset). `path` labels it in messages; inputs must agree on their row count.
+    pub fn in_memory(path: PathBuf, inputs: BTreeMap<String, TensorValue>, labels: Option<Labels>, cohort: Option<Vec<i64>>) -> Result<Self> {
+        let rows = inputs.values().next().and_then(|v| v.shape().first().copied()).unwrap_or(0);
+        if let Some((k, _)) = inputs.iter().find(|(_, v)| v.shape().first().copied() != Some(rows)) {
+            return Err(DataError::Dataset { path, message: format!("array '{k}' has a different row count than the others ({rows})") });
+        }
+        let inputs = inputs.into_iter().map(|(k, v)| (k, Column::Memory(v))).collect();
+        Ok(Self { path, sha256: String::new(), inputs, labels, cohort, rows })
+    }
+
     /// The rows at `indices` of every input, in order (read from the file for streamed inputs).
     pub fn select(&self, indices: &[usize]) -> Result<BTreeMap<String, TensorValue>> {
         self.inputs

@@ -34,8 +34,8 @@ const INTEGER_KERNELS: &[&str] = &[
     "MatMulNBits",
 ];
 
-/// Copies candidate `chosen` to `best.onnx` and writes `best.json`, `candidates.json` and
-/// the manifest; returns the outcome with `chosen` filled in.
+/// Copies candidate `chosen` to `best.onnx` and writes `best.json` and `candidates.json`;
+/// returns the outcome with `chosen` filled in. [`finish`] writes the manifest.
 pub fn write(job: &Job<'_>, mut outcome: Outcome, chosen: usize) -> Result<Outcome> {
     let out = job.out_dir;
     let best = &outcome.candidates[chosen];
@@ -47,8 +47,12 @@ pub fn write(job: &Job<'_>, mut outcome: Outcome, chosen: usize) -> Result<Outco
     write_json(&out.join("best.json"), &artifact)?;
     outcome.chosen = best.id.clone();
     write_json(&out.join("candidates.json"), &outcome)?;
-    write_json(&out.join("manifest.json"), &manifest(job, &outcome)?)?;
     Ok(outcome)
+}
+
+/// Writes the manifest, the output folder's last file.
+pub fn finish(job: &Job<'_>, outcome: &Outcome) -> Result<()> {
+    write_json(&job.out_dir.join("manifest.json"), &manifest(job, outcome)?)
 }
 
 /// Writes `value` as pretty JSON through a temporary file.
@@ -142,7 +146,10 @@ pub fn manifest(job: &Job<'_>, outcome: &Outcome) -> Result<Manifest> {
     for c in &outcome.candidates {
         outputs.push(file_entry("candidate", &job.out_dir.join(&c.file), &c.file)?);
     }
-    for (role, name) in [("artifact", "best.onnx"), ("artifact_metadata", "best.json"), ("candidates", "candidates.json")] {
+    for (role, name) in [("artifact", "best.onnx"), ("artifact_metadata", "best.json"), ("candidates", "candidates.json"), ("analysis", "analysis.json")] {
+        if role == "analysis" && !job.out_dir.join(name).exists() {
+            continue;
+        }
         outputs.push(file_entry(role, &job.out_dir.join(name), name)?);
     }
     let stages = job.recipe.ptq_stages().map(|p| StageSeed { calibration: p.calibration.seed }).collect();

@@ -7,11 +7,14 @@
 //! - `candidates/<id>.onnx` and `candidates.json` (metric, latency, size, ratio, flags);
 //! - `best.onnx` + `best.json` (the chosen artifact and its metadata: runtime, opset,
 //!   compression, metrics, compatibility with ONNX Runtime's optimized op types);
+//! - `analysis.json` (what the report needs beyond the table: latency distributions,
+//!   robustness, cohorts, calibration coverage, per-layer error; [`analysis`]);
 //! - `manifest.json` (sha256 of every input and output, the recipe, seeds, versions), last.
 //!
 //! Sensitivity curves are cached under `tamp_engine::cache::dir()` (`TAMP_CACHE_DIR`), and
 //! nowhere else; the observer's summary line says where.
 
+pub mod analysis;
 pub mod artifacts;
 mod context;
 mod fallback;
@@ -72,6 +75,8 @@ pub struct Job<'a> {
     /// container and must write the same bytes (artifacts are content-addressed). Layers
     /// then stay float by the fixed rule, not by measured kernel times.
     pub reproducible: bool,
+    /// Run the report's analysis (`analysis.json`) after the outcome is written.
+    pub analyse: bool,
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
@@ -141,7 +146,21 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     let baseline = cx.baseline().clone();
     let preparation = (!preparation.is_empty()).then_some(preparation);
     let outcome = Outcome { baseline, candidates, chosen: String::new(), reason, objective: job.recipe.objective, preparation, not_applied };
-    artifacts::write(job, outcome, chosen)
+    let outcome = artifacts::write(job, outcome, chosen)?;
+    // The report's analysis: a failure here costs the report its analysis sections, not the run.
+    let _ = std::fs::remove_file(out.join("analysis.json"));
+    if job.analyse {
+        obs.begin("analyse the chosen candidate (latency, robustness, cohorts, calibration, layers)", 0);
+        match analysis::analyse(job, &model, &outcome, &outcome.baseline.metric) {
+            Ok(a) => {
+                artifacts::write_json(&out.join("analysis.json"), &a)?;
+                obs.end(&format!("analysed in {:.1} s", a.seconds));
+            }
+            Err(e) => obs.end(&format!("analysis skipped: {e}")),
+        }
+    }
+    artifacts::finish(job, &outcome)?;
+    Ok(outcome)
 }
 
 /// Before any compute: a stage that trains needs training rows, and every node of the model

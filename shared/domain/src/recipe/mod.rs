@@ -18,7 +18,9 @@
 //! Parsing checks shape, [`Recipe::validate`] checks values and what this build supports.
 
 mod path;
+mod report;
 mod stages;
+pub use report::{InstancePrice, ReportSettings};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +60,9 @@ pub struct Recipe {
     pub objective: Objective,
     #[serde(default)]
     pub evaluation: Evaluation,
+    /// The report's cost inputs and risk thresholds.
+    #[serde(default)]
+    pub report: ReportSettings,
 }
 
 fn recipe_version() -> u32 {
@@ -232,6 +237,9 @@ impl Recipe {
                 &[Key::Field("evaluation"), Key::Field("latency_runs")],
                 format!("{} timed runs asked; at most {MAX_LATENCY_RUNS} (P50/P95 settle within a few hundred)", self.evaluation.latency_runs),
             ));
+        }
+        if let Some((key, message)) = self.report.problem() {
+            return Err(invalid(&[Key::Field("report"), Key::Field(key)], message));
         }
         if !(1..=256).contains(&self.evaluation.threads) {
             return Err(invalid(&[Key::Field("evaluation"), Key::Field("threads")], format!("{} threads asked; use 1–256", self.evaluation.threads)));

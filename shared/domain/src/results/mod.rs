@@ -3,8 +3,11 @@
 //! The engine writes them, the worker uploads them, the control plane, reports, search, the
 //! UI and the tests read them; serde keeps the JSON the files have always had.
 
+mod analysis;
 mod artifact;
 mod details;
+
+pub use analysis::{Analysis, CalibrationCoverage, CohortResult, LayerCoverage, LayerError, OutlierResult, Profile, ShiftResult};
 
 pub use artifact::{
     ArtifactMetadata, Compatibility, Compression, CpuInfo, FileEntry, Manifest, ManifestSeeds, OnnxRuntimeCompatibility, ResultMetrics, SourceModel, StageSeed,
