@@ -58,7 +58,7 @@ ZOO        := $(MODELS)/zoo
 ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
-.PHONY: bench-train bench-distill zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: report-tools bench-train bench-distill zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -203,7 +203,12 @@ run: build-cli $(FMNIST_REF)/model.onnx
 	$(TAMP) compress $(FMNIST_REF)/model.onnx --recipe configs/policy_examples/ptq_8bit.yaml \
 		--data $(FMNIST_REF)/calib.npz --eval $(FMNIST_REF)/eval.npz --out out/fmnist-resnet8
 
-test: build venv models zoo-fast moto infra-check
+# The report tests open the HTML in a real browser and turn the PDF into pages: Debian's
+# chromium (headless) and poppler-utils (pdftoppm, pdftotext), installed once if missing.
+report-tools:
+	@command -v chromium >/dev/null && command -v pdftoppm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium poppler-utils >/dev/null; }
+
+test: build venv models zoo-fast moto infra-check report-tools
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast
 
 # Line coverage of the whole test suite (cargo-tarpaulin, LLVM engine: no extra toolchain

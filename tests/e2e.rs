@@ -321,6 +321,7 @@ fn equalization_and_bias_correction_on_efficientnet() {
         c
     };
     let plain = top1("plain", "        bias_correction: false\n");
+    check_report_files(&dir.path().join("plain"));
     let dfq = top1("dfq", "        cross_layer_equalization: true\n        bias_correction: true\n");
     let pre = &dfq["details"]["pre_passes"];
     assert!(pre["cross_layer_equalization"].as_array().is_some_and(|p| !p.is_empty()), "{pre}");

@@ -202,6 +202,16 @@ fn api_only_flow() {
     let stored: serde_json::Value =
         serde_json::from_slice(&std::fs::read(server.data.path().join(format!("store/reports/{id}/report.json"))).unwrap()).unwrap();
     assert_eq!(stored, rep, "the API served the stored report");
+    // The rendered report, by `?format=` or by `Accept`.
+    let (s, pdf) = http("GET", &format!("{url}/reports/{id}?format=pdf"), b"", &[]);
+    assert!(s == 200 && pdf.starts_with(b"%PDF-"), "{s}");
+    let (s, html) = http("GET", &format!("{url}/reports/{id}"), b"", &[("Accept", "text/html,application/xhtml+xml")]);
+    let html = String::from_utf8_lossy(&html);
+    assert!(s == 200 && html.contains("<h2>Cost projection</h2>") && html.contains("Recommendation:"), "{s}");
+    let verdict = rep["summary"]["recommendation"].as_str().unwrap_or_default();
+    assert!(["ship", "ship_with_caveats"].contains(&verdict), "int8 ResNet-8 within budget: {}", rep["summary"]);
+    assert_eq!(http("GET", &format!("{url}/reports/{id}?format=docx"), b"", &[]).0, 400);
+    assert_eq!(http("GET", &format!("{url}/reports/{id}"), b"", &[("Accept", "image/png")]).0, 406);
 }
 
 /// Many jobs at once on the same upload (distinct Idempotency-Keys), with fewer worker slots

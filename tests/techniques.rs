@@ -210,6 +210,7 @@ fn ffn_neuron_pruning_of_minilm() {
     let d = &c["details"];
     let groups = d["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 6, "{d}");
+    check_report_files(&out);
     assert!(groups.iter().all(|g| g["channels"] == 1536 && g["group"].as_str().unwrap().contains("intermediate")), "{d}");
     assert!(d["params_after"].as_u64().unwrap() < d["params_before"].as_u64().unwrap());
     let macs = |v: &serde_json::Value| v["macs_per_sample"].as_u64().unwrap();

@@ -66,3 +66,12 @@ pub fn compress(model: &Path, recipe: &Path, calib: &Path, eval: &Path, out: &Pa
 pub fn outcome(out: &Path) -> tamp_domain::results::Outcome {
     serde_json::from_slice(&std::fs::read(out.join("candidates.json")).unwrap()).unwrap()
 }
+
+/// The report `tamp compress` writes beside its outputs: both documents, the PDF under 2 MB,
+/// the summary and the comparison table in each.
+pub fn check_report_files(out: &Path) {
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap_or_else(|e| panic!("report.html in {}: {e}", out.display()));
+    let pdf = std::fs::read(out.join("report.pdf")).unwrap();
+    assert!(pdf.starts_with(b"%PDF-") && pdf.len() < 2 << 20, "report.pdf: {} bytes", pdf.len());
+    assert!(html.contains("Recommendation:") && html.contains("<h2>Baseline vs candidates</h2>") && html.contains("<svg"), "report.html sections");
+}

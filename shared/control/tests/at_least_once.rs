@@ -318,3 +318,51 @@ async fn notify_delivers_once_per_target() {
     assert_eq!(hooks.deliver_once(&event, ledger).await.unwrap(), 0, "a duplicate goes nowhere");
     assert_eq!((ok_got.lock().unwrap().len(), flaky_got.lock().unwrap().len()), (1, 1));
 }
+
+/// A stage whose analysis shows a cohort beyond the recipe's threshold raises one
+/// `quality.alert` naming the cohort (not again on a duplicate delivery); when the job ends,
+/// the report step renders the HTML and PDF beside `report.json`, and `report.ready` links
+/// them with the recommendation.
+#[tokio::test]
+async fn a_cohort_regression_raises_quality_alert_and_the_report_renders() {
+    let w = world().await;
+    handlers::ingest(&w.svc, "uploads/p/m/v1/recipe.yaml", "v1").await.unwrap();
+    w.pump().await;
+    w.started().await;
+    let run = w.runner.submitted.lock().unwrap().last().cloned().unwrap();
+    let base = format!("artifacts/{}/0/attempt-{}", run.job, run.attempt);
+    let measured = |v: f64, p50: f64, size: u64| {
+        serde_json::json!({ "metric": "top1", "value": v, "latency_ms_p50": p50, "latency_ms_p95": p50, "throughput_b32": 1000.0 / p50,
+            "size_bytes": size, "sha256": "ab", "eval_rows": 1000, "macs_per_sample": 1000 })
+    };
+    let candidate = serde_json::json!({ "id": "c", "stage": 0, "technique": "ptq", "mode": "static", "weights_bits": 8, "activations_bits": 8,
+        "calibration": "minmax", "per_channel_weights": true, "float_nodes": [], "file": "candidates/c.onnx", "measured": measured(89.2, 0.05, 90_000),
+        "compression_ratio": 3.5, "metric_drop_pct": 0.05, "speedup_p50": 1.4, "faster": true, "missed": [], "flags": [] });
+    let outcome =
+        serde_json::json!({ "baseline": measured(89.25, 0.07, 311_000), "candidates": [candidate], "chosen": "c", "reason": "r", "objective": "latency" });
+    let analysis = serde_json::json!({ "candidate": "c", "metric": "top1",
+        "baseline": { "latency_ms_p50": 0.07, "latency_ms_p95": 0.08, "latency_ms_p99": 0.09, "latency_samples_ms": [0.07, 0.08], "peak_memory_mb": 2.0 },
+        "chosen": { "latency_ms_p50": 0.05, "latency_ms_p95": 0.06, "latency_ms_p99": 0.07, "latency_samples_ms": [0.05, 0.06], "peak_memory_mb": 1.0 },
+        "cohorts": [ { "cohort": 1, "rows": 500, "baseline": 90.0, "chosen": 89.9, "drop_pct": 0.11 },
+                     { "cohort": 2, "rows": 500, "baseline": 88.0, "chosen": 84.0, "drop_pct": 4.55 } ] });
+    for (name, doc) in [("candidates.json", outcome), ("analysis.json", analysis)] {
+        w.svc.store.put(&format!("{base}/{name}"), serde_json::to_vec(&doc).unwrap()).await.unwrap();
+    }
+    let done = w.finish_run(&[]).await;
+    handlers::orchestrate(&w.svc, &done).await.unwrap();
+    handlers::orchestrate(&w.svc, &done).await.unwrap(); // a duplicate delivery
+    let alerts = w.bus.kinds("quality.alert");
+    assert_eq!(alerts.len(), 1, "one alert");
+    let lines = alerts[0].detail["cohort_regressions"].as_array().unwrap();
+    assert!(lines.len() == 1 && lines[0].as_str().unwrap().starts_with("cohort 2"), "{lines:?}");
+    assert!(tamp_control::notify::headline(&alerts[0]).contains("cohort 2"), "the team channel hears which cohort");
+    let succeeded = w.bus.kinds("job.succeeded").pop().unwrap();
+    handlers::write_report(&w.svc, &succeeded).await.unwrap();
+    let job = w.job().await.id;
+    let html = String::from_utf8(w.svc.store.get(&handlers::report_doc_key(&job, "html")).await.unwrap()).unwrap();
+    assert!(html.contains("Ship with caveats") && html.contains("cohort regression") && html.contains("cohort 2"), "the flag is in the summary");
+    assert!(w.svc.store.get(&handlers::report_doc_key(&job, "pdf")).await.unwrap().starts_with(b"%PDF-"));
+    let ready = w.bus.kinds("report.ready").pop().unwrap();
+    assert_eq!(ready.detail["recommendation"], "ship_with_caveats");
+    assert_eq!(ready.detail["formats"]["pdf"], format!("/reports/{job}?format=pdf"));
+}

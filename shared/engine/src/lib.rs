@@ -17,6 +17,7 @@ pub mod perf;
 pub mod prepare;
 pub mod ptq;
 pub mod runtime;
+pub mod text_metrics;
 
 pub use error::EngineError;
 pub use runtime::{Session, SessionConfig};

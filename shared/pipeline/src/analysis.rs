@@ -26,6 +26,7 @@ const MAX_VALUES: usize = 40;
 const ERROR_ROWS: usize = 8;
 /// Values kept per layer and side for the coverage histograms (a strided subsample).
 const KEEP_PER_VALUE: usize = 20_000;
+/// Most histogram bins of the coverage distance.
 const BINS: usize = 64;
 
 /// Runs the analysis for the chosen candidate of `outcome` and returns it.
@@ -233,7 +234,8 @@ fn finite(m: &Model, inputs: &BTreeMap<String, TensorValue>, cfg: &SessionConfig
 
 fn outliers(data: &Dataset, base: &Model, chosen: &Model, rows: &[usize], cfg: &SessionConfig) -> Result<Vec<OutlierResult>> {
     let clean = data.select(rows)?;
-    let cases: [(&str, fn(f32) -> f32); 3] = [("all zeros", |_| 0.0), ("inputs × 100", |x| x * 100.0), ("constant 1e4", |_| 1e4)];
+    type Case = (&'static str, fn(f32) -> f32);
+    let cases: [Case; 3] = [("all zeros", |_| 0.0), ("inputs × 100", |x| x * 100.0), ("constant 1e4", |_| 1e4)];
     let mut out = Vec::new();
     for (name, f) in cases {
         if !clean.values().any(|v| matches!(v, TensorValue::F32(_))) {
@@ -317,7 +319,34 @@ struct Stream {
     seen: u64,
     inside: u64,
     stride: usize,
+    /// Non-zero elements of the subsample (a ReLU's zeros would make every histogram alike).
     kept: Vec<f32>,
+    /// Σ|x| per channel (axis 1 of NCHW values, the last axis otherwise).
+    energy: Vec<f64>,
+}
+
+/// Channel of each element of `a` (axis 1 for rank-4 NCHW values, the last axis otherwise).
+fn channel_energy(a: &ArrayD<f32>, energy: &mut Vec<f64>) {
+    let axis = if a.ndim() == 4 { 1 } else { a.ndim().saturating_sub(1) };
+    let n = a.shape().get(axis).copied().unwrap_or(1);
+    if energy.len() != n {
+        energy.resize(n, 0.0);
+    }
+    for (c, lane) in a.axis_iter(Axis(axis)).enumerate() {
+        energy[c] += lane.iter().map(|x| f64::from(x.abs())).sum::<f64>();
+    }
+}
+
+/// Jensen–Shannon distance (base 2) between two non-negative weight vectors.
+fn js_weights(p: &[f64], q: &[f64]) -> f64 {
+    let (sp, sq) = (p.iter().sum::<f64>(), q.iter().sum::<f64>());
+    if p.len() != q.len() || sp <= 0.0 || sq <= 0.0 {
+        return 0.0;
+    }
+    let (p, q): (Vec<f64>, Vec<f64>) = (p.iter().map(|x| x / sp).collect(), q.iter().map(|x| x / sq).collect());
+    let m: Vec<f64> = p.iter().zip(&q).map(|(x, y)| 0.5 * (x + y)).collect();
+    let kl = |x: &[f64]| x.iter().zip(&m).filter(|(x, _)| **x > 0.0).map(|(x, m)| x * (x / m).log2()).sum::<f64>();
+    (0.5 * kl(&p) + 0.5 * kl(&q)).max(0.0).sqrt()
 }
 
 fn stream(
@@ -343,10 +372,11 @@ fn stream(
                 s.min = s.min.min(x);
                 s.max = s.max.max(x);
                 s.inside += u64::from(x >= lo && x <= hi);
-                if (s.seen as usize + i).is_multiple_of(s.stride) {
+                if x != 0.0 && (s.seen as usize + i).is_multiple_of(s.stride) {
                     s.kept.push(x);
                 }
             }
+            channel_energy(a, &mut s.energy);
             s.seen += a.len() as u64;
         }
         Ok(())
@@ -360,10 +390,13 @@ pub fn js_distance(a: &[f32], b: &[f32]) -> f64 {
     if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return 0.0;
     }
+    // Fewer bins for small samples: the distance between two samples of one distribution
+    // grows like √(bins / n), and a few thousand values would read as a shift.
+    let bins = ((a.len().min(b.len()) as f64).sqrt() / 2.0).clamp(8.0, BINS as f64) as usize;
     let hist = |v: &[f32]| {
-        let mut h = vec![0.0f64; BINS];
+        let mut h = vec![0.0f64; bins];
         for x in v {
-            h[(((x - lo) / (hi - lo) * BINS as f32) as usize).min(BINS - 1)] += 1.0;
+            h[(((x - lo) / (hi - lo) * bins as f32) as usize).min(bins - 1)] += 1.0;
         }
         let n = v.len().max(1) as f64;
         h.iter().map(|c| c / n).collect::<Vec<f64>>()
@@ -384,10 +417,15 @@ fn coverage(job: &Job<'_>, base: &Model, values: &[String], eval_rows: &[usize],
     for v in values {
         let (Some(cs), Some(es)) = (c.get(v), e.get(v)) else { continue };
         let inside = es.inside as f64 / es.seen.max(1) as f64;
-        let js = js_distance(&cs.kept, &es.kept);
+        // The larger of two distances: the values' histogram (non-zero elements) and how the
+        // activation energy spreads over channels (one class lights up other channels).
+        let js = js_distance(&cs.kept, &es.kept).max(js_weights(&cs.energy, &es.energy));
         layers.push(LayerCoverage { value: v.clone(), inside, js_distance: js, score: inside * (1.0 - js) });
     }
-    let score = layers.iter().map(|l| l.score).sum::<f64>() / layers.len().max(1) as f64;
+    // A calibration set is as representative as its least covered layer: a mean let the
+    // deep layers one class lights up differently hide behind the shallow ones (measured on
+    // ResNet-8: one-class calibration 0.88 mean vs 0.96 random, 0.72 vs 0.95 as the minimum).
+    let score = layers.iter().map(|l| l.score).fold(1.0, f64::min);
     Ok(CalibrationCoverage { score, calibration_rows: calib_rows.len(), evaluation_rows: eval_rows.len(), layers })
 }
 

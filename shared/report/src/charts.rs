@@ -22,6 +22,8 @@ const GREEN_: RGBColor = RGBColor(0x2c, 0x9a, 0x4a);
 const GREY_: RGBColor = RGBColor(0x70, 0x70, 0x70);
 
 type DrawResult = Result<(), String>;
+/// A named line: its points, and whether it is drawn thin (the baseline of a pair).
+type Series = (String, Vec<(f64, f64)>, bool);
 
 fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("{e:?}")
@@ -100,7 +102,7 @@ fn tradeoff(r: &Report, title: &str, x_desc: &str, x_of: impl Fn(&Row) -> f64) -
     })
 }
 
-fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<(f64, f64)>, bool)], paired: bool) -> Option<Chart> {
+fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[Series], paired: bool) -> Option<Chart> {
     if series.iter().all(|s| s.1.is_empty()) {
         return None;
     }
@@ -140,8 +142,10 @@ fn histogram(title: &str, a: &[f64], b: &[f64]) -> Option<Chart> {
     }
     let mut all: Vec<f64> = a.iter().chain(b.iter()).copied().filter(|v| v.is_finite()).collect();
     all.sort_by(f64::total_cmp);
-    // The top 1 % is cut so one slow outlier run does not squash the chart; P99 is in the table.
-    let hi = all[((all.len() as f64 * 0.99) as usize).min(all.len() - 1)];
+    // Slow outlier runs (a busy machine) are cut at 3× the median so they do not squash the
+    // chart; P99 is in the table.
+    let median = all[all.len() / 2];
+    let hi = all[((all.len() as f64 * 0.99) as usize).min(all.len() - 1)].min(3.0 * median);
     let lo = all[0];
     let bins = 40usize;
     let w = ((hi - lo) / bins as f64).max(1e-9);
@@ -164,7 +168,7 @@ fn histogram(title: &str, a: &[f64], b: &[f64]) -> Option<Chart> {
             .map_err(err)?;
         c.configure_mesh().x_desc("latency per single-row run (ms)").y_desc("runs").light_line_style(RGBColor(235, 235, 235)).draw().map_err(err)?;
         for (h, color, name) in [(&ha, GREY_, "baseline"), (&hb, ORANGE_, "chosen")] {
-            c.draw_series(h.iter().enumerate().map(|(i, n)| {
+            c.draw_series(h.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, n)| {
                 let x = lo + i as f64 * w;
                 Rectangle::new([(x, 0.0), (x + w, *n as f64)], color.mix(0.45).filled())
             }))
@@ -214,7 +218,7 @@ pub fn all(r: &Report) -> Vec<Chart> {
         out.extend(histogram("Latency distribution, baseline and chosen", &a.baseline.latency_samples_ms, &a.chosen.latency_samples_ms));
         let errs: Vec<(String, f64)> = a.layer_errors.iter().map(|l| (l.value.clone(), l.relative_error)).collect();
         out.extend(bars("Per-layer error of the chosen model", "relative error", &errs));
-        let mut shifts: Vec<(String, Vec<(f64, f64)>, bool)> = Vec::new();
+        let mut shifts: Vec<Series> = Vec::new();
         for s in &a.robustness {
             for (who, dashed, v) in [("baseline", true, s.baseline), ("chosen", false, s.chosen)] {
                 let name = format!("{} ({who})", s.shift.replace('_', " "));
@@ -226,7 +230,7 @@ pub fn all(r: &Report) -> Vec<Chart> {
         }
         out.extend(lines("Robustness: metric under input shift", "severity step (1 mild … 3 strong; levels in the table)", &r.metric, &shifts, true));
     }
-    let curves: Vec<(String, Vec<(f64, f64)>, bool)> =
+    let curves: Vec<Series> =
         r.curves.iter().take(12).map(|c| (c.name.clone(), c.levels.iter().copied().zip(c.drops.iter().copied()).collect(), false)).collect();
     out.extend(lines("Per-layer sensitivity", "level (share removed)", "metric drop (%)", &curves, false));
     out

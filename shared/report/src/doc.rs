@@ -45,7 +45,7 @@ fn row_cells(r: &Row) -> Vec<String> {
         f(r.p95_ms, 3),
         opt(r.p99_ms, 3),
         opt(r.throughput, 0),
-        opt(r.peak_memory_mb, 0),
+        opt(r.peak_memory_mb, 1),
         size(r.size_bytes),
         macs(r.macs),
         format!("{:.2}×", r.ratio),
@@ -145,7 +145,7 @@ fn analysis(r: &Report, b: &mut Vec<Block>, mut charts: Vec<Chart>) {
     };
     b.push(Block::Heading("Latency distribution".into()));
     b.push(Block::Para(format!(
-        "{} timed single-row runs per model. Baseline P50/P95/P99 {:.3}/{:.3}/{:.3} ms; chosen {:.3}/{:.3}/{:.3} ms. Peak memory {:.0} → {:.0} MiB.",
+        "{} timed single-row runs per model. Baseline P50/P95/P99 {:.3}/{:.3}/{:.3} ms; chosen {:.3}/{:.3}/{:.3} ms. Peak memory the session added: {:.1} → {:.1} MiB.",
         a.chosen.latency_samples_ms.len(),
         a.baseline.latency_ms_p50,
         a.baseline.latency_ms_p95,
@@ -220,7 +220,7 @@ fn analysis(r: &Report, b: &mut Vec<Block>, mut charts: Vec<Chart>) {
         None => b.push(Block::Para("No calibration was analysed (the chosen technique does not calibrate activations).".into())),
         Some(c) => {
             b.push(Block::Para(format!(
-                "Score {:.3} (flagged below {:.2}): per layer, the share of evaluation activations inside the range the {} calibration rows spanned, times one minus the Jensen–Shannon distance between the two activation histograms ({} evaluation rows). Least covered first.",
+                "Score {:.3} (the least covered layer's; flagged below {:.2}). Per layer: the share of evaluation activations inside the range the {} calibration rows spanned, times one minus a Jensen–Shannon distance between calibration and evaluation activations (the larger of the value histograms' and the per-channel energy spreads'; {} evaluation rows). Least covered first.",
                 c.score, r.min_calibration_score, c.calibration_rows, c.evaluation_rows
             )));
             let mut layers = c.layers.clone();

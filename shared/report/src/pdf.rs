@@ -281,9 +281,7 @@ fn pieces(blocks: &[Block]) -> Vec<Piece> {
 
 /// Renders the blocks as an A4 PDF.
 pub fn render(blocks: &[Block]) -> Result<Vec<u8>, ReportError> {
-    let mut opt = usvg::Options::default();
-    opt.fontdb = FONTS.clone();
-    opt.font_family = "DejaVu Sans".into();
+    let opt = usvg::Options { fontdb: FONTS.clone(), font_family: "DejaVu Sans".into(), ..usvg::Options::default() };
     let pieces = pieces(blocks);
     let mut pages: Vec<Vec<(f32, &Piece)>> = vec![Vec::new()];
     let mut y = MARGIN;

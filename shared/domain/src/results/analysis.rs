@@ -84,8 +84,10 @@ pub struct CohortResult {
 }
 
 /// Calibration representativeness: per layer, the share of evaluation activations inside
-/// the range the calibration rows spanned, and the Jensen–Shannon distance between the two
-/// activation histograms; `score` is the mean over layers of `inside × (1 − distance)`.
+/// the range the calibration rows spanned, and a Jensen–Shannon distance between calibration
+/// and evaluation activations (the larger of: the histograms of non-zero values, and the
+/// spread of activation energy over channels); a layer scores `inside × (1 − distance)` and
+/// `score` is the lowest layer's.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationCoverage {
     pub score: f64,
