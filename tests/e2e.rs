@@ -243,8 +243,10 @@ fn int8_ptq_of_the_reference_cnn() {
 
     let check = check_onnx(&q1);
     let ops: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
-    // The 1-channel stem stays float (ORT's QLinearConv is slower there); the other 8 are integer.
-    assert_eq!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0), 8, "integer convolutions: {ops}");
+    // The 1-channel stem stays float where ORT's QLinearConv measures slower there (a timing:
+    // 8 or 9 integer convolutions); the other 8 are always integer.
+    let convs = ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0);
+    assert!(convs == 8 || convs == 9, "integer convolutions: {ops}");
     let (everywhere, report) = (dir.path().join("all.onnx"), dir.path().join("all.json"));
     let o = run(Command::new(tamp()).arg("quantize").arg(&model).arg("--data").arg(&calib).arg("--out").arg(&everywhere).arg("--report").arg(&report).args([
         "--samples",
@@ -266,9 +268,20 @@ fn int8_ptq_of_the_reference_cnn() {
         .arg("--report")
         .arg(&report)
         .args(["--samples", "64"]));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("slower in int8"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Which layers ORT runs slower in int8 is a timing (here the 1-channel stem, when the
+    // machine is quiet; under a loaded CI run sometimes none): the test checks that the
+    // decision and the artifact agree, and that each float layer says why with its times.
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert_eq!(r["float_for_speed"].as_array().map(Vec::len), Some(1), "{r}");
+    let float = r["float_for_speed"].as_array().unwrap().len();
+    assert!(float <= 1, "at most the stem stays float: {r}");
+    let ops: serde_json::Value = serde_json::from_slice(&check_onnx(&everywhere).stdout).unwrap();
+    assert_eq!(ops["optimized_ops"]["QLinearConv"].as_u64().unwrap_or(0) as usize, 9 - float, "float layers and integer convolutions agree: {ops}");
+    if float == 1 {
+        assert!(String::from_utf8_lossy(&o.stdout).contains("slower in int8"), "{}", String::from_utf8_lossy(&o.stdout));
+        let why = r["float_for_speed_reasons"].to_string();
+        assert!(why.contains("int8") && why.contains("fp32") && why.contains("µs"), "{r}");
+    }
 
     let top1 = |m: &Path| {
         let o = run(Command::new(tamp()).arg("eval").arg(m).arg("--data").arg(&data).args(["--json", "--runs", "1", "--throughput", ""]));

@@ -138,7 +138,7 @@ fn boxed(t: &str, title: Option<&str>, fill: &str, edge: &str, size: f32) -> Pie
 fn columns(head: &[String], rows: &[Vec<String>], size: f32) -> Vec<f32> {
     let pad = 6.0;
     let natural: Vec<f32> = (0..head.len())
-        .map(|i| rows.iter().filter_map(|r| r.get(i)).chain(std::iter::once(&head[i])).map(|c| width(c, size, false) + pad).fold(0.0, f32::max))
+        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| width(c, size, false) + pad).fold(width(&head[i], size, true) + pad, f32::max))
         .collect();
     if natural.iter().sum::<f32>() <= CONTENT_W {
         let extra = (CONTENT_W - natural.iter().sum::<f32>()) / natural.len() as f32;
