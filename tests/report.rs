@@ -24,23 +24,13 @@ fn recipe(dir: &Path, name: &str, stage: &str, extra: &str, rows: usize) -> Path
     p
 }
 
+/// `tamp compress` with the analysis (and `flags`); it must succeed.
 fn compress(model: &Path, recipe: &Path, calib: &Path, eval: &Path, out: &Path) -> Output {
     compress_with(model, recipe, calib, eval, out, &[])
 }
 
 fn compress_with(model: &Path, recipe: &Path, calib: &Path, eval: &Path, out: &Path, flags: &[&str]) -> Output {
-    let r = run(Command::new(tamp())
-        .arg("compress")
-        .args(flags)
-        .arg(model)
-        .arg("--recipe")
-        .arg(recipe)
-        .arg("--data")
-        .arg(calib)
-        .arg("--eval")
-        .arg(eval)
-        .arg("--out")
-        .arg(out));
+    let r = support::models::compress_with(model, recipe, calib, eval, out, flags);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     r
 }

@@ -48,9 +48,14 @@ pub fn check_onnx(model: impl AsRef<std::ffi::OsStr>) -> Output {
 /// `tamp compress` without the report's analysis (the report tests run it; the rest need
 /// only the candidates, and the analysis would add minutes on the larger models).
 pub fn compress(model: &Path, recipe: &Path, calib: &Path, eval: &Path, out: &Path) -> Output {
+    compress_with(model, recipe, calib, eval, out, &["--no-analysis"])
+}
+
+/// `tamp compress` with extra flags.
+pub fn compress_with(model: &Path, recipe: &Path, calib: &Path, eval: &Path, out: &Path, flags: &[&str]) -> Output {
     run(Command::new(tamp())
         .arg("compress")
-        .arg("--no-analysis")
+        .args(flags)
         .arg(model)
         .arg("--recipe")
         .arg(recipe)

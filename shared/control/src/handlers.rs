@@ -579,7 +579,10 @@ async fn cohort_breaches(svc: &Services, j: &Job, run: &StageRun) -> Result<Vec<
     let analysis: tamp_domain::results::Analysis = match svc.store.get(&key).await {
         Ok(b) => match serde_json::from_slice(&b) {
             Ok(a) => a,
-            Err(_) => return Ok(Vec::new()),
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "analysis.json unreadable: no cohort check for this stage");
+                return Ok(Vec::new());
+            }
         },
         Err(PortError::NotFound(_)) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),

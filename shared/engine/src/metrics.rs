@@ -51,9 +51,7 @@ pub static REGISTRY: &[MetricDef] = &[
 ];
 
 /// Whether a larger value of the metric is better (false for error metrics).
-pub fn higher_is_better(name: &str) -> bool {
-    !matches!(name, "mse" | "mae")
-}
+pub use tamp_domain::results::higher_is_better;
 
 /// Looks a metric up by name.
 pub fn lookup(name: &str) -> Result<&'static MetricDef> {

@@ -14,10 +14,7 @@ use crate::Result;
 pub const FASTER_THAN: f64 = 1.02;
 
 /// Relative metric drop in percent, honouring the metric's direction.
-pub fn metric_drop_pct(metric: &str, baseline: f64, value: f64) -> f64 {
-    let delta = if metrics::higher_is_better(metric) { baseline - value } else { value - baseline };
-    if baseline.abs() > f64::EPSILON { 100.0 * delta / baseline.abs() } else { 100.0 * delta }
-}
+pub use tamp_domain::results::metric_drop_pct;
 
 /// Who made a candidate and where it is.
 #[derive(Debug, Clone)]

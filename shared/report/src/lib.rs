@@ -27,15 +27,11 @@ pub enum ReportError {
     Pdf(String),
 }
 
-/// Whether a larger value of `metric` is better (error rates, losses and perplexity are not).
-pub fn higher_is_better(metric: &str) -> bool {
-    !matches!(metric, "mse" | "mae" | "wer" | "cer" | "perplexity")
-}
+pub use tamp_domain::results::higher_is_better;
 
 /// Relative drop of `value` from `baseline`, in percent (negative: improved).
 pub fn drop_pct(baseline: f64, value: f64, metric: &str) -> f64 {
-    let delta = if higher_is_better(metric) { baseline - value } else { value - baseline };
-    if baseline.abs() > f64::EPSILON { 100.0 * delta / baseline.abs() } else { 100.0 * delta }
+    tamp_domain::results::metric_drop_pct(metric, baseline, value)
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM` (UTC).

@@ -23,6 +23,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::recipe::Objective;
 
+/// Whether a larger value of the task metric is better (errors, losses, error rates and
+/// perplexity are not). The one definition the engine, the judge and the report share.
+pub fn higher_is_better(metric: &str) -> bool {
+    !matches!(metric, "mse" | "mae" | "wer" | "cer" | "perplexity")
+}
+
+/// Relative drop of `value` from `baseline`, in percent of the baseline (negative: improved).
+pub fn metric_drop_pct(metric: &str, baseline: f64, value: f64) -> f64 {
+    let delta = if higher_is_better(metric) { baseline - value } else { value - baseline };
+    if baseline.abs() > f64::EPSILON { 100.0 * delta / baseline.abs() } else { 100.0 * delta }
+}
+
 /// A model measured on the evaluation set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measured {
