@@ -15,40 +15,44 @@ use crate::eval::human_bytes;
 #[derive(clap::Args)]
 pub struct Args {
     /// The fp32 .onnx file (default: the recipe's `model`, relative to the recipe).
-    model: Option<PathBuf>,
+    pub(crate) model: Option<PathBuf>,
     /// The recipe (YAML): `policy: {name, stages: [...]}` plus optional job settings.
     #[arg(long)]
-    recipe: PathBuf,
+    pub(crate) recipe: PathBuf,
     /// Calibration .npz (default: the recipe's `data.calibration`).
     #[arg(long)]
-    data: Option<PathBuf>,
+    pub(crate) data: Option<PathBuf>,
     /// Evaluation .npz with `labels` (default: the recipe's `data.evaluation`, else --data).
     #[arg(long)]
-    eval: Option<PathBuf>,
+    pub(crate) eval: Option<PathBuf>,
     /// Training .npz for stages that fine-tune (default: the recipe's `data.train`).
     #[arg(long)]
-    train: Option<PathBuf>,
+    pub(crate) train: Option<PathBuf>,
     /// Output folder (replaced when the run succeeds; left alone when it fails).
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Print the outcome as JSON instead of progress and a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// The model output the metric scores (overrides the recipe's `evaluation.output`).
     #[arg(long)]
-    output: Option<String>,
+    pub(crate) output: Option<String>,
     /// The task metric (overrides the recipe's `evaluation.metric`).
     #[arg(long)]
-    metric: Option<String>,
+    pub(crate) metric: Option<String>,
     /// Evaluate a seeded sample of this many rows (overrides `evaluation.samples`).
     #[arg(long)]
-    samples: Option<usize>,
+    pub(crate) samples: Option<usize>,
     /// Timed single-row runs for the latency percentiles (overrides `evaluation.latency_runs`).
     #[arg(long)]
-    runs: Option<usize>,
+    pub(crate) runs: Option<usize>,
     /// Skip the report's analysis (robustness, cohorts, calibration coverage, per-layer error).
     #[arg(long)]
-    no_analysis: bool,
+    pub(crate) no_analysis: bool,
+    /// Search trials measured at once by worker processes (overrides every `search` stage's
+    /// `workers`).
+    #[arg(long)]
+    pub(crate) workers: Option<usize>,
 }
 
 struct Bars {
@@ -127,6 +131,13 @@ fn pick(flag: &Option<PathBuf>, from_recipe: Option<&String>, recipe: &Path, wha
 pub fn run(args: &Args) -> Result<()> {
     let text = std::fs::read_to_string(&args.recipe).with_context(|| format!("reading the recipe {}", args.recipe.display()))?;
     let mut recipe = Recipe::from_yaml(&text).with_context(|| args.recipe.display().to_string())?;
+    if let Some(w) = args.workers {
+        for stage in &mut recipe.policy.stages {
+            if let tamp_domain::recipe::Stage::Search(s) = stage {
+                s.workers = w.max(1);
+            }
+        }
+    }
     let ev = &mut recipe.evaluation;
     ev.output = args.output.clone().or(ev.output.take());
     ev.metric = args.metric.clone().or(ev.metric.take());
@@ -155,6 +166,16 @@ pub fn run(args: &Args) -> Result<()> {
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
+    // A search's journal outlives a killed run here; the next run with the same --out
+    // resumes from it (the journal's header says whether it is for this model and data).
+    let search_dir = parent.join(format!(".{name}.search"));
+    let search_workers = recipe.policy.stages.iter().filter_map(|s| if let tamp_domain::recipe::Stage::Search(s) = s { Some(s.workers) } else { None }).max();
+    let subprocess = match search_workers {
+        Some(w) if w > 1 => {
+            Some(compress::search::Subprocess { exe: std::env::current_exe().context("locating the tamp binary for the trial workers")?, limit: w })
+        }
+        _ => None,
+    };
     let job = Job {
         model_path: &model,
         recipe: &recipe,
@@ -165,6 +186,8 @@ pub fn run(args: &Args) -> Result<()> {
         out_dir: &staging,
         reproducible: false,
         analyse: !args.no_analysis,
+        search_dir: search_workers.map(|_| search_dir.as_path()),
+        trials: subprocess.as_ref().map(|s| s as &dyn compress::search::Trials),
     };
     use std::io::IsTerminal;
     let now = std::time::Instant::now();
@@ -196,6 +219,13 @@ pub fn run(args: &Args) -> Result<()> {
     }
     std::fs::rename(&staging, &args.out).with_context(|| format!("moving the results into {}", args.out.display()))?;
     let _ = std::fs::remove_dir_all(&old);
+    if search_workers.is_some() {
+        // `tamp search` keeps the recipe it generated there: it travels with the results.
+        if search_dir.join("recipe.yaml").exists() && args.out.join("search").is_dir() {
+            let _ = std::fs::copy(search_dir.join("recipe.yaml"), args.out.join("search").join("recipe.yaml"));
+        }
+        let _ = std::fs::remove_dir_all(&search_dir);
+    }
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -204,6 +234,12 @@ pub fn run(args: &Args) -> Result<()> {
         println!("chosen: {} ({})", outcome.chosen, outcome.reason);
         println!("report: {verdict} ({0}/report.html, {0}/report.pdf)", args.out.display());
         println!("wrote {0}/best.onnx, {0}/best.json, {0}/candidates.json, {0}/manifest.json", args.out.display());
+        if args.out.join("best.recipe.yaml").exists() {
+            println!(
+                "searched: {0}/search/front.json (the Pareto front), {0}/search/journal.jsonl (every trial), {0}/best.recipe.yaml (the chosen config as a recipe)",
+                args.out.display()
+            );
+        }
     }
     Ok(())
 }

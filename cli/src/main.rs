@@ -8,6 +8,7 @@ mod inspect;
 mod local;
 mod quantize;
 mod report;
+mod search;
 mod serve;
 
 use std::process::ExitCode;
@@ -29,6 +30,12 @@ enum Command {
     Eval(eval::Args),
     /// Run a recipe: candidates, accuracy-aware fallback, timing, the best artifact, a manifest.
     Compress(compress::Args),
+    /// Mixed-precision search: per-layer float/int8/int4 under constraints, a measured Pareto
+    /// front, the chosen artifact and its config as a recipe (resumes a killed run).
+    Search(search::Args),
+    /// Measure one search trial (what `tamp search --workers N` starts per trial).
+    #[command(hide = true)]
+    SearchTrial(search::TrialArgs),
     /// Write the HTML and PDF report of a `tamp compress` output folder.
     Report(report::Args),
     /// Run the local stack: API on 127.0.0.1, upload watcher, queue, stage workers (data in ./.tamp).
@@ -63,6 +70,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(&a),
         Command::Eval(a) => eval::run(&a),
         Command::Compress(a) => compress::run(&a),
+        Command::Search(a) => search::run(&a),
+        Command::SearchTrial(a) => search::trial(&a),
         Command::Quantize(a) => quantize::run(&a),
         Command::Report(a) => report::run(&a),
         Command::Serve(a) => serve::serve(&a),

@@ -196,6 +196,8 @@ async fn stage(
         out_dir: &out,
         reproducible: true,
         analyse: true,
+        search_dir: None,
+        trials: None,
     };
     println!("job {} stage {} attempt {}: {} on {}", job.id, run.stage, run.attempt, recipe.policy.name, model_key);
     let outcome = compress::run(&j, &mut Lines).map_err(|e| match e {

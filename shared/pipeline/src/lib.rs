@@ -19,6 +19,7 @@ pub mod artifacts;
 mod context;
 mod fallback;
 pub mod judge;
+pub mod search;
 pub mod sensitivity;
 pub mod stages;
 
@@ -77,6 +78,11 @@ pub struct Job<'a> {
     pub reproducible: bool,
     /// Run the report's analysis (`analysis.json`) after the outcome is written.
     pub analyse: bool,
+    /// Where a `search` stage keeps its journal (default `<out_dir>/search`): a folder that
+    /// outlives a killed run, so the next run resumes from it.
+    pub search_dir: Option<&'a Path>,
+    /// How search trials run (default: in this process, one after another).
+    pub trials: Option<&'a dyn search::Trials>,
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
@@ -147,6 +153,11 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     let preparation = (!preparation.is_empty()).then_some(preparation);
     let outcome = Outcome { baseline, candidates, chosen: String::new(), reason, objective: job.recipe.objective, preparation, not_applied };
     let outcome = artifacts::write(job, outcome, chosen)?;
+    // A searched candidate's config, as a recipe, beside the best artifact.
+    let searched = out.join("search").join(format!("{}.yaml", outcome.chosen));
+    if searched.exists() {
+        std::fs::copy(&searched, out.join("best.recipe.yaml")).map_err(io_err(&searched))?;
+    }
     // The report's analysis: a failure here costs the report its analysis sections, not the run.
     let _ = std::fs::remove_file(out.join("analysis.json"));
     if job.analyse {

@@ -196,6 +196,11 @@ impl Recipe {
     }
 
     /// Checks values and support; `source` (the YAML text) lets errors carry line numbers.
+    /// The recipe as YAML (what `from_yaml` reads back to an equal recipe).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+
     pub fn validate(&self, source: Option<&str>) -> Result<(), RecipeError> {
         let invalid = |path: &[Key<'_>], message: String| RecipeError::Invalid { path: render(path), line: source.and_then(|s| line_of(s, path)), message };
         if self.version != RECIPE_VERSION {
@@ -333,10 +338,22 @@ mod tests {
     }
 
     #[test]
-    fn stages_not_in_this_build_are_refused_by_name() {
+    fn search_and_distill_stages_load_and_their_mistakes_name_the_line() {
         let r = "policy:\n  name: p\n  stages:\n    - ptq: {}\n    - search: {budget_trials: 10}\n";
-        let e = Recipe::from_yaml(r).unwrap_err().to_string();
-        assert!(e.contains("line 5") && e.contains("`search` stage"), "{e}");
+        let s = Recipe::from_yaml(r).unwrap();
+        assert!(matches!(&s.policy.stages[1], Stage::Search(x) if x.budget_trials == 10 && x.space.len() == 3));
+        for (bad, key) in [
+            ("{space: [int8]}", "space"),
+            ("{objectives: [size, size]}", "objectives"),
+            ("{budget_minutes: -1}", "budget_minutes"),
+            ("{ptq: {layers: {conv1: int4}}}", "layers"),
+            ("{space: [int2]}", "int2"),
+        ] {
+            let e = Recipe::from_yaml(&format!("policy:\n  name: p\n  stages:\n    - search: {bad}\n")).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("line 4"), "{bad}: {e}");
+        }
+        let l = Recipe::from_yaml("policy:\n  name: p\n  stages:\n    - ptq: {layers: {conv1: int4, fc: float}}\n").unwrap();
+        assert!(matches!(&l.policy.stages[0], Stage::Ptq(p) if p.layers["conv1"] == Precision::Int4));
         // Distillation: the PRD's key and Tamp's, each student form, and their mistakes.
         let r = "policy:\n  name: p\n  stages:\n    - distillation: {teacher: t.onnx, student: {layers: {keep_every: 2}}}\n";
         let d = Recipe::from_yaml(r).unwrap();

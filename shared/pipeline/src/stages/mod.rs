@@ -10,6 +10,7 @@ mod heads;
 mod lowrank;
 mod prune;
 mod ptq;
+mod search;
 mod sparsity;
 
 use tamp_domain::recipe::Stage;
@@ -18,13 +19,23 @@ use tamp_engine::EngineError;
 use tamp_onnx::Model;
 
 pub(crate) use distill::preflight as distill_preflight;
+pub(crate) use ptq::Mixer;
 pub use ptq::resolve_mode;
 
 use crate::{Context, Result};
 
 /// Every technique this build runs, in the order they are asked.
-pub const REGISTRY: &[&dyn Runs] =
-    &[&ptq::Ptq, &prune::Channels, &heads::Heads, &sparsity::Sparsity, &lowrank::LowRank, &cluster::Cluster, &distill::Distill, &early_exit::EarlyExit];
+pub const REGISTRY: &[&dyn Runs] = &[
+    &ptq::Ptq,
+    &prune::Channels,
+    &heads::Heads,
+    &sparsity::Sparsity,
+    &lowrank::LowRank,
+    &cluster::Cluster,
+    &distill::Distill,
+    &early_exit::EarlyExit,
+    &search::Search,
+];
 
 /// One compression technique.
 pub trait Technique: Sync {
@@ -87,6 +98,7 @@ mod tests {
             "clustering: {}",
             "distill: {student: {width: 0.5}}",
             "early_exit: {}",
+            "search: {}",
         ];
         for s in stages {
             let r = Recipe::from_yaml(&format!("policy:\n  name: p\n  stages:\n    - {s}\n")).unwrap();

@@ -2,12 +2,12 @@
 //! weight-only, one candidate per bit-width combination the stage lists; a candidate that
 //! misses the metric constraint gets a sibling with its most sensitive layers in float.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use tamp_domain::recipe::{FineTune, PtqMode, PtqStage, Stage};
+use tamp_domain::recipe::{FineTune, Precision, PtqMode, PtqStage, Stage};
 use tamp_domain::results::{Candidate, Details, PrePasses, PtqDetails, TrainReport};
 use tamp_engine::calibrate::Method;
-use tamp_engine::passes::{DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeConv4, QuantizeNBits, cluster, dynamic, quantize};
+use tamp_engine::passes::{DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeConv4, QuantizeNBits, cluster, conv4, dynamic, quantize};
 use tamp_engine::ptq::{self, PtqConfig};
 use tamp_onnx::{Model, Pass};
 use tamp_train::graph::FourBit;
@@ -31,6 +31,9 @@ impl Technique for Ptq {
     }
 
     fn candidates(&self, cx: &mut Context<'_, '_>, index: usize, p: &PtqStage, input: &Model) -> Result<Vec<Candidate>> {
+        if !p.layers.is_empty() {
+            return layers_candidate(cx, index, p, input);
+        }
         // A clustered input quantizes as plain weights (its Gather of centroids is materialized).
         let model = &cluster::materialize(input)?;
         // QAT trains static QDQ graphs (a dynamic graph quantizes activations at run time).
@@ -173,6 +176,177 @@ impl Technique for Ptq {
             }
         }
         Ok(out)
+    }
+}
+
+/// A per-layer precision config (`layers`, as a search writes it): exactly one candidate,
+/// built as the search built it, so a searched config fed back gives the same bytes.
+fn layers_candidate(cx: &mut Context<'_, '_>, index: usize, p: &PtqStage, input: &Model) -> Result<Vec<Candidate>> {
+    let mixer = Mixer::new(cx, p, input)?;
+    let known: BTreeSet<&String> = mixer.units8.iter().chain(&mixer.units4).collect();
+    if let Some(bad) = p.layers.keys().find(|k| !known.contains(k)) {
+        let some: Vec<&str> = known.iter().take(8).map(|s| s.as_str()).collect();
+        return Err(tamp_engine::EngineError::Config(format!(
+            "ptq.layers names '{bad}', which is not a quantizable layer of this model ({} are; e.g. {})",
+            known.len(),
+            some.join(", ")
+        )));
+    }
+    for (name, &prec) in &p.layers {
+        if !mixer.allows(name, prec) {
+            return Err(tamp_engine::EngineError::Config(format!(
+                "ptq.layers sets '{name}' to {}, which this layer cannot take here (it allows {:?})",
+                prec.label(),
+                mixer.choices(name).iter().map(|c| c.label()).collect::<Vec<_>>()
+            )));
+        }
+    }
+    let model = mixer.build(&p.layers)?;
+    let mut c = cx.judge(&model, format!("s{index}-ptq-layers"), index, "ptq")?;
+    mixer.describe(&mut c, &p.layers);
+    Ok(vec![c])
+}
+
+/// Builds mixed-precision models of one input: int8 (static QDQ from one calibration, or
+/// dynamic) for the layers at int8, 4-bit weight-only for those at int4, float elsewhere.
+/// Deterministic (layers are never left float by measured kernel times), so a config builds
+/// the same bytes wherever it is built.
+pub(crate) struct Mixer {
+    base: Model,
+    pub mode: PtqMode,
+    calibrated: Option<ptq::Calibrated>,
+    qc: QuantizeConfig,
+    dc: DynamicConfig,
+    /// Layers int8 can take, and those 4-bit can take (node keys).
+    pub units8: Vec<String>,
+    pub units4: Vec<String>,
+    /// Layers the engine leaves float for speed by its fixed rule (what `ptq` does).
+    pub float_for_speed: Vec<String>,
+}
+
+impl Mixer {
+    pub fn new(cx: &mut Context<'_, '_>, p: &PtqStage, input: &Model) -> Result<Self> {
+        let model = cluster::materialize(input)?;
+        let mode = resolve_mode(&model, p.mode);
+        let isa = tamp_engine::isa::choose(p.target_isa);
+        let qc = QuantizeConfig {
+            per_channel: p.per_channel_weights,
+            symmetric: p.symmetric,
+            bias_correction: p.bias_correction,
+            exclude: BTreeSet::new(),
+            float_slow_layers: false,
+            activations: p.activation_type,
+            symmetric_activations: p.symmetric_activations,
+            u8_weights: isa.u8_weights,
+            measure_kernels: false,
+        };
+        let dc = DynamicConfig { per_channel: p.per_channel_weights, u8_weights: isa.u8_weights, ..DynamicConfig::default() };
+        let (base, calibrated, units8, float_for_speed) = match mode {
+            PtqMode::Static => {
+                let cfg = PtqConfig {
+                    method: Method::from(&p.calibration),
+                    samples: p.calibration.samples,
+                    seed: p.calibration.seed,
+                    bins: p.calibration.bins,
+                    fold_batch_norm: p.fold_batch_norm,
+                    cross_layer_equalization: p.cross_layer_equalization,
+                    bias_correction: p.bias_correction,
+                    ..PtqConfig::default()
+                };
+                cx.obs.begin(&format!("calibrate ({:?})", cfg.method), 0);
+                let calibrated = ptq::calibrate(&model, cx.job.calibration, &cfg)?;
+                cx.obs.end(&format!("{} activations calibrated on {} rows", calibrated.ranges.len(), calibrated.calibration_rows));
+                let units = quantize::weighted_nodes(&calibrated.folded);
+                let (_, probe) = calibrated.quantize(&QuantizeConfig { float_slow_layers: true, ..qc.clone() })?;
+                (calibrated.folded.clone(), Some(calibrated), units, probe.float_for_speed)
+            }
+            _ => {
+                let units = dynamic::quantizable_nodes(&model, &dc)?;
+                (model, None, units, Vec::new())
+            }
+        };
+        let units4 = nbits_units(&base)?;
+        Ok(Self { base, mode, calibrated, qc, dc, units8, units4, float_for_speed })
+    }
+
+    /// Every layer the config may set, in graph order.
+    pub fn units(&self) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        let order: BTreeMap<&str, usize> = self.base.graph().node.iter().enumerate().map(|(i, n)| (quantize::node_key(n), i)).collect();
+        let mut all: Vec<String> = self.units8.iter().chain(&self.units4).filter(|u| seen.insert(u.as_str())).cloned().collect();
+        all.sort_by_key(|u| order.get(u.as_str()).copied().unwrap_or(usize::MAX));
+        all
+    }
+
+    pub fn allows(&self, unit: &str, p: Precision) -> bool {
+        match p {
+            Precision::Float => true,
+            Precision::Int8 => self.units8.iter().any(|u| u == unit),
+            Precision::Int4 => self.units4.iter().any(|u| u == unit),
+        }
+    }
+
+    pub fn choices(&self, unit: &str) -> Vec<Precision> {
+        [Precision::Float, Precision::Int8, Precision::Int4].into_iter().filter(|&p| self.allows(unit, p)).collect()
+    }
+
+    /// The input model (batch norms folded where the static path folds them).
+    pub fn base(&self) -> &Model {
+        &self.base
+    }
+
+    /// The model with each listed layer at its precision and every other layer float.
+    pub fn build(&self, layers: &BTreeMap<String, Precision>) -> Result<Model> {
+        let at = |p: Precision| -> BTreeSet<String> { layers.iter().filter(|(_, v)| **v == p).map(|(k, _)| k.clone()).collect() };
+        let (int8, int4) = (at(Precision::Int8), at(Precision::Int4));
+        let mut m = if int8.is_empty() {
+            self.base.clone()
+        } else {
+            // The other layers' weights stay float; activations between ops follow the pass's
+            // own rules, as in the single-recipe PTQ.
+            let exclude: BTreeSet<String> = self.units8.iter().filter(|u| !int8.contains(*u)).cloned().collect();
+            match &self.calibrated {
+                Some(c) => c.quantize(&QuantizeConfig { exclude, ..self.qc.clone() })?.0,
+                None => ptq::quantize_dynamic(&self.base, &DynamicConfig { exclude, ..self.dc.clone() })?.0,
+            }
+        };
+        if !int4.is_empty() {
+            let keys: BTreeSet<String> = m.graph().node.iter().map(|n| quantize::node_key(n).to_owned()).collect();
+            let exclude: BTreeSet<String> = keys.difference(&int4).cloned().collect();
+            let nbits = QuantizeNBits { config: NBitsConfig { exclude: exclude.clone(), ..NBitsConfig::default() } };
+            if let Some((patch, _)) = nbits.build(&m)? {
+                m = patch.apply(&m, nbits.name())?;
+            }
+            let conv4 = QuantizeConv4 { exclude, ..QuantizeConv4::default() };
+            if conv4.build(&m)?.is_some() {
+                let folded = match FoldBatchNorm.apply(&m)? {
+                    Some((f, _)) => f,
+                    None => m.clone(),
+                };
+                if let Some((q, _)) = conv4.apply(&folded)? {
+                    m = q;
+                    m.proto.ir_version = Some(m.proto.ir_version.unwrap_or(conv4::IR_VERSION).max(conv4::IR_VERSION));
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Fills a judged candidate's PTQ fields from its config.
+    pub fn describe(&self, c: &mut Candidate, layers: &BTreeMap<String, Precision>) {
+        let has = |p: Precision| layers.values().any(|v| *v == p);
+        c.mode = "mixed".into();
+        c.weights_bits = if has(Precision::Int4) {
+            4
+        } else if has(Precision::Int8) {
+            8
+        } else {
+            32
+        };
+        c.activations_bits = if self.mode == PtqMode::Static && has(Precision::Int8) { 8 } else { 32 };
+        c.calibration = self.calibrated.as_ref().map(|k| format!("{:?}", k.method).to_lowercase());
+        c.per_channel_weights = self.qc.per_channel;
+        c.float_nodes = self.units().into_iter().filter(|u| layers.get(u).is_none_or(|p| *p == Precision::Float)).collect();
     }
 }
 

@@ -10,6 +10,7 @@ mod finetune;
 mod lowrank;
 mod pruning;
 mod ptq;
+mod search;
 
 pub use clustering::{ClusterGranularity, ClusterStage};
 pub use distill::{DepthwiseChoice, DistillStage, LayerChoice, Student};
@@ -17,7 +18,8 @@ pub use early_exit::EarlyExitStage;
 pub use finetune::{BatchNormMode, FineTune, LearningRate, LossKind, LrSchedule, OptimizerKind};
 pub use lowrank::{LowrankMethod, LowrankStage};
 pub use pruning::{ImportanceCriterion, MAX_BLOCK_SIDE, PruningSchedule, PruningScope, PruningStage, PruningType, SparsityPattern};
-pub use ptq::{ActivationType, Bits, Calibration, CalibrationMethod, MAX_CALIBRATION_SAMPLES, PtqMode, PtqStage, TargetIsa};
+pub use ptq::{ActivationType, Bits, Calibration, CalibrationMethod, MAX_CALIBRATION_SAMPLES, Precision, PtqMode, PtqStage, TargetIsa};
+pub use search::{SearchStage, Strategy};
 use serde::{Deserialize, Serialize};
 
 use super::RecipeError;
@@ -79,8 +81,10 @@ stages! {
         Distill(DistillStage) = "distill",
         /// Classifier heads after chosen blocks and a confidence cascade.
         EarlyExit(EarlyExitStage) = "early_exit",
+        /// Per-layer precision chosen by a measured multi-objective search.
+        Search(SearchStage) = "search",
     ],
-    planned: [Search = "search"],
+    planned: [],
 }
 
 static DEFAULT_QAT: std::sync::OnceLock<FineTune> = std::sync::OnceLock::new();

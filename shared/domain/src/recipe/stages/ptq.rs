@@ -1,6 +1,8 @@
 //! The `ptq` stage: post-training quantization settings (bit-widths, static or dynamic,
 //! calibration, pre-passes) and their validation.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{At, FineTune, StageSettings};
@@ -52,6 +54,31 @@ pub struct PtqStage {
     /// in a `qat:` stage.
     #[serde(alias = "finetune", deserialize_with = "super::finetune::deserialize_opt", skip_serializing_if = "Option::is_none")]
     pub fine_tune: Option<FineTune>,
+    /// Per-layer precision (what a `search` stage writes): each listed layer (node name) at
+    /// its precision, every other layer float, one candidate; `bits` is then not read.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub layers: BTreeMap<String, Precision>,
+}
+
+/// One layer's precision in a mixed-precision config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Float,
+    /// int8 weights (and int8 activations where the stage quantizes them: static mode).
+    Int8,
+    /// 4-bit weights, weight-only (`MatMulNBits`; int4 Conv weights behind DequantizeLinear).
+    Int4,
+}
+
+impl Precision {
+    pub fn label(self) -> &'static str {
+        match self {
+            Precision::Float => "float",
+            Precision::Int8 => "int8",
+            Precision::Int4 => "int4",
+        }
+    }
 }
 
 /// A CPU instruction-set class for int8 kernels.
@@ -97,6 +124,7 @@ impl Default for PtqStage {
             symmetric_activations: false,
             target_isa: TargetIsa::Auto,
             fine_tune: None,
+            layers: BTreeMap::new(),
         }
     }
 }
@@ -163,6 +191,9 @@ impl StageSettings for PtqStage {
             ft.validate(at)?;
             if self.mode == PtqMode::Dynamic {
                 return Err(at.invalid(&["mode"], "quantization-aware training trains static QDQ graphs; use `mode: static` (or `auto`)"));
+            }
+            if !self.layers.is_empty() {
+                return Err(at.invalid(&["layers"], "a per-layer precision config is post-training here; remove `fine_tune`, or `layers`"));
             }
         }
         for (key, list, allowed) in [("weights", &self.bits.weights, &[8u8, 4][..]), ("activations", &self.bits.activations, &[8u8][..])] {

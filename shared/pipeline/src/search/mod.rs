@@ -1,0 +1,716 @@
+//! Mixed-precision search under constraints. Each layer group (the layers reading one
+//! activation share its quantization, so they share a precision) takes a precision from the
+//! stage's space; every trial is built by the same code a `ptq: {layers: …}` recipe runs,
+//! measured (task metric on a seeded subset, P50 on ONNX Runtime, size on disk) and appended
+//! to a journal. The Pareto front is confirmed on the full evaluation set and each confirmed
+//! point judged as a candidate, with its config written as a recipe.
+//!
+//! Strategies: the greedy curves (AIMET AMP style: per-group sensitivity probes, then walks
+//! ordered by metric cost per byte), and NSGA-II generations seeded from them.
+//!
+//! Resume: every decision is a function of the seed and the journal's records, so a killed
+//! search re-run on the same journal replays its decisions, re-measures nothing it finished,
+//! and continues where it stopped.
+
+mod nsga;
+pub mod trial;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tamp_domain::recipe::{Objective, Precision, SearchStage, Stage, Strategy};
+use tamp_domain::results::Candidate;
+use tamp_engine::EngineError;
+use tamp_engine::passes::quantize;
+use tamp_onnx::{Model, SaveOptions};
+
+pub use trial::{InProcess, Subprocess, TrialResult, TrialSpec, Trials};
+
+use crate::stages::Mixer;
+use crate::{Context, Result, io_err, metric_drop_pct};
+
+/// Bumped when a journal's meaning changes (an old journal is then set aside, not replayed).
+const JOURNAL_FORMAT: u32 = 1;
+
+/// What a journal belongs to: a journal with another header is set aside, not replayed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Header {
+    format: u32,
+    model_sha256: String,
+    data_sha256: String,
+    metric: String,
+    output: Option<String>,
+    seed: u64,
+    rows: usize,
+    latency_runs: usize,
+    threads: usize,
+    groups: Vec<Vec<String>>,
+    allowed: Vec<String>,
+    ptq: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The input model on the subset (what drops are measured from).
+    Reference,
+    /// Metric only: one group changed from the starting config.
+    Probe,
+    /// Metric, P50 and size.
+    Trial,
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub n: usize,
+    pub kind: Kind,
+    /// One character per group: `f` float, `8` int8, `4` int4.
+    pub config: String,
+    pub metric: f64,
+    pub drop_pct: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms_p50: Option<f64>,
+    pub size_bytes: u64,
+    pub sha256: String,
+    /// Why it was not measured (a constraint it cannot meet, known before measuring).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<String>,
+    pub seconds: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeaderLine {
+    header: Header,
+}
+
+fn code(p: Precision) -> char {
+    match p {
+        Precision::Float => 'f',
+        Precision::Int8 => '8',
+        Precision::Int4 => '4',
+    }
+}
+
+fn precision(c: u8) -> Precision {
+    match c {
+        b'8' => Precision::Int8,
+        b'4' => Precision::Int4,
+        _ => Precision::Float,
+    }
+}
+
+/// Groups of layers that read the same activation (one quantized input, so one precision),
+/// in graph order.
+pub fn groups(model: &Model, units: &[String]) -> Vec<Vec<String>> {
+    let g = model.graph();
+    let by_key: HashMap<&str, &tamp_onnx::proto::NodeProto> = g.node.iter().map(|n| (quantize::node_key(n), n)).collect();
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let mut by_input: HashMap<String, usize> = HashMap::new();
+    for u in units {
+        let input = by_key.get(u.as_str()).and_then(|n| n.input.first().cloned()).unwrap_or_default();
+        match by_input.get(&input) {
+            Some(&k) if !input.is_empty() => out[k].push(u.clone()),
+            _ => {
+                by_input.insert(input, out.len());
+                out.push(vec![u.clone()]);
+            }
+        }
+    }
+    out
+}
+
+/// Weight elements each group carries (what a precision change saves or spends).
+fn group_weights(model: &Model, groups: &[Vec<String>]) -> Vec<u64> {
+    let g = model.graph();
+    let sizes: HashMap<&str, u64> = g
+        .initializer
+        .iter()
+        .filter(|t| t.dims.len() >= 2)
+        .filter_map(|t| Some((t.name.as_deref()?, t.dims.iter().map(|&d| d.max(0) as u64).product())))
+        .collect();
+    let by_key: HashMap<&str, &tamp_onnx::proto::NodeProto> = g.node.iter().map(|n| (quantize::node_key(n), n)).collect();
+    groups
+        .iter()
+        .map(|members| members.iter().filter_map(|m| by_key.get(m.as_str())).flat_map(|n| n.input.iter().filter_map(|i| sizes.get(i.as_str()))).sum())
+        .collect()
+}
+
+/// The search's state: the space, the journal and how trials run.
+struct Search<'s, 'c, 'a, 'o> {
+    cx: &'c mut Context<'a, 'o>,
+    s: &'s SearchStage,
+    mixer: Mixer,
+    groups: Vec<Vec<String>>,
+    /// Allowed precision codes per group.
+    allowed: Vec<Vec<u8>>,
+    dir: PathBuf,
+    journal: PathBuf,
+    records: Vec<Record>,
+    rows: Vec<usize>,
+    reference: Option<f64>,
+    baseline_size: u64,
+    deadline: Option<Instant>,
+    history: Vec<serde_json::Value>,
+}
+
+/// Runs a `search` stage: returns the confirmed front points as candidates.
+pub fn run(cx: &mut Context<'_, '_>, index: usize, s: &SearchStage, input: &Model) -> Result<Vec<Candidate>> {
+    let started = Instant::now();
+    let mixer = Mixer::new(cx, &s.ptq, input)?;
+    let units = mixer.units();
+    if units.is_empty() {
+        return cx.not_applied("search skipped: the model has no layer with a constant weight to quantize");
+    }
+    let groups = groups(mixer.base(), &units);
+    let allowed: Vec<Vec<u8>> = groups
+        .iter()
+        .map(|members| {
+            let mut v: Vec<u8> = s.space.iter().filter(|&&p| members.iter().all(|m| mixer.allows(m, p))).map(|&p| code(p) as u8).collect();
+            if v.is_empty() {
+                v.push(b'f');
+            }
+            v.sort_unstable();
+            v
+        })
+        .collect();
+    let dir = cx.job.search_dir.map_or_else(|| cx.job.out_dir.join("search"), Path::to_path_buf);
+    std::fs::create_dir_all(dir.join("trials")).map_err(io_err(&dir))?;
+    let data = cx.job.evaluation;
+    let rows = data.sample(s.rows.min(data.rows), s.seed);
+    let header = Header {
+        format: JOURNAL_FORMAT,
+        model_sha256: mixer.base().sha256()?,
+        data_sha256: data.sha256.clone(),
+        metric: cx.metric.clone(),
+        output: cx.eval_cfg.output.clone(),
+        seed: s.seed,
+        rows: rows.len(),
+        latency_runs: s.latency_runs,
+        threads: cx.eval_cfg.session.intra_threads,
+        groups: groups.clone(),
+        allowed: allowed.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect(),
+        ptq: serde_json::to_value(&s.ptq).unwrap_or_default(),
+    };
+    let journal = dir.join("journal.jsonl");
+    let records = open_journal(&journal, &header, cx)?;
+    let baseline_size = cx.baseline().size_bytes;
+    let deadline = s.budget_minutes.map(|m| started + std::time::Duration::from_secs_f64(m * 60.0));
+    let mut search = Search { cx, s, mixer, groups, allowed, dir, journal, records, rows, reference: None, baseline_size, deadline, history: Vec::new() };
+    search.explore()?;
+    search.confirm(index)
+}
+
+/// Reads a journal written for the same header (dropping a line cut short by a kill), or
+/// sets a foreign one aside and starts a new one.
+fn open_journal(path: &Path, header: &Header, cx: &mut Context<'_, '_>) -> Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut lines = text.lines();
+    let same = lines.next().and_then(|l| serde_json::from_str::<HeaderLine>(l).ok()).is_some_and(|h| h.header == *header);
+    if same {
+        let mut records = Vec::new();
+        let mut good = text.lines().next().map_or(0, |l| l.len() + 1);
+        for line in lines {
+            match serde_json::from_str::<Record>(line) {
+                Ok(r) if text[good..].starts_with(line) && text.len() > good + line.len() => {
+                    records.push(r);
+                    good += line.len() + 1;
+                }
+                _ => break,
+            }
+        }
+        if good < text.len() {
+            // A line cut short by a kill: cut it off so appends start on a fresh line.
+            let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+            f.set_len(good as u64).map_err(io_err(path))?;
+        }
+        cx.obs.begin("search journal", 0);
+        cx.obs.end(&format!("resuming from {}: {} record(s) already measured", path.display(), records.len()));
+        return Ok(records);
+    }
+    if !text.is_empty() {
+        let aside = path.with_extension(format!("jsonl.old-{}", std::process::id()));
+        std::fs::rename(path, &aside).map_err(io_err(path))?;
+        cx.obs.begin("search journal", 0);
+        cx.obs.end(&format!("{} was for another model, data or settings: set aside as {}", path.display(), aside.display()));
+    }
+    let line = serde_json::to_string(&HeaderLine { header: header.clone() }).map_err(|e| EngineError::Config(e.to_string()))?;
+    trial::write_atomic(path, format!("{line}\n").as_bytes())?;
+    Ok(Vec::new())
+}
+
+impl Search<'_, '_, '_, '_> {
+    fn layers(&self, config: &str) -> BTreeMap<String, Precision> {
+        self.groups.iter().zip(config.bytes()).flat_map(|(members, c)| members.iter().map(move |m| (m.clone(), precision(c)))).collect()
+    }
+
+    fn trials_done(&self) -> usize {
+        self.records.iter().filter(|r| r.kind == Kind::Trial && r.pruned.is_none()).count()
+    }
+
+    fn out_of_budget(&self) -> bool {
+        self.trials_done() >= self.s.budget_trials || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The record that answers `config` at `kind`: a trial for a trial (measured, or pruned
+    /// before measuring), any measured record for a probe.
+    fn find(&self, config: &str, kind: Kind) -> Option<&Record> {
+        self.records.iter().find(|r| {
+            r.config == config
+                && match kind {
+                    Kind::Trial => r.kind == Kind::Trial,
+                    Kind::Reference => r.kind == Kind::Reference,
+                    Kind::Probe => r.pruned.is_none(),
+                }
+        })
+    }
+
+    /// Measures the configs not yet in the journal (trials only while budget is left) and
+    /// returns the record of each config that has one.
+    fn measure(&mut self, configs: &[String], kind: Kind, label: &str) -> Result<Vec<Option<Record>>> {
+        let mut todo: Vec<(usize, String)> = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut budget = self.s.budget_trials.saturating_sub(self.trials_done());
+        for (i, c) in configs.iter().enumerate() {
+            if self.find(c, kind).is_some() || !seen.insert(c.clone()) {
+                continue;
+            }
+            if kind == Kind::Trial {
+                if budget == 0 || self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    continue;
+                }
+                budget -= 1;
+            }
+            todo.push((i, c.clone()));
+        }
+        if !todo.is_empty() {
+            self.cx.obs.begin(&format!("{label} ({} to measure)", todo.len()), todo.len() as u64);
+            let mut specs = Vec::new();
+            let mut pending = Vec::new();
+            for (_, config) in &todo {
+                let n = self.records.len() + pending.len() + specs.len();
+                let file = self.dir.join("trials").join(format!("{n}.onnx"));
+                let model = self.mixer.build(&self.layers(config))?;
+                model.save(&file, &SaveOptions::default())?;
+                let size = std::fs::metadata(&file).map_err(io_err(&file))?.len();
+                let ratio = self.baseline_size as f64 / size.max(1) as f64;
+                if kind == Kind::Trial
+                    && let Some(min) = self.cx.job.recipe.constraints.min_compression_ratio.filter(|&m| ratio < m)
+                {
+                    let _ = std::fs::remove_file(&file);
+                    pending.push(Record {
+                        n,
+                        kind,
+                        config: config.clone(),
+                        metric: f64::NAN,
+                        drop_pct: f64::NAN,
+                        latency_ms_p50: None,
+                        size_bytes: size,
+                        sha256: String::new(),
+                        pruned: Some(format!("{ratio:.2}x smaller, under min_compression_ratio {min}")),
+                        seconds: 0.0,
+                    });
+                    continue;
+                }
+                specs.push((
+                    config.clone(),
+                    size,
+                    TrialSpec {
+                        id: format!("{n}"),
+                        file,
+                        data: self.cx.job.evaluation.path.clone(),
+                        rows: self.rows.clone(),
+                        metric: self.cx.metric.clone(),
+                        output: self.cx.eval_cfg.output.clone(),
+                        latency_runs: if kind == Kind::Trial { self.s.latency_runs } else { 0 },
+                        threads: self.cx.eval_cfg.session.intra_threads,
+                        lock: Some(self.dir.join("latency.lock")),
+                    },
+                ));
+            }
+            let only: Vec<TrialSpec> = specs.iter().map(|s| s.2.clone()).collect();
+            let obs = &mut *self.cx.obs;
+            let results = match self.cx.job.trials {
+                Some(t) => t.measure(&only, self.s.workers, &mut |k| obs.advance(k as u64))?,
+                None => InProcess { data: self.cx.job.evaluation }.measure(&only, 1, &mut |k| obs.advance(k as u64))?,
+            };
+            let reference = self.reference.unwrap_or(f64::NAN);
+            let metric = self.cx.metric.clone();
+            for ((config, size, spec), r) in specs.into_iter().zip(results) {
+                let _ = std::fs::remove_file(&spec.file);
+                let drop_pct = if kind == Kind::Reference { 0.0 } else { metric_drop_pct(&metric, reference, r.metric) };
+                pending.push(Record {
+                    n: 0,
+                    kind,
+                    config,
+                    metric: r.metric,
+                    drop_pct,
+                    latency_ms_p50: r.latency_ms_p50,
+                    size_bytes: size,
+                    sha256: r.sha256,
+                    pruned: None,
+                    seconds: r.seconds,
+                });
+            }
+            // Journal order is the order asked, so a resumed search reads what it would
+            // have measured.
+            let order: HashMap<&str, usize> = todo.iter().map(|(i, c)| (c.as_str(), *i)).collect();
+            pending.sort_by_key(|r| order.get(r.config.as_str()).copied().unwrap_or(usize::MAX));
+            for mut r in pending {
+                r.n = self.records.len();
+                let line = serde_json::to_string(&r).map_err(|e| EngineError::Config(e.to_string()))?;
+                trial::append_line(&self.journal, &line)?;
+                self.records.push(r);
+            }
+            let front = self.front();
+            self.history.push(serde_json::json!({"trials": self.trials_done(), "front_size": front.len()}));
+            self.write_front()?;
+            let measured = self.trials_done();
+            self.cx.obs.end(&format!("{label}: {measured} trial(s) measured of {}", self.s.budget_trials));
+        }
+        Ok(configs.iter().map(|c| self.find(c, kind).cloned()).collect())
+    }
+
+    /// The point a record makes for the front (objectives minimised) and how far it is from
+    /// meeting the job's constraints.
+    fn point(&self, r: &Record) -> nsga::Point {
+        let c = &self.cx.job.recipe.constraints;
+        let latency = r.latency_ms_p50.unwrap_or(f64::INFINITY);
+        let objectives = self
+            .s
+            .objectives
+            .iter()
+            .map(|o| match o {
+                Objective::Metric => r.drop_pct,
+                Objective::Latency => latency,
+                Objective::Size => r.size_bytes as f64,
+            })
+            .collect();
+        let ratio = self.baseline_size as f64 / r.size_bytes.max(1) as f64;
+        let mut violation = (r.drop_pct - c.max_metric_drop_pct).max(0.0) / c.max_metric_drop_pct.max(0.01);
+        if let Some(l) = c.max_latency_ms_p50 {
+            violation += (latency - l).max(0.0) / l;
+        }
+        if let Some(m) = c.min_compression_ratio {
+            violation += (m - ratio).max(0.0) / m;
+        }
+        nsga::Point { objectives, violation }
+    }
+
+    fn measured_trials(&self) -> Vec<&Record> {
+        self.records.iter().filter(|r| r.kind == Kind::Trial && r.pruned.is_none()).collect()
+    }
+
+    /// The non-dominated trials (constrained dominance), in journal order.
+    fn front(&self) -> Vec<&Record> {
+        let trials = self.measured_trials();
+        let points: Vec<nsga::Point> = trials.iter().map(|r| self.point(r)).collect();
+        // Feasibility aside: the front a user reads is the plain Pareto front.
+        let plain: Vec<nsga::Point> = points.iter().map(|p| nsga::Point { objectives: p.objectives.clone(), violation: 0.0 }).collect();
+        nsga::fronts(&plain).into_iter().next().unwrap_or_default().into_iter().map(|i| trials[i]).collect()
+    }
+
+    /// The best trial on the subset: meeting every constraint, best by the recipe's
+    /// objective; else the closest to meeting them.
+    fn best(&self) -> Option<&Record> {
+        let objective = self.cx.job.recipe.objective;
+        let key = |r: &Record| match objective {
+            Objective::Metric => r.drop_pct,
+            Objective::Latency => r.latency_ms_p50.unwrap_or(f64::INFINITY),
+            Objective::Size => r.size_bytes as f64,
+        };
+        self.measured_trials().into_iter().min_by(|a, b| {
+            let (pa, pb) = (self.point(a), self.point(b));
+            pa.violation.total_cmp(&pb.violation).then(key(a).total_cmp(&key(b))).then(a.drop_pct.total_cmp(&b.drop_pct)).then(a.n.cmp(&b.n))
+        })
+    }
+
+    /// `front.json`: the current front and best, written after every batch of trials.
+    fn write_front(&self) -> Result<()> {
+        let row = |r: &Record| {
+            serde_json::json!({
+                "trial": r.n, "config": r.config, "metric": r.metric, "drop_pct": r.drop_pct,
+                "latency_ms_p50": r.latency_ms_p50, "size_bytes": r.size_bytes,
+                "compression_ratio": self.baseline_size as f64 / r.size_bytes.max(1) as f64,
+                "meets_constraints": self.point(r).violation == 0.0,
+            })
+        };
+        let v = serde_json::json!({
+            "objectives": self.s.objectives,
+            "groups": self.groups,
+            "trials": self.trials_done(),
+            "probes": self.records.iter().filter(|r| r.kind == Kind::Probe).count(),
+            "subset_rows": self.rows.len(),
+            "front": self.front().into_iter().map(row).collect::<Vec<_>>(),
+            "best": self.best().map(row),
+            "proxy": self.proxy_quality(),
+            "history": self.history,
+        });
+        let path = self.dir.join("front.json");
+        trial::write_atomic(&path, &serde_json::to_vec_pretty(&v).map_err(|e| EngineError::Config(e.to_string()))?)
+    }
+
+    /// Per-group drop of each probe against the starting config (`start`).
+    fn sensitivities(&self, start: &str) -> Option<Vec<[f64; 3]>> {
+        let base = self.find(start, Kind::Probe)?.drop_pct;
+        let mut out = Vec::new();
+        for (g, allowed) in self.allowed.iter().enumerate() {
+            let mut d = [0.0; 3];
+            for &c in allowed {
+                if c == start.as_bytes()[g] {
+                    continue;
+                }
+                let mut probe = start.as_bytes().to_vec();
+                probe[g] = c;
+                let r = self.find(std::str::from_utf8(&probe).ok()?, Kind::Probe)?;
+                d[slot(c)] = r.drop_pct - base;
+            }
+            out.push(d);
+        }
+        Some(out)
+    }
+
+    /// The additive proxy (start's drop + each changed group's probe drop) and how well it
+    /// ranked the measured trials (Spearman).
+    fn proxy_quality(&self) -> serde_json::Value {
+        let start = self.start();
+        let (Some(sens), Some(base)) = (self.sensitivities(&start), self.find(&start, Kind::Probe).map(|r| r.drop_pct)) else {
+            return serde_json::Value::Null;
+        };
+        let trials = self.measured_trials();
+        let predicted: Vec<f64> = trials
+            .iter()
+            .map(|r| base + r.config.bytes().zip(start.bytes()).enumerate().filter(|(_, (a, b))| a != b).map(|(g, (a, _))| sens[g][slot(a)]).sum::<f64>())
+            .collect();
+        let measured: Vec<f64> = trials.iter().map(|r| r.drop_pct).collect();
+        serde_json::json!({
+            "name": "additive per-group sensitivity (sum of single-group probe drops)",
+            "spearman": nsga::spearman(&predicted, &measured),
+            "trials": trials.len(),
+        })
+    }
+
+    /// All int8 where a group may take it (else its first allowed precision).
+    fn start(&self) -> String {
+        self.allowed.iter().map(|a| if a.contains(&b'8') { '8' } else { a[a.len() - 1] as char }).collect()
+    }
+
+    fn explore(&mut self) -> Result<()> {
+        let n = self.groups.len();
+        let float: String = "f".repeat(n);
+        let r = self.measure(std::slice::from_ref(&float), Kind::Reference, "score the input model on the search subset")?;
+        self.reference = r[0].as_ref().map(|r| r.metric);
+        let start = self.start();
+        // What the single-recipe PTQ would write: layers the engine leaves float for speed.
+        let speed: String = self
+            .groups
+            .iter()
+            .zip(start.chars())
+            .map(|(members, c)| if members.iter().any(|m| self.mixer.float_for_speed.contains(m)) && self.allowed_has(members, 'f') { 'f' } else { c })
+            .collect();
+        self.measure(&[start.clone(), speed.clone()], Kind::Trial, "starting points (all int8; int8 with the engine's float-for-speed layers)")?;
+        let mut probes: Vec<String> = Vec::new();
+        for g in 0..n {
+            for &c in &self.allowed[g] {
+                if c != start.as_bytes()[g] {
+                    let mut p = start.as_bytes().to_vec();
+                    p[g] = c;
+                    probes.push(String::from_utf8_lossy(&p).into_owned());
+                }
+            }
+        }
+        self.measure(&probes, Kind::Probe, "sensitivity probes (one group changed at a time)")?;
+        let sens = self.sensitivities(&start).ok_or_else(|| EngineError::Config("the sensitivity probes are incomplete".into()))?;
+        let weights = group_weights(self.mixer.base(), &self.groups);
+        let walks = self.walks(&start, &speed, &sens, &weights);
+        self.measure(&walks, Kind::Trial, "greedy curves")?;
+        if self.s.strategy == Strategy::Nsga2 {
+            self.evolve()?;
+        }
+        self.write_front()
+    }
+
+    fn allowed_has(&self, members: &[String], c: char) -> bool {
+        self.groups.iter().position(|g| g == members).is_some_and(|g| self.allowed[g].contains(&(c as u8)))
+    }
+
+    /// The greedy curves' points: from all int8 toward int4 (cheapest metric per byte saved
+    /// first), toward float (most metric per byte spent first), and from the first point of
+    /// the float walk that meets the metric budget toward int4 again; evenly spaced along
+    /// each walk, within the budget.
+    fn walks(&self, start: &str, speed: &str, sens: &[[f64; 3]], weights: &[u64]) -> Vec<String> {
+        let n = start.len();
+        let elems = |g: usize| weights[g].max(1) as f64;
+        let mut down: Vec<usize> = (0..n).filter(|&g| self.allowed[g].contains(&b'4') && start.as_bytes()[g] != b'4').collect();
+        down.sort_by(|&a, &b| (sens[a][slot(b'4')].max(0.0) / elems(a)).total_cmp(&(sens[b][slot(b'4')].max(0.0) / elems(b))).then(a.cmp(&b)));
+        let mut up: Vec<usize> = (0..n).filter(|&g| self.allowed[g].contains(&b'f') && start.as_bytes()[g] != b'f' && sens[g][slot(b'f')] < 0.0).collect();
+        up.sort_by(|&a, &b| (sens[a][slot(b'f')] / elems(a)).total_cmp(&(sens[b][slot(b'f')] / elems(b))).then(a.cmp(&b)));
+        let left = self.s.budget_trials.saturating_sub(self.trials_done()).max(1);
+        let per = (left / 3).max(1);
+        let apply = |from: &str, moves: &[usize], to: u8| -> String {
+            let mut b = from.as_bytes().to_vec();
+            for &g in moves {
+                b[g] = to;
+            }
+            String::from_utf8_lossy(&b).into_owned()
+        };
+        let prefixes = |len: usize| -> Vec<usize> {
+            if len == 0 {
+                return Vec::new();
+            }
+            let k = per.min(len);
+            let mut v: Vec<usize> = (1..=k).map(|i| (i * len).div_ceil(k)).collect();
+            v.dedup();
+            v
+        };
+        let limit = self.cx.job.recipe.constraints.max_metric_drop_pct;
+        let base = self.find(start, Kind::Probe).map_or(0.0, |r| r.drop_pct);
+        // Where the float walk first meets the metric budget (by the proxy).
+        let mut fixed = start.to_owned();
+        let mut predicted = base;
+        for &g in &up {
+            if predicted <= limit * 0.5 {
+                break;
+            }
+            predicted += sens[g][slot(b'f')];
+            fixed = apply(&fixed, &[g], b'f');
+        }
+        let down_from_fixed: Vec<usize> = down.iter().copied().filter(|&g| fixed.as_bytes()[g] != b'f').collect();
+        let down_from_speed: Vec<usize> = down.iter().copied().filter(|&g| speed.as_bytes()[g] != b'f').collect();
+        let mut out = Vec::new();
+        // Interleaved, so a budget cut keeps the spread of every walk.
+        let walks: [Vec<String>; 4] = [
+            prefixes(down_from_speed.len()).into_iter().map(|k| apply(speed, &down_from_speed[..k], b'4')).collect(),
+            prefixes(up.len()).into_iter().map(|k| apply(start, &up[..k], b'f')).collect(),
+            prefixes(down_from_fixed.len()).into_iter().map(|k| apply(&fixed, &down_from_fixed[..k], b'4')).collect(),
+            prefixes(down.len()).into_iter().map(|k| apply(start, &down[..k], b'4')).collect(),
+        ];
+        let longest = walks.iter().map(Vec::len).max().unwrap_or(0);
+        for i in 0..longest {
+            for w in &walks {
+                if let Some(c) = w.get(i)
+                    && !out.contains(c)
+                {
+                    out.push(c.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// NSGA-II generations from every trial so far, until the budget is spent. Generation
+    /// `k`'s random stream is seeded by (seed, k), so a resumed search makes the same children.
+    fn evolve(&mut self) -> Result<()> {
+        let mut generation = 0u64;
+        while !self.out_of_budget() {
+            let trials: Vec<Record> = self.measured_trials().into_iter().cloned().collect();
+            if trials.is_empty() {
+                break;
+            }
+            let points: Vec<nsga::Point> = trials.iter().map(|r| self.point(r)).collect();
+            let pool = nsga::select(&points, self.s.population.min(trials.len()));
+            let mut rng = ChaCha8Rng::seed_from_u64(self.s.seed ^ (generation.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut children: Vec<String> = Vec::new();
+            let mut tries = 0;
+            while children.len() < self.s.population && tries < self.s.population * 20 {
+                tries += 1;
+                let a = nsga::tournament(&mut rng, &pool).0;
+                let b = nsga::tournament(&mut rng, &pool).0;
+                let child = nsga::offspring(&mut rng, trials[a].config.as_bytes(), trials[b].config.as_bytes(), &self.allowed);
+                let child = String::from_utf8_lossy(&child).into_owned();
+                if self.find(&child, Kind::Trial).is_none() && !children.contains(&child) {
+                    children.push(child);
+                }
+            }
+            if children.is_empty() {
+                break;
+            }
+            let before = self.trials_done();
+            self.measure(&children, Kind::Trial, &format!("NSGA-II generation {}", generation + 1))?;
+            generation += 1;
+            if self.trials_done() == before && !self.out_of_budget() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Confirms the best and the other front points on the full evaluation set, judging each
+    /// as a candidate, and writes each one's config as a recipe beside it.
+    fn confirm(self, index: usize) -> Result<Vec<Candidate>> {
+        let mut chosen: Vec<Record> = Vec::new();
+        if let Some(b) = self.best() {
+            chosen.push(b.clone());
+        }
+        let mut front: Vec<Record> = self.front().into_iter().cloned().collect();
+        // Feasible points first, then by the recipe's objective's order of the front.
+        front.sort_by(|a, b| self.point(a).violation.total_cmp(&self.point(b).violation).then(a.drop_pct.total_cmp(&b.drop_pct)).then(a.n.cmp(&b.n)));
+        for r in front {
+            if chosen.len() >= self.s.confirm {
+                break;
+            }
+            if !chosen.iter().any(|c| c.config == r.config) {
+                chosen.push(r);
+            }
+        }
+        let out = self.cx.job.out_dir.join("search");
+        std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+        let mut candidates = Vec::new();
+        for (k, r) in chosen.iter().enumerate() {
+            let layers = self.layers(&r.config);
+            let model = self.mixer.build(&layers)?;
+            let id = format!("s{index}-search-{k}");
+            let mut c = self.cx.judge(&model, id.clone(), index, "search")?;
+            self.mixer.describe(&mut c, &layers);
+            let recipe = self.recipe_for(&layers, r);
+            trial::write_atomic(&out.join(format!("{id}.yaml")), recipe.as_bytes())?;
+            candidates.push(c);
+        }
+        // The journal and front travel with the artifacts.
+        if self.dir != out {
+            for f in ["journal.jsonl", "front.json"] {
+                let _ = std::fs::copy(self.dir.join(f), out.join(f));
+            }
+        }
+        Ok(candidates)
+    }
+
+    /// The chosen config as a recipe: the search's PTQ settings with `layers` set. Fed back
+    /// to `tamp compress`, it builds the same bytes.
+    fn recipe_for(&self, layers: &BTreeMap<String, Precision>, r: &Record) -> String {
+        let mut recipe = self.cx.job.recipe.clone();
+        let mut ptq = self.s.ptq.clone();
+        ptq.layers = layers.clone();
+        recipe.policy.name = format!("{}-searched", recipe.policy.name);
+        recipe.policy.description = Some(format!(
+            "per-layer precision found by tamp search (seed {}, trial {} of {}): {} {:.4} on {} subset rows, P50 {} ms, {} bytes",
+            self.s.seed,
+            r.n,
+            self.trials_done(),
+            self.cx.metric,
+            r.metric,
+            self.rows.len(),
+            r.latency_ms_p50.map_or("-".into(), |l| format!("{l:.3}")),
+            r.size_bytes
+        ));
+        recipe.policy.stages = vec![Stage::Ptq(ptq)];
+        recipe.model = None;
+        recipe.data = Default::default();
+        format!(
+            "# A searched per-layer precision config. Reproduce the chosen artifact byte for byte:\n#   tamp compress MODEL --recipe this.yaml --data CALIB.npz --eval EVAL.npz --out DIR\n{}",
+            recipe.to_yaml()
+        )
+    }
+}
+
+fn slot(c: u8) -> usize {
+    match c {
+        b'f' => 0,
+        b'8' => 1,
+        _ => 2,
+    }
+}
