@@ -156,6 +156,9 @@ struct Search<'s, 'c, 'a, 'o> {
     baseline_size: u64,
     deadline: Option<Instant>,
     history: Vec<serde_json::Value>,
+    /// Whether the smallest config of the space meets `min_compression_ratio` (else no
+    /// trial is ruled out by size: the search then gets as close as it can).
+    size_feasible: Option<bool>,
 }
 
 /// Runs a `search` stage: returns the confirmed front points as candidates.
@@ -200,7 +203,22 @@ pub fn run(cx: &mut Context<'_, '_>, index: usize, s: &SearchStage, input: &Mode
     let records = open_journal(&journal, &header, cx)?;
     let baseline_size = cx.baseline().size_bytes;
     let deadline = s.budget_minutes.map(|m| started + std::time::Duration::from_secs_f64(m * 60.0));
-    let mut search = Search { cx, s, mixer, groups, allowed, dir, journal, records, rows, reference: None, baseline_size, deadline, history: Vec::new() };
+    let mut search = Search {
+        cx,
+        s,
+        mixer,
+        groups,
+        allowed,
+        dir,
+        journal,
+        records,
+        rows,
+        reference: None,
+        baseline_size,
+        deadline,
+        history: Vec::new(),
+        size_feasible: None,
+    };
     search.explore()?;
     search.confirm(index)
 }
@@ -272,6 +290,26 @@ impl Search<'_, '_, '_, '_> {
     /// Measures the configs not yet in the journal (trials only while budget is left) and
     /// returns the record of each config that has one.
     fn measure(&mut self, configs: &[String], kind: Kind, label: &str) -> Result<Vec<Option<Record>>> {
+        let min_ratio = self.cx.job.recipe.constraints.min_compression_ratio;
+        if kind == Kind::Trial && min_ratio.is_some() && self.size_feasible.is_none() {
+            let smallest: String = self
+                .allowed
+                .iter()
+                .map(|a| {
+                    if a.contains(&b'4') {
+                        '4'
+                    } else if a.contains(&b'8') {
+                        '8'
+                    } else {
+                        'f'
+                    }
+                })
+                .collect();
+            let bytes = self.mixer.build(&self.layers(&smallest))?.to_bytes()?.len() as u64;
+            self.size_feasible = Some(min_ratio.is_some_and(|m| self.baseline_size as f64 / bytes.max(1) as f64 >= m));
+        }
+        // The starting points are always measured: the front needs somewhere to start.
+        let prune_by_size = kind == Kind::Trial && self.size_feasible == Some(true) && self.trials_done() > 0;
         let mut todo: Vec<(usize, String)> = Vec::new();
         let mut seen = BTreeSet::new();
         let mut budget = self.s.budget_trials.saturating_sub(self.trials_done());
@@ -298,9 +336,7 @@ impl Search<'_, '_, '_, '_> {
                 model.save(&file, &SaveOptions::default())?;
                 let size = std::fs::metadata(&file).map_err(io_err(&file))?.len();
                 let ratio = self.baseline_size as f64 / size.max(1) as f64;
-                if kind == Kind::Trial
-                    && let Some(min) = self.cx.job.recipe.constraints.min_compression_ratio.filter(|&m| ratio < m)
-                {
+                if prune_by_size && let Some(min) = min_ratio.filter(|&m| ratio < m) {
                     let _ = std::fs::remove_file(&file);
                     pending.push(Record {
                         n,
