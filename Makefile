@@ -58,7 +58,7 @@ ZOO        := $(MODELS)/zoo
 ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
-.PHONY: report-tools bench-train bench-distill zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -68,6 +68,7 @@ help:
 	@echo "make bench-api   tamp serve's API latency (P50/P95/P99) at 500 and 5000 requests/min, loopback"
 	@echo "make bench-zoo   the real-model corpus: inspect/eval/quantize/compress/prune per model, int8 quality and speed beside ONNX Runtime's quantizer"
 	@echo "make bench-distill  distilled students (3-layer MiniLM, half-width ResNet-8) beside their untrained selves and fp32"
+	@echo "make bench-search  mixed-precision search beside ptq_8bit / ptq_accuracy_first / 4-bit on the reference models: who beats whom, the front's growth, the proxy's rank correlation"
 	@echo "make bench-compress  pruning, clustering, low-rank (and their int8 follow-ups) on the reference models: size, metric, P50, pass time"
 	@echo "make package     Lambda zips (cargo lambda) in dist/lambda and the Batch worker in dist/worker, with sizes"
 	@echo "make package-smoke  run each packaged bootstrap on one sample event (moto + a Lambda Runtime API stand-in)"
@@ -285,6 +286,9 @@ bench-api: build-release venv models
 
 bench-compress: build-release venv models
 	$(PY) scripts/bench_compress.py --tamp $(TAMP_RELEASE)
+
+bench-search: build-release venv models
+	$(PY) scripts/bench_search.py --tamp $(TAMP_RELEASE) --json out/bench-search.json $(BENCH_SEARCH_ARGS)
 
 # The house style: rustfmt (rustfmt.toml) and clippy with warnings as errors; .ci/run runs both.
 lint:

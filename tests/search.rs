@@ -28,7 +28,7 @@ fn search(out: &Path, cache: &Path, flags: &[&str]) -> Command {
         .arg(m.join("eval.npz"))
         .arg("--out")
         .arg(out)
-        .args(["--trials", "20", "--rows", "512", "--strategy", "nsga2", "--seed", "3", "--no-analysis"])
+        .args(["--trials", "20", "--strategy", "nsga2", "--seed", "3", "--no-analysis"])
         .args(flags)
         .env("TAMP_CACHE_DIR", cache);
     c

@@ -165,7 +165,7 @@ fn apply(args: &Args, s: &mut SearchStage) {
         s.seed = v;
     }
     if let Some(v) = args.rows {
-        s.rows = v;
+        s.rows = Some(v);
     }
     if let Some(v) = &args.space {
         s.space = v.clone();

@@ -140,7 +140,7 @@ pub fn worker(args: &WorkerArgs) -> Result<()> {
     let outcome = rt.block_on(async {
         let meta = SqliteStore::open(&local::db_path(&args.data_dir)).map_err(|e| Failure::Transient(e.into()))?;
         let files = local::object_store(&args.data_dir, "http://127.0.0.1").map_err(|e| Failure::Transient(e.into()))?;
-        tamp_worker::run_stage(&files, &meta, &run, &tamp_worker::scratch_dir(&args.data_dir.join("work"), &run)).await
+        tamp_worker::run_stage(&files, &meta, &run, &tamp_worker::scratch_dir(&args.data_dir.join("work"), &run), Some(&tamp_worker::LocalTrials)).await
     });
     tamp_worker::finish(outcome);
     Ok(())

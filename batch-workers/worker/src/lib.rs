@@ -19,6 +19,26 @@ use tamp_engine::Dataset;
 use tamp_pipeline::{self as compress, Job, Observer};
 use tamp_ports::{MetadataStore, ObjectStore, StageRun};
 
+#[cfg(feature = "aws")]
+pub mod trials;
+
+/// How a stage's search trials fan out beyond this process: the local runner's worker
+/// processes, or Batch jobs. Made per stage, once the evaluation set's key is known.
+pub trait TrialsFor: Sync {
+    fn trials(&self, run: &StageRun, eval_key: &str) -> Box<dyn tamp_pipeline::search::Trials>;
+}
+
+/// Trials as `tamp search-trial` processes of this executable (the local stack).
+#[derive(Debug)]
+pub struct LocalTrials;
+
+impl TrialsFor for LocalTrials {
+    fn trials(&self, _: &StageRun, _: &str) -> Box<dyn tamp_pipeline::search::Trials> {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tamp"));
+        Box::new(tamp_pipeline::search::Subprocess { exe, limit: std::thread::available_parallelism().map_or(2, |n| n.get()) })
+    }
+}
+
 /// Exit status for input that will never work (the runners do not retry it).
 pub const EXIT_BAD_INPUT: i32 = 3;
 
@@ -60,10 +80,16 @@ impl Observer for Lines {
 /// is also recorded in the store (best effort) for the orchestrator. A panic anywhere in the
 /// stage is caught and reported as bad input with its message (it is the input that drove
 /// the code there), never as the runtime's "exit status 101".
-pub async fn run_stage(files: &dyn ObjectStore, meta: &dyn MetadataStore, run: &StageRun, scratch: &Path) -> std::result::Result<(), Failure> {
+pub async fn run_stage(
+    files: &dyn ObjectStore,
+    meta: &dyn MetadataStore,
+    run: &StageRun,
+    scratch: &Path,
+    trials: Option<&dyn TrialsFor>,
+) -> std::result::Result<(), Failure> {
     use futures_util::FutureExt;
     let mut renames = Vec::new();
-    let result = match std::panic::AssertUnwindSafe(stage(files, meta, run, scratch, &mut renames)).catch_unwind().await {
+    let result = match std::panic::AssertUnwindSafe(stage(files, meta, run, scratch, &mut renames, trials)).catch_unwind().await {
         Ok(r) => r,
         Err(panic) => {
             let what = panic
@@ -117,6 +143,7 @@ async fn stage(
     run: &StageRun,
     work: &Path,
     renames: &mut Vec<(PathBuf, String)>,
+    trials: Option<&dyn TrialsFor>,
 ) -> std::result::Result<(), Failure> {
     let bad = |e: anyhow::Error| Failure::BadInput(e);
     let transient = |e: anyhow::Error| Failure::Transient(e);
@@ -186,6 +213,7 @@ async fn stage(
         None => None,
     };
     let out = work.join("out");
+    let fan_out = trials.map(|t| t.trials(run, &eval_key));
     let j = Job {
         model_path: &model,
         recipe: &recipe,
@@ -197,7 +225,7 @@ async fn stage(
         reproducible: true,
         analyse: true,
         search_dir: None,
-        trials: None,
+        trials: fan_out.as_deref(),
     };
     println!("job {} stage {} attempt {}: {} on {}", job.id, run.stage, run.attempt, recipe.policy.name, model_key);
     let outcome = compress::run(&j, &mut Lines).map_err(|e| match e {
@@ -262,6 +290,12 @@ async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<
         }
         files.put(&format!("{base}/attempt-{}/{name}", run.attempt), std::fs::read(out.join(name))?).await?;
     }
+    // A search stage's front, journal and the chosen config as a recipe.
+    for name in ["search/front.json", "search/journal.jsonl", "best.recipe.yaml"] {
+        if out.join(name).exists() {
+            files.put(&format!("{base}/attempt-{}/{name}", run.attempt), std::fs::read(out.join(name))?).await?;
+        }
+    }
     let manifest = StageManifest { output: StageOutput { artifact_key, sha256: sha, size_bytes: local_size, metadata_key }, metadata };
     files.put(&stage_manifest_key(run), serde_json::to_vec_pretty(&manifest)?).await?;
     Ok(())
@@ -302,7 +336,7 @@ pub fn finish(outcome: std::result::Result<(), Failure>) {
 /// The AWS wiring of the Batch container.
 #[cfg(feature = "aws")]
 pub mod aws {
-    use super::{Failure, run_stage, scratch_dir, stage_manifest_key};
+    use super::{Failure, TrialsFor, run_stage, scratch_dir, stage_manifest_key};
     use anyhow::anyhow;
     use tamp_adapters_aws::{DynamoStore, S3Store, aws_config, env_var};
     use tamp_ports::{ObjectStore, StageRun};
@@ -323,6 +357,15 @@ pub mod aws {
             return Ok(());
         }
         let root = std::env::var_os("TAMP_SCRATCH").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
-        run_stage(&files, &meta, run, &scratch_dir(&root, run)).await
+        let batch = crate::trials::BatchTarget::from_env(files.bucket()).await;
+        run_stage(&files, &meta, run, &scratch_dir(&root, run), batch.as_ref().map(|b| b as &dyn TrialsFor)).await
+    }
+
+    /// A search trial's container: `tamp-batch-worker search-trial --spec-key K`.
+    pub async fn trial(spec_key: &str) -> Result<(), Failure> {
+        let bucket = env_var("TAMP_BUCKET").map_err(|e| Failure::BadInput(anyhow!(e)))?;
+        let root = std::env::var_os("TAMP_SCRATCH").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+        let scratch = root.join(format!("trial-{}", std::process::id()));
+        crate::trials::trial_main(&bucket, spec_key, &scratch).await.map_err(Failure::Transient)
     }
 }

@@ -10,6 +10,11 @@ use clap::Parser;
 enum Cli {
     /// Run stage S (attempt A) of job J.
     Worker(tamp_worker::RunArgs),
+    /// Measure one search trial (submitted by a search stage's container).
+    SearchTrial {
+        #[arg(long)]
+        spec_key: String,
+    },
 }
 
 /// Training allocates activation buffers of a different size every batch (sequence lengths
@@ -20,8 +25,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
-    let Cli::Worker(args) = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    tamp_worker::finish(rt.block_on(tamp_worker::aws::run(&args.run())));
+    match Cli::parse() {
+        Cli::Worker(args) => tamp_worker::finish(rt.block_on(tamp_worker::aws::run(&args.run()))),
+        Cli::SearchTrial { spec_key } => tamp_worker::finish(rt.block_on(tamp_worker::aws::trial(&spec_key))),
+    }
     Ok(())
 }

@@ -173,6 +173,10 @@ mod tests {
         let mut running = event.clone();
         running["detail"]["status"] = "RUNNABLE".into();
         assert!(message_from_state_change(&running).is_none());
+        let mut trial = event.clone();
+        trial["detail"]["parameters"] =
+            serde_json::json!({"job": "job_ef335827e2c8116d", "trial": "artifacts/job_ef335827e2c8116d/0/attempt-1/trials/4.spec.json"});
+        assert!(message_from_state_change(&trial).is_none(), "a search trial's job is not a stage run");
         let mut other = event;
         other["detail"]["parameters"] = serde_json::json!({});
         assert!(message_from_state_change(&other).is_none(), "not a Tamp run");

@@ -12,6 +12,7 @@
 //! search re-run on the same journal replays its decisions, re-measures nothing it finished,
 //! and continues where it stopped.
 
+mod journal;
 mod nsga;
 pub mod trial;
 
@@ -21,88 +22,19 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
-use tamp_domain::recipe::{Objective, Precision, SearchStage, Stage, Strategy};
+use tamp_domain::recipe::{Calibration, Objective, Precision, PtqStage, SearchStage, Stage, Strategy};
 use tamp_domain::results::Candidate;
 use tamp_engine::EngineError;
 use tamp_engine::passes::quantize;
 use tamp_onnx::{Model, SaveOptions};
 
+pub use journal::{Kind, Record};
 pub use trial::{InProcess, Subprocess, TrialResult, TrialSpec, Trials};
+
+use journal::{Header, JOURNAL_FORMAT, code, open_journal, precision};
 
 use crate::stages::Mixer;
 use crate::{Context, Result, io_err, metric_drop_pct};
-
-/// Bumped when a journal's meaning changes (an old journal is then set aside, not replayed).
-const JOURNAL_FORMAT: u32 = 1;
-
-/// What a journal belongs to: a journal with another header is set aside, not replayed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Header {
-    format: u32,
-    model_sha256: String,
-    data_sha256: String,
-    metric: String,
-    output: Option<String>,
-    seed: u64,
-    rows: usize,
-    latency_runs: usize,
-    threads: usize,
-    groups: Vec<Vec<String>>,
-    allowed: Vec<String>,
-    ptq: serde_json::Value,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// The input model on the subset (what drops are measured from).
-    Reference,
-    /// Metric only: one group changed from the starting config.
-    Probe,
-    /// Metric, P50 and size.
-    Trial,
-}
-
-/// One journal line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub n: usize,
-    pub kind: Kind,
-    /// One character per group: `f` float, `8` int8, `4` int4.
-    pub config: String,
-    pub metric: f64,
-    pub drop_pct: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_ms_p50: Option<f64>,
-    pub size_bytes: u64,
-    pub sha256: String,
-    /// Why it was not measured (a constraint it cannot meet, known before measuring).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pruned: Option<String>,
-    pub seconds: f64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct HeaderLine {
-    header: Header,
-}
-
-fn code(p: Precision) -> char {
-    match p {
-        Precision::Float => 'f',
-        Precision::Int8 => '8',
-        Precision::Int4 => '4',
-    }
-}
-
-fn precision(c: u8) -> Precision {
-    match c {
-        b'8' => Precision::Int8,
-        b'4' => Precision::Int4,
-        _ => Precision::Float,
-    }
-}
 
 /// Groups of layers that read the same activation (one quantized input, so one precision),
 /// in graph order.
@@ -144,7 +76,8 @@ fn group_weights(model: &Model, groups: &[Vec<String>]) -> Vec<u64> {
 struct Search<'s, 'c, 'a, 'o> {
     cx: &'c mut Context<'a, 'o>,
     s: &'s SearchStage,
-    mixer: Mixer,
+    /// One per calibration method (gene 0 of a config picks it).
+    mixers: Vec<Mixer>,
     groups: Vec<Vec<String>>,
     /// Allowed precision codes per group.
     allowed: Vec<Vec<u8>>,
@@ -159,18 +92,28 @@ struct Search<'s, 'c, 'a, 'o> {
     /// Whether the smallest config of the space meets `min_compression_ratio` (else no
     /// trial is ruled out by size: the search then gets as close as it can).
     size_feasible: Option<bool>,
+    /// The config the walks start from (the best all-int8 start).
+    start: Option<String>,
 }
 
 /// Runs a `search` stage: returns the confirmed front points as candidates.
 pub fn run(cx: &mut Context<'_, '_>, index: usize, s: &SearchStage, input: &Model) -> Result<Vec<Candidate>> {
     let started = Instant::now();
-    let mixer = Mixer::new(cx, &s.ptq, input)?;
+    let mut mixers =
+        vec![Mixer::new(cx, &PtqStage { calibration: Calibration { method: s.calibration_methods[0], ..s.ptq.calibration.clone() }, ..s.ptq.clone() }, input)?];
+    if mixers[0].calibrated() {
+        for &method in &s.calibration_methods[1..] {
+            mixers.push(Mixer::new(cx, &PtqStage { calibration: Calibration { method, ..s.ptq.calibration.clone() }, ..s.ptq.clone() }, input)?);
+        }
+    }
+    let mixer = &mixers[0];
     let units = mixer.units();
     if units.is_empty() {
         return cx.not_applied("search skipped: the model has no layer with a constant weight to quantize");
     }
-    let groups = groups(mixer.base(), &units);
-    let allowed: Vec<Vec<u8>> = groups
+    // Gene 0 is the calibration method (no layers); then one gene per layer group.
+    let mut groups = groups(mixer.base(), &units);
+    let mut allowed: Vec<Vec<u8>> = groups
         .iter()
         .map(|members| {
             let mut v: Vec<u8> = s.space.iter().filter(|&&p| members.iter().all(|m| mixer.allows(m, p))).map(|&p| code(p) as u8).collect();
@@ -181,13 +124,16 @@ pub fn run(cx: &mut Context<'_, '_>, index: usize, s: &SearchStage, input: &Mode
             v
         })
         .collect();
+    groups.insert(0, Vec::new());
+    allowed.insert(0, (0..mixers.len()).map(|i| b'0' + i as u8).collect());
     let dir = cx.job.search_dir.map_or_else(|| cx.job.out_dir.join("search"), Path::to_path_buf);
     std::fs::create_dir_all(dir.join("trials")).map_err(io_err(&dir))?;
     let data = cx.job.evaluation;
-    let rows = data.sample(s.rows.min(data.rows), s.seed);
+    let auto = (2000.0 / cx.baseline().latency_ms_p50.max(1e-3)) as usize;
+    let rows = data.sample(s.rows.unwrap_or(auto.max(256)).min(data.rows), s.seed);
     let header = Header {
         format: JOURNAL_FORMAT,
-        model_sha256: mixer.base().sha256()?,
+        model_sha256: mixers[0].base().sha256()?,
         data_sha256: data.sha256.clone(),
         metric: cx.metric.clone(),
         output: cx.eval_cfg.output.clone(),
@@ -197,7 +143,7 @@ pub fn run(cx: &mut Context<'_, '_>, index: usize, s: &SearchStage, input: &Mode
         threads: cx.eval_cfg.session.intra_threads,
         groups: groups.clone(),
         allowed: allowed.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect(),
-        ptq: serde_json::to_value(&s.ptq).unwrap_or_default(),
+        ptq: serde_json::to_value((&s.ptq, &s.calibration_methods)).unwrap_or_default(),
     };
     let journal = dir.join("journal.jsonl");
     let records = open_journal(&journal, &header, cx)?;
@@ -206,7 +152,7 @@ pub fn run(cx: &mut Context<'_, '_>, index: usize, s: &SearchStage, input: &Mode
     let mut search = Search {
         cx,
         s,
-        mixer,
+        mixers,
         groups,
         allowed,
         dir,
@@ -218,52 +164,21 @@ pub fn run(cx: &mut Context<'_, '_>, index: usize, s: &SearchStage, input: &Mode
         deadline,
         history: Vec::new(),
         size_feasible: None,
+        start: None,
     };
     search.explore()?;
     search.confirm(index)
 }
 
-/// Reads a journal written for the same header (dropping a line cut short by a kill), or
-/// sets a foreign one aside and starts a new one.
-fn open_journal(path: &Path, header: &Header, cx: &mut Context<'_, '_>) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut lines = text.lines();
-    let same = lines.next().and_then(|l| serde_json::from_str::<HeaderLine>(l).ok()).is_some_and(|h| h.header == *header);
-    if same {
-        let mut records = Vec::new();
-        let mut good = text.lines().next().map_or(0, |l| l.len() + 1);
-        for line in lines {
-            match serde_json::from_str::<Record>(line) {
-                Ok(r) if text[good..].starts_with(line) && text.len() > good + line.len() => {
-                    records.push(r);
-                    good += line.len() + 1;
-                }
-                _ => break,
-            }
-        }
-        if good < text.len() {
-            // A line cut short by a kill: cut it off so appends start on a fresh line.
-            let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
-            f.set_len(good as u64).map_err(io_err(path))?;
-        }
-        cx.obs.begin("search journal", 0);
-        cx.obs.end(&format!("resuming from {}: {} record(s) already measured", path.display(), records.len()));
-        return Ok(records);
-    }
-    if !text.is_empty() {
-        let aside = path.with_extension(format!("jsonl.old-{}", std::process::id()));
-        std::fs::rename(path, &aside).map_err(io_err(path))?;
-        cx.obs.begin("search journal", 0);
-        cx.obs.end(&format!("{} was for another model, data or settings: set aside as {}", path.display(), aside.display()));
-    }
-    let line = serde_json::to_string(&HeaderLine { header: header.clone() }).map_err(|e| EngineError::Config(e.to_string()))?;
-    trial::write_atomic(path, format!("{line}\n").as_bytes())?;
-    Ok(Vec::new())
-}
-
 impl Search<'_, '_, '_, '_> {
     fn layers(&self, config: &str) -> BTreeMap<String, Precision> {
         self.groups.iter().zip(config.bytes()).flat_map(|(members, c)| members.iter().map(move |m| (m.clone(), precision(c)))).collect()
+    }
+
+    /// The builder for a config (its gene 0: the calibration method).
+    fn mixer(&self, config: &str) -> &Mixer {
+        let i = config.as_bytes().first().map_or(0, |c| c.saturating_sub(b'0') as usize);
+        &self.mixers[i.min(self.mixers.len() - 1)]
     }
 
     fn trials_done(&self) -> usize {
@@ -305,7 +220,7 @@ impl Search<'_, '_, '_, '_> {
                     }
                 })
                 .collect();
-            let bytes = self.mixer.build(&self.layers(&smallest))?.to_bytes()?.len() as u64;
+            let bytes = self.mixer(&smallest).build(&self.layers(&smallest))?.to_bytes()?.len() as u64;
             self.size_feasible = Some(min_ratio.is_some_and(|m| self.baseline_size as f64 / bytes.max(1) as f64 >= m));
         }
         // The starting points are always measured: the front needs somewhere to start.
@@ -332,7 +247,7 @@ impl Search<'_, '_, '_, '_> {
             for (_, config) in &todo {
                 let n = self.records.len() + pending.len() + specs.len();
                 let file = self.dir.join("trials").join(format!("{n}.onnx"));
-                let model = self.mixer.build(&self.layers(config))?;
+                let model = self.mixer(config).build(&self.layers(config))?;
                 model.save(&file, &SaveOptions::default())?;
                 let size = std::fs::metadata(&file).map_err(io_err(&file))?.len();
                 let ratio = self.baseline_size as f64 / size.max(1) as f64;
@@ -362,7 +277,7 @@ impl Search<'_, '_, '_, '_> {
                         rows: self.rows.clone(),
                         metric: self.cx.metric.clone(),
                         output: self.cx.eval_cfg.output.clone(),
-                        latency_runs: if kind == Kind::Trial { self.s.latency_runs } else { 0 },
+                        latency_runs: if kind == Kind::Reference { 0 } else { self.s.latency_runs },
                         threads: self.cx.eval_cfg.session.intra_threads,
                         lock: Some(self.dir.join("latency.lock")),
                     },
@@ -371,8 +286,8 @@ impl Search<'_, '_, '_, '_> {
             let only: Vec<TrialSpec> = specs.iter().map(|s| s.2.clone()).collect();
             let obs = &mut *self.cx.obs;
             let results = match self.cx.job.trials {
-                Some(t) => t.measure(&only, self.s.workers, &mut |k| obs.advance(k as u64))?,
-                None => InProcess { data: self.cx.job.evaluation }.measure(&only, 1, &mut |k| obs.advance(k as u64))?,
+                Some(t) if self.s.workers > 1 => t.measure(&only, self.s.workers, &mut |k| obs.advance(k as u64))?,
+                _ => InProcess { data: self.cx.job.evaluation }.measure(&only, 1, &mut |k| obs.advance(k as u64))?,
             };
             let reference = self.reference.unwrap_or(f64::NAN);
             let metric = self.cx.metric.clone();
@@ -510,6 +425,25 @@ impl Search<'_, '_, '_, '_> {
         Some(out)
     }
 
+    /// Per-group P50 change (ms) of each probe against the starting config.
+    fn latency_deltas(&self, start: &str) -> Option<Vec<[f64; 3]>> {
+        let base = self.find(start, Kind::Probe)?.latency_ms_p50?;
+        let mut out = Vec::new();
+        for (g, allowed) in self.allowed.iter().enumerate() {
+            let mut d = [0.0; 3];
+            for &c in allowed {
+                if c == start.as_bytes()[g] {
+                    continue;
+                }
+                let mut probe = start.as_bytes().to_vec();
+                probe[g] = c;
+                d[slot(c)] = self.find(std::str::from_utf8(&probe).ok()?, Kind::Probe)?.latency_ms_p50? - base;
+            }
+            out.push(d);
+        }
+        Some(out)
+    }
+
     /// The additive proxy (start's drop + each changed group's probe drop) and how well it
     /// ranked the measured trials (Spearman).
     fn proxy_quality(&self) -> serde_json::Value {
@@ -532,23 +466,38 @@ impl Search<'_, '_, '_, '_> {
 
     /// All int8 where a group may take it (else its first allowed precision).
     fn start(&self) -> String {
-        self.allowed.iter().map(|a| if a.contains(&b'8') { '8' } else { a[a.len() - 1] as char }).collect()
+        self.start.clone().unwrap_or_else(|| self.starts().into_iter().next().unwrap_or_default())
+    }
+
+    /// All int8 under each calibration method.
+    fn starts(&self) -> Vec<String> {
+        (0..self.mixers.len())
+            .map(|m| {
+                let rest: String = self.allowed[1..].iter().map(|a| if a.contains(&b'8') { '8' } else { a[a.len() - 1] as char }).collect();
+                format!("{}{rest}", (b'0' + m as u8) as char)
+            })
+            .collect()
     }
 
     fn explore(&mut self) -> Result<()> {
         let n = self.groups.len();
-        let float: String = "f".repeat(n);
+        let float: String = format!("0{}", "f".repeat(n - 1));
         let r = self.measure(std::slice::from_ref(&float), Kind::Reference, "score the input model on the search subset")?;
         self.reference = r[0].as_ref().map(|r| r.metric);
-        let start = self.start();
-        // What the single-recipe PTQ would write: layers the engine leaves float for speed.
-        let speed: String = self
-            .groups
+        let starts = self.starts();
+        let measured = self.measure(&starts, Kind::Trial, "starting points (all int8, each calibration method)")?;
+        // The walks start from the best of them (metric, then P50).
+        let start = measured
             .iter()
-            .zip(start.chars())
-            .map(|(members, c)| if members.iter().any(|m| self.mixer.float_for_speed.contains(m)) && self.allowed_has(members, 'f') { 'f' } else { c })
-            .collect();
-        self.measure(&[start.clone(), speed.clone()], Kind::Trial, "starting points (all int8; int8 with the engine's float-for-speed layers)")?;
+            .flatten()
+            .min_by(|a, b| {
+                a.drop_pct
+                    .total_cmp(&b.drop_pct)
+                    .then(a.latency_ms_p50.unwrap_or(f64::MAX).total_cmp(&b.latency_ms_p50.unwrap_or(f64::MAX)))
+                    .then(a.n.cmp(&b.n))
+            })
+            .map_or_else(|| starts[0].clone(), |r| r.config.clone());
+        self.start = Some(start.clone());
         let mut probes: Vec<String> = Vec::new();
         for g in 0..n {
             for &c in &self.allowed[g] {
@@ -561,8 +510,19 @@ impl Search<'_, '_, '_, '_> {
         }
         self.measure(&probes, Kind::Probe, "sensitivity probes (one group changed at a time)")?;
         let sens = self.sensitivities(&start).ok_or_else(|| EngineError::Config("the sensitivity probes are incomplete".into()))?;
-        let weights = group_weights(self.mixer.base(), &self.groups);
-        let walks = self.walks(&start, &speed, &sens, &weights);
+        let lat = self.latency_deltas(&start).ok_or_else(|| EngineError::Config("the sensitivity probes have no latency".into()))?;
+        let base_p50 = self.find(&start, Kind::Trial).and_then(|r| r.latency_ms_p50).unwrap_or(f64::INFINITY);
+        // Float where a group runs faster in float (measured by its probe, beyond 3 %), or where
+        // the engine's fixed rule says so: what the single-recipe PTQ leaves float for speed.
+        let speed: String = (0..n)
+            .map(|g| {
+                let faster = lat[g][slot(b'f')] < -0.03 * base_p50 && sens[g][slot(b'f')] <= 0.0;
+                let by_rule = self.groups[g].iter().any(|m| self.mixer(&start).float_for_speed.contains(m));
+                if self.allowed[g].contains(&b'f') && (faster || by_rule) { 'f' } else { start.as_bytes()[g] as char }
+            })
+            .collect();
+        let weights = group_weights(self.mixers[0].base(), &self.groups);
+        let walks = self.walks(&start, &speed, &sens, &lat, &weights);
         self.measure(&walks, Kind::Trial, "greedy curves")?;
         if self.s.strategy == Strategy::Nsga2 {
             self.evolve()?;
@@ -570,23 +530,28 @@ impl Search<'_, '_, '_, '_> {
         self.write_front()
     }
 
-    fn allowed_has(&self, members: &[String], c: char) -> bool {
-        self.groups.iter().position(|g| g == members).is_some_and(|g| self.allowed[g].contains(&(c as u8)))
-    }
-
-    /// The greedy curves' points: from all int8 toward int4 (cheapest metric per byte saved
-    /// first), toward float (most metric per byte spent first), and from the first point of
-    /// the float walk that meets the metric budget toward int4 again; evenly spaced along
-    /// each walk, within the budget.
-    fn walks(&self, start: &str, speed: &str, sens: &[[f64; 3]], weights: &[u64]) -> Vec<String> {
+    /// The greedy curves' points, evenly spaced along each walk within the budget:
+    /// - from the speed config toward int4, cheapest in P50 per byte saved first (then metric);
+    /// - from all int8 toward int4, cheapest in metric per byte saved first (AMP's curve);
+    /// - from all int8 toward float, most metric gained per byte spent first;
+    /// - from where that walk first meets the metric budget (by the proxy) toward int4 again.
+    fn walks(&self, start: &str, speed: &str, sens: &[[f64; 3]], lat: &[[f64; 3]], weights: &[u64]) -> Vec<String> {
         let n = start.len();
         let elems = |g: usize| weights[g].max(1) as f64;
-        let mut down: Vec<usize> = (0..n).filter(|&g| self.allowed[g].contains(&b'4') && start.as_bytes()[g] != b'4').collect();
-        down.sort_by(|&a, &b| (sens[a][slot(b'4')].max(0.0) / elems(a)).total_cmp(&(sens[b][slot(b'4')].max(0.0) / elems(b))).then(a.cmp(&b)));
+        let per_byte = |v: f64, g: usize| v.max(0.0) / elems(g);
+        let i4 = slot(b'4');
+        let cheapest = |from: &str, key: &dyn Fn(usize) -> (f64, f64)| -> Vec<usize> {
+            let mut v: Vec<usize> = (0..n).filter(|&g| self.allowed[g].contains(&b'4') && !matches!(from.as_bytes()[g], b'4' | b'f')).collect();
+            v.sort_by(|&a, &b| {
+                let (ka, kb) = (key(a), key(b));
+                ka.0.total_cmp(&kb.0).then(ka.1.total_cmp(&kb.1)).then(elems(b).total_cmp(&elems(a))).then(a.cmp(&b))
+            });
+            v
+        };
+        let by_metric = |g: usize| (per_byte(sens[g][i4], g), per_byte(lat[g][i4], g));
+        let by_speed = |g: usize| (per_byte(lat[g][i4], g), per_byte(sens[g][i4], g));
         let mut up: Vec<usize> = (0..n).filter(|&g| self.allowed[g].contains(&b'f') && start.as_bytes()[g] != b'f' && sens[g][slot(b'f')] < 0.0).collect();
         up.sort_by(|&a, &b| (sens[a][slot(b'f')] / elems(a)).total_cmp(&(sens[b][slot(b'f')] / elems(b))).then(a.cmp(&b)));
-        let left = self.s.budget_trials.saturating_sub(self.trials_done()).max(1);
-        let per = (left / 3).max(1);
         let apply = |from: &str, moves: &[usize], to: u8| -> String {
             let mut b = from.as_bytes().to_vec();
             for &g in moves {
@@ -594,18 +559,24 @@ impl Search<'_, '_, '_, '_> {
             }
             String::from_utf8_lossy(&b).into_owned()
         };
+        let left = self.s.budget_trials.saturating_sub(self.trials_done()).max(1);
+        let per = (left / 4).max(1);
         let prefixes = |len: usize| -> Vec<usize> {
             if len == 0 {
                 return Vec::new();
             }
+            // Dense at both ends of a walk: the cheap first moves, and the last few (everything
+            // but the dearest groups, next to the single-precision extreme).
             let k = per.min(len);
-            let mut v: Vec<usize> = (1..=k).map(|i| (i * len).div_ceil(k)).collect();
+            let h = k.div_ceil(2).max(1);
+            let step = |i: usize| ((i * i * len) as f64 / (2 * h * h) as f64).ceil() as usize;
+            let mut v: Vec<usize> = (1..=h).map(|i| step(i).clamp(1, len)).chain((0..k - h.min(k)).map(|i| len - step(i).min(len - 1))).collect();
+            v.sort_unstable();
             v.dedup();
             v
         };
         let limit = self.cx.job.recipe.constraints.max_metric_drop_pct;
         let base = self.find(start, Kind::Probe).map_or(0.0, |r| r.drop_pct);
-        // Where the float walk first meets the metric budget (by the proxy).
         let mut fixed = start.to_owned();
         let mut predicted = base;
         for &g in &up {
@@ -615,16 +586,16 @@ impl Search<'_, '_, '_, '_> {
             predicted += sens[g][slot(b'f')];
             fixed = apply(&fixed, &[g], b'f');
         }
-        let down_from_fixed: Vec<usize> = down.iter().copied().filter(|&g| fixed.as_bytes()[g] != b'f').collect();
-        let down_from_speed: Vec<usize> = down.iter().copied().filter(|&g| speed.as_bytes()[g] != b'f').collect();
+        let walk = |from: &str, order: Vec<usize>| -> Vec<String> { prefixes(order.len()).into_iter().map(|k| apply(from, &order[..k], b'4')).collect() };
+        let walks: [Vec<String>; 5] = [
+            vec![speed.to_owned()],
+            walk(speed, cheapest(speed, &by_speed)),
+            walk(start, cheapest(start, &by_metric)),
+            prefixes(up.len()).into_iter().map(|k| apply(start, &up[..k], b'f')).collect(),
+            walk(&fixed, cheapest(&fixed, &by_metric)),
+        ];
         let mut out = Vec::new();
         // Interleaved, so a budget cut keeps the spread of every walk.
-        let walks: [Vec<String>; 4] = [
-            prefixes(down_from_speed.len()).into_iter().map(|k| apply(speed, &down_from_speed[..k], b'4')).collect(),
-            prefixes(up.len()).into_iter().map(|k| apply(start, &up[..k], b'f')).collect(),
-            prefixes(down_from_fixed.len()).into_iter().map(|k| apply(&fixed, &down_from_fixed[..k], b'4')).collect(),
-            prefixes(down.len()).into_iter().map(|k| apply(start, &down[..k], b'4')).collect(),
-        ];
         let longest = walks.iter().map(Vec::len).max().unwrap_or(0);
         for i in 0..longest {
             for w in &walks {
@@ -682,10 +653,20 @@ impl Search<'_, '_, '_, '_> {
         if let Some(b) = self.best() {
             chosen.push(b.clone());
         }
-        let mut front: Vec<Record> = self.front().into_iter().cloned().collect();
-        // Feasible points first, then by the recipe's objective's order of the front.
-        front.sort_by(|a, b| self.point(a).violation.total_cmp(&self.point(b).violation).then(a.drop_pct.total_cmp(&b.drop_pct)).then(a.n.cmp(&b.n)));
-        for r in front {
+        // Then the front's extremes among the points meeting the constraints (smallest,
+        // fastest, most accurate), then the rest of the front by crowding distance.
+        let front: Vec<Record> = self.front().into_iter().cloned().collect();
+        let feasible: Vec<&Record> = front.iter().filter(|r| self.point(r).violation == 0.0).collect();
+        let pick = |key: &dyn Fn(&Record) -> f64| feasible.iter().min_by(|a, b| key(a).total_cmp(&key(b)).then(a.n.cmp(&b.n))).map(|r| (*r).clone());
+        let mut order: Vec<Record> =
+            [pick(&|r| r.size_bytes as f64), pick(&|r| r.latency_ms_p50.unwrap_or(f64::INFINITY)), pick(&|r| r.drop_pct)].into_iter().flatten().collect();
+        let points: Vec<nsga::Point> = front.iter().map(|r| self.point(r)).collect();
+        let all: Vec<usize> = (0..front.len()).collect();
+        let crowd = nsga::crowding(&points, &all);
+        let mut rest: Vec<usize> = all;
+        rest.sort_by(|&a, &b| points[a].violation.total_cmp(&points[b].violation).then(crowd[b].total_cmp(&crowd[a])).then(a.cmp(&b)));
+        order.extend(rest.into_iter().map(|i| front[i].clone()));
+        for r in order {
             if chosen.len() >= self.s.confirm {
                 break;
             }
@@ -698,10 +679,11 @@ impl Search<'_, '_, '_, '_> {
         let mut candidates = Vec::new();
         for (k, r) in chosen.iter().enumerate() {
             let layers = self.layers(&r.config);
-            let model = self.mixer.build(&layers)?;
+            let mi = r.config.as_bytes().first().map_or(0, |c| c.saturating_sub(b'0') as usize).min(self.mixers.len() - 1);
+            let model = self.mixers[mi].build(&layers)?;
             let id = format!("s{index}-search-{k}");
             let mut c = self.cx.judge(&model, id.clone(), index, "search")?;
-            self.mixer.describe(&mut c, &layers);
+            self.mixers[mi].describe(&mut c, &layers);
             let recipe = self.recipe_for(&layers, r);
             trial::write_atomic(&out.join(format!("{id}.yaml")), recipe.as_bytes())?;
             candidates.push(c);
@@ -721,6 +703,8 @@ impl Search<'_, '_, '_, '_> {
         let mut recipe = self.cx.job.recipe.clone();
         let mut ptq = self.s.ptq.clone();
         ptq.layers = layers.clone();
+        let method = r.config.as_bytes().first().map_or(0, |c| c.saturating_sub(b'0') as usize);
+        ptq.calibration.method = self.s.calibration_methods[method.min(self.s.calibration_methods.len() - 1)];
         recipe.policy.name = format!("{}-searched", recipe.policy.name);
         recipe.policy.description = Some(format!(
             "per-layer precision found by tamp search (seed {}, trial {} of {}): {} {:.4} on {} subset rows, P50 {} ms, {} bytes",
@@ -743,10 +727,11 @@ impl Search<'_, '_, '_, '_> {
     }
 }
 
+/// Where a gene value's probe sits in a group's `[f64; 3]` (calibration genes: their digit).
 fn slot(c: u8) -> usize {
     match c {
-        b'f' => 0,
-        b'8' => 1,
+        b'f' | b'0' => 0,
+        b'8' | b'1' => 1,
         _ => 2,
     }
 }

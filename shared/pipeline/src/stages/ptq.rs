@@ -269,6 +269,11 @@ impl Mixer {
         Ok(Self { base, mode, calibrated, qc, dc, units8, units4, float_for_speed })
     }
 
+    /// Whether this builder calibrated (static PTQ).
+    pub fn calibrated(&self) -> bool {
+        self.calibrated.is_some()
+    }
+
     /// Every layer the config may set, in graph order.
     pub fn units(&self) -> Vec<String> {
         let mut seen = BTreeSet::new();

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{At, PtqStage, StageSettings};
+use super::{At, CalibrationMethod, PtqStage, StageSettings};
 use crate::recipe::stages::ptq::Precision;
 use crate::recipe::{Objective, RecipeError};
 
@@ -28,8 +28,11 @@ pub struct SearchStage {
     pub budget_minutes: Option<f64>,
     /// Seeds the metric subset and the evolutionary search.
     pub seed: u64,
-    /// Rows of the evaluation set each trial is scored on (a seeded subset).
-    pub rows: usize,
+    /// Rows of the evaluation set each trial is scored on (a seeded subset). Default: as many
+    /// as the input model scores in about two seconds on one thread (at least 256, at most
+    /// all), so small models search on the whole set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<usize>,
     /// What the front trades off (at least two of `metric`, `latency`, `size`).
     pub objectives: Vec<Objective>,
     /// NSGA-II population (and the number of trials measured per generation).
@@ -40,8 +43,11 @@ pub struct SearchStage {
     pub confirm: usize,
     /// Timed single-row runs per trial for its P50.
     pub latency_runs: usize,
-    /// How each layer is quantized (calibration, symmetry, pre-passes); `bits`, `layers` and
-    /// `keep_float` are the search's to set.
+    /// Calibration methods the search tries (one more gene of every config; static PTQ only;
+    /// at most three). `percentile` uses `ptq.calibration.percentile`.
+    pub calibration_methods: Vec<CalibrationMethod>,
+    /// How each layer is quantized (calibration rows, symmetry, pre-passes); `bits`, `layers`
+    /// and `keep_float` are the search's to set.
     pub ptq: PtqStage,
 }
 
@@ -53,12 +59,13 @@ impl Default for SearchStage {
             budget_trials: 40,
             budget_minutes: Some(10.0),
             seed: 0,
-            rows: 256,
+            rows: None,
             objectives: vec![Objective::Metric, Objective::Latency, Objective::Size],
             population: 8,
             workers: 1,
             confirm: 4,
             latency_runs: 40,
+            calibration_methods: vec![CalibrationMethod::Minmax, CalibrationMethod::Kl, CalibrationMethod::Percentile],
             ptq: PtqStage::default(),
         }
     }
@@ -98,7 +105,7 @@ impl StageSettings for SearchStage {
             return Err(at.invalid(&["budget_minutes"], "must be a positive number of minutes"));
         }
         for (key, v, range) in [
-            ("rows", self.rows, 1..=1_000_000),
+            ("rows", self.rows.unwrap_or(256), 1..=1_000_000),
             ("population", self.population, 2..=1_000),
             ("workers", self.workers, 1..=256),
             ("confirm", self.confirm, 1..=64),
@@ -107,6 +114,12 @@ impl StageSettings for SearchStage {
             if !range.contains(&v) {
                 return Err(at.invalid(&[key], format!("{v} is outside {}..={}", range.start(), range.end())));
             }
+        }
+        let mut methods = self.calibration_methods.clone();
+        methods.sort_by_key(|m| *m as u8);
+        methods.dedup();
+        if methods.is_empty() || methods.len() > 3 || methods.len() != self.calibration_methods.len() {
+            return Err(at.invalid(&["calibration_methods"], "list one to three different methods from [minmax, kl, percentile, mse]"));
         }
         if self.ptq.fine_tune.is_some() {
             return Err(

@@ -1,0 +1,114 @@
+"""`make bench-search`: Tamp's mixed-precision search beside Tamp's own single-recipe results
+(`ptq_8bit`, `ptq_accuracy_first`, 4-bit weights) on the reference models, in one run.
+
+For each model: each single recipe through `tamp compress`, then `tamp search` with its
+default budget (40 trials, 10 minutes). Every number is a full-evaluation-set measurement
+from the same protocol (`tamp compress`'s judge: the whole eval set, P50 over single-row
+runs on 1 thread). A search point *beats* a single-recipe result when it is at least as good
+on every axis and better on one: metric not lower, size at most 1 % larger, P50 at most 5 %
+slower (the spread of repeated P50s of one file on this machine: equal within it), and
+strictly better on one (metric higher, size ≥ 1 % smaller, or P50 ≥ 5 % faster). Then how the front grows with trials (from
+the journal), and the proxy's rank correlation."""
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SINGLES = [
+    ("ptq_8bit", (ROOT / "configs/policy_examples/ptq_8bit.yaml").read_text()),
+    ("ptq_accuracy_first", (ROOT / "configs/policy_examples/ptq_accuracy_first.yaml").read_text()),
+    ("4-bit weights", "policy:\n  name: w4\n  stages:\n    - ptq: {bits: {weights: [4]}}\n"),
+]
+MODELS = {
+    "fmnist-resnet8": [],
+    "efficientnet-lite0": [],
+    "all-minilm-l6-v2": ["--rows", "128"],
+}
+TOL = 0.05
+
+
+def chosen(out: Path) -> dict:
+    o = json.loads((out / "candidates.json").read_text())
+    c = next(c for c in o["candidates"] if c["id"] == o["chosen"])
+    return {"id": c["id"], "metric": c["measured"]["value"], "p50": c["measured"]["latency_ms_p50"], "size": c["measured"]["size_bytes"],
+            "drop": c["metric_drop_pct"], "ratio": c["compression_ratio"]}, o
+
+
+def beats(p: dict, s: dict) -> bool:
+    if p["metric"] < s["metric"] or p["size"] > s["size"] * 1.01 or p["p50"] > s["p50"] * (1 + TOL):
+        return False
+    return p["metric"] > s["metric"] or p["size"] < s["size"] * 0.99 or p["p50"] < s["p50"] * (1 - TOL)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tamp", required=True)
+    ap.add_argument("--models", default=str(ROOT / "models"))
+    ap.add_argument("--only", default="")
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    report = {}
+    for model, extra in MODELS.items():
+        if args.only and model not in args.only.split(","):
+            continue
+        d = Path(args.models) / model
+        data = ["--data", str(d / "calib.npz"), "--eval", str(d / "eval.npz")]
+        with tempfile.TemporaryDirectory() as tmp:
+            singles = {}
+            for label, text in SINGLES:
+                recipe = Path(tmp) / "r.yaml"
+                recipe.write_text(text)
+                r = subprocess.run([args.tamp, "compress", str(d / "model.onnx"), "--recipe", str(recipe), *data, "--out", f"{tmp}/{label}", "--no-analysis"],
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    print(f"{model} {label}: FAILED {r.stderr.strip().splitlines()[-1][:100]}")
+                    continue
+                singles[label], _ = chosen(Path(tmp) / label)
+            start = time.monotonic()
+            r = subprocess.run([args.tamp, "search", str(d / "model.onnx"), *data, "--out", f"{tmp}/search", "--no-analysis", *extra],
+                               capture_output=True, text=True)
+            wall = time.monotonic() - start
+            if r.returncode != 0:
+                print(f"{model} search: FAILED {r.stderr.strip()[-400:]}")
+                continue
+            _, o = chosen(Path(tmp) / "search")
+            points = [{"id": c["id"], "metric": c["measured"]["value"], "p50": c["measured"]["latency_ms_p50"], "size": c["measured"]["size_bytes"],
+                       "ratio": c["compression_ratio"], "bits": c["weights_bits"], "float": len(c["float_nodes"])} for c in o["candidates"]]
+            base = o["baseline"]
+            front = json.loads((Path(tmp) / "search/search/front.json").read_text())
+            journal = [json.loads(x) for x in (Path(tmp) / "search/search/journal.jsonl").read_text().splitlines()[1:]]
+        print(f"\n## {model}: baseline {base['metric']} {base['value']:.4f}, P50 {base['latency_ms_p50']:.3f} ms, {base['size_bytes']/1e6:.2f} MB;"
+              f" search wall {wall:.0f} s ({front['trials']} trials, {front['probes']} probes)")
+        print(f"{'point':34} {'metric':>9} {'P50 ms':>8} {'size MB':>8} {'ratio':>6}  beaten by")
+        rows = []
+        for label, s in singles.items():
+            by = [p["id"] for p in points if beats(p, s)]
+            print(f"{label:34} {s['metric']:9.4f} {s['p50']:8.3f} {s['size']/1e6:8.3f} {s['ratio']:6.2f}  {', '.join(by) or 'NONE'}")
+            rows.append({"single": label, **s, "beaten_by": by})
+        for p in points:
+            mark = "*" if p["id"] == o["chosen"] else " "
+            name = "{} (int{}, {} float)".format(p["id"], p["bits"], p["float"])
+            print(f"{mark}{name:33} {p['metric']:9.4f} {p['p50']:8.3f} {p['size']/1e6:8.3f} {p['ratio']:6.2f}")
+        # The front's growth: after k trials, the smallest size and the lowest P50 among points
+        # within the default 1 % drop.
+        trials = [j for j in journal if j["kind"] == "trial" and j.get("pruned") is None]
+        print("front with trials (subset metric, drop ≤ 1 %): trials → smallest MB, fastest P50 ms")
+        marks = sorted({k for k in (1, 2, 5, 10, 20, 30, 40, len(trials)) if k <= len(trials)})
+        growth = []
+        for k in marks:
+            ok = [t for t in trials[:k] if t["drop_pct"] <= 1.0]
+            if ok:
+                g = (k, min(t["size_bytes"] for t in ok) / 1e6, min(t["latency_ms_p50"] for t in ok))
+                growth.append(g)
+                print(f"  {g[0]:3d} → {g[1]:.3f} MB, {g[2]:.3f} ms")
+        print(f"proxy: {front['proxy']}")
+        report[model] = {"wall_s": wall, "singles": rows, "points": points, "growth": growth, "proxy": front["proxy"]}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
