@@ -11,6 +11,7 @@ strictly better on one (metric higher, size ≥ 1 % smaller, or P50 ≥ 5 % fast
 the journal), and the proxy's rank correlation."""
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -57,19 +58,21 @@ def main() -> None:
         d = Path(args.models) / model
         data = ["--data", str(d / "calib.npz"), "--eval", str(d / "eval.npz")]
         with tempfile.TemporaryDirectory() as tmp:
+            # A fresh cache: every P50 and speed verdict is measured in this run.
+            env = dict(os.environ, TAMP_CACHE_DIR=f"{tmp}/cache")
             singles = {}
             for label, text in SINGLES:
                 recipe = Path(tmp) / "r.yaml"
                 recipe.write_text(text)
                 r = subprocess.run([args.tamp, "compress", str(d / "model.onnx"), "--recipe", str(recipe), *data, "--out", f"{tmp}/{label}", "--no-analysis"],
-                                   capture_output=True, text=True)
+                                   capture_output=True, text=True, env=env)
                 if r.returncode != 0:
                     print(f"{model} {label}: FAILED {r.stderr.strip().splitlines()[-1][:100]}")
                     continue
                 singles[label], _ = chosen(Path(tmp) / label)
             start = time.monotonic()
             r = subprocess.run([args.tamp, "search", str(d / "model.onnx"), *data, "--out", f"{tmp}/search", "--no-analysis", *extra],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, env=env)
             wall = time.monotonic() - start
             if r.returncode != 0:
                 print(f"{model} search: FAILED {r.stderr.strip()[-400:]}")

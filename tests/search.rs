@@ -131,9 +131,14 @@ fn a_killed_search_resumes_to_the_same_front_and_fan_out_changes_nothing() {
         .arg("--no-analysis")
         .env("TAMP_CACHE_DIR", &cache));
     assert_eq!(std::fs::read(straight.join("best.onnx")).unwrap(), std::fs::read(again.join("best.onnx")).unwrap(), "byte for byte");
-    // The proxy's rank correlation is reported.
+    // The proxy's rank correlation is reported, in front.json and in the report.
     let f = json(&straight.join("search/front.json"));
-    assert!(f["proxy"]["spearman"].as_f64().is_some(), "{}", f["proxy"]);
+    let rho = f["proxy"]["spearman"].as_f64().unwrap_or_else(|| panic!("{}", f["proxy"]));
+    let html = std::fs::read_to_string(straight.join("report.html")).unwrap();
+    assert!(
+        html.contains("Mixed-precision search") && html.contains(&format!("Spearman rank correlation with the measured drops {rho:.2}")),
+        "the report's search section"
+    );
 }
 
 #[test]

@@ -140,7 +140,7 @@ impl BatchTrials {
                     None => {
                         // Every few polls: a trial job that failed ends the search stage (its
                         // attempt is retried as a whole; the trials' results so far are lost).
-                        if polls % 5 == 0 {
+                        if polls.is_multiple_of(5) {
                             let d =
                                 batch.describe_jobs().jobs(&id).send().await.map_err(|e| anyhow!("describing trial job {id}: {}", e.into_service_error()))?;
                             if let Some(j) = d.jobs().first()

@@ -450,6 +450,7 @@ async fn report_sources(svc: &Services, j: &Job) -> Result<tamp_report::Sources>
         src.outcome = Some(outcome);
         src.manifest = json(svc, &format!("{base}/manifest.json")).await?;
         src.analysis = json(svc, &format!("{base}/analysis.json")).await?;
+        src.search = json(svc, &format!("{base}/search/front.json")).await?;
         if let Some(o) = &s.output {
             src.artifact = json(svc, &o.metadata_key).await?;
         }

@@ -87,10 +87,52 @@ pub fn blocks(r: &Report) -> Vec<Block> {
     let charts = charts::all(r);
     let (tradeoffs, rest): (Vec<Chart>, Vec<Chart>) = charts.into_iter().partition(|c| c.title.ends_with(" vs size") || c.title.ends_with(" vs latency"));
     b.extend(tradeoffs.into_iter().map(Block::Chart));
+    search(r, &mut b);
     cost(r, &mut b);
     analysis(r, &mut b, rest);
     lineage(r, &mut b);
     b
+}
+
+/// A search stage's front, and how well its proxy ranked the measured trials.
+fn search(r: &Report, b: &mut Vec<Block>) {
+    let Some(s) = &r.search else { return };
+    b.push(Block::Heading("Mixed-precision search".into()));
+    let proxy = s.proxy.as_ref().map_or_else(
+        || "No proxy was fitted (the sensitivity probes did not finish).".to_owned(),
+        |p| match p.spearman {
+            Some(rho) => format!("Proxy: {}; Spearman rank correlation with the measured drops {rho:.2} over {} trials.", p.name, p.trials),
+            None => format!("Proxy: {}; too few distinct trials ({}) for a rank correlation.", p.name, p.trials),
+        },
+    );
+    b.push(Block::Para(format!(
+        "{} trials measured ({} metric-only sensitivity probes), {} on a seeded subset of {} rows; the front's points were then confirmed on the whole evaluation set (the table above). {proxy} Config: the calibration method's index, then per layer group f (float), 8 (int8) or 4 (int4).",
+        s.trials, s.probes, r.metric, s.subset_rows
+    )));
+    let rows = s
+        .front
+        .iter()
+        .map(|p| {
+            vec![
+                p.trial.to_string(),
+                p.config.clone(),
+                f(p.metric, 4),
+                format!("{:+.2} %", -p.drop_pct),
+                opt(p.latency_ms_p50, 3),
+                size(p.size_bytes),
+                format!("{:.2}×", p.compression_ratio),
+                if p.meets_constraints { "yes".into() } else { "no".into() },
+            ]
+        })
+        .collect();
+    b.push(Block::Table {
+        head: ["trial", "config", &format!("{} (subset)", r.metric), "Δ metric", "P50 ms", "size", "smaller", "meets constraints"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        rows,
+        highlight: None,
+    });
 }
 
 fn cost(r: &Report, b: &mut Vec<Block>) {

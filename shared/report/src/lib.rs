@@ -14,7 +14,7 @@ pub mod model;
 pub mod pdf;
 
 pub use cost::{CostProjection, PriceTable};
-pub use model::{EventLine, Flag, Recommendation, Report, Severity, Sources};
+pub use model::{EventLine, Flag, FrontPoint, Proxy, Recommendation, Report, SearchSummary, Severity, Sources};
 
 /// Errors of the report step.
 #[derive(Debug, thiserror::Error)]

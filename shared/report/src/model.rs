@@ -96,6 +96,39 @@ pub struct Sources {
     pub reproduce: Option<String>,
     /// Job state and reason, for service jobs that did not succeed.
     pub state: Option<(String, Option<String>)>,
+    /// A search stage's `search/front.json`.
+    pub search: Option<SearchSummary>,
+}
+
+/// What the report shows of a search (`search/front.json`, written by the search stage).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct SearchSummary {
+    pub trials: usize,
+    pub probes: usize,
+    pub subset_rows: usize,
+    pub front: Vec<FrontPoint>,
+    pub proxy: Option<Proxy>,
+}
+
+/// One point of the search's Pareto front (metric on the search's subset).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct FrontPoint {
+    pub trial: usize,
+    pub config: String,
+    pub metric: f64,
+    pub drop_pct: f64,
+    pub latency_ms_p50: Option<f64>,
+    pub size_bytes: u64,
+    pub compression_ratio: f64,
+    pub meets_constraints: bool,
+}
+
+/// The cheap predictor the search ranked with, and how well it ranked the measured trials.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Proxy {
+    pub name: String,
+    pub spearman: Option<f64>,
+    pub trials: usize,
 }
 
 /// The report's content.
@@ -121,6 +154,7 @@ pub struct Report {
     pub cohort_max_drop_pct: f64,
     pub min_calibration_score: f64,
     pub state: Option<(String, Option<String>)>,
+    pub search: Option<SearchSummary>,
 }
 
 /// A layer whose relative output error exceeds this is called unstable.
@@ -227,6 +261,7 @@ impl Report {
             cohort_max_drop_pct,
             min_calibration_score: settings.min_calibration_score,
             state: src.state,
+            search: src.search,
         };
         report.flags = flags(&report, best, src.artifact.as_ref());
         report.recommendation = recommend(&report.flags, best.is_some());
@@ -381,6 +416,7 @@ impl Sources {
             manifest: read(dir, "manifest.json", false)?,
             artifact: read(dir, "best.json", false)?,
             analysis: read(dir, "analysis.json", false)?,
+            search: read(dir, "search/front.json", false)?,
             ..Self::default()
         })
     }

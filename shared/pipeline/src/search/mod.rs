@@ -657,9 +657,22 @@ impl Search<'_, '_, '_, '_> {
         // fastest, most accurate), then the rest of the front by crowding distance.
         let front: Vec<Record> = self.front().into_iter().cloned().collect();
         let feasible: Vec<&Record> = front.iter().filter(|r| self.point(r).violation == 0.0).collect();
-        let pick = |key: &dyn Fn(&Record) -> f64| feasible.iter().min_by(|a, b| key(a).total_cmp(&key(b)).then(a.n.cmp(&b.n))).map(|r| (*r).clone());
-        let mut order: Vec<Record> =
-            [pick(&|r| r.size_bytes as f64), pick(&|r| r.latency_ms_p50.unwrap_or(f64::INFINITY)), pick(&|r| r.drop_pct)].into_iter().flatten().collect();
+        let pick =
+            |pool: &[&Record], key: &dyn Fn(&Record) -> f64| pool.iter().min_by(|a, b| key(a).total_cmp(&key(b)).then(a.n.cmp(&b.n))).map(|r| (*r).clone());
+        let size = |r: &Record| r.size_bytes as f64;
+        let p50 = |r: &Record| r.latency_ms_p50.unwrap_or(f64::INFINITY);
+        // Next to each extreme of the whole front, the most accurate point within measurement
+        // tolerance of it (1 % in size, 5 % in P50): as small (or fast) as that extreme, better.
+        let all: Vec<&Record> = front.iter().collect();
+        let near = |key: &dyn Fn(&Record) -> f64, tol: f64| -> Option<Record> {
+            let edge = all.iter().map(|r| key(r)).fold(f64::INFINITY, f64::min);
+            let close: Vec<&Record> = all.iter().copied().filter(|r| key(r) <= edge * (1.0 + tol)).collect();
+            pick(&close, &|r| r.drop_pct)
+        };
+        let mut order: Vec<Record> = [pick(&feasible, &size), pick(&feasible, &p50), pick(&feasible, &|r| r.drop_pct), near(&size, 0.01), near(&p50, 0.05)]
+            .into_iter()
+            .flatten()
+            .collect();
         let points: Vec<nsga::Point> = front.iter().map(|r| self.point(r)).collect();
         let all: Vec<usize> = (0..front.len()).collect();
         let crowd = nsga::crowding(&points, &all);

@@ -63,7 +63,7 @@ impl Default for SearchStage {
             objectives: vec![Objective::Metric, Objective::Latency, Objective::Size],
             population: 8,
             workers: 1,
-            confirm: 4,
+            confirm: 6,
             latency_runs: 40,
             calibration_methods: vec![CalibrationMethod::Minmax, CalibrationMethod::Kl, CalibrationMethod::Percentile],
             ptq: PtqStage::default(),
