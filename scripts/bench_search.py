@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--models", default=str(ROOT / "models"))
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default="")
+    ap.add_argument("--search-args", default="", help="extra `tamp search` flags, e.g. '--strategy nsga2 --trials 80'")
     args = ap.parse_args()
     report = {}
     for model, extra in MODELS.items():
@@ -71,7 +72,7 @@ def main() -> None:
                     continue
                 singles[label], _ = chosen(Path(tmp) / label)
             start = time.monotonic()
-            r = subprocess.run([args.tamp, "search", str(d / "model.onnx"), *data, "--out", f"{tmp}/search", "--no-analysis", *extra],
+            r = subprocess.run([args.tamp, "search", str(d / "model.onnx"), *data, "--out", f"{tmp}/search", "--no-analysis", *extra, *args.search_args.split()],
                                capture_output=True, text=True, env=env)
             wall = time.monotonic() - start
             if r.returncode != 0:
