@@ -4,6 +4,7 @@
 mod client;
 mod compress;
 mod eval;
+mod export;
 mod inspect;
 mod local;
 mod quantize;
@@ -52,6 +53,9 @@ enum Command {
     Worker(serve::WorkerArgs),
     /// One-shot int8 post-training quantization (static QDQ with calibration, or --dynamic).
     Quantize(quantize::Args),
+    /// Write a model for another runtime (TFLite: fp32, dynamic-range int8, or int8 from
+    /// Tamp's QDQ), or list the nodes that runtime cannot take.
+    Export(export::Args),
 }
 
 /// Training allocates activation buffers of a different size every batch (sequence lengths
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Search(a) => search::run(&a),
         Command::SearchTrial(a) => search::trial(&a),
         Command::Quantize(a) => quantize::run(&a),
+        Command::Export(a) => export::run(&a),
         Command::Report(a) => report::run(&a),
         Command::Serve(a) => serve::serve(&a),
         Command::Worker(a) => serve::worker(&a),

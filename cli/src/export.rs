@@ -1,0 +1,91 @@
+//! `tamp export`: an ONNX model written for another runtime (TFLite today), or the list of
+//! nodes that runtime cannot take.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use tamp_export::tflite::{self, Options, Precision};
+use tamp_onnx::Model;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The .onnx file (fp32, or Tamp's int8 QDQ output).
+    model: PathBuf,
+    /// Target runtime.
+    #[arg(long, default_value = "tflite", value_parser = ["tflite"])]
+    runtime: String,
+    /// fp32; dynamic-int8 (int8 weights, float activations); int8 (int8 wherever the model's
+    /// QDQ pairs are: give it Tamp's int8 model). Default: int8 when the model has QDQ pairs.
+    #[arg(long, value_parser = ["fp32", "dynamic-int8", "int8"])]
+    precision: Option<String>,
+    /// Fixed shape for an input with dynamic dimensions, ONNX order: `name=1,3,224,224`
+    /// (repeatable; a dynamic batch dimension defaults to 1).
+    #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+    input_shapes: Vec<String>,
+    /// Where to write the exported model.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write what was exported (ops by type and precision, inputs, outputs) as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let has_qdq = model.graph().node.iter().any(|n| n.op_type.as_deref() == Some("QuantizeLinear"));
+    let precision = match a.precision.as_deref() {
+        Some("fp32") => Precision::Float32,
+        Some("dynamic-int8") => Precision::DynamicInt8,
+        Some(_) => Precision::Int8,
+        None if has_qdq => Precision::Int8,
+        None => Precision::Float32,
+    };
+    let mut input_shapes = HashMap::new();
+    for s in &a.input_shapes {
+        let (name, dims) = s.split_once('=').with_context(|| format!("--input-shape {s}: expected NAME=D0,D1,…"))?;
+        let dims: Vec<usize> = dims.split(',').map(|d| d.trim().parse::<usize>()).collect::<Result<_, _>>().with_context(|| format!("--input-shape {s}: dimensions must be positive integers"))?;
+        input_shapes.insert(name.to_owned(), dims);
+    }
+    let started = std::time::Instant::now();
+    let exported = match tflite::export(&model, &Options { precision, input_shapes }) {
+        Ok(e) => e,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("  {p}");
+            }
+            bail!("{} cannot be exported to {}: {} problem(s) listed above", a.model.display(), a.runtime, problems.len());
+        }
+    };
+    let tmp = a.out.with_extension("tflite.tmp");
+    std::fs::write(&tmp, &exported.bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    let int8_ops: usize = exported.op_counts.iter().filter(|(k, _)| k.ends_with(":int8")).map(|(_, v)| v).sum();
+    let all_ops: usize = exported.op_counts.values().sum();
+    println!(
+        "{} → {} ({}, {:.2} MB, {all_ops} ops, {int8_ops} on int8 inputs, {:.2} s)",
+        a.model.display(),
+        a.out.display(),
+        precision.as_str(),
+        exported.bytes.len() as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    for (name, shape) in &exported.inputs {
+        println!("  input  {name} {shape:?}{}", if shape.len() == 4 { " (NHWC)" } else { "" });
+    }
+    for (name, shape) in &exported.outputs {
+        println!("  output {name} {shape:?}");
+    }
+    if let Some(r) = &a.report {
+        let json = serde_json::json!({
+            "runtime": a.runtime,
+            "precision": precision.as_str(),
+            "size_bytes": exported.bytes.len(),
+            "ops": exported.op_counts,
+            "inputs": exported.inputs.iter().map(|(n, s)| serde_json::json!({"name": n, "shape": s, "layout": if s.len() == 4 { "NHWC" } else { "as ONNX" }})).collect::<Vec<_>>(),
+            "outputs": exported.outputs.iter().map(|(n, s)| serde_json::json!({"name": n, "shape": s})).collect::<Vec<_>>(),
+        });
+        std::fs::write(r, serde_json::to_vec_pretty(&json)?).with_context(|| format!("writing {}", r.display()))?;
+    }
+    Ok(())
+}

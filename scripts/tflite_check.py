@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Runs a .tflite in LiteRT beside its ONNX source in ONNX Runtime on the same rows, and
+prints the agreement as JSON: top-1 agreement (classifiers), mean and minimum cosine, max
+absolute difference, and each runtime's single-row P50 latency.
+
+    tflite_check.py --onnx m.onnx --tflite m.tflite --data eval.npz [--rows 1000]
+
+4-D inputs are fed NCHW to ONNX Runtime and NHWC to LiteRT (Tamp's TFLite layout). Rows run
+one at a time (the exported model has batch 1).
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+import onnxruntime as ort
+from ai_edge_litert.interpreter import Interpreter
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--onnx", required=True)
+    ap.add_argument("--tflite", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--rows", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    sess = ort.InferenceSession(a.onnx, so, providers=["CPUExecutionProvider"])
+    interp = Interpreter(model_path=a.tflite, num_threads=a.threads)
+    interp.allocate_tensors()
+    t_in = {d["name"]: d for d in interp.get_input_details()}
+    t_out = interp.get_output_details()
+
+    data = np.load(a.data)
+    names = [i.name for i in sess.get_inputs()]
+    n = min(len(data[names[0]]), a.rows)
+    idx = np.random.default_rng(a.seed).permutation(len(data[names[0]]))[:n]
+
+    agree, cos, maxabs, t_ort, t_lite = [], [], 0.0, [], []
+    for r in idx:
+        feed = {k: data[k][r : r + 1].astype(np.float32) for k in names}
+        t0 = time.perf_counter()
+        o_ref = sess.run(None, feed)[0].reshape(-1)
+        t_ort.append(time.perf_counter() - t0)
+        for k, v in feed.items():
+            det = t_in[k]
+            x = v.transpose(0, 2, 3, 1) if v.ndim == 4 else v
+            interp.set_tensor(det["index"], np.ascontiguousarray(x, dtype=det["dtype"]))
+        t0 = time.perf_counter()
+        interp.invoke()
+        t_lite.append(time.perf_counter() - t0)
+        o = interp.get_tensor(t_out[0]["index"]).astype(np.float32).reshape(-1)
+        agree.append(int(np.argmax(o) == np.argmax(o_ref)))
+        denom = float(np.linalg.norm(o) * np.linalg.norm(o_ref)) or 1.0
+        cos.append(float(np.dot(o, o_ref)) / denom)
+        maxabs = max(maxabs, float(np.max(np.abs(o - o_ref))))
+    print(json.dumps({
+        "rows": int(n),
+        "top1_agreement": float(np.mean(agree)),
+        "cosine_mean": float(np.mean(cos)),
+        "cosine_min": float(np.min(cos)),
+        "max_abs_diff": maxabs,
+        "onnxruntime_p50_ms": float(np.median(t_ort) * 1e3),
+        "litert_p50_ms": float(np.median(t_lite) * 1e3),
+        "tflite_bytes": len(open(a.tflite, "rb").read()),
+    }))
+
+
+if __name__ == "__main__":
+    main()

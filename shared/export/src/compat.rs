@@ -1,0 +1,1 @@
+//! The pre-flight compatibility table.
