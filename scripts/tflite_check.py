@@ -3,7 +3,8 @@
 prints the agreement as JSON: top-1 agreement (classifiers), mean and minimum cosine, max
 absolute difference, and each runtime's single-row P50 latency.
 
-    tflite_check.py --onnx m.onnx --tflite m.tflite --data eval.npz [--rows 1000]
+    tflite_check.py --onnx m.onnx --tflite m.tflite --data eval.npz [--data more.npz] [--rows 1000]
+    tflite_check.py --onnx m.onnx --tflite m.tflite --random input=1,3,16,16 --rows 20
 
 4-D inputs are fed NCHW to ONNX Runtime and NHWC to LiteRT (Tamp's TFLite layout). Rows run
 one at a time (the exported model has batch 1).
@@ -21,7 +22,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--onnx", required=True)
     ap.add_argument("--tflite", required=True)
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", action="append", default=[], help="npz with arrays named after the inputs (repeatable: rows are appended)")
+    ap.add_argument("--random", action="append", default=[], metavar="NAME=D0,D1,..", help="seeded N(0,1) rows instead of --data")
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -35,8 +37,17 @@ def main():
     t_in = {d["name"]: d for d in interp.get_input_details()}
     t_out = interp.get_output_details()
 
-    data = np.load(a.data)
     names = [i.name for i in sess.get_inputs()]
+    data = {}
+    for path in a.data:
+        d = np.load(path)
+        for k in names:
+            data[k] = np.concatenate([data[k], d[k]]) if k in data else d[k]
+    rng = np.random.default_rng(a.seed)
+    for spec in a.random:
+        k, dims = spec.split("=")
+        dims = [int(x) for x in dims.split(",")]
+        data[k] = rng.standard_normal([a.rows] + dims[1:]).astype(np.float32)
     n = min(len(data[names[0]]), a.rows)
     idx = np.random.default_rng(a.seed).permutation(len(data[names[0]]))[:n]
 

@@ -105,7 +105,6 @@ struct Value {
 }
 
 const NCHW_TO_NHWC: [usize; 4] = [0, 2, 3, 1];
-const NHWC_TO_NCHW: [usize; 4] = [0, 3, 1, 2];
 
 fn permute<T: Copy>(v: &[T], perm: &[usize]) -> Vec<T> {
     perm.iter().map(|&p| v[p]).collect()
@@ -1191,7 +1190,7 @@ impl<'m> Cx<'m> {
         for i in &ins {
             ts.push(if nhwc { self.nhwc_in(i, false)? } else { self.float_in(i)? });
         }
-        let t_axis = if nhwc { NHWC_TO_NCHW.iter().position(|&p| p == axis).unwrap_or(axis) } else { axis };
+        let t_axis = if nhwc { NCHW_TO_NHWC.iter().position(|&p| p == axis).unwrap_or(axis) } else { axis };
         let out = self.out_tensor(&n.output[0], &out_shape, nhwc, None);
         self.push(Op::Concatenation { axis: t_axis as i32, act: Act::None }, 1, ts, vec![out]);
         Ok(())

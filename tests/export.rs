@@ -1,0 +1,211 @@
+//! End-to-end tests of `tamp export`: the reference CNNs written as `.tflite` (fp32 and
+//! Tamp's int8) and run in LiteRT (`ai-edge-litert`) beside their ONNX in Python onnxruntime
+//! (`scripts/tflite_check.py`); a small graph that covers the remaining ops; and the
+//! refusals, one line per node, for what TFLite cannot take.
+//! Needs `make models venv` (the Makefile's `test` target does it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ndarray::ArrayD;
+use support::models::*;
+use support::{root, tamp};
+use tamp_onnx::builder::{Attr, GraphBuilder};
+
+/// `tamp export` of `model` to `out` with `args`; returns the `--report` JSON.
+fn export(model: &Path, out: &Path, args: &[&str]) -> serde_json::Value {
+    let report = out.with_extension("json");
+    let r = run(Command::new(tamp()).arg("export").arg(model).arg("--out").arg(out).arg("--report").arg(&report).args(args));
+    assert!(r.status.success(), "tamp export {}: {}{}", model.display(), String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
+/// LiteRT against ONNX Runtime on the same rows.
+fn check(onnx: &Path, tflite: &Path, data: &[&str]) -> serde_json::Value {
+    let r = run(Command::new(python()).arg(root().join("scripts/tflite_check.py")).arg("--onnx").arg(onnx).arg("--tflite").arg(tflite).args(data));
+    assert!(r.status.success(), "tflite_check: {}", String::from_utf8_lossy(&r.stderr));
+    let line = String::from_utf8_lossy(&r.stdout).lines().last().unwrap().to_owned();
+    serde_json::from_str(&line).unwrap()
+}
+
+fn int8_model(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let ref_dir = root().join("models").join(name);
+    let q = dir.join(format!("{name}-int8.onnx"));
+    let r = run(Command::new(tamp()).arg("quantize").arg(ref_dir.join("model.onnx")).arg("--data").arg(ref_dir.join("calib.npz")).arg("--out").arg(&q));
+    assert!(r.status.success(), "tamp quantize {name}: {}", String::from_utf8_lossy(&r.stderr));
+    (ref_dir, q)
+}
+
+fn ops(report: &serde_json::Value, key: &str) -> u64 {
+    report["ops"][key].as_u64().unwrap_or(0)
+}
+
+/// ResNet-8 (Fashion-MNIST): the fp32 `.tflite` gives ONNX Runtime's logits (max |Δ| well
+/// under 1e-3, every top-1 the same on 1,000 test images); the int8 one runs its
+/// convolutions and adds as int8 kernels and agrees with Tamp's int8 ONNX on ≥ 99 % of the
+/// 1,000 images (measured: 100 %). No TRANSPOSE anywhere: the graph is NHWC end to end.
+#[test]
+fn resnet8_exports_to_tflite_in_fp32_and_int8() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ref_dir, q) = int8_model(dir.path(), "fmnist-resnet8");
+    let eval = ref_dir.join("eval.npz");
+    let data = ["--data", eval.to_str().unwrap(), "--rows", "1000"];
+
+    let fp32 = dir.path().join("fp32.tflite");
+    let rep = export(&ref_dir.join("model.onnx"), &fp32, &[]);
+    assert_eq!(rep["precision"], "fp32");
+    assert_eq!(rep["inputs"][0]["shape"], serde_json::json!([1, 28, 28, 1]), "{rep}");
+    assert_eq!(ops(&rep, "TRANSPOSE:float32"), 0, "{rep}");
+    let c = check(&ref_dir.join("model.onnx"), &fp32, &data);
+    assert_eq!(c["rows"], 1000);
+    assert!(c["top1_agreement"].as_f64().unwrap() >= 0.999, "{c}");
+    assert!(c["max_abs_diff"].as_f64().unwrap() < 1e-3, "{c}");
+
+    let int8 = dir.path().join("int8.tflite");
+    let rep = export(&q, &int8, &[]);
+    assert_eq!(rep["precision"], "int8");
+    assert!(ops(&rep, "CONV_2D:int8") >= 8 && ops(&rep, "ADD:int8") == 3, "{rep}");
+    assert_eq!(ops(&rep, "TRANSPOSE:int8") + ops(&rep, "TRANSPOSE:float32"), 0, "{rep}");
+    let c = check(&q, &int8, &data);
+    assert!(c["top1_agreement"].as_f64().unwrap() >= 0.99, "{c}");
+    assert!(c["cosine_mean"].as_f64().unwrap() >= 0.999, "{c}");
+    assert!(std::fs::metadata(&int8).unwrap().len() * 3 < std::fs::metadata(&fp32).unwrap().len(), "int8 file not ~4× smaller");
+}
+
+/// EfficientNet-Lite0 (ImageNet, real photos): fp32 matches ONNX Runtime to 1e-3 on every
+/// logit; the int8 export runs 32 CONV_2D and 16 DEPTHWISE_CONV_2D in int8 and agrees with
+/// Tamp's int8 ONNX on the 128 photos of eval + calib (measured 127/128 = 99.2 %, cosine
+/// 0.9996; the bar leaves room for a second near-tie to flip between two int8 kernels'
+/// rounding).
+#[test]
+fn efficientnet_exports_to_tflite_in_fp32_and_int8() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ref_dir, q) = int8_model(dir.path(), "efficientnet-lite0");
+    let (eval, calib) = (ref_dir.join("eval.npz"), ref_dir.join("calib.npz"));
+    let data = ["--data", eval.to_str().unwrap(), "--data", calib.to_str().unwrap()];
+
+    let fp32 = dir.path().join("fp32.tflite");
+    let rep = export(&ref_dir.join("model.onnx"), &fp32, &[]);
+    assert_eq!(rep["inputs"][0]["shape"], serde_json::json!([1, 224, 224, 3]));
+    let c = check(&ref_dir.join("model.onnx"), &fp32, &data);
+    assert_eq!(c["rows"], 128);
+    assert!(c["top1_agreement"].as_f64().unwrap() >= 0.99, "{c}");
+    assert!(c["max_abs_diff"].as_f64().unwrap() < 1e-3, "{c}");
+
+    let int8 = dir.path().join("int8.tflite");
+    let rep = export(&q, &int8, &[]);
+    assert!(ops(&rep, "CONV_2D:int8") >= 30 && ops(&rep, "DEPTHWISE_CONV_2D:int8") >= 16, "{rep}");
+    let c = check(&q, &int8, &data);
+    assert!(c["top1_agreement"].as_f64().unwrap() >= 0.97, "{c}");
+    assert!(c["cosine_mean"].as_f64().unwrap() >= 0.998, "{c}");
+}
+
+fn w(shape: &[usize], seed: u32) -> ArrayD<f32> {
+    let n: usize = shape.iter().product();
+    ArrayD::from_shape_vec(shape.to_vec(), (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 1000) as f32 / 1000.0 - 0.5).collect()).unwrap()
+}
+
+/// The ops the reference models do not use, in one graph: a standalone BatchNormalization,
+/// max and average pooling, Sigmoid, Concat on channels, a per-channel Mul, Flatten over a
+/// spatial extent (the one place a TRANSPOSE is needed), Gemm and Softmax. fp32 and
+/// dynamic-range int8 both run in LiteRT and match ONNX Runtime.
+#[test]
+fn remaining_ops_export_and_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = GraphBuilder::new("ops", 17);
+    let x = b.input_f32("input", &[None, Some(3), Some(16), Some(16)]);
+    let cw = b.init_f32("cw", w(&[8, 3, 3, 3], 1));
+    let cb = b.init_f32("cb", w(&[8], 2));
+    let c = b.op("Conv", &[&x, &cw, &cb], &[("kernel_shape", Attr::Ints(vec![3, 3])), ("pads", Attr::Ints(vec![1, 1, 1, 1]))]);
+    let r = b.op("Relu", &[&c], &[]);
+    let mp = b.op("MaxPool", &[&r], &[("kernel_shape", Attr::Ints(vec![2, 2])), ("strides", Attr::Ints(vec![2, 2]))]);
+    let sg = b.op("Sigmoid", &[&mp], &[]);
+    let ap = b.op("AveragePool", &[&mp], &[("kernel_shape", Attr::Ints(vec![3, 3])), ("pads", Attr::Ints(vec![1, 1, 1, 1]))]);
+    let cat = b.op("Concat", &[&sg, &ap], &[("axis", Attr::Int(1))]);
+    let (g, be, m, v) = (b.init_f32("g", w(&[16], 3) + 1.0), b.init_f32("be", w(&[16], 4)), b.init_f32("m", w(&[16], 5)), b.init_f32("v", w(&[16], 6).mapv(|x| x + 1.0)));
+    let bn = b.op("BatchNormalization", &[&cat, &g, &be, &m, &v], &[]);
+    let s = b.init_f32("s", w(&[1, 16, 1, 1], 7));
+    let mul = b.op("Mul", &[&bn, &s], &[]);
+    let fl = b.op("Flatten", &[&mul], &[("axis", Attr::Int(1))]);
+    let fw = b.init_f32("fw", w(&[5, 16 * 8 * 8], 8));
+    let fb = b.init_f32("fb", w(&[5], 9));
+    let gm = b.op("Gemm", &[&fl, &fw, &fb], &[("transB", Attr::Int(1))]);
+    b.op_n("Softmax", &[&gm], &["probs"], &[("axis", Attr::Int(-1))]);
+    b.output_f32("probs", &[None, Some(5)]);
+    let model = dir.path().join("ops.onnx");
+    std::fs::write(&model, b.build().to_bytes().unwrap()).unwrap();
+    check_onnx(&model);
+
+    let data = ["--random", "input=1,3,16,16", "--rows", "20"];
+    let fp32 = dir.path().join("ops.tflite");
+    let rep = export(&model, &fp32, &[]);
+    for op in ["MAX_POOL_2D", "AVERAGE_POOL_2D", "LOGISTIC", "CONCATENATION", "SOFTMAX", "FULLY_CONNECTED"] {
+        assert_eq!(ops(&rep, &format!("{op}:float32")), 1, "{op}: {rep}");
+    }
+    assert_eq!(ops(&rep, "TRANSPOSE:float32"), 1, "only the Flatten over 8×8 needs NCHW order: {rep}");
+    let c = check(&model, &fp32, &data);
+    assert!(c["max_abs_diff"].as_f64().unwrap() < 1e-4, "{c}");
+
+    let dynq = dir.path().join("ops-dyn.tflite");
+    let rep = export(&model, &dynq, &["--precision", "dynamic-int8"]);
+    assert_eq!(rep["precision"], "dynamic-int8");
+    let c = check(&model, &dynq, &data);
+    assert!(c["cosine_min"].as_f64().unwrap() > 0.99, "{c}");
+}
+
+/// What TFLite cannot take is refused before anything is written, one line per node with
+/// the runtime, the op and what to do: MiniLM's int64 token inputs, an op with no builtin
+/// (Erf), a grouped convolution, a dynamic spatial dimension.
+#[test]
+fn export_refuses_what_tflite_cannot_run_naming_each_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let refuse = |model: &Path, args: &[&str]| -> String {
+        let out = dir.path().join("refused.tflite");
+        let r = run(Command::new(tamp()).arg("export").arg(model).arg("--out").arg(&out).args(args));
+        assert!(!r.status.success(), "{} exported", model.display());
+        assert!(!out.exists(), "a refused export left a file");
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    let minilm = root().join("models/all-minilm-l6-v2/model.onnx");
+    let err = refuse(&minilm, &[]);
+    for input in ["input_ids", "attention_mask", "token_type_ids"] {
+        assert!(err.contains(&format!("tflite: node '{input}' (input): Int64 input")), "{err}");
+    }
+
+    let mut b = GraphBuilder::new("bad", 17);
+    let x = b.input_f32("x", &[None, Some(4), Some(8), Some(8)]);
+    let gw = b.init_f32("gw", w(&[4, 2, 3, 3], 1));
+    let gc = b.op("Conv", &[&x, &gw], &[("kernel_shape", Attr::Ints(vec![3, 3])), ("group", Attr::Int(2))]);
+    b.op_n("Erf", &[&gc], &["y"], &[]);
+    b.output_f32("y", &[None, Some(4), Some(6), Some(6)]);
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, b.build().to_bytes().unwrap()).unwrap();
+    let err = refuse(&bad, &[]);
+    assert!(err.contains("(Conv): grouped convolution (group 2 of 4 channels)"), "{err}");
+
+    // Erf alone (its input is fine) is named with the op and the way out.
+    let mut b = GraphBuilder::new("erf", 17);
+    let x = b.input_f32("x", &[None, Some(4)]);
+    b.op_n("Erf", &[&x], &["y"], &[]);
+    b.output_f32("y", &[None, Some(4)]);
+    let erf = dir.path().join("erf.onnx");
+    std::fs::write(&erf, b.build().to_bytes().unwrap()).unwrap();
+    let err = refuse(&erf, &[]);
+    assert!(err.contains("(Erf): Erf has no TFLite builtin in Tamp's exporter — export this model to ONNX Runtime"), "{err}");
+
+    let mut b = GraphBuilder::new("dyn", 17);
+    let x = b.input_f32("x", &[None, Some(3), None, None]);
+    b.op_n("Relu", &[&x], &["y"], &[]);
+    b.output_f32("y", &[None, Some(3), None, None]);
+    let dynamic = dir.path().join("dyn.onnx");
+    std::fs::write(&dynamic, b.build().to_bytes().unwrap()).unwrap();
+    let err = refuse(&dynamic, &[]);
+    assert!(err.contains("dimension 2 is dynamic") && err.contains("--input-shape x="), "{err}");
+    let ok = dir.path().join("dyn.tflite");
+    let rep = export(&dynamic, &ok, &["--input-shape", "x=1,3,20,30"]);
+    assert_eq!(rep["inputs"][0]["shape"], serde_json::json!([1, 20, 30, 3]));
+}
