@@ -106,7 +106,11 @@ fn efficientnet_exports_to_tflite_in_fp32_and_int8() {
 
 fn w(shape: &[usize], seed: u32) -> ArrayD<f32> {
     let n: usize = shape.iter().product();
-    ArrayD::from_shape_vec(shape.to_vec(), (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 1000) as f32 / 1000.0 - 0.5).collect()).unwrap()
+    ArrayD::from_shape_vec(
+        shape.to_vec(),
+        (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 1000) as f32 / 1000.0 - 0.5).collect(),
+    )
+    .unwrap()
 }
 
 /// The ops the reference models do not use, in one graph: a standalone BatchNormalization,
@@ -126,7 +130,8 @@ fn remaining_ops_export_and_match() {
     let sg = b.op("Sigmoid", &[&mp], &[]);
     let ap = b.op("AveragePool", &[&mp], &[("kernel_shape", Attr::Ints(vec![3, 3])), ("pads", Attr::Ints(vec![1, 1, 1, 1]))]);
     let cat = b.op("Concat", &[&sg, &ap], &[("axis", Attr::Int(1))]);
-    let (g, be, m, v) = (b.init_f32("g", w(&[16], 3) + 1.0), b.init_f32("be", w(&[16], 4)), b.init_f32("m", w(&[16], 5)), b.init_f32("v", w(&[16], 6).mapv(|x| x + 1.0)));
+    let (g, be, m, v) =
+        (b.init_f32("g", w(&[16], 3) + 1.0), b.init_f32("be", w(&[16], 4)), b.init_f32("m", w(&[16], 5)), b.init_f32("v", w(&[16], 6).mapv(|x| x + 1.0)));
     let bn = b.op("BatchNormalization", &[&cat, &g, &be, &m, &v], &[]);
     let s = b.init_f32("s", w(&[1, 16, 1, 1], 7));
     let mul = b.op("Mul", &[&bn, &s], &[]);

@@ -44,7 +44,11 @@ pub fn run(a: &Args) -> Result<()> {
     let mut input_shapes = HashMap::new();
     for s in &a.input_shapes {
         let (name, dims) = s.split_once('=').with_context(|| format!("--input-shape {s}: expected NAME=D0,D1,…"))?;
-        let dims: Vec<usize> = dims.split(',').map(|d| d.trim().parse::<usize>()).collect::<Result<_, _>>().with_context(|| format!("--input-shape {s}: dimensions must be positive integers"))?;
+        let dims: Vec<usize> = dims
+            .split(',')
+            .map(|d| d.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("--input-shape {s}: dimensions must be positive integers"))?;
         input_shapes.insert(name.to_owned(), dims);
     }
     let started = std::time::Instant::now();

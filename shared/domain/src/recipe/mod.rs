@@ -215,8 +215,8 @@ impl Recipe {
         for (index, stage) in self.policy.stages.iter().enumerate() {
             stage.validate(&At { index, kind: stage.kind(), source })?;
         }
-        if let Some(t) = self.targets.iter().find(|t| **t != Target::Onnxruntime) {
-            return Err(invalid(&[Key::Field("targets")], format!("target `{}` has no exporter in this build; available: onnxruntime", t.as_str())));
+        if let Some(t) = self.targets.iter().find(|t| !matches!(t, Target::Onnxruntime | Target::Tflite)) {
+            return Err(invalid(&[Key::Field("targets")], format!("target `{}` has no exporter in this build; available: onnxruntime, tflite", t.as_str())));
         }
         if self.targets.is_empty() {
             return Err(invalid(&[Key::Field("targets")], "list at least one target runtime, e.g. [onnxruntime]".into()));

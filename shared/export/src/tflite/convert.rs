@@ -700,15 +700,10 @@ impl<'m> Cx<'m> {
     /// the float weights ONNX Runtime computes with.
     fn dequantized_weight(&mut self, name: &str, k: &Konst, out_axis: usize, perm: &[usize], t_axis: i32) -> Option<i32> {
         let q = k.q.as_ref()?;
-        if self.opts.precision != Precision::Int8
-            || q.elem != DataType::Int8
-            || q.axis != out_axis
-            || q.zp.iter().any(|&z| z != 0)
-            || q.scale.len() != k.f.shape()[out_axis]
-        {
+        if self.opts.precision != Precision::Int8 || q.axis != out_axis || q.scale.len() != k.f.shape()[out_axis] {
             return None;
         }
-        let codes = q.q.mapv(|v| v.clamp(-128, 127) as i8).permuted_axes(IxDyn(perm)).as_standard_layout().to_owned();
+        let codes = q.symmetric_codes()?.permuted_axes(IxDyn(perm)).as_standard_layout().to_owned();
         let shape = codes.shape().to_vec();
         let stored = self.const_tensor(
             &format!("{name}.int8"),

@@ -51,15 +51,27 @@ pub(super) fn symmetric_per_channel(w: &ArrayD<f32>, axis: usize) -> (ArrayD<i8>
 /// per-channel quantization of the float view (uint8 or asymmetric weights).
 pub(super) fn int8_weights(k: &Konst, wf: &ArrayD<f32>, axis: usize) -> (ArrayD<i8>, Vec<f32>) {
     if let Some(q) = &k.q
-        && q.elem == DataType::Int8
         && q.axis == axis
-        && q.zp.iter().all(|&z| z == 0)
         && q.q.shape() == wf.shape()
+        && let Some(codes) = q.symmetric_codes()
     {
         let scale = if q.scale.len() == 1 { vec![q.scale[0]; wf.shape()[axis]] } else { q.scale.clone() };
-        return (q.q.mapv(|v| v.clamp(-128, 127) as i8), scale);
+        return (codes, scale);
     }
     symmetric_per_channel(wf, axis)
+}
+
+impl QConst {
+    /// The codes as symmetric int8 with zero point 0, exactly: int8 codes at zero point 0, or
+    /// the uint8 codes Tamp writes for CPUs without VNNI (zero point 128) shifted by −128.
+    /// `None` for asymmetric weights (they are re-quantized).
+    pub(super) fn symmetric_codes(&self) -> Option<ArrayD<i8>> {
+        match self.elem {
+            DataType::Int8 if self.zp.iter().all(|&z| z == 0) => Some(self.q.mapv(|v| v.clamp(-128, 127) as i8)),
+            DataType::Uint8 if self.zp.iter().all(|&z| z == 128) => Some(self.q.mapv(|v| (v - 128).clamp(-128, 127) as i8)),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +79,15 @@ mod tests {
     use ndarray::IxDyn;
 
     use super::*;
+
+    #[test]
+    fn uint8_codes_at_zero_point_128_are_the_same_symmetric_weights() {
+        let q = |elem, zp: i64, codes: Vec<i64>| QConst { q: ArrayD::from_shape_vec(IxDyn(&[3]), codes).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[3]))), scale: vec![0.5], zp: vec![zp], axis: 0, elem };
+        let i8s = q(DataType::Int8, 0, vec![-127, 0, 127]).symmetric_codes();
+        let u8s = q(DataType::Uint8, 128, vec![1, 128, 255]).symmetric_codes();
+        assert_eq!(i8s, u8s);
+        assert!(q(DataType::Uint8, 100, vec![1, 128, 255]).symmetric_codes().is_none());
+    }
 
     #[test]
     fn per_channel_codes_round_trip_within_half_a_step() {
