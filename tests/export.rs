@@ -200,7 +200,7 @@ fn export_refuses_what_tflite_cannot_run_naming_each_node() {
     let erf = dir.path().join("erf.onnx");
     std::fs::write(&erf, b.build().to_bytes().unwrap()).unwrap();
     let err = refuse(&erf, &[]);
-    assert!(err.contains("(Erf): Erf has no TFLite builtin in Tamp's exporter — export this model to ONNX Runtime"), "{err}");
+    assert!(err.contains("(Erf): Erf has no TFLite builtin in Tamp's exporter — keep this model on ONNX Runtime"), "{err}");
 
     let mut b = GraphBuilder::new("dyn", 17);
     let x = b.input_f32("x", &[None, Some(3), None, None]);

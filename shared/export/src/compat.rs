@@ -9,8 +9,8 @@
 //!   recipe's output forms against TFLite's int8 spec: no 4-bit weights, no ONNX Runtime
 //!   dynamic-int8 graph, symmetric weights with zero point 0, no early-exit cascade.
 
-use serde::{Deserialize, Serialize};
 use tamp_domain::recipe::{PtqMode, PtqStage, Recipe, Stage, Target};
+use tamp_domain::results::RuntimeCheck;
 use tamp_onnx::Model;
 
 use crate::Problem;
@@ -22,13 +22,6 @@ pub const ORT_MAX_OPSET: i64 = 23;
 /// Operator domains ONNX Runtime's CPU provider has kernels for.
 const ORT_DOMAINS: &[&str] = &["", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"];
 
-/// One runtime's verdict: what the compatibility report and the API's runtime badges show.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RuntimeCheck {
-    pub runtime: String,
-    pub compatible: bool,
-    pub problems: Vec<Problem>,
-}
 
 /// Checks `model` and `recipe` against every runtime in `recipe.targets`.
 pub fn preflight(model: &Model, recipe: &Recipe) -> Vec<RuntimeCheck> {
@@ -42,7 +35,7 @@ pub fn preflight(model: &Model, recipe: &Recipe) -> Vec<RuntimeCheck> {
                 other => vec![Problem::at("", "", &format!("no exporter for `{}` in this build", other.as_str()), "list onnxruntime or tflite in `targets`")],
             };
             let problems: Vec<Problem> = problems.into_iter().map(|p| p.on(t.as_str())).collect();
-            RuntimeCheck { runtime: t.as_str().to_owned(), compatible: problems.is_empty(), problems }
+            RuntimeCheck { runtime: t.as_str().to_owned(), compatible: problems.is_empty(), problems, artifact: None }
         })
         .collect()
 }

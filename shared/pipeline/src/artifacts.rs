@@ -50,6 +50,14 @@ pub fn write(job: &Job<'_>, mut outcome: Outcome, chosen: usize) -> Result<Outco
     Ok(outcome)
 }
 
+/// Adds the runtime table (pre-flight verdicts, exported files) to `best.json`.
+pub fn record_runtimes(out: &Path, runtimes: &[tamp_domain::results::RuntimeCheck]) -> Result<()> {
+    let path = out.join("best.json");
+    let mut artifact: ArtifactMetadata = serde_json::from_slice(&std::fs::read(&path).map_err(io_err(&path))?).map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
+    artifact.compatibility.runtimes = runtimes.to_vec();
+    write_json(&path, &artifact)
+}
+
 /// Writes the manifest, the output folder's last file.
 pub fn finish(job: &Job<'_>, outcome: &Outcome) -> Result<()> {
     write_json(&job.out_dir.join("manifest.json"), &manifest(job, outcome)?)
@@ -118,6 +126,7 @@ pub fn metadata(job: &Job<'_>, model: &Model, c: &Candidate, base: &Measured, op
                 integer_kernels,
             },
             cpu_isa: c.target_isa.clone(),
+            runtimes: Vec::new(),
         },
         flags: c.flags.clone(),
         missed_constraints: c.missed.clone(),
@@ -146,8 +155,15 @@ pub fn manifest(job: &Job<'_>, outcome: &Outcome) -> Result<Manifest> {
     for c in &outcome.candidates {
         outputs.push(file_entry("candidate", &job.out_dir.join(&c.file), &c.file)?);
     }
-    for (role, name) in [("artifact", "best.onnx"), ("artifact_metadata", "best.json"), ("candidates", "candidates.json"), ("analysis", "analysis.json")] {
-        if role == "analysis" && !job.out_dir.join(name).exists() {
+    for (role, name) in [
+        ("artifact", "best.onnx"),
+        ("artifact_metadata", "best.json"),
+        ("candidates", "candidates.json"),
+        ("analysis", "analysis.json"),
+        ("exported_artifact", "best.tflite"),
+        ("exported_artifact_metadata", "best.tflite.json"),
+    ] {
+        if matches!(role, "analysis" | "exported_artifact" | "exported_artifact_metadata") && !job.out_dir.join(name).exists() {
             continue;
         }
         outputs.push(file_entry(role, &job.out_dir.join(name), name)?);

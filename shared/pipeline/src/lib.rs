@@ -17,6 +17,7 @@
 pub mod analysis;
 pub mod artifacts;
 mod context;
+pub mod export;
 mod fallback;
 pub mod judge;
 pub mod search;
@@ -124,6 +125,7 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
         ..EvalConfig::default()
     };
     preflight_training(job, &model)?;
+    let mut runtimes = export::preflight(job, &model)?;
     let mut cx = Context::new(job, &model, obs, metric, eval_cfg)?;
     let mut candidates = Vec::new();
     // Stages compose: each starts from the previous stage's choice (prune → cluster → quantize).
@@ -153,6 +155,11 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     let preparation = (!preparation.is_empty()).then_some(preparation);
     let outcome = Outcome { baseline, candidates, chosen: String::new(), reason, objective: job.recipe.objective, preparation, not_applied };
     let outcome = artifacts::write(job, outcome, chosen)?;
+    for name in ["best.tflite", "best.tflite.json"] {
+        let _ = std::fs::remove_file(out.join(name));
+    }
+    export::export_targets(job, &mut runtimes)?;
+    artifacts::record_runtimes(out, &runtimes)?;
     // A searched candidate's config, as a recipe, beside the best artifact.
     let searched = out.join("search").join(format!("{}.yaml", outcome.chosen));
     if searched.exists() {

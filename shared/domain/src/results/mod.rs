@@ -10,8 +10,8 @@ mod details;
 pub use analysis::{Analysis, CalibrationCoverage, CohortResult, LayerCoverage, LayerError, OutlierResult, Profile, ShiftResult};
 
 pub use artifact::{
-    ArtifactMetadata, Compatibility, Compression, CpuInfo, FileEntry, Manifest, ManifestSeeds, OnnxRuntimeCompatibility, ResultMetrics, SourceModel, StageSeed,
-    TaskMetric,
+    ArtifactMetadata, Compatibility, Compression, CpuInfo, ExportMetrics, ExportedArtifact, ExportedTensor, FileEntry, Manifest, ManifestSeeds,
+    OnnxRuntimeCompatibility, ResultMetrics, RuntimeCheck, RuntimeProblem, SourceModel, StageSeed, TaskMetric,
 };
 pub use details::{
     Agreement, BlockCurve, ChannelGroupLevel, ChannelPruning, ClusterDetails, ClusteredLayer, CorrectedLayer, Details, EarlyExitDetails, EqualizedPair,

@@ -313,7 +313,7 @@ impl<'m> Cx<'m> {
                     &name,
                     "input",
                     &format!("{elem:?} input: Tamp's TFLite exporter takes float inputs (image and feature models)"),
-                    "export transformers with token-id inputs to ONNX Runtime or OpenVINO",
+                    "keep token-id models on ONNX Runtime (`targets: [onnxruntime]`)",
                 ));
                 self.poisoned.insert(name);
                 continue;

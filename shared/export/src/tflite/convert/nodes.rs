@@ -50,7 +50,7 @@ impl Cx<'_> {
             _ => Err(Self::fail(
                 n,
                 format!("{op} has no TFLite builtin in Tamp's exporter"),
-                "export this model to ONNX Runtime or OpenVINO, or replace the op before export",
+                "keep this model on ONNX Runtime (`targets: [onnxruntime]`), or replace the op before export",
             )),
         }
     }

@@ -1,0 +1,94 @@
+//! The recipe's `targets` beyond ONNX Runtime: the pre-flight check before any compute, and
+//! after the best candidate is chosen, its conversion (`best.tflite`) with a record of what
+//! was written (`best.tflite.json`) and the runtime table in `best.json`
+//! (`compatibility.runtimes`).
+
+use std::path::Path;
+use std::time::Instant;
+
+use sha2::Digest;
+use tamp_domain::recipe::Target;
+use tamp_domain::results::{ExportedArtifact, ExportedTensor, RuntimeCheck};
+use tamp_engine::EngineError;
+use tamp_export::tflite::{self, Options, Precision};
+use tamp_onnx::Model;
+
+use crate::{Job, Result, artifacts, io_err};
+
+/// Before any compute: every targeted runtime can take the model and the recipe's output
+/// forms, or the run stops with one line per problem (node, op, runtime, why, fix).
+pub fn preflight(job: &Job<'_>, model: &Model) -> Result<Vec<RuntimeCheck>> {
+    let checks = tamp_export::compat::preflight(model, job.recipe);
+    let problems = tamp_export::compat::problems(&checks);
+    if problems.is_empty() {
+        return Ok(checks);
+    }
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    Err(EngineError::Config(format!(
+        "the recipe's targets cannot take this model or recipe ({} problem{}):\n  {}",
+        lines.len(),
+        if lines.len() == 1 { "" } else { "s" },
+        lines.join("\n  ")
+    )))
+}
+
+/// Converts `best.onnx` for each non-ONNX target; fills in each check's artifact.
+pub fn export_targets(job: &Job<'_>, checks: &mut [RuntimeCheck]) -> Result<Vec<ExportedArtifact>> {
+    let out = job.out_dir;
+    let mut exported = Vec::new();
+    for check in checks.iter_mut() {
+        if check.runtime != Target::Tflite.as_str() {
+            continue;
+        }
+        let best_path = out.join("best.onnx");
+        let best = Model::load(&best_path)?;
+        exported.push(tflite_artifact(job, &best, &best_path)?);
+        check.artifact = Some("best.tflite".into());
+    }
+    Ok(exported)
+}
+
+fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    Ok((hex::encode(sha2::Sha256::digest(&bytes)), bytes.len() as u64))
+}
+
+fn tflite_artifact(job: &Job<'_>, best: &Model, best_path: &Path) -> Result<ExportedArtifact> {
+    let out = job.out_dir;
+    let has_qdq = best.graph().node.iter().any(|n| n.op_type.as_deref() == Some("QuantizeLinear"));
+    let precision = if has_qdq { Precision::Int8 } else { Precision::Float32 };
+    let started = Instant::now();
+    let e = tflite::export(best, &Options { precision, ..Options::default() }).map_err(|ps| {
+        let lines: Vec<String> = ps.iter().map(ToString::to_string).collect();
+        EngineError::Config(format!("the chosen candidate cannot be written for tflite:\n  {}", lines.join("\n  ")))
+    })?;
+    let path = out.join("best.tflite");
+    let tmp = out.join("best.tflite.tmp");
+    std::fs::write(&tmp, &e.bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    let export_seconds = started.elapsed().as_secs_f64();
+    let (sha256, size_bytes) = sha256_file(&path)?;
+    let (source_sha256, _) = sha256_file(best_path)?;
+    let tensors = |v: &[(String, Vec<i32>)]| {
+        v.iter().map(|(name, shape)| ExportedTensor { name: name.clone(), shape: shape.clone(), layout: if shape.len() == 4 { "NHWC".into() } else { "as ONNX".into() } }).collect()
+    };
+    let artifact = ExportedArtifact {
+        runtime: "tflite".into(),
+        format: "tflite".into(),
+        uri: "best.tflite".into(),
+        sha256,
+        size_bytes,
+        schema_version: "TFLite schema 3".into(),
+        precision: precision.as_str().into(),
+        source_sha256,
+        ops: e.op_counts,
+        inputs: tensors(&e.inputs),
+        outputs: tensors(&e.outputs),
+        export_seconds,
+        metrics: None,
+        not_evaluated: Some("no LiteRT runtime in this build: `make test` checks the exporter's parity in LiteRT".into()),
+        created_by: format!("tamp {}", tamp_engine::TAMP_VERSION),
+    };
+    artifacts::write_json(&out.join("best.tflite.json"), &artifact)?;
+    Ok(artifact)
+}
