@@ -214,3 +214,56 @@ fn export_refuses_what_tflite_cannot_run_naming_each_node() {
     let rep = export(&dynamic, &ok, &["--input-shape", "x=1,3,20,30"]);
     assert_eq!(rep["inputs"][0]["shape"], serde_json::json!([1, 20, 30, 3]));
 }
+
+/// The service path: a recipe targeting `[onnxruntime, tflite]` uploaded to `tamp serve`
+/// gives a TFLite artifact at `GET /models/{id}/best?target_runtime=tflite` (schema version,
+/// NHWC input, int8, the signed link's bytes match the sha256), and `best.json`'s runtime
+/// table marks both runtimes compatible. A recipe asking TFLite for 4-bit weights fails at
+/// ingest, before any worker starts, naming the stage and the runtime.
+#[test]
+fn the_service_serves_the_best_tflite_artifact() {
+    use sha2::Digest;
+    let server = support::serve(&[], &[]);
+    let url = server.url.clone();
+    let up = server.data.path().join("store/uploads/demo/fmnist/v1");
+    for f in ["model.onnx", "calib.npz", "eval.npz"] {
+        support::upload_file(&up, f, &std::fs::read(support::cnn().join(f)).unwrap());
+    }
+    support::upload_file(&up, "recipe.yaml", &std::fs::read(root().join("configs/policy_examples/ptq_tflite.yaml")).unwrap());
+    let jobs = support::wait_for_jobs(&url, 1, std::time::Duration::from_secs(30));
+    let id = jobs[0]["id"].as_str().unwrap().to_owned();
+    let job = support::wait_for_job(&url, &id, std::time::Duration::from_secs(180));
+    assert_eq!(job["state"], "succeeded", "{job}");
+
+    let (s, onnx) = support::json("GET", &format!("{url}/models/demo.fmnist/best?target_runtime=onnxruntime"), b"", &[]);
+    assert_eq!(s, 200, "{onnx}");
+    let runtimes = onnx["compatibility"]["runtimes"].as_array().unwrap();
+    assert_eq!(runtimes.len(), 2, "{onnx}");
+    assert!(runtimes.iter().all(|r| r["compatible"] == true), "{onnx}");
+    let (s, best) = support::json("GET", &format!("{url}/models/demo.fmnist/best?target_runtime=tflite"), b"", &[]);
+    assert_eq!(s, 200, "{best}");
+    assert_eq!(best["runtime"], "tflite");
+    assert_eq!(best["format"], "tflite");
+    assert_eq!(best["precision"], "int8");
+    assert_eq!(best["opset"]["tflite_schema"], "TFLite schema 3");
+    assert_eq!(best["inputs"][0]["layout"], "NHWC");
+    assert_eq!(best["source_metrics"], onnx["metrics"], "the TFLite file comes from the best ONNX artifact");
+    let (s, bytes) = support::http("GET", best["uri"].as_str().unwrap(), b"", &[]);
+    assert_eq!(s, 200);
+    assert_eq!(&bytes[4..8], b"TFL3", "not a TFLite flatbuffer");
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), best["sha256"].as_str().unwrap());
+
+    let up = server.data.path().join("store/uploads/demo/fmnist/v2");
+    for f in ["model.onnx", "calib.npz", "eval.npz"] {
+        support::upload_file(&up, f, &std::fs::read(support::cnn().join(f)).unwrap());
+    }
+    support::upload_file(&up, "recipe.yaml", b"policy:\n  name: w4\n  stages:\n    - ptq: {bits: {weights: [4]}}\ntargets: [onnxruntime, tflite]\n");
+    let jobs = support::wait_for_jobs(&url, 2, std::time::Duration::from_secs(30));
+    let bad = jobs.iter().find(|j| j["id"] != id.as_str()).unwrap()["id"].as_str().unwrap().to_owned();
+    let job = support::wait_for_job(&url, &bad, std::time::Duration::from_secs(120));
+    assert_eq!(job["state"], "failed", "{job}");
+    let reason = job["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("tflite: node 'policy.stages[0]' (ptq): 4-bit weights"), "{job}");
+    let attempts: u64 = job["stages"].as_array().map_or(0, |s| s.iter().map(|st| st["attempt"].as_u64().unwrap_or(0)).sum());
+    assert_eq!(attempts, 0, "the pre-flight runs at ingest: no worker may start: {job}");
+}

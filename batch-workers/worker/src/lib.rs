@@ -296,7 +296,21 @@ async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<
             files.put(&format!("{base}/attempt-{}/{name}", run.attempt), std::fs::read(out.join(name))?).await?;
         }
     }
-    let manifest = StageManifest { output: StageOutput { artifact_key, sha256: sha, size_bytes: local_size, metadata_key }, metadata };
+    // Files written for the recipe's other targets, content-addressed like the artifact.
+    let mut exports = Vec::new();
+    if out.join("best.tflite").exists() {
+        let record = std::fs::read(out.join("best.tflite.json"))?;
+        let meta: tamp_domain::results::ExportedArtifact = serde_json::from_slice(&record).map_err(|e| anyhow!("best.tflite.json: {e}"))?;
+        let (key, meta_key) = (format!("{base}/{}.tflite", meta.sha256), format!("{base}/{}.tflite.json", meta.sha256));
+        files.put_if_absent_file(&key, &out.join("best.tflite")).await?;
+        files.put_if_absent(&meta_key, record.clone()).await?;
+        exports.push(tamp_control::handlers::ExportOutput {
+            runtime: meta.runtime.clone(),
+            output: StageOutput { artifact_key: key, sha256: meta.sha256.clone(), size_bytes: meta.size_bytes, metadata_key: meta_key },
+            metadata: serde_json::from_slice(&record)?,
+        });
+    }
+    let manifest = StageManifest { output: StageOutput { artifact_key, sha256: sha, size_bytes: local_size, metadata_key }, metadata, exports };
     files.put(&stage_manifest_key(run), serde_json::to_vec_pretty(&manifest)?).await?;
     Ok(())
 }

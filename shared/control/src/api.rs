@@ -363,6 +363,13 @@ async fn artifact_view(st: &AppState, a: &tamp_ports::ArtifactRecord) -> Result<
         "compatibility": m["compatibility"],
         "flags": m["flags"],
         "missed_constraints": m["missed_constraints"],
+        // Exported runtimes (tflite): the file's precision and tensors, the ONNX artifact's
+        // metrics it came from, and why the runtime did not measure it, if it did not.
+        "format": m.get("format").cloned().unwrap_or_else(|| "onnx".into()),
+        "precision": m.get("precision"),
+        "inputs": m.get("inputs"),
+        "source_metrics": m.get("source_metrics"),
+        "not_evaluated": m.get("not_evaluated"),
     }))
 }
 

@@ -81,6 +81,18 @@ pub struct StageManifest {
     pub output: StageOutput,
     /// The artifact metadata JSON (runtime, opset, compression, metrics, compatibility).
     pub metadata: serde_json::Value,
+    /// The same artifact written for other runtimes (the recipe's `targets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<ExportOutput>,
+}
+
+/// One exported file of a stage: its runtime, where it is, and its record
+/// ([`tamp_domain::results::ExportedArtifact`] as JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExportOutput {
+    pub runtime: String,
+    pub output: StageOutput,
+    pub metadata: serde_json::Value,
 }
 
 /// Parses `uploads/<project>/<model>/<version>/recipe.yaml`.
@@ -250,7 +262,7 @@ pub async fn start_job(svc: &Services, project: &str, model: &str, ver: &str, re
                     "stage {} fine-tunes, which needs training rows: upload {train} before recipe.yaml (or name it in the recipe's `data.train`)",
                     trains.unwrap_or_default()
                 )),
-                Some(_) => None,
+                Some(m) => preflight_targets(svc, &recipe, &j.inputs.model, m.size).await?,
             }
         }
     };
@@ -259,6 +271,28 @@ pub async fn start_job(svc: &Services, project: &str, model: &str, ver: &str, re
         j.reason = Some(reason.clone());
     }
     create_and_announce(svc, j, idempotency_key).await
+}
+
+/// Models up to this size are read by ingest to check a recipe's non-ONNX Runtime targets;
+/// larger ones are checked by the worker before its first stage computes anything.
+pub const PREFLIGHT_MAX_MODEL_BYTES: u64 = 512 << 20;
+
+/// For a recipe that targets runtimes beyond ONNX Runtime: the pre-flight compatibility
+/// check at ingest, one line per node or stage a runtime cannot take (the job then fails
+/// before any worker starts). A model ingest cannot parse is left to the worker, which says
+/// what is wrong with it.
+async fn preflight_targets(svc: &Services, recipe: &Recipe, model_key: &str, size: u64) -> Result<Option<String>> {
+    if recipe.targets.iter().all(|t| *t == tamp_domain::recipe::Target::Onnxruntime) || size > PREFLIGHT_MAX_MODEL_BYTES {
+        return Ok(None);
+    }
+    let bytes = svc.store.get(model_key).await?;
+    let Ok(model) = tamp_onnx::Model::from_bytes(&bytes, None, std::path::Path::new(model_key)) else { return Ok(None) };
+    let problems = tamp_export::compat::problems(&tamp_export::compat::preflight(&model, recipe));
+    if problems.is_empty() {
+        return Ok(None);
+    }
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    Ok(Some(format!("the recipe's targets cannot take this model or recipe ({} problem(s)):\n  {}", lines.len(), lines.join("\n  "))))
 }
 
 async fn send(svc: &Services, msg: &Message, delay: Duration) -> Result<()> {
@@ -570,6 +604,28 @@ async fn record_output(svc: &Services, run: &StageRun) -> Result<std::result::Re
         svc.bus.publish(&ev).await?;
     }
     svc.meta.put_artifact(&record).await?;
+    // Each exported file is an artifact of its own runtime, ranked as the ONNX one it came
+    // from (the same constraints, the same speed-up), with the metrics its runtime measured.
+    for e in &m.exports {
+        let mut metadata = e.metadata.clone();
+        for k in ["compression", "compatibility", "flags", "missed_constraints"] {
+            metadata[k] = record.metadata[k].clone();
+        }
+        metadata["opset"] = serde_json::json!({ "tflite_schema": e.metadata["schema_version"] });
+        metadata["source_metrics"] = record.metadata["metrics"].clone();
+        svc.meta
+            .put_artifact(&ArtifactRecord {
+                id: format!("{}_{}", record.id, e.runtime),
+                runtime: e.runtime.clone(),
+                key: e.output.artifact_key.clone(),
+                metadata_key: e.output.metadata_key.clone(),
+                sha256: e.output.sha256.clone(),
+                size_bytes: e.output.size_bytes,
+                metadata,
+                ..record.clone()
+            })
+            .await?;
+    }
     Ok(Ok(m.output))
 }
 

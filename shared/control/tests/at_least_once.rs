@@ -147,7 +147,8 @@ impl World {
         let run = self.runner.submitted.lock().unwrap().last().cloned().expect("a submitted run");
         let output =
             StageOutput { artifact_key: format!("artifacts/{}/0/model.onnx", run.job), sha256: "ab".into(), size_bytes: 4, metadata_key: "m.json".into() };
-        let manifest = StageManifest { output, metadata: serde_json::json!({ "runtime": "onnxruntime", "missed_constraints": missed, "flags": [] }) };
+        let manifest =
+            StageManifest { output, metadata: serde_json::json!({ "runtime": "onnxruntime", "missed_constraints": missed, "flags": [] }), exports: Vec::new() };
         self.svc.store.put(&stage_manifest_key(&run), serde_json::to_vec(&manifest).unwrap()).await.unwrap();
         self.runner.status.lock().unwrap().insert(run.name(), Observed::Is(RunStatus::Succeeded));
         Message::Batch { run, status: RunStatus::Succeeded, at: self.clock.now() }

@@ -22,7 +22,6 @@ pub const ORT_MAX_OPSET: i64 = 23;
 /// Operator domains ONNX Runtime's CPU provider has kernels for.
 const ORT_DOMAINS: &[&str] = &["", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"];
 
-
 /// Checks `model` and `recipe` against every runtime in `recipe.targets`.
 pub fn preflight(model: &Model, recipe: &Recipe) -> Vec<RuntimeCheck> {
     recipe
@@ -48,7 +47,12 @@ pub fn problems(checks: &[RuntimeCheck]) -> Vec<Problem> {
 fn onnxruntime(model: &Model) -> Vec<Problem> {
     let mut out = Vec::new();
     if let Some(v) = model.opset("").filter(|&v| v > ORT_MAX_OPSET) {
-        out.push(Problem::at("", "opset", &format!("the model imports ai.onnx opset {v}; this ONNX Runtime implements up to {ORT_MAX_OPSET}"), "re-export at a lower opset"));
+        out.push(Problem::at(
+            "",
+            "opset",
+            &format!("the model imports ai.onnx opset {v}; this ONNX Runtime implements up to {ORT_MAX_OPSET}"),
+            "re-export at a lower opset",
+        ));
     }
     for n in &model.graph().node {
         let domain = n.domain.as_deref().unwrap_or("");
@@ -88,7 +92,10 @@ fn tflite_forms(model: &Model, recipe: &Recipe) -> Vec<Problem> {
             Stage::Search(s) if s.space.iter().any(|p| p.label() == "int4") => {
                 push("the search space holds int4 (4-bit MatMulNBits / int4 Conv weights): TFLite has no 4-bit weight kernels", "drop int4 from `space`");
             }
-            Stage::EarlyExit(_) => push("an early-exit cascade (If branches on confidence): TFLite's exporter writes one straight-line subgraph", "export the cascade to ONNX Runtime"),
+            Stage::EarlyExit(_) => push(
+                "an early-exit cascade (If branches on confidence): TFLite's exporter writes one straight-line subgraph",
+                "export the cascade to ONNX Runtime",
+            ),
             _ => {}
         }
     }

@@ -53,7 +53,8 @@ pub fn write(job: &Job<'_>, mut outcome: Outcome, chosen: usize) -> Result<Outco
 /// Adds the runtime table (pre-flight verdicts, exported files) to `best.json`.
 pub fn record_runtimes(out: &Path, runtimes: &[tamp_domain::results::RuntimeCheck]) -> Result<()> {
     let path = out.join("best.json");
-    let mut artifact: ArtifactMetadata = serde_json::from_slice(&std::fs::read(&path).map_err(io_err(&path))?).map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
+    let mut artifact: ArtifactMetadata =
+        serde_json::from_slice(&std::fs::read(&path).map_err(io_err(&path))?).map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
     artifact.compatibility.runtimes = runtimes.to_vec();
     write_json(&path, &artifact)
 }

@@ -70,7 +70,13 @@ fn tflite_artifact(job: &Job<'_>, best: &Model, best_path: &Path) -> Result<Expo
     let (sha256, size_bytes) = sha256_file(&path)?;
     let (source_sha256, _) = sha256_file(best_path)?;
     let tensors = |v: &[(String, Vec<i32>)]| {
-        v.iter().map(|(name, shape)| ExportedTensor { name: name.clone(), shape: shape.clone(), layout: if shape.len() == 4 { "NHWC".into() } else { "as ONNX".into() } }).collect()
+        v.iter()
+            .map(|(name, shape)| ExportedTensor {
+                name: name.clone(),
+                shape: shape.clone(),
+                layout: if shape.len() == 4 { "NHWC".into() } else { "as ONNX".into() },
+            })
+            .collect()
     };
     let artifact = ExportedArtifact {
         runtime: "tflite".into(),

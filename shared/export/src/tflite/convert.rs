@@ -500,7 +500,7 @@ impl<'m> Cx<'m> {
                 match (lo, hi) {
                     (Some(l), Some(h)) if l == 0.0 && h == 6.0 => Some(Act::Relu6),
                     (Some(l), Some(h)) if l == -1.0 && h == 1.0 => Some(Act::ReluN1To1),
-                    (Some(l), None) if l == 0.0 => Some(Act::Relu),
+                    (Some(0.0), None) => Some(Act::Relu),
                     _ => None,
                 }
             }
@@ -744,7 +744,7 @@ fn reshape_dims(from: &[usize], to: impl Iterator<Item = i64>) -> Option<Vec<usi
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return None;
         }
         out[i] = total / known;

@@ -82,7 +82,13 @@ mod tests {
 
     #[test]
     fn uint8_codes_at_zero_point_128_are_the_same_symmetric_weights() {
-        let q = |elem, zp: i64, codes: Vec<i64>| QConst { q: ArrayD::from_shape_vec(IxDyn(&[3]), codes).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[3]))), scale: vec![0.5], zp: vec![zp], axis: 0, elem };
+        let q = |elem, zp: i64, codes: Vec<i64>| QConst {
+            q: ArrayD::from_shape_vec(IxDyn(&[3]), codes).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[3]))),
+            scale: vec![0.5],
+            zp: vec![zp],
+            axis: 0,
+            elem,
+        };
         let i8s = q(DataType::Int8, 0, vec![-127, 0, 127]).symmetric_codes();
         let u8s = q(DataType::Uint8, 128, vec![1, 128, 255]).symmetric_codes();
         assert_eq!(i8s, u8s);
