@@ -8,7 +8,17 @@ pub mod write;
 
 /// The TFLite schema (`schema.fbs`, vendored in `shared/export/schema/tflite.fbs`), compiled
 /// by `flatc` 25.12.19 (`make tflite-schema`).
-#[allow(unsafe_code, clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs, unused_imports, non_camel_case_types, mismatched_lifetime_syntaxes, deprecated)]
+#[allow(
+    unsafe_code,
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unused_imports,
+    non_camel_case_types,
+    mismatched_lifetime_syntaxes,
+    deprecated
+)]
 pub mod schema {
     include!("generated/schema.rs");
 }
