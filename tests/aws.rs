@@ -365,7 +365,8 @@ async fn the_whole_flow_on_the_emulator() {
     for f in ["model.onnx", "calib.npz", "eval.npz"] {
         st.put(&format!("uploads/vision/fmnist/v1/{f}"), cnn_file(f)).await;
     }
-    st.put("uploads/vision/fmnist/v1/recipe.yaml", std::fs::read(root().join("configs/policy_examples/ptq_8bit.yaml")).unwrap()).await;
+    // Targets ONNX Runtime and TFLite: the stage also writes the TFLite file (checked below).
+    st.put("uploads/vision/fmnist/v1/recipe.yaml", std::fs::read(root().join("configs/policy_examples/ptq_tflite.yaml")).unwrap()).await;
 
     // S3 → EventBridge → SQS → ingest, delivered twice: one job, stages planned. Only the
     // recipe's upload matches the module's rule (the model and data uploads do not).
@@ -448,6 +449,22 @@ async fn the_whole_flow_on_the_emulator() {
     let bytes = reqwest::get(best["uri"].as_str().unwrap()).await.unwrap().bytes().await.unwrap();
     use sha2::Digest;
     assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), best["sha256"].as_str().unwrap(), "the presigned link serves the artifact");
+
+    // The same model for LiteRT: best?target_runtime=tflite.
+    let mut event = sample("apigw-v2-get-best.json");
+    event["headers"]["authorization"] = format!("Bearer {token}").into();
+    event["rawQueryString"] = "target_runtime=tflite".into();
+    event["queryStringParameters"]["target_runtime"] = "tflite".into();
+    let req = lambda_http::request::from_str(&event.to_string()).unwrap().map(|b| axum::body::Body::from(b.to_vec()));
+    let router = api::router(&st.settings, st.svc.clone()).await.unwrap();
+    let resp = tower::ServiceExt::oneshot(router, req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let tfl: serde_json::Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+    assert_eq!((tfl["runtime"].as_str(), tfl["precision"].as_str()), (Some("tflite"), Some("int8")), "{tfl}");
+    assert!(tfl["key"].as_str().unwrap().ends_with(".tflite") && keys.iter().any(|k| k == tfl["key"].as_str().unwrap()), "{tfl}");
+    let bytes = reqwest::get(tfl["uri"].as_str().unwrap()).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&bytes[4..8], b"TFL3");
+    assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), tfl["sha256"].as_str().unwrap());
 
     // A Slack URL that stops answering: the failure is logged (as the Lambda runtime logs a
     // handler's error) naming the target by its key, never by the URL, which is the secret.
