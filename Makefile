@@ -21,6 +21,11 @@ ORT_VERSION  := 1.31.1
 ORT_WHEEL    := onnxruntime-$(ORT_VERSION)-cp311-cp311-manylinux_2_28_x86_64.whl
 ORT_SHA256   := 5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
 ORT_LIB      := $(DEPS)/ort/libonnxruntime.so.$(ORT_VERSION)
+# LiteRT (TFLite's runtime), loaded at run time to measure exported .tflite files.
+LITERT_VERSION := 2.3.0
+LITERT_WHEEL   := ai_edge_litert-$(LITERT_VERSION)-cp311-cp311-manylinux_2_27_x86_64.whl
+LITERT_SHA256  := 1f15078a6725d2357d9de9221664c29afa0545d807559c5f7199ce5e40b96b23
+LITERT_LIB     := $(DEPS)/litert/libLiteRt.so
 
 # Fashion-MNIST from Debian's package, pinned by version and hash.
 FMNIST_DEB     := dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb
@@ -58,7 +63,7 @@ ZOO        := $(MODELS)/zoo
 ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
-.PHONY: bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -89,6 +94,17 @@ $(ORT_LIB):
 		$(DEPS)/wheels/$(ORT_WHEEL) $@.tmp
 	@mv $@.tmp $@
 	@echo "ONNX Runtime $(ORT_VERSION) -> $@"
+
+litert: $(LITERT_LIB)
+$(LITERT_LIB):
+	@mkdir -p $(DEPS)/wheels $(DEPS)/litert
+	@[ -f $(DEPS)/wheels/$(LITERT_WHEEL) ] || python3 -m pip download --quiet --no-deps --only-binary :all: \
+		--python-version 3.11 --platform manylinux_2_27_x86_64 ai-edge-litert==$(LITERT_VERSION) -d $(DEPS)/wheels
+	@echo "$(LITERT_SHA256)  $(DEPS)/wheels/$(LITERT_WHEEL)" | sha256sum -c --quiet
+	@python3 -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('ai_edge_litert/libLiteRt.so'))" \
+		$(DEPS)/wheels/$(LITERT_WHEEL) $@.tmp
+	@mv $@.tmp $@
+	@echo "LiteRT $(LITERT_VERSION) -> $@"
 
 # The AWS emulator for the AWS adapters' tests, in its own venv (pinned).
 moto: .venv-moto/.done
@@ -124,14 +140,14 @@ $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz:
 	@touch $@
 
 # Every binary, the Batch worker's AWS half included (what the tests run).
-build: $(ORT_LIB)
+build: $(ORT_LIB) $(LITERT_LIB)
 	cargo build --workspace --bins --features tamp-worker/aws
 
 # Only what `make run` runs: the tamp CLI (no Lambda functions, no AWS SDK).
-build-cli: $(ORT_LIB)
+build-cli: $(ORT_LIB) $(LITERT_LIB)
 	cargo build -p tamp-cli
 
-build-release: $(ORT_LIB)
+build-release: $(ORT_LIB) $(LITERT_LIB)
 	cargo build --release -p tamp-cli
 
 models: $(FMNIST_REF)/model.onnx $(EFFNET_REF)/model.onnx $(MINILM_REF)/model.onnx $(MINILM_CLS)/model.onnx
@@ -246,13 +262,13 @@ PROFILE_DIR := $(CARGO_TARGET_DIR)/lambda
 	@.venv-package/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-package.txt
 	@touch $@
 
-package: .venv-package/.done $(ORT_LIB)
+package: .venv-package/.done $(ORT_LIB) $(LITERT_LIB)
 	PATH=$(abspath .venv-package/bin):$$PATH cargo lambda build --profile lambda \
 		$(if $(filter arm64,$(LAMBDA_ARCH)),--arm64,--x86-64) $(foreach f,$(FUNCTIONS),--bin tamp-$(f)) \
 		--output-format zip --lambda-dir dist/lambda
 	@echo $(LAMBDA_ARCH) > dist/lambda/ARCHITECTURE
 	cargo build --profile lambda -p tamp-worker --features aws --bin tamp-batch-worker
-	@mkdir -p dist/worker && cp $(PROFILE_DIR)/tamp-batch-worker $(ORT_LIB) dist/worker/
+	@mkdir -p dist/worker && cp $(PROFILE_DIR)/tamp-batch-worker $(ORT_LIB) $(LITERT_LIB) dist/worker/
 	@echo "Lambda zips ($(LAMBDA_ARCH)) and the worker:" && for f in $(FUNCTIONS); do \
 		printf '  %-30s %8s bytes\n' "dist/lambda/tamp-$$f/bootstrap.zip" "$$(stat -c %s dist/lambda/tamp-$$f/bootstrap.zip)"; done \
 		&& printf '  %-30s %8s bytes\n' dist/worker/tamp-batch-worker "$$(stat -c %s dist/worker/tamp-batch-worker)"

@@ -461,6 +461,7 @@ async fn the_whole_flow_on_the_emulator() {
     assert_eq!(resp.status(), 200);
     let tfl: serde_json::Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
     assert_eq!((tfl["runtime"].as_str(), tfl["precision"].as_str()), (Some("tflite"), Some("int8")), "{tfl}");
+    assert!(tfl["metrics"]["top1_agreement"].as_f64().unwrap() >= 0.99, "measured in LiteRT by the Batch worker: {tfl}");
     assert!(tfl["key"].as_str().unwrap().ends_with(".tflite") && keys.iter().any(|k| k == tfl["key"].as_str().unwrap()), "{tfl}");
     let bytes = reqwest::get(tfl["uri"].as_str().unwrap()).await.unwrap().bytes().await.unwrap();
     assert_eq!(&bytes[4..8], b"TFL3");

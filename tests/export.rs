@@ -217,8 +217,9 @@ fn export_refuses_what_tflite_cannot_run_naming_each_node() {
 
 /// The service path: a recipe targeting `[onnxruntime, tflite]` uploaded to `tamp serve`
 /// gives a TFLite artifact at `GET /models/{id}/best?target_runtime=tflite` (schema version,
-/// NHWC input, int8, the signed link's bytes match the sha256), and `best.json`'s runtime
-/// table marks both runtimes compatible. A recipe asking TFLite for 4-bit weights fails at
+/// NHWC input, int8, the signed link's bytes match the sha256) with its own metrics measured
+/// in LiteRT on the evaluation set, and `best.json`'s runtime table marks both runtimes
+/// compatible. A recipe asking TFLite for 4-bit weights fails at
 /// ingest, before any worker starts, naming the stage and the runtime.
 #[test]
 fn the_service_serves_the_best_tflite_artifact() {
@@ -248,6 +249,13 @@ fn the_service_serves_the_best_tflite_artifact() {
     assert_eq!(best["opset"]["tflite_schema"], "TFLite schema 3");
     assert_eq!(best["inputs"][0]["layout"], "NHWC");
     assert_eq!(best["source_metrics"], onnx["metrics"], "the TFLite file comes from the best ONNX artifact");
+    // Measured in LiteRT itself (native, through its C API) on all 10,000 test images.
+    let m = &best["metrics"];
+    assert!(m["runtime_version"].as_str().unwrap().starts_with("LiteRT 2.3.0"), "{best}");
+    assert_eq!(m["eval_rows"], 10_000, "{best}");
+    assert!(m["top1_agreement"].as_f64().unwrap() >= 0.99, "{best}");
+    assert!((m["value"].as_f64().unwrap() - m["onnx_value"].as_f64().unwrap()).abs() <= 0.5, "{best}");
+    assert!(m["latency_ms_p50"].as_f64().unwrap() > 0.0 && best["not_evaluated"].is_null(), "{best}");
     let (s, bytes) = support::http("GET", best["uri"].as_str().unwrap(), b"", &[]);
     assert_eq!(s, 200);
     assert_eq!(&bytes[4..8], b"TFL3", "not a TFLite flatbuffer");

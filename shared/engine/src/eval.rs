@@ -145,11 +145,11 @@ pub fn metric_output(outputs: &[crate::runtime::IoSpec], requested: Option<&str>
     Ok(chosen.name.clone())
 }
 
-type Active = Vec<(&'static str, Box<dyn metrics::Metric>)>;
+pub(crate) type Active = Vec<(&'static str, Box<dyn metrics::Metric>)>;
 
 /// The metrics to compute: `names`, or the default for the dataset's labels (top1 for
 /// classes, cosine for reference values); each checked against the labels it needs.
-fn active_metrics(names: &[String], data: &Dataset) -> Result<Active> {
+pub(crate) fn active_metrics(names: &[String], data: &Dataset) -> Result<Active> {
     let names: Vec<String> = if names.is_empty() {
         match &data.labels {
             Some(Labels::Classes(_)) => vec!["top1".into()],

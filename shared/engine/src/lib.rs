@@ -11,6 +11,7 @@ pub mod eval;
 pub mod flops;
 pub mod isa;
 pub mod kernels;
+pub mod litert;
 pub mod metrics;
 pub mod passes;
 pub mod perf;
