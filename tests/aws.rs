@@ -413,6 +413,7 @@ async fn the_whole_flow_on_the_emulator() {
     let mut kinds = st.run_subscribers(10).await;
     kinds.extend(st.run_subscribers(3).await); // report.ready, published by the report handler
     assert!(kinds.iter().any(|k| k == "tamp.job.succeeded") && kinds.iter().any(|k| k == "tamp.report.ready"), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k == "tamp.artifact.exported"), "the TFLite export is announced: {kinds:?}");
     assert!(st.svc.store.head(&tamp_control::report_key(&job.id)).await.unwrap().is_some(), "report stored");
     let hooks = st.hooks.lock().unwrap().clone();
     let signed =

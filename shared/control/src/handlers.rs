@@ -625,6 +625,17 @@ async fn record_output(svc: &Services, run: &StageRun) -> Result<std::result::Re
                 ..record.clone()
             })
             .await?;
+        let detail = serde_json::json!({
+            "artifact": format!("{}_{}", record.id, e.runtime),
+            "runtime": e.runtime,
+            "sha256": e.output.sha256,
+            "size_bytes": e.output.size_bytes,
+            "metrics": e.metadata["metrics"],
+        });
+        let mut ev = event(&j, EventKind::ArtifactExported, svc.clock.now(), detail);
+        // One id per stage attempt and runtime: a replayed SUCCEEDED delivery is dropped downstream.
+        ev.id = format!("evt_{}_s{}a{}_{}_{}", j.id.trim_start_matches("job_"), run.stage, run.attempt, e.runtime, EventKind::ArtifactExported.as_str());
+        svc.bus.publish(&ev).await?;
     }
     Ok(Ok(m.output))
 }

@@ -231,6 +231,9 @@ pub enum EventKind {
     ReportReady,
     #[serde(rename = "quality.alert")]
     QualityAlert,
+    /// A stage's artifact was written for another runtime (the recipe's `targets`).
+    #[serde(rename = "artifact.exported")]
+    ArtifactExported,
 }
 
 impl EventKind {
@@ -245,6 +248,7 @@ impl EventKind {
             Self::JobCancelled => "job.cancelled",
             Self::ReportReady => "report.ready",
             Self::QualityAlert => "quality.alert",
+            Self::ArtifactExported => "artifact.exported",
         }
     }
 }
