@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """make bench-export: Tamp's TFLite exporter beside onnx2tf (through TensorFlow's converter)
-on the reference CNNs, in one run.
+on the reference CNNs, in one run; and OpenVINO's CPU runtime on Tamp's ONNX artifacts
+(fp32 and int8) beside ONNX Runtime.
 
 For each model and precision (fp32; int8 from calibration): conversion wall time, file size,
 LiteRT single-row P50 (1 thread), top-1 agreement with the fp32 ONNX model in ONNX Runtime,
-and top-1 accuracy on the labels. Tamp's int8 is `tamp quantize` (Tamp's calibration, QDQ)
-then `tamp export`; onnx2tf's is its integer-quantized output (`-oiqt`, TensorFlow's
+and top-1 accuracy on the labels. Tamp's int8 is `tamp quantize` (Tamp's calibration, QDQ,
+`--int8-everywhere`) then `tamp export`; onnx2tf's is its integer-quantized output (`-oiqt`, TensorFlow's
 calibration on the same calibration rows, per-channel). Ratios are Tamp / onnx2tf.
 
     bench_export.py --tamp target/release/tamp --onnx2tf .venv-onnx2tf/bin/onnx2tf [--only NAME]
@@ -48,7 +49,7 @@ def main():
     ap.add_argument("--onnx2tf", required=True)
     ap.add_argument("--only")
     a = ap.parse_args()
-    rows = []
+    rows, ov_rows = [], []
     for name in MODELS:
         if a.only and a.only != name:
             continue
@@ -59,7 +60,9 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             # Tamp
             t_fp32 = timed([a.tamp, "export", model, "--precision", "fp32", "--out", f"{tmp}/tamp_fp32.tflite"])
-            t_q = timed([a.tamp, "quantize", model, "--data", calib, "--out", f"{tmp}/tamp_int8.onnx"])
+            # Every layer int8 (the default keeps layers float where ONNX Runtime's int8 kernel
+            # is slower, a verdict about ONNX Runtime, not LiteRT).
+            t_q = timed([a.tamp, "quantize", model, "--data", calib, "--int8-everywhere", "--out", f"{tmp}/tamp_int8.onnx"])
             t_e = timed([a.tamp, "export", f"{tmp}/tamp_int8.onnx", "--out", f"{tmp}/tamp_int8.tflite"])
             # onnx2tf: fp32, then int8 with TensorFlow's calibration on the same rows (NHWC .npy)
             x = np.load(calib)["input"].transpose(0, 2, 3, 1).astype(np.float32)
@@ -80,6 +83,18 @@ def main():
                 ("int8", "tamp", f"{tmp}/tamp_int8.tflite", t_q + t_e),
                 ("int8", "onnx2tf", f"{o2}q/model_integer_quant.tflite", t_o_int8),
             ]
+            # OpenVINO reads the ONNX artifacts themselves (AF-005): its P50 beside ONNX Runtime's.
+            for prec, onnx in (("fp32", model), ("int8", f"{tmp}/tamp_int8.onnx")):
+                args = [sys.executable, os.path.join(ROOT, "scripts/openvino_check.py"), "--onnx", onnx, "--rows", "200"]
+                for d in evals:
+                    args += ["--data", d]
+                r = subprocess.run(args, capture_output=True, text=True)
+                if r.returncode != 0:
+                    sys.exit(f"openvino_check failed: {r.stderr[-3000:]}")
+                o = json.loads(r.stdout.strip().splitlines()[-1])
+                ov_rows.append(dict(model=name, precision=prec, **o))
+                print(f"  {name:20s} {prec:5s} openvino  P50 {o['openvino_p50_ms']:7.3f} ms (ONNX Runtime {o['onnxruntime_p50_ms']:.3f} ms, "
+                      f"×{o['openvino_p50_ms']/o['onnxruntime_p50_ms']:.2f})  agree {o['top1_agreement']:.4f}  int8 layers {o['int8_layers']}", flush=True)
             for prec, tool, path, secs in cases:
                 c = check(model, path, evals)
                 rows.append(dict(model=name, precision=prec, tool=tool, seconds=secs, **c))
@@ -100,7 +115,7 @@ def main():
     out = os.path.join(ROOT, "out", "bench-export.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump(rows, f, indent=1)
+        json.dump({"tflite": rows, "openvino": ov_rows}, f, indent=1)
     print(f"\n(rows: {out})")
 
 

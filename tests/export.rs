@@ -275,3 +275,72 @@ fn the_service_serves_the_best_tflite_artifact() {
     let attempts: u64 = job["stages"].as_array().map_or(0, |s| s.iter().map(|st| st["attempt"].as_u64().unwrap_or(0)).sum());
     assert_eq!(attempts, 0, "the pre-flight runs at ingest: no worker may start: {job}");
 }
+
+/// OpenVINO (AF-005) reads Tamp's ONNX artifacts as they are: the fp32 and int8 models of
+/// both reference CNNs load and run in OpenVINO's CPU plugin (`scripts/openvino_check.py`)
+/// with outputs matching ONNX Runtime's, and its low-precision transformations turn Tamp's
+/// QDQ pairs into int8 (u8) convolutions. Measured: ResNet-8 int8 99.6 % top-1 agreement on
+/// 1,000 images, 8 of 9 convolutions u8; EfficientNet-Lite0 int8 98.4 % on 128 photos, 48 of
+/// 49 convolutions u8 (the stem stays float, as in ONNX Runtime).
+#[test]
+fn openvino_runs_tamps_onnx_artifacts_fp32_and_int8() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |model: &Path, data: &[PathBuf]| -> serde_json::Value {
+        let mut cmd = Command::new(python());
+        cmd.arg(root().join("scripts/openvino_check.py")).arg("--onnx").arg(model).args(["--rows", "1000", "--latency-runs", "20"]);
+        for d in data {
+            cmd.arg("--data").arg(d);
+        }
+        let r = run(&mut cmd);
+        assert!(r.status.success(), "openvino_check {}: {}", model.display(), String::from_utf8_lossy(&r.stderr));
+        serde_json::from_str(String::from_utf8_lossy(&r.stdout).lines().last().unwrap()).unwrap()
+    };
+    for (name, min_int8_convs) in [("fmnist-resnet8", 6), ("efficientnet-lite0", 40)] {
+        let (ref_dir, q) = int8_model(dir.path(), name);
+        let mut data = vec![ref_dir.join("eval.npz")];
+        if name == "efficientnet-lite0" {
+            data.push(ref_dir.join("calib.npz"));
+        }
+        let c = check(&ref_dir.join("model.onnx"), &data);
+        assert!(c["cosine_min"].as_f64().unwrap() >= 0.9999 && c["top1_agreement"].as_f64().unwrap() >= 0.99, "{name} fp32: {c}");
+        let c = check(&q, &data);
+        assert!(c["top1_agreement"].as_f64().unwrap() >= 0.97 && c["cosine_mean"].as_f64().unwrap() >= 0.995, "{name} int8: {c}");
+        assert!(c["layers"]["Convolution:u8"].as_u64().unwrap_or(0) >= min_int8_convs, "{name}: OpenVINO did not run the QDQ convolutions in int8: {c}");
+    }
+}
+
+/// Codebook export (FR-006): the clustered ResNet-8 (16 clusters per layer, stored as
+/// `Gather(codebook, uint8 indices)`) written as codebooks + Huffman-coded indices is smaller
+/// than the same ONNX file deflated (measured 0.043 vs 0.047 MB, 3.75 bits per index), and
+/// decodes to a byte-identical ONNX file; a truncated `.tcb` is refused with the reason.
+#[test]
+fn clustered_model_round_trips_through_the_huffman_codebook_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let cnn = support::cnn();
+    let recipe = dir.path().join("k16.yaml");
+    std::fs::write(
+        &recipe,
+        "policy:\n  name: k16\n  stages:\n    - clustering: {clusters: 16, granularity: per_layer, seed: 0}\nconstraints:\n  max_metric_drop_pct: 100\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let r = compress(&cnn.join("model.onnx"), &recipe, &cnn.join("calib.npz"), &cnn.join("eval.npz"), &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let clustered = out.join("best.onnx");
+    let tcb = dir.path().join("k16.tcb");
+    let rep = export(&clustered, &tcb, &["--runtime", "codebook"]);
+    assert!(rep["report"]["coded_tensors"].as_u64().unwrap() >= 8, "{rep}");
+    assert!(rep["report"]["bits_per_weight"].as_f64().unwrap() < 4.0, "16 clusters need at most 4 bits: {rep}");
+    assert!(rep["coded_bytes"].as_u64().unwrap() < rep["deflate_bytes"].as_u64().unwrap(), "{rep}");
+    let back = dir.path().join("back.onnx");
+    let r = run(Command::new(tamp()).arg("export").arg(&tcb).args(["--runtime", "onnx", "--out"]).arg(&back));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&clustered).unwrap(), "decoding must give back the same bytes");
+    check_onnx(&back);
+
+    let bytes = std::fs::read(&tcb).unwrap();
+    let cut = dir.path().join("cut.tcb");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let r = run(Command::new(tamp()).arg("export").arg(&cut).args(["--runtime", "onnx", "--out"]).arg(dir.path().join("cut.onnx")));
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("truncated codebook file"), "{}", String::from_utf8_lossy(&r.stderr));
+}

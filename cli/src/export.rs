@@ -12,8 +12,9 @@ use tamp_onnx::Model;
 pub struct Args {
     /// The .onnx file (fp32, or Tamp's int8 QDQ output).
     model: PathBuf,
-    /// Target runtime.
-    #[arg(long, default_value = "tflite", value_parser = ["tflite"])]
+    /// Target: `tflite`; `codebook` (a clustered model as codebooks + Huffman-coded indices,
+    /// `.tcb`); `onnx` (decode a `.tcb` back to the ONNX model, every weight bit-exact).
+    #[arg(long, default_value = "tflite", value_parser = ["tflite", "codebook", "onnx"])]
     runtime: String,
     /// fp32; dynamic-int8 (int8 weights, float activations); int8 (int8 wherever the model's
     /// QDQ pairs are: give it Tamp's int8 model). Default: int8 when the model has QDQ pairs.
@@ -32,6 +33,11 @@ pub struct Args {
 }
 
 pub fn run(a: &Args) -> Result<()> {
+    match a.runtime.as_str() {
+        "codebook" => return codebook(a),
+        "onnx" => return from_codebook(a),
+        _ => {}
+    }
     let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let has_qdq = model.graph().node.iter().any(|n| n.op_type.as_deref() == Some("QuantizeLinear"));
     let precision = match a.precision.as_deref() {
@@ -91,5 +97,56 @@ pub fn run(a: &Args) -> Result<()> {
         });
         std::fs::write(r, serde_json::to_vec_pretty(&json)?).with_context(|| format!("writing {}", r.display()))?;
     }
+    Ok(())
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("part");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `--runtime codebook`: the coded file and its size beside the ONNX file's, raw and deflated.
+fn codebook(a: &Args) -> Result<()> {
+    use std::io::Write;
+    let onnx = std::fs::read(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
+    let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let (bytes, report) = tamp_export::codebook::encode(&model).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        report.coded_tensors > 0,
+        "{} has no float weight with at most {} distinct values: cluster it first (`clustering:` stage)",
+        a.model.display(),
+        tamp_export::codebook::MAX_CODEBOOK
+    );
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(&onnx)?;
+    let deflated = z.finish()?.len();
+    write_atomic(&a.out, &bytes)?;
+    println!(
+        "{} → {}: {} tensors, {} weights at {:.2} bits each; {:.3} MB coded vs {:.3} MB ONNX, {:.3} MB deflated ({:.2}× smaller than deflate)",
+        a.model.display(),
+        a.out.display(),
+        report.coded_tensors,
+        report.coded_weights,
+        report.bits_per_weight,
+        bytes.len() as f64 / 1e6,
+        onnx.len() as f64 / 1e6,
+        deflated as f64 / 1e6,
+        deflated as f64 / bytes.len() as f64
+    );
+    if let Some(r) = &a.report {
+        let json =
+            serde_json::json!({ "runtime": "codebook", "report": report, "onnx_bytes": onnx.len(), "deflate_bytes": deflated, "coded_bytes": bytes.len() });
+        std::fs::write(r, serde_json::to_vec_pretty(&json)?).with_context(|| format!("writing {}", r.display()))?;
+    }
+    Ok(())
+}
+
+/// `--runtime onnx` on a `.tcb`: the ONNX model back.
+fn from_codebook(a: &Args) -> Result<()> {
+    let bytes = std::fs::read(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
+    let model = tamp_export::codebook::decode(&bytes, &a.model).map_err(anyhow::Error::msg)?;
+    write_atomic(&a.out, &model.to_bytes()?)?;
+    println!("{} → {} (decoded)", a.model.display(), a.out.display());
     Ok(())
 }

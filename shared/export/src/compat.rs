@@ -150,6 +150,31 @@ mod tests {
     }
 
     #[test]
+    fn an_op_tflite_has_no_builtin_for_is_named_with_its_node() {
+        let mut b = GraphBuilder::new("erf", 17);
+        let x = b.input_f32("x", &[None, Some(4)]);
+        b.op_n("Erf", &[&x], &["y"], &[]);
+        b.output_f32("y", &[None, Some(4)]);
+        let checks = preflight(&b.build(), &recipe("    - ptq: {mode: static}\n"));
+        assert!(checks[0].compatible);
+        let lines: Vec<String> = checks[1].problems.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("tflite: node 'erf_node_1' (Erf): Erf has no TFLite builtin"), "{lines:?}");
+    }
+
+    #[test]
+    fn search_with_int4_and_early_exits_are_refused_for_tflite() {
+        let checks = preflight(&cnn(), &recipe("    - search: {space: [float, int8, int4]}\n"));
+        assert!(checks[1].problems.iter().any(|p| p.node == "policy.stages[0]" && p.why.contains("int4")), "{checks:?}");
+        let opsets = {
+            let mut m = cnn();
+            m.proto.opset_import[0].version = Some(ORT_MAX_OPSET + 1);
+            preflight(&m, &recipe("    - ptq: {}\n"))
+        };
+        assert!(!opsets[0].compatible && opsets[0].problems[0].why.contains("opset 24"), "{opsets:?}");
+    }
+
+    #[test]
     fn int4_asymmetric_and_dynamic_forms_are_named_for_tflite_only() {
         let checks = preflight(&cnn(), &recipe("    - ptq: {bits: {weights: [4]}}\n    - ptq: {symmetric: false}\n    - ptq: {mode: dynamic}\n"));
         assert!(checks[0].compatible, "onnxruntime runs all of these: {checks:?}");

@@ -1,6 +1,7 @@
 //! Tamp's exporters: ONNX graphs written for other runtimes, and the pre-flight check that
 //! says, before any compute, which nodes a requested runtime cannot run.
 
+pub mod codebook;
 pub mod compat;
 pub mod tflite;
 
