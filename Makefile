@@ -63,7 +63,7 @@ ZOO        := $(MODELS)/zoo
 ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
-.PHONY: litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: torch litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -105,6 +105,11 @@ $(LITERT_LIB):
 		$(DEPS)/wheels/$(LITERT_WHEEL) $@.tmp
 	@mv $@.tmp $@
 	@echo "LiteRT $(LITERT_VERSION) -> $@"
+
+# Debian's CPU PyTorch (python3-torch): what loads the TorchScript exports in tests/export.rs
+# (and the PyTorch side of bench-train).
+torch:
+	@/usr/bin/python3 -c "import torch" 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch >/dev/null; }
 
 # The AWS emulator for the AWS adapters' tests, in its own venv (pinned).
 moto: .venv-moto/.done
@@ -226,7 +231,7 @@ run: build-cli $(FMNIST_REF)/model.onnx
 report-tools:
 	@command -v chromium >/dev/null && command -v pdftoppm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium poppler-utils >/dev/null; }
 
-test: build venv models zoo-fast moto infra-check report-tools
+test: build venv models zoo-fast moto infra-check report-tools torch
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast
 
 # Line coverage of the whole test suite (cargo-tarpaulin, LLVM engine: no extra toolchain

@@ -12,9 +12,9 @@ use tamp_onnx::Model;
 pub struct Args {
     /// The .onnx file (fp32, or Tamp's int8 QDQ output).
     model: PathBuf,
-    /// Target: `tflite`; `codebook` (a clustered model as codebooks + Huffman-coded indices,
+    /// Target: `tflite`; `torchscript` (a `.pt` for `torch.jit.load`, fp32); `codebook` (a clustered model as codebooks + Huffman-coded indices,
     /// `.tcb`); `onnx` (decode a `.tcb` back to the ONNX model, every weight bit-exact).
-    #[arg(long, default_value = "tflite", value_parser = ["tflite", "codebook", "onnx"])]
+    #[arg(long, default_value = "tflite", value_parser = ["tflite", "torchscript", "codebook", "onnx"])]
     runtime: String,
     /// fp32; dynamic-int8 (int8 weights, float activations); int8 (int8 wherever the model's
     /// QDQ pairs are: give it Tamp's int8 model). Default: int8 when the model has QDQ pairs.
@@ -36,6 +36,7 @@ pub fn run(a: &Args) -> Result<()> {
     match a.runtime.as_str() {
         "codebook" => return codebook(a),
         "onnx" => return from_codebook(a),
+        "torchscript" => return torchscript(a),
         _ => {}
     }
     let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
@@ -148,5 +149,23 @@ fn from_codebook(a: &Args) -> Result<()> {
     let model = tamp_export::codebook::decode(&bytes, &a.model).map_err(anyhow::Error::msg)?;
     write_atomic(&a.out, &model.to_bytes()?)?;
     println!("{} → {} (decoded)", a.model.display(), a.out.display());
+    Ok(())
+}
+
+/// `--runtime torchscript`: the fp32 model as a TorchScript archive.
+fn torchscript(a: &Args) -> Result<()> {
+    let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let stem = a.out.file_stem().and_then(|s| s.to_str()).filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).unwrap_or("model");
+    let bytes = match tamp_export::torchscript::export(&model, stem) {
+        Ok(b) => b,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("  {p}");
+            }
+            bail!("{} cannot be exported to torchscript: {} problem(s) listed above", a.model.display(), problems.len());
+        }
+    };
+    write_atomic(&a.out, &bytes)?;
+    println!("{} → {} (TorchScript, fp32, {:.2} MB)", a.model.display(), a.out.display(), bytes.len() as f64 / 1e6);
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod codebook;
 pub mod compat;
 pub mod tflite;
+pub mod torchscript;
 
 /// One thing a runtime cannot take (the domain's type: the compatibility report and the
 /// API carry it as it is).
