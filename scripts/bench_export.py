@@ -99,7 +99,7 @@ def main():
                 c = check(model, path, evals)
                 rows.append(dict(model=name, precision=prec, tool=tool, seconds=secs, **c))
                 print(f"  {name:20s} {prec:5s} {tool:8s} {secs:7.2f} s  {c['tflite_bytes']/1e6:7.2f} MB  "
-                      f"P50 {c['litert_p50_ms']:7.3f} ms  agree(fp32 ONNX) {c['top1_agreement']:.4f}  "
+                      f"LiteRT P50 {c['litert_p50_ms']:7.3f} ms (ONNX Runtime {c['onnxruntime_p50_ms']:.3f} ms)  agree(fp32 ONNX) {c['top1_agreement']:.4f}  "
                       f"acc {c['top1_accuracy'] if c['top1_accuracy'] is not None else float('nan'):.4f}", flush=True)
     print()
     print(f"{'model':20s} {'prec':5s} {'size ×':>8s} {'P50 ×':>8s} {'convert ×':>10s} {'agree Δ':>9s}   (Tamp / onnx2tf; agreement Tamp − onnx2tf)")

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod erasure;
+pub mod exports;
 pub mod handlers;
 pub mod metrics;
 pub mod notify;
