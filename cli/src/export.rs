@@ -40,13 +40,11 @@ pub fn run(a: &Args) -> Result<()> {
         _ => {}
     }
     let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    let has_qdq = model.graph().node.iter().any(|n| n.op_type.as_deref() == Some("QuantizeLinear"));
     let precision = match a.precision.as_deref() {
         Some("fp32") => Precision::Float32,
         Some("dynamic-int8") => Precision::DynamicInt8,
         Some(_) => Precision::Int8,
-        None if has_qdq => Precision::Int8,
-        None => Precision::Float32,
+        None => Precision::of(&model),
     };
     let mut input_shapes = HashMap::new();
     for s in &a.input_shapes {

@@ -27,24 +27,9 @@ pub const LITERT_VERSION: &str = "2.3.0";
 
 static LOADED: OnceLock<std::result::Result<LiteRt, String>> = OnceLock::new();
 
-/// Where `libLiteRt.so` is looked for, in order.
+/// Where `libLiteRt.so` is looked for, in order (as ONNX Runtime's library is).
 pub fn library_candidates() -> Vec<PathBuf> {
-    if let Some(p) = std::env::var_os("LITERT_LIB_PATH") {
-        return vec![PathBuf::from(p)];
-    }
-    let mut c = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-        c.push(dir.join(LIB_NAME));
-        c.push(dir.join("lib").join(LIB_NAME));
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        c.extend(cwd.ancestors().map(|d| d.join(".deps/litert").join(LIB_NAME)).filter(|p| p.is_file()).take(1));
-    }
-    c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.deps/litert").join(LIB_NAME));
-    if let Some(dir) = crate::cache::subdir("litert") {
-        c.push(dir.join(LIB_NAME));
-    }
-    c
+    crate::runtime::dylib_candidates("LITERT_LIB_PATH", LIB_NAME, "litert")
 }
 
 /// The loaded library, or why it could not be loaded (once per process).

@@ -84,24 +84,30 @@ static RUNTIME: OnceLock<std::result::Result<Loaded, String>> = OnceLock::new();
 /// executable (and its `lib/` or `../lib/`); the repository's `.deps/ort/` that `make ort`
 /// fills; the cache's `ort/` ([`crate::cache`]: `$TAMP_CACHE_DIR`, default `~/.cache/tamp`).
 pub fn library_candidates() -> Vec<PathBuf> {
+    dylib_candidates("ORT_DYLIB_PATH", LIB_NAME, "ort")
+}
+
+/// Where a run-time-loaded library `name` is looked for, in order: the path in `env` (alone,
+/// when set); beside the executable, its `lib/` and `../lib/`; the checkout's `.deps/<dir>/`
+/// found from the working directory up, then the one this binary was compiled in (the build
+/// cache may be shared by clones); the cache's `<dir>/`. ONNX Runtime and LiteRT share it.
+pub fn dylib_candidates(env: &str, name: &str, dir: &str) -> Vec<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return vec![PathBuf::from(p)];
+    }
     let mut c = Vec::new();
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
-        c.push(PathBuf::from(p));
-        return c;
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        c.push(exe_dir.join(name));
+        c.push(exe_dir.join("lib").join(name));
+        c.push(exe_dir.join("../lib").join(name));
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-        c.push(dir.join(LIB_NAME));
-        c.push(dir.join("lib").join(LIB_NAME));
-        c.push(dir.join("../lib").join(LIB_NAME));
-    }
-    // A checkout's `.deps/ort` (what `make ort` fills), found from the working directory up;
-    // then the checkout this binary was compiled in (the build cache may be shared by clones).
+    let deps = Path::new(".deps").join(dir);
     if let Ok(cwd) = std::env::current_dir() {
-        c.extend(cwd.ancestors().map(|d| d.join(".deps/ort").join(LIB_NAME)).filter(|p| p.is_file()).take(1));
+        c.extend(cwd.ancestors().map(|d| d.join(&deps).join(name)).filter(|p| p.is_file()).take(1));
     }
-    c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.deps/ort").join(LIB_NAME));
-    if let Some(dir) = crate::cache::subdir("ort") {
-        c.push(dir.join(LIB_NAME));
+    c.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(&deps).join(name));
+    if let Some(cache) = crate::cache::subdir(dir) {
+        c.push(cache.join(name));
     }
     c
 }

@@ -206,6 +206,15 @@ impl Writer<'_> {
         if !SUPPORTED.contains(&op) {
             return Err(format!("{op} has no TorchScript mapping in Tamp's exporter"));
         }
+        let need = match op {
+            "BatchNormalization" => 5,
+            "Range" => 3,
+            "Conv" | "Gemm" | "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Reshape" | "Pow" | "Gather" => 2,
+            _ => 1,
+        };
+        if n.input.iter().take(need).filter(|v| !v.is_empty()).count() < need || n.output.first().is_none_or(String::is_empty) {
+            return Err(format!("{op} needs {need} input(s) and an output; this node has {} and {}", n.input.len(), n.output.len()));
+        }
         // Data inputs only: shapes, axes and Clip bounds are read as constants below.
         let data_inputs = match op {
             "Reshape" | "Clip" | "Unsqueeze" | "ReduceSum" | "ReduceMean" | "Cast" | "Shape" => 1,
@@ -232,6 +241,9 @@ impl Writer<'_> {
                     return Err("auto_pad (write explicit pads)".into());
                 }
                 let p = if pads.is_empty() { vec![0; 2 * sp] } else { pads.to_vec() };
+                if p.len() != 2 * sp || s.len() != sp || d.len() != sp {
+                    return Err("pads, strides or dilations of the wrong length".into());
+                }
                 let (begin, end) = p.split_at(sp);
                 let mut input = x.clone();
                 let sym = if begin == end {
@@ -287,6 +299,9 @@ impl Writer<'_> {
                 let s = attr_ints(n, "strides");
                 let s = if s.is_empty() { vec![1; k.len()] } else { s.to_vec() };
                 let pads = attr_ints(n, "pads");
+                if !pads.is_empty() && pads.len() != 2 * k.len() {
+                    return Err("pads of the wrong length".into());
+                }
                 let (b, e) = if pads.is_empty() { (vec![0; k.len()], vec![0; k.len()]) } else { (pads[..k.len()].to_vec(), pads[k.len()..].to_vec()) };
                 if b != e {
                     return Err("asymmetric pooling pads".into());

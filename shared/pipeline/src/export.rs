@@ -55,8 +55,7 @@ fn sha256_file(path: &Path) -> Result<(String, u64)> {
 
 fn tflite_artifact(job: &Job<'_>, best: &Model, best_path: &Path) -> Result<ExportedArtifact> {
     let out = job.out_dir;
-    let has_qdq = best.graph().node.iter().any(|n| n.op_type.as_deref() == Some("QuantizeLinear"));
-    let precision = if has_qdq { Precision::Int8 } else { Precision::Float32 };
+    let precision = Precision::of(best);
     let started = Instant::now();
     let e = tflite::export(best, &Options { precision, ..Options::default() }).map_err(|ps| {
         let lines: Vec<String> = ps.iter().map(ToString::to_string).collect();

@@ -30,9 +30,11 @@ use tamp_onnx::{GraphView, Model};
 
 use super::ir::{Act, DType, Graph, Op, Operator, Padding, Quant, Tensor};
 use crate::Problem;
+use shape::{broadcast, conv_out, padding_for, reshape_dims};
 use weights::{dequantize, int8_weights, symmetric_per_channel};
 
 mod nodes;
+mod shape;
 mod weights;
 
 /// What precision the `.tflite` is written in.
@@ -48,6 +50,11 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The precision `model` is in: int8 when it has QDQ pairs (Tamp's int8 output), else fp32.
+    pub fn of(model: &Model) -> Self {
+        if model.graph().node.iter().any(|n| n.op_type.as_deref() == Some("QuantizeLinear")) { Precision::Int8 } else { Precision::Float32 }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::Float32 => "fp32",
@@ -195,6 +202,7 @@ pub fn convert(model: &Model, opts: &Options) -> Result<Graph, Vec<Problem>> {
         }
     }
     cx.inputs(model);
+    cx.check_arity(&order);
     cx.fold_constants(&order);
     cx.find_qdq(&order);
     let fused = cx.find_fusions(&order);
@@ -245,46 +253,6 @@ fn elem_of(t: &TensorProto) -> DataType {
     t.data_type.and_then(|d| DataType::try_from(d).ok()).unwrap_or(DataType::Undefined)
 }
 
-/// Numpy broadcasting of two shapes.
-fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
-    let n = a.len().max(b.len());
-    let mut out = vec![0; n];
-    for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-        out[i] = if da == db || db == 1 {
-            da
-        } else if da == 1 {
-            db
-        } else {
-            return None;
-        };
-    }
-    Some(out)
-}
-
-/// `SAME` when `pads` are what TFLite's SAME padding gives for this input, `VALID` when
-/// there are none, else `None` (an explicit `PAD` is needed).
-fn padding_for(input: [usize; 2], kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2], pads: [usize; 4]) -> Option<Padding> {
-    if pads.iter().all(|&p| p == 0) {
-        return Some(Padding::Valid);
-    }
-    let mut same = [0usize; 4];
-    for d in 0..2 {
-        let k = (kernel[d] - 1) * dilation[d] + 1;
-        let out = input[d].div_ceil(stride[d]);
-        let total = ((out - 1) * stride[d] + k).saturating_sub(input[d]);
-        same[d] = total / 2;
-        same[d + 2] = total - total / 2;
-    }
-    (same == pads).then_some(Padding::Same)
-}
-
-fn conv_out(input: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize) -> Option<usize> {
-    let eff = (k - 1) * d + 1;
-    (input + pb + pe).checked_sub(eff).map(|v| v / s + 1)
-}
-
 impl<'m> Cx<'m> {
     fn poison(&mut self, node: &NodeProto) {
         for o in &node.output {
@@ -294,6 +262,32 @@ impl<'m> Cx<'m> {
 
     fn fail(node: &NodeProto, why: impl Into<String>, fix: impl Into<String>) -> Problem {
         Problem::at(&node_name(node), op_of(node), &why.into(), &fix.into())
+    }
+
+    /// Nodes with fewer inputs than their op needs (or no output) are malformed: each is a
+    /// problem, and nothing downstream is converted (no emitter indexes past what exists).
+    fn check_arity(&mut self, order: &[usize]) {
+        let graph = self.view.graph;
+        for &i in order {
+            let n = &graph.node[i];
+            let op = op_of(n);
+            let need = match op {
+                "Constant" => 0,
+                "BatchNormalization" => 5,
+                "Conv" | "Gemm" | "MatMul" | "Add" | "Sub" | "Mul" | "Div" | "Reshape" | "QuantizeLinear" | "DequantizeLinear" => 2,
+                _ => 1,
+            };
+            let present = n.input.iter().take(need).filter(|v| !v.is_empty()).count();
+            if present < need || n.output.first().is_none_or(String::is_empty) {
+                self.problems.push(Self::fail(
+                    n,
+                    format!("{op} needs {need} input(s) and an output; this node has {} and {}", n.input.len(), n.output.len()),
+                    "repair the model (onnx.checker names the node)",
+                ));
+                self.skip.insert(i);
+                self.poison(n);
+            }
+        }
     }
 
     fn inputs(&mut self, model: &Model) {
@@ -417,7 +411,8 @@ impl<'m> Cx<'m> {
     fn find_qdq(&mut self, order: &[usize]) {
         let graph = self.view.graph;
         let mut q_src: HashMap<&str, (&str, Qp)> = HashMap::new();
-        for &i in order {
+        let settled = self.skip.clone();
+        for &i in order.iter().filter(|i| !settled.contains(i)) {
             let n = &graph.node[i];
             let scalar_params = |n: &NodeProto| -> Option<Qp> {
                 let s = scalar_f(self.consts.get(n.input.get(1)?)?)?;
@@ -521,7 +516,7 @@ impl<'m> Cx<'m> {
             let Some(mut last) = n.output.first().cloned() else { continue };
             let mut f = Fusion { bn: None, act: Act::None, out: last.clone() };
             if op == "Conv"
-                && let Some(c) = self.sole_consumer(&last)
+                && let Some(c) = self.sole_consumer(&last).filter(|c| !self.skip.contains(c))
                 && op_of(&graph.node[c]) == "BatchNormalization"
                 && graph.node[c].input[1..].iter().all(|v| self.consts.contains_key(v))
             {
@@ -529,8 +524,7 @@ impl<'m> Cx<'m> {
                 self.skip.insert(c);
                 last.clone_from(&graph.node[c].output[0]);
             }
-            // An output the int8 graph quantizes right here keeps its own activation node.
-            if let Some(c) = self.sole_consumer(&last)
+            if let Some(c) = self.sole_consumer(&last).filter(|c| !self.skip.contains(c))
                 && let Some(a) = self.activation_of(&graph.node[c])
             {
                 f.act = a;
@@ -547,6 +541,23 @@ impl<'m> Cx<'m> {
 
     fn const_tensor(&mut self, name: &str, shape: &[usize], data: Vec<u8>, dtype: DType, quant: Option<Quant>) -> i32 {
         self.g.add(Tensor { name: name.to_owned(), shape: shape_i32(shape), dtype, data: Some(data), quant })
+    }
+
+    /// An int8 constant with symmetric per-channel scales along `axis` (zero points 0).
+    fn int8_const(&mut self, name: &str, codes: &ArrayD<i8>, scale: Vec<f32>, axis: i32) -> i32 {
+        let shape = codes.shape().to_vec();
+        let zero_point = vec![0; scale.len()];
+        self.const_tensor(name, &shape, i8_bytes(&codes.iter().copied().collect::<Vec<_>>()), DType::I8, Some(Quant { scale, zero_point, axis }))
+    }
+
+    /// The int32 bias of an int8 kernel: scale `input_scale · weight_scale[c]` (what TFLite
+    /// checks), values rounded from the float bias.
+    fn int32_bias(&mut self, name: &str, bias: &[f32], input_scale: f32, weight_scale: &[f32]) -> i32 {
+        let scale: Vec<f32> = weight_scale.iter().map(|&s| (f64::from(input_scale) * f64::from(s)) as f32).collect();
+        let q: Vec<i32> =
+            bias.iter().zip(&scale).map(|(&b, &s)| (f64::from(b) / f64::from(s)).round().clamp(-2_147_483_648.0, 2_147_483_647.0) as i32).collect();
+        let n = q.len();
+        self.const_tensor(name, &[n], i32_bytes(&q), DType::I32, Some(Quant { scale, zero_point: vec![0; n], axis: 0 }))
     }
 
     fn i32_const(&mut self, name: &str, v: &[i32]) -> i32 {
@@ -596,6 +607,17 @@ impl<'m> Cx<'m> {
         };
         let (shape, nhwc) = self.meta(&x).ok_or_else(|| Problem::at(name, "value", "unknown value", "check the graph is valid"))?;
         let src = self.vals.get(&x).cloned().ok_or_else(|| Problem::at(&x, "value", "no tensor", "check the graph is valid"))?;
+        // Already int8 with these parameters: the same tensor; otherwise a QUANTIZE from the
+        // float tensor (or a requantization of the int8 one).
+        let from = match (src.q, src.f) {
+            (Some((qt, qp)), _) if qp == p => {
+                self.vals.insert(name.to_owned(), Value { shape, nhwc, f: None, q: Some((qt, p)) });
+                return Ok((qt, p));
+            }
+            (_, Some(ft)) => ft,
+            (Some((qt, _)), None) => qt,
+            (None, None) => return Err(Problem::at(&x, "value", "no tensor", "check the graph is valid")),
+        };
         let t = self.g.add(Tensor {
             name: format!("{name}.int8"),
             shape: shape_i32(&if nhwc { permute(&shape, &NCHW_TO_NHWC) } else { shape.clone() }),
@@ -603,16 +625,7 @@ impl<'m> Cx<'m> {
             data: None,
             quant: Some(Quant::per_tensor(p.scale, p.zp)),
         });
-        match (src.q, src.f) {
-            (Some((qt, qp)), _) if qp == p => {
-                self.g.tensors.pop();
-                self.vals.insert(name.to_owned(), Value { shape, nhwc, f: None, q: Some((qt, p)) });
-                return Ok((qt, p));
-            }
-            (_, Some(ft)) => self.push(Op::Quantize, 2, vec![ft], vec![t]),
-            (Some((qt, _)), None) => self.push(Op::Quantize, 2, vec![qt], vec![t]),
-            (None, None) => return Err(Problem::at(&x, "value", "no tensor", "check the graph is valid")),
-        }
+        self.push(Op::Quantize, 2, vec![from], vec![t]);
         self.vals.insert(name.to_owned(), Value { shape, nhwc, f: None, q: Some((t, p)) });
         Ok((t, p))
     }
@@ -705,13 +718,7 @@ impl<'m> Cx<'m> {
         }
         let codes = q.symmetric_codes()?.permuted_axes(IxDyn(perm)).as_standard_layout().to_owned();
         let shape = codes.shape().to_vec();
-        let stored = self.const_tensor(
-            &format!("{name}.int8"),
-            &shape,
-            i8_bytes(&codes.iter().copied().collect::<Vec<_>>()),
-            DType::I8,
-            Some(Quant { scale: q.scale.clone(), zero_point: vec![0; q.scale.len()], axis: t_axis }),
-        );
+        let stored = self.int8_const(&format!("{name}.int8"), &codes, q.scale.clone(), t_axis);
         let f = self.g.add(Tensor { name: format!("{name}.dequantized"), shape: shape_i32(&shape), dtype: DType::F32, data: None, quant: None });
         self.push(Op::Dequantize, 2, vec![stored], vec![f]);
         Some(f)
@@ -726,50 +733,5 @@ struct Fusion {
     out: String,
 }
 
-fn reshape_dims(from: &[usize], to: impl Iterator<Item = i64>) -> Option<Vec<usize>> {
-    let total: usize = from.iter().product();
-    let to: Vec<i64> = to.collect();
-    let mut out = Vec::with_capacity(to.len());
-    let mut infer = None;
-    for (i, &d) in to.iter().enumerate() {
-        match d {
-            0 => out.push(*from.get(i)?),
-            -1 if infer.is_none() => {
-                infer = Some(i);
-                out.push(1);
-            }
-            d if d > 0 => out.push(usize::try_from(d).ok()?),
-            _ => return None,
-        }
-    }
-    let known: usize = out.iter().product();
-    if let Some(i) = infer {
-        if known == 0 || !total.is_multiple_of(known) {
-            return None;
-        }
-        out[i] = total / known;
-    }
-    (out.iter().product::<usize>() == total).then_some(out)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_padding_is_recognised_for_odd_and_even_inputs() {
-        // EfficientNet's stem: 3×3 stride 2 on 224 pads (0, 1): TF's SAME.
-        assert_eq!(padding_for([224, 224], [3, 3], [2, 2], [1, 1], [0, 0, 1, 1]), Some(Padding::Same));
-        assert_eq!(padding_for([28, 28], [3, 3], [1, 1], [1, 1], [1, 1, 1, 1]), Some(Padding::Same));
-        assert_eq!(padding_for([28, 28], [3, 3], [1, 1], [1, 1], [0, 0, 0, 0]), Some(Padding::Valid));
-        // PyTorch's symmetric (1, 1) with stride 2 on an even input is not SAME.
-        assert_eq!(padding_for([28, 28], [3, 3], [2, 2], [1, 1], [1, 1, 1, 1]), None);
-    }
-
-    #[test]
-    fn reshape_dims_follows_onnx_zero_and_minus_one() {
-        assert_eq!(reshape_dims(&[2, 3, 4], [0, -1].into_iter()), Some(vec![2, 12]));
-        assert_eq!(reshape_dims(&[2, 3, 4], [4, 6].into_iter()), Some(vec![4, 6]));
-        assert_eq!(reshape_dims(&[2, 3, 4], [5, -1].into_iter()), None);
-    }
-}
+mod tests;

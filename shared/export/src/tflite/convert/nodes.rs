@@ -94,8 +94,12 @@ impl Cx<'_> {
         }
         let strides = attr_ints(n, "strides");
         let dil = attr_ints(n, "dilations");
-        let stride = [strides.first().copied().unwrap_or(1) as usize, strides.get(1).copied().unwrap_or(1) as usize];
-        let dilation = [dil.first().copied().unwrap_or(1) as usize, dil.get(1).copied().unwrap_or(1) as usize];
+        let (Some(stride), Some(dilation)) = (window(strides), window(dil)) else {
+            return Err(Self::fail(n, "strides and dilations must be positive", "repair the model"));
+        };
+        if kh == 0 || kw == 0 {
+            return Err(Self::fail(n, "an empty kernel", "repair the model"));
+        }
         let mut pads = [0usize; 4];
         let auto_pad = attr(n, "auto_pad").and_then(|a| a.s.clone()).map(|s| String::from_utf8_lossy(&s).into_owned()).unwrap_or_default();
         for (i, p) in attr_ints(n, "pads").iter().enumerate().take(4) {
@@ -183,23 +187,8 @@ impl Cx<'_> {
                 let in_p = self.quant_in(x)?.1;
                 let (wq, wscale) = int8_weights(&wk, &wf, 0);
                 let wq = wq.permuted_axes(IxDyn(&w_perm)).as_standard_layout().to_owned();
-                let w_t = self.const_tensor(
-                    &format!("{w_name}.int8"),
-                    &w_shape,
-                    i8_bytes(&wq.iter().copied().collect::<Vec<_>>()),
-                    DType::I8,
-                    Some(Quant { scale: wscale.clone(), zero_point: vec![0; wscale.len()], axis: q_axis }),
-                );
-                let bscale: Vec<f32> = wscale.iter().map(|&s| (f64::from(in_p.scale) * f64::from(s)) as f32).collect();
-                let bq: Vec<i32> =
-                    bf.iter().zip(&bscale).map(|(&b, &s)| (f64::from(b) / f64::from(s)).round().clamp(-2_147_483_648.0, 2_147_483_647.0) as i32).collect();
-                let b_t = self.const_tensor(
-                    &format!("{name}.bias.int32"),
-                    &[m],
-                    i32_bytes(&bq),
-                    DType::I32,
-                    Some(Quant { scale: bscale, zero_point: vec![0; m], axis: 0 }),
-                );
+                let w_t = self.int8_const(&format!("{w_name}.int8"), &wq, wscale.clone(), q_axis);
+                let b_t = self.int32_bias(&format!("{name}.bias.int32"), &bf, in_p.scale, &wscale);
                 let out = self.out_tensor(&fusion.out, &out_shape, true, Some(out_p));
                 self.push(conv_op(fusion.act), 3, vec![xin, w_t, b_t], vec![out]);
             }
@@ -210,13 +199,7 @@ impl Cx<'_> {
                     t
                 } else if self.opts.precision == Precision::DynamicInt8 && !depthwise {
                     let (wq, wscale) = symmetric_per_channel(&wf_l, q_axis as usize);
-                    self.const_tensor(
-                        &format!("{w_name}.int8"),
-                        &w_shape,
-                        i8_bytes(&wq.iter().copied().collect::<Vec<_>>()),
-                        DType::I8,
-                        Some(Quant { scale: wscale.clone(), zero_point: vec![0; wscale.len()], axis: q_axis }),
-                    )
+                    self.int8_const(&format!("{w_name}.int8"), &wq, wscale, q_axis)
                 } else {
                     self.const_tensor(&format!("{w_name}.ohwi"), &w_shape, f32_bytes(&wf_l.iter().copied().collect::<Vec<_>>()), DType::F32, None)
                 };
@@ -291,22 +274,8 @@ impl Cx<'_> {
                 let (xin, in_p) = self.quant_in(a)?;
                 let kq = if trans_b { bk.clone() } else { Konst { f: w.clone(), i: None, q: None } };
                 let (wq, wscale) = int8_weights(&kq, &w, 0);
-                let w_t = self.const_tensor(
-                    &format!("{b_name}.int8"),
-                    &[m, k],
-                    i8_bytes(&wq.iter().copied().collect::<Vec<_>>()),
-                    DType::I8,
-                    Some(Quant { scale: wscale.clone(), zero_point: vec![0; wscale.len()], axis: 0 }),
-                );
-                let bscale: Vec<f32> = wscale.iter().map(|&s| (f64::from(in_p.scale) * f64::from(s)) as f32).collect();
-                let bq: Vec<i32> = bias.iter().zip(&bscale).map(|(&b, &s)| (f64::from(b) / f64::from(s)).round() as i32).collect();
-                let b_t = self.const_tensor(
-                    &format!("{name}.bias.int32"),
-                    &[m],
-                    i32_bytes(&bq),
-                    DType::I32,
-                    Some(Quant { scale: bscale, zero_point: vec![0; m], axis: 0 }),
-                );
+                let w_t = self.int8_const(&format!("{b_name}.int8"), &wq, wscale.clone(), 0);
+                let b_t = self.int32_bias(&format!("{name}.bias.int32"), &bias, in_p.scale, &wscale);
                 let out = self.out_tensor(&fusion.out, &out_shape, false, Some(out_p));
                 self.push(Op::FullyConnected { act: fusion.act }, 4, vec![xin, w_t, b_t], vec![out]);
             }
@@ -318,13 +287,7 @@ impl Cx<'_> {
                     t
                 } else if self.opts.precision == Precision::DynamicInt8 {
                     let (wq, wscale) = symmetric_per_channel(&w, 0);
-                    self.const_tensor(
-                        &format!("{b_name}.int8"),
-                        &[m, k],
-                        i8_bytes(&wq.iter().copied().collect::<Vec<_>>()),
-                        DType::I8,
-                        Some(Quant { scale: wscale.clone(), zero_point: vec![0; wscale.len()], axis: 0 }),
-                    )
+                    self.int8_const(&format!("{b_name}.int8"), &wq, wscale, 0)
                 } else {
                     self.const_tensor(&format!("{b_name}.oi"), &[m, k], f32_bytes(&w.iter().copied().collect::<Vec<_>>()), DType::F32, None)
                 };
@@ -468,8 +431,9 @@ impl Cx<'_> {
         }
         let k = attr_ints(n, "kernel_shape");
         let s = attr_ints(n, "strides");
-        let kernel = [k.first().copied().unwrap_or(1) as usize, k.get(1).copied().unwrap_or(1) as usize];
-        let stride = [s.first().copied().unwrap_or(1) as usize, s.get(1).copied().unwrap_or(1) as usize];
+        let (Some(kernel), Some(stride)) = (window(k), window(s)) else {
+            return Err(Self::fail(n, "kernel_shape and strides must be positive", "repair the model"));
+        };
         let mut pads = [0usize; 4];
         for (i, p) in attr_ints(n, "pads").iter().enumerate().take(4) {
             pads[i] = usize::try_from(*p).unwrap_or(0);
@@ -581,4 +545,12 @@ impl Cx<'_> {
         self.push(Op::Concatenation { axis: t_axis as i32, act: Act::None }, 1, ts, vec![out]);
         Ok(())
     }
+}
+
+/// A 2-D window attribute (strides, dilations, kernel sizes): each entry in 1..=65536,
+/// missing entries 1; `None` for anything else (a value input can set).
+fn window(v: &[i64]) -> Option<[usize; 2]> {
+    let get = |i: usize| v.get(i).copied().unwrap_or(1);
+    let ok = |x: i64| usize::try_from(x).ok().filter(|&x| (1..=65_536).contains(&x));
+    Some([ok(get(0))?, ok(get(1))?])
 }
