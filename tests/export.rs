@@ -79,8 +79,8 @@ fn resnet8_exports_to_tflite_in_fp32_and_int8() {
 /// EfficientNet-Lite0 (ImageNet, real photos): fp32 matches ONNX Runtime to 1e-3 on every
 /// logit; the int8 export runs 32 CONV_2D and 16 DEPTHWISE_CONV_2D in int8 and agrees with
 /// Tamp's int8 ONNX on the 128 photos of eval + calib (measured 127/128 = 99.2 %, cosine
-/// 0.9996; the bar leaves room for a second near-tie to flip between two int8 kernels'
-/// rounding).
+/// 0.9996; the bars leave room for other near-ties to flip on a CPU whose int8 kernels
+/// round differently — AVX2 without VNNI stores Tamp's weights as uint8, for one).
 #[test]
 fn efficientnet_exports_to_tflite_in_fp32_and_int8() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,8 +100,8 @@ fn efficientnet_exports_to_tflite_in_fp32_and_int8() {
     let rep = export(&q, &int8, &[]);
     assert!(ops(&rep, "CONV_2D:int8") >= 30 && ops(&rep, "DEPTHWISE_CONV_2D:int8") >= 16, "{rep}");
     let c = check(&q, &int8, &data);
-    assert!(c["top1_agreement"].as_f64().unwrap() >= 0.97, "{c}");
-    assert!(c["cosine_mean"].as_f64().unwrap() >= 0.998, "{c}");
+    assert!(c["top1_agreement"].as_f64().unwrap() >= 0.95, "{c}");
+    assert!(c["cosine_mean"].as_f64().unwrap() >= 0.995, "{c}");
 }
 
 fn w(shape: &[usize], seed: u32) -> ArrayD<f32> {
@@ -304,7 +304,8 @@ fn openvino_runs_tamps_onnx_artifacts_fp32_and_int8() {
         let c = check(&ref_dir.join("model.onnx"), &data);
         assert!(c["cosine_min"].as_f64().unwrap() >= 0.9999 && c["top1_agreement"].as_f64().unwrap() >= 0.99, "{name} fp32: {c}");
         let c = check(&q, &data);
-        assert!(c["top1_agreement"].as_f64().unwrap() >= 0.97 && c["cosine_mean"].as_f64().unwrap() >= 0.995, "{name} int8: {c}");
+        // Measured 0.984–1.0 here; OpenVINO's int8 kernels differ by CPU (VNNI, AVX2, AMX).
+        assert!(c["top1_agreement"].as_f64().unwrap() >= 0.93 && c["cosine_mean"].as_f64().unwrap() >= 0.99, "{name} int8: {c}");
         assert!(c["layers"]["Convolution:u8"].as_u64().unwrap_or(0) >= min_int8_convs, "{name}: OpenVINO did not run the QDQ convolutions in int8: {c}");
     }
 }
