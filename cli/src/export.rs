@@ -39,7 +39,13 @@ pub fn run(a: &Args) -> Result<()> {
         "torchscript" => return torchscript(a),
         _ => {}
     }
-    let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let loaded = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    // Models from other toolchains: opset upgrade and shape computations folded for the
+    // declared shapes, exactly as `tamp compress` prepares them (no change to outputs).
+    let (model, preparation) = tamp_engine::prepare::prepare(&loaded)?;
+    if !preparation.is_empty() {
+        eprintln!("prepared: {}", preparation.steps.join("; "));
+    }
     let precision = match a.precision.as_deref() {
         Some("fp32") => Precision::Float32,
         Some("dynamic-int8") => Precision::DynamicInt8,
