@@ -43,6 +43,10 @@ pub struct ServeConfig {
     pub limits: tamp_control::api::Limits,
     /// In-memory dataset limit handed to workers (`TAMP_MAX_NPZ_BYTES`).
     pub max_npz_bytes: Option<u64>,
+    /// The built web UI (`ui/dist`), served at `/`.
+    pub ui_dir: Option<PathBuf>,
+    /// What the UI reads from `/config.json` (how to log in).
+    pub ui_config: serde_json::Value,
 }
 
 /// Where the bootstrap admin token is kept (mode 0600), created on the first start.
@@ -140,7 +144,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     let _ = reporter.0.set(svc.clone());
     std::fs::write(cfg.data_dir.join("serve.json"), serde_json::json!({ "url": url, "pid": std::process::id() }).to_string())?;
     println!(
-        "tamp serve: API on {url}; uploads in {}/uploads/<project>/<model>/<version>/ (recipe.yaml last); admin token in {}",
+        "tamp serve: API on {url}; web UI at {url}/{}; uploads in {}/uploads/<project>/<model>/<version>/ (recipe.yaml last); admin token in {}",
+        if cfg.ui_dir.is_some() { "" } else { " (not built here: make ui)" },
         files.root().display(),
         admin_token_path(&cfg.data_dir).display()
     );
@@ -155,7 +160,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     tokio::spawn(watcher(svc.clone()));
     tokio::spawn(reconciler(svc.clone()));
     let links: Arc<dyn tamp_ports::SignedLinks> = files;
-    let app = router(AppState { svc, files: Some(links), auth, limits: cfg.limits, metrics: Some(metrics) });
+    let app = router(AppState { svc, files: Some(links), auth, limits: cfg.limits, metrics: Some(metrics) })
+        .merge(crate::ui::routes(cfg.ui_dir.as_deref(), cfg.ui_config.clone()));
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
     Ok(())
 }

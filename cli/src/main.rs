@@ -11,6 +11,7 @@ mod quantize;
 mod report;
 mod search;
 mod serve;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -56,6 +57,8 @@ enum Command {
     /// Write a model for another runtime (TFLite: fp32, dynamic-range int8, or int8 from
     /// Tamp's QDQ), or list the nodes that runtime cannot take.
     Export(export::Args),
+    /// Print the API's OpenAPI 3.1 document (what the UI's and the Python client are generated from).
+    Openapi,
 }
 
 /// Training allocates activation buffers of a different size every batch (sequence lengths
@@ -80,6 +83,10 @@ fn main() -> ExitCode {
         Command::Export(a) => export::run(&a),
         Command::Report(a) => report::run(&a),
         Command::Serve(a) => serve::serve(&a),
+        Command::Openapi => {
+            println!("{}", tamp_control::api::openapi_json());
+            Ok(())
+        }
         Command::Worker(a) => serve::worker(&a),
         Command::Login(a) => client::login(&a),
         Command::Jobs(a) => client::jobs(&a),

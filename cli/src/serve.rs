@@ -66,6 +66,14 @@ pub struct ServeArgs {
     /// Refused credentials per minute from one address before it is locked out for the minute.
     #[arg(long, default_value_t = 20)]
     failed_login_limit: u32,
+    /// The built web UI (default: $TAMP_UI_DIR, else ui/dist).
+    #[arg(long)]
+    ui_dir: Option<PathBuf>,
+    /// OIDC issuer the UI logs in with (authorization code + PKCE); without it the UI asks for an API token.
+    #[arg(long, requires = "ui_oidc_client_id")]
+    ui_oidc_issuer: Option<String>,
+    #[arg(long, requires = "ui_oidc_issuer")]
+    ui_oidc_client_id: Option<String>,
 }
 
 fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
@@ -90,6 +98,15 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig> {
     Ok(AuthConfig { jwt, rate_per_min: args.rate_limit.max(1), failed_logins_per_min: args.failed_login_limit.max(1) })
 }
 
+/// The UI's `/config.json`: the API is this origin; log in with a token, or with OIDC.
+fn ui_config(args: &ServeArgs) -> serde_json::Value {
+    let auth = match (&args.ui_oidc_issuer, &args.ui_oidc_client_id) {
+        (Some(issuer), Some(client_id)) => serde_json::json!({ "mode": "oidc", "issuer": issuer, "client_id": client_id, "scope": "openid profile" }),
+        _ => serde_json::json!({ "mode": "token", "hint": format!("the admin token is in {}", crate::local::admin_token_path(&args.data_dir).display()) }),
+    };
+    serde_json::json!({ "api_base_url": "", "auth": auth })
+}
+
 pub fn serve(args: &ServeArgs) -> Result<()> {
     if !args.webhooks.is_empty() && args.webhook_secret.is_empty() {
         anyhow::bail!("--webhook needs --webhook-secret (or TAMP_WEBHOOK_SECRET) so receivers can verify events");
@@ -109,6 +126,8 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         attempt_timeout: Some(std::time::Duration::from_secs(args.attempt_timeout.max(1))),
         limits: tamp_control::api::Limits { max_upload_bytes: args.max_upload_bytes, ..Default::default() },
         max_npz_bytes: Some(args.max_npz_bytes),
+        ui_dir: crate::ui::locate(args.ui_dir.as_deref()),
+        ui_config: ui_config(args),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(local::serve(cfg)).map_err(|e| anyhow!("{e}"))

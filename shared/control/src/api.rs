@@ -24,14 +24,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use tamp_domain::job::{JobState, Signal, valid_name};
+use tamp_domain::job::valid_name;
 use tamp_ports::{AuditRecord, PortError, Role};
 
 use utoipa::OpenApi as _;
 
 use crate::auth::{Auth, Principal, mint};
 use crate::erasure::{delete_artifact, delete_job, delete_model, delete_project, delete_token, delete_upload, delete_version, list_tokens};
-use crate::handlers::{self, Ingested, Services};
+use crate::handlers::{self, Services};
+use crate::{catalog, jobs};
 pub use crate::problem::Problem;
 
 /// Download links live this long.
@@ -159,9 +160,9 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/uploads/{project}/{model}/{version}/{file}", put(upload).delete(delete_upload))
-        .route("/jobs", post(create_job).get(list_jobs))
-        .route("/jobs/{id}", get(get_job).delete(delete_job))
-        .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/jobs", post(jobs::create_job).get(jobs::list_jobs))
+        .route("/jobs/{id}", get(jobs::get_job).delete(delete_job))
+        .route("/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/models/{id}/best", get(best))
         .route("/artifacts/{id}", get(artifact).delete(delete_artifact))
         .route("/objects/{*key}", get(download))
@@ -169,13 +170,16 @@ pub fn router(state: AppState) -> axum::Router {
         .route("/projects", post(create_project).get(list_projects))
         .route("/projects/{project}/models", post(create_model).get(list_models))
         .route("/models/{id}", get(get_model).delete(delete_model))
-        .route("/models/{id}/versions", post(create_version).get(list_versions))
-        .route("/policies", post(create_policy))
+        .route("/models", post(catalog::create_model))
+        .route("/models/{id}/versions", post(create_version).get(catalog::list_versions))
+        .route("/policies", post(create_policy).get(catalog::list_policies))
+        .route("/policies/validate", post(catalog::validate_policy))
+        .route("/policy-templates", get(catalog::policy_templates))
         .route("/policies/{id}", get(get_policy))
         .route("/reports/{job}", get(report))
         .route("/audit", get(list_audit))
-        .route("/projects/{project}", axum::routing::delete(delete_project))
-        .route("/models/{id}/versions/{version}", axum::routing::delete(delete_version))
+        .route("/projects/{project}", get(catalog::get_project).delete(delete_project))
+        .route("/models/{id}/versions/{version}", get(catalog::get_version).delete(delete_version))
         .route("/tokens/{id}", axum::routing::delete(delete_token))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), timed))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
@@ -190,13 +194,6 @@ pub(crate) fn check_names(parts: &[&str]) -> Result<(), Problem> {
     }
 }
 
-fn ingested(outcome: Ingested) -> ApiResult {
-    Ok(match outcome {
-        Ingested::Created(id) => (StatusCode::CREATED, Json(serde_json::json!({ "job": id, "link": format!("/jobs/{id}") }))).into_response(),
-        Ingested::Duplicate(id) => (StatusCode::OK, Json(serde_json::json!({ "job": id, "link": format!("/jobs/{id}"), "duplicate": true }))).into_response(),
-        Ingested::Ignored(why) => return Err(Problem::bad_request(why)),
-    })
-}
 
 /// Streams the request body to a temporary file (models can be gigabytes), then stores it.
 #[utoipa::path(put, path = "/uploads/{project}/{model}/{version}/{file}", tag = "uploads", params(("project" = String, Path), ("model" = String, Path), ("version" = String, Path), ("file" = String, Path)), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 201, description = "stored; for recipe.yaml, the job it started", body = serde_json::Value), (status = 400, body = ProblemDoc), (status = 403, body = ProblemDoc)))]
@@ -253,88 +250,9 @@ async fn upload(
     if file == "recipe.yaml" {
         audit(&st, &who, "policy.upload", &key, String::new()).await?;
         let version = st.svc.store.head(&key).await?.map(|m| m.version).unwrap_or_default();
-        return ingested(handlers::ingest(&st.svc, &key, &version).await?);
+        return crate::jobs::created(&st, handlers::ingest(&st.svc, &key, &version).await?).await;
     }
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "key": key }))).into_response())
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct CreateJob {
-    project: String,
-    model: String,
-    version: String,
-    /// A stored policy (`<project>.<name>`) instead of the version's uploaded recipe.yaml.
-    #[serde(default)]
-    policy: Option<String>,
-}
-
-#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = CreateJob, params(("Idempotency-Key" = Option<String>, Header, description = "a retried POST with the same key returns the first job")), responses((status = 201, description = "job created", body = serde_json::Value), (status = 200, description = "duplicate of an earlier request", body = serde_json::Value), (status = 400, body = ProblemDoc), (status = 403, body = ProblemDoc)))]
-async fn create_job(State(st): State<AppState>, Extension(who): Extension<Principal>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let req: CreateJob = serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("request body: {e}")))?;
-    check_names(&[&req.project, &req.model, &req.version])?;
-    who.require(&req.project, Role::Editor)?;
-    // Keys are scoped to the caller, the project, the model version and what runs on it: the
-    // same key from another caller or project is another request, never its duplicate.
-    let scope = format!("{}|{}/{}/{}", who.actor, req.project, req.model, req.version);
-    let marker_of = |what: &str| match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        Some(k) if !k.is_empty() && k.len() <= 200 => Ok(format!("api:{scope}|{what}|{k}")),
-        Some(_) => Err(Problem::bad_request("Idempotency-Key must be 1–200 visible characters")),
-        None => Ok(format!("api:{scope}|{what}|{}", tamp_domain::ids::random_hex(8))),
-    };
-    if let Some(pid) = &req.policy {
-        if project_of(pid) != req.project {
-            return Err(Problem::bad_request(format!("policy {pid} belongs to another project")));
-        }
-        let policy = st.svc.meta.get_record("policy", pid).await?.ok_or_else(|| Problem::not_found(format!("no policy {pid}")))?;
-        let yaml = policy["yaml"].as_str().unwrap_or_default();
-        let marker = marker_of(&format!("policy {pid}"))?;
-        return ingested(handlers::start_job(&st.svc, &req.project, &req.model, &req.version, yaml, &format!("policy {pid}"), &marker).await?);
-    }
-    let key = format!("uploads/{}/{}/{}/recipe.yaml", req.project, req.model, req.version);
-    let meta =
-        st.svc.store.head(&key).await?.ok_or_else(|| Problem::bad_request(format!("{key} has not been uploaded (PUT /{key}), and no `policy` was named")))?;
-    // The Idempotency-Key replaces the object version in the ingest key, so a retried POST
-    // finds the first job and a new key asks for a new run of the same upload.
-    let marker = marker_of(&format!("upload@{}", meta.version))?;
-    ingested(handlers::ingest(&st.svc, &key, &marker).await?)
-}
-
-#[derive(Deserialize)]
-struct ListQuery {
-    status: Option<String>,
-    limit: Option<usize>,
-}
-
-#[utoipa::path(get, path = "/jobs", tag = "jobs", params(("status" = Option<String>, Query, description = "queued, planning, running, succeeded, failed, cancelled"), ("limit" = Option<usize>, Query)), responses((status = 200, description = "jobs the caller may see, newest first", body = serde_json::Value)))]
-async fn list_jobs(State(st): State<AppState>, Extension(who): Extension<Principal>, Query(q): Query<ListQuery>) -> ApiResult {
-    let state = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(
-            JobState::parse(s)
-                .ok_or_else(|| Problem::bad_request(format!("unknown status '{s}' (queued, planning, running, succeeded, failed, cancelled)")))?,
-        ),
-    };
-    let mut jobs = st.svc.meta.list_jobs(state, q.limit.unwrap_or(100).min(1000)).await?;
-    jobs.retain(|j| who.role_on(&j.project).is_some());
-    Ok(Json(serde_json::json!({ "jobs": jobs })).into_response())
-}
-
-#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", params(("id" = String, Path)), responses((status = 200, description = "the job with its stages", body = serde_json::Value), (status = 404, body = ProblemDoc)))]
-async fn get_job(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
-    let job = st.svc.meta.get_job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
-    who.require(&job.project, Role::Viewer)?;
-    Ok(Json(job).into_response())
-}
-
-#[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path)), responses((status = 200, description = "the job after cancelling (a finished job is unchanged)", body = serde_json::Value), (status = 404, body = ProblemDoc)))]
-async fn cancel_job(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
-    let existing = st.svc.meta.get_job(&id).await?.ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
-    who.require(&existing.project, Role::Editor)?;
-    let job = handlers::signal(&st.svc, &id, &Signal::Cancel { reason: "cancelled through the API".into() })
-        .await?
-        .ok_or_else(|| Problem::not_found(format!("no job {id}")))?;
-    Ok(Json(job).into_response())
 }
 
 #[derive(Deserialize)]
@@ -468,7 +386,7 @@ async fn list_audit(State(st): State<AppState>, Extension(who): Extension<Princi
     Ok(Json(serde_json::json!({ "audit": records })).into_response())
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, Problem> {
+pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, Problem> {
     serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("request body: {e}")))
 }
 
@@ -498,7 +416,7 @@ async fn list_projects(State(st): State<AppState>, Extension(who): Extension<Pri
     Ok(Json(serde_json::json!({ "projects": all })).into_response())
 }
 
-async fn project_exists(st: &AppState, project: &str) -> Result<(), Problem> {
+pub(crate) async fn project_exists(st: &AppState, project: &str) -> Result<(), Problem> {
     match st.svc.meta.get_record("project", project).await? {
         Some(_) => Ok(()),
         None => Err(Problem::not_found(format!("no project '{project}' (POST /projects)"))),
@@ -581,13 +499,6 @@ async fn create_version(State(st): State<AppState>, Extension(who): Extension<Pr
         .into_response())
 }
 
-#[utoipa::path(get, path = "/models/{id}/versions", tag = "catalog", params(("id" = String, Path)), responses((status = 200, body = serde_json::Value)))]
-async fn list_versions(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>) -> ApiResult {
-    who.require(project_of(&id), Role::Viewer)?;
-    let versions = st.svc.meta.list_records("version", &format!("{id}/")).await?;
-    Ok(Json(serde_json::json!({ "versions": versions })).into_response())
-}
-
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewPolicy {
@@ -604,7 +515,7 @@ async fn create_policy(State(st): State<AppState>, Extension(who): Extension<Pri
     check_names(&[&req.project, &req.name])?;
     who.require(&req.project, Role::Editor)?;
     if let Err(e) = tamp_domain::Recipe::from_yaml(&req.yaml) {
-        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid policy", e.to_string()));
+        return Err(Problem::invalid_recipe(&e, ""));
     }
     let id = format!("{}.{}", req.project, req.name);
     let doc =
@@ -742,12 +653,17 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The OpenAPI document as pretty JSON (what `tamp openapi` prints and `ui/openapi.json` holds).
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
 /// The OpenAPI 3.1 document, generated from the handlers' annotations.
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Tamp API", description = "Compress ONNX models and prove what it did."),
-    paths(healthz, upload, create_job, list_jobs, get_job, cancel_job, best, artifact, download, create_token, list_audit, create_project, list_projects, create_model, list_models, get_model, create_version, list_versions, create_policy, get_policy, report, crate::erasure::delete_project, crate::erasure::delete_model, crate::erasure::delete_version, crate::erasure::delete_job, crate::erasure::delete_artifact, crate::erasure::delete_upload, crate::erasure::delete_token, crate::erasure::list_tokens),
-    components(schemas(ProblemDoc, CreateJob, NewProject, NewModel, NewVersion, NewPolicy, CreateToken)),
+    paths(healthz, upload, jobs::create_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job, catalog::get_project, catalog::create_model, catalog::get_version, catalog::list_policies, catalog::validate_policy, catalog::policy_templates, best, artifact, download, create_token, list_audit, create_project, list_projects, create_model, list_models, get_model, create_version, catalog::list_versions, create_policy, get_policy, report, crate::erasure::delete_project, crate::erasure::delete_model, crate::erasure::delete_version, crate::erasure::delete_job, crate::erasure::delete_artifact, crate::erasure::delete_upload, crate::erasure::delete_token, crate::erasure::list_tokens),
+    components(schemas(ProblemDoc, jobs::CreateJob, jobs::CreateJobPrd, catalog::NewModelPrd, catalog::ValidatePolicy, NewProject, NewModel, NewVersion, NewPolicy, CreateToken)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

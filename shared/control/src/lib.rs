@@ -5,11 +5,14 @@
 
 pub mod api;
 pub mod auth;
+mod catalog;
 pub mod erasure;
 pub mod exports;
 pub mod handlers;
+mod jobs;
 pub mod metrics;
 pub mod notify;
 pub mod problem;
+pub mod views;
 
 pub use handlers::{Services, StageFailure, StageManifest, report_key, stage_error_key, stage_manifest_key};

@@ -16,11 +16,13 @@ pub struct Problem {
     pub detail: String,
     /// Seconds, sent as `Retry-After` (429).
     pub retry_after: Option<u64>,
+    /// The recipe line an invalid policy fails at (an extension member, `line`).
+    pub line: Option<usize>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, title, detail: detail.into(), retry_after: None }
+        Self { status, title, detail: detail.into(), retry_after: None, line: None }
     }
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
@@ -34,11 +36,19 @@ impl Problem {
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad request", detail)
     }
+    /// 422 for a recipe that does not validate, with the line it names.
+    pub fn invalid_recipe(e: &tamp_domain::recipe::RecipeError, context: &str) -> Self {
+        let detail = if context.is_empty() { e.to_string() } else { format!("{context}: {e}") };
+        Self { line: e.line(), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid policy", detail) }
+    }
 }
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "type": "about:blank", "title": self.title, "status": self.status.as_u16(), "detail": self.detail });
+        let mut body = serde_json::json!({ "type": "about:blank", "title": self.title, "status": self.status.as_u16(), "detail": self.detail });
+        if let Some(line) = self.line {
+            body["line"] = line.into();
+        }
         let mut r = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
         if let Some(secs) = self.retry_after
             && let Ok(v) = secs.to_string().parse()

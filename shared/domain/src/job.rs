@@ -114,6 +114,9 @@ pub struct JobStage {
     pub reason: Option<String>,
     pub output: Option<StageOutput>,
     pub updated_at: Timestamp,
+    /// When the current attempt started running (for measured stage times and ETAs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -298,6 +301,7 @@ pub fn plan(recipe: &Recipe, retry: RetryPolicy, now: Timestamp) -> Vec<JobStage
             reason: None,
             output: None,
             updated_at: now,
+            started_at: None,
         })
         .collect()
 }
@@ -388,6 +392,9 @@ impl Job {
                 }
                 s.state = to;
                 s.updated_at = now;
+                if to == StageState::Running {
+                    s.started_at = Some(now);
+                }
                 Ok(if to == StageState::Running { vec![Effect::Emit(EventKind::StageStarted)] } else { Vec::new() })
             }
             Signal::Succeeded { stage, attempt, output } => {
@@ -474,6 +481,7 @@ mod tests {
                     reason: None,
                     output: None,
                     updated_at: 0,
+                    started_at: None,
                 })
                 .collect(),
             reason: None,

@@ -73,6 +73,7 @@ fn job(id: &str, created_at: u64) -> Job {
             reason: None,
             output: None,
             updated_at: 0,
+            started_at: None,
         }],
         reason: None,
         created_at,

@@ -17,9 +17,11 @@
 //! Every struct denies unknown keys; errors name the key, the line and the allowed keys.
 //! Parsing checks shape, [`Recipe::validate`] checks values and what this build supports.
 
+mod overrides;
 mod path;
 mod report;
 mod stages;
+pub use overrides::{CONSTRAINTS, RUNTIMES, apply_job_overrides};
 pub use report::{InstancePrice, ReportSettings};
 
 use serde::{Deserialize, Serialize};
