@@ -63,7 +63,8 @@ ZOO        := $(MODELS)/zoo
 ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
-.PHONY: torch litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+PHONY_UI := ui ui-client ui-screenshots bench-ui
+.PHONY: $(PHONY_UI) torch litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -74,6 +75,7 @@ help:
 	@echo "make bench-zoo   the real-model corpus: inspect/eval/quantize/compress/prune per model, int8 quality and speed beside ONNX Runtime's quantizer"
 	@echo "make bench-distill  distilled students (3-layer MiniLM, half-width ResNet-8) beside their untrained selves and fp32"
 	@echo "make bench-search  mixed-precision search beside ptq_8bit / ptq_accuracy_first / 4-bit on the reference models: who beats whom, the front's growth, the proxy's rank correlation"
+	@echo "make bench-ui    the dashboard with 1,000 jobs in headless chromium: first render and scrolling; the initial JavaScript's size"
 	@echo "make bench-export  Tamp's TFLite export beside onnx2tf (TensorFlow's converter): size, LiteRT P50, agreement, accuracy, conversion time"
 	@echo "make bench-compress  pruning, clustering, low-rank (and their int8 follow-ups) on the reference models: size, metric, P50, pass time"
 	@echo "make package     Lambda zips (cargo lambda) in dist/lambda and the Batch worker in dist/worker, with sizes"
@@ -231,8 +233,35 @@ run: build-cli $(FMNIST_REF)/model.onnx
 report-tools:
 	@command -v chromium >/dev/null && command -v pdftoppm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium poppler-utils >/dev/null; }
 
-test: build venv models zoo-fast moto infra-check report-tools torch
+test: build venv models zoo-fast moto infra-check report-tools torch ui
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast
+
+## --- the web UI ------------------------------------------------------------------------------
+
+# The UI (ui/: React + TypeScript + Mantine, built by Vite) from its committed lockfile; the
+# browser tests use Debian's chromium (report-tools), never a downloaded browser.
+UI_SOURCES := $(shell find ui/src -type f 2>/dev/null) ui/index.html ui/vite.config.ts ui/tsconfig.json ui/package.json
+ui: ui/dist/index.html
+ui/node_modules/.done: ui/package-lock.json
+	@cd ui && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+ui/dist/index.html: ui/node_modules/.done $(UI_SOURCES)
+	@cd ui && npm run --silent build >/dev/null
+	@echo "web UI -> ui/dist (served by tamp serve at /)"
+
+# The UI's API types from the API's own OpenAPI document (tests/ui.rs fails when stale).
+ui-client: build-cli ui/node_modules/.done
+	$(TAMP) openapi > ui/openapi.json
+	cd ui && npx openapi-typescript openapi.json -o src/api/schema.d.ts
+
+# Screenshots of every page in both themes into docs/ui/ (the browser tests take them).
+ui-screenshots: build ui
+	TAMP_UI_SCREENSHOTS=docs/ui cargo test -p tamp-e2e --test ui -- the_browser_tests
+
+# The dashboard with 1,000 jobs in headless chromium (first render, scrolling) and the
+# initial JavaScript's gzipped size, each beside its budget.
+bench-ui: build-cli ui report-tools
+	node ui/tests/bench.mjs $(TAMP)
 
 # Line coverage of the whole test suite (cargo-tarpaulin, LLVM engine: no extra toolchain
 # component). The instrumented binaries are built first, in tarpaulin's folder with its flags,

@@ -3,7 +3,8 @@
 //! reverse), every variable the code requires is set, every queue and event target has a
 //! DLQ, no IAM statement grants a data-plane action on `*`, functions run `bootstrap` on
 //! provided.al2023 (arm64 by default), and every API route Terraform exposes exists in the
-//! router. Each check is proved to catch a planted mistake. (`make test` also runs
+//! router, and the web UI is served from its bucket through CloudFront with origin access
+//! control and a config.json built from the module's values. Each check is proved to catch a planted mistake. (`make test` also runs
 //! `scripts/infra_check.py`: terraform fmt, Terraform's config loader, checkov.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -302,13 +303,85 @@ fn check_batch_retries(files: &[(String, String)]) -> Vec<String> {
     out
 }
 
+/// The expression as HCL text.
+fn text(e: &Expression) -> String {
+    hcl::format::to_string(e).unwrap_or_default()
+}
+
+/// The UI behind CloudFront: its bucket is read through origin access control by this
+/// distribution only, and its `config.json` carries the API's URL and the OIDC settings from
+/// the module's own values, under the keys the UI reads (ui/src/api/client.ts, UiConfig).
+fn check_ui(files: &[(String, String)]) -> Vec<String> {
+    let all = blocks(files);
+    let mut out = Vec::new();
+    let one = |ty: &str, name: &str| find(&all, "resource", ty).into_iter().find(|b| labels(b).get(1).is_some_and(|n| n == name));
+    let Some(cfg) = local(&all, "ui_config") else { return vec!["no local.ui_config (the UI's config.json)".into()] };
+    let cfg_text = text(cfg);
+    for (key, want) in [("api_base_url", "aws_apigatewayv2_api.http.api_endpoint"), ("issuer", "var.jwt_issuer"), ("client_id", "var.ui_oidc_client_id")] {
+        if !cfg_text.lines().any(|l| l.contains(key) && l.contains(want)) {
+            out.push(format!("local.ui_config.{key} is not {want}"));
+        }
+    }
+    let client = std::fs::read_to_string(root().join("ui/src/api/client.ts")).unwrap();
+    for key in ["api_base_url", "issuer", "client_id", "mode: 'oidc'"] {
+        if !client.contains(key) {
+            out.push(format!("the UI (ui/src/api/client.ts) does not read `{key}` from config.json"));
+        }
+    }
+    if !cfg_text.contains("\"oidc\"") {
+        out.push("local.ui_config.auth.mode is not \"oidc\"".into());
+    }
+    match one("aws_s3_object", "ui_config") {
+        Some(b)
+            if attr(&b.body, "key").is_some_and(|k| strings(k) == ["config.json"])
+                && attr(&b.body, "content").is_some_and(|c| text(c).contains("local.ui_config")) => {}
+        _ => out.push("no aws_s3_object.ui_config writing jsonencode(local.ui_config) to config.json".into()),
+    }
+    let Some(dist) = one("aws_cloudfront_distribution", "ui") else { return [out, vec!["no aws_cloudfront_distribution.ui".into()]].concat() };
+    let origin = dist.body.blocks().find(|b| b.identifier.as_str() == "origin");
+    if !origin.is_some_and(|o| attr(&o.body, "origin_access_control_id").is_some_and(|e| text(e).contains("aws_cloudfront_origin_access_control.ui.id"))) {
+        out.push("the UI distribution's origin does not use aws_cloudfront_origin_access_control.ui".into());
+    }
+    if !origin.is_some_and(|o| attr(&o.body, "domain_name").is_some_and(|e| text(e).contains("aws_s3_bucket.ui.bucket_regional_domain_name"))) {
+        out.push("the UI distribution's origin is not the UI bucket".into());
+    }
+    let signs_all = one("aws_cloudfront_origin_access_control", "ui").and_then(|b| attr(&b.body, "signing_behavior")).is_some_and(|e| strings(e) == ["always"]);
+    if !signs_all {
+        out.push("the UI's origin access control does not sign every request".into());
+    }
+    match one("aws_s3_bucket_policy", "ui").and_then(|b| attr(&b.body, "policy")).map(text) {
+        Some(p) if p.contains("cloudfront.amazonaws.com") && p.contains("aws_cloudfront_distribution.ui.arn") => {}
+        _ => out.push("the UI bucket's policy does not limit reads to the UI distribution (AWS:SourceArn)".into()),
+    }
+    let pab = one("aws_s3_bucket_public_access_block", "ui");
+    for k in ["block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"] {
+        if !pab.is_some_and(|b| attr(&b.body, k).is_some_and(|e| matches!(e, Expression::Bool(true)))) {
+            out.push(format!("the UI bucket's public access block lacks {k} = true"));
+        }
+    }
+    let api_cors = one("aws_apigatewayv2_api", "http")
+        .and_then(|b| b.body.blocks().find(|c| c.identifier.as_str() == "cors_configuration").map(|c| hcl::format::to_string(&c.body).unwrap_or_default()));
+    if !api_cors.is_some_and(|c| c.contains("local.ui_origin")) {
+        out.push("the API does not allow the UI's origin (cors_configuration)".into());
+    }
+    out
+}
+
 // --- tests ------------------------------------------------------------------------------
 
 #[test]
 fn the_module_is_wired_to_the_code() {
     let files = module_files();
-    let findings: Vec<String> =
-        [check_functions(&files), check_env(&files), check_dead_letters(&files), check_iam(&files), check_routes(&files), check_batch_retries(&files)].concat();
+    let findings: Vec<String> = [
+        check_functions(&files),
+        check_env(&files),
+        check_dead_letters(&files),
+        check_iam(&files),
+        check_routes(&files),
+        check_batch_retries(&files),
+        check_ui(&files),
+    ]
+    .concat();
     assert!(findings.is_empty(), "infra/modules/tamp drifted from the code:\n{}", findings.join("\n"));
 }
 
@@ -364,4 +437,21 @@ fn a_retry_rule_that_retries_bad_input_is_caught() {
     let planted = with_edit(&module_files(), "batch.tf", "    evaluate_on_exit {\n      on_reason = \"*\"\n      action    = \"EXIT\"\n    }\n", "");
     let f = check_batch_retries(&planted);
     assert!(f.iter().any(|m| m.contains("bad input (exit 3) gets RETRY")), "{f:?}");
+}
+
+#[test]
+fn a_ui_config_not_from_the_module_outputs_is_caught() {
+    let planted = with_edit(&module_files(), "ui.tf", "api_base_url = aws_apigatewayv2_api.http.api_endpoint", "api_base_url = \"https://api.example.com\"");
+    let f = check_ui(&planted);
+    assert!(f.iter().any(|m| m.contains("api_base_url")), "{f:?}");
+    let planted = with_edit(&module_files(), "ui.tf", "client_id = var.ui_oidc_client_id", "client_id = \"tamp\"");
+    assert!(check_ui(&planted).iter().any(|m| m.contains("client_id")));
+}
+
+#[test]
+fn a_ui_bucket_readable_without_the_distribution_is_caught() {
+    let planted = with_edit(&module_files(), "ui.tf", "Condition = { StringEquals = { \"AWS:SourceArn\" = aws_cloudfront_distribution.ui.arn } }", "");
+    assert!(check_ui(&planted).iter().any(|m| m.contains("AWS:SourceArn")));
+    let planted = with_edit(&module_files(), "ui.tf", "origin_access_control_id = aws_cloudfront_origin_access_control.ui.id", "");
+    assert!(check_ui(&planted).iter().any(|m| m.contains("aws_cloudfront_origin_access_control")));
 }

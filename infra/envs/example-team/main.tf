@@ -39,4 +39,6 @@ module "tamp" {
   webhook_urls        = var.webhook_urls
   webhook_secret      = var.webhook_secret
   alarm_topic_arn     = var.alarm_topic_arn
+  ui_oidc_client_id   = var.ui_oidc_client_id
+  ui_dist_dir         = "${path.root}/../../../ui/dist"
 }

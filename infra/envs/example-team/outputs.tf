@@ -12,3 +12,8 @@ output "worker_repository_url" {
   description = "Push worker images here."
   value       = module.tamp.worker_repository_url
 }
+
+output "ui_url" {
+  description = "The team's Tamp web UI (log in with the OIDC issuer)."
+  value       = module.tamp.ui_url
+}

@@ -77,3 +77,9 @@ variable "alarm_topic_arn" {
   type        = string
   default     = ""
 }
+
+variable "ui_oidc_client_id" {
+  description = "The web UI's client id at jwt_issuer (public client, PKCE)."
+  type        = string
+  default     = ""
+}

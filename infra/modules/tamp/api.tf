@@ -10,7 +10,14 @@ resource "aws_apigatewayv2_api" "http" {
   name          = var.name
   protocol_type = "HTTP"
   description   = "Tamp API for ${var.name}"
-  tags          = local.tags
+  # The web UI (ui.tf) calls the API from its CloudFront origin with a bearer token.
+  cors_configuration {
+    allow_origins = [local.ui_origin]
+    allow_methods = ["GET", "POST", "PUT", "DELETE"]
+    allow_headers = ["authorization", "content-type", "idempotency-key", "accept"]
+    max_age       = 600
+  }
+  tags = local.tags
 }
 
 resource "aws_apigatewayv2_integration" "api" {
@@ -27,6 +34,12 @@ locals {
   # those by presigned URL).
   routes = {
     "GET /projects"                          = "viewer"
+    "GET /projects/{project}"                = "viewer"
+    "POST /models"                           = "editor"
+    "GET /models/{id}/versions/{version}"    = "viewer"
+    "GET /policies"                          = "viewer"
+    "POST /policies/validate"                = "viewer"
+    "GET /policy-templates"                  = "viewer"
     "POST /projects"                         = "admin"
     "DELETE /projects/{project}"             = "admin"
     "GET /projects/{project}/models"         = "viewer"

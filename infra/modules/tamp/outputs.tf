@@ -42,3 +42,18 @@ output "function_names" {
   description = "Lambda function names by role."
   value       = { for k, f in aws_lambda_function.fn : k => f.function_name }
 }
+
+output "ui_url" {
+  description = "The web UI (CloudFront); register <ui_url>/ as the OIDC client's redirect URI."
+  value       = local.ui_origin
+}
+
+output "ui_bucket" {
+  description = "The bucket the UI is served from (CloudFront reads it through origin access control)."
+  value       = aws_s3_bucket.ui.id
+}
+
+output "ui_config" {
+  description = "What the UI reads from /config.json: the API's URL and the OIDC settings."
+  value       = local.ui_config
+}

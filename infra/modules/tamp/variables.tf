@@ -189,3 +189,27 @@ variable "worker_failure_alarm" {
   type        = number
   default     = 5
 }
+
+variable "ui_oidc_client_id" {
+  description = "The web UI's OIDC client id at var.jwt_issuer (a public client: authorization code with PKCE, redirect URI = output ui_url + \"/\")."
+  type        = string
+  default     = ""
+}
+
+variable "ui_dist_dir" {
+  description = "The built UI (make ui → ui/dist) to upload to the UI bucket; null uploads nothing but config.json."
+  type        = string
+  default     = null
+}
+
+variable "ui_web_acl_id" {
+  description = "A WAF web ACL (CLOUDFRONT scope) to put in front of the UI, if your organisation uses one."
+  type        = string
+  default     = null
+}
+
+variable "ui_price_class" {
+  description = "CloudFront price class of the UI distribution."
+  type        = string
+  default     = "PriceClass_100"
+}

@@ -32,8 +32,8 @@ use utoipa::OpenApi as _;
 use crate::auth::{Auth, Principal, mint};
 use crate::erasure::{delete_artifact, delete_job, delete_model, delete_project, delete_token, delete_upload, delete_version, list_tokens};
 use crate::handlers::{self, Services};
-use crate::{catalog, jobs};
 pub use crate::problem::Problem;
+use crate::{catalog, jobs};
 
 /// Download links live this long.
 const LINK_TTL: Duration = Duration::from_secs(10 * 60);
@@ -193,7 +193,6 @@ pub(crate) fn check_names(parts: &[&str]) -> Result<(), Problem> {
         None => Ok(()),
     }
 }
-
 
 /// Streams the request body to a temporary file (models can be gigabytes), then stores it.
 #[utoipa::path(put, path = "/uploads/{project}/{model}/{version}/{file}", tag = "uploads", params(("project" = String, Path), ("model" = String, Path), ("version" = String, Path), ("file" = String, Path)), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 201, description = "stored; for recipe.yaml, the job it started", body = serde_json::Value), (status = 400, body = ProblemDoc), (status = 403, body = ProblemDoc)))]

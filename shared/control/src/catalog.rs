@@ -89,7 +89,12 @@ pub(crate) async fn list_versions(State(st): State<AppState>, Extension(who): Ex
 #[utoipa::path(get, path = "/models/{id}/versions/{version_id}", tag = "catalog", params(("id" = String, Path), ("version_id" = String, Path)), responses((status = 200, description = "the version with state and latest_job", body = serde_json::Value), (status = 404, body = ProblemDoc)))]
 pub(crate) async fn get_version(State(st): State<AppState>, Extension(who): Extension<Principal>, Path((id, version)): Path<(String, String)>) -> ApiResult {
     who.require(project_of(&id), Role::Viewer)?;
-    let v = st.svc.meta.get_record("version", &format!("{id}/{version}")).await?.ok_or_else(|| Problem::not_found(format!("no version {version} of model {id}")))?;
+    let v = st
+        .svc
+        .meta
+        .get_record("version", &format!("{id}/{version}"))
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no version {version} of model {id}")))?;
     let v = with_states(&st, &id, vec![v]).await?.remove(0);
     Ok(Json(v).into_response())
 }

@@ -94,14 +94,21 @@ pub(crate) async fn create_job(State(st): State<AppState>, Extension(who): Exten
     let (req, overrides) = if raw.get("model_version_id").is_some() {
         let prd: CreateJobPrd = serde_json::from_value(raw).map_err(|e| Problem::bad_request(format!("request body: {e}")))?;
         let (model_id, version) = prd.model_version_id.split_once('/').ok_or_else(|| {
-            Problem::bad_request(format!("model_version_id is `<project>.<model>/<version>` (as GET /models/{{id}}/versions returns it), not `{}`", prd.model_version_id))
+            Problem::bad_request(format!(
+                "model_version_id is `<project>.<model>/<version>` (as GET /models/{{id}}/versions returns it), not `{}`",
+                prd.model_version_id
+            ))
         })?;
-        let (project, model) =
-            model_id.split_once('.').ok_or_else(|| Problem::bad_request(format!("model ids are <project>.<model>, not '{model_id}'")))?;
+        let (project, model) = model_id.split_once('.').ok_or_else(|| Problem::bad_request(format!("model ids are <project>.<model>, not '{model_id}'")))?;
         let req = CreateJob { project: project.into(), model: model.into(), version: version.into(), policy: prd.policy_id };
         (req, Some((prd.target_runtimes, prd.constraints)))
     } else {
-        (serde_json::from_value::<CreateJob>(raw).map_err(|e| Problem::bad_request(format!("request body: {e} (or send the PRD's form: model_version_id, policy_id, target_runtimes, constraints)")))?, None)
+        (
+            serde_json::from_value::<CreateJob>(raw).map_err(|e| {
+                Problem::bad_request(format!("request body: {e} (or send the PRD's form: model_version_id, policy_id, target_runtimes, constraints)"))
+            })?,
+            None,
+        )
     };
     check_names(&[&req.project, &req.model, &req.version])?;
     who.require(&req.project, Role::Editor)?;

@@ -113,9 +113,10 @@ pub fn job_view(job: &Job, times: &StageTimes, now: Timestamp) -> serde_json::Va
     v.as_object_mut().map(|o| o.remove("outbox"));
     let current = job.stages.iter().find(|s| s.state != StageState::Succeeded);
     let done = job.stages.iter().filter(|s| s.state == StageState::Succeeded).count();
-    v["current_stage"] = current.map_or(serde_json::Value::Null, |s| {
-        serde_json::json!({ "index": s.index, "kind": s.kind, "state": s.state, "attempt": s.attempt, "max_attempts": s.max_attempts })
-    });
+    v["current_stage"] = current.map_or(
+        serde_json::Value::Null,
+        |s| serde_json::json!({ "index": s.index, "kind": s.kind, "state": s.state, "attempt": s.attempt, "max_attempts": s.max_attempts }),
+    );
     v["progress"] = serde_json::json!({ "done": done, "total": job.stages.len() });
     v["health"] = health(job).into();
     v["eta"] = estimate(job, times, now).map_or(serde_json::Value::Null, |e| e.to_json());

@@ -15,7 +15,14 @@ export function ArtifactCard({ a }: { a: Artifact }) {
   const [check, setCheck] = useState('');
   const m = a.metrics ?? {};
   const task = m.task;
-  const runtimes = Object.entries(a.compatibility ?? {});
+  // The runtime badges: ONNX Runtime's load check, and each pre-flight runtime check.
+  const compat = (a.compatibility ?? {}) as Record<string, unknown>;
+  const ort = compat.onnxruntime as { loads?: boolean } | undefined;
+  const checks = (compat.runtimes as { runtime: string; compatible: boolean; problems?: unknown[] }[] | undefined) ?? [];
+  const runtimes: [string, boolean][] = [
+    ...(ort ? [['onnxruntime', ort.loads !== false] as [string, boolean]] : []),
+    ...checks.filter((c) => c.runtime !== 'onnxruntime' || !ort).map((c) => [c.runtime, c.compatible] as [string, boolean]),
+  ];
   async function download() {
     setCheck('Downloading…');
     try {
@@ -44,9 +51,9 @@ export function ArtifactCard({ a }: { a: Artifact }) {
           <Title order={3} size="h4">{a.runtime} <InfoTip topic={a.runtime} /></Title>
           <Group gap={4}>
             <Badge color="#343a40" variant="filled">{a.format}{a.precision ? ` · ${a.precision}` : ''}</Badge>
-            {runtimes.map(([rt, c]) => (
-              <Badge key={rt} color={c.loads === false ? BADGE.RED : BADGE.GREEN} variant="filled" aria-label={`${rt}: ${c.loads === false ? 'does not load' : 'compatible'}`}>
-                {rt} {c.loads === false ? '✗' : '✓'}
+            {runtimes.map(([rt, ok]) => (
+              <Badge key={rt} color={ok ? BADGE.GREEN : BADGE.RED} variant="filled" aria-label={`${rt}: ${ok ? 'compatible' : 'not compatible'}`}>
+                {rt} {ok ? '✓' : '✗'}
               </Badge>
             ))}
           </Group>

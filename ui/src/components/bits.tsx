@@ -31,7 +31,10 @@ export function InfoTip({ topic, label }: { topic: string; label?: string }) {
   return (
     <Tooltip label={text} multiline w={320} events={{ hover: true, focus: true, touch: true }} withArrow>
       <ActionIcon variant="subtle" size="sm" aria-label={`What is ${label ?? topic}?`} component="span" tabIndex={0} role="button" aria-description={text}>
-        <span aria-hidden="true">ⓘ</span>
+        <svg aria-hidden="true" width="16" height="16" viewBox="0 0 16 16" fill="none" stroke="currentColor" strokeWidth="1.5">
+          <circle cx="8" cy="8" r="6.5" />
+          <path d="M8 7v4.5M8 4.6v.2" strokeLinecap="round" />
+        </svg>
       </ActionIcon>
     </Tooltip>
   );

@@ -26,11 +26,7 @@ impl RecipeError {
 
 /// Returns `yaml` with `targets` replaced by `runtimes` (when given) and each given
 /// constraint set, then checks the result is still a valid recipe.
-pub fn apply_job_overrides(
-    yaml: &str,
-    runtimes: Option<&[String]>,
-    constraints: &[(String, f64)],
-) -> Result<String, RecipeError> {
+pub fn apply_job_overrides(yaml: &str, runtimes: Option<&[String]>, constraints: &[(String, f64)]) -> Result<String, RecipeError> {
     let schema = |m: String| RecipeError::Schema(m);
     let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(yaml).map_err(|e| schema(e.to_string()))?;
     let map = doc.as_mapping_mut().ok_or_else(|| schema("the policy is not a YAML mapping".into()))?;
