@@ -63,7 +63,7 @@ ZOO        := $(MODELS)/zoo
 ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
-PHONY_UI := ui ui-client ui-screenshots bench-ui
+PHONY_UI := ui ui-client ui-screenshots bench-ui pyclient-tools python-client
 .PHONY: $(PHONY_UI) torch litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
@@ -233,7 +233,7 @@ run: build-cli $(FMNIST_REF)/model.onnx
 report-tools:
 	@command -v chromium >/dev/null && command -v pdftoppm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium poppler-utils >/dev/null; }
 
-test: build venv models zoo-fast moto infra-check report-tools torch ui
+test: build venv models zoo-fast moto infra-check report-tools torch ui pyclient-tools
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast
 
 ## --- the web UI ------------------------------------------------------------------------------
@@ -250,9 +250,21 @@ ui/dist/index.html: ui/node_modules/.done $(UI_SOURCES)
 	@echo "web UI -> ui/dist (served by tamp serve at /)"
 
 # The UI's API types from the API's own OpenAPI document (tests/ui.rs fails when stale).
-ui-client: build-cli ui/node_modules/.done
+ui-client: build-cli ui/node_modules/.done pyclient-tools
 	$(TAMP) openapi > ui/openapi.json
 	cd ui && npx openapi-typescript openapi.json -o src/api/schema.d.ts
+	$(MAKE) python-client
+
+# The Python client (clients/python), generated from the same OpenAPI document with
+# openapi-python-client (tests/ui.rs fails when it is stale).
+pyclient-tools: .venv-pyclient/.done
+.venv-pyclient/.done: scripts/requirements-pyclient.txt
+	@python3 -m venv .venv-pyclient
+	@.venv-pyclient/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-pyclient.txt
+	@touch $@
+python-client: pyclient-tools
+	PATH=$$PWD/.venv-pyclient/bin:$$PATH openapi-python-client generate --path ui/openapi.json \
+		--config scripts/pyclient.yaml --meta setup --output-path clients/python --overwrite
 
 # Screenshots of every page in both themes into docs/ui/ (the browser tests take them).
 ui-screenshots: build ui

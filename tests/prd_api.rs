@@ -101,7 +101,9 @@ fn the_prd_paths_and_bodies_work_as_written() {
     let (st, e) = bad(r#"{"model_version_id": "vision.resnet8/v1", "policy_id": "vision.int8", "target_runtimes": ["coreml"]}"#);
     assert!(st == 422 && e["detail"].as_str().unwrap().contains("coreml") && e["detail"].as_str().unwrap().contains("tflite"), "{e}");
     let (st, e) = bad(r#"{"model_version_id": "vision.resnet8/v1", "policy_id": "vision.int8", "constraints": {"max_latency_ms_p50": "fast"}}"#);
-    assert!(st == 400 && e["detail"].as_str().unwrap().contains("number"), "{e}");
+    assert!(st == 400 && e["detail"].as_str().unwrap().contains("max_latency_ms_p50"), "{e}");
+    let (st, e) = bad(r#"{"model_version_id": "vision.resnet8/v1", "policy_id": "vision.int8", "constraints": {"max_speed": 1}}"#);
+    assert!(st == 400 && e["detail"].as_str().unwrap().contains("min_compression_ratio"), "{e}");
     let (st, e) = bad(r#"{"model_version_id": "resnet8", "policy_id": "vision.int8"}"#);
     assert!(st == 400 && e["detail"].as_str().unwrap().contains("<project>.<model>/<version>"), "{e}");
     assert_eq!(bad(r#"{"model_version_id": "vision.resnet8/v1", "policy_id": "vision.nope"}"#).0, 404);

@@ -430,7 +430,7 @@ struct NewModel {
     task: Option<String>,
 }
 
-#[utoipa::path(post, path = "/projects/{project}/models", tag = "catalog", params(("project" = String, Path)), request_body = NewModel, responses((status = 201, body = serde_json::Value), (status = 409, body = ProblemDoc)))]
+#[utoipa::path(post, path = "/projects/{project}/models", operation_id = "create_project_model", tag = "catalog", params(("project" = String, Path)), request_body = NewModel, responses((status = 201, body = serde_json::Value), (status = 409, body = ProblemDoc)))]
 async fn create_model(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(project): Path<String>, b: Bytes) -> ApiResult {
     let req: NewModel = body(&b)?;
     check_names(&[&project, &req.name])?;
@@ -471,7 +471,7 @@ struct NewVersion {
 
 /// Records a version and returns presigned upload links (model bytes never pass through the
 /// API's JSON routes); PUT the inputs, then `recipe.yaml` last (or POST /jobs with a policy).
-#[utoipa::path(post, path = "/models/{id}/versions", tag = "catalog", params(("id" = String, Path)), request_body = NewVersion, responses((status = 201, description = "the version and presigned PUT links for its inputs", body = serde_json::Value)))]
+#[utoipa::path(post, path = "/models/{id}/versions", tag = "catalog", params(("id" = String, Path)), request_body = NewVersion, responses((status = 201, description = "the version and presigned PUT links for its inputs", body = serde_json::Value), (status = 400, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 404, description = "no such model", body = ProblemDoc)))]
 async fn create_version(State(st): State<AppState>, Extension(who): Extension<Principal>, Path(id): Path<String>, b: Bytes) -> ApiResult {
     let req: NewVersion = body(&b)?;
     let (project, model) = id.split_once('.').ok_or_else(|| Problem::bad_request(format!("model ids are <project>.<model>, not '{id}'")))?;
@@ -560,6 +560,7 @@ fn report_format(query: Option<&str>, accept: Option<&str>) -> Result<&'static s
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReportQuery {
     /// `json` (default), `html` or `pdf`; overrides `Accept`.
     format: Option<String>,
@@ -662,7 +663,7 @@ pub fn openapi_json() -> String {
 #[openapi(
     info(title = "Tamp API", description = "Compress ONNX models and prove what it did."),
     paths(healthz, upload, jobs::create_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job, catalog::get_project, catalog::create_model, catalog::get_version, catalog::list_policies, catalog::validate_policy, catalog::policy_templates, best, artifact, download, create_token, list_audit, create_project, list_projects, create_model, list_models, get_model, create_version, catalog::list_versions, create_policy, get_policy, report, crate::erasure::delete_project, crate::erasure::delete_model, crate::erasure::delete_version, crate::erasure::delete_job, crate::erasure::delete_artifact, crate::erasure::delete_upload, crate::erasure::delete_token, crate::erasure::list_tokens),
-    components(schemas(ProblemDoc, jobs::CreateJob, jobs::CreateJobPrd, catalog::NewModelPrd, catalog::ValidatePolicy, NewProject, NewModel, NewVersion, NewPolicy, CreateToken)),
+    components(schemas(ProblemDoc, jobs::CreateJob, jobs::CreateJobPrd, jobs::JobConstraints, catalog::NewModelPrd, catalog::ValidatePolicy, NewProject, NewModel, NewVersion, NewPolicy, CreateToken)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

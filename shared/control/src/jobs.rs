@@ -66,9 +66,33 @@ pub(crate) struct CreateJobPrd {
     /// Replaces the policy's `targets` (onnxruntime, tflite, tensorrt, openvino).
     #[serde(default)]
     target_runtimes: Option<Vec<String>>,
-    /// Set on top of the policy's: max_metric_drop_pct, max_latency_ms_p50, min_compression_ratio.
+    /// Set on top of the policy's constraints.
     #[serde(default)]
-    constraints: serde_json::Map<String, serde_json::Value>,
+    constraints: JobConstraints,
+}
+
+/// The job's constraints (each replaces the policy's where given).
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JobConstraints {
+    /// The largest metric drop, in percent of the original, a candidate may have.
+    #[serde(default)]
+    max_metric_drop_pct: Option<f64>,
+    /// The slowest P50 latency (ms, batch 1) a candidate may have.
+    #[serde(default)]
+    max_latency_ms_p50: Option<f64>,
+    /// The smallest size ratio (original / compressed) a candidate must reach.
+    #[serde(default)]
+    min_compression_ratio: Option<f64>,
+}
+
+impl JobConstraints {
+    fn pairs(&self) -> Vec<(String, f64)> {
+        [("max_metric_drop_pct", self.max_metric_drop_pct), ("max_latency_ms_p50", self.max_latency_ms_p50), ("min_compression_ratio", self.min_compression_ratio)]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+            .collect()
+    }
 }
 
 /// The earlier job request (still served).
@@ -140,11 +164,8 @@ pub(crate) async fn create_job(State(st): State<AppState>, Extension(who): Exten
         (text, key, format!("upload@{}", meta.version))
     };
     let yaml = match overrides {
-        Some((runtimes, constraints)) if runtimes.is_some() || !constraints.is_empty() => {
-            let constraints = constraints
-                .iter()
-                .map(|(k, v)| v.as_f64().map(|n| (k.clone(), n)).ok_or_else(|| Problem::bad_request(format!("constraints.{k} must be a number, not {v}"))))
-                .collect::<Result<Vec<_>, _>>()?;
+        Some((runtimes, constraints)) if runtimes.is_some() || !constraints.pairs().is_empty() => {
+            let constraints = constraints.pairs();
             tamp_domain::recipe::apply_job_overrides(&yaml, runtimes.as_deref(), &constraints)
                 .map_err(|e| Problem::invalid_recipe(&e, &format!("{source} with this request's overrides")))?
         }

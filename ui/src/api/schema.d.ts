@@ -359,7 +359,7 @@ export interface paths {
         };
         get: operations["list_models"];
         put?: never;
-        post: operations["create_model"];
+        post: operations["create_project_model"];
         delete?: never;
         options?: never;
         head?: never;
@@ -452,10 +452,8 @@ export interface components {
         };
         /** @description The PRD's job request. */
         CreateJobPrd: {
-            /** @description Set on top of the policy's: max_metric_drop_pct, max_latency_ms_p50, min_compression_ratio. */
-            constraints?: {
-                [key: string]: unknown;
-            };
+            /** @description Set on top of the policy's constraints. */
+            constraints?: components["schemas"]["JobConstraints"];
             /** @description `<project>.<model>/<version>` (the `id` of `GET /models/{id}/versions/{version}`). */
             model_version_id: string;
             /** @description A stored policy `<project>.<name>`; without it, the version's uploaded recipe.yaml. */
@@ -470,6 +468,24 @@ export interface components {
             subject: string;
             /** Format: int64 */
             ttl_days?: number;
+        };
+        /** @description The job's constraints (each replaces the policy's where given). */
+        JobConstraints: {
+            /**
+             * Format: double
+             * @description The slowest P50 latency (ms, batch 1) a candidate may have.
+             */
+            max_latency_ms_p50?: number | null;
+            /**
+             * Format: double
+             * @description The largest metric drop, in percent of the original, a candidate may have.
+             */
+            max_metric_drop_pct?: number | null;
+            /**
+             * Format: double
+             * @description The smallest size ratio (original / compressed) a candidate must reach.
+             */
+            min_compression_ratio?: number | null;
         };
         NewModel: {
             name: string;
@@ -991,6 +1007,31 @@ export interface operations {
                     "application/json": unknown;
                 };
             };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProblemDoc"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProblemDoc"];
+                };
+            };
+            /** @description no such model */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProblemDoc"];
+                };
+            };
         };
     };
     get_version: {
@@ -1353,7 +1394,7 @@ export interface operations {
             };
         };
     };
-    create_model: {
+    create_project_model: {
         parameters: {
             query?: never;
             header?: never;
@@ -1388,12 +1429,13 @@ export interface operations {
     };
     report: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description `json` (default), `html` or `pdf`; overrides `Accept`. */
+                format?: string;
+            };
             header?: never;
             path: {
                 job: string;
-                /** @description `json` (default), `html` or `pdf`; overrides `Accept`. */
-                format: string | null;
             };
             cookie?: never;
         };
