@@ -14,8 +14,14 @@ use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 /// The content security policy of the UI's pages: scripts and styles from the origin only
-/// (Mantine sets inline style attributes), reports framed from blob: URLs, nothing else.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; frame-src blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+/// (Mantine sets inline style attributes), reports framed from blob: URLs, and no origin to
+/// talk to but this one and the OIDC issuer (discovery and the code exchange).
+fn csp(issuer: Option<&str>) -> String {
+    let issuer = issuer.map(|i| format!(" {}", i.trim_end_matches('/'))).unwrap_or_default();
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; frame-src blob:; connect-src 'self'{issuer}; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    )
+}
 
 /// Where the built UI is: `--ui-dir`, else `TAMP_UI_DIR`, else `ui/dist` here, else the
 /// source tree this binary was built from.
@@ -31,6 +37,7 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
 
 /// The UI's routes; without a built UI, `/` says how to build it.
 pub fn routes(dir: Option<&Path>, config: serde_json::Value) -> axum::Router {
+    let policy = HeaderValue::from_str(&csp(config["auth"]["issuer"].as_str())).unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'"));
     let config_route = get(move || {
         let c = config.clone();
         async move { Json(c) }
@@ -51,5 +58,5 @@ pub fn routes(dir: Option<&Path>, config: serde_json::Value) -> axum::Router {
             }),
         ),
     };
-    router.layer(SetResponseHeaderLayer::if_not_present(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
+    router.layer(SetResponseHeaderLayer::if_not_present(header::CONTENT_SECURITY_POLICY, policy))
 }

@@ -88,10 +88,14 @@ pub(crate) struct JobConstraints {
 
 impl JobConstraints {
     fn pairs(&self) -> Vec<(String, f64)> {
-        [("max_metric_drop_pct", self.max_metric_drop_pct), ("max_latency_ms_p50", self.max_latency_ms_p50), ("min_compression_ratio", self.min_compression_ratio)]
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
-            .collect()
+        [
+            ("max_metric_drop_pct", self.max_metric_drop_pct),
+            ("max_latency_ms_p50", self.max_latency_ms_p50),
+            ("min_compression_ratio", self.min_compression_ratio),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
+        .collect()
     }
 }
 
