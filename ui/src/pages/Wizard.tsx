@@ -138,9 +138,9 @@ export function Wizard() {
             {mode === 'upload' ? (
               <>
                 <TextInput label="Version" value={version} onChange={(e) => setVersion(e.currentTarget.value)} />
-                <FileInput label="Model (.onnx)" accept=".onnx" clearable value={files['model.onnx'] ?? null} onChange={(f) => setFiles((x) => ({ ...x, 'model.onnx': f }))} data-testid="file-model.onnx" />
+                <FileInput label="Model (.onnx)" placeholder="Choose the .onnx file" accept=".onnx" clearable value={files['model.onnx'] ?? null} onChange={(f) => setFiles((x) => ({ ...x, 'model.onnx': f }))} data-testid="file-model.onnx" />
                 {DATA_FILES.map(([name, label]) => (
-                  <FileInput key={name} label={label} accept=".npz" clearable value={files[name] ?? null} onChange={(f) => setFiles((x) => ({ ...x, [name]: f }))} data-testid={`file-${name}`} />
+                  <FileInput key={name} label={label} placeholder="Choose an .npz file (optional)" accept=".npz" clearable value={files[name] ?? null} onChange={(f) => setFiles((x) => ({ ...x, [name]: f }))} data-testid={`file-${name}`} />
                 ))}
               </>
             ) : (
