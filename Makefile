@@ -224,7 +224,7 @@ $(REF_CACHE)/model.onnx: | data
 
 # Only what the main job needs: the CLI and the reference CNN (the other reference models are
 # for the tests and benchmarks).
-run: build-cli $(FMNIST_REF)/model.onnx
+run: build-cli ui $(FMNIST_REF)/model.onnx
 	$(TAMP) compress $(FMNIST_REF)/model.onnx --recipe configs/policy_examples/ptq_8bit.yaml \
 		--data $(FMNIST_REF)/calib.npz --eval $(FMNIST_REF)/eval.npz --out out/fmnist-resnet8
 
