@@ -121,7 +121,8 @@ pub(crate) async fn create_job(State(st): State<AppState>, Extension(who): Exten
     let raw: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("request body: {e}")))?;
     let (req, overrides) = if raw.get("model_version_id").is_some() {
         // The path names the field (`constraints.max_latency_ms_p50: invalid type …`).
-        let prd: CreateJobPrd = serde_path_to_error::deserialize(raw).map_err(|e| Problem::bad_request(format!("request body: {}: {}", e.path(), e.inner())))?;
+        let prd: CreateJobPrd =
+            serde_path_to_error::deserialize(raw).map_err(|e| Problem::bad_request(format!("request body: {}: {}", e.path(), e.inner())))?;
         let (model_id, version) = prd.model_version_id.split_once('/').ok_or_else(|| {
             Problem::bad_request(format!(
                 "model_version_id is `<project>.<model>/<version>` (as GET /models/{{id}}/versions returns it), not `{}`",
