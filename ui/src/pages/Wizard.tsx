@@ -21,7 +21,6 @@ function useList<T>(load: () => Promise<T[]>, deps: unknown[]): T[] {
   const [xs, setXs] = useState<T[]>([]);
   useEffect(() => {
     load().then(setXs, () => setXs([]));
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, deps);
   return xs;
 }
