@@ -332,7 +332,9 @@ fn check_ui(files: &[(String, String)]) -> Vec<String> {
         out.push("local.ui_config.auth.mode is not \"oidc\"".into());
     }
     // The module's outputs say the same: the API's URL and the UI's config are one value each.
-    let output = |name: &str| all.iter().find(|b| b.identifier.as_str() == "output" && labels(b).first().is_some_and(|n| n == name)).and_then(|b| attr(&b.body, "value")).map(text);
+    let output = |name: &str| {
+        all.iter().find(|b| b.identifier.as_str() == "output" && labels(b).first().is_some_and(|n| n == name)).and_then(|b| attr(&b.body, "value")).map(text)
+    };
     if output("api_url").is_none_or(|v| !cfg_text.contains(v.trim())) {
         out.push("local.ui_config.api_base_url is not the module's api_url output".into());
     }
