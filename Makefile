@@ -313,9 +313,15 @@ package: .venv-package/.done $(ORT_LIB) $(LITERT_LIB)
 		$(if $(filter arm64,$(LAMBDA_ARCH)),--arm64,--x86-64) $(foreach f,$(FUNCTIONS),--bin tamp-$(f)) \
 		--output-format zip --lambda-dir dist/lambda
 	@echo $(LAMBDA_ARCH) > dist/lambda/ARCHITECTURE
+	@# The export function loads ONNX Runtime and LiteRT from lib/ in its zip: x86_64 builds of
+	@# both (the wheels'), so it is always an x86_64 function (infra: local.function_arch).
+	PATH=$(abspath .venv-package/bin):$$PATH cargo lambda build --profile lambda --x86-64 --bin tamp-export \
+		--output-format zip --lambda-dir dist/lambda
+	python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "a", zipfile.ZIP_DEFLATED); [z.write(f, "lib/" + f.rsplit("/", 1)[-1]) for f in sys.argv[2:]]' \
+		dist/lambda/tamp-export/bootstrap.zip $(ORT_LIB) $(LITERT_LIB)
 	cargo build --profile lambda -p tamp-worker --features aws --bin tamp-batch-worker
 	@mkdir -p dist/worker && cp $(PROFILE_DIR)/tamp-batch-worker $(ORT_LIB) $(LITERT_LIB) dist/worker/
-	@echo "Lambda zips ($(LAMBDA_ARCH)) and the worker:" && for f in $(FUNCTIONS); do \
+	@echo "Lambda zips ($(LAMBDA_ARCH); export x86_64) and the worker:" && for f in $(FUNCTIONS) export; do \
 		printf '  %-30s %8s bytes\n' "dist/lambda/tamp-$$f/bootstrap.zip" "$$(stat -c %s dist/lambda/tamp-$$f/bootstrap.zip)"; done \
 		&& printf '  %-30s %8s bytes\n' dist/worker/tamp-batch-worker "$$(stat -c %s dist/worker/tamp-batch-worker)"
 

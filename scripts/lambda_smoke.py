@@ -25,6 +25,7 @@ CASES = [
     ("orchestrator", "scheduled-reconcile.json", lambda r: r == {"resubmitted": 0}),
     ("report", "tamp-job-succeeded.json", lambda r: r is None),  # unknown job: nothing to report
     ("notify", "tamp-job-succeeded.json", lambda r: r == 1),  # one webhook target below
+    ("export", "tamp-job-succeeded.json", lambda r: r == []),  # unknown job: nothing to convert
 ]
 
 

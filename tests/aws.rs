@@ -18,7 +18,7 @@ use aws_lambda_events::sqs::SqsEvent;
 use tamp_adapters_aws::{AwsBatchRunner, SqsQueue, aws_config, unique};
 use tamp_control::Services;
 use tamp_domain::job::RetryPolicy;
-use tamp_lambda::{Settings, api, ingest, notify, orchestrator, report};
+use tamp_lambda::{Settings, api, export, ingest, notify, orchestrator, report};
 use tamp_ports::StageRun;
 
 fn root() -> PathBuf {
@@ -309,7 +309,30 @@ impl Stack {
         cmd.status().unwrap()
     }
 
-    /// Hands the team bus's events to the report and notify handlers; returns their kinds.
+    /// Plays the Batch container of the export stage named `name` (submitted by the export
+    /// function): its parameters → `tamp-batch-worker export`, with the team bus to announce on.
+    async fn play_export(&self, name: &str) -> std::process::ExitStatus {
+        let batch = aws_sdk_batch::Client::new(&aws_config().await);
+        let filter = aws_sdk_batch::types::KeyValuesPair::builder().name("JOB_NAME").values(name).build();
+        let found = batch.list_jobs().job_queue(&self.settings.batch_queue).filters(filter).send().await.unwrap();
+        let summaries = found.job_summary_list();
+        assert_eq!(summaries.len(), 1, "one Batch job named {name}");
+        let job = batch.describe_jobs().jobs(summaries[0].job_id().unwrap()).send().await.unwrap().jobs()[0].clone();
+        let p = job.parameters().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        std::process::Command::new(worker_bin())
+            .args(["export", "--job", &p["job"], "--runtime", &p["runtime"]])
+            .current_dir(root())
+            .env("TAMP_BUCKET", &self.settings.bucket)
+            .env("TAMP_TABLE", &self.settings.table)
+            .env("TAMP_EVENT_BUS", &self.settings.event_bus)
+            .env("TAMP_SCRATCH", scratch.path())
+            .status()
+            .unwrap()
+    }
+
+    /// Hands the team bus's events to the report, notify and export handlers; returns their
+    /// kinds.
     async fn run_subscribers(&self, secs: u64) -> Vec<String> {
         let (event, receipts) = self.poll(&self.tap_q, secs).await;
         let targets = self.settings.webhooks().unwrap();
@@ -318,6 +341,7 @@ impl Stack {
             let envelope: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
             kinds.push(envelope["detail-type"].as_str().unwrap().to_owned());
             report::handle(&self.svc, envelope.clone()).await.unwrap();
+            export::handle(&self.settings, &self.svc, envelope.clone()).await.unwrap();
             notify::handle(&targets, self.svc.meta.as_ref(), envelope).await.unwrap();
         }
         self.delete(&self.tap_q, &receipts).await;
@@ -361,11 +385,12 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_flow_on_the_emulator() {
     let logs = captured_logs();
-    let st = stack().await;
+    let mut st = stack().await;
     for f in ["model.onnx", "calib.npz", "eval.npz"] {
         st.put(&format!("uploads/vision/fmnist/v1/{f}"), cnn_file(f)).await;
     }
-    // Targets ONNX Runtime and TFLite: the stage also writes the TFLite file (checked below).
+    // Targets ONNX Runtime and TFLite: the export function makes the TFLite file once the job
+    // has succeeded (checked below).
     st.put("uploads/vision/fmnist/v1/recipe.yaml", std::fs::read(root().join("configs/policy_examples/ptq_tflite.yaml")).unwrap()).await;
 
     // S3 → EventBridge → SQS → ingest, delivered twice: one job, stages planned. Only the
@@ -409,11 +434,25 @@ async fn the_whole_flow_on_the_emulator() {
     let models: Vec<_> = keys.iter().filter(|k| k.ends_with(".onnx")).collect();
     assert_eq!(models.len(), 1, "one artifact despite the crash and the retry: {keys:?}");
 
-    // job.succeeded on the bus → report and notify.
+    // job.succeeded on the bus → report, notify and export. The export function converts
+    // artifacts up to its in-place limit itself; with the limit at 0 here, it hands this one
+    // to a Batch CPU export stage, whose container records and announces the TFLite file.
+    st.settings.export_in_place_max_bytes = 0;
     let mut kinds = st.run_subscribers(10).await;
-    kinds.extend(st.run_subscribers(3).await); // report.ready, published by the report handler
+    assert!(kinds.iter().all(|k| k != "tamp.artifact.exported"), "submitted, not exported yet: {kinds:?}");
+    assert!(st.play_export(&tamp_adapters_aws::batch::export_run_name(&job.id, "tflite")).await.success());
+    kinds.extend(st.run_subscribers(3).await); // report.ready and artifact.exported
     assert!(kinds.iter().any(|k| k == "tamp.job.succeeded") && kinds.iter().any(|k| k == "tamp.report.ready"), "{kinds:?}");
-    assert!(kinds.iter().any(|k| k == "tamp.artifact.exported"), "the TFLite export is announced: {kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "tamp.artifact.exported").count(), 1, "the TFLite export is announced once: {kinds:?}");
+    // job.succeeded delivered again (at least once), now under the in-place limit: the
+    // export is found recorded, nothing is converted or announced twice.
+    st.settings.export_in_place_max_bytes = 256 << 20;
+    let again = serde_json::json!({ "source": "tamp", "detail-type": "tamp.job.succeeded", "detail": {
+        "id": "evt_replayed", "detail_type": "tamp.job.succeeded", "time": 1, "project": "vision", "model": "fmnist", "version": "v1",
+        "job": job.id, "state": "succeeded", "reason": null, "link": "/jobs/x", "detail": null } });
+    let done = export::handle(&st.settings, &st.svc, again).await.unwrap();
+    assert!(matches!(done.as_slice(), [(r, tamp_control::exports::Exported::Already(_))] if r == "tflite"), "{done:?}");
+    let keys = st.svc.store.list(&format!("artifacts/{}/0/", job.id)).await.unwrap();
     assert!(st.svc.store.head(&tamp_control::report_key(&job.id)).await.unwrap().is_some(), "report stored");
     let hooks = st.hooks.lock().unwrap().clone();
     let signed =
@@ -462,7 +501,7 @@ async fn the_whole_flow_on_the_emulator() {
     assert_eq!(resp.status(), 200);
     let tfl: serde_json::Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
     assert_eq!((tfl["runtime"].as_str(), tfl["precision"].as_str()), (Some("tflite"), Some("int8")), "{tfl}");
-    assert!(tfl["metrics"]["top1_agreement"].as_f64().unwrap() >= 0.99, "measured in LiteRT by the Batch worker: {tfl}");
+    assert!(tfl["metrics"]["top1_agreement"].as_f64().unwrap() >= 0.99, "measured in LiteRT by the export stage: {tfl}");
     assert!(tfl["key"].as_str().unwrap().ends_with(".tflite") && keys.iter().any(|k| k == tfl["key"].as_str().unwrap()), "{tfl}");
     let bytes = reqwest::get(tfl["uri"].as_str().unwrap()).await.unwrap().bytes().await.unwrap();
     assert_eq!(&bytes[4..8], b"TFL3");

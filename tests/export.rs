@@ -241,9 +241,19 @@ fn the_service_serves_the_best_tflite_artifact() {
     let runtimes = onnx["compatibility"]["runtimes"].as_array().unwrap();
     assert_eq!(runtimes.len(), 2, "{onnx}");
     assert!(runtimes.iter().all(|r| r["compatible"] == true), "{onnx}");
-    let (s, best) = support::json("GET", &format!("{url}/models/demo.fmnist/best?target_runtime=tflite"), b"", &[]);
-    assert_eq!(s, 200, "{best}");
+    // The export step converts the job's final artifact once the job has succeeded (the
+    // export function's part, in `tamp serve`'s process), so the TFLite artifact follows.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let best = loop {
+        let (s, best) = support::json("GET", &format!("{url}/models/demo.fmnist/best?target_runtime=tflite"), b"", &[]);
+        if s == 200 {
+            break best;
+        }
+        assert!(s == 404 && std::time::Instant::now() < deadline, "no TFLite artifact 120 s after the job succeeded: {s} {best}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
     assert_eq!(best["runtime"], "tflite");
+    assert_eq!(best["job"], id.as_str());
     assert_eq!(best["format"], "tflite");
     assert_eq!(best["precision"], "int8");
     assert_eq!(best["opset"]["tflite_schema"], "TFLite schema 3");
@@ -260,6 +270,10 @@ fn the_service_serves_the_best_tflite_artifact() {
     assert_eq!(s, 200);
     assert_eq!(&bytes[4..8], b"TFL3", "not a TFLite flatbuffer");
     assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), best["sha256"].as_str().unwrap());
+    let events = std::fs::read_to_string(server.data.path().join("events.jsonl")).unwrap();
+    let exported: Vec<&str> = events.lines().filter(|l| l.contains("tamp.artifact.exported")).collect();
+    assert_eq!(exported.len(), 1, "one artifact.exported, after job.succeeded: {exported:?}");
+    assert!(events.find("tamp.job.succeeded").unwrap() < events.find("tamp.artifact.exported").unwrap());
 
     let up = server.data.path().join("store/uploads/demo/fmnist/v2");
     for f in ["model.onnx", "calib.npz", "eval.npz"] {

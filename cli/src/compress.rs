@@ -188,6 +188,7 @@ pub fn run(args: &Args) -> Result<()> {
         analyse: !args.no_analysis,
         search_dir: search_workers.map(|_| search_dir.as_path()),
         trials: subprocess.as_ref().map(|s| s as &dyn compress::search::Trials),
+        export: true,
     };
     use std::io::IsTerminal;
     let now = std::time::Instant::now();

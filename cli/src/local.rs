@@ -136,12 +136,15 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     }
     let reporter = Arc::new(Reporter(std::sync::OnceLock::new()));
     subscribers.push(reporter.clone());
+    let exporter = Arc::new(ExportStep(std::sync::OnceLock::new()));
+    subscribers.push(exporter.clone());
     let probe = queue.clone();
     let metrics = Arc::new(tamp_control::metrics::Metrics::new(Some(Arc::new(move || probe.stats())))?);
     subscribers.push(metrics.clone());
     let bus = Arc::new(LocalBus::new(Some(cfg.data_dir.join("events.jsonl")), subscribers)?);
     let svc = Services { store: files.clone(), meta, queue: queue.clone(), runner, bus, clock: Arc::new(SystemClock), retry: cfg.retry };
     let _ = reporter.0.set(svc.clone());
+    let _ = exporter.0.set((svc.clone(), cfg.data_dir.join("work")));
     std::fs::write(cfg.data_dir.join("serve.json"), serde_json::json!({ "url": url, "pid": std::process::id() }).to_string())?;
     println!(
         "tamp serve: API on {url}; web UI at {url}/{}; uploads in {}/uploads/<project>/<model>/<version>/ (recipe.yaml last); admin token in {}",
@@ -156,6 +159,15 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
         Ok(n) => tracing::info!(n, "recovered unfinished jobs"),
         Err(e) => tracing::error!(error = %e, "restart recovery failed; reconcile will retry submitted stages"),
     }
+    // Jobs that succeeded while the last process was stopping get their exports now.
+    let (catch_svc, exporter) = (svc.clone(), tamp_worker::export::InPlace { files: svc.store.clone(), scratch: cfg.data_dir.join("work") });
+    tokio::spawn(async move {
+        match tamp_control::exports::catch_up(&catch_svc, &exporter, u64::MAX, 200).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "exported for jobs that succeeded before the restart"),
+            Err(e) => tracing::error!(error = %e, "export catch-up failed"),
+        }
+    });
     tokio::spawn(orchestrator(svc.clone(), queue.clone(), cfg.visibility_s));
     tokio::spawn(watcher(svc.clone()));
     tokio::spawn(reconciler(svc.clone()));
@@ -183,6 +195,33 @@ impl Subscriber for Reporter {
             Err(handlers::HandlerError::Port(e)) => Err(e),
             Err(e) => Err(PortError::Invalid(e.to_string())),
         }
+    }
+}
+
+/// The export step (the export function's part locally): on a succeeded job, its final
+/// artifact converted for the recipe's other runtimes, in this process and always in place
+/// (no Lambda limits here), off the bus's delivery so the next events are not held up.
+struct ExportStep(std::sync::OnceLock<(Services, PathBuf)>);
+
+#[async_trait::async_trait]
+impl Subscriber for ExportStep {
+    fn name(&self) -> &str {
+        "export"
+    }
+
+    async fn on_event(&self, event: &tamp_ports::TampEvent) -> Result<(), PortError> {
+        let Some((svc, scratch)) = self.0.get() else { return Ok(()) };
+        if event.detail_type != "tamp.job.succeeded" {
+            return Ok(());
+        }
+        let (svc, event) = (svc.clone(), event.clone());
+        let exporter = tamp_worker::export::InPlace { files: svc.store.clone(), scratch: scratch.clone() };
+        tokio::spawn(async move {
+            if let Err(e) = tamp_control::exports::on_job_succeeded(&svc, &event, &exporter, u64::MAX).await {
+                tracing::error!(job = %event.job, error = %e, "export failed");
+            }
+        });
+        Ok(())
     }
 }
 

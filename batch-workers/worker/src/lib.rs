@@ -19,6 +19,7 @@ use tamp_engine::Dataset;
 use tamp_pipeline::{self as compress, Job, Observer};
 use tamp_ports::{MetadataStore, ObjectStore, StageRun};
 
+pub mod export;
 #[cfg(feature = "aws")]
 pub mod trials;
 
@@ -226,6 +227,8 @@ async fn stage(
         analyse: true,
         search_dir: None,
         trials: fan_out.as_deref(),
+        // The export function converts the job's final artifact once the job succeeds.
+        export: false,
     };
     println!("job {} stage {} attempt {}: {} on {}", job.id, run.stage, run.attempt, recipe.policy.name, model_key);
     let outcome = compress::run(&j, &mut Lines).map_err(|e| match e {
@@ -296,21 +299,7 @@ async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<
             files.put(&format!("{base}/attempt-{}/{name}", run.attempt), std::fs::read(out.join(name))?).await?;
         }
     }
-    // Files written for the recipe's other targets, content-addressed like the artifact.
-    let mut exports = Vec::new();
-    if out.join("best.tflite").exists() {
-        let record = std::fs::read(out.join("best.tflite.json"))?;
-        let meta: tamp_domain::results::ExportedArtifact = serde_json::from_slice(&record).map_err(|e| anyhow!("best.tflite.json: {e}"))?;
-        let (key, meta_key) = (format!("{base}/{}.tflite", meta.sha256), format!("{base}/{}.tflite.json", meta.sha256));
-        files.put_if_absent_file(&key, &out.join("best.tflite")).await?;
-        files.put_if_absent(&meta_key, record.clone()).await?;
-        exports.push(tamp_control::handlers::ExportOutput {
-            runtime: meta.runtime.clone(),
-            output: StageOutput { artifact_key: key, sha256: meta.sha256.clone(), size_bytes: meta.size_bytes, metadata_key: meta_key },
-            metadata: serde_json::from_slice(&record)?,
-        });
-    }
-    let manifest = StageManifest { output: StageOutput { artifact_key, sha256: sha, size_bytes: local_size, metadata_key }, metadata, exports };
+    let manifest = StageManifest { output: StageOutput { artifact_key, sha256: sha, size_bytes: local_size, metadata_key }, metadata };
     files.put(&stage_manifest_key(run), serde_json::to_vec_pretty(&manifest)?).await?;
     Ok(())
 }
@@ -373,6 +362,32 @@ pub mod aws {
         let root = std::env::var_os("TAMP_SCRATCH").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
         let batch = crate::trials::BatchTarget::from_env(files.bucket()).await;
         run_stage(&files, &meta, run, &scratch_dir(&root, run), batch.as_ref().map(|b| b as &dyn TrialsFor)).await
+    }
+
+    /// An export stage's container: `tamp-batch-worker export --job J --runtime R` (submitted
+    /// by the export function for artifacts too large to convert in a Lambda). Converts the
+    /// job's final artifact, records it and announces `artifact.exported` on the team bus
+    /// (`TAMP_EVENT_BUS`); a file that will never be made is recorded and announced as a
+    /// quality alert, and the container exits 0 (a Batch retry would not help).
+    pub async fn export(job: &str, runtime: &str) -> Result<(), Failure> {
+        use tamp_ports::Clock;
+        let config = aws_config().await;
+        let setting = |k: &str| env_var(k).map_err(|e| Failure::BadInput(anyhow!(e)));
+        let files = std::sync::Arc::new(S3Store::new(&config, setting("TAMP_BUCKET")?).with_kms_key(std::env::var("TAMP_KMS_KEY_ID").ok()));
+        let meta = DynamoStore::new(&config, setting("TAMP_TABLE")?);
+        let bus = tamp_adapters_aws::EventBridgeBus::new(&config, setting("TAMP_EVENT_BUS")?);
+        let port = |e: tamp_control::handlers::HandlerError| if e.retryable() { Failure::Transient(e.into()) } else { Failure::BadInput(e.into()) };
+        let j = tamp_ports::MetadataStore::get_job(&meta, job)
+            .await
+            .map_err(|e| Failure::Transient(e.into()))?
+            .ok_or_else(|| Failure::BadInput(anyhow!("no job {job}")))?;
+        let source = tamp_control::exports::final_artifact(&meta, &j).await.map_err(port)?;
+        let root = std::env::var_os("TAMP_SCRATCH").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+        let exporter = crate::export::InPlace { files: files.clone(), scratch: root };
+        let now = tamp_ports::SystemClock.now();
+        let done = tamp_control::exports::export_runtime(files.as_ref(), &meta, &bus, now, &j, &source, runtime, &exporter).await.map_err(port)?;
+        println!("{job} {runtime}: {done:?}");
+        Ok(())
     }
 
     /// A search trial's container: `tamp-batch-worker search-trial --spec-key K`.

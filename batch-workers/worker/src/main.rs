@@ -1,5 +1,6 @@
 //! The Batch container's entry point: `tamp-batch-worker worker --job J --stage S --attempt A`
-//! (the command `AwsBatchRunner` submits), with S3 and DynamoDB from the environment.
+//! (the command `AwsBatchRunner` submits), `export --job J --runtime R` (the export
+//! function's large conversions), with S3 and DynamoDB from the environment.
 //! The arguments and the exit contract are `tamp_worker`'s, shared with `tamp worker`.
 
 use anyhow::Result;
@@ -10,6 +11,13 @@ use clap::Parser;
 enum Cli {
     /// Run stage S (attempt A) of job J.
     Worker(tamp_worker::RunArgs),
+    /// Convert job J's final artifact for runtime R (submitted by the export function).
+    Export {
+        #[arg(long)]
+        job: String,
+        #[arg(long)]
+        runtime: String,
+    },
     /// Measure one search trial (submitted by a search stage's container).
     SearchTrial {
         #[arg(long)]
@@ -28,6 +36,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match Cli::parse() {
         Cli::Worker(args) => tamp_worker::finish(rt.block_on(tamp_worker::aws::run(&args.run()))),
+        Cli::Export { job, runtime } => tamp_worker::finish(rt.block_on(tamp_worker::aws::export(&job, &runtime))),
         Cli::SearchTrial { spec_key } => tamp_worker::finish(rt.block_on(tamp_worker::aws::trial(&spec_key))),
     }
     Ok(())

@@ -36,6 +36,8 @@ locals {
     { name = "TAMP_TABLE", value = aws_dynamodb_table.meta.name },
     { name = "TAMP_KMS_KEY_ID", value = aws_kms_key.tamp.arn },
     { name = "TAMP_SCRATCH", value = "/scratch" },
+    # Export stages record their artifact and announce it on the team bus.
+    { name = "TAMP_EVENT_BUS", value = aws_cloudwatch_event_bus.team.name },
   ]
 }
 
@@ -290,6 +292,17 @@ data "aws_iam_policy_document" "worker" {
     sid       = "Jobs"
     actions   = ["dynamodb:GetItem"]
     resources = [aws_dynamodb_table.meta.arn]
+  }
+  # Export stages (`tamp-batch-worker export`) record the file they made and announce it.
+  statement {
+    sid       = "ExportRecords"
+    actions   = ["dynamodb:PutItem", "dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.meta.arn]
+  }
+  statement {
+    sid       = "ExportEvents"
+    actions   = ["events:PutEvents"]
+    resources = [aws_cloudwatch_event_bus.team.arn]
   }
   statement {
     sid       = "Key"

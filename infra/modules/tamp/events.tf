@@ -62,10 +62,12 @@ resource "aws_cloudwatch_event_target" "batch_state" {
   }
 }
 
-# Tamp's events → report (finished jobs) and notify (job events, quality alerts).
+# Tamp's events → report (finished jobs), export (succeeded jobs) and notify (job events,
+# quality alerts).
 locals {
   bus_subscribers = {
     report = ["tamp.job.succeeded", "tamp.job.failed", "tamp.job.cancelled"]
+    export = ["tamp.job.succeeded"]
     notify = ["tamp.job.created", "tamp.job.succeeded", "tamp.job.failed", "tamp.job.cancelled", "tamp.quality.alert", "tamp.report.ready"]
   }
 }

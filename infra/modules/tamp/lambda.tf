@@ -2,17 +2,20 @@
 resource "aws_lambda_function" "fn" {
   #checkov:skip=CKV_AWS_117: the functions only call AWS APIs and team webhooks; a VPC adds NAT cost and cold-start time without isolating anything here
   #checkov:skip=CKV_AWS_272: code signing needs a signing profile per team; zips are built reproducibly by `make package` and checked by sha256 below
-  for_each                       = local.functions
-  function_name                  = "${var.name}-${each.key}"
-  description                    = each.value.description
-  role                           = aws_iam_role.fn[each.key].arn
-  runtime                        = "provided.al2023"
-  handler                        = "bootstrap"
-  architectures                  = [local.lambda_architecture]
-  filename                       = "${var.lambda_package_dir}/tamp-${each.key}/bootstrap.zip"
-  source_code_hash               = filebase64sha256("${var.lambda_package_dir}/tamp-${each.key}/bootstrap.zip")
-  memory_size                    = each.value.memory
-  timeout                        = each.value.timeout
+  for_each         = local.functions
+  function_name    = "${var.name}-${each.key}"
+  description      = each.value.description
+  role             = aws_iam_role.fn[each.key].arn
+  runtime          = "provided.al2023"
+  handler          = "bootstrap"
+  architectures    = [lookup(local.function_arch, each.key, local.lambda_architecture)]
+  filename         = "${var.lambda_package_dir}/tamp-${each.key}/bootstrap.zip"
+  source_code_hash = filebase64sha256("${var.lambda_package_dir}/tamp-${each.key}/bootstrap.zip")
+  memory_size      = each.value.memory
+  timeout          = each.value.timeout
+  ephemeral_storage {
+    size = lookup(local.function_scratch_mb, each.key, 512)
+  }
   reserved_concurrent_executions = lookup(var.lambda_reserved_concurrency, each.key, 5)
   kms_key_arn                    = aws_kms_key.tamp.arn
 
@@ -70,11 +73,18 @@ resource "aws_lambda_event_source_mapping" "orchestrator" {
   }
 }
 
-# The functions EventBridge invokes (report, notify) and the schedule's orchestrator call:
+# /tmp beyond Lambda's default 512 MB: the export function's conversions.
+locals {
+  function_scratch_mb = { export = 2048 }
+  # The export zip carries x86_64 builds of ONNX Runtime and LiteRT (`make package`).
+  function_arch = { export = "x86_64" }
+}
+
+# The functions EventBridge invokes (report, notify, export) and the schedule's orchestrator call:
 # asynchronous invocations get two retries within an hour, then the events DLQ, so a
 # throttled or failing invocation is kept, not dropped.
 resource "aws_lambda_function_event_invoke_config" "async" {
-  for_each                     = toset(["report", "notify", "orchestrator"])
+  for_each                     = toset(["report", "notify", "export", "orchestrator"])
   function_name                = aws_lambda_function.fn[each.key].function_name
   maximum_retry_attempts       = 2
   maximum_event_age_in_seconds = 3600
@@ -115,6 +125,7 @@ resource "aws_iam_role_policy" "fn" {
     orchestrator = data.aws_iam_policy_document.fn_orchestrator.json
     report       = data.aws_iam_policy_document.fn_report.json
     notify       = data.aws_iam_policy_document.fn_notify.json
+    export       = data.aws_iam_policy_document.fn_export.json
   }[each.key]
 }
 
@@ -310,6 +321,37 @@ data "aws_iam_policy_document" "fn_report" {
   statement {
     sid       = "Table"
     actions   = ["dynamodb:GetItem", "dynamodb:Query"]
+    resources = local.table_arns
+  }
+  statement {
+    sid       = "Bus"
+    actions   = ["events:PutEvents"]
+    resources = [aws_cloudwatch_event_bus.team.arn]
+  }
+}
+
+# export reads a succeeded job's artifact and evaluation set, writes the converted file
+# beside the artifact, records it, and hands artifacts too large for it to a Batch stage.
+data "aws_iam_policy_document" "fn_export" {
+  source_policy_documents = [data.aws_iam_policy_document.fn_base.json, data.aws_iam_policy_document.batch_control.json]
+  statement {
+    sid       = "Read"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/uploads/*", "${aws_s3_bucket.data.arn}/artifacts/*"]
+  }
+  statement {
+    sid       = "Write"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.data.arn}/artifacts/*"]
+  }
+  statement {
+    sid       = "List"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+  }
+  statement {
+    sid       = "Table"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
     resources = local.table_arns
   }
   statement {

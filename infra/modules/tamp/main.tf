@@ -15,6 +15,9 @@ locals {
     orchestrator = { memory = 256, timeout = 60, description = "Job state machine: Tamp messages, Batch state changes, reconcile" }
     report       = { memory = 512, timeout = 120, description = "Report documents for finished jobs" }
     notify       = { memory = 256, timeout = 30, description = "Slack, Teams and signed webhooks" }
+    # Converts and measures in place (ONNX Runtime and LiteRT load from the zip): 3 GB and
+    # 2 GB of /tmp hold a 256 MiB artifact, its conversion and both sessions with room.
+    export = { memory = 3008, timeout = 900, description = "Succeeded jobs' artifacts for other runtimes (TFLite), measured there" }
   }
 
   # What every function reads (shared/lambda/src/settings.rs).
@@ -42,6 +45,12 @@ locals {
     ingest       = { TAMP_SOURCE_DLQ_URL = aws_sqs_queue.dlq["ingest"].url }
     orchestrator = { TAMP_SOURCE_DLQ_URL = aws_sqs_queue.dlq["orchestrator"].url }
     report       = {}
+    export = {
+      TAMP_EXPORT_IN_PLACE_MAX_BYTES = tostring(var.export_in_place_max_bytes)
+      TAMP_SCRATCH                   = "/tmp"
+      ORT_DYLIB_PATH                 = "/var/task/lib/libonnxruntime.so.1.31.1"
+      LITERT_LIB_PATH                = "/var/task/lib/libLiteRt.so"
+    }
     # Only the parameter's name: the URLs (a Slack URL is itself a credential) and the HMAC
     # key live in an SSM SecureString under the stack's KMS key (secrets.tf).
     notify = {

@@ -39,7 +39,14 @@ variable "lambda_reserved_concurrency" {
     orchestrator = 10
     report       = 5
     notify       = 5
+    export       = 5
   }
+}
+
+variable "export_in_place_max_bytes" {
+  description = "The export function converts artifacts up to this size (bytes; default 256 MiB) itself; larger ones go to a Batch CPU export stage (the worker image, `tamp-batch-worker export`)."
+  type        = number
+  default     = 268435456
 }
 
 variable "worker_image_tag" {

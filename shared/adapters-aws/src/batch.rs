@@ -44,7 +44,11 @@ impl AwsBatchRunner {
     }
 
     async fn summaries(&self, run: &StageRun) -> Result<Vec<JobSummary>> {
-        let filter = KeyValuesPair::builder().name("JOB_NAME").values(run.name()).build();
+        self.named(&run.name()).await
+    }
+
+    async fn named(&self, name: &str) -> Result<Vec<JobSummary>> {
+        let filter = KeyValuesPair::builder().name("JOB_NAME").values(name).build();
         let mut out = Vec::new();
         let mut pages = self.client.list_jobs().job_queue(&self.queue).filters(filter).into_paginator().send();
         while let Some(page) = pages.next().await {
@@ -72,6 +76,30 @@ impl BatchRunner for AwsBatchRunner {
             .parameters("attempt", &attempt)
             .tags("tamp:job", &run.job)
             // The module lets this stack cancel and terminate only jobs with its queue's tag.
+            .tags("tamp:queue", &self.queue)
+            .container_overrides(ContainerOverrides::builder().set_command(Some(command)).build())
+            .send()
+            .await
+            .map_err(|e| unavailable("submit", e.into_service_error()))?;
+        Ok(())
+    }
+
+    /// `tamp-<job>-export-<runtime>`, with `job` and `runtime` as parameters and no `stage`,
+    /// so the orchestrator's state-change handling leaves it alone.
+    async fn submit_export(&self, job: &str, runtime: &str) -> Result<()> {
+        let name = export_run_name(job, runtime);
+        if self.named(&name).await?.iter().any(|j| j.status() != Some(&JobStatus::Failed)) {
+            return Ok(());
+        }
+        let command = ["export", "--job", job, "--runtime", runtime].map(str::to_owned).to_vec();
+        self.client
+            .submit_job()
+            .job_name(&name)
+            .job_queue(&self.queue)
+            .job_definition(&self.definition)
+            .parameters("job", job)
+            .parameters("runtime", runtime)
+            .tags("tamp:job", job)
             .tags("tamp:queue", &self.queue)
             .container_overrides(ContainerOverrides::builder().set_command(Some(command)).build())
             .send()
@@ -121,6 +149,11 @@ impl BatchRunner for AwsBatchRunner {
         }
         Ok(())
     }
+}
+
+/// The Batch job name of a job's export for `runtime`.
+pub fn export_run_name(job: &str, runtime: &str) -> String {
+    format!("tamp-{job}-export-{runtime}")
 }
 
 /// Turns an EventBridge "Batch Job State Change" event into the orchestrator's message, or

@@ -81,9 +81,6 @@ pub struct StageManifest {
     pub output: StageOutput,
     /// The artifact metadata JSON (runtime, opset, compression, metrics, compatibility).
     pub metadata: serde_json::Value,
-    /// The same artifact written for other runtimes (the recipe's `targets`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub exports: Vec<crate::exports::ExportOutput>,
 }
 
 /// Parses `uploads/<project>/<model>/<version>/recipe.yaml`.
@@ -573,7 +570,6 @@ async fn record_output(svc: &Services, run: &StageRun) -> Result<std::result::Re
         svc.bus.publish(&ev).await?;
     }
     svc.meta.put_artifact(&record).await?;
-    crate::exports::record(svc, &j, run, &record, &m.exports).await?;
     Ok(Ok(m.output))
 }
 

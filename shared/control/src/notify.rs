@@ -289,6 +289,10 @@ pub fn headline(e: &TampEvent) -> String {
         "job.failed" => format!("failed: {}", e.reason.as_deref().unwrap_or("no reason recorded")),
         "job.cancelled" => "was cancelled".to_owned(),
         "quality.alert" => {
+            let export = &e.detail["export_failed"];
+            let export = export
+                .is_object()
+                .then(|| format!("no {} file: {}", export["runtime"].as_str().unwrap_or("runtime"), export["reason"].as_str().unwrap_or("no reason recorded")));
             let missed: Vec<String> = e.detail["missed_constraints"]
                 .as_array()
                 .into_iter()
@@ -296,6 +300,7 @@ pub fn headline(e: &TampEvent) -> String {
                 .chain(e.detail["flags"].as_array().into_iter().flatten())
                 .chain(e.detail["cohort_regressions"].as_array().into_iter().flatten())
                 .filter_map(|v| v.as_str().map(str::to_owned))
+                .chain(export)
                 .collect();
             format!("artifact needs a look: {}", missed.join("; "))
         }
@@ -399,6 +404,14 @@ mod tests {
         assert_eq!(card["type"], "AdaptiveCard");
         assert_eq!(card["body"][0]["text"], slack["text"]);
         assert_eq!(card["actions"][0]["url"], "https://api.example/jobs/job_1");
+    }
+
+    #[test]
+    fn a_failed_export_is_named_in_the_alert() {
+        let mut e = failed();
+        e.detail_type = "tamp.quality.alert".into();
+        e.detail = serde_json::json!({ "artifact": "art_1_0", "export_failed": { "runtime": "tflite", "reason": "node 'a' (Einsum): no builtin" } });
+        assert!(headline(&e).ends_with("artifact needs a look: no tflite file: node 'a' (Einsum): no builtin"), "{}", headline(&e));
     }
 
     #[test]

@@ -60,6 +60,8 @@ impl EventBus for Bus {
 struct Runner {
     submitted: Mutex<Vec<StageRun>>,
     status: Mutex<HashMap<String, Observed>>,
+    /// Export stages submitted: (job, runtime).
+    exports: Mutex<Vec<(String, String)>>,
 }
 
 #[async_trait]
@@ -76,6 +78,10 @@ impl BatchRunner for Runner {
         Ok(self.status.lock().unwrap().get(&run.name()).cloned().unwrap_or(Observed::Absent))
     }
     async fn cancel(&self, _run: &StageRun) -> tamp_ports::Result<()> {
+        Ok(())
+    }
+    async fn submit_export(&self, job: &str, runtime: &str) -> tamp_ports::Result<()> {
+        self.exports.lock().unwrap().push((job.into(), runtime.into()));
         Ok(())
     }
 }
@@ -98,6 +104,10 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(RECIPE).await
+}
+
+async fn world_with(recipe: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FolderStore::new(dir.path().join("data"), "http://localhost", b"0123456789abcdef0123456789abcdef").unwrap());
     let meta = Arc::new(SqliteStore::open(&dir.path().join("meta.db")).unwrap());
@@ -112,7 +122,7 @@ async fn world() -> World {
         clock: clock.clone(),
         retry: RetryPolicy { max_attempts: 3, base_delay_s: 0, max_delay_s: 0 },
     };
-    for (name, bytes) in [("model.onnx", b"onnx".to_vec()), ("calib.npz", b"npz".to_vec()), ("recipe.yaml", RECIPE.as_bytes().to_vec())] {
+    for (name, bytes) in [("model.onnx", b"onnx".to_vec()), ("calib.npz", b"npz".to_vec()), ("recipe.yaml", recipe.as_bytes().to_vec())] {
         store.put(&format!("uploads/p/m/v1/{name}"), bytes).await.unwrap();
     }
     World { svc, bus, runner, queue, clock, _dir: dir }
@@ -147,8 +157,7 @@ impl World {
         let run = self.runner.submitted.lock().unwrap().last().cloned().expect("a submitted run");
         let output =
             StageOutput { artifact_key: format!("artifacts/{}/0/model.onnx", run.job), sha256: "ab".into(), size_bytes: 4, metadata_key: "m.json".into() };
-        let manifest =
-            StageManifest { output, metadata: serde_json::json!({ "runtime": "onnxruntime", "missed_constraints": missed, "flags": [] }), exports: Vec::new() };
+        let manifest = StageManifest { output, metadata: serde_json::json!({ "runtime": "onnxruntime", "missed_constraints": missed, "flags": [] }) };
         self.svc.store.put(&stage_manifest_key(&run), serde_json::to_vec(&manifest).unwrap()).await.unwrap();
         self.runner.status.lock().unwrap().insert(run.name(), Observed::Is(RunStatus::Succeeded));
         Message::Batch { run, status: RunStatus::Succeeded, at: self.clock.now() }
@@ -366,4 +375,104 @@ async fn a_cohort_regression_raises_quality_alert_and_the_report_renders() {
     let ready = w.bus.kinds("report.ready").pop().unwrap();
     assert_eq!(ready.detail["recommendation"], "ship_with_caveats");
     assert_eq!(ready.detail["formats"]["pdf"], format!("/reports/{job}?format=pdf"));
+}
+
+/// The export step's answers, in order: each call takes the next.
+struct Scripted(Mutex<Vec<handlers::Result<tamp_control::exports::ExportOutput>>>);
+
+#[async_trait]
+impl tamp_control::exports::Exporter for Scripted {
+    async fn export(
+        &self,
+        j: &tamp_domain::job::Job,
+        source: &tamp_ports::ArtifactRecord,
+        runtime: &str,
+    ) -> handlers::Result<tamp_control::exports::ExportOutput> {
+        assert_eq!((source.id.as_str(), runtime), (handlers::artifact_id(&j.id, 0).as_str(), "tflite"), "the job's final artifact, for the recipe's target");
+        self.0.lock().unwrap().remove(0)
+    }
+}
+
+fn tflite_output(job: &str) -> tamp_control::exports::ExportOutput {
+    tamp_control::exports::ExportOutput {
+        runtime: "tflite".into(),
+        output: StageOutput { artifact_key: format!("artifacts/{job}/0/cd.tflite"), sha256: "cd".into(), size_bytes: 3, metadata_key: "cd.json".into() },
+        metadata: serde_json::json!({ "runtime": "tflite", "schema_version": "TFLite schema 3", "metrics": { "top1_agreement": 1.0 } }),
+    }
+}
+
+/// A succeeded job whose recipe targets TFLite.
+async fn succeeded_for_tflite() -> (World, TampEvent) {
+    let w = world_with("policy:\n  name: p\n  stages:\n    - ptq: {}\ntargets: [onnxruntime, tflite]\n").await;
+    handlers::ingest(&w.svc, "uploads/p/m/v1/recipe.yaml", "v1").await.unwrap();
+    w.pump().await;
+    let done = w.finish_run(&[]).await;
+    handlers::orchestrate(&w.svc, &done).await.unwrap();
+    w.finished_once().await;
+    let ev = w.bus.kinds("job.succeeded").remove(0);
+    (w, ev)
+}
+
+/// The export function on `job.succeeded`, delivered at least once: a transient failure is
+/// retried (nothing recorded meanwhile), the export is recorded and announced once however
+/// often the event comes, and an artifact over the in-place limit goes to a Batch stage.
+#[tokio::test]
+async fn the_export_step_records_once_and_retries_transient_failures() {
+    use tamp_control::exports::{Exported, export_id, on_job_succeeded};
+    let (w, ev) = succeeded_for_tflite().await;
+    let j = w.job().await;
+    let exporter = Scripted(Mutex::new(vec![Err(PortError::Unavailable("S3 timed out".into()).into()), Ok(tflite_output(&j.id)), Ok(tflite_output(&j.id))]));
+    let err = on_job_succeeded(&w.svc, &ev, &exporter, u64::MAX).await.unwrap_err();
+    assert!(err.retryable(), "{err}");
+    let id = export_id(&handlers::artifact_id(&j.id, 0), "tflite");
+    assert!(w.svc.meta.get_artifact(&id).await.unwrap().is_none());
+    assert_eq!(on_job_succeeded(&w.svc, &ev, &exporter, u64::MAX).await.unwrap(), vec![("tflite".to_owned(), Exported::InPlace(id.clone()))]);
+    assert_eq!(on_job_succeeded(&w.svc, &ev, &exporter, u64::MAX).await.unwrap(), vec![("tflite".to_owned(), Exported::Already(id.clone()))]);
+    let a = w.svc.meta.get_artifact(&id).await.unwrap().unwrap();
+    assert_eq!((a.runtime.as_str(), a.key.as_str()), ("tflite", format!("artifacts/{}/0/cd.tflite", j.id).as_str()));
+    assert_eq!(w.svc.meta.best_artifact("p.m", "tflite").await.unwrap().map(|a| a.id), Some(id), "best?target_runtime=tflite finds it");
+    assert_eq!(w.bus.kinds("artifact.exported").len(), 1, "announced once");
+    // Other events are not the export step's.
+    let mut other = ev.clone();
+    other.detail_type = "tamp.job.failed".into();
+    assert!(on_job_succeeded(&w.svc, &other, &exporter, u64::MAX).await.unwrap().is_empty());
+
+    // A server that stopped before its export step ran catches up at the next start, once.
+    let (w2, _) = succeeded_for_tflite().await;
+    assert_eq!(tamp_control::exports::catch_up(&w2.svc, &exporter, u64::MAX, 100).await.unwrap(), 1);
+    assert_eq!(tamp_control::exports::catch_up(&w2.svc, &exporter, u64::MAX, 100).await.unwrap(), 0);
+    assert_eq!(w2.bus.kinds("artifact.exported").len(), 1);
+
+    // Over the in-place limit: a Batch export stage, nothing converted here.
+    let (w, ev) = succeeded_for_tflite().await;
+    let j = w.job().await;
+    let none = Scripted(Mutex::new(Vec::new()));
+    assert_eq!(on_job_succeeded(&w.svc, &ev, &none, 0).await.unwrap(), vec![("tflite".to_owned(), Exported::Submitted)]);
+    assert_eq!(w.runner.exports.lock().unwrap().clone(), vec![(j.id.clone(), "tflite".to_owned())]);
+}
+
+/// A file that will never be made (the runtime cannot take the chosen candidate): the job
+/// stays succeeded with its ONNX artifact untouched, the reason is stored, and the team hears
+/// it as a quality alert naming the runtime.
+#[tokio::test]
+async fn an_export_that_cannot_be_made_is_reported_and_damages_nothing() {
+    use tamp_control::exports::{Exported, export_error_key, export_id, on_job_succeeded};
+    let (w, ev) = succeeded_for_tflite().await;
+    let j = w.job().await;
+    let before = w.svc.meta.get_artifact(&handlers::artifact_id(&j.id, 0)).await.unwrap().unwrap();
+    let why = "tflite: node 'attn' (Einsum): no TFLite builtin";
+    let exporter = Scripted(Mutex::new(vec![Err(handlers::HandlerError::Invalid(why.into()))]));
+    assert_eq!(on_job_succeeded(&w.svc, &ev, &exporter, u64::MAX).await.unwrap(), vec![("tflite".to_owned(), Exported::Failed(why.into()))]);
+    assert!(w.svc.meta.get_artifact(&export_id(&before.id, "tflite")).await.unwrap().is_none());
+    assert_eq!(w.svc.meta.get_artifact(&before.id).await.unwrap().unwrap(), before, "the ONNX artifact is untouched");
+    assert_eq!(w.job().await.state, JobState::Succeeded);
+    let doc: serde_json::Value = serde_json::from_slice(&w.svc.store.get(&export_error_key(&j.id, "tflite")).await.unwrap()).unwrap();
+    assert_eq!(doc["reason"], why);
+    let alerts = w.bus.kinds("quality.alert");
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].detail["export_failed"]["runtime"], "tflite", "{:?}", alerts[0]);
+    // Delivered again: not tried again, not announced again.
+    let none = Scripted(Mutex::new(Vec::new()));
+    assert_eq!(on_job_succeeded(&w.svc, &ev, &none, u64::MAX).await.unwrap(), vec![("tflite".to_owned(), Exported::Failed(why.into()))]);
+    assert_eq!(w.bus.kinds("quality.alert").len(), 1);
 }

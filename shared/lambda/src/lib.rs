@@ -9,6 +9,7 @@
 //! | orchestrator | SQS: Tamp messages and Batch Job State Change events; schedule | [`orchestrator::handle`] |
 //! | report | team bus: `tamp.job.succeeded/failed/cancelled` | [`report::handle`] |
 //! | notify | team bus: job events and quality alerts | [`notify::handle`] |
+//! | export | team bus: `tamp.job.succeeded` | [`export::handle`] |
 //!
 //! SQS-fed handlers report partial batch failures (`batchItemFailures`): only messages that
 //! failed with a retryable error go back to the queue (and after `maxReceiveCount`, to its
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod emf;
+pub mod export;
 pub mod ingest;
 pub mod notify;
 pub mod orchestrator;

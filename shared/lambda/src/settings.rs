@@ -35,6 +35,10 @@ pub const ENV_VARS: &[&str] = &[
     "TAMP_WEBHOOK_URLS",
     "TAMP_WEBHOOK_SECRET",
     "TAMP_SECRETS_PARAMETER",
+    "TAMP_EXPORT_IN_PLACE_MAX_BYTES",
+    "TAMP_SCRATCH",
+    "ORT_DYLIB_PATH",
+    "LITERT_LIB_PATH",
 ];
 
 #[derive(Debug, Clone, Default)]
@@ -64,6 +68,12 @@ pub struct Settings {
     pub webhook_secret: String,
     /// SSM SecureString parameter holding the webhook targets and HMAC key (on AWS).
     pub secrets_parameter: Option<String>,
+    /// The export function converts artifacts up to this size itself and hands larger ones
+    /// to a Batch CPU stage (default 256 MiB: the artifact, its conversion, ONNX Runtime and
+    /// LiteRT sessions fit the function's 3 GB with room; see docs/architecture.md).
+    pub export_in_place_max_bytes: u64,
+    /// Scratch space for conversions (`TAMP_SCRATCH`, default the temp dir: Lambda's /tmp).
+    pub scratch: std::path::PathBuf,
 }
 
 fn opt(name: &str) -> Option<String> {
@@ -103,6 +113,8 @@ impl Settings {
             webhook_urls: opt("TAMP_WEBHOOK_URLS").map(|v| v.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect()).unwrap_or_default(),
             webhook_secret: opt("TAMP_WEBHOOK_SECRET").unwrap_or_default(),
             secrets_parameter: opt("TAMP_SECRETS_PARAMETER"),
+            export_in_place_max_bytes: num("TAMP_EXPORT_IN_PLACE_MAX_BYTES", 256u64 << 20)?,
+            scratch: opt("TAMP_SCRATCH").map_or_else(std::env::temp_dir, std::path::PathBuf::from),
         })
     }
 

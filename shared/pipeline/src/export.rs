@@ -34,18 +34,28 @@ pub fn preflight(job: &Job<'_>, model: &Model) -> Result<Vec<RuntimeCheck>> {
 
 /// Converts `best.onnx` for each non-ONNX target; fills in each check's artifact.
 pub fn export_targets(job: &Job<'_>, checks: &mut [RuntimeCheck]) -> Result<Vec<ExportedArtifact>> {
-    let out = job.out_dir;
     let mut exported = Vec::new();
     for check in checks.iter_mut() {
         if check.runtime != Target::Tflite.as_str() {
             continue;
         }
-        let best_path = out.join("best.onnx");
-        let best = Model::load(&best_path)?;
-        exported.push(tflite_artifact(job, &best, &best_path)?);
+        exported.push(export_file(&job.out_dir.join("best.onnx"), job.out_dir, job.recipe, job.evaluation, Target::Tflite)?);
         check.artifact = Some("best.tflite".into());
     }
     Ok(exported)
+}
+
+/// Converts the ONNX model at `source` for `target` into `out_dir` (`best.tflite` and its
+/// record `best.tflite.json`), measured in the target's runtime on the recipe's evaluation
+/// rows beside the source in ONNX Runtime. Used by `tamp compress` at the end of its run and
+/// by the export function (and its Batch stage) on a finished job's artifact.
+pub fn export_file(source: &Path, out_dir: &Path, recipe: &tamp_domain::Recipe, evaluation: &tamp_engine::Dataset, target: Target) -> Result<ExportedArtifact> {
+    if target != Target::Tflite {
+        return Err(EngineError::Config(format!("Tamp has no exporter for {}: its artifact is the ONNX file itself", target.as_str())));
+    }
+    std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let best = Model::load(source)?;
+    tflite_artifact(out_dir, recipe, evaluation, &best, source)
 }
 
 fn sha256_file(path: &Path) -> Result<(String, u64)> {
@@ -53,8 +63,7 @@ fn sha256_file(path: &Path) -> Result<(String, u64)> {
     Ok((hex::encode(sha2::Sha256::digest(&bytes)), bytes.len() as u64))
 }
 
-fn tflite_artifact(job: &Job<'_>, best: &Model, best_path: &Path) -> Result<ExportedArtifact> {
-    let out = job.out_dir;
+fn tflite_artifact(out: &Path, recipe: &tamp_domain::Recipe, evaluation: &tamp_engine::Dataset, best: &Model, best_path: &Path) -> Result<ExportedArtifact> {
     let precision = Precision::of(best);
     let started = Instant::now();
     let e = tflite::export(best, &Options { precision, ..Options::default() }).map_err(|ps| {
@@ -77,7 +86,7 @@ fn tflite_artifact(job: &Job<'_>, best: &Model, best_path: &Path) -> Result<Expo
             })
             .collect()
     };
-    let (metrics, not_evaluated) = match evaluate(job, best, &path, &e.inputs) {
+    let (metrics, not_evaluated) = match evaluate(recipe, evaluation, best, &path, &e.inputs) {
         Ok(m) => (Some(m), None),
         Err(why) => (None, Some(why)),
     };
@@ -105,9 +114,14 @@ fn tflite_artifact(job: &Job<'_>, best: &Model, best_path: &Path) -> Result<Expo
 /// The `.tflite` measured in LiteRT on the evaluation rows the candidates were judged on,
 /// beside the ONNX artifact in ONNX Runtime; `Err` says why it could not be (no LiteRT
 /// library, an input LiteRT cannot take), which the record keeps.
-fn evaluate(job: &Job<'_>, best: &Model, tflite: &Path, inputs: &[(String, Vec<i32>)]) -> std::result::Result<ExportMetrics, String> {
-    let ev = &job.recipe.evaluation;
-    let data = job.evaluation;
+fn evaluate(
+    recipe: &tamp_domain::Recipe,
+    data: &tamp_engine::Dataset,
+    best: &Model,
+    tflite: &Path,
+    inputs: &[(String, Vec<i32>)],
+) -> std::result::Result<ExportMetrics, String> {
+    let ev = &recipe.evaluation;
     let indices: Vec<usize> = match ev.samples {
         Some(n) => data.sample(n, 0),
         None => (0..data.rows).collect(),

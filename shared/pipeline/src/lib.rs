@@ -84,6 +84,10 @@ pub struct Job<'a> {
     pub search_dir: Option<&'a Path>,
     /// How search trials run (default: in this process, one after another).
     pub trials: Option<&'a dyn search::Trials>,
+    /// Convert the chosen candidate for the recipe's other targets here (`tamp compress`).
+    /// The service's stage workers leave it to the export function, which converts the
+    /// job's final artifact once the job has succeeded.
+    pub export: bool,
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
@@ -158,7 +162,9 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     for name in ["best.tflite", "best.tflite.json"] {
         let _ = std::fs::remove_file(out.join(name));
     }
-    export::export_targets(job, &mut runtimes)?;
+    if job.export {
+        export::export_targets(job, &mut runtimes)?;
+    }
     artifacts::record_runtimes(out, &runtimes)?;
     // A searched candidate's config, as a recipe, beside the best artifact.
     let searched = out.join("search").join(format!("{}.yaml", outcome.chosen));

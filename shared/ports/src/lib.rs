@@ -289,6 +289,12 @@ pub trait BatchRunner: Send + Sync {
     async fn observe(&self, run: &StageRun) -> Result<Observed>;
     /// Cancels a queued run or terminates a running one.
     async fn cancel(&self, run: &StageRun) -> Result<()>;
+    /// Starts the conversion of a succeeded job's final artifact for `runtime` on the CPU
+    /// queue (the export function's runs too large for it); submitting twice starts it once.
+    /// The run records its artifact itself. Runners that convert in place say so.
+    async fn submit_export(&self, job: &str, runtime: &str) -> Result<()> {
+        Err(PortError::Invalid(format!("this runner has no export stage: job {job} converts for {runtime} in place")))
+    }
     /// Forgets what the runner keeps of a deleted job (logs, scratch); Batch keeps nothing
     /// of ours beyond its own retention.
     async fn purge(&self, _job: &str) -> Result<()> {

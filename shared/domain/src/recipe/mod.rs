@@ -116,6 +116,12 @@ pub enum Target {
 }
 
 impl Target {
+    /// Whether Tamp writes a file of its own for this runtime (TFLite today). ONNX Runtime and
+    /// OpenVINO run the ONNX artifact itself; TensorRT builds its engine on the device.
+    pub fn converted(self) -> bool {
+        self == Target::Tflite
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Onnxruntime => "onnxruntime",
