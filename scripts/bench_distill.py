@@ -20,10 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import CNN, MINI, MINI_CLS, fmt, quality  # noqa: E402
 
 MINI_FT = "{epochs: 3, lr: 0.0005, batch_size: 32, seed: 1}"
+# MiniLM's own recipe on the kept layers (1, 3, 5): each one's attention maps (KL) and its
+# output's value relation matched to the same layer of the teacher, beside the embedding's cosine.
+KEPT_ATTENTION = ", ".join(f"{{student: softmax_{n}}}" for n in (63, 131, 199))
+KEPT_OUTPUTS = ", ".join(f"{{student: layernormalization_{n}, loss: relation}}" for n in (81, 149, 217))
+MINI_FT_LAYERWISE = f"{{epochs: 3, lr: 0.0005, batch_size: 32, seed: 1, attention: [{KEPT_ATTENTION}], features: [{KEPT_OUTPUTS}]}}"
 CNN_FT = "epochs: 3, lr: 0.002, batch_size: 64, temperature: 4, seed: 1"
 RUNS = [
     ("MiniLM / 3 of 6 layers, distilled, then dynamic int8", MINI,
      f"policy:\n  name: d3\n  stages:\n    - distill: {{student: {{layers: {{keep_every: 2}}}}, fine_tune: {MINI_FT}}}\n"
+     "    - ptq: {mode: dynamic}\n"),
+    ("MiniLM / 3 of 6 layers, + attention and relation losses, then dynamic int8", MINI,
+     f"policy:\n  name: d3l\n  stages:\n    - distill: {{student: {{layers: {{keep_every: 2}}}}, untrained_candidate: false, fine_tune: {MINI_FT_LAYERWISE}}}\n"
      "    - ptq: {mode: dynamic}\n"),
     ("MiniLM-medium / 3 of 6 layers, distilled + labels", MINI_CLS,
      f"policy:\n  name: d3m\n  stages:\n    - distill: {{student: {{layers: {{keep_every: 2}}}}, fine_tune: {MINI_FT}}}\n"),

@@ -39,11 +39,13 @@ fn softmaxes(path: &Path) -> usize {
 
 /// Every other layer of MiniLM kept: the untrained student (the comparison row) and the
 /// distilled one, both loadable by ONNX Runtime with 3 attention blocks; distillation on
-/// unlabeled text raises the cosine to the teacher.
+/// unlabeled text raises the cosine to the teacher. MiniLM's own recipe: each kept layer's
+/// attention maps (KL) and its output's value relation matched to the same layer of the
+/// teacher, with in-batch contrastive distillation of the embeddings beside the cosine.
 #[test]
 fn minilm_three_layer_student_learns_from_its_teacher() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = "policy:\n  name: d\n  stages:\n    - distill:\n        student: {layers: {keep_every: 2}}\n        fine_tune: {steps: 8, batch_size: 32, lr: 0.0005, seed: 2}\nconstraints: {max_metric_drop_pct: 100}\n";
+    let recipe = "policy:\n  name: d\n  stages:\n    - distill:\n        student: {layers: {keep_every: 2}}\n        fine_tune:\n          steps: 8\n          batch_size: 32\n          lr: 0.0005\n          seed: 2\n          attention: [{student: softmax_63}, {student: softmax_131, weight: 0.5}]\n          features: [{student: layernormalization_70, loss: relation}]\n          contrastive: {weight: 0.1, temperature: 0.05}\nconstraints: {max_metric_drop_pct: 100}\n";
     let (o, out) = compress_distill("all-minilm-l6-v2", recipe, dir.path(), "mini3");
     ok(&o);
     let c = outcome(&out).candidates;
@@ -51,6 +53,7 @@ fn minilm_three_layer_student_learns_from_its_teacher() {
     let distilled = c.iter().find(|c| c.id == "s0-distill").expect("the distilled student");
     let t = distilled.training.as_ref().unwrap();
     assert_eq!(t.steps, 8);
+    assert!(t.loss.ends_with("+features+attention+contrastive"), "{t:?}");
     assert_eq!(t.metric_before, Some(untrained.measured.value));
     eprintln!("3-layer MiniLM: untrained {:.4}, distilled {:.4}", untrained.measured.value, distilled.measured.value);
     assert!(distilled.measured.value > untrained.measured.value + 0.01, "{} vs {}", distilled.measured.value, untrained.measured.value);
@@ -61,12 +64,14 @@ fn minilm_three_layer_student_learns_from_its_teacher() {
     }
 }
 
-/// A half-width ResNet-8 student distilled with labels and soft targets; the same recipe and
-/// seed give a byte-identical student.
+/// A half-width ResNet-8 student distilled with labels, soft targets and FitNets hints (two
+/// block outputs, half as wide as the teacher's, matched through learned 1×1 projections);
+/// the same recipe and seed give a byte-identical student, and a hint naming a value the
+/// student does not compute is refused before training.
 #[test]
 fn half_width_resnet_student_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = "policy:\n  name: d\n  stages:\n    - distill:\n        student: {width: 0.5}\n        untrained_candidate: false\n        fine_tune: {steps: 40, batch_size: 64, lr: 0.002, temperature: 4, distill_weight: 0.7, max_rows: 4096, seed: 5}\nconstraints: {max_metric_drop_pct: 100}\n";
+    let recipe = "policy:\n  name: d\n  stages:\n    - distill:\n        student: {width: 0.5}\n        untrained_candidate: false\n        fine_tune: {steps: 40, batch_size: 64, lr: 0.002, temperature: 4, distill_weight: 0.7, max_rows: 4096, seed: 5, features: [{student: add_17, weight: 0.5}, {student: add_35, loss: cosine}]}\nconstraints: {max_metric_drop_pct: 100}\n";
     let (o, a) = compress_distill("fmnist-resnet8", recipe, dir.path(), "a");
     ok(&o);
     let (o, b) = compress_distill("fmnist-resnet8", recipe, dir.path(), "b");
@@ -74,10 +79,14 @@ fn half_width_resnet_student_is_deterministic() {
     let (ca, cb) = (&outcome(&a).candidates[0], &outcome(&b).candidates[0]);
     assert_eq!(ca.id, "s0-distill");
     let t = ca.training.as_ref().unwrap();
-    assert!(t.loss.contains("kl"), "{t:?}");
+    assert!(t.loss.contains("kl") && t.loss.ends_with("+features"), "{t:?}");
     assert!(ca.measured.value > t.metric_before.unwrap() + 10.0, "{} from {:?}", ca.measured.value, t.metric_before);
     assert_eq!(std::fs::read(a.join(&ca.file)).unwrap(), std::fs::read(b.join(&cb.file)).unwrap(), "the same seed gives the same student");
     check_onnx(a.join(&ca.file));
+    let typo = recipe.replace("student: add_35", "student: add_36");
+    let (o, _) = compress_distill("fmnist-resnet8", &typo, dir.path(), "typo");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("the student computes no value 'add_36'"), "{err}");
 }
 
 /// A student that does not fit the teacher, or layers that do not exist, fail before any
@@ -146,4 +155,48 @@ fn early_exit_cascade_and_its_curve() {
     assert_eq!(ifs, 1, "one If at the top level (the second nests in its else branch)");
     check_onnx(out.join(&c.file));
     assert!(c.measured.value >= oc.baseline.value - 1.0, "{} vs {}", c.measured.value, oc.baseline.value);
+}
+
+/// The service distils from files the recipe names: `teacher.onnx` and `student.onnx`
+/// uploaded beside the model (the stage worker fetches them and resolves them as `tamp
+/// compress` resolves them against the recipe); a missing file and a path out of the upload
+/// folder fail the job with the reason, naming the key to upload to.
+#[test]
+fn the_service_distils_from_uploaded_teacher_and_student_files() {
+    let server = support::serve(&[], &[]);
+    let url = server.url.clone();
+    let model = std::fs::read(support::cnn().join("model.onnx")).unwrap();
+    let recipe = |teacher: &str| {
+        format!(
+            "policy:\n  name: files\n  stages:\n    - distill:\n        teacher: {teacher}\n        student: {{file: students/student.onnx}}\n        untrained_candidate: false\n        fine_tune: {{steps: 5, batch_size: 64, lr: 0.0005, max_rows: 1024, seed: 1}}\nconstraints: {{max_metric_drop_pct: 100}}\nevaluation: {{samples: 500}}\n"
+        )
+    };
+    let upload = |version: &str, teacher: &str, with_student: bool| {
+        let up = server.data.path().join(format!("store/uploads/demo/files/{version}"));
+        for f in ["model.onnx", "calib.npz", "eval.npz", "train.npz"] {
+            support::upload_file(&up, f, &std::fs::read(support::cnn().join(f)).unwrap());
+        }
+        support::upload_file(&up, "teacher.onnx", &model);
+        if with_student {
+            support::upload_file(&up.join("students"), "student.onnx", &model);
+        }
+        support::upload_file(&up, "recipe.yaml", recipe(teacher).as_bytes());
+    };
+    let job_of = |n: usize, version: &str| -> serde_json::Value {
+        let jobs = support::wait_for_jobs(&url, n, std::time::Duration::from_secs(60));
+        let id = jobs.iter().find(|j| j["version"] == version).unwrap()["id"].as_str().unwrap().to_owned();
+        support::wait_for_job(&url, &id, std::time::Duration::from_secs(300))
+    };
+    upload("v1", "teacher.onnx", true);
+    let done = job_of(1, "v1");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    upload("v2", "teacher.onnx", false);
+    let missing = job_of(2, "v2");
+    assert_eq!(missing["state"], "failed", "{missing}");
+    let why = missing["reason"].as_str().unwrap();
+    assert!(why.contains("the recipe's student 'students/student.onnx' was not uploaded: upload it to uploads/demo/files/v2/students/student.onnx"), "{why}");
+    upload("v3", "../v1/teacher.onnx", true);
+    let escaped = job_of(3, "v3");
+    assert_eq!(escaped["state"], "failed", "{escaped}");
+    assert!(escaped["reason"].as_str().unwrap().contains("must be a path inside the upload folder"), "{escaped}");
 }

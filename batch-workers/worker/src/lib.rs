@@ -213,12 +213,37 @@ async fn stage(
         }
         None => None,
     };
+    // Files the recipe names (a distill stage's teacher or student file), uploaded beside the
+    // model and resolved against the recipe's folder, as `tamp compress` resolves them.
+    let recipe_dir = work.join("in").join("recipe");
+    let named = recipe_files(&recipe);
+    let upload_prefix = prefix_of(&job.inputs.model);
+    for (what, rel) in &named {
+        let key = format!("{upload_prefix}/{rel}");
+        if tamp_ports::check_key(&key).is_err() {
+            return Err(bad(anyhow!("the recipe's {what} '{rel}' must be a path inside the upload folder ({upload_prefix}/), without '..' or a leading '/'")));
+        }
+        if files.head(&key).await.map_err(|e| transient(e.into()))?.is_none() {
+            return Err(bad(anyhow!("the recipe's {what} '{rel}' was not uploaded: upload it to {key} before recipe.yaml")));
+        }
+        let path = recipe_dir.join(rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| transient(anyhow!("{}: {e}", dir.display())))?;
+        }
+        fetch(key, path).await?;
+    }
+    let recipe_path = recipe_dir.join("recipe.yaml");
+    if !named.is_empty() {
+        renames.push((recipe_dir.clone(), upload_prefix.clone()));
+        // The job's recipe beside them: the manifest records it with its hash.
+        std::fs::write(&recipe_path, &job.recipe_yaml).map_err(|e| transient(anyhow!("{}: {e}", recipe_path.display())))?;
+    }
     let out = work.join("out");
     let fan_out = trials.map(|t| t.trials(run, &eval_key));
     let j = Job {
         model_path: &model,
         recipe: &recipe,
-        recipe_path: None,
+        recipe_path: (!named.is_empty()).then_some(recipe_path.as_path()),
         calibration: &calibration,
         evaluation: &evaluation,
         train: train.as_ref(),
@@ -238,6 +263,23 @@ async fn stage(
     println!("chosen {}: {}", outcome.chosen, outcome.reason);
     fault_point();
     publish(files, run, &out).await.map_err(transient)
+}
+
+/// The files a recipe names beside the model: (what, path relative to the upload folder).
+fn recipe_files(recipe: &Recipe) -> Vec<(&'static str, String)> {
+    use tamp_domain::recipe::{Stage, Student};
+    let mut out = Vec::new();
+    for stage in &recipe.policy.stages {
+        if let Stage::Distill(d) = stage {
+            if d.teacher != "input" {
+                out.push(("teacher", d.teacher.clone()));
+            }
+            if let Student::File(f) = &d.student {
+                out.push(("student", f.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// Fault injection for tests: `TAMP_FAULT_CRASH_ONCE=<marker file>` makes the first worker

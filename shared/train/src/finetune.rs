@@ -239,6 +239,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
     }
     let mut teacher = task.teacher.map(|t| TrainGraph::new(t, &GraphOptions::default())).transpose()?;
     let objective = Objective::resolve(cfg, data, teacher.is_some())?;
+    let mut extra = crate::losses::Extra::new(cfg, student, task.teacher)?;
     let lengths = data.sequence_lengths().map_err(|e| GraphError::Other(e.to_string()))?;
     let dev = g.device().clone();
     let mut masked_zeros = 0usize;
@@ -262,7 +263,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
         rows: rows.len(),
         batch_size: cfg.batch_size,
         lr,
-        loss: objective.name(),
+        loss: format!("{}{}", objective.name(), extra.name()),
         masked_tensors: slots.iter().filter(|s| s.mask.is_some()).count(),
         masked_zeros,
         fake_quantized: g.quantized_weights().count(),
@@ -275,7 +276,10 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
     let mut losses = Vec::with_capacity(total);
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let mode = if cfg.batch_norm == BatchNormMode::Train { Mode::Train } else { Mode::Eval };
-    let out = [task.output.as_str()];
+    let (student_names, teacher_names) = (extra.student_names(), extra.teacher_names());
+    let out: Vec<&str> = std::iter::once(task.output.as_str()).chain(student_names.iter().map(String::as_str)).collect();
+    let teacher_out = task.teacher_output.as_deref().unwrap_or(&task.output);
+    let teacher_wanted: Vec<&str> = std::iter::once(teacher_out).chain(teacher_names.iter().map(String::as_str)).collect();
     let mut step = 0;
     // The teacher's answer for each row, after its first epoch (rank-2 outputs only: one row
     // each, whatever the batch's padding).
@@ -291,13 +295,31 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                 continue;
             }
             let feeds = batch_feeds(&g, data, idx, lengths.as_deref())?;
+            // Intermediate values are not cached: the teacher runs on every batch then.
+            let mut teacher_values = HashMap::new();
             let target = match teacher.as_mut() {
-                Some(t) => Some(teacher_targets(t, &feeds, idx, task.teacher_output.as_deref().unwrap_or(&task.output), &mut cached, &dev)?),
+                Some(t) if extra.needs_teacher_values() => {
+                    teacher_values = t.forward(&feeds, Mode::Eval, &teacher_wanted)?;
+                    Some(teacher_values.get(teacher_out).ok_or_else(|| missing(teacher_out))?.detach())
+                }
+                Some(t) => Some(teacher_targets(t, &feeds, idx, teacher_out, &mut cached, &dev)?),
                 None => None,
             };
             let labels = labels_for(data, idx, &dev)?;
-            let y = g.forward(&feeds, mode, &out)?.remove(&task.output).ok_or_else(|| missing(&task.output))?;
-            let loss = objective.loss(&y, target.as_ref(), labels.as_ref())?;
+            let values = g.forward(&feeds, mode, &out)?;
+            let y = values.get(&task.output).ok_or_else(|| missing(&task.output))?.clone();
+            let mut loss = objective.loss(&y, target.as_ref(), labels.as_ref())?;
+            if !extra.is_empty() {
+                let (more, projections) = extra.loss(&values, &teacher_values, (&y, target.as_ref()))?;
+                for var in projections {
+                    let z = var.as_tensor().zeros_like()?;
+                    slots.push(Slot { var, m: z.clone(), v: z, mask: None, decay: false });
+                }
+                if let Some(more) = more {
+                    loss = (loss + more)?;
+                }
+            }
+            drop(values);
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {
                 return Err(GraphError::Other(format!(

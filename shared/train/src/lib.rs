@@ -12,4 +12,5 @@ mod conv;
 pub mod finetune;
 pub mod fmnist;
 pub mod graph;
+mod losses;
 pub mod resnet;

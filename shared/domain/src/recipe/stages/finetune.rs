@@ -43,6 +43,69 @@ pub struct FineTune {
     /// QAT: activation quantization scales train too (LSQ style); else they stay as
     /// calibrated.
     pub learn_scales: bool,
+    /// Feature distillation (FitNets): intermediate values of the student matched to the
+    /// teacher's, through a learned linear projection when their widths differ.
+    pub features: Vec<FeatureMatch>,
+    /// Attention transfer: attention probability maps (a Softmax's output, `[N, heads, S, S]`;
+    /// heads averaged when the counts differ) matched by KL divergence, row by row.
+    pub attention: Vec<FeatureMatch>,
+    /// Contrastive distillation for encoders: in-batch InfoNCE between the student's and the
+    /// teacher's outputs (each row's own teacher embedding is its positive, the batch's
+    /// others its negatives).
+    pub contrastive: Option<Contrastive>,
+}
+
+/// One intermediate value of the student matched to one of the teacher's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureMatch {
+    /// The value's name in the student graph (a node output).
+    pub student: String,
+    /// Its counterpart in the teacher (default: the same name, as in a layer-dropped student).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
+    /// The term's weight in the total loss.
+    #[serde(default = "one")]
+    pub weight: f64,
+    #[serde(default)]
+    pub loss: FeatureLoss,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// How a feature pair is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureLoss {
+    /// Mean squared error after the projection (FitNets).
+    #[default]
+    Mse,
+    /// 1 − cosine per position, after the projection.
+    Cosine,
+    /// KL divergence on class scores softened at the block's `temperature`: another output
+    /// head of a multi-task model (each head listed with its own loss and weight).
+    Kl,
+    /// MiniLM's value relation: each value's scaled dot-product self-attention
+    /// (`softmax(X Xᵀ/√d)` over a sequence, `[N, S, D]`) matched by KL; widths may differ
+    /// without a projection.
+    Relation,
+}
+
+/// In-batch InfoNCE between student and teacher outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Contrastive {
+    pub weight: f64,
+    /// Softmax temperature of the similarity logits.
+    pub temperature: f64,
+}
+
+impl Default for Contrastive {
+    fn default() -> Self {
+        Self { weight: 1.0, temperature: 0.05 }
+    }
 }
 
 impl Default for FineTune {
@@ -66,6 +129,9 @@ impl Default for FineTune {
             max_rows: None,
             batch_norm: BatchNormMode::Train,
             learn_scales: false,
+            features: Vec::new(),
+            attention: Vec::new(),
+            contrastive: None,
         }
     }
 }
@@ -198,6 +264,21 @@ impl FineTune {
         }
         if self.max_rows == Some(0) {
             return Err(at.invalid(&key("max_rows"), "0 rows trains nothing"));
+        }
+        for (k, list) in [("features", &self.features), ("attention", &self.attention)] {
+            for f in list {
+                if f.student.trim().is_empty() || f.teacher.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                    return Err(at.invalid(&key(k), "name the value in the student (`student:`) and, when it differs, in the teacher (`teacher:`)"));
+                }
+                if !(f.weight.is_finite() && f.weight >= 0.0) {
+                    return Err(at.invalid(&key(k), format!("'{}': weight {} is not a number ≥ 0", f.student, f.weight)));
+                }
+            }
+        }
+        if let Some(c) = &self.contrastive
+            && !(c.weight.is_finite() && c.weight >= 0.0 && c.temperature > 0.0 && c.temperature <= 10.0)
+        {
+            return Err(at.invalid(&key("contrastive"), "`weight` is a number ≥ 0 and `temperature` is in (0, 10]"));
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ mod search;
 pub use clustering::{ClusterGranularity, ClusterStage};
 pub use distill::{DepthwiseChoice, DistillStage, LayerChoice, Student};
 pub use early_exit::EarlyExitStage;
-pub use finetune::{BatchNormMode, FineTune, LearningRate, LossKind, LrSchedule, OptimizerKind};
+pub use finetune::{BatchNormMode, Contrastive, FeatureLoss, FeatureMatch, FineTune, LearningRate, LossKind, LrSchedule, OptimizerKind};
 pub use lowrank::{LowrankMethod, LowrankStage};
 pub use pruning::{ImportanceCriterion, MAX_BLOCK_SIDE, PruningSchedule, PruningScope, PruningStage, PruningType, SparsityPattern};
 pub use ptq::{ActivationType, Bits, Calibration, CalibrationMethod, MAX_CALIBRATION_SAMPLES, Precision, PtqMode, PtqStage, TargetIsa};
