@@ -42,6 +42,9 @@ RUNS = [
      "constraints: {max_metric_drop_pct: 0.56}\n"),
     ("ResNet-8 / half width, labels only", CNN,
      f"policy:\n  name: dl\n  stages:\n    - distill: {{student: {{width: 0.5}}, untrained_candidate: false, fine_tune: {{{CNN_FT}, distill_weight: 0.0}}}}\n"),
+    ("ResNet-8 / depthwise-separable 3x3, KL + labels + FitNets hints", CNN,
+     f"policy:\n  name: dwh\n  stages:\n    - distill: {{student: {{depthwise: {{}}}}, untrained_candidate: false, fine_tune: {{{CNN_FT}, distill_weight: 0.7, "
+     "features: [{student: add_17}, {student: add_35}, {student: add_53}]}}\n"),
     ("ResNet-8 / depthwise-separable 3x3, KL (T=4) + labels", CNN,
      f"policy:\n  name: dw\n  stages:\n    - distill: {{student: {{depthwise: {{}}}}, fine_tune: {{{CNN_FT}, distill_weight: 0.7}}}}\n"),
 ]
