@@ -39,8 +39,9 @@ impl Exporter for InPlace {
     }
 }
 
+/// The recipe's spelling of a runtime, read by the recipe's own deserializer.
 fn target(runtime: &str) -> Option<Target> {
-    [Target::Onnxruntime, Target::Tflite, Target::Tensorrt, Target::Openvino].into_iter().find(|t| t.as_str() == runtime)
+    serde_json::from_value(serde_json::Value::String(runtime.to_owned())).ok()
 }
 
 /// Converts `source` (job `job`'s final ONNX artifact) for `runtime` in `work`: the file

@@ -43,6 +43,26 @@ impl AwsBatchRunner {
             .collect())
     }
 
+    /// Submits a job named `name` unless one of that name is already on the queue and not
+    /// failed (`SubmitJob` has no idempotency token), with `job` and `params` in `parameters`.
+    async fn submit_once(&self, name: &str, job: &str, params: &[(&str, &str)], command: &[&str]) -> Result<()> {
+        if self.named(name).await?.iter().any(|j| j.status() != Some(&JobStatus::Failed)) {
+            return Ok(()); // already submitted under this deterministic name
+        }
+        let mut req = self.client.submit_job().job_name(name).job_queue(&self.queue).job_definition(&self.definition).parameters("job", job);
+        for (k, v) in params {
+            req = req.parameters(*k, *v);
+        }
+        req.tags("tamp:job", job)
+            // The module lets this stack cancel and terminate only jobs with its queue's tag.
+            .tags("tamp:queue", &self.queue)
+            .container_overrides(ContainerOverrides::builder().set_command(Some(command.iter().map(|c| (*c).to_owned()).collect())).build())
+            .send()
+            .await
+            .map_err(|e| unavailable("submit", e.into_service_error()))?;
+        Ok(())
+    }
+
     async fn summaries(&self, run: &StageRun) -> Result<Vec<JobSummary>> {
         self.named(&run.name()).await
     }
@@ -61,51 +81,20 @@ impl AwsBatchRunner {
 #[async_trait]
 impl BatchRunner for AwsBatchRunner {
     async fn submit(&self, run: &StageRun) -> Result<()> {
-        if self.find(run).await?.iter().any(|(_, s)| *s != JobStatus::Failed) {
-            return Ok(()); // already submitted under this deterministic name
-        }
         let (stage, attempt) = (run.stage.to_string(), run.attempt.to_string());
-        let command = ["worker", "--job", &run.job, "--stage", &stage, "--attempt", &attempt].map(str::to_owned).to_vec();
-        self.client
-            .submit_job()
-            .job_name(run.name())
-            .job_queue(&self.queue)
-            .job_definition(&self.definition)
-            .parameters("job", &run.job)
-            .parameters("stage", &stage)
-            .parameters("attempt", &attempt)
-            .tags("tamp:job", &run.job)
-            // The module lets this stack cancel and terminate only jobs with its queue's tag.
-            .tags("tamp:queue", &self.queue)
-            .container_overrides(ContainerOverrides::builder().set_command(Some(command)).build())
-            .send()
-            .await
-            .map_err(|e| unavailable("submit", e.into_service_error()))?;
-        Ok(())
+        self.submit_once(
+            &run.name(),
+            &run.job,
+            &[("stage", &stage), ("attempt", &attempt)],
+            &["worker", "--job", &run.job, "--stage", &stage, "--attempt", &attempt],
+        )
+        .await
     }
 
     /// `tamp-<job>-export-<runtime>`, with `job` and `runtime` as parameters and no `stage`,
     /// so the orchestrator's state-change handling leaves it alone.
     async fn submit_export(&self, job: &str, runtime: &str) -> Result<()> {
-        let name = export_run_name(job, runtime);
-        if self.named(&name).await?.iter().any(|j| j.status() != Some(&JobStatus::Failed)) {
-            return Ok(());
-        }
-        let command = ["export", "--job", job, "--runtime", runtime].map(str::to_owned).to_vec();
-        self.client
-            .submit_job()
-            .job_name(&name)
-            .job_queue(&self.queue)
-            .job_definition(&self.definition)
-            .parameters("job", job)
-            .parameters("runtime", runtime)
-            .tags("tamp:job", job)
-            .tags("tamp:queue", &self.queue)
-            .container_overrides(ContainerOverrides::builder().set_command(Some(command)).build())
-            .send()
-            .await
-            .map_err(|e| unavailable("submit", e.into_service_error()))?;
-        Ok(())
+        self.submit_once(&export_run_name(job, runtime), job, &[("runtime", runtime)], &["export", "--job", job, "--runtime", runtime]).await
     }
 
     async fn observe(&self, run: &StageRun) -> Result<Observed> {

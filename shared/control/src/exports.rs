@@ -82,12 +82,17 @@ pub async fn on_job_succeeded(svc: &Services, ev: &TampEvent, exporter: &dyn Exp
         return Ok(Vec::new());
     }
     let Some(j) = svc.meta.get_job(&ev.job).await? else { return Ok(Vec::new()) }; // erased since
+    export_job(svc, &j, exporter, in_place_max_bytes).await
+}
+
+/// [`on_job_succeeded`] for a job already read.
+async fn export_job(svc: &Services, j: &Job, exporter: &dyn Exporter, in_place_max_bytes: u64) -> Result<Vec<(String, Exported)>> {
     let Ok(recipe) = Recipe::from_yaml(&j.recipe_yaml) else { return Ok(Vec::new()) };
     let runtimes: Vec<&str> = recipe.targets.iter().filter(|t| t.converted()).map(|t| t.as_str()).collect();
     if runtimes.is_empty() {
         return Ok(Vec::new());
     }
-    let source = final_artifact(svc.meta.as_ref(), &j).await?;
+    let source = final_artifact(svc.meta.as_ref(), j).await?;
     let mut done = Vec::new();
     for runtime in runtimes {
         let outcome = if source.size_bytes > in_place_max_bytes {
@@ -99,7 +104,7 @@ pub async fn on_job_succeeded(svc: &Services, ev: &TampEvent, exporter: &dyn Exp
                 }
             }
         } else {
-            export_runtime(svc.store.as_ref(), svc.meta.as_ref(), svc.bus.as_ref(), svc.clock.now(), &j, &source, runtime, exporter).await?
+            export_runtime(svc.store.as_ref(), svc.meta.as_ref(), svc.bus.as_ref(), svc.clock.now(), j, &source, runtime, exporter).await?
         };
         tracing::info!(job = %j.id, runtime, ?outcome, "export");
         done.push((runtime.to_owned(), outcome));
@@ -116,8 +121,7 @@ pub async fn catch_up(svc: &Services, exporter: &dyn Exporter, in_place_max_byte
         if j.state != tamp_domain::JobState::Succeeded {
             continue;
         }
-        let ev = event(&j, EventKind::JobSucceeded, svc.clock.now(), serde_json::Value::Null);
-        let done = on_job_succeeded(svc, &ev, exporter, in_place_max_bytes).await?;
+        let done = export_job(svc, &j, exporter, in_place_max_bytes).await?;
         exported += done.iter().filter(|(_, e)| matches!(e, Exported::InPlace(_) | Exported::Submitted)).count();
     }
     Ok(exported)

@@ -126,9 +126,11 @@ impl Extra {
             Ok(())
         };
         let mut made = Vec::new();
-        for (i, f) in self.features.clone().iter().enumerate() {
+        for i in 0..self.features.len() {
+            let f = &self.features[i];
             let (s, t) = (get(student, &f.student)?, get(teacher, teacher_name(f))?.detach());
-            let term = match f.loss {
+            let (loss, weight) = (f.loss, f.weight);
+            let term = match loss {
                 FeatureLoss::Relation => relation_kl(&s, &t)?,
                 FeatureLoss::Kl => {
                     let temp = self.temperature;
@@ -141,10 +143,10 @@ impl Extra {
                         Some(w) => s.matmul(&w)?,
                         None => s,
                     };
-                    if f.loss == FeatureLoss::Mse { s.sub(&t)?.sqr()?.mean_all()? } else { (1.0 - cosine_rows(&s, &t)?.mean_all()?)? }
+                    if loss == FeatureLoss::Mse { s.sub(&t)?.sqr()?.mean_all()? } else { (1.0 - cosine_rows(&s, &t)?.mean_all()?)? }
                 }
             };
-            add((term * f.weight)?)?;
+            add((term * weight)?)?;
         }
         for f in &self.attention {
             let (s, t) = (get(student, &f.student)?, get(teacher, teacher_name(f))?.detach());
