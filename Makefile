@@ -64,7 +64,7 @@ ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
 PHONY_UI := ui ui-client ui-screenshots bench-ui pyclient-tools python-client
-.PHONY: $(PHONY_UI) torch litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: cuda-toolkit build-gpu worker-image $(PHONY_UI) torch litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -324,6 +324,63 @@ package: .venv-package/.done $(ORT_LIB) $(LITERT_LIB)
 	@echo "Lambda zips ($(LAMBDA_ARCH); export x86_64) and the worker:" && for f in $(FUNCTIONS) export; do \
 		printf '  %-30s %8s bytes\n' "dist/lambda/tamp-$$f/bootstrap.zip" "$$(stat -c %s dist/lambda/tamp-$$f/bootstrap.zip)"; done \
 		&& printf '  %-30s %8s bytes\n' dist/worker/tamp-batch-worker "$$(stat -c %s dist/worker/tamp-batch-worker)"
+
+## --- GPU (issue 19) ------------------------------------------------------------------------
+# The CUDA 13.0 toolkit from PyPI wheels (scripts/requirements-cuda.txt, hash-pinned): nvcc,
+# its headers and libcudart, unpacked into .deps/cuda, plus link stubs for the libraries the
+# driver and PyTorch's wheels provide at run time (scripts/cuda_stubs.py says why).
+CUDA_DIR := $(DEPS)/cuda
+CUDA_ENV  = PATH=$(abspath $(CUDA_DIR))/bin:$$PATH CUDA_ROOT=$(abspath $(CUDA_DIR)) CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
+cuda-toolkit: $(CUDA_DIR)/.done
+$(CUDA_DIR)/.done: scripts/requirements-cuda.txt scripts/cuda_stubs.py
+	@mkdir -p $(DEPS)/wheels/cuda && rm -rf $(CUDA_DIR).tmp && mkdir -p $(CUDA_DIR).tmp
+	@python3 -m pip download --quiet --no-deps --only-binary :all: --require-hashes --python-version 3.11 \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_12_x86_64 -r scripts/requirements-cuda.txt -d $(DEPS)/wheels/cuda
+	@python3 -c "import sys, zipfile, glob; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in glob.glob(sys.argv[2] + '/*.whl')]" \
+		$(CUDA_DIR).tmp/w $(DEPS)/wheels/cuda
+	@cp -a $(CUDA_DIR).tmp/w/nvidia/cu13/. $(CUDA_DIR).tmp/ && rm -rf $(CUDA_DIR).tmp/w && chmod +x $(CUDA_DIR).tmp/bin/* $(CUDA_DIR).tmp/nvvm/bin/*
+	@ln -sf libcudart.so.13 $(CUDA_DIR).tmp/lib/libcudart.so
+	@cargo fetch --quiet && python3 scripts/cuda_stubs.py --out $(CUDA_DIR).tmp/lib/stubs \
+		--cudarc "$$(cargo metadata --format-version 1 --features tamp-train/cuda | python3 -c 'import json,sys; print([p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"][0].rsplit("/", 1)[0])')"
+	@rm -rf $(CUDA_DIR) && mv $(CUDA_DIR).tmp $(CUDA_DIR) && touch $@
+	@$(CUDA_DIR)/bin/nvcc --version | tail -2
+
+# The CUDA build of the training bench and the worker (candle on CUDA; CPU fallback at run
+# time), in the dev profile (optimised; it shares the CPU build's dependencies). Binaries land
+# in dist/gpu/.
+build-gpu: cuda-toolkit $(ORT_LIB)
+	$(CUDA_ENV) cargo build -p tamp-cli -p tamp-train --features tamp-cli/cuda,tamp-train/cuda --bins
+	@mkdir -p dist/gpu && cp $(CARGO_TARGET_DIR)/debug/tamp-train-bench $(CARGO_TARGET_DIR)/debug/tamp dist/gpu/ && strip dist/gpu/*
+	@# The CUDA binaries share target/debug with the CPU build: put the CPU ones back (a relink).
+	@rm -f $(CARGO_TARGET_DIR)/debug/tamp $(CARGO_TARGET_DIR)/debug/tamp-train-bench $(CARGO_TARGET_DIR)/debug/tamp-train-reference
+	cargo build -p tamp-cli -p tamp-train --bins
+	@ls -la dist/gpu
+
+# The worker images: `make worker-image` (CPU) or `make worker-image GPU=1`. Assembles the
+# root folder the Dockerfile copies (dist/image-{cpu,gpu}/rootfs), checks that the worker
+# starts inside it with only its own libraries (scripts/image_check.sh), and builds the image
+# where Docker is available. GPU=1 adds the CUDA build, ONNX Runtime's GPU library and the
+# CUDA 13.0 runtime libraries, from hash-pinned wheels (scripts/requirements-cuda-runtime.txt).
+comma := ,
+IMAGE := dist/image-$(if $(GPU),gpu,cpu)
+worker-image: $(ORT_LIB) $(LITERT_LIB) $(if $(GPU),cuda-toolkit)
+	$(if $(GPU),$(CUDA_ENV)) cargo build --profile lambda -p tamp-worker --features aws$(if $(GPU),$(comma)cuda) --bin tamp-batch-worker
+	@rm -rf $(IMAGE) && mkdir -p $(IMAGE)/rootfs/usr/local/bin $(IMAGE)/rootfs/usr/local/lib
+	@cp $(PROFILE_DIR)/tamp-batch-worker $(IMAGE)/rootfs/usr/local/bin/
+	@$(if $(GPU),rm -f $(PROFILE_DIR)/tamp-batch-worker # the CUDA build must not stand in for the CPU one)
+	@cp $(LITERT_LIB) $(IMAGE)/rootfs/usr/local/lib/
+ifdef GPU
+	@mkdir -p $(DEPS)/wheels/cuda-runtime $(IMAGE)/rootfs/opt/onnxruntime/lib $(IMAGE)/rootfs/usr/local/cuda/lib64
+	python3 -m pip download --quiet --no-deps --only-binary :all: --require-hashes --python-version 3.11 \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_12_x86_64 \
+		-r scripts/requirements-cuda-runtime.txt -d $(DEPS)/wheels/cuda-runtime
+	python3 scripts/image_libs.py --wheels $(DEPS)/wheels/cuda-runtime --ort $(IMAGE)/rootfs/opt/onnxruntime/lib --cuda $(IMAGE)/rootfs/usr/local/cuda/lib64
+else
+	@cp $(ORT_LIB) $(IMAGE)/rootfs/usr/local/lib/
+endif
+	scripts/image_check.sh $(IMAGE)/rootfs $(if $(GPU),gpu,cpu)
+	@if command -v docker >/dev/null; then docker build -f batch-workers/Dockerfile.$(if $(GPU),gpu,cpu) -t tamp-worker:$(if $(GPU),gpu,cpu) $(IMAGE); \
+		else echo "no docker here: $(IMAGE) holds the checked root folder; build it with batch-workers/Dockerfile.$(if $(GPU),gpu,cpu)"; fi
 
 ## --- benchmarks -----------------------------------------------------------------------------
 

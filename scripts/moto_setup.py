@@ -1,5 +1,5 @@
 """Sets up what the AWS Batch adapter's tests need inside the moto emulator: an IAM role,
-a Fargate compute environment, a job queue and a job definition (the harness does this with
+a Fargate compute environment, the CPU and GPU job queues and their job definitions (the harness does this with
 boto3 so the Rust side needs no aws-sdk-iam). Prints shell `export` lines."""
 import os
 
@@ -17,4 +17,14 @@ batch.create_job_queue(jobQueueName="tamp-test-queue", state="ENABLED", priority
 batch.register_job_definition(jobDefinitionName="tamp-test-worker", type="container", platformCapabilities=["FARGATE"],
                               containerProperties={"image": "tamp-worker:test", "command": ["worker"], "executionRoleArn": role,
                                                    "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}]})
-print("export TAMP_TEST_BATCH_QUEUE=tamp-test-queue TAMP_TEST_BATCH_JOBDEF=tamp-test-worker")
+# The GPU lane: a queue and job definition of its own (on a second Fargate environment here:
+# the tests check which queue a stage is routed to, and moto runs no container either way).
+gce = batch.create_compute_environment(computeEnvironmentName="tamp-test-gpu", type="MANAGED", state="ENABLED", serviceRole=role,
+                                       computeResources={"type": "FARGATE", "maxvCpus": 4, "subnets": [subnet], "securityGroupIds": [group]})
+batch.create_job_queue(jobQueueName="tamp-test-gpu-queue", state="ENABLED", priority=1,
+                       computeEnvironmentOrder=[{"order": 1, "computeEnvironment": gce["computeEnvironmentArn"]}])
+batch.register_job_definition(jobDefinitionName="tamp-test-worker-gpu", type="container", platformCapabilities=["FARGATE"],
+                              containerProperties={"image": "tamp-worker:gpu-test", "command": ["worker"], "executionRoleArn": role,
+                                                   "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}]})
+print("export TAMP_TEST_BATCH_QUEUE=tamp-test-queue TAMP_TEST_BATCH_JOBDEF=tamp-test-worker "
+      "TAMP_TEST_BATCH_GPU_QUEUE=tamp-test-gpu-queue TAMP_TEST_BATCH_GPU_JOBDEF=tamp-test-worker-gpu")

@@ -1,7 +1,8 @@
 """PyTorch's training step on the same graph Tamp trains: runs `graph.json` + `weights.npz`
 (written by `tamp-train-bench --export`) as a torch module, op by op, and times forward +
 backward + AdamW update at the same batch, thread count and loss. Debian's python3-torch
-(CPU build) runs it: `/usr/bin/python3 scripts/torch_step.py DIR DATA.npz --batch 64`.
+(CPU build) runs it: `/usr/bin/python3 scripts/torch_step.py DIR DATA.npz --batch 64`;
+`--device cuda` runs it on the GPU (the lent H200's PyTorch; scripts/gpu_bench.sh).
 Prints one JSON line."""
 import argparse, json, sys, time
 
@@ -72,11 +73,11 @@ def run_graph(g, params, consts, feeds, train=True):
             elif op == "ReduceMean": y = x[0].mean(dim=axes, keepdim=keep)
             elif op == "ReduceL2": y = torch.sqrt((x[0] ** 2).sum(dim=axes, keepdim=keep))
             else: y = x[0].amax(dim=axes, keepdim=keep)
-        elif op == "Shape": y = torch.tensor(list(x[0].shape), dtype=torch.int64)
+        elif op == "Shape": y = torch.tensor(list(x[0].shape), dtype=torch.int64, device=x[0].device)
         elif op == "Gather":
             idx = x[1].long()
             y = torch.index_select(x[0], a.get("axis", 0), idx.reshape(-1)).reshape(list(x[0].shape[:a.get("axis", 0)]) + list(idx.shape) + list(x[0].shape[a.get("axis", 0) + 1:]))
-        elif op == "Range": y = torch.arange(int(x[0]), int(x[1]), int(x[2]))
+        elif op == "Range": y = torch.arange(int(x[0]), int(x[1]), int(x[2]), device=x[0].device)
         elif op == "Cast": y = x[0].float() if a["to"] in (1, 10, 11) else (x[0] != 0 if a["to"] == 9 else x[0].long())
         elif op == "Equal": y = x[0] == x[1]
         elif op == "Where": y = torch.where(x[0], x[1], x[2])
@@ -103,7 +104,9 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--teacher", action="store_true")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    dev = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
     g = json.load(open(f"{args.graph_dir}/graph.json"))
@@ -113,7 +116,7 @@ def main():
     stats = {i for n in g["nodes"] if n["op"] == "BatchNormalization" for i in n["inputs"][3:5]}
     params, consts = {}, {}
     for k in w.files:
-        t = torch.from_numpy(np.array(w[k]))
+        t = torch.from_numpy(np.array(w[k])).to(dev)
         if t.is_floating_point() and t.numel() > 1 and k not in stats and not k.startswith("__attr"):
             params[k] = torch.nn.Parameter(t.clone())
         else:
@@ -121,13 +124,13 @@ def main():
     opt = torch.optim.AdamW(params.values(), lr=1e-4, weight_decay=1e-4)
     data = np.load(args.data)
     rows = np.arange(args.batch)
-    feeds = {k: torch.from_numpy(np.array(data[k][rows])) for k in g["inputs"]}
+    feeds = {k: torch.from_numpy(np.array(data[k][rows])).to(dev) for k in g["inputs"]}
     if "attention_mask" in feeds:
         # Tamp trims a batch to its longest row; so does this.
         n = int(feeds["attention_mask"].sum(1).max())
         feeds = {k: v[:, :n] for k, v in feeds.items()}
     out = g["outputs"][-1]
-    labels = torch.from_numpy(np.array(data["labels"][rows])) if "labels" in data.files and not args.teacher else None
+    labels = torch.from_numpy(np.array(data["labels"][rows])).to(dev) if "labels" in data.files and not args.teacher else None
     teacher = {k: v.detach().clone() for k, v in params.items()}
 
     def step():
@@ -149,7 +152,7 @@ def main():
     for _ in range(args.steps):
         step()
     per = (time.perf_counter() - t0) / args.steps
-    print(json.dumps({"torch": torch.__version__, "threads": args.threads, "batch": args.batch, "steps": args.steps, "seconds_per_step": per}))
+    print(json.dumps({"torch": torch.__version__, "device": args.device, "threads": args.threads, "batch": args.batch, "steps": args.steps, "seconds_per_step": per}))
 
 
 if __name__ == "__main__":

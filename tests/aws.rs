@@ -176,6 +176,8 @@ async fn stack() -> Stack {
         event_bus: bus,
         batch_queue: std::env::var("TAMP_TEST_BATCH_QUEUE").unwrap(),
         batch_job_definition: std::env::var("TAMP_TEST_BATCH_JOBDEF").unwrap(),
+        batch_gpu_queue: std::env::var("TAMP_TEST_BATCH_GPU_QUEUE").ok(),
+        batch_gpu_job_definition: std::env::var("TAMP_TEST_BATCH_GPU_JOBDEF").ok(),
         retry: RetryPolicy { max_attempts: 3, base_delay_s: 0, max_delay_s: 0 },
         public_url: "https://tamp.example.com".into(),
         rate_limit: 1000,
@@ -187,7 +189,7 @@ async fn stack() -> Stack {
     .unwrap();
     assert_eq!(settings.webhook_urls, vec![format!("{hook_url}/hook")], "read from SSM");
     let svc = settings.services().await;
-    let runner = AwsBatchRunner::new(&cfg, &settings.batch_queue, &settings.batch_job_definition);
+    let runner = settings.batch_runner(&cfg);
     Stack {
         svc,
         s3,
@@ -404,7 +406,7 @@ async fn the_whole_flow_on_the_emulator() {
     // delivery got that far), each delivered twice: one Batch job.
     let advances = st.run_orchestrator(2, 10).await;
     assert!((1..=2).contains(&advances), "{advances} messages");
-    let a1 = StageRun { job: job.id.clone(), stage: 0, attempt: 1 };
+    let a1 = StageRun { job: job.id.clone(), stage: 0, attempt: 1, device: Default::default() };
     assert_eq!(st.runner.find(&a1).await.unwrap().len(), 1, "one Batch job for one stage attempt");
 
     // Attempt 1: the container dies after the artifact upload, before the manifest.
@@ -542,7 +544,7 @@ async fn malformed_uploads_fail_with_the_reason_and_write_nothing_else() {
     assert_eq!(job.state.as_str(), "failed");
     assert!(reason.contains("uploads/vision/fmnist/v2/recipe.yaml") && reason.contains("line 3") && reason.contains("stagez"), "{reason}");
     assert_eq!(st.run_orchestrator(1, 3).await, 0, "nothing queued for a failed job");
-    assert!(st.runner.find(&StageRun { job: job.id.clone(), stage: 0, attempt: 1 }).await.unwrap().is_empty(), "nothing submitted");
+    assert!(st.runner.find(&StageRun { job: job.id.clone(), stage: 0, attempt: 1, device: Default::default() }).await.unwrap().is_empty(), "nothing submitted");
     assert!(st.svc.store.list(&format!("artifacts/{}/", job.id)).await.unwrap().is_empty());
     let kinds = st.run_subscribers(10).await;
     assert!(kinds.contains(&"tamp.job.failed".to_owned()), "{kinds:?}");
@@ -555,7 +557,7 @@ async fn malformed_uploads_fail_with_the_reason_and_write_nothing_else() {
     st.run_ingest(1).await;
     let broken = st.svc.meta.list_jobs(None, 10).await.unwrap().into_iter().find(|j| j.model == "broken").unwrap();
     st.run_orchestrator(1, 10).await;
-    let run = StageRun { job: broken.id.clone(), stage: 0, attempt: 1 };
+    let run = StageRun { job: broken.id.clone(), stage: 0, attempt: 1, device: Default::default() };
     let status = st.play_container(&run, &[]).await;
     assert_eq!(status.code(), Some(3), "bad input exit status");
     st.state_change(&run, "FAILED", Some(3)).await;
@@ -645,7 +647,7 @@ async fn a_search_stage_runs_its_trials_as_batch_jobs() {
     assert_eq!(st.run_ingest(1).await, 1);
     let job = st.only_job().await;
     st.run_orchestrator(1, 10).await;
-    let run = StageRun { job: job.id.clone(), stage: 0, attempt: 1 };
+    let run = StageRun { job: job.id.clone(), stage: 0, attempt: 1, device: Default::default() };
     let (id, _) = st.runner.find(&run).await.unwrap().into_iter().next().expect("the stage's Batch job");
 
     // The stage's container, as Batch starts it (the queue and definition it submits trials to
@@ -712,4 +714,43 @@ async fn a_search_stage_runs_its_trials_as_batch_jobs() {
     assert_eq!(played.len(), measured, "one Batch job per record (reference score, trials, probes):\n{journal}");
     assert!(st.svc.store.list(&prefix).await.unwrap().is_empty(), "trial objects are cleaned up");
     assert!(st.svc.store.head(&format!("artifacts/{}/0/attempt-1/best.recipe.yaml", job.id)).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_stages_go_to_the_gpu_queue_and_ptq_to_the_cpu_queue() {
+    let st = stack().await;
+    let recipes = [
+        ("gpu", "policy:\n  name: qat\n  stages:\n    - qat: {fine_tune: {epochs: 1}}\n"),
+        ("cpu", "policy:\n  name: ptq\n  stages:\n    - ptq: {}\n"),
+        // A training stage the recipe keeps on the CPU.
+        ("forced", "policy:\n  name: ft-cpu\n  stages:\n    - pruning: {fine_tune: {epochs: 1, device: cpu}}\n"),
+    ];
+    for (version, recipe) in recipes {
+        for (f, from) in [("model.onnx", "model.onnx"), ("calib.npz", "calib.npz"), ("eval.npz", "eval.npz"), ("train.npz", "calib.npz")] {
+            st.put(&format!("uploads/vision/route/{version}/{f}"), cnn_file(from)).await;
+        }
+        st.put(&format!("uploads/vision/route/{version}/recipe.yaml"), recipe.as_bytes().to_vec()).await;
+        st.run_ingest(1).await;
+    }
+    while st.run_orchestrator(1, 5).await > 0 {}
+    let batch = aws_sdk_batch::Client::new(&aws_config().await);
+    let (cpu_q, gpu_q) = (st.settings.batch_queue.clone(), st.settings.batch_gpu_queue.clone().unwrap());
+    for j in st.svc.meta.list_jobs(None, 10).await.unwrap() {
+        let want = if j.version == "gpu" { tamp_ports::Device::Gpu } else { tamp_ports::Device::Cpu };
+        assert_eq!(j.stages[0].device, want, "{}: the planner's record", j.version);
+        let run = StageRun { job: j.id.clone(), stage: 0, attempt: 1, device: want };
+        let (on, off, definition) =
+            if want == tamp_ports::Device::Gpu { (&gpu_q, &cpu_q, "tamp-test-worker-gpu") } else { (&cpu_q, &gpu_q, "tamp-test-worker:") };
+        let named = |q: &str| {
+            let filter = aws_sdk_batch::types::KeyValuesPair::builder().name("JOB_NAME").values(run.name()).build();
+            batch.list_jobs().job_queue(q).filters(filter).send()
+        };
+        let found = named(on).await.unwrap();
+        assert_eq!(found.job_summary_list().len(), 1, "{}: one Batch job on {on}", j.version);
+        assert!(named(off).await.unwrap().job_summary_list().is_empty(), "{}: nothing on {off}", j.version);
+        let described = batch.describe_jobs().jobs(found.job_summary_list()[0].job_id().unwrap()).send().await.unwrap();
+        let def = described.jobs()[0].job_definition().unwrap_or_default().to_owned();
+        assert!(def.contains(definition), "{}: job definition {def}", j.version);
+        assert_eq!(st.runner.find(&run).await.unwrap().len(), 1, "the runner observes it where it went");
+    }
 }

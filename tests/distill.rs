@@ -190,6 +190,11 @@ fn the_service_distils_from_uploaded_teacher_and_student_files() {
     upload("v1", "teacher.onnx", true);
     let done = job_of(1, "v1");
     assert_eq!(done["state"], "succeeded", "{done}");
+    // A training stage is planned for the GPU queue; with no GPU here (or a build without
+    // CUDA) it trained on the CPU, and the stage's record says so.
+    assert_eq!(done["stages"][0]["device"], "gpu", "{done}");
+    let warned = done["stages"][0]["output"]["warnings"][0].as_str().unwrap_or_default().to_owned();
+    assert!(warned.contains("trained on the CPU: no GPU"), "{done}");
     upload("v2", "teacher.onnx", false);
     let missing = job_of(2, "v2");
     assert_eq!(missing["state"], "failed", "{missing}");

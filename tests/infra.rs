@@ -303,6 +303,37 @@ fn check_batch_retries(files: &[(String, String)]) -> Vec<String> {
     out
 }
 
+/// Both machine classes reach the functions: the CPU queue and job definition for CPU
+/// stages, the GPU ones for training (`AwsBatchRunner` routes by `StageRun::device`), and the
+/// GPU job definition asks Batch for a GPU.
+fn check_queues(files: &[(String, String)]) -> Vec<String> {
+    let all = blocks(files);
+    let mut out = Vec::new();
+    let Some(Expression::Object(env)) = local(&all, "common_env") else { return vec!["local.common_env is not an object".into()] };
+    for (key, want) in [
+        ("TAMP_BATCH_QUEUE", "aws_batch_job_queue.cpu.name"),
+        ("TAMP_BATCH_JOB_DEFINITION", "aws_batch_job_definition.cpu.name"),
+        ("TAMP_BATCH_GPU_QUEUE", "aws_batch_job_queue.gpu.name"),
+        ("TAMP_BATCH_GPU_JOB_DEFINITION", "aws_batch_job_definition.gpu.name"),
+    ] {
+        match env.iter().find(|(k, _)| key_name(k) == key).map(|(_, v)| text(v)) {
+            Some(t) if t.trim() == want => {}
+            other => out.push(format!("local.common_env.{key} must be {want}, not {other:?}")),
+        }
+    }
+    let settings = std::fs::read_to_string(root().join("shared/lambda/src/settings.rs")).unwrap();
+    for name in ["TAMP_BATCH_GPU_QUEUE", "TAMP_BATCH_GPU_JOB_DEFINITION"] {
+        if !called_with(&settings, "opt").contains(name) {
+            out.push(format!("shared/lambda/src/settings.rs does not read {name}"));
+        }
+    }
+    match find(&all, "resource", "aws_batch_job_definition").into_iter().find(|d| labels(d)[1] == "gpu") {
+        Some(d) if attr(&d.body, "container_properties").map(text).is_some_and(|t| t.contains("type = \"GPU\"")) => {}
+        _ => out.push("aws_batch_job_definition.gpu does not ask for a GPU (resourceRequirements type GPU)".into()),
+    }
+    out
+}
+
 /// The expression as HCL text.
 fn text(e: &Expression) -> String {
     hcl::format::to_string(e).unwrap_or_default()
@@ -390,6 +421,7 @@ fn the_module_is_wired_to_the_code() {
         check_routes(&files),
         check_batch_retries(&files),
         check_ui(&files),
+        check_queues(&files),
     ]
     .concat();
     assert!(findings.is_empty(), "infra/modules/tamp drifted from the code:\n{}", findings.join("\n"));
@@ -434,6 +466,13 @@ fn a_missing_environment_variable_is_caught() {
     let planted =
         with_edit(&module_files(), "main.tf", "      TAMP_SECRETS_PARAMETER = local.secrets_parameter", "      TAMP_WEBHOOK_SECRET = var.webhook_secret");
     assert!(check_env(&planted).iter().any(|m| m.contains("TAMP_WEBHOOK_SECRET puts a secret in a Lambda environment")));
+}
+
+#[test]
+fn a_gpu_queue_wired_to_the_cpu_one_is_caught() {
+    let planted = with_edit(&module_files(), "main.tf", "= aws_batch_job_queue.gpu.name", "= aws_batch_job_queue.cpu.name");
+    let f = check_queues(&planted);
+    assert!(f.iter().any(|m| m.contains("TAMP_BATCH_GPU_QUEUE must be aws_batch_job_queue.gpu.name")), "{f:?}");
 }
 
 #[test]

@@ -61,6 +61,10 @@ fn fine_tuning_after_structured_pruning() {
     assert!(c.measured.value > before + 0.3 && c.measured.value > 0.65, "top-1 {before:.3} → {:.3}", c.measured.value);
     assert!(t.peak_rss_mib.is_some_and(|m| m > 0.0));
     check_onnx(out.join(&c.file));
+    // The CPU-only build trains where it is: the record says where and why.
+    assert_eq!(t.device.as_deref(), Some("cpu"));
+    let w = &outcome(&out).warnings;
+    assert!(w.len() == 1 && w[0].starts_with("stage 0 (`pruning`) trained on the CPU: no GPU"), "{w:?}");
 }
 
 /// 2:4 sparsity then fine-tuning: every zero the pass made is still zero, every group of four
@@ -170,6 +174,15 @@ fn training_refusals_name_what_is_missing() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--train") && err.contains("stage 0"), "{err}");
+    assert!(!err.contains("evaluate baseline"), "refused before any compute: {err}");
+    assert!(!out.exists());
+
+    // A recipe that demands a GPU, where this build has none: one line, before any compute.
+    let gpu = "policy:\n  name: g\n  stages:\n    - pruning: {type: structured_channel, target_sparsity: 0.5, fine_tune: {steps: 2, device: gpu}}\n";
+    let (o, out) = compress_train(gpu, dir.path(), "gpu", true);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("stage 0") && err.contains("`device: gpu`") && err.contains("device: auto"), "{err}");
     assert!(!err.contains("evaluate baseline"), "refused before any compute: {err}");
     assert!(!out.exists());
 

@@ -35,6 +35,10 @@ pub struct Args {
     threads: usize,
     #[arg(long, value_enum, default_value = "all")]
     optimization: Opt,
+    /// ONNX Runtime execution provider: `cpu`, or `cuda` / `cuda:<device>` (needs the GPU
+    /// build of ONNX Runtime: ORT_DYLIB_PATH to the onnxruntime-gpu wheel's library).
+    #[arg(long, default_value = "cpu")]
+    provider: String,
     #[arg(long, default_value_t = 10)]
     warmup: usize,
     /// Timed single-sample runs for the latency percentiles.
@@ -87,6 +91,7 @@ pub fn run(args: &Args) -> Result<()> {
                 Opt::Extended => OptimizationLevel::Extended,
                 Opt::All => OptimizationLevel::All,
             },
+            execution_providers: provider(&args.provider)?,
             ..SessionConfig::default()
         },
         ..EvalConfig::default()
@@ -151,6 +156,7 @@ fn print_table(r: &EvalReport) {
         t.add_row([format!("{name} ({about})"), format!("{v:.4}")]);
     }
     t.add_row(["evaluated rows".to_owned(), format!("{} of {}", r.dataset.evaluated_rows, r.dataset.rows)]);
+    t.add_row(["execution provider".to_owned(), r.provider.clone()]);
     t.add_row(["latency P50 / P95 / P99 (batch 1)".to_owned(), format!("{:.3} / {:.3} / {:.3} ms", r.latency.p50_ms, r.latency.p95_ms, r.latency.p99_ms)]);
     for tp in &r.throughput {
         let v = match (tp.samples_per_s, &tp.skipped) {
@@ -169,4 +175,15 @@ fn print_table(r: &EvalReport) {
     t.add_row(["ONNX Runtime".to_owned(), r.onnxruntime.version.clone()]);
     t.add_row(["CPU".to_owned(), format!("{} ({} cores; {})", r.cpu.model, r.cpu.logical_cores, r.cpu.features.join(" "))]);
     println!("{t}");
+}
+
+/// `--provider`: `cpu`, `cuda` or `cuda:<device>`.
+fn provider(s: &str) -> Result<Vec<tamp_engine::runtime::ExecutionProvider>> {
+    use tamp_engine::runtime::ExecutionProvider;
+    Ok(match s.split_once(':').map_or((s, None), |(k, d)| (k, Some(d))) {
+        ("cpu", None) => vec![],
+        ("cuda", None) => vec![ExecutionProvider::Cuda { device_id: 0 }],
+        ("cuda", Some(d)) => vec![ExecutionProvider::Cuda { device_id: d.parse().with_context(|| format!("--provider {s}: '{d}' is not a device number"))? }],
+        _ => anyhow::bail!("--provider {s}: use cpu, cuda or cuda:<device>"),
+    })
 }

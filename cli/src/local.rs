@@ -28,6 +28,8 @@ pub struct ServeConfig {
     /// The `tamp` executable started as the worker.
     pub worker_program: PathBuf,
     pub concurrency: usize,
+    /// GPU slots for GPU stages (one run per GPU); 0 keeps them on CPU slots.
+    pub gpus: usize,
     pub webhooks: Vec<String>,
     pub webhook_secret: Vec<u8>,
     pub retry: RetryPolicy,
@@ -112,14 +114,17 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     let queue = Arc::new(MemoryQueue::new(5));
     // Workers read the dataset limit from their environment.
     let env = cfg.max_npz_bytes.map(|n| ("TAMP_MAX_NPZ_BYTES".to_owned(), n.to_string())).into_iter().collect();
-    let runner = Arc::new(ProcessRunner::new(
-        cfg.worker_program.clone(),
-        vec!["worker".into(), "--data-dir".into(), cfg.data_dir.display().to_string()],
-        cfg.data_dir.join("logs"),
-        queue.clone(),
-        cfg.concurrency,
-        RunLimits { timeout: cfg.attempt_timeout, scratch: Some(cfg.data_dir.join("work")), env },
-    )?);
+    let runner = Arc::new(
+        ProcessRunner::new(
+            cfg.worker_program.clone(),
+            vec!["worker".into(), "--data-dir".into(), cfg.data_dir.display().to_string()],
+            cfg.data_dir.join("logs"),
+            queue.clone(),
+            cfg.concurrency,
+            RunLimits { timeout: cfg.attempt_timeout, scratch: Some(cfg.data_dir.join("work")), env },
+        )?
+        .with_gpus(cfg.gpus),
+    );
     let mut subscribers: Vec<Arc<dyn Subscriber>> = Vec::new();
     let mut hooks = Webhooks::new(cfg.webhooks.clone(), cfg.webhook_secret.clone());
     hooks.base_url = url.clone();

@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// Stage workers running at once.
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
+    /// GPUs for training stages, one stage per GPU (default: the GPUs `nvidia-smi -L`
+    /// lists; 0 trains on the CPU, with a warning in the stage's record).
+    #[arg(long)]
+    gpus: Option<usize>,
     /// POST job events here, signed with --webhook-secret (repeatable).
     #[arg(long = "webhook")]
     webhooks: Vec<String>,
@@ -116,6 +120,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
         port: args.port,
         worker_program: std::env::current_exe().context("locating the tamp executable for workers")?,
         concurrency: args.concurrency,
+        gpus: args.gpus.unwrap_or_else(gpu_count),
         webhooks: args.webhooks.clone(),
         webhook_secret: args.webhook_secret.clone().into_bytes(),
         retry: RetryPolicy { max_attempts: args.max_attempts.max(1), base_delay_s: args.retry_delay, max_delay_s: 300 },
@@ -163,4 +168,14 @@ pub fn worker(args: &WorkerArgs) -> Result<()> {
     });
     tamp_worker::finish(outcome);
     Ok(())
+}
+
+/// The GPUs this machine has, as `nvidia-smi -L` lists them (0 without the driver's tool).
+fn gpu_count() -> usize {
+    std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("GPU ")).count())
 }

@@ -82,7 +82,7 @@ pub async fn export(files: &dyn ObjectStore, job: &Job, source: &ArtifactRecord,
     files.put_if_absent(&meta_key, body.clone()).await.map_err(|e| transient(e.into()))?;
     Ok(ExportOutput {
         runtime: made.runtime.clone(),
-        output: StageOutput { artifact_key: key, sha256: made.sha256.clone(), size_bytes: made.size_bytes, metadata_key: meta_key },
+        output: StageOutput { artifact_key: key, sha256: made.sha256.clone(), size_bytes: made.size_bytes, metadata_key: meta_key, warnings: vec![] },
         metadata: serde_json::from_slice(&body).map_err(|e| transient(e.into()))?,
     })
 }

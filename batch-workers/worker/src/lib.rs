@@ -262,7 +262,7 @@ async fn stage(
     })?;
     println!("chosen {}: {}", outcome.chosen, outcome.reason);
     fault_point();
-    publish(files, run, &out).await.map_err(transient)
+    publish(files, run, &out, &outcome.warnings).await.map_err(transient)
 }
 
 /// The files a recipe names beside the model: (what, path relative to the upload folder).
@@ -308,7 +308,7 @@ fn die() {
 }
 
 /// Writes the stage's artifacts under content-addressed keys, then the stage manifest last.
-async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<()> {
+async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path, warnings: &[String]) -> Result<()> {
     let record = std::fs::read(out.join("best.json"))?;
     let artifact: tamp_domain::results::ArtifactMetadata = serde_json::from_slice(&record).map_err(|e| anyhow!("best.json is not an artifact record: {e}"))?;
     let metadata: serde_json::Value = serde_json::from_slice(&record)?;
@@ -341,7 +341,11 @@ async fn publish(files: &dyn ObjectStore, run: &StageRun, out: &Path) -> Result<
             files.put(&format!("{base}/attempt-{}/{name}", run.attempt), std::fs::read(out.join(name))?).await?;
         }
     }
-    let manifest = StageManifest { output: StageOutput { artifact_key, sha256: sha, size_bytes: local_size, metadata_key }, metadata };
+    for w in warnings {
+        println!("warning: {w}");
+    }
+    let output = StageOutput { artifact_key, sha256: sha, size_bytes: local_size, metadata_key, warnings: warnings.to_vec() };
+    let manifest = StageManifest { output, metadata };
     files.put(&stage_manifest_key(run), serde_json::to_vec_pretty(&manifest)?).await?;
     Ok(())
 }
@@ -364,7 +368,9 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn run(&self) -> StageRun {
-        StageRun { job: self.job.clone(), stage: self.stage, attempt: self.attempt }
+        // The device is the runner's concern (queue, slot); the stage picks its own from the
+        // recipe and what the machine has.
+        StageRun { job: self.job.clone(), stage: self.stage, attempt: self.attempt, device: Default::default() }
     }
 }
 

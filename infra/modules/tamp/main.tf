@@ -29,9 +29,12 @@ locals {
     TAMP_EVENT_BUS            = aws_cloudwatch_event_bus.team.name
     TAMP_BATCH_QUEUE          = aws_batch_job_queue.cpu.name
     TAMP_BATCH_JOB_DEFINITION = aws_batch_job_definition.cpu.name
-    TAMP_KMS_KEY_ID           = aws_kms_key.tamp.arn
-    TAMP_MAX_ATTEMPTS         = tostring(var.max_attempts)
-    TAMP_RETRY_DELAY_S        = tostring(var.retry_delay_s)
+    # Training stages (the planner's `gpu` class) go to the GPU queue (batch.tf).
+    TAMP_BATCH_GPU_QUEUE          = aws_batch_job_queue.gpu.name
+    TAMP_BATCH_GPU_JOB_DEFINITION = aws_batch_job_definition.gpu.name
+    TAMP_KMS_KEY_ID               = aws_kms_key.tamp.arn
+    TAMP_MAX_ATTEMPTS             = tostring(var.max_attempts)
+    TAMP_RETRY_DELAY_S            = tostring(var.retry_delay_s)
   }
 
   function_env = {

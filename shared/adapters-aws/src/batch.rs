@@ -1,4 +1,5 @@
-//! AWS Batch as the batch runner. A stage attempt is one Batch job named
+//! AWS Batch as the batch runner. A stage attempt is one Batch job on the queue and job
+//! definition of its machine class (CPU on Fargate, GPU on EC2; [`StageRun::device`]), named
 //! `tamp-<job>-s<stage>-a<attempt>` with our ids in `parameters`; because `SubmitJob` has no
 //! idempotency token, `submit` first looks the name up on the queue and starts nothing if a
 //! job of that name is already there (and not failed). `cancel` cancels queued jobs and
@@ -7,7 +8,7 @@
 
 use async_trait::async_trait;
 use aws_sdk_batch::types::{ContainerOverrides, JobStatus, JobSummary, KeyValuesPair};
-use tamp_ports::{BatchRunner, Message, Observed, PortError, Result, RunStatus, StageRun};
+use tamp_ports::{BatchRunner, Device, Message, Observed, PortError, Result, RunStatus, StageRun};
 
 /// Exit status a worker uses for input that will never work (no retry); the local runner's
 /// contract, kept by the container too.
@@ -16,6 +17,15 @@ pub const EXIT_BAD_INPUT: i64 = 3;
 #[derive(Debug, Clone)]
 pub struct AwsBatchRunner {
     client: aws_sdk_batch::Client,
+    cpu: Lane,
+    /// The GPU queue and job definition; without them GPU stages go to the CPU queue (and
+    /// train there, with the worker's warning).
+    gpu: Option<Lane>,
+}
+
+/// A job queue and the job definition submitted to it.
+#[derive(Debug, Clone)]
+struct Lane {
     queue: String,
     definition: String,
 }
@@ -30,7 +40,26 @@ impl AwsBatchRunner {
     /// sent there replaces the definition's and with it the rule that exit 3 (bad input) is
     /// never retried. Tamp's own stage retries are new submissions with new attempt numbers.
     pub fn new(config: &aws_config::SdkConfig, queue: impl Into<String>, definition: impl Into<String>) -> Self {
-        Self { client: aws_sdk_batch::Client::new(config), queue: queue.into(), definition: definition.into() }
+        Self { client: aws_sdk_batch::Client::new(config), cpu: Lane { queue: queue.into(), definition: definition.into() }, gpu: None }
+    }
+
+    /// GPU stages go to this queue and job definition.
+    #[must_use]
+    pub fn with_gpu(mut self, queue: impl Into<String>, definition: impl Into<String>) -> Self {
+        self.gpu = Some(Lane { queue: queue.into(), definition: definition.into() });
+        self
+    }
+
+    fn lane(&self, device: Device) -> &Lane {
+        match (device, &self.gpu) {
+            (Device::Gpu, Some(gpu)) => gpu,
+            _ => &self.cpu,
+        }
+    }
+
+    /// The queue a run of this machine class is submitted to.
+    pub fn queue_for(&self, device: Device) -> &str {
+        &self.lane(device).queue
     }
 
     /// Jobs on the queue with this run's name: (id, status).
@@ -45,17 +74,18 @@ impl AwsBatchRunner {
 
     /// Submits a job named `name` unless one of that name is already on the queue and not
     /// failed (`SubmitJob` has no idempotency token), with `job` and `params` in `parameters`.
-    async fn submit_once(&self, name: &str, job: &str, params: &[(&str, &str)], command: &[&str]) -> Result<()> {
-        if self.named(name).await?.iter().any(|j| j.status() != Some(&JobStatus::Failed)) {
+    async fn submit_once(&self, device: Device, name: &str, job: &str, params: &[(&str, &str)], command: &[&str]) -> Result<()> {
+        if self.named(device, name).await?.iter().any(|j| j.status() != Some(&JobStatus::Failed)) {
             return Ok(()); // already submitted under this deterministic name
         }
-        let mut req = self.client.submit_job().job_name(name).job_queue(&self.queue).job_definition(&self.definition).parameters("job", job);
+        let lane = self.lane(device);
+        let mut req = self.client.submit_job().job_name(name).job_queue(&lane.queue).job_definition(&lane.definition).parameters("job", job);
         for (k, v) in params {
             req = req.parameters(*k, *v);
         }
         req.tags("tamp:job", job)
             // The module lets this stack cancel and terminate only jobs with its queue's tag.
-            .tags("tamp:queue", &self.queue)
+            .tags("tamp:queue", &lane.queue)
             .container_overrides(ContainerOverrides::builder().set_command(Some(command.iter().map(|c| (*c).to_owned()).collect())).build())
             .send()
             .await
@@ -64,13 +94,13 @@ impl AwsBatchRunner {
     }
 
     async fn summaries(&self, run: &StageRun) -> Result<Vec<JobSummary>> {
-        self.named(&run.name()).await
+        self.named(run.device, &run.name()).await
     }
 
-    async fn named(&self, name: &str) -> Result<Vec<JobSummary>> {
+    async fn named(&self, device: Device, name: &str) -> Result<Vec<JobSummary>> {
         let filter = KeyValuesPair::builder().name("JOB_NAME").values(name).build();
         let mut out = Vec::new();
-        let mut pages = self.client.list_jobs().job_queue(&self.queue).filters(filter).into_paginator().send();
+        let mut pages = self.client.list_jobs().job_queue(&self.lane(device).queue).filters(filter).into_paginator().send();
         while let Some(page) = pages.next().await {
             out.extend(page.map_err(|e| unavailable("list", e.into_service_error()))?.job_summary_list().iter().cloned());
         }
@@ -83,9 +113,10 @@ impl BatchRunner for AwsBatchRunner {
     async fn submit(&self, run: &StageRun) -> Result<()> {
         let (stage, attempt) = (run.stage.to_string(), run.attempt.to_string());
         self.submit_once(
+            run.device,
             &run.name(),
             &run.job,
-            &[("stage", &stage), ("attempt", &attempt)],
+            &[("stage", &stage), ("attempt", &attempt), ("device", run.device.as_str())],
             &["worker", "--job", &run.job, "--stage", &stage, "--attempt", &attempt],
         )
         .await
@@ -94,7 +125,7 @@ impl BatchRunner for AwsBatchRunner {
     /// `tamp-<job>-export-<runtime>`, with `job` and `runtime` as parameters and no `stage`,
     /// so the orchestrator's state-change handling leaves it alone.
     async fn submit_export(&self, job: &str, runtime: &str) -> Result<()> {
-        self.submit_once(&export_run_name(job, runtime), job, &[("runtime", runtime)], &["export", "--job", job, "--runtime", runtime]).await
+        self.submit_once(Device::Cpu, &export_run_name(job, runtime), job, &[("runtime", runtime)], &["export", "--job", job, "--runtime", runtime]).await
     }
 
     async fn observe(&self, run: &StageRun) -> Result<Observed> {
@@ -154,7 +185,8 @@ pub fn message_from_state_change(event: &serde_json::Value) -> Option<Message> {
     }
     let d = &event["detail"];
     let p = &d["parameters"];
-    let run = StageRun { job: p["job"].as_str()?.to_owned(), stage: p["stage"].as_str()?.parse().ok()?, attempt: p["attempt"].as_str()?.parse().ok()? };
+    let device = serde_json::from_value(p["device"].clone()).unwrap_or_default();
+    let run = StageRun { job: p["job"].as_str()?.to_owned(), stage: p["stage"].as_str()?.parse().ok()?, attempt: p["attempt"].as_str()?.parse().ok()?, device };
     let exit = d["container"]["exitCode"].as_i64().or_else(|| d["attempts"].as_array()?.last()?["container"]["exitCode"].as_i64());
     let reason = d["attempts"]
         .as_array()
@@ -189,7 +221,7 @@ mod tests {
         let Some(Message::Batch { run, status: RunStatus::Failed { reason, retryable }, at }) = message_from_state_change(&event) else {
             panic!("not a failure")
         };
-        assert_eq!(run, StageRun { job: "job_ef335827e2c8116d".into(), stage: 0, attempt: 1 });
+        assert_eq!(run, StageRun { job: "job_ef335827e2c8116d".into(), stage: 0, attempt: 1, device: Device::Cpu });
         assert!(!retryable && reason.contains("asymmetric weights") && reason.contains("exit 3"), "{reason}");
         assert_eq!(at, 1_795_716_067);
         let mut running = event.clone();

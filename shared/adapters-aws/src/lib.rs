@@ -12,6 +12,7 @@ pub mod dynamo;
 pub mod events;
 pub mod secrets;
 
+pub use aws_config::SdkConfig;
 pub use batch::AwsBatchRunner;
 pub use dynamo::DynamoStore;
 pub use events::EventBridgeBus;

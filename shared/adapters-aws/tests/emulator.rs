@@ -118,7 +118,7 @@ async fn batch_runner_submits_once_per_run_name() {
     let jobdef = std::env::var("TAMP_TEST_BATCH_JOBDEF").expect("scripts/moto_setup.py sets TAMP_TEST_BATCH_JOBDEF");
     let cfg = aws_config().await;
     let runner = tamp_adapters_aws::AwsBatchRunner::new(&cfg, &queue, &jobdef);
-    let run = StageRun { job: unique("job"), stage: 0, attempt: 1 };
+    let run = StageRun { job: unique("job"), stage: 0, attempt: 1, device: Default::default() };
     runner.submit(&run).await.unwrap();
     runner.submit(&run).await.unwrap();
     let found = runner.find(&run).await.unwrap();

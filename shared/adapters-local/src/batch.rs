@@ -1,6 +1,9 @@
 //! Worker subprocesses as the batch runner (AWS Batch's part locally). Each run is
 //! `<program> <args…> --job J --stage S --attempt A`, at most `concurrency` at a time, with
-//! its output in `<logs>/<run name>.log`. State changes go to the queue as
+//! its output in `<logs>/<run name>.log`. GPU stages take one of the GPU slots instead
+//! (`with_gpus`: one run per GPU, pinned to it by `CUDA_VISIBLE_DEVICES`); with none, they
+//! take a CPU slot and train on the CPU with a warning, as a Batch GPU stage would on a host
+//! without one. CPU runs never see a GPU. State changes go to the queue as
 //! [`Message::Batch`], like Batch → EventBridge → SQS. Exit status 0 is success, 3 is bad
 //! input (not retried), anything else — a crash, a kill — is retryable.
 
@@ -10,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tamp_ports::{BatchRunner, Clock, Message, Observed, PortError, Queue, Result, RunStatus, StageRun, SystemClock};
+use tamp_ports::{BatchRunner, Clock, Device, Message, Observed, PortError, Queue, Result, RunStatus, StageRun, SystemClock};
 
 /// Exit status a worker uses for input that will never work (no retry).
 pub const EXIT_BAD_INPUT: i32 = 3;
@@ -26,6 +29,29 @@ pub struct ProcessRunner {
     /// Run name → how it ended, for [`BatchRunner::observe`].
     ended: Arc<Mutex<HashMap<String, RunStatus>>>,
     limits: RunLimits,
+    gpus: Option<GpuSlots>,
+}
+
+/// The GPUs runs may take, one run each.
+#[derive(Clone)]
+struct GpuSlots {
+    permits: Arc<tokio::sync::Semaphore>,
+    free: Arc<Mutex<Vec<usize>>>,
+}
+
+/// A GPU held by a run; back in the pool when dropped.
+struct HeldGpu {
+    index: usize,
+    free: Arc<Mutex<Vec<usize>>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for HeldGpu {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.free.lock() {
+            f.push(self.index);
+        }
+    }
 }
 
 /// What bounds a worker run.
@@ -67,7 +93,16 @@ impl ProcessRunner {
             runs: Arc::default(),
             ended: Arc::default(),
             limits,
+            gpus: None,
         })
+    }
+
+    /// GPU stages run on these many GPUs (device indices `0..n`), one run per GPU; 0 keeps
+    /// them on CPU slots.
+    #[must_use]
+    pub fn with_gpus(mut self, n: usize) -> Self {
+        self.gpus = (n > 0).then(|| GpuSlots { permits: Arc::new(tokio::sync::Semaphore::new(n)), free: Arc::new(Mutex::new((0..n).rev().collect())) });
+        self
     }
 }
 
@@ -111,8 +146,20 @@ impl BatchRunner for ProcessRunner {
             self.limits.clone(),
         );
         args.extend(["--job".into(), run.job.clone(), "--stage".into(), run.stage.to_string(), "--attempt".into(), run.attempt.to_string()]);
+        let gpus = self.gpus.clone().filter(|_| run.device == Device::Gpu);
         tokio::spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else { return };
+            // A GPU run waits for a GPU, any other run for a CPU slot.
+            let (_permit, gpu) = match gpus {
+                Some(g) => {
+                    let Ok(permit) = g.permits.acquire_owned().await else { return };
+                    let index = g.free.lock().ok().and_then(|mut f| f.pop()).unwrap_or(0);
+                    (None, Some(HeldGpu { index, free: g.free, _permit: permit }))
+                }
+                None => {
+                    let Ok(permit) = permits.acquire_owned().await else { return };
+                    (Some(permit), None)
+                }
+            };
             if runs.lock().map(|r| !r.contains_key(&name)).unwrap_or(true) {
                 return; // cancelled while waiting for a slot
             }
@@ -124,6 +171,7 @@ impl BatchRunner for ProcessRunner {
                 let mut child = tokio::process::Command::new(&program)
                     .args(&args)
                     .env("TAMP_PARENT_PID", std::process::id().to_string())
+                    .env("CUDA_VISIBLE_DEVICES", gpu.as_ref().map_or_else(String::new, |g| g.index.to_string()))
                     .envs(limits.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                     .stdout(out)
                     .stderr(err)
@@ -216,5 +264,40 @@ impl BatchRunner for ProcessRunner {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::MemoryQueue;
+
+    /// A GPU run holds a GPU slot and sees only its GPU; a CPU run sees none; with no GPU
+    /// slots a GPU run takes a CPU slot and sees none either (it trains on the CPU and says so).
+    #[tokio::test]
+    async fn gpu_runs_take_gpu_slots_and_cpu_runs_see_no_gpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = vec!["-c".to_owned(), "echo \"gpu=[$CUDA_VISIBLE_DEVICES]\"".to_owned()];
+        let seen = |gpus: usize, device: Device, n: u32| {
+            let (dir, script) = (dir.path().to_owned(), script.clone());
+            async move {
+                let queue = Arc::new(MemoryQueue::new(3));
+                let logs = dir.join(format!("logs{gpus}"));
+                let r = ProcessRunner::new("/bin/sh".into(), script, logs.clone(), queue, 1, RunLimits::default()).unwrap().with_gpus(gpus);
+                let run = StageRun { job: format!("j{n}"), stage: 0, attempt: 1, device };
+                r.submit(&run).await.unwrap();
+                for _ in 0..200 {
+                    if matches!(r.observe(&run).await.unwrap(), Observed::Is(RunStatus::Succeeded)) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                std::fs::read_to_string(logs.join(format!("{}.log", run.name()))).unwrap().trim().to_owned()
+            }
+        };
+        assert_eq!(seen(2, Device::Gpu, 1).await, "gpu=[0]");
+        assert_eq!(seen(2, Device::Cpu, 2).await, "gpu=[]");
+        assert_eq!(seen(0, Device::Gpu, 3).await, "gpu=[]");
     }
 }

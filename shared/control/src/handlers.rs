@@ -321,12 +321,17 @@ pub async fn drain(svc: &Services, mut j: Job) -> Result<Job> {
     Err(HandlerError::Port(PortError::Conflict(format!("job {}: too many concurrent updates", j.id))))
 }
 
+/// The machine class the planner recorded for a stage (CPU for a stage the job lacks).
+fn stage_device(j: &Job, stage: usize) -> tamp_ports::Device {
+    j.stages.get(stage).map_or_else(Default::default, |s| s.device)
+}
+
 async fn run_effects(svc: &Services, j: &Job, effects: &[Outgoing]) -> Result<()> {
     let now = svc.clock.now();
     for Outgoing { revision, effect } in effects {
         match effect {
             Effect::Submit { stage, attempt, not_before } => {
-                let run = StageRun { job: j.id.clone(), stage: *stage, attempt: *attempt };
+                let run = StageRun { job: j.id.clone(), stage: *stage, attempt: *attempt, device: stage_device(j, *stage) };
                 // A replayed submit whose attempt is no longer the stage's current one (reconcile
                 // failed it meanwhile, or the job ended) would start a run nobody waits for.
                 let current = j.stages.get(*stage).is_some_and(|s| s.attempt == *attempt && s.state == StageState::Submitted);
@@ -339,7 +344,9 @@ async fn run_effects(svc: &Services, j: &Job, effects: &[Outgoing]) -> Result<()
                     svc.runner.submit(&run).await?;
                 }
             }
-            Effect::Abort { stage, attempt } => svc.runner.cancel(&StageRun { job: j.id.clone(), stage: *stage, attempt: *attempt }).await?,
+            Effect::Abort { stage, attempt } => {
+                svc.runner.cancel(&StageRun { job: j.id.clone(), stage: *stage, attempt: *attempt, device: stage_device(j, *stage) }).await?
+            }
             Effect::Emit(kind) => {
                 let detail = match kind {
                     EventKind::JobSucceeded => serde_json::json!({ "outputs": j.stages.iter().filter_map(|s| s.output.clone()).collect::<Vec<_>>() }),
@@ -615,7 +622,7 @@ pub async fn reconcile(svc: &Services) -> Result<usize> {
     let now = svc.clock.now();
     for j in svc.meta.list_jobs(Some(JobState::Running), 1000).await? {
         for s in j.stages.iter().filter(|s| matches!(s.state, StageState::Submitted | StageState::Running) && s.not_before.is_none_or(|t| t <= now)) {
-            let run = StageRun { job: j.id.clone(), stage: s.index, attempt: s.attempt };
+            let run = StageRun { job: j.id.clone(), stage: s.index, attempt: s.attempt, device: s.device };
             let msg = match svc.runner.observe(&run).await? {
                 Observed::Queued | Observed::Is(RunStatus::Running) => continue,
                 Observed::Is(status) => Message::Batch { run, status, at: now },
@@ -664,7 +671,7 @@ pub async fn recover(svc: &Services) -> Result<usize> {
     let now = svc.clock.now();
     for j in svc.meta.list_jobs(Some(JobState::Running), 100_000).await? {
         for s in j.stages.iter().filter(|s| matches!(s.state, StageState::Submitted | StageState::Running)) {
-            let run = StageRun { job: j.id.clone(), stage: s.index, attempt: s.attempt };
+            let run = StageRun { job: j.id.clone(), stage: s.index, attempt: s.attempt, device: s.device };
             let status = if svc.store.head(&stage_manifest_key(&run)).await?.is_some() {
                 Some(RunStatus::Succeeded)
             } else {

@@ -140,7 +140,12 @@ pub fn timeline(job: &Job) -> Vec<serde_json::Value> {
             _ => None,
         };
         if let Some(event) = end {
-            let detail = s.reason.as_ref().map_or(name.clone(), |r| format!("{name}: {r}"));
+            let warnings = s.output.as_ref().map(|o| o.warnings.join("; ")).filter(|w| !w.is_empty());
+            let detail = match (&s.reason, warnings) {
+                (Some(r), _) => format!("{name}: {r}"),
+                (None, Some(w)) => format!("{name}; warning: {w}"),
+                (None, None) => name.clone(),
+            };
             out.push(serde_json::json!({ "time": s.updated_at, "event": event, "detail": detail }));
         }
     }
@@ -199,6 +204,7 @@ mod tests {
                     output: None,
                     updated_at: *end,
                     started_at: *start,
+                    device: tamp_domain::recipe::Device::Cpu,
                 })
                 .collect(),
             reason: None,

@@ -155,8 +155,13 @@ impl World {
     /// constraints, if any) and marks it succeeded in the runner; returns the Batch message.
     async fn finish_run(&self, missed: &[&str]) -> Message {
         let run = self.runner.submitted.lock().unwrap().last().cloned().expect("a submitted run");
-        let output =
-            StageOutput { artifact_key: format!("artifacts/{}/0/model.onnx", run.job), sha256: "ab".into(), size_bytes: 4, metadata_key: "m.json".into() };
+        let output = StageOutput {
+            artifact_key: format!("artifacts/{}/0/model.onnx", run.job),
+            sha256: "ab".into(),
+            size_bytes: 4,
+            metadata_key: "m.json".into(),
+            warnings: vec![],
+        };
         let manifest = StageManifest { output, metadata: serde_json::json!({ "runtime": "onnxruntime", "missed_constraints": missed, "flags": [] }) };
         self.svc.store.put(&stage_manifest_key(&run), serde_json::to_vec(&manifest).unwrap()).await.unwrap();
         self.runner.status.lock().unwrap().insert(run.name(), Observed::Is(RunStatus::Succeeded));
@@ -396,7 +401,13 @@ impl tamp_control::exports::Exporter for Scripted {
 fn tflite_output(job: &str) -> tamp_control::exports::ExportOutput {
     tamp_control::exports::ExportOutput {
         runtime: "tflite".into(),
-        output: StageOutput { artifact_key: format!("artifacts/{job}/0/cd.tflite"), sha256: "cd".into(), size_bytes: 3, metadata_key: "cd.json".into() },
+        output: StageOutput {
+            artifact_key: format!("artifacts/{job}/0/cd.tflite"),
+            sha256: "cd".into(),
+            size_bytes: 3,
+            metadata_key: "cd.json".into(),
+            warnings: vec![],
+        },
         metadata: serde_json::json!({ "runtime": "tflite", "schema_version": "TFLite schema 3", "metrics": { "top1_agreement": 1.0 } }),
     }
 }

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::recipe::{Recipe, Stage};
+use crate::recipe::{Device, Recipe, Stage};
 
 /// Seconds since the Unix epoch (the clock is passed in, never read here).
 pub type Timestamp = u64;
@@ -98,6 +98,10 @@ pub struct StageOutput {
     pub size_bytes: u64,
     /// Object key of the artifact's metadata JSON.
     pub metadata_key: String,
+    /// What the run wants the job's owner to know although it succeeded (a GPU stage that
+    /// ran on the CPU, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +121,10 @@ pub struct JobStage {
     /// When the current attempt started running (for measured stage times and ETAs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
+    /// The machine class the planner chose ([`Stage::resources`]): the Batch queue it goes
+    /// to, and locally whether it takes a GPU slot. Records from before it read as `cpu`.
+    #[serde(default)]
+    pub device: Device,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -302,6 +310,7 @@ pub fn plan(recipe: &Recipe, retry: RetryPolicy, now: Timestamp) -> Vec<JobStage
             output: None,
             updated_at: now,
             started_at: None,
+            device: s.resources().device,
         })
         .collect()
 }
@@ -482,6 +491,7 @@ mod tests {
                     output: None,
                     updated_at: 0,
                     started_at: None,
+                    device: Device::Cpu,
                 })
                 .collect(),
             reason: None,
@@ -493,7 +503,37 @@ mod tests {
     }
 
     fn out() -> StageOutput {
-        StageOutput { artifact_key: "a".into(), sha256: "s".into(), size_bytes: 1, metadata_key: "m".into() }
+        StageOutput { artifact_key: "a".into(), sha256: "s".into(), size_bytes: 1, metadata_key: "m".into(), warnings: vec![] }
+    }
+
+    /// The planner records each stage kind's machine class: training (QAT, distillation,
+    /// early exits, any `fine_tune`) on the GPU queue, the rest on the CPU one, and the
+    /// recipe's `device:` forces either.
+    #[test]
+    fn the_planner_routes_stage_kinds_to_their_machine_class() {
+        let yaml = "policy:\n  name: route\n  stages:\n    - ptq: {}\n    - qat: {}\n    - pruning: {type: structured_channel}\n    - pruning: {type: structured_channel, fine_tune: true}\n    - lowrank: {fine_tune: {device: cpu}}\n    - clustering: {}\n    - distill: {student: {layers: {keep_every: 2}}}\n    - early_exit: {}\n    - search: {}\n    - search: {device: gpu}\n    - ptq: {fine_tune: {epochs: 1}}\n";
+        let recipe = Recipe::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<(String, Device)> = plan(&recipe, RetryPolicy::default(), 0).into_iter().map(|s| (s.kind, s.device)).collect();
+        let (c, g) = (Device::Cpu, Device::Gpu);
+        let want = [
+            ("ptq", c),
+            ("qat", g),
+            ("pruning", c),
+            ("pruning", g),
+            ("lowrank", c),
+            ("clustering", c),
+            ("distill", g),
+            ("early_exit", g),
+            ("search", c),
+            ("search", g),
+            ("ptq", g),
+        ];
+        assert_eq!(got, want.map(|(k, d)| (k.to_owned(), d)).to_vec());
+        let forced = recipe.policy.stages.iter().map(|s| s.resources().required).collect::<Vec<_>>();
+        assert_eq!(forced, [false, false, false, false, true, false, false, false, false, true, false]);
+        // Records written before the field existed read as CPU.
+        let old = serde_json::json!({"index": 0, "kind": "ptq", "state": "pending", "attempt": 0, "max_attempts": 3, "not_before": null, "reason": null, "output": null, "updated_at": 0});
+        assert_eq!(serde_json::from_value::<JobStage>(old).map(|s| s.device).ok(), Some(Device::Cpu));
     }
 
     /// Found by the property test: a stray run report for a job not yet planned used to move

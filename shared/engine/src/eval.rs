@@ -90,6 +90,9 @@ pub struct EvalReport {
     pub memory: MemoryStats,
     pub cpu: CpuInfo,
     pub session: SessionConfig,
+    /// Where the metric, latency and throughput were measured: `cpu` or `cuda:<device>`.
+    #[serde(default)]
+    pub provider: String,
 }
 
 /// Progress reported while metrics stream.
@@ -326,6 +329,7 @@ pub fn evaluate(
         memory: MemoryStats { peak_rss_mb: peak, session_peak_mb: (peak - rss_before).max(0.0) },
         cpu: cpu_info(),
         session: cfg.session.clone(),
+        provider: cfg.session.provider(),
     })
 }
 

@@ -54,6 +54,20 @@ pub struct SessionConfig {
     pub intra_spinning: bool,
 }
 
+impl SessionConfig {
+    /// `cuda:<device>` for the first GPU provider asked for, else `cpu`: where a measurement
+    /// with this configuration ran (registration fails rather than falling back).
+    pub fn provider(&self) -> String {
+        self.execution_providers
+            .iter()
+            .find_map(|ep| match ep {
+                ExecutionProvider::Cuda { device_id } => Some(format!("cuda:{device_id}")),
+                ExecutionProvider::Cpu => None,
+            })
+            .unwrap_or_else(|| "cpu".into())
+    }
+}
+
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
@@ -256,10 +270,15 @@ fn builder(cfg: &SessionConfig) -> Result<ort::session::builder::SessionBuilder>
     }
     for ep in &cfg.execution_providers {
         if let ExecutionProvider::Cuda { device_id } = ep {
-            return Err(EngineError::Config(format!(
-                "execution provider cuda (device {device_id}) needs the GPU build of ONNX Runtime, \
-                 which this installation ({LIB_NAME}, CPU) lacks; use kind: cpu"
-            )));
+            // Registration fails (and says so) where the loaded library is the CPU build or
+            // CUDA/cuDNN are missing: never a silent fall back to the CPU.
+            let cuda = ort::ep::CUDA::default().with_device_id(*device_id).build().error_on_failure();
+            b = b.with_execution_providers([cuda]).map_err(|e| {
+                EngineError::Config(format!(
+                    "execution provider cuda (device {device_id}): {e}. It needs the GPU build of ONNX Runtime ({LIB_NAME} from the \
+                     onnxruntime-gpu wheel, as in the GPU worker image) with CUDA 13 and cuDNN 9; use the CPU provider otherwise"
+                ))
+            })?;
         }
     }
     Ok(b)

@@ -22,6 +22,8 @@ pub const ENV_VARS: &[&str] = &[
     "TAMP_EVENT_BUS",
     "TAMP_BATCH_QUEUE",
     "TAMP_BATCH_JOB_DEFINITION",
+    "TAMP_BATCH_GPU_QUEUE",
+    "TAMP_BATCH_GPU_JOB_DEFINITION",
     "TAMP_MAX_ATTEMPTS",
     "TAMP_RETRY_DELAY_S",
     "TAMP_KMS_KEY_ID",
@@ -54,6 +56,10 @@ pub struct Settings {
     pub event_bus: String,
     pub batch_queue: String,
     pub batch_job_definition: String,
+    /// GPU stages' queue and job definition (training); without them they run on the CPU
+    /// queue.
+    pub batch_gpu_queue: Option<String>,
+    pub batch_gpu_job_definition: Option<String>,
     pub retry: RetryPolicy,
     pub kms_key_id: Option<String>,
     /// The API's public URL, for links in chat messages.
@@ -101,6 +107,8 @@ impl Settings {
             event_bus: req("TAMP_EVENT_BUS")?,
             batch_queue: req("TAMP_BATCH_QUEUE")?,
             batch_job_definition: req("TAMP_BATCH_JOB_DEFINITION")?,
+            batch_gpu_queue: opt("TAMP_BATCH_GPU_QUEUE"),
+            batch_gpu_job_definition: opt("TAMP_BATCH_GPU_JOB_DEFINITION"),
             retry: RetryPolicy { max_attempts: num("TAMP_MAX_ATTEMPTS", 3u32)?.max(1), base_delay_s: num("TAMP_RETRY_DELAY_S", 30)?, max_delay_s: 900 },
             kms_key_id: opt("TAMP_KMS_KEY_ID"),
             public_url: opt("TAMP_PUBLIC_URL").unwrap_or_default(),
@@ -133,13 +141,22 @@ impl Settings {
     }
 
     /// The ports on AWS. Clients are built once per cold start (no network until used).
+    /// Batch on the CPU queue, and on the GPU queue for GPU stages where it is configured.
+    pub fn batch_runner(&self, config: &tamp_adapters_aws::SdkConfig) -> AwsBatchRunner {
+        let runner = AwsBatchRunner::new(config, &self.batch_queue, &self.batch_job_definition);
+        match (&self.batch_gpu_queue, &self.batch_gpu_job_definition) {
+            (Some(q), Some(d)) => runner.with_gpu(q, d),
+            _ => runner,
+        }
+    }
+
     pub async fn services(&self) -> Services {
         let config = aws_config().await;
         Services {
             store: Arc::new(S3Store::new(&config, &self.bucket).with_kms_key(self.kms_key_id.clone())),
             meta: Arc::new(DynamoStore::new(&config, &self.table)),
             queue: Arc::new(SqsQueue::new(&config, &self.queue_url, &self.dlq_url)),
-            runner: Arc::new(AwsBatchRunner::new(&config, &self.batch_queue, &self.batch_job_definition)),
+            runner: Arc::new(self.batch_runner(&config)),
             bus: Arc::new(EventBridgeBus::new(&config, &self.event_bus)),
             clock: Arc::new(SystemClock),
             retry: self.retry,

@@ -128,6 +128,7 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
         session: SessionConfig { intra_threads: ev.threads, ..SessionConfig::default() },
         ..EvalConfig::default()
     };
+    preflight_devices(job)?;
     preflight_training(job, &model)?;
     let mut runtimes = export::preflight(job, &model)?;
     let mut cx = Context::new(job, &model, obs, metric, eval_cfg)?;
@@ -135,8 +136,17 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     // Stages compose: each starts from the previous stage's choice (prune → cluster → quantize).
     let mut current = model.clone();
     let recipe_stages = &job.recipe.policy.stages;
+    let mut warnings = Vec::new();
     for (i, stage) in recipe_stages.iter().enumerate() {
         cx.nothing_because = None;
+        // Training stages take the GPU where there is one (the planner routed them to it).
+        let chosen = tamp_train::device::choose(stage.resources()).map_err(|e| EngineError::Config(format!("stage {i} (`{}`): {e}", stage.kind())))?;
+        if let Some(w) = &chosen.warning {
+            cx.obs.begin(&format!("stage {i} ({}): device", stage.kind()), 0);
+            cx.obs.end(w);
+            warnings.push(format!("stage {i} (`{}`) {w}", stage.kind()));
+        }
+        tamp_train::device::use_device(chosen.device);
         cx.fine_tune = stage.fine_tune().cloned();
         let made = stages::run_stage(&mut cx, i, stage, &current)?;
         if made.is_empty() {
@@ -157,7 +167,7 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     let (chosen, reason) = choose(&candidates, job.recipe.objective).ok_or_else(|| EngineError::Config("the recipe produced no candidates".into()))?;
     let baseline = cx.baseline().clone();
     let preparation = (!preparation.is_empty()).then_some(preparation);
-    let outcome = Outcome { baseline, candidates, chosen: String::new(), reason, objective: job.recipe.objective, preparation, not_applied };
+    let outcome = Outcome { baseline, candidates, chosen: String::new(), reason, objective: job.recipe.objective, preparation, not_applied, warnings };
     let outcome = artifacts::write(job, outcome, chosen)?;
     for name in ["best.tflite", "best.tflite.json"] {
         let _ = std::fs::remove_file(out.join(name));
@@ -185,6 +195,17 @@ pub fn run(job: &Job<'_>, obs: &mut dyn Observer) -> Result<Outcome> {
     }
     artifacts::finish(job, &outcome)?;
     Ok(outcome)
+}
+
+/// Before any compute: a stage that demands a GPU (`device: gpu`) finds one.
+fn preflight_devices(job: &Job<'_>) -> Result<()> {
+    for (i, stage) in job.recipe.policy.stages.iter().enumerate() {
+        let needs = stage.resources();
+        if needs.required && needs.device == tamp_domain::recipe::Device::Gpu {
+            tamp_train::device::choose(needs).map_err(|e| EngineError::Config(format!("stage {i} (`{}`): {e}", stage.kind())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Before any compute: a stage that trains needs training rows, and every node of the model

@@ -74,6 +74,7 @@ fn job(id: &str, created_at: u64) -> Job {
             output: None,
             updated_at: 0,
             started_at: None,
+            device: tamp_domain::recipe::Device::Cpu,
         }],
         reason: None,
         created_at,

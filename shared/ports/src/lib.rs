@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tamp_domain::job::{Job, JobState, Timestamp};
+pub use tamp_domain::recipe::Device;
 
 pub mod conformance;
 
@@ -228,6 +229,10 @@ pub struct StageRun {
     pub job: String,
     pub stage: usize,
     pub attempt: u32,
+    /// The machine class the planner chose for the stage: which Batch queue and job
+    /// definition run it, and locally whether it takes a GPU slot. Not part of the name.
+    #[serde(default)]
+    pub device: Device,
 }
 
 impl StageRun {

@@ -58,6 +58,7 @@ fn outcome(c: Candidate) -> Outcome {
         objective: Objective::Latency,
         preparation: None,
         not_applied: vec![],
+        warnings: vec![],
     }
 }
 

@@ -268,6 +268,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
         masked_zeros,
         fake_quantized: g.quantized_weights().count(),
         trainable_params: slots.iter().map(|s| s.var.elem_count()).sum(),
+        device: Some(if g.device().is_cpu() { "cpu" } else { "cuda:0" }.into()),
         ..TrainReport::default()
     };
     let total = total_steps(cfg, rows.len());
@@ -451,6 +452,25 @@ pub fn top1(model: &Model, data: &Dataset, rows: &[usize], output: &str) -> Resu
         correct += pred.iter().zip(labels).filter(|(p, l)| i64::from(**p) == *l).count();
     }
     Ok(100.0 * correct as f64 / rows.len().max(1) as f64)
+}
+
+/// Mean cosine similarity (in %) between a model's `output` and the rows' float labels (a
+/// sentence encoder against its teacher's embeddings), computed in candle on the current
+/// device.
+pub fn mean_cosine(model: &Model, data: &Dataset, rows: &[usize], output: &str) -> Result<f64> {
+    let mut g = TrainGraph::new(model, &GraphOptions::default())?;
+    let lengths = data.sequence_lengths().map_err(|e| GraphError::Other(e.to_string()))?;
+    let dev = g.device().clone();
+    let mut sum = 0f64;
+    for idx in rows.chunks(128) {
+        let feeds = batch_feeds(&g, data, idx, lengths.as_deref())?;
+        let y = g.forward(&feeds, Mode::Eval, &[output])?.remove(output).ok_or_else(|| missing(output))?.flatten_from(1)?;
+        let t = labels_for(data, idx, &dev)?.ok_or_else(|| GraphError::Other("the rows have no float labels".into()))?.flatten_from(1)?;
+        let dot = (&y * &t)?.sum(1)?;
+        let norms = (y.sqr()?.sum(1)?.sqrt()? * t.sqr()?.sum(1)?.sqrt()?)?;
+        sum += f64::from(dot.div(&norms.clamp(1e-12f32, f32::MAX)?)?.sum_all()?.to_scalar::<f32>()?);
+    }
+    Ok(100.0 * sum / rows.len().max(1) as f64)
 }
 
 /// The values of every trainable weight (for tests: which stayed zero).

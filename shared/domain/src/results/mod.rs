@@ -126,6 +126,9 @@ pub struct TrainReport {
     /// `lr: auto`: every trial, in order; the chosen rate is `lr`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lr_trials: Vec<LrTrial>,
+    /// Where it trained: `cuda:0` or `cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// One trial of the learning-rate search (successive halving).
@@ -161,6 +164,10 @@ pub struct Outcome {
     /// Recipe stages that changed nothing, with the reason (the run's exit status says so too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_applied: Vec<String>,
+    /// What the user should know although the run succeeded (a GPU stage that trained on the
+    /// CPU, …); the service keeps them in the stage's record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Model preparation (`tamp_engine::prepare`): what was done to a model from another

@@ -4,7 +4,11 @@
 //! PyTorch, in the same run.
 //!
 //! Usage: tamp-train-bench --model M.onnx --data train.npz --batch 64 --steps 20 [--teacher]
-//!        [--teacher-model T.onnx] [--export DIR]
+//!        [--teacher-model T.onnx] [--export DIR] [--device cpu|cuda]
+//!        [--epochs E --eval eval.npz]
+//! `--device cuda` trains on GPU 0 (the `cuda` build; it fails in one line without a GPU).
+//! `--epochs` times whole epochs instead (one run, set-up included) and scores the result on
+//! `--eval` (top-1 on class labels, mean cosine on float labels), on the same device.
 //! `TAMP_TRACE_RSS=1` prints the resident set after every step (memory checks).
 
 use std::collections::BTreeMap;
@@ -13,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tamp_data::{Dataset, write_npz};
-use tamp_domain::recipe::{FineTune, LearningRate, LossKind, LrSchedule};
+use tamp_domain::recipe::{Device as Class, FineTune, LearningRate, LossKind, LrSchedule, Resources};
 use tamp_onnx::graph::GraphView;
 use tamp_onnx::proto::attribute_proto::AttributeType;
 use tamp_onnx::tensor::{data_type, to_array};
@@ -32,6 +36,7 @@ fn main() -> Result<()> {
     let mut export = None;
     let mut teacher_model = None;
     let (mut batch, mut steps, mut teacher) = (64usize, 20usize, false);
+    let (mut device, mut epochs, mut eval) = ("cpu".to_owned(), None::<f64>, None::<PathBuf>);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -42,6 +47,9 @@ fn main() -> Result<()> {
             "--batch" => batch = val()?.parse()?,
             "--steps" => steps = val()?.parse()?,
             "--teacher" => teacher = true,
+            "--device" => device = val()?,
+            "--epochs" => epochs = Some(val()?.parse()?),
+            "--eval" => eval = Some(PathBuf::from(val()?)),
             "--teacher-model" => {
                 teacher = true;
                 teacher_model = Some(PathBuf::from(val()?));
@@ -50,6 +58,9 @@ fn main() -> Result<()> {
         }
     }
     let (model_path, data_path) = (model.context("--model")?, data.context("--data")?);
+    let class = if device == "cpu" { Class::Cpu } else { Class::Gpu };
+    let chosen = tamp_train::device::choose(Resources { device: class, required: true }).map_err(|e| anyhow::anyhow!(e))?;
+    tamp_train::device::use_device(chosen.device.clone());
     let m = Model::load(&model_path)?;
     let d = Dataset::load(&data_path)?;
     if let Some(dir) = &export {
@@ -59,6 +70,28 @@ fn main() -> Result<()> {
     let other = teacher_model.map(Model::load).transpose()?;
     let task = Task { output: output.clone(), teacher: teacher.then_some(other.as_ref().unwrap_or(&m)), ..Task::default() };
     let loss = if teacher { LossKind::Cosine } else { LossKind::CrossEntropy };
+    if let Some(epochs) = epochs {
+        let cfg = FineTune { epochs, batch_size: batch, lr: LearningRate::Value(1e-4), loss, distill_weight: 0.0, seed: 1, ..FineTune::default() };
+        let (trained, report) = fine_tune(&m, &task, &d, &cfg, &mut |_, _, _| {})?;
+        let score = match &eval {
+            Some(p) => {
+                let e = Dataset::load(p)?;
+                let rows: Vec<usize> = (0..e.rows).collect();
+                Some(if matches!(e.labels, Some(tamp_data::Labels::Classes(_))) {
+                    ("top1", tamp_train::finetune::top1(&trained, &e, &rows, &output)?)
+                } else {
+                    ("cosine", tamp_train::finetune::mean_cosine(&trained, &e, &rows, &output)?)
+                })
+            }
+            None => None,
+        };
+        println!(
+            "{}",
+            json!({"model": model_path, "device": chosen.label, "batch": batch, "epochs": epochs, "steps": report.steps,
+                   "train_seconds": report.wall_seconds, "loss_end": report.loss_end, "metric": score.map(|s| s.0), "score": score.map(|s| s.1)})
+        );
+        return Ok(());
+    }
     let cfg = |n: usize| FineTune {
         steps: Some(n),
         batch_size: batch,
@@ -82,7 +115,10 @@ fn main() -> Result<()> {
         }
     })?;
     let per_step = (long.wall_seconds - short.wall_seconds) / steps as f64;
-    println!("{}", json!({"model": model_path, "output": output, "batch": batch, "steps": steps, "seconds_per_step": per_step, "loss": long.loss}));
+    println!(
+        "{}",
+        json!({"model": model_path, "device": chosen.label, "output": output, "batch": batch, "steps": steps, "seconds_per_step": per_step, "loss": long.loss})
+    );
     Ok(())
 }
 

@@ -270,7 +270,7 @@ impl TrainGraph {
     /// candle mapping.
     pub fn new(model: &Model, opts: &GraphOptions) -> Result<Self> {
         let g = model.graph();
-        let dev = Device::Cpu;
+        let dev = crate::device::current();
         // The one contrib op read is the `MatMulNBits` Tamp's 4-bit pass writes.
         let foreign = |n: &NodeProto| n.domain.as_deref().is_some_and(|d| !d.is_empty() && d != "ai.onnx" && !(d == "com.microsoft" && op(n) == "MatMulNBits"));
         if let Some(n) = g.node.iter().find(|n| !SUPPORTED.contains(&op(n)) || foreign(n)) {

@@ -369,6 +369,9 @@ impl TrainGraph {
         let (nb, c, h, wd) = x.dims4()?;
         let (ho, wo) = geo.out;
         let k = kh * kw;
+        if !x.device().is_cpu() {
+            return gpu_conv(n, x, w, b, &geo, group);
+        }
         let win = Window { c, h, w: wd, kh, kw, stride: geo.stride, dilation: geo.dilation, pad: (geo.pads[0], geo.pads[1]), out: geo.out };
         // [N·Ho·Wo, C·kh·kw], columns in the weight's own order.
         let col = x.contiguous()?.apply_op1(Im2Col(win))?;
@@ -423,6 +426,9 @@ impl TrainGraph {
         let (x, gamma, beta) = (get(0)?, get(1)?, get(2)?);
         let eps = f64::from(attr_float(n, "epsilon", 1e-5));
         let x = x.contiguous()?;
+        if !x.device().is_cpu() {
+            return self.gpu_batch_norm(n, &x, gamma, beta, ins, eps, mode);
+        }
         let running = match mode {
             Mode::Train => {
                 // Running statistics move toward the batch's (unbiased variance, as PyTorch).
@@ -443,6 +449,57 @@ impl TrainGraph {
             Mode::Eval => Some((get(3)?.flatten_all()?.to_vec1::<f32>()?, get(4)?.flatten_all()?.to_vec1::<f32>()?)),
         };
         Ok(x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, crate::bn::BatchNorm { eps, running })?)
+    }
+}
+
+/// A convolution on a GPU: candle's own kernels (im2col + cuBLAS forward, its transposed
+/// convolution backward). [`Im2Col`] is a CPU op; on the CPU it is the faster path.
+fn gpu_conv(n: &NodeProto, x: &Tensor, w: &Tensor, b: Option<&Tensor>, geo: &Geometry, group: usize) -> Result<Tensor> {
+    if geo.stride.0 != geo.stride.1 || geo.dilation.0 != geo.dilation.1 {
+        return Err(node_err(n, "on a GPU only equal strides and dilations along both axes train; use `device: cpu`"));
+    }
+    let [t, l, bo, r] = [geo.pads[0], geo.pads[1], geo.pads[2], geo.pads[3]];
+    let (x, pad) = if t == bo && l == r && t == l { (x.clone(), t) } else { (x.pad_with_zeros(2, t, bo)?.pad_with_zeros(3, l, r)?, 0) };
+    let y = x.contiguous()?.conv2d(&w.contiguous()?, pad, geo.stride.0, geo.dilation.0, group)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)?,
+        None => y,
+    })
+}
+
+impl TrainGraph {
+    /// BatchNormalization from candle's broadcasting ops, for devices other than the CPU (the
+    /// custom op in `bn.rs` is CPU code). Training uses the batch's statistics, gradient
+    /// through them, and moves the running ones as on the CPU.
+    #[allow(clippy::too_many_arguments)]
+    fn gpu_batch_norm(&mut self, n: &NodeProto, x: &Tensor, gamma: &Tensor, beta: &Tensor, ins: &[Option<Tensor>], eps: f64, mode: Mode) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        let mut shape = vec![1usize; x.rank()];
+        shape[1] = c;
+        let (mean, var) = match mode {
+            Mode::Train => {
+                let per_channel = x.transpose(0, 1)?.contiguous()?.reshape((c, ()))?;
+                let mean = per_channel.mean_keepdim(1)?;
+                let var = per_channel.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
+                let momentum = f64::from(attr_float(n, "momentum", 0.9));
+                let count = (x.elem_count() / c.max(1)) as f64;
+                let unbiased = count / (count - 1.0).max(1.0);
+                for (slot, batch, k) in [(3usize, &mean, 1.0), (4, &var, unbiased)] {
+                    let name = &n.input[slot];
+                    if let Some(r) = self.running.get(name) {
+                        let moved = (r.flatten_all()?.affine(momentum, 0.0)? + batch.detach().flatten_all()?.affine(k * (1.0 - momentum), 0.0)?)?;
+                        self.running.insert(name.clone(), moved.reshape(r.shape())?);
+                    }
+                }
+                (mean.reshape(shape.clone())?, var.reshape(shape.clone())?)
+            }
+            Mode::Eval => {
+                let get = |k: usize| ins.get(k).and_then(Option::as_ref).ok_or_else(|| node_err(n, format!("input {k} is missing")));
+                (get(3)?.reshape(shape.clone())?, get(4)?.reshape(shape.clone())?)
+            }
+        };
+        let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + eps)?.sqrt()?)?;
+        Ok(y.broadcast_mul(&gamma.reshape(shape.clone())?)?.broadcast_add(&beta.reshape(shape)?)?)
     }
 }
 

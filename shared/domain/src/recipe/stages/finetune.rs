@@ -53,6 +53,9 @@ pub struct FineTune {
     /// teacher's outputs (each row's own teacher embedding is its positive, the batch's
     /// others its negatives).
     pub contrastive: Option<Contrastive>,
+    /// Where the training runs: `auto` (a GPU where the runner has one, else the CPU with a
+    /// warning in the stage's record), `cpu`, or `gpu` (no GPU fails the stage).
+    pub device: super::DeviceChoice,
 }
 
 /// One intermediate value of the student matched to one of the teacher's.
@@ -111,6 +114,7 @@ impl Default for Contrastive {
 impl Default for FineTune {
     fn default() -> Self {
         Self {
+            device: super::DeviceChoice::Auto,
             epochs: 1.0,
             steps: None,
             batch_size: 64,

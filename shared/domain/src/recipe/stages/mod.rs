@@ -87,6 +87,45 @@ stages! {
     planned: [],
 }
 
+/// `device:` in a `fine_tune` block or a `search` stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// The stage kind's own class ([`Stage::resources`]).
+    #[default]
+    Auto,
+    Cpu,
+    /// A GPU, or the stage fails with one clear line.
+    Gpu,
+}
+
+/// The class of machine a stage attempt runs on: the Batch queue and job definition it is
+/// submitted to, and locally whether it takes a GPU slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Gpu,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
+        }
+    }
+}
+
+/// What a stage needs, as the planner records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    pub device: Device,
+    /// The recipe demanded the device: no GPU fails the stage instead of falling back.
+    pub required: bool,
+}
+
 static DEFAULT_QAT: std::sync::OnceLock<FineTune> = std::sync::OnceLock::new();
 
 impl Stage {
@@ -101,6 +140,25 @@ impl Stage {
             Stage::Distill(d) => Some(&d.fine_tune),
             Stage::EarlyExit(e) => Some(&e.fine_tune),
             _ => None,
+        }
+    }
+
+    /// What the stage needs. Training (a `fine_tune` block that is on, QAT, distillation,
+    /// early exits) is GPU-capable; PTQ, pruning and low-rank analysis, clustering and the
+    /// search (whose latency objective is ONNX Runtime's CPU provider) are CPU work. The
+    /// recipe's `device:` forces either.
+    pub fn resources(&self) -> Resources {
+        let (class, choice) = match self {
+            Stage::Search(s) => (Device::Cpu, s.device),
+            _ => match self.fine_tune() {
+                Some(ft) => (Device::Gpu, ft.device),
+                None => (Device::Cpu, DeviceChoice::Auto),
+            },
+        };
+        match choice {
+            DeviceChoice::Auto => Resources { device: class, required: false },
+            DeviceChoice::Cpu => Resources { device: Device::Cpu, required: true },
+            DeviceChoice::Gpu => Resources { device: Device::Gpu, required: true },
         }
     }
 }

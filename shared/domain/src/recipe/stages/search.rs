@@ -46,6 +46,9 @@ pub struct SearchStage {
     /// Calibration methods the search tries (one more gene of every config; static PTQ only;
     /// at most three). `percentile` uses `ptq.calibration.percentile`.
     pub calibration_methods: Vec<CalibrationMethod>,
+    /// Where the search runs: its trials measure latency on ONNX Runtime's CPU provider, so
+    /// `auto` is the CPU queue; `gpu` puts it on the GPU queue.
+    pub device: super::DeviceChoice,
     /// How each layer is quantized (calibration rows, symmetry, pre-passes); `bits`, `layers`
     /// and `keep_float` are the search's to set.
     pub ptq: PtqStage,
@@ -66,6 +69,7 @@ impl Default for SearchStage {
             confirm: 6,
             latency_runs: 40,
             calibration_methods: vec![CalibrationMethod::Minmax, CalibrationMethod::Kl, CalibrationMethod::Percentile],
+            device: super::DeviceChoice::Auto,
             ptq: PtqStage::default(),
         }
     }
