@@ -363,11 +363,14 @@ build-gpu: cuda-toolkit $(ORT_LIB)
 # CUDA 13.0 runtime libraries, from hash-pinned wheels (scripts/requirements-cuda-runtime.txt).
 comma := ,
 IMAGE := dist/image-$(if $(GPU),gpu,cpu)
+# IMAGE_PROFILE=dev reuses the everyday build (a quicker check than the lambda profile's).
+IMAGE_PROFILE ?= lambda
+IMAGE_BIN := $(CARGO_TARGET_DIR)/$(if $(filter dev,$(IMAGE_PROFILE)),debug,$(IMAGE_PROFILE))/tamp-batch-worker
 worker-image: $(ORT_LIB) $(LITERT_LIB) $(if $(GPU),cuda-toolkit)
-	$(if $(GPU),$(CUDA_ENV)) cargo build --profile lambda -p tamp-worker --features aws$(if $(GPU),$(comma)cuda) --bin tamp-batch-worker
+	$(if $(GPU),$(CUDA_ENV)) cargo build --profile $(IMAGE_PROFILE) -p tamp-worker --features aws$(if $(GPU),$(comma)cuda) --bin tamp-batch-worker
 	@rm -rf $(IMAGE) && mkdir -p $(IMAGE)/rootfs/usr/local/bin $(IMAGE)/rootfs/usr/local/lib
-	@cp $(PROFILE_DIR)/tamp-batch-worker $(IMAGE)/rootfs/usr/local/bin/
-	@$(if $(GPU),rm -f $(PROFILE_DIR)/tamp-batch-worker # the CUDA build must not stand in for the CPU one)
+	@cp $(IMAGE_BIN) $(IMAGE)/rootfs/usr/local/bin/
+	@$(if $(GPU),rm -f $(IMAGE_BIN) # the CUDA build must not stand in for the CPU one)
 	@cp $(LITERT_LIB) $(IMAGE)/rootfs/usr/local/lib/
 ifdef GPU
 	@mkdir -p $(DEPS)/wheels/cuda-runtime $(IMAGE)/rootfs/opt/onnxruntime/lib $(IMAGE)/rootfs/usr/local/cuda/lib64
@@ -379,8 +382,8 @@ else
 	@cp $(ORT_LIB) $(IMAGE)/rootfs/usr/local/lib/
 endif
 	scripts/image_check.sh $(IMAGE)/rootfs $(if $(GPU),gpu,cpu)
-	@if command -v docker >/dev/null; then docker build -f batch-workers/Dockerfile.$(if $(GPU),gpu,cpu) -t tamp-worker:$(if $(GPU),gpu,cpu) $(IMAGE); \
-		else echo "no docker here: $(IMAGE) holds the checked root folder; build it with batch-workers/Dockerfile.$(if $(GPU),gpu,cpu)"; fi
+	@if docker info >/dev/null 2>&1; then docker build -f batch-workers/Dockerfile.$(if $(GPU),gpu,cpu) -t tamp-worker:$(if $(GPU),gpu,cpu) $(IMAGE); \
+		else echo "no Docker daemon here: $(IMAGE) holds the checked root folder; build it with batch-workers/Dockerfile.$(if $(GPU),gpu,cpu)"; fi
 
 ## --- benchmarks -----------------------------------------------------------------------------
 

@@ -105,7 +105,12 @@ fn batch_feeds(g: &TrainGraph, data: &Dataset, idx: &[usize], lengths: Option<&[
         None => data.select(idx),
     }
     .map_err(|e| GraphError::Other(e.to_string()))?;
-    arrays.iter().filter(|(k, _)| g.inputs.contains(k)).map(|(k, v)| Ok((k.clone(), to_candle(v, g.device())?))).collect()
+    // Integer inputs (token ids, masks) stay on the host on a GPU: their shape arithmetic and
+    // index checks read them there; float inputs go to the device.
+    let dev = |v: &tamp_onnx::TensorValue| {
+        if matches!(v, tamp_onnx::TensorValue::F32(_) | tamp_onnx::TensorValue::F64(_)) { g.device().clone() } else { candle_core::Device::Cpu }
+    };
+    arrays.iter().filter(|(k, _)| g.inputs.contains(k)).map(|(k, v)| Ok((k.clone(), to_candle(v, &dev(v))?))).collect()
 }
 
 /// The loss of one batch.

@@ -103,7 +103,9 @@ fn main() -> Result<()> {
         ..FineTune::default()
     };
     // Two runs; the difference is the steady-state cost of `steps` steps (set-up excluded).
+    // A first run loads what runs once per process (on a GPU, candle's kernel modules).
     let warm = 3;
+    fine_tune(&m, &task, &d, &cfg(warm), &mut |_, _, _| {})?;
     let (_, short) = fine_tune(&m, &task, &d, &cfg(warm), &mut |_, _, _| {})?;
     let trace = std::env::var_os("TAMP_TRACE_RSS").is_some();
     let long_cfg = cfg(warm + steps);

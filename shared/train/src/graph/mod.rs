@@ -255,6 +255,20 @@ fn scalar_f(t: &Tensor) -> Result<f64> {
     Ok(f64::from(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0)))
 }
 
+/// Inputs these op slots read on the host (shapes, axes, indices, scalar exponents and
+/// bounds): on a GPU they stay there, so reading them never waits for the device.
+fn host_slot(op: &str, slot: usize) -> bool {
+    is_shape_slot(op, slot) || matches!((op, slot), ("Pow", 1) | ("Clip", 1 | 2) | ("Split" | "Pad" | "TopK", 1..))
+}
+
+/// Where a value is made on a GPU graph: integers (ids, masks, shapes) and scalars on the
+/// host, where shape arithmetic and index checks read them without a device round trip;
+/// every other tensor on the device.
+pub(super) fn home(t: &Tensor, dev: &Device) -> Result<Tensor> {
+    let host = !matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) || t.elem_count() <= 1;
+    Ok(if host { t.to_device(&Device::Cpu)? } else { t.to_device(dev)? })
+}
+
 /// Inputs of these op slots are shapes, axes or indices: never trainable.
 fn is_shape_slot(op: &str, slot: usize) -> bool {
     matches!(
@@ -339,7 +353,8 @@ impl TrainGraph {
             if data_type(t) == DataType::Int8 {
                 int8.insert(name.clone());
             }
-            let value = proto_to_candle(t, &dev)?;
+            let value = proto_to_candle(t, &Device::Cpu)?;
+            let value = if bn_stats.contains(&name) { value.to_device(&dev)? } else { home(&value, &dev)? };
             if bn_stats.contains(&name) {
                 running.insert(name, value);
                 continue;
@@ -379,17 +394,20 @@ impl TrainGraph {
                 dims[axis] = t.elem_count();
                 Ok(t.reshape(dims)?)
             };
-            let (scale, zero) = (shape_for(&scale)?, shape_for(&zero.to_dtype(DType::F32)?)?);
-            let w = qv.to_dtype(DType::F32)?.broadcast_sub(&zero)?.broadcast_mul(&scale)?;
+            // Integer codes and scalar scales were made on the host (`home`); the weight and
+            // its quantizer live where training runs.
+            let (scale, zero) = (shape_for(&scale.to_device(&dev)?)?, shape_for(&zero.to_dtype(DType::F32)?.to_device(&dev)?)?);
+            let w = qv.to_dtype(DType::F32)?.to_device(&dev)?.broadcast_sub(&zero)?.broadcast_mul(&scale)?;
             consts.remove(&q);
             params.insert(q.clone(), Var::from_tensor(&w)?);
             quant.insert(q, QuantWeight { scale, zero, lo, hi, elem });
         }
         for n in nodes.iter().filter(|n| op(n) == "MatMulNBits") {
             let (b, w) = nbits_weight(n, &consts)?;
+            let b = QuantWeight { scale: b.scale.to_device(&dev)?, zero: b.zero.to_device(&dev)?, ..b };
             let name = n.input[1].clone();
             consts.remove(&name);
-            params.insert(name.clone(), Var::from_tensor(&w)?);
+            params.insert(name.clone(), Var::from_tensor(&w.to_device(&dev)?)?);
             quant.insert(name, b);
         }
         if !opts.trainable {
@@ -458,6 +476,7 @@ impl TrainGraph {
                 }
                 let ins: Vec<Option<Tensor>> =
                     n.input.iter().map(|i| if i.is_empty() { Ok(None) } else { self.value(i, &env).map(Some) }).collect::<Result<_>>()?;
+                let ins = self.placed(n, ins)?;
                 let outs = self.run_node(n, &ins, mode).map_err(|e| match e {
                     GraphError::Candle(c) => node_err(n, c),
                     other => other,
@@ -480,6 +499,26 @@ impl TrainGraph {
         })();
         self.nodes = nodes;
         result
+    }
+
+    /// On a GPU: a node with an input on the device runs there (inputs it reads on the host
+    /// stay there); one without runs on the host (shape arithmetic). No-op on the CPU.
+    fn placed(&self, n: &NodeProto, ins: Vec<Option<Tensor>>) -> Result<Vec<Option<Tensor>>> {
+        if self.device.is_cpu() {
+            return Ok(ins);
+        }
+        let o = op(n);
+        let on_device = ins.iter().enumerate().any(|(k, t)| t.as_ref().is_some_and(|t| !t.device().is_cpu() && !host_slot(o, k)));
+        ins.into_iter()
+            .enumerate()
+            .map(|(k, t)| {
+                Ok(match t {
+                    Some(t) if on_device && t.device().is_cpu() && !host_slot(o, k) => Some(t.to_device(&self.device)?),
+                    Some(t) if !on_device && !t.device().is_cpu() && !host_slot(o, k) => Some(t.to_device(&Device::Cpu)?),
+                    other => other,
+                })
+            })
+            .collect()
     }
 
     fn value(&self, name: &str, env: &HashMap<String, Tensor>) -> Result<Tensor> {

@@ -26,7 +26,7 @@ impl TrainGraph {
                     // Integer division (shape arithmetic) truncates.
                     let (x, y) = (ints(a)?, ints(b)?);
                     let out: Vec<i64> = if y.len() == 1 { x.iter().map(|v| v / y[0]).collect() } else { x.iter().zip(&y).map(|(v, w)| v / w).collect() };
-                    return one(Tensor::from_vec(out, a.shape(), &self.device)?);
+                    return one(Tensor::from_vec(out, a.shape(), a.device())?);
                 }
                 one(a.broadcast_div(b)?)
             }
@@ -231,7 +231,8 @@ impl TrainGraph {
                 let (s, e) = (clampi(i("start", 0)), clampi(i("end", r)));
                 let dims: Vec<i64> = x.dims()[s..e.max(s)].iter().map(|&d| d as i64).collect();
                 let len = dims.len();
-                one(Tensor::from_vec(dims, len, &self.device)?)
+                // A shape lives on the host (read there without waiting for a GPU).
+                one(Tensor::from_vec(dims, len, &candle_core::Device::Cpu)?)
             }
             "Range" => {
                 let (s, l, d) = (ints(inp(0)?)?[0], ints(inp(1)?)?[0], ints(inp(2)?)?[0]);
@@ -242,7 +243,7 @@ impl TrainGraph {
                     x += d;
                 }
                 let len = v.len();
-                let t = Tensor::from_vec(v, len, &self.device)?;
+                let t = Tensor::from_vec(v, len, &candle_core::Device::Cpu)?;
                 one(if inp(0)?.dtype() == DType::F32 { t.to_dtype(DType::F32)? } else { t })
             }
             "Cast" => {
@@ -278,10 +279,10 @@ impl TrainGraph {
             "ConstantOfShape" => {
                 let dims: Vec<usize> = ints(inp(0)?)?.iter().map(|&d| d as usize).collect();
                 let v = match attr(n, "value").and_then(|a| a.t.as_ref()) {
-                    Some(t) => proto_to_candle(t, &self.device)?,
-                    None => Tensor::zeros(1, DType::F32, &self.device)?,
+                    Some(t) => proto_to_candle(t, &candle_core::Device::Cpu)?,
+                    None => Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu)?,
                 };
-                one(v.flatten_all()?.reshape(())?.broadcast_as(dims)?.contiguous()?)
+                one(super::home(&v.flatten_all()?.reshape(())?.broadcast_as(dims)?.contiguous()?, &self.device)?)
             }
             "Gather" => {
                 let (x, idx) = (inp(0)?, inp(1)?);
@@ -292,7 +293,7 @@ impl TrainGraph {
                 if let Some(bad) = fixed.iter().find(|&&v| v < 0 || v >= dim) {
                     return Err(node_err(n, format!("index {bad} is outside an axis of {dim}")));
                 }
-                let ids = Tensor::from_vec(fixed.iter().map(|&v| v as u32).collect::<Vec<u32>>(), fixed.len(), &self.device)?;
+                let ids = Tensor::from_vec(fixed.iter().map(|&v| v as u32).collect::<Vec<u32>>(), fixed.len(), x.device())?;
                 let picked = x.contiguous()?.index_select(&ids, axis)?;
                 let mut dims = x.dims()[..axis].to_vec();
                 dims.extend_from_slice(idx.dims());
@@ -327,7 +328,7 @@ impl TrainGraph {
                             v += step;
                         }
                         let len = idx.len();
-                        y = y.contiguous()?.index_select(&Tensor::from_vec(idx, len, &self.device)?, ax)?;
+                        y = y.contiguous()?.index_select(&Tensor::from_vec(idx, len, y.device())?, ax)?;
                     }
                 }
                 one(y)
