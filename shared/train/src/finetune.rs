@@ -205,6 +205,9 @@ struct Slot {
     /// 1 where the weight may move, 0 where it must stay zero.
     mask: Option<Tensor>,
     decay: bool,
+    /// Both AdamW moments in one `(2, n)` tensor, for the fused GPU step.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    mv: Option<Tensor>,
 }
 
 fn labels_for(data: &Dataset, idx: &[usize], dev: &candle_core::Device) -> Result<Option<Tensor>> {
@@ -262,7 +265,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
         if mask.is_some() {
             masked_zeros += zeros;
         }
-        slots.push(Slot { var: var.clone(), m: t.zeros_like()?, v: t.zeros_like()?, mask, decay: t.rank() >= 2 });
+        slots.push(Slot { var: var.clone(), m: t.zeros_like()?, v: t.zeros_like()?, mask, decay: t.rank() >= 2, mv: None });
     }
     let mut report = TrainReport {
         rows: rows.len(),
@@ -319,7 +322,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                 let (more, projections) = extra.loss(&values, &teacher_values, (&y, target.as_ref()))?;
                 for var in projections {
                     let z = var.as_tensor().zeros_like()?;
-                    slots.push(Slot { var, m: z.clone(), v: z, mask: None, decay: false });
+                    slots.push(Slot { var, m: z.clone(), v: z, mask: None, decay: false, mv: None });
                 }
                 if let Some(more) = more {
                     loss = (loss + more)?;
@@ -345,6 +348,23 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                     None => gr,
                 };
                 let w = &s.var.as_tensor().detach();
+                // One fused kernel per weight on a GPU (the same arithmetic as below). Opt-in
+                // (`TAMP_FUSED_ADAMW=1`) until it is measured on a GPU against the op-by-op step.
+                #[cfg(feature = "cuda")]
+                if cfg.optimizer == OptimizerKind::Adamw && w.device().is_cuda() && w.dtype() == DType::F32 && std::env::var_os("TAMP_FUSED_ADAMW").is_some_and(|v| v == "1") {
+                    let mv = s.mv.get_or_insert(Tensor::zeros((2, w.elem_count()), DType::F32, w.device())?);
+                    let decay = if s.decay && cfg.weight_decay > 0.0 { 1.0 - rate * cfg.weight_decay } else { 1.0 };
+                    let k = crate::adamw_cuda::Step {
+                        b1: b1 as f32,
+                        b2: b2 as f32,
+                        step_size: (rate / (1.0 - b1.powi(t))) as f32,
+                        bc2_sqrt: (1.0 - b2.powi(t)).sqrt() as f32,
+                        eps: eps as f32,
+                        decay: decay as f32,
+                    };
+                    crate::adamw_cuda::step(s.var.as_tensor(), mv, &gr, k)?;
+                    continue;
+                }
                 let next = match cfg.optimizer {
                     OptimizerKind::Adamw => {
                         s.m = ((&s.m * b1)? + (&gr * (1.0 - b1))?)?.detach();

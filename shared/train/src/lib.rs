@@ -7,6 +7,8 @@
 //! - the reference CNN: a small ResNet trained, seeded, on Fashion-MNIST and exported to
 //!   ONNX through Tamp's own IR builder (no torch needed).
 
+#[cfg(feature = "cuda")]
+mod adamw_cuda;
 pub mod blas;
 mod bn;
 mod conv;
