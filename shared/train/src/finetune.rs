@@ -351,7 +351,11 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                 // One fused kernel per weight on a GPU (the same arithmetic as below). Opt-in
                 // (`TAMP_FUSED_ADAMW=1`) until it is measured on a GPU against the op-by-op step.
                 #[cfg(feature = "cuda")]
-                if cfg.optimizer == OptimizerKind::Adamw && w.device().is_cuda() && w.dtype() == DType::F32 && std::env::var_os("TAMP_FUSED_ADAMW").is_some_and(|v| v == "1") {
+                if cfg.optimizer == OptimizerKind::Adamw
+                    && w.device().is_cuda()
+                    && w.dtype() == DType::F32
+                    && std::env::var_os("TAMP_FUSED_ADAMW").is_some_and(|v| v == "1")
+                {
                     let mv = s.mv.get_or_insert(Tensor::zeros((2, w.elem_count()), DType::F32, w.device())?);
                     let decay = if s.decay && cfg.weight_decay > 0.0 { 1.0 - rate * cfg.weight_decay } else { 1.0 };
                     let k = crate::adamw_cuda::Step {
