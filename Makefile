@@ -64,7 +64,7 @@ ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
 PHONY_UI := ui ui-client ui-screenshots bench-ui pyclient-tools python-client
-.PHONY: cuda-toolkit build-gpu worker-image $(PHONY_UI) torch litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-release ort venv data models lint clean
+.PHONY: cuda-toolkit build-gpu worker-image $(PHONY_UI) torch litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-tests build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -150,6 +150,13 @@ $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz:
 build: $(ORT_LIB) $(LITERT_LIB)
 	cargo build --workspace --bins --features tamp-worker/aws
 
+# Everything `make test` runs (every binary and every test target), built in one invocation
+# with the tests' own features: dev-dependencies unify features too (proptest turns on
+# getrandom's `std`, which reaches the AWS SDK through aws-sigv4), so building the binaries
+# alone and then the tests compiled the SDK and five workspace crates twice.
+build-tests: $(ORT_LIB) $(LITERT_LIB)
+	cargo build --workspace --all-targets --features tamp-worker/aws
+
 # Only what `make run` runs: the tamp CLI (no Lambda functions, no AWS SDK).
 build-cli: $(ORT_LIB) $(LITERT_LIB)
 	cargo build -p tamp-cli
@@ -233,8 +240,8 @@ run: build-cli ui $(FMNIST_REF)/model.onnx
 report-tools:
 	@command -v chromium >/dev/null && command -v pdftoppm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium poppler-utils >/dev/null; }
 
-test: build venv models zoo-fast moto infra-check report-tools torch ui pyclient-tools
-	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast
+test: build-tests venv models zoo-fast moto infra-check report-tools torch ui pyclient-tools
+	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast --features tamp-worker/aws
 
 ## --- the web UI ------------------------------------------------------------------------------
 

@@ -30,12 +30,12 @@ minilm)
   # BertModel), all on the same 64 rows: every step is the same batch, cut to the same length.
   python3 -c "import numpy as np, sys; d = np.load(sys.argv[1]); np.savez(sys.argv[2], **{k: d[k][:64] for k in d.files})" $G/minilm-train.npz $G/rows64.npz
   phase step_tamp $G/tamp-train-bench --model $G/minilm.onnx --data $G/rows64.npz --batch 64 --steps 30 --teacher --device cuda --export $G/graph
-  TAMP_FUSED_ADAMW=1 phase step_tamp_fused $G/tamp-train-bench --model $G/minilm.onnx --data $G/rows64.npz --batch 64 --steps 30 --teacher --device cuda
+  TAMP_FUSED_ADAMW=0 phase step_tamp_opbyop $G/tamp-train-bench --model $G/minilm.onnx --data $G/rows64.npz --batch 64 --steps 30 --teacher --device cuda
   phase step_torch_graph python3 scripts/torch_step.py $G/graph $G/rows64.npz --batch 64 --steps 30 --teacher --device cuda
   phase step_torch_bert python3 scripts/torch_minilm_step.py $G/rows64.npz --batch 64 --steps 30 --device cuda
   # One epoch of MiniLM distillation (teacher forward, student forward/backward/AdamW) at
   # batch 64, training only: wall time and GPU utilisation.
-  TAMP_FUSED_ADAMW=1 phase epoch_tamp_fused $G/tamp-train-bench --model $G/minilm.onnx --data $G/minilm-train.npz --batch 64 --teacher --epochs 1 --eval $G/minilm-eval.npz --device cuda
+  TAMP_FUSED_ADAMW=0 phase epoch_tamp_opbyop $G/tamp-train-bench --model $G/minilm.onnx --data $G/minilm-train.npz --batch 64 --teacher --epochs 1 --eval $G/minilm-eval.npz --device cuda
   phase epoch_tamp $G/tamp-train-bench --model $G/minilm.onnx --data $G/minilm-train.npz --batch 64 --teacher --epochs 1 --eval $G/minilm-eval.npz --device cuda
   # One epoch of the 3-layer distillation, end to end through `tamp compress`.
   phase distill_gpu $G/tamp compress $G/minilm.onnx --recipe .gpu/distill_epoch.yaml --train $G/minilm-train.npz --eval $G/minilm-eval.npz --out $G/out-gpu --no-analysis
