@@ -48,6 +48,8 @@ RUNS = [
     ("ResNet-8 / depthwise-separable 3x3, KL + labels + FitNets hints", CNN,
      f"policy:\n  name: dwh\n  stages:\n    - distill: {{student: {{depthwise: {{}}}}, untrained_candidate: false, fine_tune: {{{DW_FT}, distill_weight: 0.7, "
      "features: [{student: add_17}, {student: add_35}, {student: add_53}]}}\n"),
+    ("ResNet-8 / CP (25 % of each conv's parameters) + fine-tune", CNN,
+     "policy:\n  name: cp\n  stages:\n    - lowrank: {method: cp, target_ratio: 0.25, min_dim: 16, fine_tune: {epochs: 2, lr: 0.002, batch_size: 64, seed: 1}}\n"),
     ("ResNet-8 / depthwise-separable 3x3, KL (T=4) + labels", CNN,
      f"policy:\n  name: dw\n  stages:\n    - distill: {{student: {{depthwise: {{}}}}, fine_tune: {{{DW_FT}, distill_weight: 0.7}}}}\n"),
 ]

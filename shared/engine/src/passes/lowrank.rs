@@ -11,6 +11,10 @@
 //! (`U_out`, the original bias). Ranks scale both sides by one factor `s` (`R1 = s·Cout`,
 //! `R2 = s·Cin`) solved so the three convs hold `target_ratio` of the parameters, or, with
 //! `energy`, each mode keeps that fraction of its unfolding's Σσ².
+//!
+//! CP (`method: cp`, `passes/cp.rs`) factorises the same convolutions further, into
+//! 1×1 → kh×1 depthwise → 1×kw depthwise → 1×1, at the rank that keeps `target_ratio` of the
+//! parameters; it wants a `fine_tune` after it.
 
 use ndarray::{Array2, ArrayD, IxDyn};
 
@@ -203,7 +207,8 @@ impl Pass for LowRank {
     fn build(&self, model: &Model) -> Result<Option<(Patch, Self::Report)>, OnnxError> {
         match self.config.method {
             LowrankMethod::Tucker => self.build_tucker(model),
-            _ => self.build_svd(model),
+            LowrankMethod::Cp => self.build_cp(model),
+            LowrankMethod::Svd => self.build_svd(model),
         }
     }
 }
@@ -271,6 +276,110 @@ impl LowRank {
                 params_after: r2 * ci + r1 * r2 * kh * kw + co * r1,
                 energy_kept: 1.0 - t.relative_error * t.relative_error,
                 relative_error: t.relative_error,
+            });
+        }
+        Ok((!patch.is_empty()).then_some((patch, layers)))
+    }
+
+    /// CP of every eligible Conv (as Tucker-2's, with explicit pads: `auto_pad` cannot be
+    /// split between the two depthwise convs): 1×1 → kh×1 → 1×kw → 1×1 (`passes/cp.rs`), at
+    /// the rank that keeps `target_ratio` of the parameters.
+    fn build_cp(&self, model: &Model) -> Result<Option<(Patch, Vec<FactorisedLayer>)>, OnnxError> {
+        use tamp_onnx::builder::{Attr, attribute};
+        use tamp_onnx::graph::{attr, attr_int, attr_ints};
+        let g = model.graph();
+        let view = GraphView::new(g);
+        let mut patch = Patch::default();
+        let mut layers = Vec::new();
+        for (i, node) in g.node.iter().enumerate() {
+            if !self.selected(node, "Conv") {
+                continue;
+            }
+            let (Some(x), Some(wname), Some(y)) = (node.input.first(), node.input.get(1), node.output.first()) else { continue };
+            let Some(w) = view.constant(wname).and_then(|t| to_array::<f32>(t).ok()) else { continue };
+            let &[co, ci, kh, kw] = w.shape() else { continue };
+            let auto_pad = attr(node, "auto_pad").and_then(|a| a.s.as_deref()).is_some_and(|s| s != b"NOTSET");
+            if attr_int(node, "group", 1) != 1
+                || auto_pad
+                || kh * kw < 2
+                || co.min(ci) < self.config.min_dim
+                || w.len() < self.config.min_params
+                || view.consumers(wname).len() != 1
+            {
+                continue;
+            }
+            let Some(cfg) = self.layer_config(node_key(node)) else { continue };
+            let per_rank = co + ci + kh + kw;
+            let rank = ((cfg.target_ratio * w.len() as f64) / per_rank as f64).floor() as usize;
+            if rank == 0 || rank * per_rank >= w.len() {
+                continue;
+            }
+            let c = super::cp::cp(&w, rank, cfg.seed)?;
+            let pads = match attr_ints(node, "pads") {
+                [t, l, b, r] => [*t, *l, *b, *r],
+                _ => [0; 4],
+            };
+            let two = |name: &str| match attr_ints(node, name) {
+                [h, w] => [*h, *w],
+                _ => [1, 1],
+            };
+            let (strides, dilations) = (two("strides"), two("dilations"));
+            let key = format!("{y}.cp");
+            let names: Vec<String> = ["first", "vertical", "horizontal", "last"].iter().map(|n| format!("{key}.{n}")).collect();
+            for (n, t) in names.iter().zip([&c.first, &c.vertical, &c.horizontal, &c.last]) {
+                patch.add_initializers.push(from_array(n, t));
+            }
+            let mids: Vec<String> = (1..=3).map(|k| format!("{key}.mid{k}")).collect();
+            let r = rank as i64;
+            let conv = |n: usize, input: Vec<String>, output: &str, attrs: Vec<tamp_onnx::proto::AttributeProto>| NodeProto {
+                op_type: Some("Conv".into()),
+                name: Some(format!("{key}.{n}")),
+                input,
+                output: vec![output.to_owned()],
+                attribute: attrs,
+                ..Default::default()
+            };
+            patch.add_nodes.push(conv(1, vec![x.clone(), names[0].clone()], &mids[0], Vec::new()));
+            patch.add_nodes.push(conv(
+                2,
+                vec![mids[0].clone(), names[1].clone()],
+                &mids[1],
+                vec![
+                    attribute("group", Attr::Int(r)),
+                    attribute("kernel_shape", Attr::Ints(vec![kh as i64, 1])),
+                    attribute("pads", Attr::Ints(vec![pads[0], 0, pads[2], 0])),
+                    attribute("strides", Attr::Ints(vec![strides[0], 1])),
+                    attribute("dilations", Attr::Ints(vec![dilations[0], 1])),
+                ],
+            ));
+            patch.add_nodes.push(conv(
+                3,
+                vec![mids[1].clone(), names[2].clone()],
+                &mids[2],
+                vec![
+                    attribute("group", Attr::Int(r)),
+                    attribute("kernel_shape", Attr::Ints(vec![1, kw as i64])),
+                    attribute("pads", Attr::Ints(vec![0, pads[1], 0, pads[3]])),
+                    attribute("strides", Attr::Ints(vec![1, strides[1]])),
+                    attribute("dilations", Attr::Ints(vec![1, dilations[1]])),
+                ],
+            ));
+            let mut last_in = vec![mids[2].clone(), names[3].clone()];
+            if let Some(b) = node.input.get(2).filter(|b| !b.is_empty()) {
+                last_in.push(b.clone());
+            }
+            patch.add_nodes.push(conv(4, last_in, y, Vec::new()));
+            patch.remove_nodes.insert(i);
+            patch.remove_initializers.insert(wname.clone());
+            layers.push(FactorisedLayer {
+                node: node_key(node).to_owned(),
+                shape: [co, ci * kh * kw],
+                rank,
+                ranks: None,
+                params_before: w.len(),
+                params_after: rank * per_rank,
+                energy_kept: 1.0 - c.relative_error * c.relative_error,
+                relative_error: c.relative_error,
             });
         }
         Ok((!patch.is_empty()).then_some((patch, layers)))
@@ -413,6 +522,43 @@ mod tests {
         assert_eq!(after.shape(), before.shape());
         let rel = (after - &before).mapv(|v| v * v).sum().sqrt() / before.mapv(|v| v * v).sum().sqrt();
         assert!(rel < 0.1 && layers[0].params_after < layers[0].params_before, "{rel} {layers:?}");
+    }
+
+    #[test]
+    fn cp_graph_runs_and_tracks_the_conv() {
+        use crate::runtime::{Session, SessionConfig};
+        use tamp_onnx::TensorValue;
+        use tamp_onnx::builder::{Attr, GraphBuilder};
+        let mut gb = GraphBuilder::new("cp", 17);
+        let x = gb.input_f32("x", &[None, Some(16), Some(7), Some(7)]);
+        // An exact rank-4 weight: CP at rank ≥ 4 reproduces the conv.
+        let f = |n: usize, i: usize, k: usize| ((n * 17 + i * 5 + k * 11) as f32 * 0.37).sin();
+        let w = ArrayD::from_shape_fn(IxDyn(&[16, 16, 3, 3]), |d| (0..4).map(|k| f(0, d[0], k) * f(1, d[1], k) * f(2, d[2], k) * f(3, d[3], k)).sum());
+        let wn = gb.init_f32("w", w);
+        let bn = gb.init_f32("b", ArrayD::from_shape_fn(IxDyn(&[16]), |d| d[0] as f32 * 0.1));
+        let y = gb.op(
+            "Conv",
+            &[&x, &wn, &bn],
+            &[("pads", Attr::Ints(vec![1, 0, 2, 1])), ("strides", Attr::Ints(vec![2, 1])), ("kernel_shape", Attr::Ints(vec![3, 3]))],
+        );
+        gb.output_f32(&y, &[None, Some(16), Some(4), Some(6)]);
+        let m = gb.build();
+        let input = TensorValue::F32(ArrayD::from_shape_fn(IxDyn(&[2, 16, 7, 7]), |d| ((d[1] * 13 + d[2] * 5 + d[3]) as f32 * 0.07).cos()));
+        let run = |m: &Model| match Session::from_model(m, &SessionConfig::default()).unwrap().run(&[("x", &input)]).unwrap().remove(0).1 {
+            TensorValue::F32(a) => a,
+            _ => panic!(),
+        };
+        let before = run(&m);
+        // ratio 0.15 of 2304 parameters at 38 per rank: rank 9.
+        let pass = LowRank::new(LowrankStage { method: LowrankMethod::Cp, target_ratio: 0.15, min_dim: 4, ..LowrankStage::default() });
+        let (patch, layers) = pass.build(&m).unwrap().unwrap();
+        assert_eq!((layers[0].rank, layers[0].params_after), (9, 9 * 38));
+        let t = patch.apply(&m, "cp").unwrap();
+        assert_eq!(t.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).count(), 4);
+        let after = run(&t);
+        assert_eq!(after.shape(), before.shape());
+        let rel = (after - &before).mapv(|v| v * v).sum().sqrt() / before.mapv(|v| v * v).sum().sqrt();
+        assert!(rel < 1e-3 && layers[0].relative_error < 1e-3, "{rel} {layers:?}");
     }
 
     #[test]

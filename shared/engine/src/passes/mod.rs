@@ -5,6 +5,7 @@
 pub mod bias_correct;
 pub mod cluster;
 pub mod conv4;
+pub mod cp;
 pub mod depthwise;
 pub mod dynamic;
 pub mod equalize;

@@ -1,4 +1,4 @@
-//! Low-rank factorisation (SVD of MatMul weights or Tucker-2 of Conv weights): one candidate
+//! Low-rank factorisation (SVD of MatMul weights, Tucker-2 or CP of Conv weights): one candidate
 //! at the stage's ratio or energy with per-layer ranks and how closely its outputs follow the
 //! input model's, and, with `sensitivity`, one whose per-layer ratios come from sensitivity
 //! curves removing as many parameters.
@@ -15,7 +15,7 @@ use crate::{Context, Result};
 /// Low-rank settings that decide what is done with the curves, not what a curve is.
 const NOT_IN_CURVES: &[&str] = &["target_ratio", "levels", "sensitivity", "seed", "sensitivity_rows", "energy"];
 
-/// SVD and Tucker-2 factorisation.
+/// SVD, Tucker-2 and CP factorisation.
 pub struct LowRank;
 
 impl Technique for LowRank {
@@ -30,21 +30,23 @@ impl Technique for LowRank {
     }
 
     fn candidates(&self, cx: &mut Context<'_, '_>, stage: usize, cfg: &LowrankStage, model: &Model) -> Result<Vec<Candidate>> {
-        let tucker = cfg.method == LowrankMethod::Tucker;
-        cx.obs.begin(if tucker { "factorise Conv weights (Tucker-2)" } else { "factorise MatMul weights (SVD)" }, 0);
+        let (what, method) = match cfg.method {
+            LowrankMethod::Tucker => ("factorise Conv weights (Tucker-2)", "tucker2"),
+            LowrankMethod::Cp => ("factorise Conv weights (CP)", "cp"),
+            LowrankMethod::Svd => ("factorise MatMul weights (SVD)", "svd"),
+        };
+        cx.obs.begin(what, 0);
         let started = std::time::Instant::now();
         let pass = LowRankPass::new(cfg.clone());
         let Some((factored, layers)) = pass.apply(model)? else {
-            return cx.not_applied(if tucker {
-                "no Conv layer worth factorising (group 1, k > 1, channels ≥ min_dim)"
-            } else {
-                "no MatMul layer worth factorising"
+            return cx.not_applied(match cfg.method {
+                LowrankMethod::Svd => "no MatMul layer worth factorising",
+                _ => "no Conv layer worth factorising (group 1, k > 1, channels ≥ min_dim, explicit pads for CP)",
             });
         };
         let pass_seconds = started.elapsed().as_secs_f64();
         let (before, after) = params(&layers);
         cx.obs.end(&format!("{} layers factorised: {before} → {after} parameters", layers.len()));
-        let method = if tucker { "tucker2" } else { "svd" };
         let id = match cfg.energy {
             Some(e) => format!("s{stage}-{method}-e{e}"),
             None => format!("s{stage}-{method}-r{}", cfg.target_ratio),

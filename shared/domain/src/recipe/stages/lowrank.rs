@@ -64,8 +64,8 @@ impl StageSettings for LowrankStage {
         if let Some(ft) = &self.fine_tune {
             ft.validate(at)?;
         }
-        if self.method == LowrankMethod::Cp {
-            return Err(at.invalid(&["method"], "`cp` is not available in this build; available: svd (MatMul weights), tucker (Tucker-2 of Conv weights)"));
+        if self.method == LowrankMethod::Cp && self.energy.is_some() {
+            return Err(at.invalid(&["energy"], "`cp` has no singular values to keep a fraction of; set its rank with `target_ratio`"));
         }
         if !(self.target_ratio > 0.0 && self.target_ratio < 1.0) {
             return Err(at.invalid(&["target_ratio"], format!("{} is outside (0, 1): the fraction of each layer's parameters to keep", self.target_ratio)));
