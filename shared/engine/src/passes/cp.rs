@@ -58,6 +58,7 @@ pub fn cp(w: &ArrayD<f32>, rank: usize, seed: u64) -> Result<Cp, OnnxError> {
     }
     let mut lambda = vec![1.0; r];
     let mut last_fit = f64::NEG_INFINITY;
+    let mut relative_error = 1.0;
     for _ in 0..MAX_SWEEPS {
         for n in 0..4 {
             let m = mttkrp(&x, &dims, &u, n, r);
@@ -75,13 +76,13 @@ pub fn cp(w: &ArrayD<f32>, rank: usize, seed: u64) -> Result<Cp, OnnxError> {
                 *l = s;
             }
         }
-        let fit = 1.0 - error2(&x, &dims, &u, &lambda, r).sqrt() / norm2.sqrt().max(1e-30);
+        relative_error = error2(&x, &dims, &u, &lambda, r).sqrt() / norm2.sqrt().max(1e-30);
+        let fit = 1.0 - relative_error;
         if (fit - last_fit).abs() < 1e-7 {
             break;
         }
         last_fit = fit;
     }
-    let relative_error = error2(&x, &dims, &u, &lambda, r).sqrt() / norm2.sqrt().max(1e-30);
     Ok(Cp {
         first: ArrayD::from_shape_fn(IxDyn(&[r, ci, 1, 1]), |d| u[1][d[1] * r + d[0]] as f32),
         vertical: ArrayD::from_shape_fn(IxDyn(&[r, 1, kh, 1]), |d| u[2][d[2] * r + d[0]] as f32),

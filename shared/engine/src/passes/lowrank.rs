@@ -488,28 +488,38 @@ mod tests {
         assert!(kept <= 0.3 && kept > 0.15, "{kept} {:?}", t.ranks);
     }
 
-    #[test]
-    fn tucker_graph_runs_and_matches_the_conv_at_full_rank() {
+    /// A one-Conv model (16 → 16 channels, 3×3, with bias) on `hw` inputs, and a function
+    /// running any model on one fixed input batch (ONNX Runtime).
+    fn conv_model(w: ArrayD<f32>, pads: [i64; 4], strides: [i64; 2], hw: usize, out: [i64; 2]) -> (Model, impl Fn(&Model) -> ArrayD<f32>) {
         use crate::runtime::{Session, SessionConfig};
         use tamp_onnx::TensorValue;
         use tamp_onnx::builder::{Attr, GraphBuilder};
-        let mut gb = GraphBuilder::new("tucker", 17);
-        let x = gb.input_f32("x", &[None, Some(16), Some(6), Some(6)]);
-        let w = ArrayD::from_shape_fn(IxDyn(&[16, 16, 3, 3]), |d| ((d[0] * 31 + d[1] * 7 + d[2] * 3 + d[3]) as f32 * 0.13).sin());
+        let mut gb = GraphBuilder::new("conv", 17);
+        let x = gb.input_f32("x", &[None, Some(16), Some(hw as i64), Some(hw as i64)]);
         let wn = gb.init_f32("w", w);
         let bn = gb.init_f32("b", ArrayD::from_shape_fn(IxDyn(&[16]), |d| d[0] as f32 * 0.1));
         let y = gb.op(
             "Conv",
             &[&x, &wn, &bn],
-            &[("pads", Attr::Ints(vec![1, 1, 1, 1])), ("strides", Attr::Ints(vec![2, 2])), ("kernel_shape", Attr::Ints(vec![3, 3]))],
+            &[("pads", Attr::Ints(pads.to_vec())), ("strides", Attr::Ints(strides.to_vec())), ("kernel_shape", Attr::Ints(vec![3, 3]))],
         );
-        gb.output_f32(&y, &[None, Some(16), Some(3), Some(3)]);
-        let m = gb.build();
-        let input = TensorValue::F32(ArrayD::from_shape_fn(IxDyn(&[2, 16, 6, 6]), |d| ((d[1] * 13 + d[2] * 5 + d[3]) as f32 * 0.07).cos()));
-        let run = |m: &Model| match Session::from_model(m, &SessionConfig::default()).unwrap().run(&[("x", &input)]).unwrap().remove(0).1 {
+        gb.output_f32(&y, &[None, Some(16), Some(out[0]), Some(out[1])]);
+        let input = TensorValue::F32(ArrayD::from_shape_fn(IxDyn(&[2, 16, hw, hw]), |d| ((d[1] * 13 + d[2] * 5 + d[3]) as f32 * 0.07).cos()));
+        let run = move |m: &Model| match Session::from_model(m, &SessionConfig::default()).unwrap().run(&[("x", &input)]).unwrap().remove(0).1 {
             TensorValue::F32(a) => a,
             _ => panic!(),
         };
+        (gb.build(), run)
+    }
+
+    fn relative_change(after: ArrayD<f32>, before: &ArrayD<f32>) -> f32 {
+        (after - before).mapv(|v| v * v).sum().sqrt() / before.mapv(|v| v * v).sum().sqrt()
+    }
+
+    #[test]
+    fn tucker_graph_runs_and_matches_the_conv_at_full_rank() {
+        let w = ArrayD::from_shape_fn(IxDyn(&[16, 16, 3, 3]), |d| ((d[0] * 31 + d[1] * 7 + d[2] * 3 + d[3]) as f32 * 0.13).sin());
+        let (m, run) = conv_model(w, [1, 1, 1, 1], [2, 2], 6, [3, 3]);
         let before = run(&m);
         // Energy 1 keeps full ranks, which are not smaller: nothing to do.
         let full = LowRank::new(LowrankStage { method: LowrankMethod::Tucker, energy: Some(1.0), min_dim: 4, ..LowrankStage::default() });
@@ -520,34 +530,16 @@ mod tests {
         assert_eq!(t.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).count(), 3);
         let after = run(&t);
         assert_eq!(after.shape(), before.shape());
-        let rel = (after - &before).mapv(|v| v * v).sum().sqrt() / before.mapv(|v| v * v).sum().sqrt();
+        let rel = relative_change(after, &before);
         assert!(rel < 0.1 && layers[0].params_after < layers[0].params_before, "{rel} {layers:?}");
     }
 
     #[test]
     fn cp_graph_runs_and_tracks_the_conv() {
-        use crate::runtime::{Session, SessionConfig};
-        use tamp_onnx::TensorValue;
-        use tamp_onnx::builder::{Attr, GraphBuilder};
-        let mut gb = GraphBuilder::new("cp", 17);
-        let x = gb.input_f32("x", &[None, Some(16), Some(7), Some(7)]);
         // An exact rank-4 weight: CP at rank ≥ 4 reproduces the conv.
         let f = |n: usize, i: usize, k: usize| ((n * 17 + i * 5 + k * 11) as f32 * 0.37).sin();
         let w = ArrayD::from_shape_fn(IxDyn(&[16, 16, 3, 3]), |d| (0..4).map(|k| f(0, d[0], k) * f(1, d[1], k) * f(2, d[2], k) * f(3, d[3], k)).sum());
-        let wn = gb.init_f32("w", w);
-        let bn = gb.init_f32("b", ArrayD::from_shape_fn(IxDyn(&[16]), |d| d[0] as f32 * 0.1));
-        let y = gb.op(
-            "Conv",
-            &[&x, &wn, &bn],
-            &[("pads", Attr::Ints(vec![1, 0, 2, 1])), ("strides", Attr::Ints(vec![2, 1])), ("kernel_shape", Attr::Ints(vec![3, 3]))],
-        );
-        gb.output_f32(&y, &[None, Some(16), Some(4), Some(6)]);
-        let m = gb.build();
-        let input = TensorValue::F32(ArrayD::from_shape_fn(IxDyn(&[2, 16, 7, 7]), |d| ((d[1] * 13 + d[2] * 5 + d[3]) as f32 * 0.07).cos()));
-        let run = |m: &Model| match Session::from_model(m, &SessionConfig::default()).unwrap().run(&[("x", &input)]).unwrap().remove(0).1 {
-            TensorValue::F32(a) => a,
-            _ => panic!(),
-        };
+        let (m, run) = conv_model(w, [1, 0, 2, 1], [2, 1], 7, [4, 6]);
         let before = run(&m);
         // ratio 0.15 of 2304 parameters at 38 per rank: rank 9.
         let pass = LowRank::new(LowrankStage { method: LowrankMethod::Cp, target_ratio: 0.15, min_dim: 4, ..LowrankStage::default() });
@@ -557,7 +549,7 @@ mod tests {
         assert_eq!(t.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).count(), 4);
         let after = run(&t);
         assert_eq!(after.shape(), before.shape());
-        let rel = (after - &before).mapv(|v| v * v).sum().sqrt() / before.mapv(|v| v * v).sum().sqrt();
+        let rel = relative_change(after, &before);
         assert!(rel < 1e-3 && layers[0].relative_error < 1e-3, "{rel} {layers:?}");
     }
 
