@@ -357,7 +357,12 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                     && w.dtype() == DType::F32
                     && std::env::var_os("TAMP_FUSED_ADAMW").is_none_or(|v| v != "0")
                 {
-                    let mv = s.mv.get_or_insert(Tensor::zeros((2, w.elem_count()), DType::F32, w.device())?);
+                    // Allocated once (an eager `get_or_insert` argument would zero a new
+                    // tensor on the device every step); a clone shares the storage.
+                    let mv = match &s.mv {
+                        Some(mv) => mv.clone(),
+                        None => s.mv.insert(Tensor::zeros((2, w.elem_count()), DType::F32, w.device())?).clone(),
+                    };
                     let decay = if s.decay && cfg.weight_decay > 0.0 { 1.0 - rate * cfg.weight_decay } else { 1.0 };
                     let k = crate::adamw_cuda::Step {
                         b1: b1 as f32,
@@ -367,7 +372,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                         eps: eps as f32,
                         decay: decay as f32,
                     };
-                    crate::adamw_cuda::step(s.var.as_tensor(), mv, &gr, k)?;
+                    crate::adamw_cuda::step(s.var.as_tensor(), &mv, &gr, k)?;
                     continue;
                 }
                 let next = match cfg.optimizer {
