@@ -40,6 +40,8 @@ RUNS = [
      f"policy:\n  name: d3m\n  stages:\n    - distill: {{student: {{layers: {{keep_every: 2}}}}, fine_tune: {MINI_FT}}}\n"),
     ("ResNet-8 / half width, KL (T=4) + labels", CNN,
      f"policy:\n  name: dh\n  stages:\n    - distill: {{student: {{width: 0.5}}, fine_tune: {{{CNN_FT}, distill_weight: 0.7}}}}\n"),
+    ("ResNet-8 / bottleneck 0.5 (block-internal widths), KL (T=4) + labels", CNN,
+     f"policy:\n  name: db\n  stages:\n    - distill: {{student: {{bottleneck: 0.5}}, fine_tune: {{{CNN_FT}, distill_weight: 0.7}}}}\n"),
     ("ResNet-8 / early exits (conv heads), cascade", CNN,
      "policy:\n  name: ee\n  stages:\n    - early_exit: {head_channels: 32, fine_tune: {epochs: 1, lr: 0.01, batch_size: 64, temperature: 2, distill_weight: 0.7, seed: 1}}\n"
      "constraints: {max_metric_drop_pct: 0.56}\n"),

@@ -366,11 +366,12 @@ mod tests {
         let r = "policy:\n  name: p\n  stages:\n    - distillation: {teacher: t.onnx, student: {layers: {keep_every: 2}}}\n";
         let d = Recipe::from_yaml(r).unwrap();
         assert!(matches!(&d.policy.stages[0], Stage::Distill(s) if s.student == Student::Layers(LayerChoice { keep_every: Some(2), keep: vec![] })));
-        for ok in ["student: input", "student: {width: 0.5}", "student: {file: s.onnx}", "student: {layers: {keep: [1, 3, 5]}}"] {
+        for ok in ["student: input", "student: {width: 0.5}", "student: {bottleneck: 0.5}", "student: {file: s.onnx}", "student: {layers: {keep: [1, 3, 5]}}"] {
             Recipe::from_yaml(&format!("policy:\n  name: p\n  stages:\n    - distill: {{{ok}}}\n")).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for (bad, says) in [
             ("student: {width: 1.5}", "outside (0, 1)"),
+            ("student: {bottleneck: 0}", "block-internal width"),
             ("student: {layers: {keep_every: 2, keep: [1]}}", "not both"),
             ("student: {layers: {}}", "which layers stay"),
             ("student: {depth: 3}", "unknown variant"),

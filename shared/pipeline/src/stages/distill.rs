@@ -82,24 +82,8 @@ fn make_student(job: &Job<'_>, index: usize, d: &DistillStage, teacher: &Model, 
             let m = layers::drop_layers(input, &keep).map_err(|e| EngineError::Config(format!("stage {index} (`distill`) student.layers: {e}")))?;
             (m, format!("layers {keep:?} of the teacher's {found}"))
         }
-        Student::Width(w) => {
-            let groups = pr::analyze(input);
-            if groups.is_empty() {
-                return Err(EngineError::Config(format!(
-                    "stage {index} (`distill`) student.width: the teacher has no prunable channel group; use `student: {{layers: …}}` or `{{file: …}}`"
-                )));
-            }
-            let keep: BTreeMap<usize, Vec<usize>> = groups
-                .iter()
-                .map(|g| {
-                    let remove = g.channels - ((g.channels as f64 * w).round() as usize).clamp(1, g.channels);
-                    (g.id, pr::keep_set(&pr::importance(teacher, g), remove))
-                })
-                .collect();
-            let kept: usize = keep.values().map(Vec::len).sum();
-            let total: usize = groups.iter().map(|g| g.channels).sum();
-            (pr::prune(input, &groups, &keep)?, format!("{kept} of {total} channels in {} groups", groups.len()))
-        }
+        Student::Width(w) => narrowed(index, "width", teacher, input, *w, |_| true)?,
+        Student::Bottleneck(w) => narrowed(index, "bottleneck", teacher, input, *w, |g| g.producers.len() == 1)?,
         Student::Depthwise(choice) => {
             let pass = Depthwise { layers: choice.layers.iter().cloned().collect() };
             let Some((m, convs)) = pass.apply(input)? else {
@@ -114,6 +98,28 @@ fn make_student(job: &Job<'_>, index: usize, d: &DistillStage, teacher: &Model, 
     };
     pairing(teacher, &student).map_err(|e| EngineError::Config(format!("stage {index} (`distill`): {e}")))?;
     Ok((student, how))
+}
+
+/// The stage's input with `keep` of each chosen channel group's channels (the teacher's most
+/// important ones): structured pruning as the student's initialisation.
+fn narrowed(index: usize, key: &str, teacher: &Model, input: &Model, keep: f64, chosen: impl Fn(&pr::ChannelGroup) -> bool) -> Result<(Model, String)> {
+    let groups: Vec<pr::ChannelGroup> = pr::analyze(input).into_iter().filter(|g| chosen(g)).collect();
+    if groups.is_empty() {
+        let what = if key == "bottleneck" { "block-internal channel group (one a single Conv or MatMul produces)" } else { "prunable channel group" };
+        return Err(EngineError::Config(format!(
+            "stage {index} (`distill`) student.{key}: the teacher has no {what}; use `student: {{layers: …}}` or `{{file: …}}`"
+        )));
+    }
+    let kept: BTreeMap<usize, Vec<usize>> = groups
+        .iter()
+        .map(|g| {
+            let remove = g.channels - ((g.channels as f64 * keep).round() as usize).clamp(1, g.channels);
+            (g.id, pr::keep_set(&pr::importance(teacher, g), remove))
+        })
+        .collect();
+    let n: usize = kept.values().map(Vec::len).sum();
+    let total: usize = groups.iter().map(|g| g.channels).sum();
+    Ok((pr::prune(input, &groups, &kept)?, format!("{n} of {total} channels in {} groups", groups.len())))
 }
 
 /// Before any compute: the first stage's student is made from the job's model and checked
@@ -146,4 +152,60 @@ fn pairing(teacher: &Model, student: &Model) -> std::result::Result<(), String> 
         return Err(format!("the student has no output '{o}' (its outputs: {so:?}); name its outputs as the teacher's"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{ArrayD, IxDyn};
+    use tamp_onnx::builder::{Attr, GraphBuilder};
+    use tamp_onnx::tensor::to_array;
+
+    use super::*;
+
+    /// stem → [conv_a → Relu → conv_b] + stem → head: one residual stream (stem and conv_b
+    /// write it) and one block-internal width (conv_a's output).
+    fn residual_block() -> Model {
+        let mut gb = GraphBuilder::new("block", 17);
+        let x = gb.input_f32("x", &[None, Some(3), Some(8), Some(8)]);
+        let w = |o: usize, i: usize, k: usize| ArrayD::from_shape_fn(IxDyn(&[o, i, k, k]), |d| ((d[0] * 7 + d[1] * 3 + d[2] + d[3]) as f32 * 0.37).sin());
+        let pads = ("pads", Attr::Ints(vec![1, 1, 1, 1]));
+        let ws = gb.init_f32("stem_w", w(8, 3, 3));
+        let stem = gb.op("Conv", &[&x, &ws], &[pads.clone()]);
+        let wa = gb.init_f32("a_w", w(8, 8, 3));
+        let a = gb.op("Conv", &[&stem, &wa], &[pads.clone()]);
+        let r = gb.op("Relu", &[&a], &[]);
+        let wb = gb.init_f32("b_w", w(8, 8, 3));
+        let b = gb.op("Conv", &[&r, &wb], &[pads]);
+        let sum = gb.op("Add", &[&b, &stem], &[]);
+        let wh = gb.init_f32("head_w", w(4, 8, 1));
+        let y = gb.op("Conv", &[&sum, &wh], &[]);
+        gb.output_f32(&y, &[None, Some(4), Some(8), Some(8)]);
+        gb.build()
+    }
+
+    fn shape(m: &Model, name: &str) -> Vec<usize> {
+        let t = m.graph().initializer.iter().find(|t| t.name.as_deref() == Some(name)).unwrap();
+        to_array::<f32>(t).unwrap().shape().to_vec()
+    }
+
+    #[test]
+    fn a_bottleneck_narrows_block_internal_widths_and_keeps_the_residual_stream() {
+        let m = residual_block();
+        let (s, how) = narrowed(0, "bottleneck", &m, &m, 0.5, |g| g.producers.len() == 1).unwrap();
+        assert_eq!(shape(&s, "a_w"), [4, 8, 3, 3], "{how}");
+        assert_eq!(shape(&s, "b_w"), [8, 4, 3, 3]);
+        assert_eq!(shape(&s, "stem_w"), [8, 3, 3, 3], "the residual stream keeps its width");
+        assert_eq!(how, "4 of 8 channels in 1 groups");
+        // Width narrows the stream too.
+        let (w, _) = narrowed(0, "width", &m, &m, 0.5, |_| true).unwrap();
+        assert_eq!(shape(&w, "stem_w"), [4, 3, 3, 3]);
+        // A model with no block-internal width is refused by name.
+        let mut gb = GraphBuilder::new("add", 17);
+        let x = gb.input_f32("x", &[None, Some(4)]);
+        let y = gb.op("Add", &[&x, &x], &[]);
+        gb.output_f32(&y, &[None, Some(4)]);
+        let plain = gb.build();
+        let e = narrowed(3, "bottleneck", &plain, &plain, 0.5, |g| g.producers.len() == 1).unwrap_err().to_string();
+        assert!(e.contains("stage 3") && e.contains("student.bottleneck") && e.contains("block-internal"), "{e}");
+    }
 }

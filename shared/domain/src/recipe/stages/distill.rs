@@ -4,6 +4,7 @@
 //! - distill:
 //!     teacher: input               # the job's model (default), or a path to teacher.onnx
 //!     student: {layers: {keep_every: 2}}   # or {layers: {keep: [1, 3, 5]}}, {width: 0.5},
+//!                                          # {bottleneck: 0.5} (block-internal widths only),
 //!                                          # {depthwise: {}}, {file: student.onnx}, or
 //!                                          # `input` (default: the model the earlier stages
 //!                                          # made, which the other forms also start from)
@@ -52,6 +53,10 @@ pub enum Student {
     /// The stage's input with this fraction of each prunable channel group (Conv channels,
     /// FFN neurons) kept: structured pruning as the initialisation.
     Width(f64),
+    /// The stage's input with this fraction of each block-internal width kept: the channel
+    /// groups a single Conv / MatMul produces (a transformer's FFN intermediate size, the inner
+    /// Convs of residual blocks). Residual streams, which several layers write, keep their width.
+    Bottleneck(f64),
     /// The stage's input with each k×k Conv replaced by a depthwise k×k and a pointwise 1×1,
     /// initialised from the weight's best separable approximation.
     Depthwise(DepthwiseChoice),
@@ -93,6 +98,9 @@ impl StageSettings for DistillStage {
             },
             Student::Width(w) if !(*w > 0.0 && *w < 1.0) => {
                 return Err(at.invalid(&["student", "width"], format!("{w} is outside (0, 1): the fraction of channels each group keeps")));
+            }
+            Student::Bottleneck(w) if !(*w > 0.0 && *w < 1.0) => {
+                return Err(at.invalid(&["student", "bottleneck"], format!("{w} is outside (0, 1): the fraction of each block-internal width kept")));
             }
             Student::File(f) if f.trim().is_empty() => return Err(at.invalid(&["student", "file"], "give the student's ONNX path")),
             _ => {}
