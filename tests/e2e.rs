@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use support::models::*;
-use support::{root, tamp};
+use crate::support::models::*;
+use crate::support::{root, tamp};
 
 fn npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap();

@@ -6,14 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::models::*;
+use crate::support::{root, tamp};
 use ndarray::ArrayD;
-use support::models::*;
-use support::{root, tamp};
 use tamp_onnx::builder::{Attr, GraphBuilder};
 
 /// `tamp export` of `model` to `out` with `args`; returns the `--report` JSON.

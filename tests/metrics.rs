@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
 use std::process::Command;
 
-use support::models::{python, run};
+use crate::support::models::{python, run};
 use tamp_engine::text_metrics::{bleu, cer, perplexity, rouge_l, wer};
 
 const HYPS: &[&str] = &[

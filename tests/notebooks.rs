@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 
-use support::{TOKENS, cnn, root, serve};
+use crate::support::{TOKENS, cnn, root, serve};
 
 #[test]
 fn every_example_notebook_runs_against_tamp_serve() {

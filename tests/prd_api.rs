@@ -7,11 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::{cnn, http, json, serve, wait_for_job};
+use crate::support::{cnn, http, json, serve, wait_for_job};
 
 fn put_inputs(url: &str, links: &serde_json::Value) {
     for f in ["model.onnx", "calib.npz", "eval.npz"] {

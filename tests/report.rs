@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::models::{python, reference_models, run};
-use support::{root, tamp};
+use crate::support::models::{python, reference_models, run};
+use crate::support::{root, tamp};
 
 /// A one-stage recipe; `extra` adds `evaluation` keys, `rows` is the analysis sample.
 fn recipe(dir: &Path, name: &str, stage: &str, extra: &str, rows: usize) -> PathBuf {

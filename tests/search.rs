@@ -6,14 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::models::{outcome, run};
-use support::{cnn, tamp};
+use crate::support::models::{outcome, run};
+use crate::support::{cnn, tamp};
 
 /// `tamp search` on the reference CNN with a fixed budget; `cache` is the latency cache the
 /// runs share (one artifact, one P50 on one machine: what makes two runs comparable).

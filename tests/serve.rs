@@ -5,14 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// Upload folder → job → best artifact over the API; a signed `job.succeeded` webhook;
 /// a killed worker retried without duplicate artifacts; POST /jobs idempotent on its key;

@@ -6,13 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::models::*;
-use support::{root, tamp};
+use crate::support::models::*;
+use crate::support::{root, tamp};
 
 /// A shipped example recipe without its `fine_tune` lines: these tests check the passes
 /// alone (tests/training.rs checks training).

@@ -8,14 +8,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::models::*;
-use support::{root, tamp};
+use crate::support::models::*;
+use crate::support::{root, tamp};
 use tamp_onnx::Model;
 use tamp_onnx::proto::tensor_proto::DataType;
 use tamp_onnx::tensor::data_type;

@@ -6,11 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::process::Command;
 
-use support::{TOKENS, cnn, root, serve, tamp};
+use crate::support::{TOKENS, cnn, root, serve, tamp};
 
 /// A minimal OIDC issuer for the login test: discovery, an authorize endpoint that logs
 /// "alice" in at once and redirects back with a code, and a token endpoint that gives an

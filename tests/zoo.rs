@@ -7,13 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::models::*;
-use support::{root, tamp};
+use crate::support::models::*;
+use crate::support::{root, tamp};
 
 /// A corpus model's folder (model.onnx, calib.npz, eval.npz, entry.json).
 fn zoo(name: &str) -> PathBuf {

@@ -28,9 +28,13 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use tamp_domain::job::Timestamp;
 use tamp_ports::{Delivery, ObjectMeta, ObjectStore, PortError, PutOutcome, Queue, Result, check_key};
 
-/// Loads the shared AWS configuration from the environment.
+/// Loads the shared AWS configuration from the environment, with rustls over *ring* as the
+/// HTTPS client (what the SDK's default client does with aws-lc, whose C build cost minutes of
+/// every cold build).
 pub async fn aws_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    use aws_smithy_http_client::{Builder, tls};
+    let https = Builder::new().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring)).build_https();
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https).load().await
 }
 
 /// A required setting from the environment, or an error naming it.
