@@ -170,9 +170,9 @@ mod tests {
         let w = |o: usize, i: usize, k: usize| ArrayD::from_shape_fn(IxDyn(&[o, i, k, k]), |d| ((d[0] * 7 + d[1] * 3 + d[2] + d[3]) as f32 * 0.37).sin());
         let pads = ("pads", Attr::Ints(vec![1, 1, 1, 1]));
         let ws = gb.init_f32("stem_w", w(8, 3, 3));
-        let stem = gb.op("Conv", &[&x, &ws], &[pads.clone()]);
+        let stem = gb.op("Conv", &[&x, &ws], std::slice::from_ref(&pads));
         let wa = gb.init_f32("a_w", w(8, 8, 3));
-        let a = gb.op("Conv", &[&stem, &wa], &[pads.clone()]);
+        let a = gb.op("Conv", &[&stem, &wa], std::slice::from_ref(&pads));
         let r = gb.op("Relu", &[&a], &[]);
         let wb = gb.init_f32("b_w", w(8, 8, 3));
         let b = gb.op("Conv", &[&r, &wb], &[pads]);
