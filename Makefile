@@ -242,11 +242,12 @@ report-tools: | $(FMNIST_DIR)/t10k-labels-idx1-ubyte.gz $(MODELDATA_DIR)/Rdata.r
 
 # Set-up that compiles nothing (downloads, virtual environments, Debian packages, the UI, the
 # Python-built reference models): `make test` runs it beside the build, which keeps both cores
-# busy for most of it, so the downloads and installs cost little extra time. The reference
-# CNN trains afterwards (it needs cargo, which the build holds).
+# busy for most of it, so the downloads and installs cost little extra time. The build's own
+# prerequisites come first, so that its recipe takes the first of the two slots at once. The
+# reference CNN trains afterwards (it needs cargo, which the build holds).
 test-setup: venv $(EFFNET_REF)/model.onnx $(MINILM_REF)/model.onnx zoo-fast moto infra-check report-tools torch ui pyclient-tools
 
-test:
+test: $(ORT_LIB) $(LITERT_LIB)
 	@$(MAKE) --no-print-directory -j2 build-tests test-setup
 	@$(MAKE) --no-print-directory models
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast --features tamp-worker/aws

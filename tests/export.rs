@@ -40,6 +40,27 @@ fn int8_model(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (ref_dir, q)
 }
 
+/// The Convs of Tamp's int8 ONNX file whose weights are dequantized (int8 in ONNX Runtime):
+/// (regular, depthwise). Which layers PTQ leaves in float is measured per CPU (int8 against
+/// float kernel times), so exports are checked against the model they were given: 48 of
+/// EfficientNet-Lite0's 49 on an AVX-512 VNNI EPYC (the stem stays float), fewer on AVX2 alone.
+fn int8_convs(q: &Path) -> (u64, u64) {
+    let m = tamp_onnx::Model::load(q).unwrap();
+    let g = m.graph();
+    let dequantized: std::collections::HashSet<&str> =
+        g.node.iter().filter(|n| n.op_type.as_deref() == Some("DequantizeLinear")).flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    let (mut regular, mut depthwise) = (0, 0);
+    for n in g.node.iter().filter(|n| n.op_type.as_deref() == Some("Conv") && n.input.get(1).is_some_and(|w| dequantized.contains(w.as_str()))) {
+        let group = n.attribute.iter().find(|a| a.name.as_deref() == Some("group")).and_then(|a| a.i).unwrap_or(1);
+        if group > 1 {
+            depthwise += 1;
+        } else {
+            regular += 1;
+        }
+    }
+    (regular, depthwise)
+}
+
 fn ops(report: &serde_json::Value, key: &str) -> u64 {
     report["ops"][key].as_u64().unwrap_or(0)
 }
@@ -77,7 +98,8 @@ fn resnet8_exports_to_tflite_in_fp32_and_int8() {
 }
 
 /// EfficientNet-Lite0 (ImageNet, real photos): fp32 matches ONNX Runtime to 1e-3 on every
-/// logit; the int8 export runs 32 CONV_2D and 16 DEPTHWISE_CONV_2D in int8 and agrees with
+/// logit; the int8 export runs every Conv that is int8 in Tamp's ONNX in int8 (32 CONV_2D and
+/// 16 DEPTHWISE_CONV_2D on AVX-512 VNNI; 29 and 12 on an AVX2-only EPYC) and agrees with
 /// Tamp's int8 ONNX on the 128 photos of eval + calib (measured 127/128 = 99.2 %, cosine
 /// 0.9996; the bars leave room for other near-ties to flip on a CPU whose int8 kernels
 /// round differently — AVX2 without VNNI stores Tamp's weights as uint8, for one).
@@ -98,7 +120,11 @@ fn efficientnet_exports_to_tflite_in_fp32_and_int8() {
 
     let int8 = dir.path().join("int8.tflite");
     let rep = export(&q, &int8, &[]);
-    assert!(ops(&rep, "CONV_2D:int8") >= 30 && ops(&rep, "DEPTHWISE_CONV_2D:int8") >= 16, "{rep}");
+    // Every Conv that is int8 in the ONNX file is int8 in the TFLite file (the stem may stay
+    // float, as in ONNX Runtime), and most of the network is.
+    let (regular, depthwise) = int8_convs(&q);
+    assert!(regular + depthwise >= 35, "only {regular} + {depthwise} int8 Convs in Tamp's ONNX of 49");
+    assert!(ops(&rep, "CONV_2D:int8") + 1 >= regular && ops(&rep, "DEPTHWISE_CONV_2D:int8") >= depthwise, "ONNX int8 Convs {regular} + {depthwise}: {rep}");
     let c = check(&q, &int8, &data);
     assert!(c["top1_agreement"].as_f64().unwrap() >= 0.95, "{c}");
     assert!(c["cosine_mean"].as_f64().unwrap() >= 0.995, "{c}");
@@ -320,8 +346,21 @@ fn openvino_runs_tamps_onnx_artifacts_fp32_and_int8() {
         let c = check(&q, &data);
         // Measured 0.984–1.0 here; OpenVINO's int8 kernels differ by CPU (VNNI, AVX2, AMX).
         assert!(c["top1_agreement"].as_f64().unwrap() >= 0.93 && c["cosine_mean"].as_f64().unwrap() >= 0.99, "{name} int8: {c}");
-        assert!(c["layers"]["Convolution:u8"].as_u64().unwrap_or(0) >= min_int8_convs, "{name}: OpenVINO did not run the QDQ convolutions in int8: {c}");
+        // OpenVINO's CPU plugin runs convolutions in u8 only where the CPU has an int8 dot
+        // product (VNNI, AVX-512 or AVX, or AMX); on an AVX2-only CPU it keeps all 9 of
+        // ResNet-8's in f32 (measured) while the element-wise ops still run in u8.
+        if int8_dot_product() {
+            assert!(c["layers"]["Convolution:u8"].as_u64().unwrap_or(0) >= min_int8_convs, "{name}: OpenVINO did not run the QDQ convolutions in int8: {c}");
+        } else {
+            assert!(c["int8_layers"].as_u64().unwrap_or(0) > 0, "{name}: OpenVINO ran nothing in int8: {c}");
+        }
     }
+}
+
+/// Whether this CPU has an int8 dot-product instruction (what OpenVINO needs to run int8 convolutions).
+fn int8_dot_product() -> bool {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| matches!(f, "avx512_vnni" | "avx_vnni" | "amx_int8")))
 }
 
 /// Codebook export (FR-006): the clustered ResNet-8 (16 clusters per layer, stored as
