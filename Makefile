@@ -220,11 +220,16 @@ $(FMNIST_REF)/model.onnx: $(REF_CACHE)/model.onnx
 	@mkdir -p $(MODELS)
 	@rm -rf $(FMNIST_REF) && cp -r $(REF_CACHE) $(FMNIST_REF)
 	@echo "reference CNN ready in $(FMNIST_REF) ($$(cat $(FMNIST_REF)/train.json | tr -d '\n ' | head -c 200))"
+# The trainer: built by `cargo run`, or a binary already built (`make test` passes the one
+# `build-tests` made). `cargo run -p tamp-train` resolves features for that package alone
+# (pulp, serde, libc and ~40 others differ from the workspace's), so after `build-tests` it
+# compiled candle and its stack again: 5 minutes on 2 cores, for a byte-identical model.
+TRAIN_REFERENCE ?= cargo run --quiet -p tamp-train --bin tamp-train-reference --
 $(REF_CACHE)/model.onnx: | data
 	@echo "training the Fashion-MNIST reference CNN (seeded; once per source hash, cached in $(REF_CACHE))"
 	@# glibc would otherwise unmap and re-fault every large activation buffer (sys time tripled).
 	MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=268435456 \
-		cargo run --quiet -p tamp-train --bin tamp-train-reference -- --data $(FMNIST_DIR) --out $(REF_CACHE).tmp
+		$(TRAIN_REFERENCE) --data $(FMNIST_DIR) --out $(REF_CACHE).tmp
 	@rm -rf $(REF_CACHE) && mv $(REF_CACHE).tmp $(REF_CACHE)
 
 ## --- the two commands ---------------------------------------------------------------------
@@ -249,7 +254,7 @@ test-setup: venv $(EFFNET_REF)/model.onnx $(MINILM_REF)/model.onnx zoo-fast moto
 
 test: $(ORT_LIB) $(LITERT_LIB)
 	@$(MAKE) --no-print-directory -j2 build-tests test-setup
-	@$(MAKE) --no-print-directory models
+	@$(MAKE) --no-print-directory models TRAIN_REFERENCE=$(CARGO_TARGET_DIR)/debug/tamp-train-reference
 	scripts/with_moto.sh cargo test --workspace --all-targets --no-fail-fast --features tamp-worker/aws
 
 ## --- the web UI ------------------------------------------------------------------------------

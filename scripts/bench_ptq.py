@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 
+from isa_quality import cpu  # the CPU and the x86 ISA ONNX Runtime dispatches its int8 kernels for
+
 ORT_SCRIPT = r'''
 import sys, numpy as np
 from onnxruntime.quantization import quantize_static, CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
@@ -102,6 +104,9 @@ def main():
     a = ap.parse_args()
     methods = [("minmax", "MinMax"), ("entropy", "Entropy"), ("percentile", "Percentile")]
     header = f"{'model':<20}{'quantizer':<22}{'top1':>8}{'P50 ms':>9}{'P95 ms':>9}{'b32 P50':>9}{'vs fp32':>8}{'size':>10}{'quant s':>9}{'RSS MiB':>9}"
+    cpu_name, isa = cpu()
+    print(f"CPU: {cpu_name}; ONNX Runtime's int8 kernels here: {isa} (Tamp quantizes for it: `--target-isa auto`;"
+          f" without VNNI its weights are uint8 for the U8U8 kernels, which do not saturate)")
     print(f"threads {a.threads}; calibration = every row of calib.npz; metric on eval.npz\n")
     print(header)
     print("-" * len(header))
