@@ -157,9 +157,11 @@ build: $(ORT_LIB) $(LITERT_LIB)
 build-tests: $(ORT_LIB) $(LITERT_LIB)
 	env -u MAKEFLAGS -u MFLAGS cargo build --workspace --all-targets --features tamp-worker/aws
 
-# Only what `make run` runs: the tamp CLI (no Lambda functions, no AWS SDK).
+# Only what `make run` runs: the tamp CLI (no Lambda functions, no AWS SDK), and the
+# reference CNN's trainer in the same invocation, so that candle's stack compiles once with
+# one feature set (see TRAIN_REFERENCE).
 build-cli: $(ORT_LIB) $(LITERT_LIB)
-	cargo build -p tamp-cli
+	cargo build -p tamp-cli -p tamp-train --bin tamp --bin tamp-train-reference
 
 build-release: $(ORT_LIB) $(LITERT_LIB)
 	cargo build --release -p tamp-cli
@@ -221,9 +223,10 @@ $(FMNIST_REF)/model.onnx: $(REF_CACHE)/model.onnx
 	@rm -rf $(FMNIST_REF) && cp -r $(REF_CACHE) $(FMNIST_REF)
 	@echo "reference CNN ready in $(FMNIST_REF) ($$(cat $(FMNIST_REF)/train.json | tr -d '\n ' | head -c 200))"
 # The trainer: built by `cargo run`, or a binary already built (`make test` passes the one
-# `build-tests` made). `cargo run -p tamp-train` resolves features for that package alone
-# (pulp, serde, libc and ~40 others differ from the workspace's), so after `build-tests` it
-# compiled candle and its stack again: 5 minutes on 2 cores, for a byte-identical model.
+# `build-tests` made, `make run` the one `build-cli` made). `cargo run -p tamp-train`
+# resolves features for that package alone (pulp, serde, libc and ~40 others differ from the
+# workspace's), so after another build it compiled candle and its stack again: 5 minutes on
+# 2 cores, for a byte-identical model.
 TRAIN_REFERENCE ?= cargo run --quiet -p tamp-train --bin tamp-train-reference --
 $(REF_CACHE)/model.onnx: | data
 	@echo "training the Fashion-MNIST reference CNN (seeded; once per source hash, cached in $(REF_CACHE))"
@@ -236,7 +239,8 @@ $(REF_CACHE)/model.onnx: | data
 
 # Only what the main job needs: the CLI and the reference CNN (the other reference models are
 # for the tests and benchmarks).
-run: build-cli ui $(FMNIST_REF)/model.onnx
+run: build-cli ui
+	@$(MAKE) --no-print-directory $(FMNIST_REF)/model.onnx TRAIN_REFERENCE=$(CARGO_TARGET_DIR)/debug/tamp-train-reference
 	$(TAMP) compress $(FMNIST_REF)/model.onnx --recipe configs/policy_examples/ptq_8bit.yaml \
 		--data $(FMNIST_REF)/calib.npz --eval $(FMNIST_REF)/eval.npz --out out/fmnist-resnet8
 
