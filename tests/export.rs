@@ -342,8 +342,7 @@ fn openvino_runs_tamps_onnx_artifacts_fp32_and_int8() {
 
 /// Whether this CPU has an int8 dot-product instruction (what OpenVINO needs to run int8 convolutions).
 fn int8_dot_product() -> bool {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| matches!(f, "avx512_vnni" | "avx_vnni" | "amx_int8")))
+    !tamp_engine::isa::needs_u8_weights(tamp_engine::isa::detect())
 }
 
 /// Codebook export (FR-006): the clustered ResNet-8 (16 clusters per layer, stored as
