@@ -633,89 +633,6 @@ async fn the_cli_submits_through_the_aws_api_with_a_service_account_token() {
     assert_eq!((job.id.as_str(), job.version.as_str(), job.state.as_str()), (id.as_str(), "v9", "queued"), "{job:?}");
 }
 
-/// A search stage on AWS: its container submits each trial as a Batch job (named after the
-/// stage run, the trial's spec key in `parameters`) and collects the results from the bucket
-/// into its journal; the test plays every container, the stage's and each trial's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_search_stage_runs_its_trials_as_batch_jobs() {
-    let st = stack().await;
-    for f in ["model.onnx", "calib.npz", "eval.npz"] {
-        st.put(&format!("uploads/vision/searched/v1/{f}"), cnn_file(f)).await;
-    }
-    let recipe = "policy:\n  name: searched\n  stages:\n    - search: {budget_trials: 6, workers: 3, rows: 512, calibration_methods: [minmax], latency_runs: 10, confirm: 2}\n";
-    st.put("uploads/vision/searched/v1/recipe.yaml", recipe.as_bytes().to_vec()).await;
-    assert_eq!(st.run_ingest(1).await, 1);
-    let job = st.only_job().await;
-    st.run_orchestrator(1, 10).await;
-    let run = StageRun { job: job.id.clone(), stage: 0, attempt: 1, device: Default::default() };
-    let (id, _) = st.runner.find(&run).await.unwrap().into_iter().next().expect("the stage's Batch job");
-
-    // The stage's container, as Batch starts it (the queue and definition it submits trials to
-    // come from the environment Batch sets: its queue, its own job's definition).
-    let scratch = tempfile::tempdir().unwrap();
-    let mut stage = tokio::process::Command::new(worker_bin())
-        .args(["worker", "--job", &job.id, "--stage", "0", "--attempt", "1"])
-        .current_dir(root())
-        .env("TAMP_BUCKET", &st.settings.bucket)
-        .env("TAMP_TABLE", &st.settings.table)
-        .env("TAMP_SCRATCH", scratch.path())
-        .env("AWS_BATCH_JOB_ATTEMPT", "1")
-        .env("AWS_BATCH_JQ_NAME", &st.settings.batch_queue)
-        .env("AWS_BATCH_JOB_ID", &id)
-        .env("TAMP_TRIAL_POLL_MS", "100")
-        .env("TAMP_CACHE_DIR", scratch.path().join("cache"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let batch = aws_sdk_batch::Client::new(&aws_config().await);
-    let prefix = format!("artifacts/{}/0/attempt-1/trials/", job.id);
-    let mut played = std::collections::BTreeSet::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = stage.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "the search stage did not finish");
-        for key in st.svc.store.list(&prefix).await.unwrap().into_iter().filter(|k| k.ends_with(".spec.json")) {
-            if played.contains(&key) {
-                continue;
-            }
-            // The trial's Batch job, by its deterministic name.
-            let n = key.trim_start_matches(&prefix).trim_end_matches(".spec.json");
-            let name = format!("{}-t{n}", run.name());
-            let filter = aws_sdk_batch::types::KeyValuesPair::builder().name("JOB_NAME").values(&name).build();
-            let found = batch.list_jobs().job_queue(&st.settings.batch_queue).filters(filter).send().await.unwrap();
-            let Some(summary) = found.job_summary_list().first() else { continue };
-            let described = batch.describe_jobs().jobs(summary.job_id().unwrap()).send().await.unwrap();
-            let p = described.jobs()[0].parameters().unwrap();
-            assert_eq!(p.get("trial"), Some(&key), "the spec key travels in the parameters");
-            assert!(p.get("stage").is_none(), "not a stage run: the orchestrator ignores its state changes");
-            let ok = std::process::Command::new(worker_bin())
-                .args(["search-trial", "--spec-key", &p["trial"]])
-                .current_dir(root())
-                .env("TAMP_BUCKET", &st.settings.bucket)
-                .env("TAMP_SCRATCH", scratch.path())
-                .env("TAMP_CACHE_DIR", scratch.path().join("cache"))
-                .status()
-                .unwrap();
-            assert!(ok.success(), "trial {key}");
-            played.insert(key);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "the stage's container: {status}");
-    st.state_change(&run, "SUCCEEDED", Some(0)).await;
-    while st.run_orchestrator(1, 3).await > 0 {}
-    let j = st.svc.meta.get_job(&job.id).await.unwrap().unwrap();
-    assert_eq!(j.state.as_str(), "succeeded", "{j:?}");
-    // Every measured record of the journal came from a trial job; nothing is left behind.
-    let journal = String::from_utf8(st.svc.store.get(&format!("artifacts/{}/0/attempt-1/search/journal.jsonl", job.id)).await.unwrap()).unwrap();
-    let measured = journal.lines().skip(1).count();
-    assert_eq!(played.len(), measured, "one Batch job per record (reference score, trials, probes):\n{journal}");
-    assert!(st.svc.store.list(&prefix).await.unwrap().is_empty(), "trial objects are cleaned up");
-    assert!(st.svc.store.head(&format!("artifacts/{}/0/attempt-1/best.recipe.yaml", job.id)).await.unwrap().is_some());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn training_stages_go_to_the_gpu_queue_and_ptq_to_the_cpu_queue() {
     let st = stack().await;
@@ -754,3 +671,7 @@ async fn training_stages_go_to_the_gpu_queue_and_ptq_to_the_cpu_queue() {
         assert_eq!(st.runner.find(&run).await.unwrap().len(), 1, "the runner observes it where it went");
     }
 }
+
+/// Search stages on AWS: trials as Batch jobs, and resuming from the stored journal.
+#[path = "aws_search.rs"]
+mod search;

@@ -187,6 +187,7 @@ pub fn run(args: &Args) -> Result<()> {
         reproducible: false,
         analyse: !args.no_analysis,
         search_dir: search_workers.map(|_| search_dir.as_path()),
+        journal_sink: None,
         trials: subprocess.as_ref().map(|s| s as &dyn compress::search::Trials),
         export: true,
     };

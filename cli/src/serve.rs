@@ -159,7 +159,8 @@ fn die_with_server() {
 
 pub fn worker(args: &WorkerArgs) -> Result<()> {
     die_with_server();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Multi-thread: the stage's pipeline runs under `block_in_place` (search journal uploads).
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let run = args.run.run();
     let outcome = rt.block_on(async {
         let meta = SqliteStore::open(&local::db_path(&args.data_dir)).map_err(|e| Failure::Transient(e.into()))?;

@@ -240,6 +240,19 @@ async fn stage(
     }
     let out = work.join("out");
     let fan_out = trials.map(|t| t.trials(run, &eval_key));
+    // A search stage keeps its journal in the store under one key per stage, shared by its
+    // attempts, uploaded after every batch of trials: an attempt after a dead container
+    // resumes where it stopped and re-measures nothing it finished. Uploading from inside the
+    // (synchronous) pipeline needs a multi-thread runtime (both worker binaries have one).
+    let search_dir = work.join("search");
+    let journal = JournalUpload { files, key: search_journal_key(run) };
+    let searching = recipe.policy.stages.iter().any(|s| matches!(s, tamp_domain::recipe::Stage::Search(_)));
+    let can_block = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+    if searching && can_block && files.head(&journal.key).await.map_err(|e| transient(e.into()))?.is_some() {
+        std::fs::create_dir_all(&search_dir).map_err(|e| transient(anyhow!("{}: {e}", search_dir.display())))?;
+        fetch(journal.key.clone(), search_dir.join("journal.jsonl")).await?;
+        println!("search journal from {} (an earlier attempt's trials are not measured again)", journal.key);
+    }
     let j = Job {
         model_path: &model,
         recipe: &recipe,
@@ -250,19 +263,60 @@ async fn stage(
         out_dir: &out,
         reproducible: true,
         analyse: true,
-        search_dir: None,
+        search_dir: can_block.then_some(search_dir.as_path()),
+        journal_sink: (searching && can_block).then_some(&journal as &dyn tamp_pipeline::search::JournalSink),
         trials: fan_out.as_deref(),
         // The export function converts the job's final artifact once the job succeeds.
         export: false,
     };
     println!("job {} stage {} attempt {}: {} on {}", job.id, run.stage, run.attempt, recipe.policy.name, model_key);
-    let outcome = compress::run(&j, &mut Lines).map_err(|e| match e {
+    let pipeline = || compress::run(&j, &mut Lines);
+    let outcome = if can_block { tokio::task::block_in_place(pipeline) } else { pipeline() };
+    let outcome = outcome.map_err(|e| match e {
         tamp_engine::EngineError::Io { .. } => transient(e.into()),
         other => bad(anyhow!("{model_key}: {other}")),
     })?;
     println!("chosen {}: {}", outcome.chosen, outcome.reason);
     fault_point();
     publish(files, run, &out, &outcome.warnings).await.map_err(transient)
+}
+
+/// Where a search stage's journal is kept between its attempts.
+pub fn search_journal_key(run: &StageRun) -> String {
+    format!("artifacts/{}/{}/search-journal.jsonl", run.job, run.stage)
+}
+
+/// Uploads the search journal from inside the pipeline (which runs under `block_in_place`).
+struct JournalUpload<'a> {
+    files: &'a dyn ObjectStore,
+    key: String,
+}
+
+impl std::fmt::Debug for JournalUpload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalUpload").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl tamp_pipeline::search::JournalSink for JournalUpload<'_> {
+    fn save(&self, journal: &Path) -> tamp_pipeline::Result<()> {
+        let io = |e: std::io::Error| tamp_engine::EngineError::Io { path: journal.to_owned(), source: e };
+        let bytes = std::fs::read(journal).map_err(io)?;
+        let records = bytes.iter().filter(|&&b| b == b'\n').count().saturating_sub(1);
+        tokio::runtime::Handle::current()
+            .block_on(self.files.put(&self.key, bytes))
+            .map_err(|e| io(std::io::Error::other(format!("uploading the search journal to {}: {e}", self.key))))?;
+        // Fault injection: `TAMP_FAULT_CRASH_AFTER_JOURNAL=<records>:<marker>` dies once, by
+        // SIGKILL, right after a journal of at least that many records is uploaded.
+        let fault = std::env::var("TAMP_FAULT_CRASH_AFTER_JOURNAL").unwrap_or_default();
+        if let Some((n, marker)) = fault.split_once(':')
+            && n.parse::<usize>().is_ok_and(|n| records >= n)
+            && std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok()
+        {
+            die();
+        }
+        Ok(())
+    }
 }
 
 /// The files a recipe names beside the model: (what, path relative to the upload folder).

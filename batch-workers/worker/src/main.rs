@@ -33,7 +33,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Multi-thread: the stage's pipeline runs under `block_in_place` and uploads the search
+    // journal from there while the runtime keeps driving the SDK's connections.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match Cli::parse() {
         Cli::Worker(args) => tamp_worker::finish(rt.block_on(tamp_worker::aws::run(&args.run()))),
         Cli::Export { job, runtime } => tamp_worker::finish(rt.block_on(tamp_worker::aws::export(&job, &runtime))),

@@ -82,6 +82,9 @@ pub struct Job<'a> {
     /// Where a `search` stage keeps its journal (default `<out_dir>/search`): a folder that
     /// outlives a killed run, so the next run resumes from it.
     pub search_dir: Option<&'a Path>,
+    /// Told after every batch of trials a `search` stage appends to its journal (the
+    /// service keeps the journal in its object store, so a retried attempt resumes mid-way).
+    pub journal_sink: Option<&'a dyn search::JournalSink>,
     /// How search trials run (default: in this process, one after another).
     pub trials: Option<&'a dyn search::Trials>,
     /// Convert the chosen candidate for the recipe's other targets here (`tamp compress`).

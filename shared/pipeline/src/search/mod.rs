@@ -29,7 +29,7 @@ use tamp_engine::passes::quantize;
 use tamp_onnx::{Model, SaveOptions};
 
 pub use journal::{Kind, Record};
-pub use trial::{InProcess, Subprocess, TrialResult, TrialSpec, Trials};
+pub use trial::{InProcess, JournalSink, Subprocess, TrialResult, TrialSpec, Trials};
 
 use journal::{Header, JOURNAL_FORMAT, code, open_journal, precision};
 
@@ -320,6 +320,9 @@ impl Search<'_, '_, '_, '_> {
             let front = self.front();
             self.history.push(serde_json::json!({"trials": self.trials_done(), "front_size": front.len()}));
             self.write_front()?;
+            if let Some(sink) = self.cx.job.journal_sink {
+                sink.save(&self.journal)?;
+            }
             let measured = self.trials_done();
             self.cx.obs.end(&format!("{label}: {measured} trial(s) measured of {}", self.s.budget_trials));
         }

@@ -53,6 +53,15 @@ pub trait Trials: Sync + std::fmt::Debug {
     fn measure(&self, specs: &[TrialSpec], workers: usize, done: &mut dyn FnMut(usize)) -> Result<Vec<TrialResult>>;
 }
 
+/// Where a search's journal is kept beyond its machine: told after every batch of trials is
+/// appended (and the front written), so a search whose container dies resumes on the next
+/// attempt from what the store holds (the service's stage worker uploads it; a local
+/// `tamp compress` keeps its journal on disk and needs none).
+pub trait JournalSink: Sync + std::fmt::Debug {
+    /// Keeps a copy of `journal` (the whole file, header first).
+    fn save(&self, journal: &Path) -> Result<()>;
+}
+
 /// Trials measured in the calling process, one after another.
 #[derive(Debug)]
 pub struct InProcess<'d> {
