@@ -32,5 +32,14 @@ fn every_example_notebook_runs_against_tamp_serve() {
     for n in ["ptq_only", "prune_finetune", "distill"] {
         assert!(text.contains(&format!("== {n}.ipynb: ok")), "{text}");
     }
-    assert!(text.contains("top1: 89.25 ->"), "the PTQ notebook reports the metric beside the original's:\n{text}");
+    // The metric beside the original's: the reference CNN's fp32 top-1, which moves by a few
+    // hundredths with the CPU that trained it (89.25 on the AMD EPYCs, 89.23 on an AMX Xeon:
+    // candle's float kernels sum in a different order), so a range, not one number.
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("top1: ") && l.contains(" -> "))
+        .unwrap_or_else(|| panic!("the PTQ notebook prints no 'top1: A -> B':\n{text}"));
+    let before: f64 = line["top1: ".len()..].split(" -> ").next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("unreadable: {line}"));
+    assert!((88.5..=90.0).contains(&before), "the original's top-1 in '{line}' is not the reference CNN's (about 89.2)");
 }

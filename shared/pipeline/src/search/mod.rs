@@ -12,6 +12,7 @@
 //! search re-run on the same journal replays its decisions, re-measures nothing it finished,
 //! and continues where it stopped.
 
+mod confirm;
 mod journal;
 mod nsga;
 pub mod trial;
@@ -22,7 +23,7 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tamp_domain::recipe::{Calibration, Objective, Precision, PtqStage, SearchStage, Stage, Strategy};
+use tamp_domain::recipe::{Calibration, Objective, Precision, PtqStage, SearchStage, Strategy};
 use tamp_domain::results::Candidate;
 use tamp_engine::EngineError;
 use tamp_engine::passes::quantize;
@@ -94,6 +95,8 @@ struct Search<'s, 'c, 'a, 'o> {
     size_feasible: Option<bool>,
     /// The config the walks start from (the best all-int8 start).
     start: Option<String>,
+    /// Configs where single recipes sit (see `explore`).
+    anchors: Vec<String>,
 }
 
 /// Runs a `search` stage: returns the confirmed front points as candidates.
@@ -165,6 +168,7 @@ pub fn run(cx: &mut Context<'_, '_>, index: usize, s: &SearchStage, input: &Mode
         history: Vec::new(),
         size_feasible: None,
         start: None,
+        anchors: Vec::new(),
     };
     search.explore()?;
     search.confirm(index)
@@ -525,7 +529,12 @@ impl Search<'_, '_, '_, '_> {
             })
             .collect();
         let weights = group_weights(self.mixers[0].base(), &self.groups);
-        let walks = self.walks(&start, &speed, &sens, &lat, &weights);
+        let knees = self.knees(&start, &sens, &weights);
+        // The points single recipes make (all int8 under each calibration method, the knees
+        // a drop budget makes, all int4): confirm looks for front points that beat them.
+        let int4: String = start.bytes().enumerate().map(|(g, c)| if g > 0 && self.allowed[g].contains(&b'4') { '4' } else { c as char }).collect();
+        self.anchors = starts.iter().cloned().chain([int4]).chain(knees.iter().cloned()).collect();
+        let walks = self.walks(&start, &speed, &sens, &lat, &weights, &knees);
         self.measure(&walks, Kind::Trial, "greedy curves")?;
         if self.s.strategy == Strategy::Nsga2 {
             self.evolve()?;
@@ -537,8 +546,9 @@ impl Search<'_, '_, '_, '_> {
     /// - from the speed config toward int4, cheapest in P50 per byte saved first (then metric);
     /// - from all int8 toward int4, cheapest in metric per byte saved first (AMP's curve);
     /// - from all int8 toward float, most metric gained per byte spent first;
-    /// - from where that walk first meets the metric budget (by the proxy) toward int4 again.
-    fn walks(&self, start: &str, speed: &str, sens: &[[f64; 3]], lat: &[[f64; 3]], weights: &[u64]) -> Vec<String> {
+    /// - from where that walk first meets the metric budget (by the proxy) toward int4 again;
+    /// - and the knees toward float (`knees`).
+    fn walks(&self, start: &str, speed: &str, sens: &[[f64; 3]], lat: &[[f64; 3]], weights: &[u64], knees: &[String]) -> Vec<String> {
         let n = start.len();
         let elems = |g: usize| weights[g].max(1) as f64;
         let per_byte = |v: f64, g: usize| v.max(0.0) / elems(g);
@@ -590,8 +600,9 @@ impl Search<'_, '_, '_, '_> {
             fixed = apply(&fixed, &[g], b'f');
         }
         let walk = |from: &str, order: Vec<usize>| -> Vec<String> { prefixes(order.len()).into_iter().map(|k| apply(from, &order[..k], b'4')).collect() };
-        let walks: [Vec<String>; 5] = [
+        let walks: [Vec<String>; 6] = [
             vec![speed.to_owned()],
+            knees.to_vec(),
             walk(speed, cheapest(speed, &by_speed)),
             walk(start, cheapest(start, &by_metric)),
             prefixes(up.len()).into_iter().map(|k| apply(start, &up[..k], b'f')).collect(),
@@ -606,6 +617,39 @@ impl Search<'_, '_, '_, '_> {
                     && !out.contains(c)
                 {
                     out.push(c.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// The knees toward float: for each drop of the ladder, the shortest run of groups turned
+    /// float from `start` that the proxy predicts within it, ordered by gain per weight
+    /// (smallest) and by gain alone (fewest float groups: how `ptq` with a drop budget picks).
+    /// Single recipes with a tight drop budget sit there, and the evenly spaced walks may step
+    /// over them.
+    fn knees(&self, start: &str, sens: &[[f64; 3]], weights: &[u64]) -> Vec<String> {
+        let f = slot(b'f');
+        let gain: Vec<usize> = (0..start.len()).filter(|&g| self.allowed[g].contains(&b'f') && start.as_bytes()[g] != b'f' && sens[g][f] < 0.0).collect();
+        let mut per_weight = gain.clone();
+        per_weight.sort_by(|&a, &b| (sens[a][f] / weights[a].max(1) as f64).total_cmp(&(sens[b][f] / weights[b].max(1) as f64)).then(a.cmp(&b)));
+        let mut by_gain = gain;
+        by_gain.sort_by(|&a, &b| sens[a][f].total_cmp(&sens[b][f]).then(a.cmp(&b)));
+        let base = self.find(start, Kind::Probe).map_or(0.0, |r| r.drop_pct);
+        let mut out = Vec::new();
+        for level in DROP_LADDER {
+            for order in [&per_weight, &by_gain] {
+                let (mut predicted, mut c) = (base, start.as_bytes().to_vec());
+                for &g in order.iter() {
+                    if predicted <= level {
+                        break;
+                    }
+                    predicted += sens[g][f];
+                    c[g] = b'f';
+                }
+                let c = String::from_utf8_lossy(&c).into_owned();
+                if c != start && !out.contains(&c) {
+                    out.push(c);
                 }
             }
         }
@@ -648,100 +692,11 @@ impl Search<'_, '_, '_, '_> {
         }
         Ok(())
     }
-
-    /// Confirms the best and the other front points on the full evaluation set, judging each
-    /// as a candidate, and writes each one's config as a recipe beside it.
-    fn confirm(self, index: usize) -> Result<Vec<Candidate>> {
-        let mut chosen: Vec<Record> = Vec::new();
-        if let Some(b) = self.best() {
-            chosen.push(b.clone());
-        }
-        // Then the front's extremes among the points meeting the constraints (smallest,
-        // fastest, most accurate), then the rest of the front by crowding distance.
-        let front: Vec<Record> = self.front().into_iter().cloned().collect();
-        let feasible: Vec<&Record> = front.iter().filter(|r| self.point(r).violation == 0.0).collect();
-        let pick =
-            |pool: &[&Record], key: &dyn Fn(&Record) -> f64| pool.iter().min_by(|a, b| key(a).total_cmp(&key(b)).then(a.n.cmp(&b.n))).map(|r| (*r).clone());
-        let size = |r: &Record| r.size_bytes as f64;
-        let p50 = |r: &Record| r.latency_ms_p50.unwrap_or(f64::INFINITY);
-        // Next to each extreme of the whole front, the most accurate point within measurement
-        // tolerance of it (1 % in size, 5 % in P50): as small (or fast) as that extreme, better.
-        let all: Vec<&Record> = front.iter().collect();
-        let near = |key: &dyn Fn(&Record) -> f64, tol: f64| -> Option<Record> {
-            let edge = all.iter().map(|r| key(r)).fold(f64::INFINITY, f64::min);
-            let close: Vec<&Record> = all.iter().copied().filter(|r| key(r) <= edge * (1.0 + tol)).collect();
-            pick(&close, &|r| r.drop_pct)
-        };
-        let mut order: Vec<Record> = [pick(&feasible, &size), pick(&feasible, &p50), pick(&feasible, &|r| r.drop_pct), near(&size, 0.01), near(&p50, 0.05)]
-            .into_iter()
-            .flatten()
-            .collect();
-        let points: Vec<nsga::Point> = front.iter().map(|r| self.point(r)).collect();
-        let all: Vec<usize> = (0..front.len()).collect();
-        let crowd = nsga::crowding(&points, &all);
-        let mut rest: Vec<usize> = all;
-        rest.sort_by(|&a, &b| points[a].violation.total_cmp(&points[b].violation).then(crowd[b].total_cmp(&crowd[a])).then(a.cmp(&b)));
-        order.extend(rest.into_iter().map(|i| front[i].clone()));
-        for r in order {
-            if chosen.len() >= self.s.confirm {
-                break;
-            }
-            if !chosen.iter().any(|c| c.config == r.config) {
-                chosen.push(r);
-            }
-        }
-        let out = self.cx.job.out_dir.join("search");
-        std::fs::create_dir_all(&out).map_err(io_err(&out))?;
-        let mut candidates = Vec::new();
-        for (k, r) in chosen.iter().enumerate() {
-            let layers = self.layers(&r.config);
-            let mi = r.config.as_bytes().first().map_or(0, |c| c.saturating_sub(b'0') as usize).min(self.mixers.len() - 1);
-            let model = self.mixers[mi].build(&layers)?;
-            let id = format!("s{index}-search-{k}");
-            let mut c = self.cx.judge(&model, id.clone(), index, "search")?;
-            self.mixers[mi].describe(&mut c, &layers);
-            let recipe = self.recipe_for(&layers, r);
-            trial::write_atomic(&out.join(format!("{id}.yaml")), recipe.as_bytes())?;
-            candidates.push(c);
-        }
-        // The journal and front travel with the artifacts.
-        if self.dir != out {
-            for f in ["journal.jsonl", "front.json"] {
-                let _ = std::fs::copy(self.dir.join(f), out.join(f));
-            }
-        }
-        Ok(candidates)
-    }
-
-    /// The chosen config as a recipe: the search's PTQ settings with `layers` set. Fed back
-    /// to `tamp compress`, it builds the same bytes.
-    fn recipe_for(&self, layers: &BTreeMap<String, Precision>, r: &Record) -> String {
-        let mut recipe = self.cx.job.recipe.clone();
-        let mut ptq = self.s.ptq.clone();
-        ptq.layers = layers.clone();
-        let method = r.config.as_bytes().first().map_or(0, |c| c.saturating_sub(b'0') as usize);
-        ptq.calibration.method = self.s.calibration_methods[method.min(self.s.calibration_methods.len() - 1)];
-        recipe.policy.name = format!("{}-searched", recipe.policy.name);
-        recipe.policy.description = Some(format!(
-            "per-layer precision found by tamp search (seed {}, trial {} of {}): {} {:.4} on {} subset rows, P50 {} ms, {} bytes",
-            self.s.seed,
-            r.n,
-            self.trials_done(),
-            self.cx.metric,
-            r.metric,
-            self.rows.len(),
-            r.latency_ms_p50.map_or("-".into(), |l| format!("{l:.3}")),
-            r.size_bytes
-        ));
-        recipe.policy.stages = vec![Stage::Ptq(ptq)];
-        recipe.model = None;
-        recipe.data = Default::default();
-        format!(
-            "# A searched per-layer precision config. Reproduce the chosen artifact byte for byte:\n#   tamp compress MODEL --recipe this.yaml --data CALIB.npz --eval EVAL.npz --out DIR\n{}",
-            recipe.to_yaml()
-        )
-    }
 }
+
+/// Metric drops (%) where the search makes sure of a point: the knees of the walk toward
+/// float are trials, and the smallest front point within each is confirmed.
+const DROP_LADDER: [f64; 4] = [0.1, 0.25, 0.5, 1.0];
 
 /// Where a gene value's probe sits in a group's `[f64; 3]` (calibration genes: their digit).
 fn slot(c: u8) -> usize {

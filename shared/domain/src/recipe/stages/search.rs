@@ -66,7 +66,7 @@ impl Default for SearchStage {
             objectives: vec![Objective::Metric, Objective::Latency, Objective::Size],
             population: 8,
             workers: 1,
-            confirm: 6,
+            confirm: 10,
             latency_runs: 40,
             calibration_methods: vec![CalibrationMethod::Minmax, CalibrationMethod::Kl, CalibrationMethod::Percentile],
             device: super::DeviceChoice::Auto,
