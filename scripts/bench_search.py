@@ -6,8 +6,9 @@ default budget (40 trials, 10 minutes). Every number is a full-evaluation-set me
 from the same protocol (`tamp compress`'s judge: the whole eval set, P50 over single-row
 runs on 1 thread). A search point *beats* a single-recipe result when it is at least as good
 on every axis and better on one: metric not lower, size at most 1 % larger, P50 at most 5 %
-slower (the spread of repeated P50s of one file on this machine: equal within it), and
-strictly better on one (metric higher, size ≥ 1 % smaller, or P50 ≥ 5 % faster). Then how the front grows with trials (from
+slower (the spread of repeated P50s of near-identical files on one machine: equal within it),
+and strictly better on one (metric higher, size ≥ 1 % smaller, or P50 ≥ 5 % faster). Each
+point's interleaved speed-up over fp32 is printed with its 95 % interval. Then how the front grows with trials (from
 the journal), and the proxy's rank correlation."""
 import argparse
 import json
@@ -31,17 +32,34 @@ MODELS = {
 TOL = 0.05
 
 
+def point(c: dict) -> dict:
+    return {"id": c["id"], "metric": c["measured"]["value"], "p50": c["measured"]["latency_ms_p50"], "size": c["measured"]["size_bytes"],
+            "drop": c["metric_drop_pct"], "ratio": c["compression_ratio"], "speedup": c["speedup_p50"], "interval": c.get("speedup_interval"),
+            "bits": c["weights_bits"], "float": len(c["float_nodes"])}
+
+
 def chosen(out: Path) -> dict:
     o = json.loads((out / "candidates.json").read_text())
-    c = next(c for c in o["candidates"] if c["id"] == o["chosen"])
-    return {"id": c["id"], "metric": c["measured"]["value"], "p50": c["measured"]["latency_ms_p50"], "size": c["measured"]["size_bytes"],
-            "drop": c["metric_drop_pct"], "ratio": c["compression_ratio"]}, o
+    return point(next(c for c in o["candidates"] if c["id"] == o["chosen"])), o
+
+
+def speed(p: dict) -> str:
+    i = p["interval"]
+    return f"{p['speedup']:.2f}x [{i[0]:.2f}, {i[1]:.2f}]" if i else f"{p['speedup']:.2f}x"
+
+
+def slower(p: dict, s: dict) -> bool:
+    """P50 worse beyond the run-to-run spread of near-identical int8 files here (5 %). The
+    judge's interleaved speed-up intervals are printed too, but they are narrower than that
+    spread (ResNet-8's int8 points: 1.20x [1.17, 1.21] and 1.27x [1.26, 1.28] for files one
+    calibration apart), so they do not decide."""
+    return p["p50"] > s["p50"] * (1 + TOL)
 
 
 def beats(p: dict, s: dict) -> bool:
-    if p["metric"] < s["metric"] or p["size"] > s["size"] * 1.01 or p["p50"] > s["p50"] * (1 + TOL):
+    if p["metric"] < s["metric"] or p["size"] > s["size"] * 1.01 or slower(p, s):
         return False
-    return p["metric"] > s["metric"] or p["size"] < s["size"] * 0.99 or p["p50"] < s["p50"] * (1 - TOL)
+    return p["metric"] > s["metric"] or p["size"] < s["size"] * 0.99 or slower(s, p)
 
 
 def main() -> None:
@@ -79,23 +97,22 @@ def main() -> None:
                 print(f"{model} search: FAILED {r.stderr.strip()[-400:]}")
                 continue
             _, o = chosen(Path(tmp) / "search")
-            points = [{"id": c["id"], "metric": c["measured"]["value"], "p50": c["measured"]["latency_ms_p50"], "size": c["measured"]["size_bytes"],
-                       "ratio": c["compression_ratio"], "bits": c["weights_bits"], "float": len(c["float_nodes"])} for c in o["candidates"]]
+            points = [point(c) for c in o["candidates"]]
             base = o["baseline"]
             front = json.loads((Path(tmp) / "search/search/front.json").read_text())
             journal = [json.loads(x) for x in (Path(tmp) / "search/search/journal.jsonl").read_text().splitlines()[1:]]
         print(f"\n## {model}: baseline {base['metric']} {base['value']:.4f}, P50 {base['latency_ms_p50']:.3f} ms, {base['size_bytes']/1e6:.2f} MB;"
               f" search wall {wall:.0f} s ({front['trials']} trials, {front['probes']} probes)")
-        print(f"{'point':34} {'metric':>9} {'P50 ms':>8} {'size MB':>8} {'ratio':>6}  beaten by")
+        print(f"{'point':34} {'metric':>9} {'P50 ms':>8} {'speed-up [95 % interval]':>24} {'size MB':>8} {'ratio':>6}  beaten by")
         rows = []
         for label, s in singles.items():
             by = [p["id"] for p in points if beats(p, s)]
-            print(f"{label:34} {s['metric']:9.4f} {s['p50']:8.3f} {s['size']/1e6:8.3f} {s['ratio']:6.2f}  {', '.join(by) or 'NONE'}")
+            print(f"{label:34} {s['metric']:9.4f} {s['p50']:8.3f} {speed(s):>24} {s['size']/1e6:8.3f} {s['ratio']:6.2f}  {', '.join(by) or 'NONE'}")
             rows.append({"single": label, **s, "beaten_by": by})
         for p in points:
             mark = "*" if p["id"] == o["chosen"] else " "
             name = "{} (int{}, {} float)".format(p["id"], p["bits"], p["float"])
-            print(f"{mark}{name:33} {p['metric']:9.4f} {p['p50']:8.3f} {p['size']/1e6:8.3f} {p['ratio']:6.2f}")
+            print(f"{mark}{name:33} {p['metric']:9.4f} {p['p50']:8.3f} {speed(p):>24} {p['size']/1e6:8.3f} {p['ratio']:6.2f}")
         # The front's growth: after k trials, the smallest size and the lowest P50 among points
         # within the default 1 % drop.
         trials = [j for j in journal if j["kind"] == "trial" and j.get("pruned") is None]
