@@ -267,6 +267,16 @@ impl Stack {
         n
     }
 
+    /// Reports `run`'s container as killed (RUNNING, then FAILED with 137), lets the
+    /// orchestrator react, and checks that it retried the stage as attempt 2.
+    async fn container_died_and_retried(&self, run: &StageRun) {
+        self.state_change(run, "RUNNING", None).await;
+        self.state_change(run, "FAILED", Some(137)).await;
+        self.run_orchestrator(1, 10).await;
+        let j = self.svc.meta.get_job(&run.job).await.unwrap().unwrap();
+        assert_eq!((j.stages[0].attempt, j.state.as_str()), (2, "running"), "retried: {j:?}");
+    }
+
     /// Sends a Batch Job State Change for `run` to the orchestrator queue, as the rule would.
     async fn state_change(&self, run: &StageRun, status: &str, exit: Option<i64>) {
         let (id, _) = self.runner.find(run).await.unwrap().into_iter().next().expect("no Batch job for the run");
@@ -414,11 +424,7 @@ async fn the_whole_flow_on_the_emulator() {
     let crash = marker.path().join("crashed");
     let status = st.play_container(&a1, &[("TAMP_FAULT_CRASH_AFTER_ARTIFACT", crash.to_str().unwrap())]).await;
     assert!(!status.success() && crash.exists(), "the fault hook fired: {status}");
-    st.state_change(&a1, "RUNNING", None).await;
-    st.state_change(&a1, "FAILED", Some(137)).await;
-    st.run_orchestrator(1, 10).await;
-    let j = st.svc.meta.get_job(&job.id).await.unwrap().unwrap();
-    assert_eq!((j.stages[0].attempt, j.state.as_str()), (2, "running"), "retried: {j:?}");
+    st.container_died_and_retried(&a1).await;
 
     // Attempt 2 runs to the end; its events arrive out of order and twice, with attempt 1's
     // RUNNING replayed late.

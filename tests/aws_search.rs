@@ -127,11 +127,7 @@ async fn a_search_stage_resumes_from_its_stored_journal_after_its_container_dies
     let kept = stored().await;
     assert!(kept.len() >= 2, "{} records kept", kept.len());
     assert_eq!(played1.len(), kept.len(), "attempt 1 uploaded every record it measured before dying");
-    st.state_change(&a1, "RUNNING", None).await;
-    st.state_change(&a1, "FAILED", Some(137)).await;
-    st.run_orchestrator(1, 10).await;
-    let j = st.svc.meta.get_job(&job.id).await.unwrap().unwrap();
-    assert_eq!((j.stages[0].attempt, j.state.as_str()), (2, "running"), "retried: {j:?}");
+    st.container_died_and_retried(&a1).await;
 
     // Attempt 2 resumes: the kept records are replayed, and it measures only the rest.
     let a2 = StageRun { attempt: 2, ..a1.clone() };
