@@ -8,6 +8,11 @@
 //! run time keeps the build free of a system dependency: a machine without it trains exactly
 //! as before, only slower. Both operands are read in place when their last two dimensions are
 //! row- or column-major (a transposed weight needs no copy: BLAS's transpose flags).
+//!
+//! One thread pool: OpenBLAS runs single-threaded and the work is split over candle's own
+//! pool ([`parallel`]), which candle's element-wise ops already use. Two pools that spin while
+//! they wait (OpenBLAS's and candle's) fought over the cores: on 2 cores a ResNet-8 step was
+//! faster with either one alone than with both.
 
 // The workspace denies `unsafe`; this module is its one exception: calling a C library is
 // unsafe by nature. Two calls, each with its SAFETY argument.
@@ -35,10 +40,7 @@ fn blas() -> Option<&'static Blas> {
         if std::env::var("TAMP_BLAS").is_ok_and(|v| v == "off") {
             return None;
         }
-        let threads = std::env::var("TAMP_BLAS_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<i32>().ok())
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as i32);
+        let threads = std::env::var("TAMP_BLAS_THREADS").ok().and_then(|v| v.parse::<i32>().ok()).unwrap_or(1);
         ["libopenblas.so.0", "libopenblas.so"].iter().find_map(|name| {
             // SAFETY: loading OpenBLAS runs no initialiser with preconditions, and the two
             // symbols are read with the signatures its cblas.h declares.
@@ -114,7 +116,12 @@ impl CustomOp2 for BlasMatMul {
         let count: usize = batch.iter().product();
         let mut out = vec![0f32; count * m * n];
         let (sa, sb) = (l1.stride(), l2.stride());
-        for i in 0..count {
+        // Tasks: (batch index, block of output rows); each writes its own rows of `out`.
+        let rows = m.div_ceil(threads() * 4).max(32).min(m.max(1));
+        let blocks = m.div_ceil(rows);
+        let slots: Vec<std::sync::Mutex<&mut [f32]>> = out.chunks_mut(m * n).flat_map(|o| o.chunks_mut(rows * n)).map(std::sync::Mutex::new).collect();
+        parallel(count * blocks, || (), |(), t| {
+            let (i, blk) = (t / blocks, t % blocks);
             // The batch index's offset in each operand (any batch strides).
             let (mut oa, mut ob, mut rest) = (l1.start_offset(), l2.start_offset(), i);
             for d in (0..r - 2).rev() {
@@ -123,28 +130,14 @@ impl CustomOp2 for BlasMatMul {
                 oa += idx * sa[d];
                 ob += idx * sb[d];
             }
-            let c = &mut out[i * m * n..(i + 1) * m * n];
-            // SAFETY: the offsets and leading dimensions describe sub-slices of `a` and `b`
-            // that the layouts guarantee are in bounds; `c` holds m·n values.
-            unsafe {
-                (blas.sgemm)(
-                    ROW_MAJOR,
-                    if ta { TRANS } else { NO_TRANS },
-                    if tb { TRANS } else { NO_TRANS },
-                    m as i32,
-                    n as i32,
-                    k as i32,
-                    1.0,
-                    a[oa..].as_ptr(),
-                    lda as i32,
-                    b[ob..].as_ptr(),
-                    ldb as i32,
-                    0.0,
-                    c.as_mut_ptr(),
-                    n as i32,
-                );
-            }
-        }
+            let r0 = blk * rows;
+            let mr = rows.min(m - r0);
+            // Row r0 of op(A): a row of A, or a column of a column-major A.
+            oa += if ta { r0 } else { r0 * lda };
+            let mut c = slots[i * blocks + blk].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            gemm_with(blas, ta, tb, (mr, n, k), 1.0, &a[oa..], lda, &b[ob..], ldb, 0.0, &mut c, n);
+        });
+        drop(slots);
         let mut shape = batch;
         shape.extend([m, n]);
         Ok((CpuStorage::F32(out), Shape::from(shape)))
@@ -155,6 +148,102 @@ impl CustomOp2 for BlasMatMul {
         let gb = matmul(&a.t()?, grad)?;
         Ok((Some(ga), Some(gb)))
     }
+}
+
+/// Rows (or, transposed, columns) × leading dimension: the slice length a row-major
+/// `rows × cols` operand with leading dimension `ld` needs.
+fn needed(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols }
+}
+
+/// `C = α·op(A)·op(B) + β·C` on row-major slices, `(m, n, k)` the product's sizes; `op` is a
+/// transpose where `ta`/`tb` is set. OpenBLAS where loaded (single-threaded: callers split
+/// work with [`parallel`]), ndarray's matrixmultiply otherwise.
+///
+/// # Panics
+/// When a slice is shorter than its sizes and leading dimension need.
+#[allow(clippy::too_many_arguments)] // BLAS's own signature
+pub fn sgemm(ta: bool, tb: bool, mnk: (usize, usize, usize), alpha: f32, a: &[f32], lda: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize) {
+    match blas() {
+        Some(blas) => gemm_with(blas, ta, tb, mnk, alpha, a, lda, b, ldb, beta, c, ldc),
+        None => {
+            use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+            let (m, n, k) = mnk;
+            fn view<'a>(s: &str, t: bool, r: usize, cl: usize, ld: usize, v: &'a [f32]) -> ArrayView2<'a, f32> {
+                let strides = if t { (1, ld) } else { (ld, 1) };
+                let len = if t { needed(cl, r, ld) } else { needed(r, cl, ld) };
+                ArrayView2::from_shape((r, cl).strides(strides), &v[..len]).unwrap_or_else(|e| panic!("sgemm: operand {s}: {e}"))
+            }
+            let (av, bv) = (view("A", ta, m, k, lda, a), view("B", tb, k, n, ldb, b));
+            let mut cv = ArrayViewMut2::from_shape((m, n).strides((ldc, 1)), &mut c[..needed(m, n, ldc)]).unwrap_or_else(|e| panic!("sgemm: C: {e}"));
+            ndarray::linalg::general_mat_mul(alpha, &av, &bv, beta, &mut cv);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // BLAS's own signature
+fn gemm_with(blas: &Blas, ta: bool, tb: bool, (m, n, k): (usize, usize, usize), alpha: f32, a: &[f32], lda: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (ar, ac) = if ta { (k, m) } else { (m, k) };
+    let (br, bc) = if tb { (n, k) } else { (k, n) };
+    assert!(lda >= ac.max(1) && ldb >= bc.max(1) && ldc >= n, "sgemm: a leading dimension is shorter than its row");
+    assert!(a.len() >= needed(ar, ac, lda) && b.len() >= needed(br, bc, ldb) && c.len() >= needed(m, n, ldc), "sgemm: an operand is shorter than its sizes");
+    // SAFETY: the assertions above bound every element BLAS reads in `a`, `b` and writes in
+    // `c` (row-major, the given leading dimensions); `c` is exclusively borrowed.
+    unsafe {
+        (blas.sgemm)(
+            ROW_MAJOR,
+            if ta { TRANS } else { NO_TRANS },
+            if tb { TRANS } else { NO_TRANS },
+            m as i32,
+            n as i32,
+            k as i32,
+            alpha,
+            a.as_ptr(),
+            lda as i32,
+            b.as_ptr(),
+            ldb as i32,
+            beta,
+            c.as_mut_ptr(),
+            ldc as i32,
+        );
+    }
+}
+
+/// Threads in candle's pool, the calling thread included.
+pub fn threads() -> usize {
+    candle_core::utils::barrier_pool().n_workers() + 1
+}
+
+/// Runs `work(state, task)` for every task in `0..n` on candle's thread pool (the caller's
+/// thread included), tasks taken in order from a shared cursor; each thread starts from
+/// `init()`, and the states come back, one a thread that ran at least one task.
+pub fn parallel<S: Send>(n: usize, init: impl Fn() -> S + Sync, work: impl Fn(&mut S, usize) + Sync) -> Vec<S> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if n <= 1 || threads() == 1 {
+        let mut s = init();
+        (0..n).for_each(|t| work(&mut s, t));
+        return vec![s];
+    }
+    let cursor = AtomicUsize::new(0);
+    let states = Mutex::new(Vec::new());
+    candle_core::utils::barrier_pool().execute(|_| {
+        let mut s = None;
+        loop {
+            let t = cursor.fetch_add(1, Ordering::Relaxed);
+            if t >= n {
+                break;
+            }
+            work(s.get_or_insert_with(&init), t);
+        }
+        if let Some(s) = s {
+            states.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(s);
+        }
+    });
+    states.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

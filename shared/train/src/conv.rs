@@ -129,3 +129,215 @@ impl CustomOp1 for Col2Im {
         Ok((CpuStorage::F32(out), Shape::from((self.n, g.c, g.h, g.w))))
     }
 }
+
+/// The valid outputs `lo..hi` of one kernel offset along an axis: output `o` reads input
+/// `o·s + off`, which must lie in `0..limit`.
+fn span(outs: usize, s: usize, off: isize, limit: usize) -> (usize, usize) {
+    let lo = if off < 0 { off.unsigned_abs().div_ceil(s) } else { 0 };
+    let room = limit as isize - off;
+    let hi = if room <= 0 { 0 } else { (room as usize).div_ceil(s).min(outs) };
+    (lo.min(hi), hi)
+}
+
+impl Window {
+    fn positions(&self) -> usize {
+        self.out.0 * self.out.1
+    }
+
+    /// The offset along each axis of kernel tap `(dy, dx)`: input = output · stride + offset.
+    fn offsets(&self, dy: usize, dx: usize) -> (isize, isize) {
+        ((dy * self.dilation.0) as isize - self.pad.0 as isize, (dx * self.dilation.1) as isize - self.pad.1 as isize)
+    }
+
+    /// Lays sample `x` (`[C, H, W]`) out as rows `c·kh·kw + dy·kw + dx` of `col`, `Ho·Wo`
+    /// columns each starting at column `at` of rows `ld` long (several samples side by side).
+    fn im2col(&self, x: &[f32], col: &mut [f32], ld: usize, at: usize) {
+        let (ho, wo) = self.out;
+        let (sy, sx) = self.stride;
+        for c in 0..self.c {
+            let plane = &x[c * self.h * self.w..][..self.h * self.w];
+            for dy in 0..self.kh {
+                for dx in 0..self.kw {
+                    let (oy_off, ox_off) = self.offsets(dy, dx);
+                    let (ylo, yhi) = span(ho, sy, oy_off, self.h);
+                    let (xlo, xhi) = span(wo, sx, ox_off, self.w);
+                    let row = &mut col[((c * self.kh + dy) * self.kw + dx) * ld + at..][..ho * wo];
+                    for oy in 0..ho {
+                        let dst = &mut row[oy * wo..][..wo];
+                        if oy < ylo || oy >= yhi || xlo == xhi {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let line = &plane[(oy * sy).wrapping_add_signed(oy_off) * self.w..][..self.w];
+                        let first = (xlo * sx).wrapping_add_signed(ox_off);
+                        dst[..xlo].fill(0.0);
+                        dst[xhi..].fill(0.0);
+                        if sx == 1 {
+                            dst[xlo..xhi].copy_from_slice(&line[first..first + xhi - xlo]);
+                        } else {
+                            for (o, v) in dst[xlo..xhi].iter_mut().zip(line[first..].iter().step_by(sx)) {
+                                *o = *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Window::im2col`]: adds the rows of `col` back into `dx` (`[C, H, W]`).
+    fn col2im(&self, col: &[f32], ld: usize, at: usize, dx_out: &mut [f32]) {
+        let (ho, wo) = self.out;
+        let (sy, sx) = self.stride;
+        for c in 0..self.c {
+            let plane = &mut dx_out[c * self.h * self.w..][..self.h * self.w];
+            for dy in 0..self.kh {
+                for dx in 0..self.kw {
+                    let (oy_off, ox_off) = self.offsets(dy, dx);
+                    let (ylo, yhi) = span(ho, sy, oy_off, self.h);
+                    let (xlo, xhi) = span(wo, sx, ox_off, self.w);
+                    if xlo == xhi {
+                        continue;
+                    }
+                    let row = &col[((c * self.kh + dy) * self.kw + dx) * ld + at..][..ho * wo];
+                    let first = (xlo * sx).wrapping_add_signed(ox_off);
+                    for oy in ylo..yhi {
+                        let src = &row[oy * wo + xlo..oy * wo + xhi];
+                        let line = &mut plane[(oy * sy).wrapping_add_signed(oy_off) * self.w..][..self.w];
+                        for (v, o) in src.iter().zip(line[first..].iter_mut().step_by(sx)) {
+                            *o += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Samples per GEMM: enough output positions side by side for an efficient product, and
+    /// enough tasks to keep every thread busy.
+    fn group(&self, n: usize) -> usize {
+        let per_thread = n.div_ceil(2 * crate::blas::threads()).max(1);
+        256usize.div_ceil(self.positions().max(1)).clamp(1, per_thread)
+    }
+}
+
+/// A one-group 2-D convolution `[N, C, H, W] ⊛ [M, C, kh, kw] → [N, M, Ho, Wo]` as one candle
+/// op with its analytic backward ([`ConvBackward`]). Per group of samples, the receptive fields
+/// are laid out as `[C·kh·kw, samples·Ho·Wo]` and multiplied by the weight as it is stored, so
+/// the output comes out in NCHW; groups run on candle's pool with single-threaded GEMMs. The
+/// im2col + matmul form it replaces kept a `[N·Ho·Wo, C·kh·kw]` tensor in the autograd graph,
+/// with its zero-filled gradient, its col2im, and a permute of every output: about half of a
+/// ResNet-8 training step.
+pub struct Conv2d {
+    pub window: Window,
+    pub cout: usize,
+}
+
+impl candle_core::CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.window;
+        let (x, w) = (f32_slice(s1, l1, "conv")?, f32_slice(s2, l2, "conv")?);
+        let n = l1.dims()[0];
+        let (k, p, m) = (g.k(), g.positions(), self.cout);
+        let per = g.group(n);
+        let mut y = vec![0f32; n * m * p];
+        let slots: Vec<std::sync::Mutex<&mut [f32]>> = y.chunks_mut(per * m * p).map(std::sync::Mutex::new).collect();
+        crate::blas::parallel(slots.len(), Vec::new, |scratch: &mut Vec<f32>, t| {
+            let mut out = slots[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let count = out.len() / (m * p);
+            let ld = count * p;
+            scratch.resize(k * ld + m * ld, 0.0);
+            let (col, prod) = scratch.split_at_mut(k * ld);
+            for s in 0..count {
+                g.im2col(&x[(t * per + s) * g.c * g.h * g.w..][..g.c * g.h * g.w], col, ld, s * p);
+            }
+            if count == 1 {
+                crate::blas::sgemm(false, false, (m, p, k), 1.0, w, k, col, ld, 0.0, &mut out, p);
+                return;
+            }
+            crate::blas::sgemm(false, false, (m, ld, k), 1.0, w, k, col, ld, 0.0, prod, ld);
+            for s in 0..count {
+                for co in 0..m {
+                    out[(s * m + co) * p..][..p].copy_from_slice(&prod[co * ld + s * p..][..p]);
+                }
+            }
+        });
+        drop(slots);
+        Ok((CpuStorage::F32(y), Shape::from((n, m, g.out.0, g.out.1))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = x.apply_op3_no_bwd(&w.contiguous()?, &grad.contiguous()?, &ConvBackward { window: self.window, cout: self.cout })?;
+        let nx = x.elem_count();
+        Ok((Some(both.narrow(0, 0, nx)?.reshape(x.shape())?), Some(both.narrow(0, nx, w.elem_count())?.reshape(w.shape())?)))
+    }
+}
+
+/// The gradients of [`Conv2d`] in one pass over the samples, `dx` then `dw` flattened into
+/// one vector (they share the gathered output gradient): per group of samples,
+/// `dcol = Wᵀ·dY` added back by col2im, and `dW += dY·colᵀ` (each group its own share, summed in order).
+struct ConvBackward {
+    window: Window,
+    cout: usize,
+}
+
+impl candle_core::CustomOp3 for ConvBackward {
+    fn name(&self) -> &'static str {
+        "conv2d-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.window;
+        let (x, w, dy) = (f32_slice(s1, l1, "conv backward")?, f32_slice(s2, l2, "conv backward")?, f32_slice(s3, l3, "conv backward")?);
+        let n = l1.dims()[0];
+        let (k, p, m, plane) = (g.k(), g.positions(), self.cout, g.c * g.h * g.w);
+        let per = g.group(n);
+        let mut out = vec![0f32; n * plane + m * k];
+        let (dx, dw) = out.split_at_mut(n * plane);
+        let slots: Vec<std::sync::Mutex<&mut [f32]>> = dx.chunks_mut(per * plane).map(std::sync::Mutex::new).collect();
+        // Each task's share of dW, summed in task order below: the same bytes every run.
+        let parts: Vec<std::sync::Mutex<Vec<f32>>> = (0..slots.len()).map(|_| std::sync::Mutex::new(Vec::new())).collect();
+        crate::blas::parallel(slots.len(), Vec::new, |scratch: &mut Vec<f32>, t| {
+            let mut dx_part = slots[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let count = dx_part.len() / plane;
+            let ld = count * p;
+            scratch.resize(2 * k * ld + m * ld, 0.0);
+            let (col, rest) = scratch.split_at_mut(k * ld);
+            let (dcol, dyg) = rest.split_at_mut(k * ld);
+            let first = t * per;
+            let dys: &[f32] = if count == 1 {
+                &dy[first * m * p..][..m * p]
+            } else {
+                for s in 0..count {
+                    for co in 0..m {
+                        dyg[co * ld + s * p..][..p].copy_from_slice(&dy[((first + s) * m + co) * p..][..p]);
+                    }
+                }
+                dyg
+            };
+            for s in 0..count {
+                g.im2col(&x[(first + s) * plane..][..plane], col, ld, s * p);
+            }
+            let mut dw_part = vec![0f32; m * k];
+            crate::blas::sgemm(false, true, (m, k, ld), 1.0, dys, ld, col, ld, 0.0, &mut dw_part, k);
+            *parts[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = dw_part;
+            crate::blas::sgemm(true, false, (k, ld, m), 1.0, w, k, dys, ld, 0.0, dcol, ld);
+            for s in 0..count {
+                g.col2im(dcol, ld, s * p, &mut dx_part[s * plane..][..plane]);
+            }
+        });
+        drop(slots);
+        for part in parts {
+            let part = part.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (a, b) in dw.iter_mut().zip(&part) {
+                *a += b;
+            }
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}

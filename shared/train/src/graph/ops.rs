@@ -7,7 +7,7 @@ use tamp_onnx::proto::NodeProto;
 use tamp_onnx::proto::tensor_proto::DataType;
 
 use super::{GraphError, Mode, Result, SUPPORTED, TrainGraph, ints, node_err, op, proto_to_candle, scalar_f};
-use crate::conv::{Im2Col, Window};
+use crate::conv::{Conv2d, Im2Col, Window};
 
 impl TrainGraph {
     pub(super) fn run_node(&mut self, n: &NodeProto, ins: &[Option<Tensor>], mode: Mode) -> Result<Vec<Tensor>> {
@@ -51,7 +51,10 @@ impl TrainGraph {
             "Reciprocal" => one(inp(0)?.recip()?),
             "Tanh" => one(inp(0)?.tanh()?),
             "Erf" => one(inp(0)?.erf()?),
-            "Relu" => one(inp(0)?.relu()?),
+            "Relu" => {
+                let x = inp(0)?;
+                one(if x.device().is_cpu() && x.dtype() == DType::F32 { x.contiguous()?.apply_op1(crate::bn::Relu)? } else { x.relu()? })
+            }
             "Sigmoid" => one(candle_nn::ops::sigmoid(inp(0)?)?),
             "LeakyRelu" => {
                 let x = inp(0)?;
@@ -374,6 +377,13 @@ impl TrainGraph {
             return gpu_conv(n, x, w, b, &geo, group);
         }
         let win = Window { c, h, w: wd, kh, kw, stride: geo.stride, dilation: geo.dilation, pad: (geo.pads[0], geo.pads[1]), out: geo.out };
+        if group == 1 && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+            let y = x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { window: win, cout })?;
+            return Ok(match b {
+                Some(b) => y.broadcast_add(&b.reshape((1, cout, 1, 1))?)?,
+                None => y,
+            });
+        }
         // [N·Ho·Wo, C·kh·kw], columns in the weight's own order.
         let col = x.contiguous()?.apply_op1(Im2Col(win))?;
         let y = if group == 1 {
@@ -430,26 +440,29 @@ impl TrainGraph {
         if !x.device().is_cpu() {
             return self.gpu_batch_norm(n, &x, gamma, beta, ins, eps, mode);
         }
+        let batch = std::sync::Arc::new(std::sync::Mutex::new(None));
         let running = match mode {
-            Mode::Train => {
-                // Running statistics move toward the batch's (unbiased variance, as PyTorch).
-                let (mean, var) = crate::bn::batch_stats(&x.flatten_all()?.to_vec1::<f32>()?, x.dims());
-                let momentum = f64::from(attr_float(n, "momentum", 0.9));
-                let count = (x.elem_count() / x.dim(1)?.max(1)) as f64;
-                let unbiased = count / (count - 1.0).max(1.0);
-                for (slot, batch, k) in [(3usize, &mean, 1.0), (4, &var, unbiased)] {
-                    let name = &n.input[slot];
-                    if let Some(r) = self.running.get(name) {
-                        let old = r.flatten_all()?.to_vec1::<f32>()?;
-                        let new: Vec<f32> = old.iter().zip(batch).map(|(&o, &b)| (f64::from(o) * momentum + b * k * (1.0 - momentum)) as f32).collect();
-                        self.running.insert(name.clone(), Tensor::from_vec(new, r.shape(), &self.device)?);
-                    }
-                }
-                None
-            }
+            Mode::Train => None,
             Mode::Eval => Some((get(3)?.flatten_all()?.to_vec1::<f32>()?, get(4)?.flatten_all()?.to_vec1::<f32>()?)),
         };
-        Ok(x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, crate::bn::BatchNorm { eps, running })?)
+        let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, crate::bn::BatchNorm { eps, running, batch: batch.clone() })?;
+        if mode == Mode::Train {
+            // Running statistics move toward the batch's (unbiased variance, as PyTorch).
+            let kept = batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let (mean, var) = kept.ok_or_else(|| node_err(n, "batch statistics were not computed"))?;
+            let momentum = f64::from(attr_float(n, "momentum", 0.9));
+            let count = (x.elem_count() / x.dim(1)?.max(1)) as f64;
+            let unbiased = count / (count - 1.0).max(1.0);
+            for (slot, batch, k) in [(3usize, &mean, 1.0), (4, &var, unbiased)] {
+                let name = &n.input[slot];
+                if let Some(r) = self.running.get(name) {
+                    let old = r.flatten_all()?.to_vec1::<f32>()?;
+                    let new: Vec<f32> = old.iter().zip(batch).map(|(&o, &b)| (f64::from(o) * momentum + b * k * (1.0 - momentum)) as f32).collect();
+                    self.running.insert(name.clone(), Tensor::from_vec(new, r.shape(), &self.device)?);
+                }
+            }
+        }
+        Ok(y)
     }
 }
 
