@@ -204,8 +204,14 @@ impl Window {
                     for oy in ylo..yhi {
                         let src = &row[oy * wo + xlo..oy * wo + xhi];
                         let line = &mut plane[(oy * sy).wrapping_add_signed(oy_off) * self.w..][..self.w];
-                        for (v, o) in src.iter().zip(line[first..].iter_mut().step_by(sx)) {
-                            *o += *v;
+                        if sx == 1 {
+                            for (v, o) in src.iter().zip(&mut line[first..first + src.len()]) {
+                                *o += *v;
+                            }
+                        } else {
+                            for (v, o) in src.iter().zip(line[first..].iter_mut().step_by(sx)) {
+                                *o += *v;
+                            }
                         }
                     }
                 }
@@ -221,16 +227,71 @@ impl Window {
     }
 }
 
+/// Receptive fields kept from the forward pass for the backward up to this many values per
+/// convolution (64 MB); larger ones are laid out again in the backward pass.
+const KEEP_COLUMNS: usize = 16 << 20;
+
+thread_local! {
+    /// Per-thread scratch for the products, reused across calls (no allocation or zeroing
+    /// per call).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
+/// Receptive-field buffers handed back by backward passes, reused by the next forward pass of
+/// the same size: every value is written before it is read, so a recycled buffer needs no
+/// zeroing (zeroing them was a tenth of a ResNet-8 step). At most [`KEEP_COLUMNS`] values.
+static SPARE: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
+fn columns(len: usize) -> Vec<f32> {
+    let mut spare = lock(&SPARE);
+    match spare.iter().position(|b| b.len() == len) {
+        Some(i) => spare.swap_remove(i),
+        None => vec![0f32; len],
+    }
+}
+
+fn recycle(buf: Vec<f32>) {
+    let mut spare = lock(&SPARE);
+    let held: usize = spare.iter().map(Vec::len).sum();
+    if held + buf.len() <= KEEP_COLUMNS {
+        spare.push(buf);
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A one-group 2-D convolution `[N, C, H, W] ⊛ [M, C, kh, kw] → [N, M, Ho, Wo]` as one candle
 /// op with its analytic backward ([`ConvBackward`]). Per group of samples, the receptive fields
 /// are laid out as `[C·kh·kw, samples·Ho·Wo]` and multiplied by the weight as it is stored, so
-/// the output comes out in NCHW; groups run on candle's pool with single-threaded GEMMs. The
-/// im2col + matmul form it replaces kept a `[N·Ho·Wo, C·kh·kw]` tensor in the autograd graph,
-/// with its zero-filled gradient, its col2im, and a permute of every output: about half of a
-/// ResNet-8 training step.
+/// the output comes out in NCHW; groups run on candle's pool with single-threaded GEMMs, and
+/// the layout is kept for the backward pass (up to [`KEEP_COLUMNS`]). The im2col + matmul form
+/// it replaces kept a `[N·Ho·Wo, C·kh·kw]` tensor in the autograd graph, with its zero-filled
+/// gradient, its col2im, and a permute of every output: about half of a ResNet-8 step.
 pub struct Conv2d {
     pub window: Window,
     pub cout: usize,
+    /// The forward pass's receptive fields, group after group, for the backward pass.
+    kept: std::sync::Mutex<Option<Vec<f32>>>,
+    train: bool,
+}
+
+impl Conv2d {
+    /// `train`: whether a backward pass will follow (the receptive fields are kept for it).
+    pub fn new(window: Window, cout: usize, train: bool) -> Self {
+        Self { window, cout, train, kept: std::sync::Mutex::new(None) }
+    }
 }
 
 impl candle_core::CustomOp2 for Conv2d {
@@ -242,36 +303,47 @@ impl candle_core::CustomOp2 for Conv2d {
         let g = &self.window;
         let (x, w) = (f32_slice(s1, l1, "conv")?, f32_slice(s2, l2, "conv")?);
         let n = l1.dims()[0];
-        let (k, p, m) = (g.k(), g.positions(), self.cout);
+        let (k, p, m, plane) = (g.k(), g.positions(), self.cout, g.c * g.h * g.w);
         let per = g.group(n);
         let mut y = vec![0f32; n * m * p];
+        let mut cols = if self.train && k * n * p <= KEEP_COLUMNS { columns(k * n * p) } else { Vec::new() };
+        let keep: Vec<std::sync::Mutex<&mut [f32]>> = cols.chunks_mut((k * per * p).max(1)).map(std::sync::Mutex::new).collect();
         let slots: Vec<std::sync::Mutex<&mut [f32]>> = y.chunks_mut(per * m * p).map(std::sync::Mutex::new).collect();
-        crate::blas::parallel(slots.len(), Vec::new, |scratch: &mut Vec<f32>, t| {
-            let mut out = slots[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::blas::parallel(slots.len(), || (), |(), t| {
+            let mut out = lock(&slots[t]);
             let count = out.len() / (m * p);
             let ld = count * p;
-            scratch.resize(k * ld + m * ld, 0.0);
-            let (col, prod) = scratch.split_at_mut(k * ld);
-            for s in 0..count {
-                g.im2col(&x[(t * per + s) * g.c * g.h * g.w..][..g.c * g.h * g.w], col, ld, s * p);
-            }
-            if count == 1 {
-                crate::blas::sgemm(false, false, (m, p, k), 1.0, w, k, col, ld, 0.0, &mut out, p);
-                return;
-            }
-            crate::blas::sgemm(false, false, (m, ld, k), 1.0, w, k, col, ld, 0.0, prod, ld);
-            for s in 0..count {
-                for co in 0..m {
-                    out[(s * m + co) * p..][..p].copy_from_slice(&prod[co * ld + s * p..][..p]);
+            let mut kept = keep.get(t).map(lock);
+            let own = if kept.is_some() { 0 } else { k * ld };
+            with_scratch(own + m * ld, |scratch| {
+                let (mine, prod) = scratch.split_at_mut(own);
+                let col: &mut [f32] = match kept.as_deref_mut() {
+                    Some(c) => c,
+                    None => mine,
+                };
+                for s in 0..count {
+                    g.im2col(&x[(t * per + s) * plane..][..plane], col, ld, s * p);
                 }
-            }
+                if count == 1 {
+                    crate::blas::sgemm(false, false, (m, p, k), 1.0, w, k, col, ld, 0.0, &mut out, p);
+                    return;
+                }
+                crate::blas::sgemm(false, false, (m, ld, k), 1.0, w, k, col, ld, 0.0, prod, ld);
+                for s in 0..count {
+                    for co in 0..m {
+                        out[(s * m + co) * p..][..p].copy_from_slice(&prod[co * ld + s * p..][..p]);
+                    }
+                }
+            });
         });
-        drop(slots);
+        drop((slots, keep));
+        *lock(&self.kept) = (!cols.is_empty()).then_some(cols);
         Ok((CpuStorage::F32(y), Shape::from((n, m, g.out.0, g.out.1))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = x.apply_op3_no_bwd(&w.contiguous()?, &grad.contiguous()?, &ConvBackward { window: self.window, cout: self.cout })?;
+        let kept = lock(&self.kept).take();
+        let both = x.apply_op3_no_bwd(&w.contiguous()?, &grad.contiguous()?, &ConvBackward { window: self.window, cout: self.cout, kept: std::sync::Mutex::new(kept) })?;
         let nx = x.elem_count();
         Ok((Some(both.narrow(0, 0, nx)?.reshape(x.shape())?), Some(both.narrow(0, nx, w.elem_count())?.reshape(w.shape())?)))
     }
@@ -279,10 +351,13 @@ impl candle_core::CustomOp2 for Conv2d {
 
 /// The gradients of [`Conv2d`] in one pass over the samples, `dx` then `dw` flattened into
 /// one vector (they share the gathered output gradient): per group of samples,
-/// `dcol = Wᵀ·dY` added back by col2im, and `dW += dY·colᵀ` (each group its own share, summed in order).
+/// `dcol = Wᵀ·dY` added back by col2im, and `dW += dY·colᵀ` (each group its own share,
+/// summed in order).
 struct ConvBackward {
     window: Window,
     cout: usize,
+    /// The forward pass's receptive fields, when it kept them (recycled after use).
+    kept: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 impl candle_core::CustomOp3 for ConvBackward {
@@ -296,41 +371,54 @@ impl candle_core::CustomOp3 for ConvBackward {
         let n = l1.dims()[0];
         let (k, p, m, plane) = (g.k(), g.positions(), self.cout, g.c * g.h * g.w);
         let per = g.group(n);
+        let held = lock(&self.kept).take();
+        let kept = held.as_deref().filter(|c| c.len() == k * n * p);
         let mut out = vec![0f32; n * plane + m * k];
         let (dx, dw) = out.split_at_mut(n * plane);
         let slots: Vec<std::sync::Mutex<&mut [f32]>> = dx.chunks_mut(per * plane).map(std::sync::Mutex::new).collect();
         // Each task's share of dW, summed in task order below: the same bytes every run.
         let parts: Vec<std::sync::Mutex<Vec<f32>>> = (0..slots.len()).map(|_| std::sync::Mutex::new(Vec::new())).collect();
-        crate::blas::parallel(slots.len(), Vec::new, |scratch: &mut Vec<f32>, t| {
-            let mut dx_part = slots[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::blas::parallel(slots.len(), || (), |(), t| {
+            let mut dx_part = lock(&slots[t]);
             let count = dx_part.len() / plane;
             let ld = count * p;
-            scratch.resize(2 * k * ld + m * ld, 0.0);
-            let (col, rest) = scratch.split_at_mut(k * ld);
-            let (dcol, dyg) = rest.split_at_mut(k * ld);
             let first = t * per;
-            let dys: &[f32] = if count == 1 {
-                &dy[first * m * p..][..m * p]
-            } else {
-                for s in 0..count {
-                    for co in 0..m {
-                        dyg[co * ld + s * p..][..p].copy_from_slice(&dy[((first + s) * m + co) * p..][..p]);
+            let own = if kept.is_some() { 0 } else { k * ld };
+            with_scratch(own + k * ld + m * ld, |scratch| {
+                let (mine, rest) = scratch.split_at_mut(own);
+                let (dcol, dyg) = rest.split_at_mut(k * ld);
+                let col: &[f32] = match kept {
+                    Some(c) => &c[first * k * p..][..k * ld],
+                    None => {
+                        for s in 0..count {
+                            g.im2col(&x[(first + s) * plane..][..plane], mine, ld, s * p);
+                        }
+                        mine
                     }
+                };
+                let dys: &[f32] = if count == 1 {
+                    &dy[first * m * p..][..m * p]
+                } else {
+                    for s in 0..count {
+                        for co in 0..m {
+                            dyg[co * ld + s * p..][..p].copy_from_slice(&dy[((first + s) * m + co) * p..][..p]);
+                        }
+                    }
+                    dyg
+                };
+                let mut dw_part = vec![0f32; m * k];
+                crate::blas::sgemm(false, true, (m, k, ld), 1.0, dys, ld, col, ld, 0.0, &mut dw_part, k);
+                *lock(&parts[t]) = dw_part;
+                crate::blas::sgemm(true, false, (k, ld, m), 1.0, w, k, dys, ld, 0.0, dcol, ld);
+                for s in 0..count {
+                    g.col2im(dcol, ld, s * p, &mut dx_part[s * plane..][..plane]);
                 }
-                dyg
-            };
-            for s in 0..count {
-                g.im2col(&x[(first + s) * plane..][..plane], col, ld, s * p);
-            }
-            let mut dw_part = vec![0f32; m * k];
-            crate::blas::sgemm(false, true, (m, k, ld), 1.0, dys, ld, col, ld, 0.0, &mut dw_part, k);
-            *parts[t].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = dw_part;
-            crate::blas::sgemm(true, false, (k, ld, m), 1.0, w, k, dys, ld, 0.0, dcol, ld);
-            for s in 0..count {
-                g.col2im(dcol, ld, s * p, &mut dx_part[s * plane..][..plane]);
-            }
+            });
         });
         drop(slots);
+        if let Some(c) = held {
+            recycle(c);
+        }
         for part in parts {
             let part = part.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (a, b) in dw.iter_mut().zip(&part) {
@@ -339,5 +427,67 @@ impl candle_core::CustomOp3 for ConvBackward {
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+    use candle_core::{Device, Tensor, Var};
+
+    use super::*;
+
+    fn seeded(shape: &[usize], seed: u64) -> Var {
+        let n: usize = shape.iter().product();
+        // A small LCG: reproducible values in [-1, 1).
+        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+        d / m
+    }
+
+    /// The fused op against the im2col + matmul form (candle's own matmul and autograd), in
+    /// output and both gradients, over strides, dilations, asymmetric padding and batches that
+    /// split into several sample groups; twice each, so the second forward pass runs on
+    /// recycled buffers.
+    #[test]
+    fn the_fused_convolution_matches_the_im2col_form_with_gradients() {
+        // (n, c, h, w, m, kh, kw, stride, dilation, pad top/left, out)
+        let cases = [
+            (9, 3, 7, 6, 4, 3, 3, (1, 1), (1, 1), (1, 1), (7, 6)),
+            (5, 2, 9, 8, 3, 3, 2, (2, 1), (1, 1), (1, 0), (5, 7)),
+            (4, 2, 8, 8, 5, 3, 3, (1, 2), (2, 1), (0, 1), (4, 4)),
+            (33, 4, 4, 4, 6, 1, 1, (2, 2), (1, 1), (0, 0), (2, 2)),
+            (3, 1, 28, 28, 4, 3, 3, (2, 2), (1, 1), (1, 1), (14, 14)),
+        ];
+        for (i, &(n, c, h, w, m, kh, kw, stride, dilation, pad, out)) in cases.iter().enumerate() {
+            let win = Window { c, h, w, kh, kw, stride, dilation, pad, out };
+            for round in 0..2 {
+                let (x, wt) = (seeded(&[n, c, h, w], i as u64), seeded(&[m, c, kh, kw], 100 + i as u64));
+                let r = seeded(&[n, m, out.0, out.1], 200 + i as u64);
+                let ours = x.as_tensor().apply_op2(wt.as_tensor(), Conv2d::new(win, m, true)).unwrap();
+                let col = x.as_tensor().apply_op1(Im2Col(win)).unwrap();
+                let theirs = col.matmul(&wt.as_tensor().reshape((m, c * kh * kw)).unwrap().t().unwrap()).unwrap();
+                let theirs = theirs.reshape((n, out.0, out.1, m)).unwrap().permute((0, 3, 1, 2)).unwrap().contiguous().unwrap();
+                assert!(max_rel(&ours, &theirs) < 1e-5, "case {i} round {round}: outputs differ by {}", max_rel(&ours, &theirs));
+                let g1 = (&ours * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (&theirs * r.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+                for (name, v) in [("dx", &x), ("dw", &wt)] {
+                    let d = max_rel(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+                    assert!(d < 1e-5, "case {i} round {round}: {name} differs by {d}");
+                }
+            }
+        }
     }
 }

@@ -378,7 +378,8 @@ impl TrainGraph {
         }
         let win = Window { c, h, w: wd, kh, kw, stride: geo.stride, dilation: geo.dilation, pad: (geo.pads[0], geo.pads[1]), out: geo.out };
         if group == 1 && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
-            let y = x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { window: win, cout })?;
+            let train = x.track_op() || w.track_op();
+            let y = x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d::new(win, cout, train))?;
             return Ok(match b {
                 Some(b) => y.broadcast_add(&b.reshape((1, cout, 1, 1))?)?,
                 None => y,
