@@ -7,7 +7,8 @@
 2. Step time against PyTorch: Tamp's training step (forward + backward + AdamW, batch 64,
    the fine-tuning code path itself) beside PyTorch's on the same graph, batch, loss and
    2 threads (scripts/torch_step.py under Debian's python3-torch), in one run; the ratio is
-   Tamp / PyTorch (lower is better; the issue's target is <= 1.5).
+   Tamp / PyTorch (lower is better; the issue's target is <= 1.5): the median of --rounds
+   alternated runs of each side.
 
     python3 scripts/bench_train.py --tamp PATH/tamp --train-bench PATH/tamp-train-bench [--quick]
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,24 +106,35 @@ def quality(tamp, quick, only, runs=None):
     return rows
 
 
-def step_times(bench, steps):
+def step_times(bench, steps, rounds):
+    """Tamp and PyTorch alternately, `rounds` times each; the median of each side. A 2-core
+    VM's timings wander between runs (PyTorch's ResNet-8 step measured 9.8 and 18.3 ms in two
+    runs back to back), so one run of each can put a 2x swing into the ratio."""
     out = []
     cases = [("ResNet-8", CNN / "model.onnx", CNN / "train.npz", []), ("MiniLM (teacher, cosine)", MINI / "model.onnx", MINI / "train.npz", ["--teacher"])]
     torch_py = shutil.which("python3", path="/usr/bin")
     for label, model, data, extra in cases:
         with tempfile.TemporaryDirectory() as d:
-            p = sh([bench, "--model", model, "--data", data, "--batch", 64, "--steps", steps, "--export", d] + extra)
-            if p.returncode != 0:
-                out.append({"label": label, "error": p.stderr.strip()[-300:]})
+            tamp_s, torch_s, info, error = [], [], {}, None
+            for r in range(rounds):
+                cmd = [bench, "--model", model, "--data", data, "--batch", 64, "--steps", steps] + (["--export", d] if r == 0 else []) + extra
+                p = sh(cmd)
+                if p.returncode != 0:
+                    error = p.stderr.strip()[-300:]
+                    break
+                tamp_s.append(json.loads(p.stdout.strip().splitlines()[-1])["seconds_per_step"])
+                q = sh([torch_py, ROOT / "scripts/torch_step.py", d, data, "--batch", 64, "--steps", steps, "--threads", os.cpu_count() or 2] + extra)
+                if q.returncode != 0:
+                    error = "PyTorch: " + q.stderr.strip()[-300:]
+                    break
+                info = json.loads(q.stdout.strip().splitlines()[-1])
+                torch_s.append(info["seconds_per_step"])
+            if error:
+                out.append({"label": label, "error": error})
                 continue
-            tamp = json.loads(p.stdout.strip().splitlines()[-1])
-            q = sh([torch_py, ROOT / "scripts/torch_step.py", d, data, "--batch", 64, "--steps", steps, "--threads", os.cpu_count() or 2] + extra)
-            if q.returncode != 0:
-                out.append({"label": label, "tamp_s": tamp["seconds_per_step"], "error": "PyTorch: " + q.stderr.strip()[-300:]})
-                continue
-            torch = json.loads(q.stdout.strip().splitlines()[-1])
-            out.append({"label": label, "tamp_s": tamp["seconds_per_step"], "torch_s": torch["seconds_per_step"],
-                        "ratio": tamp["seconds_per_step"] / torch["seconds_per_step"], "torch": torch["torch"], "threads": torch["threads"]})
+            t, q = statistics.median(tamp_s), statistics.median(torch_s)
+            out.append({"label": label, "tamp_s": t, "torch_s": q, "ratio": t / q, "tamp_rounds": tamp_s, "torch_rounds": torch_s,
+                        "torch": info["torch"], "threads": info["threads"]})
     return out
 
 
@@ -136,18 +149,19 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated substrings of row labels")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="step-time runs of each side, alternated; medians compared")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args()
     only = [o for o in a.only.split(",") if o]
-    st = step_times(a.train_bench, a.steps)
-    print(f"\nTraining step, batch 64, {os.cpu_count()} threads (Tamp = candle; PyTorch = Debian python3-torch, same graph)")
+    st = step_times(a.train_bench, a.steps, a.rounds)
+    print(f"\nTraining step, batch 64, {os.cpu_count()} threads (Tamp = candle; PyTorch = Debian python3-torch, same graph); median of {a.rounds} alternated runs each")
     print(f"{'model':32} {'Tamp s/step':>12} {'PyTorch s/step':>15} {'Tamp/PyTorch':>13}")
     for s in st:
         if "error" in s:
             print(f"{s['label']:32} error: {s['error']}")
         else:
-            print(f"{s['label']:32} {s['tamp_s']:12.4f} {s['torch_s']:15.4f} {s['ratio']:12.2f}x")
+            print(f"{s['label']:32} {s['tamp_s']:12.4f} {s['torch_s']:15.4f} {s['ratio']:12.2f}x   runs: Tamp {' '.join(f'{v:.4f}' for v in s['tamp_rounds'])}; PyTorch {' '.join(f'{v:.4f}' for v in s['torch_rounds'])}")
     rows = [] if a.skip_quality else quality(a.tamp, a.quick, only)
     if rows:
         print(f"\n{'model / technique':40} {'candidate':32} {'fp32':>7} {'before':>7} {'after':>7} {'Δ fp32':>7} {'size':>6} {'MACs':>5} {'P50 ms':>7} {'speed':>6} {'train s':>8} {'RSS MiB':>8}")
