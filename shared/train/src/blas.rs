@@ -246,6 +246,14 @@ pub fn parallel<S: Send>(n: usize, init: impl Fn() -> S + Sync, work: impl Fn(&m
     states.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Runs `f(i, chunk)` for the `i`-th `len`-long chunk of `out` on candle's pool; every chunk
+/// is written by one task, so the result does not depend on the thread count.
+pub fn for_chunks<T: Send>(out: &mut [T], len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    use std::sync::{Mutex, PoisonError};
+    let slots: Vec<Mutex<&mut [T]>> = out.chunks_mut(len.max(1)).map(Mutex::new).collect();
+    parallel(slots.len(), || (), |(), t| f(t, &mut slots[t].lock().unwrap_or_else(PoisonError::into_inner)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

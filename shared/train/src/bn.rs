@@ -51,13 +51,30 @@ fn dot_sums(a: &[f32], b: &[f32]) -> (f64, f64) {
     (s.iter().map(|&v| f64::from(v)).sum::<f64>() + tail.0, d.iter().map(|&v| f64::from(v)).sum::<f64>() + tail.1)
 }
 
+/// Planes of `inner` values a pool task takes: about 16k values.
+fn planes_per_task(inner: usize) -> usize {
+    (16_384 / inner.max(1)).max(1)
+}
+
+/// Per-plane `(Σ a, Σ a·b)` of two `[N, C, …]` buffers on the pool, in plane order.
+fn plane_sums(a: &[f32], b: &[f32], planes: usize, inner: usize) -> Vec<(f64, f64)> {
+    let per = planes_per_task(inner);
+    let mut sums = vec![(0f64, 0f64); planes];
+    crate::blas::for_chunks(&mut sums, per, |t, out| {
+        for (j, o) in out.iter_mut().enumerate() {
+            let at = (t * per + j) * inner;
+            *o = dot_sums(&a[at..at + inner], &b[at..at + inner]);
+        }
+    });
+    sums
+}
+
 /// Per-channel mean and biased variance of `[N, C, …]`.
 pub fn batch_stats(x: &[f32], dims: &[usize]) -> Stats {
     let (n, c, inner) = geometry(dims);
     let count = (n * inner).max(1) as f64;
     let (mut mean, mut sq) = (vec![0f64; c], vec![0f64; c]);
-    for (i, plane) in x.chunks_exact(inner.max(1)).enumerate().take(n * c) {
-        let (s, q) = dot_sums(plane, plane);
+    for (i, (s, q)) in plane_sums(x, x, n * c, inner).into_iter().enumerate() {
         mean[i % c] += s;
         sq[i % c] += q;
     }
@@ -109,12 +126,16 @@ impl CustomOp3 for BatchNorm {
             })
             .collect();
         let mut out = vec![0f32; x.len()];
-        for (i, (o, p)) in out.chunks_exact_mut(inner.max(1)).zip(x.chunks_exact(inner.max(1))).enumerate().take(n * c) {
-            let (scale, shift) = coef[i % c];
-            for (o, &v) in o.iter_mut().zip(p) {
-                *o = v * scale + shift;
+        let (inner, per) = (inner.max(1), planes_per_task(inner));
+        crate::blas::for_chunks(&mut out[..n * c * inner], per * inner, |t, o| {
+            for (j, o) in o.chunks_exact_mut(inner).enumerate() {
+                let plane = t * per + j;
+                let (scale, shift) = coef[plane % c];
+                for (o, &v) in o.iter_mut().zip(&x[plane * inner..(plane + 1) * inner]) {
+                    *o = v * scale + shift;
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
@@ -129,8 +150,7 @@ impl CustomOp3 for BatchNorm {
         let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         // Σ dy and Σ dy·x per channel; Σ dy·x̂ = inv·(Σ dy·x − μ·Σ dy).
         let (mut sum_dy, mut sum_dyx) = (vec![0f64; c], vec![0f64; c]);
-        for (i, (g, p)) in gs.chunks_exact(inner).zip(xs.chunks_exact(inner)).enumerate().take(n * c) {
-            let (s, d) = dot_sums(g, p);
+        for (i, (s, d)) in plane_sums(&gs, &xs, n * c, inner).into_iter().enumerate() {
             sum_dy[i % c] += s;
             sum_dyx[i % c] += d;
         }
@@ -151,9 +171,14 @@ impl CustomOp3 for BatchNorm {
             })
             .collect();
         let mut dx = vec![0f32; xs.len()];
-        for (i, ((o, g), p)) in dx.chunks_exact_mut(inner).zip(gs.chunks_exact(inner)).zip(xs.chunks_exact(inner)).enumerate().take(n * c) {
-            affine2(o, g, p, coef[i % c]);
-        }
+        let per = planes_per_task(inner);
+        crate::blas::for_chunks(&mut dx[..n * c * inner], per * inner, |t, o| {
+            for (j, o) in o.chunks_exact_mut(inner).enumerate() {
+                let plane = t * per + j;
+                let at = plane * inner;
+                affine2(o, &gs[at..at + inner], &xs[at..at + inner], coef[plane % c]);
+            }
+        });
         let dev = x.device();
         let dx = Tensor::from_vec(dx, dims, dev)?;
         let dgamma = Tensor::from_vec(sum_dy_xhat.iter().map(|&v| v as f32).collect::<Vec<f32>>(), gamma.shape(), dev)?;
@@ -173,7 +198,13 @@ impl candle_core::CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s, l)?;
-        Ok((CpuStorage::F32(x.iter().map(|&v| v.max(0.0)).collect()), l.shape().clone()))
+        let mut y = vec![0f32; x.len()];
+        crate::blas::for_chunks(&mut y, 1 << 14, |t, o| {
+            for (o, &v) in o.iter_mut().zip(&x[t << 14..]) {
+                *o = v.max(0.0);
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -190,6 +221,12 @@ impl CustomOp2 for ReluGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (g, y) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
-        Ok((CpuStorage::F32(g.iter().zip(y).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect()), l1.shape().clone()))
+        let mut d = vec![0f32; g.len()];
+        crate::blas::for_chunks(&mut d, 1 << 14, |t, o| {
+            for ((o, &g), &y) in o.iter_mut().zip(&g[t << 14..]).zip(&y[t << 14..]) {
+                *o = if y > 0.0 { g } else { 0.0 };
+            }
+        });
+        Ok((CpuStorage::F32(d), l1.shape().clone()))
     }
 }

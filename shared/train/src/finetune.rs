@@ -44,6 +44,7 @@ pub type Progress<'p> = &'p mut dyn FnMut(usize, usize, f64);
 /// Fine-tunes `student` on `data` and returns it with the updated weights.
 pub fn fine_tune(student: &Model, task: &Task<'_>, data: &Dataset, cfg: &FineTune, progress: Progress<'_>) -> Result<(Model, TrainReport)> {
     let started = Instant::now();
+    let _pages = crate::alloc::keep_freed_pages();
     let mut rows: Vec<usize> = (0..data.rows).collect();
     rows.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7a3d));
     if let Some(m) = cfg.max_rows {
@@ -208,6 +209,39 @@ struct Slot {
     /// Both AdamW moments in one `(2, n)` tensor, for the fused GPU step.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     mv: Option<Tensor>,
+    /// The AdamW moments and the mask as host vectors, for the fused CPU step.
+    host: Option<HostAdamW>,
+}
+
+/// AdamW's state for one weight on the CPU: the step in one loop over plain vectors. Written
+/// with candle's ops it is ~13 tensor ops a weight, each allocating its result: on ResNet-8
+/// (30 small weights) about 400 ops a step, a tenth of the step.
+struct HostAdamW {
+    m: Vec<f32>,
+    v: Vec<f32>,
+    mask: Option<Vec<f32>>,
+}
+
+/// The same arithmetic as the op-by-op step and the GPU kernel: bias-corrected moments,
+/// decoupled weight decay (`decay` = 1 − lr·wd), the mask on the gradient and the result.
+fn host_adamw(h: &mut HostAdamW, w: &mut [f32], g: &[f32], k: &AdamWScalars) {
+    for (i, ((w, &g), (m, v))) in w.iter_mut().zip(g).zip(h.m.iter_mut().zip(h.v.iter_mut())).enumerate() {
+        let keep = h.mask.as_ref().map_or(1.0, |mask| mask[i]);
+        let g = g * keep;
+        *m = k.b1 * *m + (1.0 - k.b1) * g;
+        *v = k.b2 * *v + (1.0 - k.b2) * g * g;
+        *w = (*w * k.decay - k.step_size * *m / (v.sqrt() / k.bc2_sqrt + k.eps)) * keep;
+    }
+}
+
+/// One AdamW step's scalars (host side).
+struct AdamWScalars {
+    b1: f32,
+    b2: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    decay: f32,
 }
 
 fn labels_for(data: &Dataset, idx: &[usize], dev: &candle_core::Device) -> Result<Option<Tensor>> {
@@ -265,7 +299,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
         if mask.is_some() {
             masked_zeros += zeros;
         }
-        slots.push(Slot { var: var.clone(), m: t.zeros_like()?, v: t.zeros_like()?, mask, decay: t.rank() >= 2, mv: None });
+        slots.push(Slot { var: var.clone(), m: t.zeros_like()?, v: t.zeros_like()?, mask, decay: t.rank() >= 2, mv: None, host: None });
     }
     let mut report = TrainReport {
         rows: rows.len(),
@@ -322,7 +356,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                 let (more, projections) = extra.loss(&values, &teacher_values, (&y, target.as_ref()))?;
                 for var in projections {
                     let z = var.as_tensor().zeros_like()?;
-                    slots.push(Slot { var, m: z.clone(), v: z, mask: None, decay: false, mv: None });
+                    slots.push(Slot { var, m: z.clone(), v: z, mask: None, decay: false, mv: None, host: None });
                 }
                 if let Some(more) = more {
                     loss = (loss + more)?;
@@ -374,6 +408,28 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                     };
                     crate::adamw_cuda::step(s.var.as_tensor(), &mv, &gr, k)?;
                     continue;
+                }
+                if cfg.optimizer == OptimizerKind::Adamw && w.device().is_cpu() && w.dtype() == DType::F32 {
+                    if s.host.is_none() {
+                        let mask = s.mask.as_ref().map(|m| m.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+                        s.host = Some(HostAdamW { m: vec![0.0; w.elem_count()], v: vec![0.0; w.elem_count()], mask });
+                    }
+                    let decay = if s.decay && cfg.weight_decay > 0.0 { 1.0 - rate * cfg.weight_decay } else { 1.0 };
+                    let k = AdamWScalars {
+                        b1: b1 as f32,
+                        b2: b2 as f32,
+                        step_size: (rate / (1.0 - b1.powi(t))) as f32,
+                        bc2_sqrt: (1.0 - b2.powi(t)).sqrt() as f32,
+                        eps: eps as f32,
+                        decay: decay as f32,
+                    };
+                    let mut wv = w.flatten_all()?.to_vec1::<f32>()?;
+                    let g = grads.get(s.var.as_tensor()).map(|g| g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?.unwrap_or_default();
+                    if let Some(h) = s.host.as_mut().filter(|_| g.len() == wv.len()) {
+                        host_adamw(h, &mut wv, &g, &k);
+                        s.var.set(&Tensor::from_vec(wv, w.shape(), w.device())?)?;
+                        continue;
+                    }
                 }
                 let next = match cfg.optimizer {
                     OptimizerKind::Adamw => {
@@ -512,4 +568,46 @@ pub fn mean_cosine(model: &Model, data: &Dataset, rows: &[usize], output: &str) 
 pub fn weights(model: &Model) -> Result<BTreeMap<String, Vec<f32>>> {
     let g = TrainGraph::new(model, &GraphOptions::default())?;
     g.params().iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().flatten_all()?.to_vec1::<f32>()?))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+    use super::*;
+
+    /// The fused CPU step is the op-by-op step (as candle computes it), masks and decay
+    /// included, over three steps.
+    #[test]
+    fn the_fused_host_adamw_step_is_the_op_by_op_step() {
+        let dev = candle_core::Device::Cpu;
+        let (b1, b2, eps, rate, wd) = (0.9f64, 0.999f64, 1e-8f64, 1e-2f64, 0.05f64);
+        let w0: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) / 4.0).collect();
+        let mask: Vec<f32> = (0..12).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
+        let mt = Tensor::from_vec(mask.clone(), 12, &dev).unwrap();
+        let (mut w, mut m, mut v) = (Tensor::from_vec(w0.clone(), 12, &dev).unwrap(), Tensor::zeros(12, DType::F32, &dev).unwrap(), Tensor::zeros(12, DType::F32, &dev).unwrap());
+        let mut h = HostAdamW { m: vec![0.0; 12], v: vec![0.0; 12], mask: Some(mask) };
+        let mut hw = w0;
+        for t in 1..=3 {
+            let g: Vec<f32> = (0..12).map(|i| ((i * 7 + t * 3) % 11) as f32 / 5.0 - 1.0).collect();
+            let gr = Tensor::from_vec(g.clone(), 12, &dev).unwrap().mul(&mt).unwrap();
+            m = ((&m * b1).unwrap() + (&gr * (1.0 - b1)).unwrap()).unwrap();
+            v = ((&v * b2).unwrap() + (gr.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
+            let upd = (&m / (1.0 - b1.powi(t as i32))).unwrap().div(&((&v / (1.0 - b2.powi(t as i32))).unwrap().sqrt().unwrap() + eps).unwrap()).unwrap();
+            w = ((&w * (1.0 - rate * wd)).unwrap() - (upd * rate).unwrap()).unwrap().mul(&mt).unwrap();
+            let k = AdamWScalars {
+                b1: b1 as f32,
+                b2: b2 as f32,
+                step_size: (rate / (1.0 - b1.powi(t as i32))) as f32,
+                bc2_sqrt: (1.0 - b2.powi(t as i32)).sqrt() as f32,
+                eps: eps as f32,
+                decay: (1.0 - rate * wd) as f32,
+            };
+            host_adamw(&mut h, &mut hw, &g, &k);
+            for (a, b) in w.to_vec1::<f32>().unwrap().iter().zip(&hw) {
+                assert!((a - b).abs() < 1e-6, "step {t}: {a} vs {b}");
+            }
+        }
+        assert!(hw.iter().step_by(3).all(|&x| x == 0.0), "masked weights moved");
+    }
 }

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "cuda")]
 mod adamw_cuda;
+mod alloc;
 pub mod blas;
 mod bn;
 mod conv;
