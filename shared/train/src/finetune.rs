@@ -409,7 +409,7 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                     crate::adamw_cuda::step(s.var.as_tensor(), &mv, &gr, k)?;
                     continue;
                 }
-                if cfg.optimizer == OptimizerKind::Adamw && w.device().is_cpu() && w.dtype() == DType::F32 {
+                if cfg.optimizer == OptimizerKind::Adamw && w.device().is_cpu() && w.dtype() == DType::F32 && std::env::var_os("TAMP_FUSED_ADAMW").is_none_or(|v| v != "0") {
                     if s.host.is_none() {
                         let mask = s.mask.as_ref().map(|m| m.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
                         s.host = Some(HostAdamW { m: vec![0.0; w.elem_count()], v: vec![0.0; w.elem_count()], mask });
