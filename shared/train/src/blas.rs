@@ -120,23 +120,27 @@ impl CustomOp2 for BlasMatMul {
         let rows = m.div_ceil(threads() * 4).max(32).min(m.max(1));
         let blocks = m.div_ceil(rows);
         let slots: Vec<std::sync::Mutex<&mut [f32]>> = out.chunks_mut(m * n).flat_map(|o| o.chunks_mut(rows * n)).map(std::sync::Mutex::new).collect();
-        parallel(count * blocks, || (), |(), t| {
-            let (i, blk) = (t / blocks, t % blocks);
-            // The batch index's offset in each operand (any batch strides).
-            let (mut oa, mut ob, mut rest) = (l1.start_offset(), l2.start_offset(), i);
-            for d in (0..r - 2).rev() {
-                let idx = rest % batch[d];
-                rest /= batch[d];
-                oa += idx * sa[d];
-                ob += idx * sb[d];
-            }
-            let r0 = blk * rows;
-            let mr = rows.min(m - r0);
-            // Row r0 of op(A): a row of A, or a column of a column-major A.
-            oa += if ta { r0 } else { r0 * lda };
-            let mut c = slots[i * blocks + blk].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            gemm_with(blas, ta, tb, (mr, n, k), 1.0, &a[oa..], lda, &b[ob..], ldb, 0.0, &mut c, n);
-        });
+        parallel(
+            count * blocks,
+            || (),
+            |(), t| {
+                let (i, blk) = (t / blocks, t % blocks);
+                // The batch index's offset in each operand (any batch strides).
+                let (mut oa, mut ob, mut rest) = (l1.start_offset(), l2.start_offset(), i);
+                for d in (0..r - 2).rev() {
+                    let idx = rest % batch[d];
+                    rest /= batch[d];
+                    oa += idx * sa[d];
+                    ob += idx * sb[d];
+                }
+                let r0 = blk * rows;
+                let mr = rows.min(m - r0);
+                // Row r0 of op(A): a row of A, or a column of a column-major A.
+                oa += if ta { r0 } else { r0 * lda };
+                let mut c = slots[i * blocks + blk].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                gemm_with(blas, ta, tb, (mr, n, k), 1.0, &a[oa..], lda, &b[ob..], ldb, 0.0, &mut c, n);
+            },
+        );
         drop(slots);
         let mut shape = batch;
         shape.extend([m, n]);
@@ -182,7 +186,20 @@ pub fn sgemm(ta: bool, tb: bool, mnk: (usize, usize, usize), alpha: f32, a: &[f3
 }
 
 #[allow(clippy::too_many_arguments)] // BLAS's own signature
-fn gemm_with(blas: &Blas, ta: bool, tb: bool, (m, n, k): (usize, usize, usize), alpha: f32, a: &[f32], lda: usize, b: &[f32], ldb: usize, beta: f32, c: &mut [f32], ldc: usize) {
+fn gemm_with(
+    blas: &Blas,
+    ta: bool,
+    tb: bool,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }

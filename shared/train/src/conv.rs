@@ -309,33 +309,37 @@ impl candle_core::CustomOp2 for Conv2d {
         let mut cols = if self.train && k * n * p <= KEEP_COLUMNS { columns(k * n * p) } else { Vec::new() };
         let keep: Vec<std::sync::Mutex<&mut [f32]>> = cols.chunks_mut((k * per * p).max(1)).map(std::sync::Mutex::new).collect();
         let slots: Vec<std::sync::Mutex<&mut [f32]>> = y.chunks_mut(per * m * p).map(std::sync::Mutex::new).collect();
-        crate::blas::parallel(slots.len(), || (), |(), t| {
-            let mut out = lock(&slots[t]);
-            let count = out.len() / (m * p);
-            let ld = count * p;
-            let mut kept = keep.get(t).map(lock);
-            let own = if kept.is_some() { 0 } else { k * ld };
-            with_scratch(own + m * ld, |scratch| {
-                let (mine, prod) = scratch.split_at_mut(own);
-                let col: &mut [f32] = match kept.as_deref_mut() {
-                    Some(c) => c,
-                    None => mine,
-                };
-                for s in 0..count {
-                    g.im2col(&x[(t * per + s) * plane..][..plane], col, ld, s * p);
-                }
-                if count == 1 {
-                    crate::blas::sgemm(false, false, (m, p, k), 1.0, w, k, col, ld, 0.0, &mut out, p);
-                    return;
-                }
-                crate::blas::sgemm(false, false, (m, ld, k), 1.0, w, k, col, ld, 0.0, prod, ld);
-                for s in 0..count {
-                    for co in 0..m {
-                        out[(s * m + co) * p..][..p].copy_from_slice(&prod[co * ld + s * p..][..p]);
+        crate::blas::parallel(
+            slots.len(),
+            || (),
+            |(), t| {
+                let mut out = lock(&slots[t]);
+                let count = out.len() / (m * p);
+                let ld = count * p;
+                let mut kept = keep.get(t).map(lock);
+                let own = if kept.is_some() { 0 } else { k * ld };
+                with_scratch(own + m * ld, |scratch| {
+                    let (mine, prod) = scratch.split_at_mut(own);
+                    let col: &mut [f32] = match kept.as_deref_mut() {
+                        Some(c) => c,
+                        None => mine,
+                    };
+                    for s in 0..count {
+                        g.im2col(&x[(t * per + s) * plane..][..plane], col, ld, s * p);
                     }
-                }
-            });
-        });
+                    if count == 1 {
+                        crate::blas::sgemm(false, false, (m, p, k), 1.0, w, k, col, ld, 0.0, &mut out, p);
+                        return;
+                    }
+                    crate::blas::sgemm(false, false, (m, ld, k), 1.0, w, k, col, ld, 0.0, prod, ld);
+                    for s in 0..count {
+                        for co in 0..m {
+                            out[(s * m + co) * p..][..p].copy_from_slice(&prod[co * ld + s * p..][..p]);
+                        }
+                    }
+                });
+            },
+        );
         drop((slots, keep));
         *lock(&self.kept) = (!cols.is_empty()).then_some(cols);
         Ok((CpuStorage::F32(y), Shape::from((n, m, g.out.0, g.out.1))))
@@ -343,7 +347,11 @@ impl candle_core::CustomOp2 for Conv2d {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let kept = lock(&self.kept).take();
-        let both = x.apply_op3_no_bwd(&w.contiguous()?, &grad.contiguous()?, &ConvBackward { window: self.window, cout: self.cout, kept: std::sync::Mutex::new(kept) })?;
+        let both = x.apply_op3_no_bwd(
+            &w.contiguous()?,
+            &grad.contiguous()?,
+            &ConvBackward { window: self.window, cout: self.cout, kept: std::sync::Mutex::new(kept) },
+        )?;
         let nx = x.elem_count();
         Ok((Some(both.narrow(0, 0, nx)?.reshape(x.shape())?), Some(both.narrow(0, nx, w.elem_count())?.reshape(w.shape())?)))
     }
@@ -378,43 +386,47 @@ impl candle_core::CustomOp3 for ConvBackward {
         let slots: Vec<std::sync::Mutex<&mut [f32]>> = dx.chunks_mut(per * plane).map(std::sync::Mutex::new).collect();
         // Each task's share of dW, summed in task order below: the same bytes every run.
         let parts: Vec<std::sync::Mutex<Vec<f32>>> = (0..slots.len()).map(|_| std::sync::Mutex::new(Vec::new())).collect();
-        crate::blas::parallel(slots.len(), || (), |(), t| {
-            let mut dx_part = lock(&slots[t]);
-            let count = dx_part.len() / plane;
-            let ld = count * p;
-            let first = t * per;
-            let own = if kept.is_some() { 0 } else { k * ld };
-            with_scratch(own + k * ld + m * ld, |scratch| {
-                let (mine, rest) = scratch.split_at_mut(own);
-                let (dcol, dyg) = rest.split_at_mut(k * ld);
-                let col: &[f32] = match kept {
-                    Some(c) => &c[first * k * p..][..k * ld],
-                    None => {
+        crate::blas::parallel(
+            slots.len(),
+            || (),
+            |(), t| {
+                let mut dx_part = lock(&slots[t]);
+                let count = dx_part.len() / plane;
+                let ld = count * p;
+                let first = t * per;
+                let own = if kept.is_some() { 0 } else { k * ld };
+                with_scratch(own + k * ld + m * ld, |scratch| {
+                    let (mine, rest) = scratch.split_at_mut(own);
+                    let (dcol, dyg) = rest.split_at_mut(k * ld);
+                    let col: &[f32] = match kept {
+                        Some(c) => &c[first * k * p..][..k * ld],
+                        None => {
+                            for s in 0..count {
+                                g.im2col(&x[(first + s) * plane..][..plane], mine, ld, s * p);
+                            }
+                            mine
+                        }
+                    };
+                    let dys: &[f32] = if count == 1 {
+                        &dy[first * m * p..][..m * p]
+                    } else {
                         for s in 0..count {
-                            g.im2col(&x[(first + s) * plane..][..plane], mine, ld, s * p);
+                            for co in 0..m {
+                                dyg[co * ld + s * p..][..p].copy_from_slice(&dy[((first + s) * m + co) * p..][..p]);
+                            }
                         }
-                        mine
-                    }
-                };
-                let dys: &[f32] = if count == 1 {
-                    &dy[first * m * p..][..m * p]
-                } else {
+                        dyg
+                    };
+                    let mut dw_part = vec![0f32; m * k];
+                    crate::blas::sgemm(false, true, (m, k, ld), 1.0, dys, ld, col, ld, 0.0, &mut dw_part, k);
+                    *lock(&parts[t]) = dw_part;
+                    crate::blas::sgemm(true, false, (k, ld, m), 1.0, w, k, dys, ld, 0.0, dcol, ld);
                     for s in 0..count {
-                        for co in 0..m {
-                            dyg[co * ld + s * p..][..p].copy_from_slice(&dy[((first + s) * m + co) * p..][..p]);
-                        }
+                        g.col2im(dcol, ld, s * p, &mut dx_part[s * plane..][..plane]);
                     }
-                    dyg
-                };
-                let mut dw_part = vec![0f32; m * k];
-                crate::blas::sgemm(false, true, (m, k, ld), 1.0, dys, ld, col, ld, 0.0, &mut dw_part, k);
-                *lock(&parts[t]) = dw_part;
-                crate::blas::sgemm(true, false, (k, ld, m), 1.0, w, k, dys, ld, 0.0, dcol, ld);
-                for s in 0..count {
-                    g.col2im(dcol, ld, s * p, &mut dx_part[s * plane..][..plane]);
-                }
-            });
-        });
+                });
+            },
+        );
         drop(slots);
         if let Some(c) = held {
             recycle(c);

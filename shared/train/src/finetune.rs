@@ -409,7 +409,11 @@ fn train(student: &Model, task: &Task<'_>, data: &Dataset, rows: &[usize], cfg: 
                     crate::adamw_cuda::step(s.var.as_tensor(), &mv, &gr, k)?;
                     continue;
                 }
-                if cfg.optimizer == OptimizerKind::Adamw && w.device().is_cpu() && w.dtype() == DType::F32 && std::env::var_os("TAMP_FUSED_ADAMW").is_none_or(|v| v != "0") {
+                if cfg.optimizer == OptimizerKind::Adamw
+                    && w.device().is_cpu()
+                    && w.dtype() == DType::F32
+                    && std::env::var_os("TAMP_FUSED_ADAMW").is_none_or(|v| v != "0")
+                {
                     if s.host.is_none() {
                         let mask = s.mask.as_ref().map(|m| m.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
                         s.host = Some(HostAdamW { m: vec![0.0; w.elem_count()], v: vec![0.0; w.elem_count()], mask });
@@ -585,7 +589,8 @@ mod tests {
         let w0: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) / 4.0).collect();
         let mask: Vec<f32> = (0..12).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
         let mt = Tensor::from_vec(mask.clone(), 12, &dev).unwrap();
-        let (mut w, mut m, mut v) = (Tensor::from_vec(w0.clone(), 12, &dev).unwrap(), Tensor::zeros(12, DType::F32, &dev).unwrap(), Tensor::zeros(12, DType::F32, &dev).unwrap());
+        let (mut w, mut m, mut v) =
+            (Tensor::from_vec(w0.clone(), 12, &dev).unwrap(), Tensor::zeros(12, DType::F32, &dev).unwrap(), Tensor::zeros(12, DType::F32, &dev).unwrap());
         let mut h = HostAdamW { m: vec![0.0; 12], v: vec![0.0; 12], mask: Some(mask) };
         let mut hw = w0;
         for t in 1..=3 {
@@ -593,13 +598,13 @@ mod tests {
             let gr = Tensor::from_vec(g.clone(), 12, &dev).unwrap().mul(&mt).unwrap();
             m = ((&m * b1).unwrap() + (&gr * (1.0 - b1)).unwrap()).unwrap();
             v = ((&v * b2).unwrap() + (gr.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
-            let upd = (&m / (1.0 - b1.powi(t as i32))).unwrap().div(&((&v / (1.0 - b2.powi(t as i32))).unwrap().sqrt().unwrap() + eps).unwrap()).unwrap();
+            let upd = (&m / (1.0 - b1.powi(t))).unwrap().div(&((&v / (1.0 - b2.powi(t))).unwrap().sqrt().unwrap() + eps).unwrap()).unwrap();
             w = ((&w * (1.0 - rate * wd)).unwrap() - (upd * rate).unwrap()).unwrap().mul(&mt).unwrap();
             let k = AdamWScalars {
                 b1: b1 as f32,
                 b2: b2 as f32,
-                step_size: (rate / (1.0 - b1.powi(t as i32))) as f32,
-                bc2_sqrt: (1.0 - b2.powi(t as i32)).sqrt() as f32,
+                step_size: (rate / (1.0 - b1.powi(t))) as f32,
+                bc2_sqrt: (1.0 - b2.powi(t)).sqrt() as f32,
                 eps: eps as f32,
                 decay: (1.0 - rate * wd) as f32,
             };
