@@ -151,10 +151,11 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3, help="step-time runs of each side, alternated; medians compared")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-steps", action="store_true", help="only the quality rows")
     ap.add_argument("--json")
     a = ap.parse_args()
     only = [o for o in a.only.split(",") if o]
-    st = step_times(a.train_bench, a.steps, a.rounds)
+    st = [] if a.skip_steps else step_times(a.train_bench, a.steps, a.rounds)
     print(f"\nTraining step, batch 64, {os.cpu_count()} threads (Tamp = candle; PyTorch = Debian python3-torch, same graph); median of {a.rounds} alternated runs each")
     print(f"{'model':32} {'Tamp s/step':>12} {'PyTorch s/step':>15} {'Tamp/PyTorch':>13}")
     for s in st:
