@@ -419,6 +419,7 @@ fn fuzz_api_json_bodies() {
             bus,
             clock: Arc::new(tamp_ports::SystemClock),
             retry: tamp_domain::job::RetryPolicy::default(),
+            guards: Default::default(),
         };
         let (rec, token) = tamp_control::auth::mint(
             "fuzz",

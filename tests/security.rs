@@ -153,13 +153,27 @@ fn tenancy_idempotency_scope_and_project_deletion() {
     }
     assert_eq!(json("GET", &format!("{url}/jobs"), b"", &[("Authorization", &alpha_ed)]).0, 401, "alpha's token survived");
     let alpha_jobs: Vec<String> = ids[..1].iter().cloned().chain(cancel.iter().step_by(2).cloned()).collect();
-    let data = server.data.path();
+    assert_erased(server.data.path(), "alpha", &alpha_jobs, "beta");
+    let (_, audit) = json("GET", &format!("{url}/audit"), b"", &[]);
+    assert!(audit["audit"].as_array().unwrap().iter().any(|a| a["action"] == "delete" && a["resource"] == "project alpha"), "{audit}");
+    // Beta is whole.
+    let (s, still) = json("GET", &format!("{url}/models/beta.fm/best"), b"", &[("Authorization", &beta_viewer)]);
+    assert_eq!(s, 200, "{still}");
+    assert_eq!(http("GET", still["uri"].as_str().unwrap(), b"", &[]).0, 200);
+}
+
+/// Nothing of `project` or of its `jobs` is left in the data folder `data` (the store, the
+/// logs, the scratch, the event log, every metadata table but the audit log, which keeps the
+/// deletion's own record); `kept` (a project that must still be there) proves the dump read.
+fn assert_erased(data: &Path, project: &str, jobs: &[String], kept: &str) {
     for f in files_under(&data.join("store")).iter().chain(files_under(&data.join("logs")).iter()).chain(files_under(&data.join("work")).iter()) {
-        assert!(!f.contains("alpha") && !alpha_jobs.iter().any(|j| f.contains(j.as_str())), "left behind: {f}");
+        assert!(!f.contains(project) && !jobs.iter().any(|j| f.contains(j.as_str())), "left behind: {f}");
     }
     let events = std::fs::read_to_string(data.join("events.jsonl")).unwrap();
-    assert!(!events.contains("\"alpha\"") && !alpha_jobs.iter().any(|j| events.contains(j.as_str())), "the event log kept alpha's events");
-    // The metadata, every table but the audit log (which keeps the deletion's own record).
+    assert!(
+        !events.contains(&format!("\"{project}\"")) && !jobs.iter().any(|j| events.contains(j.as_str())),
+        "the event log kept {project}'s events: {events}"
+    );
     let dump = Command::new("python3")
         .arg("-c")
         .arg("import sqlite3,sys\nc=sqlite3.connect(sys.argv[1])\nfor (t,) in c.execute(\"select name from sqlite_master where type='table'\"):\n  if t!='audit':\n    for r in c.execute(f'select * from {t}'): print(t, r)")
@@ -167,14 +181,38 @@ fn tenancy_idempotency_scope_and_project_deletion() {
         .output()
         .unwrap();
     let dump = String::from_utf8_lossy(&dump.stdout);
-    assert!(dump.contains("beta"), "the dump read nothing: {dump}");
-    assert!(!dump.contains("alpha") && !alpha_jobs.iter().any(|j| dump.contains(j.as_str())), "metadata kept alpha: {dump}");
-    let (_, audit) = json("GET", &format!("{url}/audit"), b"", &[]);
-    assert!(audit["audit"].as_array().unwrap().iter().any(|a| a["action"] == "delete" && a["resource"] == "project alpha"), "{audit}");
-    // Beta is whole.
-    let (s, still) = json("GET", &format!("{url}/models/beta.fm/best"), b"", &[("Authorization", &beta_viewer)]);
-    assert_eq!(s, 200, "{still}");
-    assert_eq!(http("GET", still["uri"].as_str().unwrap(), b"", &[]).0, 200);
+    assert!(dump.contains(kept), "the dump read nothing: {dump}");
+    assert!(!dump.contains(project) && !jobs.iter().any(|j| dump.contains(j.as_str())), "metadata kept {project}: {dump}");
+}
+
+/// A project deleted while its finished job's report is still being written (a slow render
+/// on a busy machine; CI once left `reports/<job>/` and a `report.ready` line behind this
+/// way), and one deleted while its job's worker runs a stage: each deletion waits for the
+/// report or stops the worker, and nothing of the project is left.
+#[test]
+fn projects_deleted_while_a_report_renders_or_a_stage_runs_leave_nothing() {
+    let server = serve(&[], &[("TAMP_FAULT_SLOW_REPORT", "4"), ("TAMP_FAULT_SLEEP_BEFORE_PUBLISH", "4")]);
+    let url = server.url.clone();
+    let kept = submit_cnn(&url, "kept", "fm", "v1");
+    assert_eq!(wait_for_job(&url, &kept, Duration::from_secs(240))["state"], "succeeded");
+    // The report of `done` is held for 4 s after the job reads succeeded.
+    let done = submit_cnn(&url, "gone", "fm", "v1");
+    assert_eq!(wait_for_job(&url, &done, Duration::from_secs(240))["state"], "succeeded");
+    let (s, d) = json("DELETE", &format!("{url}/projects/gone"), b"", &[]);
+    assert_eq!(s, 200, "{d}");
+    std::thread::sleep(Duration::from_secs(5)); // past the held report
+    assert_erased(server.data.path(), "gone", std::slice::from_ref(&done), "kept");
+    // A worker held for 4 s before it publishes its artifact.
+    let running = submit_cnn(&url, "gone2", "fm", "v1");
+    let t = Instant::now();
+    while json("GET", &format!("{url}/jobs/{running}"), b"", &[]).1["stages"][0]["state"] != "running" {
+        assert!(t.elapsed() < Duration::from_secs(120), "the stage never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (s, d) = json("DELETE", &format!("{url}/projects/gone2"), b"", &[]);
+    assert_eq!(s, 200, "{d}");
+    std::thread::sleep(Duration::from_secs(5)); // past the held worker
+    assert_erased(server.data.path(), "gone2", &[running], "kept");
 }
 
 /// `tamp serve` SIGKILLed while a worker runs a stage: the worker dies with it (no orphan

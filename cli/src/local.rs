@@ -147,7 +147,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), Box<dyn std::error::Error + S
     let metrics = Arc::new(tamp_control::metrics::Metrics::new(Some(Arc::new(move || probe.stats())))?);
     subscribers.push(metrics.clone());
     let bus = Arc::new(LocalBus::new(Some(cfg.data_dir.join("events.jsonl")), subscribers)?);
-    let svc = Services { store: files.clone(), meta, queue: queue.clone(), runner, bus, clock: Arc::new(SystemClock), retry: cfg.retry };
+    let svc =
+        Services { store: files.clone(), meta, queue: queue.clone(), runner, bus, clock: Arc::new(SystemClock), retry: cfg.retry, guards: Default::default() };
     let _ = reporter.0.set(svc.clone());
     let _ = exporter.0.set((svc.clone(), cfg.data_dir.join("work")));
     std::fs::write(cfg.data_dir.join("serve.json"), serde_json::json!({ "url": url, "pid": std::process::id() }).to_string())?;

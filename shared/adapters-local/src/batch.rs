@@ -7,7 +7,7 @@
 //! [`Message::Batch`], like Batch → EventBridge → SQS. Exit status 0 is success, 3 is bad
 //! input (not retried), anything else — a crash, a kill — is retryable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +30,59 @@ pub struct ProcessRunner {
     ended: Arc<Mutex<HashMap<String, RunStatus>>>,
     limits: RunLimits,
     gpus: Option<GpuSlots>,
+    live: Arc<Mutex<Live>>,
+}
+
+/// The runs that hold a slot now (from taking it until their worker has exited and their
+/// scratch is gone), and the jobs purged: [`BatchRunner::purge`] stops a job's workers and
+/// waits for them, so nothing of a deleted job is written after its deletion.
+#[derive(Default)]
+struct Live {
+    /// Run name → (job, worker pid, 0 before it starts).
+    runs: HashMap<String, (String, u32)>,
+    purged: HashSet<String>,
+}
+
+/// A run's entry in [`Live`], removed when dropped.
+struct Alive {
+    live: Arc<Mutex<Live>>,
+    name: String,
+}
+
+impl Alive {
+    /// None when the run's job was purged: the run must not start.
+    fn enter(live: &Arc<Mutex<Live>>, job: &str, name: &str) -> Option<Self> {
+        let mut l = live.lock().ok()?;
+        if l.purged.contains(job) {
+            return None;
+        }
+        l.runs.insert(name.to_owned(), (job.to_owned(), 0));
+        Some(Self { live: live.clone(), name: name.to_owned() })
+    }
+
+    /// Records the worker's pid; false when its job was purged meanwhile (stop the worker).
+    fn started(&self, pid: u32) -> bool {
+        let Ok(mut l) = self.live.lock() else { return false };
+        let Some(entry) = l.runs.get_mut(&self.name) else { return false };
+        entry.1 = pid;
+        let job = entry.0.clone();
+        !l.purged.contains(&job)
+    }
+
+    /// The worker has exited and been reaped: its pid is no longer its to kill.
+    fn exited(&self) {
+        if let Some(entry) = self.live.lock().ok().as_mut().and_then(|l| l.runs.get_mut(&self.name)) {
+            entry.1 = 0;
+        }
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.live.lock() {
+            l.runs.remove(&self.name);
+        }
+    }
 }
 
 /// The GPUs runs may take, one run each.
@@ -94,6 +147,7 @@ impl ProcessRunner {
             ended: Arc::default(),
             limits,
             gpus: None,
+            live: Arc::default(),
         })
     }
 
@@ -147,6 +201,7 @@ impl BatchRunner for ProcessRunner {
         );
         args.extend(["--job".into(), run.job.clone(), "--stage".into(), run.stage.to_string(), "--attempt".into(), run.attempt.to_string()]);
         let gpus = self.gpus.clone().filter(|_| run.device == Device::Gpu);
+        let live = self.live.clone();
         tokio::spawn(async move {
             // A GPU run waits for a GPU, any other run for a CPU slot.
             let (_permit, gpu) = match gpus {
@@ -160,6 +215,7 @@ impl BatchRunner for ProcessRunner {
                     (Some(permit), None)
                 }
             };
+            let Some(alive) = Alive::enter(&live, &run.job, &name) else { return }; // purged
             if runs.lock().map(|r| !r.contains_key(&name)).unwrap_or(true) {
                 return; // cancelled while waiting for a slot
             }
@@ -181,6 +237,9 @@ impl BatchRunner for ProcessRunner {
                 if let (Some(pid), Ok(mut r)) = (child.id(), runs.lock()) {
                     r.insert(name.clone(), pid);
                 }
+                if !alive.started(child.id().unwrap_or(0)) {
+                    let _ = child.start_kill(); // its job was purged while it started
+                }
                 report(&queue, &run, RunStatus::Running).await;
                 match limits.timeout {
                     None => child.wait().await.map(Some).map_err(|e| e.to_string()),
@@ -194,9 +253,11 @@ impl BatchRunner for ProcessRunner {
                 }
             }
             .await;
+            alive.exited();
             if let Some(dir) = &limits.scratch {
                 let _ = std::fs::remove_dir_all(dir.join(&name));
             }
+            drop(alive);
             let status = match status {
                 Ok(None) => RunStatus::Failed {
                     reason: format!(
@@ -246,6 +307,23 @@ impl BatchRunner for ProcessRunner {
     }
 
     async fn purge(&self, job: &str) -> Result<()> {
+        // Its workers first: killed (a cancelled one may still be finishing a step and writing),
+        // then waited for until their runs have let go of their slots and scratch.
+        let lost = || PortError::Unavailable("runner lock poisoned".into());
+        {
+            let mut l = self.live.lock().map_err(|_| lost())?;
+            l.purged.insert(job.to_owned());
+            for (_, pid) in l.runs.values().filter(|(j, pid)| j == job && *pid > 0) {
+                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.live.lock().map_err(|_| lost())?.runs.values().any(|(j, _)| j == job) {
+            if std::time::Instant::now() > deadline {
+                return Err(PortError::Unavailable(format!("the workers of job {job} did not stop within 60 s of being killed; delete it again")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let prefix = format!("tamp-{job}-");
         let entries = match std::fs::read_dir(&self.logs) {
             Ok(e) => e,
@@ -299,5 +377,40 @@ mod tests {
         assert_eq!(seen(2, Device::Gpu, 1).await, "gpu=[0]");
         assert_eq!(seen(2, Device::Cpu, 2).await, "gpu=[]");
         assert_eq!(seen(0, Device::Gpu, 3).await, "gpu=[]");
+    }
+
+    /// Purging a job stops its running worker (one that would write after a cancel) and
+    /// returns only once it is gone with its log and scratch; a run of the job still waiting
+    /// for a slot never starts; another job's run is left alone.
+    #[tokio::test]
+    async fn purge_stops_the_jobs_workers_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        // Each run marks its start, sleeps, then writes what a late worker would write.
+        let script = vec!["-c".to_owned(), format!("touch {0}/started-$2-$4; sleep 3; touch {0}/late-$2-$4", out.display()), "sh".to_owned()];
+        let queue = Arc::new(MemoryQueue::new(3));
+        let limits = RunLimits { scratch: Some(dir.path().join("work")), ..RunLimits::default() };
+        let r = ProcessRunner::new("/bin/sh".into(), script, dir.path().join("logs"), queue, 2, limits).unwrap();
+        let runs = [("kept", 0), ("doomed", 0), ("doomed", 1)].map(|(job, stage)| StageRun { job: job.into(), stage, attempt: 1, device: Device::Cpu });
+        for run in &runs {
+            r.submit(run).await.unwrap();
+        }
+        for _ in 0..200 {
+            if out.join("started-doomed-0").exists() && out.join("started-kept-0").exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(out.join("started-doomed-0").exists(), "the first run never started");
+        r.purge("doomed").await.unwrap();
+        assert!(r.live.lock().unwrap().runs.values().all(|(j, _)| j != "doomed"), "purge returned with a worker of the job alive");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(!names.iter().any(|n| n.contains("doomed-0") && n.starts_with("late")), "a purged worker wrote after the purge: {names:?}");
+        assert!(!names.iter().any(|n| n.contains("doomed-1")), "a purged job's queued run started: {names:?}");
+        assert!(names.contains(&"late-kept-0".to_owned()), "another job's run was stopped: {names:?}");
+        let logs: Vec<String> = std::fs::read_dir(dir.path().join("logs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(logs.iter().all(|l| !l.contains("doomed")), "the purged job's logs were kept: {logs:?}");
     }
 }

@@ -81,6 +81,7 @@ pub async fn on_job_succeeded(svc: &Services, ev: &TampEvent, exporter: &dyn Exp
     if ev.detail_type != format!("tamp.{}", EventKind::JobSucceeded.as_str()) {
         return Ok(Vec::new());
     }
+    let _working = svc.guards.shared(&ev.job).await;
     let Some(j) = svc.meta.get_job(&ev.job).await? else { return Ok(Vec::new()) }; // erased since
     export_job(svc, &j, exporter, in_place_max_bytes).await
 }
@@ -121,6 +122,8 @@ pub async fn catch_up(svc: &Services, exporter: &dyn Exporter, in_place_max_byte
         if j.state != tamp_domain::JobState::Succeeded {
             continue;
         }
+        let _working = svc.guards.shared(&j.id).await;
+        let Some(j) = svc.meta.get_job(&j.id).await? else { continue }; // erased since listed
         let done = export_job(svc, &j, exporter, in_place_max_bytes).await?;
         exported += done.iter().filter(|(_, e)| matches!(e, Exported::InPlace(_) | Exported::Submitted)).count();
     }

@@ -22,6 +22,8 @@ pub struct Services {
     pub bus: Arc<dyn EventBus>,
     pub clock: Arc<dyn Clock>,
     pub retry: RetryPolicy,
+    /// Orders work on a job after its stages against the job's erasure (`guards`).
+    pub guards: crate::guards::JobGuards,
 }
 
 impl std::fmt::Debug for Services {
@@ -300,6 +302,11 @@ pub async fn drain(svc: &Services, mut j: Job) -> Result<Job> {
     if j.outbox.is_empty() {
         return Ok(j);
     }
+    // A job erased since it was read is not acted for: its events and report would outlive it.
+    let _working = svc.guards.shared(&j.id).await;
+    if svc.meta.get_job(&j.id).await?.is_none() {
+        return Ok(j);
+    }
     let done = j.outbox.clone();
     run_effects(svc, &j, &done).await?;
     for _ in 0..8 {
@@ -405,6 +412,11 @@ pub async fn write_report(svc: &Services, ev: &TampEvent) -> Result<Option<Strin
     let sources = report_sources(svc, &j).await?;
     let mut formats = vec!["json"];
     if sources.outcome.is_some() {
+        // Fault injection for tests: `TAMP_FAULT_SLOW_REPORT=<s>` makes each render that slow
+        // (a busy machine), to race the writes below against the job's erasure.
+        if let Some(secs) = std::env::var("TAMP_FAULT_SLOW_REPORT").ok().and_then(|s| s.parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+        }
         // Rendering is pure CPU on records already read; a failure loses the documents, not the job.
         match tamp_report::render(sources) {
             Ok(r) => {
@@ -696,99 +708,5 @@ pub async fn recover(svc: &Services) -> Result<usize> {
     Ok(n)
 }
 
-/// What a deletion removed, for the audit record and the response.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Deleted {
-    pub jobs: usize,
-    pub objects: usize,
-    pub records: usize,
-    pub tokens: usize,
-}
-
-async fn delete_prefix(svc: &Services, prefix: &str, d: &mut Deleted) -> Result<()> {
-    for key in svc.store.list(prefix).await? {
-        svc.store.delete(&key).await?;
-        d.objects += 1;
-    }
-    Ok(())
-}
-
-/// Deletes one job and everything it made: its artifacts (records, best pointers, objects),
-/// its report, the runner's logs and the job record with its idempotency keys. A job still
-/// running is cancelled first.
-pub async fn delete_job(svc: &Services, job: &Job, d: &mut Deleted) -> Result<()> {
-    if !job.state.is_terminal() {
-        signal(svc, &job.id, &Signal::Cancel { reason: "deleted".into() }).await?;
-    }
-    for s in 0..job.stages.len().max(1) {
-        svc.meta.delete_artifact(&artifact_id(&job.id, s)).await?;
-    }
-    delete_prefix(svc, &format!("artifacts/{}/", job.id), d).await?;
-    delete_prefix(svc, &format!("reports/{}/", job.id), d).await?;
-    svc.runner.purge(&job.id).await?;
-    svc.meta.delete_job(&job.id).await?;
-    d.jobs += 1;
-    Ok(())
-}
-
-/// What to delete: a whole project, one model of it, or one version of a model.
-#[derive(Debug, Clone, Copy)]
-pub enum Scope<'a> {
-    Project(&'a str),
-    Model(&'a str, &'a str),
-    Version(&'a str, &'a str, &'a str),
-}
-
-/// Deletes everything of `scope` (data-subject erasure): jobs and their artifacts, reports
-/// and logs; uploads (models, datasets, recipes); catalog records; for a project also its
-/// policies, its tokens and its lines in a local event log. The audit log keeps the record
-/// of the deletion itself.
-pub async fn delete_scope(svc: &Services, scope: Scope<'_>) -> Result<Deleted> {
-    let mut d = Deleted::default();
-    let (project, model, version) = match scope {
-        Scope::Project(p) => (p, None, None),
-        Scope::Model(p, m) => (p, Some(m), None),
-        Scope::Version(p, m, v) => (p, Some(m), Some(v)),
-    };
-    let jobs = svc.meta.list_jobs(None, 100_000).await?;
-    for j in jobs.iter().filter(|j| j.project == project && model.is_none_or(|m| j.model == m) && version.is_none_or(|v| j.version == v)) {
-        delete_job(svc, j, &mut d).await?;
-    }
-    let uploads = match (model, version) {
-        (None, _) => format!("uploads/{project}/"),
-        (Some(m), None) => format!("uploads/{project}/{m}/"),
-        (Some(m), Some(v)) => format!("uploads/{project}/{m}/{v}/"),
-    };
-    delete_prefix(svc, &uploads, &mut d).await?;
-    let mut records: Vec<(&str, String)> = Vec::new();
-    let ids = |docs: Vec<serde_json::Value>| docs.into_iter().filter_map(|r| r["id"].as_str().map(str::to_owned)).collect::<Vec<_>>();
-    match (model, version) {
-        (None, _) => {
-            for kind in ["version", "model", "policy"] {
-                for id in ids(svc.meta.list_records(kind, &format!("{project}.")).await?) {
-                    records.push((kind, id));
-                }
-            }
-            records.push(("project", project.to_owned()));
-        }
-        (Some(m), None) => {
-            for id in ids(svc.meta.list_records("version", &format!("{project}.{m}/")).await?) {
-                records.push(("version", id));
-            }
-            records.push(("model", format!("{project}.{m}")));
-        }
-        (Some(m), Some(v)) => records.push(("version", format!("{project}.{m}/{v}"))),
-    }
-    for (kind, id) in records {
-        d.records += usize::from(svc.meta.delete_record(kind, &id).await?);
-    }
-    if model.is_none() {
-        for t in svc.meta.list_tokens().await?.into_iter().filter(|t| t.project == project) {
-            d.tokens += usize::from(svc.meta.delete_token(&t.id).await?);
-        }
-        svc.bus.purge_project(project).await?;
-    }
-    Ok(d)
-}
-
 pub use crate::exports::ExportOutput;
+pub use crate::purge::{Deleted, Scope, delete_job, delete_scope};

@@ -8,11 +8,13 @@ pub mod auth;
 mod catalog;
 pub mod erasure;
 pub mod exports;
+pub mod guards;
 pub mod handlers;
 mod jobs;
 pub mod metrics;
 pub mod notify;
 pub mod problem;
+mod purge;
 pub mod views;
 
 pub use handlers::{Services, StageFailure, StageManifest, report_key, stage_error_key, stage_manifest_key};

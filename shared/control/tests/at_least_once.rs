@@ -121,6 +121,7 @@ async fn world_with(recipe: &str) -> World {
         bus: bus.clone(),
         clock: clock.clone(),
         retry: RetryPolicy { max_attempts: 3, base_delay_s: 0, max_delay_s: 0 },
+        guards: Default::default(),
     };
     for (name, bytes) in [("model.onnx", b"onnx".to_vec()), ("calib.npz", b"npz".to_vec()), ("recipe.yaml", recipe.as_bytes().to_vec())] {
         store.put(&format!("uploads/p/m/v1/{name}"), bytes).await.unwrap();

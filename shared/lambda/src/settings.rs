@@ -160,6 +160,7 @@ impl Settings {
             bus: Arc::new(EventBridgeBus::new(&config, &self.event_bus)),
             clock: Arc::new(SystemClock),
             retry: self.retry,
+            guards: Default::default(),
         }
     }
 
