@@ -106,7 +106,7 @@ def quality(tamp, quick, only, runs=None):
     return rows
 
 
-def step_times(bench, steps, rounds):
+def step_times(bench, steps, rounds, only=()):
     """Tamp and PyTorch alternately, `rounds` times each; the median of each side. A 2-core
     VM's timings wander between runs (PyTorch's ResNet-8 step measured 9.8 and 18.3 ms in two
     runs back to back), so one run of each can put a 2x swing into the ratio."""
@@ -114,6 +114,8 @@ def step_times(bench, steps, rounds):
     cases = [("ResNet-8", CNN / "model.onnx", CNN / "train.npz", []), ("MiniLM (teacher, cosine)", MINI / "model.onnx", MINI / "train.npz", ["--teacher"])]
     torch_py = shutil.which("python3", path="/usr/bin")
     for label, model, data, extra in cases:
+        if only and not any(o in label for o in only):
+            continue
         with tempfile.TemporaryDirectory() as d:
             tamp_s, torch_s, info, error = [], [], {}, None
             for r in range(rounds):
@@ -147,7 +149,7 @@ def main():
     ap.add_argument("--tamp", required=True)
     ap.add_argument("--train-bench", required=True)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated substrings of row labels")
+    ap.add_argument("--only", default="", help="comma-separated substrings of row labels (quality rows and step cases)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3, help="step-time runs of each side, alternated; medians compared")
     ap.add_argument("--skip-quality", action="store_true")
@@ -155,7 +157,7 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     only = [o for o in a.only.split(",") if o]
-    st = [] if a.skip_steps else step_times(a.train_bench, a.steps, a.rounds)
+    st = [] if a.skip_steps else step_times(a.train_bench, a.steps, a.rounds, only)
     print(f"\nTraining step, batch 64, {os.cpu_count()} threads (Tamp = candle; PyTorch = Debian python3-torch, same graph); median of {a.rounds} alternated runs each")
     print(f"{'model':32} {'Tamp s/step':>12} {'PyTorch s/step':>15} {'Tamp/PyTorch':>13}")
     for s in st:
