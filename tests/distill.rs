@@ -131,11 +131,13 @@ fn depthwise_separable_student_recovers() {
 /// Early exits on ResNet-8: two heads (after the first two residual blocks), the curve over
 /// thresholds (shares of rows per exit sum to 1; the highest threshold sends nearly every row
 /// to the full model and keeps its top-1), and the cascade, one ONNX file with an If that
-/// ONNX Runtime loads and that scores like the full model at batch 64.
+/// ONNX Runtime loads and that scores like the full model at batch 64. The heads pool to a
+/// 3×3 grid (a padded AveragePool, trained through), and the cascade timed row by row answers
+/// as the curve's per-exit predictions say it will.
 #[test]
 fn early_exit_cascade_and_its_curve() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = "policy:\n  name: e\n  stages:\n    - early_exit:\n        thresholds: [0.5, 0.9, 0.9999]\n        head_channels: 16\n        fine_tune: {steps: 30, batch_size: 64, lr: 0.01, max_rows: 4096, seed: 5}\nconstraints: {max_metric_drop_pct: 0.6}\n";
+    let recipe = "policy:\n  name: e\n  stages:\n    - early_exit:\n        thresholds: [0.5, 0.9, 0.9999]\n        head_channels: 16\n        head_grid: 3\n        fine_tune: {steps: 30, batch_size: 64, lr: 0.01, max_rows: 4096, seed: 5}\nconstraints: {max_metric_drop_pct: 0.6}\n";
     let (o, out) = compress_distill("fmnist-resnet8", recipe, dir.path(), "ee");
     ok(&o);
     let oc = outcome(&out);
@@ -153,6 +155,11 @@ fn early_exit_cascade_and_its_curve() {
     assert!(d.curve.iter().any(|p| p.threshold == d.threshold));
     let ifs = Model::load(out.join(&c.file)).unwrap().graph().node.iter().filter(|n| n.op_type.as_deref() == Some("If")).count();
     assert_eq!(ifs, 1, "one If at the top level (the second nests in its else branch)");
+    let m = d.measured.as_ref().expect("the cascade is timed");
+    assert!(m.rows >= 500 && m.latency_ratio > 0.0, "{m:?}");
+    assert!((m.top1 - m.curve_top1).abs() <= 0.3, "the cascade's own answers against the curve's: {m:?}");
+    let text = std::fs::read_to_string(out.join("candidates.json")).unwrap();
+    assert!(text.contains("\"average_latency_ms\""), "the timing is in candidates.json");
     check_onnx(out.join(&c.file));
     assert!(c.measured.value >= oc.baseline.value - 1.0, "{} vs {}", c.measured.value, oc.baseline.value);
 }

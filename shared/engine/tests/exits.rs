@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use tamp_engine::dataset::Dataset;
-use tamp_engine::passes::exits::{attach_heads, cascade, keep_outputs, residual_points};
+use tamp_engine::passes::exits::{ExitPoint, HeadForm, attach_heads, cascade, keep_outputs, residual_points};
 use tamp_engine::{Session, SessionConfig};
 use tamp_onnx::{Model, TensorValue};
 
@@ -34,9 +34,13 @@ fn cascade_answers_from_the_first_confident_exit() {
     let data = Dataset::load(dir.join("eval.npz")).unwrap();
     let points = residual_points(&model);
     assert_eq!(points.len(), 2, "{points:?}");
-    let (heads, exits, params) = attach_heads(&model, &[(points[0].clone(), 16), (points[1].clone(), 32)], 10, 0, 1).unwrap();
+    let at = |k: usize, shape: [usize; 3]| ExitPoint { value: points[k].clone(), shape };
+    // Block 1's 16×14×14 map pools 2×2 to 7×7; block 2's 32×7×7 is read as it is.
+    let (heads, exits, params) = attach_heads(&model, &[at(0, [16, 14, 14]), at(1, [32, 7, 7])], 10, HeadForm { conv_channels: 0, grid: 7 }, 1).unwrap();
     assert_eq!(exits, ["exit_1", "exit_2"]);
     assert_eq!(params[1], ["exit_2.weight", "exit_2.bias"]);
+    let dims = |name: &str| heads.graph().initializer.iter().find(|t| t.name.as_deref() == Some(name)).unwrap().dims.clone();
+    assert_eq!((dims("exit_1.weight"), dims("exit_2.weight")), (vec![10, 16 * 49], vec![10, 32 * 49]));
     let final_out = model.graph().output[0].name.clone().unwrap();
     let all = outputs(&heads, &data, &[0]);
     let get = |name: &str| all.iter().find(|(k, _)| k == name).unwrap().1.clone();

@@ -88,10 +88,60 @@ pub fn blocks(r: &Report) -> Vec<Block> {
     let (tradeoffs, rest): (Vec<Chart>, Vec<Chart>) = charts.into_iter().partition(|c| c.title.ends_with(" vs size") || c.title.ends_with(" vs latency"));
     b.extend(tradeoffs.into_iter().map(Block::Chart));
     search(r, &mut b);
+    early_exits(r, &mut b);
     cost(r, &mut b);
     analysis(r, &mut b, rest);
     lineage(r, &mut b);
     b
+}
+
+/// Each cascade's accuracy against average latency over thresholds, and the cascade file's
+/// own row-by-row timing.
+fn early_exits(r: &Report, b: &mut Vec<Block>) {
+    for (id, d) in &r.early_exits {
+        b.push(Block::Heading(format!("Early exits: {id}")));
+        let heads: Vec<String> = d.exits.iter().zip(&d.exit_top1).map(|(e, t)| format!("after {e}: {} {}", r.metric, f(*t, 2))).collect();
+        let timed = d.measured.as_ref().map_or_else(String::new, |t| {
+            format!(
+                " The cascade file itself, run at batch 1 on {} evaluation rows (each row takes the path its confidence picks; {} interleaved rounds, the median): {} ms a row against the model's {} ms, {:.3}× (the table's latencies are estimates from each path's P50).",
+                t.rows,
+                t.rounds,
+                f(t.average_latency_ms, 4),
+                f(t.baseline_average_latency_ms, 4),
+                t.latency_ratio
+            )
+        });
+        b.push(Block::Para(format!(
+            "Heads: {} (the full model: {}). A row is answered by the first head whose top softmax probability reaches the threshold; {}. Chosen threshold: {} (the fastest within the metric budget).{timed}",
+            heads.join("; "),
+            d.exit_top1.last().map_or_else(|| "—".into(), |v| f(*v, 2)),
+            d.batching,
+            d.threshold
+        )));
+        let rows = d
+            .curve
+            .iter()
+            .map(|p| {
+                vec![
+                    format!("{}", p.threshold),
+                    f(p.top1, 2),
+                    p.answered.iter().map(|a| format!("{:.1} %", 100.0 * a)).collect::<Vec<_>>().join(" / "),
+                    f(p.average_latency_ms, 4),
+                    format!("{:.3}×", p.latency_ratio),
+                    if p.meets_constraint { "yes".into() } else { "no".into() },
+                ]
+            })
+            .collect();
+        let highlight = d.curve.iter().position(|p| p.threshold == d.threshold);
+        b.push(Block::Table {
+            head: ["threshold", r.metric.as_str(), "answered by each head / the full model", "average ms", "× the model", "within budget"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            rows,
+            highlight,
+        });
+    }
 }
 
 /// A search stage's front, and how well its proxy ranked the measured trials.

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use tamp_domain::Recipe;
-use tamp_domain::results::{Analysis, ArtifactMetadata, Candidate, Details, Manifest, Outcome};
+use tamp_domain::results::{Analysis, ArtifactMetadata, Candidate, Details, EarlyExitDetails, Manifest, Outcome};
 
 use crate::cost::{self, CostProjection, PriceTable};
 
@@ -142,6 +142,8 @@ pub struct Report {
     pub baseline: Row,
     pub candidates: Vec<Row>,
     pub curves: Vec<Curve>,
+    /// Each early-exit cascade candidate's id and its curve over thresholds.
+    pub early_exits: Vec<(String, EarlyExitDetails)>,
     pub cost: Option<CostProjection>,
     #[serde(skip)]
     pub analysis: Option<Analysis>,
@@ -251,6 +253,14 @@ impl Report {
             metric: b.metric.clone(),
             baseline,
             curves: curves(&outcome.candidates),
+            early_exits: outcome
+                .candidates
+                .iter()
+                .filter_map(|c| match &c.details {
+                    Some(Details::EarlyExit(d)) => Some((c.id.clone(), d.clone())),
+                    _ => None,
+                })
+                .collect(),
             candidates,
             cost,
             analysis,

@@ -211,3 +211,50 @@ fn both_renderers_carry_every_section_and_the_pdf_is_a_pdf() {
     let p = pdf::render(&blocks).unwrap();
     assert!(p.starts_with(b"%PDF-") && p.len() < 2 << 20, "{} bytes", p.len());
 }
+
+/// A cascade candidate's curve becomes its own section: one row per threshold with the
+/// shares per exit, the chosen threshold highlighted, and the cascade file's own timing.
+#[test]
+fn an_early_exit_cascade_shows_its_curve_and_its_own_timing() {
+    use tamp_domain::results::{CascadeTiming, Details, EarlyExitDetails, ExitCurvePoint};
+    let point = |threshold: f64, top1: f64, head: f64, ratio: f64| ExitCurvePoint {
+        threshold,
+        top1,
+        answered: vec![head, 1.0 - head],
+        average_latency_ms: 0.05 * ratio,
+        latency_ratio: ratio,
+        meets_constraint: top1 >= 88.75,
+    };
+    let mut c = candidate("s0-early-exit", 89.18, 0.06, 3.4);
+    c.mode = "cascade".into();
+    c.details = Some(Details::EarlyExit(EarlyExitDetails {
+        exits: vec!["relu_5".into()],
+        exit_top1: vec![89.13, 89.23],
+        latency_ms: vec![0.0094, 0.0483],
+        baseline_latency_ms: 0.0431,
+        curve: vec![point(0.5, 89.18, 0.96, 0.254), point(0.99, 89.23, 0.421, 0.741)],
+        threshold: 0.5,
+        batching: "per row at batch 1".into(),
+        measured: Some(CascadeTiming {
+            rows: 1000,
+            rounds: 5,
+            average_latency_ms: 0.0156,
+            baseline_average_latency_ms: 0.0458,
+            latency_ratio: 0.34,
+            top1: 90.9,
+            curve_top1: 90.9,
+        }),
+    }));
+    let r = build(outcome(c), None, RECIPE);
+    let blocks = doc::blocks(&r);
+    let table = blocks.iter().find_map(|b| match b {
+        doc::Block::Table { head, rows, highlight } if head[0] == "threshold" => Some((rows.clone(), *highlight)),
+        _ => None,
+    });
+    let (rows, highlight) = table.expect("the curve's table");
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0][2].as_str(), rows[1][4].as_str(), highlight), ("96.0 % / 4.0 %", "0.741×", Some(0)));
+    let h = html::render(&blocks);
+    assert!(h.contains("Early exits: s0-early-exit") && h.contains("1000 evaluation rows") && h.contains("0.340×"), "{h}");
+    assert!(pdf::render(&blocks).unwrap().starts_with(b"%PDF-"));
+}

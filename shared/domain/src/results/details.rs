@@ -376,6 +376,31 @@ pub struct EarlyExitDetails {
     pub threshold: f64,
     /// How the cascade decides with a batch: the early answer needs every row confident.
     pub batching: String,
+    /// The cascade file itself, timed row by row against the model (the curve's latencies
+    /// are estimates from the paths' P50s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<CascadeTiming>,
+}
+
+/// The emitted cascade run at batch 1 on evaluation rows, each row taking the path its own
+/// confidence picks, interleaved with the model it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeTiming {
+    /// Rows timed (a seeded sample of the evaluation rows).
+    pub rows: usize,
+    /// Rounds over those rows; the figures are the median round's.
+    pub rounds: usize,
+    /// Mean batch-1 latency per row of the cascade and of the model without heads.
+    pub average_latency_ms: f64,
+    pub baseline_average_latency_ms: f64,
+    /// `average_latency_ms` over `baseline_average_latency_ms`.
+    pub latency_ratio: f64,
+    /// Top-1 of the cascade's own answers on those rows, and what the curve's per-exit
+    /// predictions give at the chosen threshold on the same rows (they agree unless a row's
+    /// confidence sits on the threshold within float rounding).
+    pub top1: f64,
+    pub curve_top1: f64,
 }
 
 /// One threshold's outcome on the evaluation rows.

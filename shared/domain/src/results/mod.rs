@@ -14,9 +14,9 @@ pub use artifact::{
     OnnxRuntimeCompatibility, ResultMetrics, RuntimeCheck, RuntimeProblem, SourceModel, StageSeed, TaskMetric,
 };
 pub use details::{
-    Agreement, BlockCurve, ChannelGroupLevel, ChannelPruning, ClusterDetails, ClusteredLayer, CorrectedLayer, Details, EarlyExitDetails, EqualizedPair,
-    ExitCurvePoint, FactorisedLayer, GroupCurve, HeadBlockLevel, HeadPruning, IterativeGroup, IterativePruning, LayerCurve, LowrankDetails, PrePasses,
-    PtqDetails, SparseLayer, SparsityDetails, TrajectoryStep,
+    Agreement, BlockCurve, CascadeTiming, ChannelGroupLevel, ChannelPruning, ClusterDetails, ClusteredLayer, CorrectedLayer, Details, EarlyExitDetails,
+    EqualizedPair, ExitCurvePoint, FactorisedLayer, GroupCurve, HeadBlockLevel, HeadPruning, IterativeGroup, IterativePruning, LayerCurve, LowrankDetails,
+    PrePasses, PtqDetails, SparseLayer, SparsityDetails, TrajectoryStep,
 };
 
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,8 @@
 //!
 //! - [`residual_points`]: the outputs of residual blocks (`Relu(Add(a, b))`, neither input a
 //!   constant), in order, without the last (the full model answers there anyway).
-//! - [`attach_heads`]: `GlobalAveragePool → Flatten → Gemm` after each point, each a new graph
+//! - [`attach_heads`]: an optional 3×3 stride-2 `Conv → Relu`, then `AveragePool` to a small
+//!   grid (or `GlobalAveragePool`) `→ Flatten → Gemm` after each point, each a new graph
 //!   output `exit_<k>` (class scores, like the model's own output).
 //! - [`cascade`]: one ONNX model. The graph computes up to the first exit; an `If` on "the
 //!   largest softmax probability of every row ≥ τ" returns that exit's scores, or its else
@@ -112,26 +113,53 @@ fn float_of_any_shape(name: &str) -> ValueInfoProto {
     v
 }
 
-/// A classifier head after each `(value, channels)` point: graph outputs `exit_1 …`. With
-/// `conv_channels > 0` the head first runs a 3×3 stride-2 Conv to that many channels and a
-/// Relu (more capacity than a linear probe of early features). Returns the model, the exit
-/// output names and each head's parameter names. Weights start seeded (uniform, ±1/√fan-in);
-/// biases at zero.
-pub fn attach_heads(model: &Model, points: &[(String, usize)], classes: usize, conv_channels: usize, seed: u64) -> Result<Heads, OnnxError> {
+/// Where a head reads: a value and its feature map's `[channels, height, width]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitPoint {
+    pub value: String,
+    pub shape: [usize; 3],
+}
+
+/// The form of every head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadForm {
+    /// Channels of a 3×3 stride-2 Conv + Relu first (0: none).
+    pub conv_channels: usize,
+    /// The map is average-pooled to at most `grid` × `grid` cells, then flattened (1: a
+    /// global average pool).
+    pub grid: usize,
+}
+
+/// Window, padding and cells of a pool that covers `size` positions in at most `grid` cells.
+fn pool_to(size: usize, grid: usize) -> (usize, usize, usize) {
+    let k = size.div_ceil(grid.max(1)).max(1);
+    let cells = size.div_ceil(k);
+    (k, cells * k - size, cells)
+}
+
+/// A classifier head after each point: graph outputs `exit_1 …`. With `conv_channels > 0`
+/// the head first runs a 3×3 stride-2 Conv to that many channels and a Relu (more capacity
+/// than a linear probe of early features). Then an `AveragePool` down to at most `grid` ×
+/// `grid` cells (windows that cover the whole map; the last ones padded, padding not
+/// counted), `Flatten` and `Gemm`; `grid` 1 is `GlobalAveragePool`. Returns the model, the
+/// exit output names and each head's parameter names. Weights start seeded (uniform,
+/// ±1/√fan-in); biases at zero.
+pub fn attach_heads(model: &Model, points: &[ExitPoint], classes: usize, form: HeadForm, seed: u64) -> Result<Heads, OnnxError> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut patch = Patch::default();
     let (mut exits, mut params) = (Vec::new(), Vec::new());
-    for (k, (value, channels)) in points.iter().enumerate() {
+    for (k, point) in points.iter().enumerate() {
         let exit = format!("exit_{}", k + 1);
         let mut names = Vec::new();
-        let (mut feature, mut width) = (value.clone(), *channels);
-        if conv_channels > 0 {
+        let [mut width, mut h, mut w] = point.shape;
+        let mut feature = point.value.clone();
+        if form.conv_channels > 0 {
             let (cw, cb, co, cr) = (format!("{exit}.conv.weight"), format!("{exit}.conv.bias"), format!("{exit}.conv"), format!("{exit}.relu"));
             let bound = 1.0 / ((width * 9) as f32).sqrt();
-            let weight = ArrayD::from_shape_fn(IxDyn(&[conv_channels, width, 3, 3]), |_| rng.random_range(-bound..bound));
+            let weight = ArrayD::from_shape_fn(IxDyn(&[form.conv_channels, width, 3, 3]), |_| rng.random_range(-bound..bound));
             patch.add_initializers.push(from_array(&cw, &weight));
-            patch.add_initializers.push(from_array(&cb, &ArrayD::<f32>::zeros(IxDyn(&[conv_channels]))));
+            patch.add_initializers.push(from_array(&cb, &ArrayD::<f32>::zeros(IxDyn(&[form.conv_channels]))));
             let attrs = vec![
                 attribute("kernel_shape", Attr::Ints(vec![3, 3])),
                 attribute("pads", Attr::Ints(vec![1, 1, 1, 1])),
@@ -140,20 +168,39 @@ pub fn attach_heads(model: &Model, points: &[(String, usize)], classes: usize, c
             patch.add_nodes.push(node("Conv", format!("{exit}.Conv"), vec![feature, cw.clone(), cb.clone()], co.clone(), attrs));
             patch.add_nodes.push(node("Relu", format!("{exit}.Relu"), vec![co], cr.clone(), vec![]));
             names.extend([cw, cb]);
-            (feature, width) = (cr, conv_channels);
+            (feature, width) = (cr, form.conv_channels);
+            (h, w) = ((h.max(1) - 1) / 2 + 1, (w.max(1) - 1) / 2 + 1);
         }
-        let (w, b) = (format!("{exit}.weight"), format!("{exit}.bias"));
-        let bound = 1.0 / (width as f32).sqrt();
-        let weight = ArrayD::from_shape_fn(IxDyn(&[classes, width]), |_| rng.random_range(-bound..bound));
-        patch.add_initializers.push(from_array(&w, &weight));
-        patch.add_initializers.push(from_array(&b, &ArrayD::<f32>::zeros(IxDyn(&[classes]))));
-        let (pooled, flat) = (format!("{exit}.pool"), format!("{exit}.flat"));
-        patch.add_nodes.push(node("GlobalAveragePool", format!("{exit}.GlobalAveragePool"), vec![feature], pooled.clone(), vec![]));
+        let pooled = format!("{exit}.pool");
+        let pooled = if form.grid <= 1 {
+            patch.add_nodes.push(node("GlobalAveragePool", format!("{exit}.GlobalAveragePool"), vec![feature], pooled.clone(), vec![]));
+            (h, w) = (1, 1);
+            pooled
+        } else if h > form.grid || w > form.grid {
+            let ((kh, ph, ch), (kw, pw, cw)) = (pool_to(h, form.grid), pool_to(w, form.grid));
+            let attrs = vec![
+                attribute("kernel_shape", Attr::Ints(vec![kh as i64, kw as i64])),
+                attribute("strides", Attr::Ints(vec![kh as i64, kw as i64])),
+                attribute("pads", Attr::Ints(vec![0, 0, ph as i64, pw as i64])),
+            ];
+            patch.add_nodes.push(node("AveragePool", format!("{exit}.AveragePool"), vec![feature], pooled.clone(), attrs));
+            (h, w) = (ch, cw);
+            pooled
+        } else {
+            feature
+        };
+        let features = width * h * w;
+        let (wn, bn) = (format!("{exit}.weight"), format!("{exit}.bias"));
+        let bound = 1.0 / (features as f32).sqrt();
+        let weight = ArrayD::from_shape_fn(IxDyn(&[classes, features]), |_| rng.random_range(-bound..bound));
+        patch.add_initializers.push(from_array(&wn, &weight));
+        patch.add_initializers.push(from_array(&bn, &ArrayD::<f32>::zeros(IxDyn(&[classes]))));
+        let flat = format!("{exit}.flat");
         patch.add_nodes.push(node("Flatten", format!("{exit}.Flatten"), vec![pooled], flat.clone(), vec![attribute("axis", Attr::Int(1))]));
-        patch.add_nodes.push(node("Gemm", format!("{exit}.Gemm"), vec![flat, w.clone(), b.clone()], exit.clone(), vec![attribute("transB", Attr::Int(1))]));
+        patch.add_nodes.push(node("Gemm", format!("{exit}.Gemm"), vec![flat, wn.clone(), bn.clone()], exit.clone(), vec![attribute("transB", Attr::Int(1))]));
         patch.add_outputs.push(value_info(&exit, DataType::Float, &[None, Some(classes as i64)]));
         exits.push(exit);
-        names.extend([w, b]);
+        names.extend([wn, bn]);
         params.push(names);
     }
     Ok((patch.apply(model, "early-exit-heads").map_err(|e| OnnxError::Graph(e.to_string()))?, exits, params))
@@ -282,6 +329,23 @@ mod tests {
 
     /// Two residual blocks: one point (the last is left out); the cascade answers from the
     /// head at τ = 0 and from the full model above 1, in ONNX Runtime.
+    /// Windows cover the whole map in at most `grid` cells; the last window's padding is what
+    /// the cells overhang.
+    #[test]
+    fn pools_cover_the_map_in_at_most_grid_cells() {
+        assert_eq!(pool_to(14, 7), (2, 0, 7));
+        assert_eq!(pool_to(7, 4), (2, 1, 4));
+        assert_eq!(pool_to(56, 7), (8, 0, 7));
+        assert_eq!(pool_to(9, 4), (3, 0, 3));
+        assert_eq!(pool_to(3, 7), (1, 0, 3));
+        for size in 1..80 {
+            for grid in 1..10 {
+                let (k, pad, cells) = pool_to(size, grid);
+                assert!(cells <= grid && cells * k == size + pad && pad < k, "{size} {grid}");
+            }
+        }
+    }
+
     #[test]
     fn one_head_and_its_cascade() {
         let mut b = GraphBuilder::new("res", 17);
@@ -305,8 +369,11 @@ mod tests {
         b.output_f32(&y, &[Some(1), Some(3)]);
         let m = b.build();
         assert_eq!(residual_points(&m), vec![r1.clone()]);
-        let (heads, exits, params) = attach_heads(&m, &[(r1, 4)], 3, 0, 1).unwrap();
+        // A 4×6×6 map into a 4×4 grid: 2×2 windows, 3×3 cells.
+        let point = ExitPoint { value: r1, shape: [4, 6, 6] };
+        let (heads, exits, params) = attach_heads(&m, &[point], 3, HeadForm { conv_channels: 0, grid: 4 }, 1).unwrap();
         assert_eq!((exits.len(), params[0].len()), (1, 2));
+        assert!(heads.graph().node.iter().any(|n| op(n) == "AveragePool"));
         let input = TensorValue::F32(ArrayD::from_shape_fn(IxDyn(&[1, 4, 6, 6]), |d| ((d[1] * 11 + d[2] * 3 + d[3]) as f32 * 0.2).cos()));
         let run = |m: &Model| -> Vec<ArrayD<f32>> {
             Session::from_model(m, &SessionConfig::default())

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use tamp_domain::recipe::{BatchNormMode, EarlyExitStage, Stage};
-use tamp_domain::results::{Candidate, Details, EarlyExitDetails, ExitCurvePoint};
+use tamp_domain::results::{Candidate, CascadeTiming, Details, EarlyExitDetails, ExitCurvePoint};
 use tamp_engine::passes::exits;
 use tamp_engine::perf::{self, LatencyConfig};
 use tamp_engine::{EngineError, Session, eval};
@@ -56,11 +56,12 @@ impl Technique for EarlyExit {
             if s.len() != 4 {
                 return Err(EngineError::Config(format!("stage {index} (`early_exit`): '{p}' has shape {s:?}; a head reads a 4-D feature map [N, C, H, W]")));
             }
-            sites.push((p.clone(), s[1]));
+            sites.push(exits::ExitPoint { value: p.clone(), shape: [s[1], s[2], s[3]] });
         }
         let classes = shapes.last().and_then(|s| s.last().copied()).unwrap_or(0);
         let seed = e.fine_tune.seed;
-        let (mut model, names, params) = exits::attach_heads(input, &sites, classes, e.head_channels, seed)?;
+        let (mut model, names, params) =
+            exits::attach_heads(input, &sites, classes, exits::HeadForm { conv_channels: e.head_channels, grid: e.head_grid }, seed)?;
         // Each head learns the full model's answer; the backbone and its statistics stay.
         let Some(mut ft) = cx.fine_tune.take() else {
             return Err(EngineError::Config(format!("stage {index} (`early_exit`) has no training settings")));
@@ -108,6 +109,11 @@ impl Technique for EarlyExit {
         let baseline_latency_ms = p50(input, cx)?;
         let base = cx.baseline().value;
         let limit = cx.job.recipe.constraints.max_metric_drop_pct;
+        // The class the cascade gives row `r` at threshold τ, and the exit that answers.
+        let answer = |tau: f64, r: usize| -> (usize, usize) {
+            let k = (0..names.len()).find(|&k| f64::from(preds[k][r].1) >= tau).unwrap_or(names.len());
+            (preds[k][r].0, k)
+        };
         let curve: Vec<ExitCurvePoint> = e
             .thresholds
             .iter()
@@ -115,9 +121,9 @@ impl Technique for EarlyExit {
                 let mut answered = vec![0usize; preds.len()];
                 let mut correct = 0usize;
                 for (r, &label) in labels.iter().enumerate() {
-                    let k = (0..names.len()).find(|&k| f64::from(preds[k][r].1) >= tau).unwrap_or(names.len());
+                    let (class, k) = answer(tau, r);
                     answered[k] += 1;
-                    correct += usize::from(preds[k][r].0 as i64 == label);
+                    correct += usize::from(class as i64 == label);
                 }
                 let n = labels.len().max(1) as f64;
                 let shares: Vec<f64> = answered.iter().map(|&a| a as f64 / n).collect();
@@ -149,6 +155,13 @@ impl Technique for EarlyExit {
                 .map_or(String::new(), |p| format!("top1 {:.2}, average latency {:.2}× the model's", p.top1, p.latency_ratio))
         ));
         let cascade = exits::cascade(&model, &names, &final_out, chosen as f32)?;
+        cx.obs.begin("cascade timed row by row", 0);
+        let predicted: Vec<usize> = (0..labels.len()).map(|r| answer(chosen, r).0).collect();
+        let measured = time_cascade(&cascade, input, cx, &rows, &labels, &predicted)?;
+        cx.obs.end(&format!(
+            "{} rows: {:.4} ms a row against the model's {:.4} ({:.3}×); top1 {:.2} (curve {:.2})",
+            measured.rows, measured.average_latency_ms, measured.baseline_average_latency_ms, measured.latency_ratio, measured.top1, measured.curve_top1
+        ));
         let mut c = cx.judge_as_is(&cascade, format!("s{index}-early-exit"), index, "early_exit")?;
         c.mode = "cascade".into();
         c.training = reports.pop();
@@ -160,9 +173,71 @@ impl Technique for EarlyExit {
             curve,
             threshold: chosen,
             batching: "per batch: the early answer needs every row of the batch confident (batch 1: per row)".into(),
+            measured: Some(measured),
         }));
         Ok(vec![c])
     }
+}
+
+/// Rows and rounds of the cascade's own timing.
+const TIMED_ROWS: usize = 1000;
+const TIMED_ROUNDS: usize = 5;
+
+/// The emitted cascade and the model it came from, each run at batch 1 on up to
+/// [`TIMED_ROWS`] evaluation rows (evenly spaced), so that every row takes the path its
+/// confidence picks. Per row the two alternate which goes first; the round with the median
+/// ratio of summed times is reported. `rows` are dataset indices, `labels` and `predicted`
+/// are by position in `rows`.
+fn time_cascade(cascade: &Model, input: &Model, cx: &Context<'_, '_>, rows: &[usize], labels: &[i64], predicted: &[usize]) -> Result<CascadeTiming> {
+    let data = cx.job.evaluation;
+    let step = rows.len().div_ceil(TIMED_ROWS).max(1);
+    let picked: Vec<usize> = (0..rows.len()).step_by(step).collect();
+    let feeds = picked.iter().map(|&p| data.select(&[rows[p]])).collect::<std::result::Result<Vec<_>, _>>()?;
+    let named: Vec<Vec<(&str, &TensorValue)>> = feeds.iter().map(|f| f.iter().map(|(k, v)| (k.as_str(), v)).collect()).collect();
+    let mut sc = Session::from_model(cascade, &cx.eval_cfg.session)?;
+    let mut sb = Session::from_model(input, &cx.eval_cfg.session)?;
+    let mut hits = 0usize;
+    for (i, feed) in named.iter().enumerate() {
+        let out = sc.run(feed)?;
+        sb.run(feed)?;
+        let class = match out.first().map(|(_, v)| v) {
+            Some(TensorValue::F32(a)) => top_class(&a.iter().copied().collect::<Vec<_>>()).0,
+            _ => return Err(EngineError::Config("the cascade's output is not float class scores".into())),
+        };
+        hits += usize::from(class as i64 == labels[picked[i]]);
+    }
+    let timed = |s: &mut Session, feed: &[(&str, &TensorValue)]| -> Result<f64> {
+        let t = std::time::Instant::now();
+        s.run(feed)?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    let mut rounds = Vec::with_capacity(TIMED_ROUNDS);
+    for round in 0..TIMED_ROUNDS {
+        let (mut c, mut b) = (0.0, 0.0);
+        for (i, feed) in named.iter().enumerate() {
+            if (i + round) % 2 == 0 {
+                b += timed(&mut sb, feed)?;
+                c += timed(&mut sc, feed)?;
+            } else {
+                c += timed(&mut sc, feed)?;
+                b += timed(&mut sb, feed)?;
+            }
+        }
+        rounds.push((c / b.max(1e-12), c, b));
+    }
+    rounds.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (ratio, c, b) = rounds[rounds.len() / 2];
+    let n = picked.len().max(1) as f64;
+    let curve_hits = picked.iter().filter(|&&p| predicted[p] as i64 == labels[p]).count();
+    Ok(CascadeTiming {
+        rows: picked.len(),
+        rounds: TIMED_ROUNDS,
+        average_latency_ms: c / n,
+        baseline_average_latency_ms: b / n,
+        latency_ratio: ratio,
+        top1: 100.0 * hits as f64 / n,
+        curve_top1: 100.0 * curve_hits as f64 / n,
+    })
 }
 
 /// The arg-max class and its softmax probability.
