@@ -181,3 +181,40 @@ fn weights_inside_if_branches_are_quantized_within_tolerance() {
         assert!(max_abs_diff(a, b) <= 0.03 * scale, "branch {flag}: {} vs scale {scale}", max_abs_diff(a, b));
     }
 }
+
+/// PP-OCR's pattern: a Conv whose output only float ops read (a Mul by a learned scale, then
+/// a swish) and a Conv reading that float op's output. Both still run as QLinearConv in ONNX
+/// Runtime: each Conv's output is quantized, every reader takes the dequantized value, and
+/// the Conv after the float ops gets a QuantizeLinear on its input. Outputs stay within int8
+/// tolerance of fp32. (Before, both ran as DequantizeLinear + float Conv.)
+#[test]
+fn convs_next_to_float_ops_still_run_on_integer_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let pads = [("pads", Attr::Ints(vec![1, 1, 1, 1]))];
+    let mut b = GraphBuilder::new("affine", 13);
+    let x = b.input_f32("x", &[None, Some(4), Some(8), Some(8)]);
+    let w1 = b.init_f32("w1", wave(&[8, 4, 3, 3], 0.3));
+    let c1 = b.op("Conv", &[&x, &w1], &pads);
+    let scale = b.init_f32("scale", ArrayD::from_elem(IxDyn(&[1]), 0.7));
+    let m = b.op("Mul", &[&c1, &scale], &[]);
+    let s = b.op("Sigmoid", &[&m], &[]);
+    let swish = b.op("Mul", &[&m, &s], &[]);
+    let w2 = b.init_f32("w2", wave(&[8, 8, 3, 3], 0.7));
+    let c2 = b.op("Conv", &[&swish, &w2], &pads);
+    let y = b.op("Sigmoid", &[&c2], &[]);
+    b.output_f32(&y, &[None, Some(8), Some(8), Some(8)]);
+    let model = b.build();
+    let data = write(dir.path(), "d.npz", vec![("x", TensorValue::F32(wave(&[32, 4, 8, 8], 0.9)))]);
+    let mut cfg = PtqConfig { samples: 32, ..PtqConfig::default() };
+    cfg.quantize.float_slow_layers = false;
+    let (q, _) = quantize_static(&model, &data, &cfg).unwrap();
+    let path = dir.path().join("q.onnx");
+    q.save(&path, &Default::default()).unwrap();
+    let ops = tamp_engine::runtime::optimized_op_types(&path, &SessionConfig::default()).unwrap();
+    assert_eq!((ops.get("QLinearConv"), ops.get("Conv")), (Some(&2), None), "{ops:?}");
+    assert!(ops.get("Sigmoid").is_some() && ops.get("Mul").is_some(), "the float ops stay float: {ops:?}");
+    let feeds = [("x", TensorValue::F32(wave(&[2, 4, 8, 8], 0.4)))];
+    let (a, b) = (&outputs(&model, &feeds)[0], &outputs(&q, &feeds)[0]);
+    // Sigmoid outputs in (0, 1); uint8 steps of the two Convs' ranges move them by ~1e-2.
+    assert!(max_abs_diff(a, b) <= 0.05, "{}", max_abs_diff(a, b));
+}

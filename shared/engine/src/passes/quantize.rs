@@ -142,9 +142,14 @@ pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, On
         })
         .filter_map(|i| i.name.as_deref())
         .collect();
-    let candidates = float_inputs
-        .into_iter()
-        .chain(view.topological_order()?.into_iter().map(|i| &g.node[i]).filter(|n| quantizable(n)).flat_map(|n| n.output.iter().map(String::as_str)));
+    // What quantizable ops compute, and what a weighted layer reads whatever computed it: a
+    // Conv after a float op (a hard-swish's Mul, a Div) still runs as QLinearConv, with a
+    // QuantizeLinear after that op, as ONNX Runtime's own quantizer lays it out. Without
+    // it the Conv is DequantizeLinear + float Conv, slower than either form.
+    let candidates = float_inputs.into_iter().chain(view.topological_order()?.into_iter().map(|i| &g.node[i]).filter(|n| quantizable(n)).flat_map(|n| {
+        let read = (WEIGHTED.contains(&op(n)) && is_weight_slot(&view, n, 1)).then(|| n.input[0].as_str());
+        read.into_iter().chain(n.output.iter().map(String::as_str))
+    }));
     // Integer and boolean values (shape computations, masks, indices) are never activations.
     let types = tamp_onnx::types::elem_types(g);
     let float = |v: &str| types.get(v).is_none_or(|t| *t == DataType::Float);
@@ -157,7 +162,13 @@ pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, On
         let readers: Vec<&NodeProto> = view.consumers(v).iter().map(|&c| &g.node[c]).collect();
         let quantized_readers =
             readers.iter().filter(|n| quantizable(n) && n.input.iter().enumerate().any(|(s, i)| i == v && !is_weight_slot(&view, n, s))).count();
-        if quantized_readers == 0 {
+        // A layer's output is quantized whatever reads it (ONNX Runtime fuses a Conv into
+        // QLinearConv only with a QuantizeLinear after it), and so is a Relu/Clip it absorbs.
+        let layer = |p: &NodeProto| quantizable(p) && is_weight_slot(&view, p, 1);
+        let layer_output = view.producer(v).map(|p| &g.node[p]).is_some_and(|p| {
+            layer(p) || (ABSORBED.contains(&op(p)) && quantizable(p) && p.input.first().and_then(|x| view.producer(x)).is_some_and(|q| layer(&g.node[q])))
+        });
+        if quantized_readers == 0 && !layer_output {
             continue;
         }
         let producer = view.producer(v).map(|p| &g.node[p]).filter(|p| quantizable(p)).map(op);
@@ -318,7 +329,6 @@ impl Pass for QuantizeQdq {
         let view = GraphView::new(g);
         let mut patch = Patch::default();
         let exclude = &self.config.exclude;
-        let quantizable = |n: &NodeProto| QUANTIZABLE.contains(&op(n)) && !exclude.contains(node_key(n));
         // Activation Q/DQ pairs, for the values the plan (with exclusions) wants.
         let wanted = plan(model, exclude)?;
         let mut act_scale: HashMap<&str, f32> = HashMap::new();
@@ -333,11 +343,12 @@ impl Pass for QuantizeQdq {
             patch.add_initializers.push(zp);
             patch.add_nodes.push(node("QuantizeLinear", format!("{v}.Q"), vec![v.clone(), s.clone(), z.clone()], q.clone(), vec![]));
             patch.add_nodes.push(node("DequantizeLinear", format!("{v}.DQ"), vec![q, s, z], dq.clone(), vec![]));
+            // Every reader takes the dequantized value, float ops too: ONNX Runtime fuses a
+            // Conv/Add into its integer kernel only when a QuantizeLinear is the output's
+            // one reader (a hard-swish's Mul reading the float value kept 33 of PP-OCR's 38
+            // Convs as DequantizeLinear + float Conv).
             for &c in view.consumers(v) {
                 let n = &g.node[c];
-                if !quantizable(n) {
-                    continue;
-                }
                 for (slot, input) in n.input.iter().enumerate() {
                     if input == v && !is_weight_slot(&view, n, slot) {
                         patch.rewire.push((c, slot, dq.clone()));
