@@ -212,7 +212,7 @@ fn convs_next_to_float_ops_still_run_on_integer_kernels() {
     q.save(&path, &Default::default()).unwrap();
     let ops = tamp_engine::runtime::optimized_op_types(&path, &SessionConfig::default()).unwrap();
     assert_eq!((ops.get("QLinearConv"), ops.get("Conv")), (Some(&2), None), "{ops:?}");
-    assert!(ops.get("Sigmoid").is_some() && ops.get("Mul").is_some(), "the float ops stay float: {ops:?}");
+    assert!(ops.contains_key("Sigmoid") && ops.contains_key("Mul"), "the float ops stay float: {ops:?}");
     let feeds = [("x", TensorValue::F32(wave(&[2, 4, 8, 8], 0.4)))];
     let (a, b) = (&outputs(&model, &feeds)[0], &outputs(&q, &feeds)[0]);
     // Sigmoid outputs in (0, 1); uint8 steps of the two Convs' ranges move them by ~1e-2.
