@@ -305,10 +305,14 @@ def bench_model(d, entry, a, work):
     # Tamp steps
     if a.tamp:
         T = a.timeout
+
+        def static_cmd(out, *extra):
+            return [a.tamp, "quantize", str(model), "--data", str(calib), "--out", str(out), "--samples", str(rows), *extra]
+
         steps = {
             "inspect": [a.tamp, "inspect", str(model)],
             "eval": [a.tamp, "eval", str(model), "--data", str(evalp), "--output", out_name, "--metric", metric, "--json", "--threads", "1"],
-            "quantize_static": [a.tamp, "quantize", str(model), "--data", str(calib), "--out", str(w / "q.onnx"), "--samples", str(rows)],
+            "quantize_static": static_cmd(w / "q.onnx"),
             "quantize_dynamic": [a.tamp, "quantize", str(model), "--dynamic", "--out", str(w / "qd.onnx")],
             "compress_ptq": [a.tamp, "compress", str(model), "--recipe", str(PTQ_RECIPE), "--data", str(calib), "--eval", str(evalp),
                              "--output", out_name, "--metric", metric, "--samples", str(rows), "--runs", "50", "--out", str(w / "ptq")],
@@ -336,7 +340,7 @@ def bench_model(d, entry, a, work):
         if res["steps"].get("quantize_static", {}).get("status") == "ok":
             for label, extra in (("Percentile", ["--method", "percentile"]), ("Perc+CLE", ["--method", "percentile", "--cle"])):
                 out = w / f"q-{label.lower().replace('+', '-')}.onnx"
-                cmd = steps["quantize_static"][:-4] + ["--out", str(out), "--samples", str(rows), *extra]
+                cmd = static_cmd(out, *extra)
                 r = run_step(cmd, T, cwd=str(ROOT))
                 r["cmd"] = " ".join(cmd)
                 res["steps"][f"quantize_static_{label}"] = r
