@@ -169,7 +169,9 @@ fn a_one_class_calibration_set_is_flagged_naming_layers() {
     let script = "import sys, numpy as np\nd = np.load(sys.argv[1])\nnp.savez(sys.argv[2], input=d['input'][d['labels'] == 0][:256])\n";
     assert!(run(Command::new(python()).arg("-c").arg(script).arg(&eval).arg(&one)).status.success());
     let out = dir.path().join("out");
-    compress(&model, &recipe(dir.path(), "ptq", "ptq: {calibration: {method: kl, samples: 256}}", "", 256), &one, &eval, &out);
+    // Every layer int8 (no float-for-speed choice, which depends on the CPU): the deep layers
+    // are then quantized on every machine, and their ranges are what one class misjudges.
+    compress(&model, &recipe(dir.path(), "ptq", "ptq: {calibration: {method: kl, samples: 256}, float_slow_layers: false}", "", 256), &one, &eval, &out);
     let a = json(&out.join("analysis.json"));
     let score = a["calibration"]["score"].as_f64().unwrap();
     assert!(score < 0.8, "one class only: {score}");

@@ -53,6 +53,11 @@ pub struct Args {
     /// Write the metric output of every evaluated row to this .npy file.
     #[arg(long)]
     dump_outputs: Option<PathBuf>,
+    /// Only time the model against this one, interleaved as `tamp compress` judges speed
+    /// (15 rounds of single-row runs, which goes first alternating), and print the speed-up
+    /// (> 1: the model is faster) with its distribution-free interval; nothing is evaluated.
+    #[arg(long)]
+    against: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -96,6 +101,27 @@ pub fn run(args: &Args) -> Result<()> {
         },
         ..EvalConfig::default()
     };
+    if let Some(other) = &args.against {
+        let mut base = tamp_engine::Session::from_file(other, &cfg.session)?;
+        let mut cand = tamp_engine::Session::from_file(&args.model, &cfg.session)?;
+        let s = tamp_engine::perf::compare(&mut base, &mut cand, &data, 15, (args.runs / 10).max(5))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            println!(
+                "{} against {}: {:.3}x ({:.1} % interval {:.3}-{:.3}x; {} rounds of {} runs)",
+                args.model.display(),
+                other.display(),
+                s.speedup,
+                s.confidence * 100.0,
+                s.low,
+                s.high,
+                s.rounds,
+                s.runs_per_round
+            );
+        }
+        return Ok(());
+    }
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} rows ({per_sec}, eta {eta})")?.progress_chars("=> "));
     bar.set_message("evaluating");

@@ -21,6 +21,10 @@ pub struct Args {
     /// Dynamic int8 (weights ahead of time, activations at run time): for transformers.
     #[arg(long)]
     dynamic: bool,
+    /// With --dynamic: smooth wide activation channels into the weights first (SmoothQuant,
+    /// strength chosen per layer on --data's rows; one Mul in front of each smoothed layer).
+    #[arg(long, requires_all = ["dynamic", "data"])]
+    smooth: bool,
     /// 4-bit weight-only MatMuls (MatMulNBits, blocks of 32) with int8 embeddings.
     #[arg(long, conflicts_with = "dynamic")]
     weights4: bool,
@@ -96,6 +100,17 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     if args.dynamic {
+        let mut smoothed = String::new();
+        let model = match (&args.data, args.smooth) {
+            (Some(path), true) => {
+                let data = Dataset::load(path)?;
+                let cfg = tamp_engine::smooth::SmoothConfig { rows: args.samples.min(64), seed: args.seed, ..Default::default() };
+                let (m, report) = tamp_engine::smooth::smooth(&model, &data, &cfg, &Default::default())?;
+                smoothed = format!(", {} of {} MatMul inputs smoothed", report.smoothed.len(), report.sites);
+                m
+            }
+            _ => model,
+        };
         let (quantized, counts) =
             quantize_dynamic(&model, &DynamicConfig { per_channel: !args.per_tensor, u8_weights: isa.u8_weights, ..DynamicConfig::default() })?;
         quantized.save(&args.out, &SaveOptions::default())?;
@@ -104,7 +119,7 @@ pub fn run(args: &Args) -> Result<()> {
             summary(
                 args,
                 &format!(
-                    "dynamic int8, {} MatMuls, {} embedding tables and {} weights inside If/Loop bodies quantized",
+                    "dynamic int8, {} MatMuls, {} embedding tables and {} weights inside If/Loop bodies quantized{smoothed}",
                     counts.matmuls, counts.embeddings, counts.subgraph_weights
                 )
             )?

@@ -18,6 +18,7 @@ pub mod perf;
 pub mod prepare;
 pub mod ptq;
 pub mod runtime;
+pub mod smooth;
 pub mod text_metrics;
 
 pub use error::EngineError;

@@ -11,7 +11,9 @@
 //!    whose inputs have fixed dimensions become constants, `Identity`/`Dropout` and dead nodes
 //!    go. Run only where the graph has something of that kind, so models that need nothing
 //!    pass through byte for byte.
-//! 4. **Value info refresh**: the folded model's `value_info` is ONNX Runtime's inferred
+//! 4. **Hard-swish in one op** ([`passes::hardswish`]): `x · clip(x + 3, 0, 6) / 6` spelled
+//!    out in four elementwise ops becomes one `HardSwish` (one memory pass instead of four).
+//! 5. **Value info refresh**: the folded model's `value_info` is ONNX Runtime's inferred
 //!    shapes; every later structural pass drops the value infos it invalidates
 //!    ([`tamp_onnx::Patch::apply`]).
 
@@ -19,8 +21,10 @@ use tamp_domain::results::Preparation;
 use tamp_onnx::Model;
 
 use crate::error::Result;
+use crate::passes::hardswish::FuseHardSwish;
 use crate::passes::opset;
 use crate::runtime::{self, OptimizationLevel, SessionConfig};
+use tamp_onnx::Pass;
 
 fn count(model: &Model, ops: &[&str]) -> usize {
     model.graph().node.iter().filter(|n| ops.contains(&n.op_type.as_deref().unwrap_or(""))).count()
@@ -74,6 +78,11 @@ pub fn prepare(model: &Model) -> Result<(Model, Preparation)> {
             report.nodes_folded, report.constant_nodes_to_initializers, report.shape_nodes_left
         ));
         m = folded;
+    }
+    if let Some((fused, n)) = FuseHardSwish.apply(&m)? {
+        report.hard_swishes_fused = n;
+        report.steps.push(format!("{n} hard-swishes written out as Add/Clip/Mul/Div now one HardSwish op"));
+        m = fused;
     }
     Ok((m, report))
 }

@@ -260,12 +260,14 @@ impl Calibrated {
             None => (quantized, 0),
         };
         let mut float_ops = BTreeMap::new();
+        let gates = quantize::gates(&self.folded);
         for n in &quantized.graph().node {
             let op = n.op_type.as_deref().unwrap_or("");
-            let excluded = config.exclude.contains(quantize::node_key(n));
             // The bias-scale Muls (`….bias.S`) are constants ORT folds at load, not float compute.
             let bias_scale = op == "Mul" && n.name.as_deref().is_some_and(|x| x.ends_with(".bias.S"));
-            if (excluded || !quantize::QUANTIZABLE.contains(&op)) && op != "QuantizeLinear" && op != "DequantizeLinear" && !bias_scale {
+            // A hard-swish carried in int8 (QLinearAdd + QLinearMul).
+            let bias_scale = bias_scale || n.name.as_deref().is_some_and(|x| x.ends_with(".int8.Add") || x.ends_with(".int8.Mul"));
+            if !quantize::carried(n, &gates, &config.exclude) && op != "QuantizeLinear" && op != "DequantizeLinear" && !bias_scale {
                 *float_ops.entry(op.to_owned()).or_insert(0) += 1;
             }
         }

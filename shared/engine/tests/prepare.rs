@@ -218,3 +218,73 @@ fn convs_next_to_float_ops_still_run_on_integer_kernels() {
     // Sigmoid outputs in (0, 1); uint8 steps of the two Convs' ranges move them by ~1e-2.
     assert!(max_abs_diff(a, b) <= 0.05, "{}", max_abs_diff(a, b));
 }
+
+/// Conv → hard-swish spelled out Paddle's way (`x · clip(x + 3, 0, 6) / 6`) → Conv →
+/// hard-swish the other way (`x · (clip(x + 3, 0, 6) / 6)`) → Conv → SiLU → Conv.
+fn activations_model() -> Model {
+    let pads = [("pads", Attr::Ints(vec![1, 1, 1, 1]))];
+    let mut b = GraphBuilder::new("acts", 13);
+    let x = b.input_f32("x", &[None, Some(4), Some(8), Some(8)]);
+    let scalar = |b: &mut GraphBuilder, name: &str, v: f32| b.init_f32(name, ArrayD::from_elem(IxDyn(&[]), v));
+    let (three, zero, six) = (scalar(&mut b, "three", 3.0), scalar(&mut b, "zero", 0.0), scalar(&mut b, "six", 6.0));
+    let w1 = b.init_f32("w1", wave(&[8, 4, 3, 3], 0.3));
+    let c1 = b.op("Conv", &[&x, &w1], &pads);
+    let a = b.op("Add", &[&c1, &three], &[]);
+    let k = b.op("Clip", &[&a, &zero, &six], &[]);
+    let m = b.op("Mul", &[&c1, &k], &[]);
+    let h1 = b.op("Div", &[&m, &six], &[]);
+    let w2 = b.init_f32("w2", wave(&[8, 8, 3, 3], 0.7));
+    let c2 = b.op("Conv", &[&h1, &w2], &pads);
+    let a = b.op("Add", &[&three, &c2], &[]);
+    let k = b.op("Clip", &[&a, &zero, &six], &[]);
+    let d = b.op("Div", &[&k, &six], &[]);
+    let h2 = b.op("Mul", &[&d, &c2], &[]);
+    let w3 = b.init_f32("w3", wave(&[8, 8, 3, 3], 0.5));
+    let c3 = b.op("Conv", &[&h2, &w3], &pads);
+    let s = b.op("Sigmoid", &[&c3], &[]);
+    let silu = b.op("Mul", &[&c3, &s], &[]);
+    let w4 = b.init_f32("w4", wave(&[8, 8, 3, 3], 0.9));
+    let y = b.op("Conv", &[&silu, &w4], &pads);
+    b.output_f32(&y, &[None, Some(8), Some(8), Some(8)]);
+    b.build()
+}
+
+#[test]
+fn spelled_out_hard_swishes_become_one_op_with_the_same_outputs() {
+    let model = activations_model();
+    let (prepared, report) = prepare(&model).unwrap();
+    assert_eq!(report.hard_swishes_fused, 2, "{:?}", report.steps);
+    let ops: Vec<&str> = prepared.graph().node.iter().filter_map(|n| n.op_type.as_deref()).collect();
+    assert_eq!(ops.iter().filter(|o| **o == "HardSwish").count(), 2, "{ops:?}");
+    assert!(!ops.iter().any(|o| matches!(*o, "Clip" | "Div" | "Add")), "{ops:?}");
+    assert_eq!(prepared.opset(""), Some(14));
+    let feeds = [("x", TensorValue::F32(wave(&[2, 4, 8, 8], 0.4).mapv(|v| v * 3.0)))];
+    let (a, b) = (&outputs(&model, &feeds)[0], &outputs(&prepared, &feeds)[0]);
+    assert!(max_abs_diff(a, b) <= 1e-4 * a.iter().fold(1.0f32, |m, v| m.max(v.abs())), "{}", max_abs_diff(a, b));
+}
+
+#[test]
+fn hard_swish_and_silu_run_on_integer_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = prepare(&activations_model()).unwrap();
+    let data = write(dir.path(), "d.npz", vec![("x", TensorValue::F32(wave(&[32, 4, 8, 8], 0.9).mapv(|v| v * 3.0)))]);
+    let mut cfg = PtqConfig { samples: 32, ..PtqConfig::default() };
+    cfg.quantize.float_slow_layers = false;
+    let (q, report) = quantize_static(&model, &data, &cfg).unwrap();
+    assert!(report.float_ops.is_empty(), "every op is carried in int8: {:?}", report.float_ops);
+    let path = dir.path().join("q.onnx");
+    q.save(&path, &Default::default()).unwrap();
+    let ops = tamp_engine::runtime::optimized_op_types(&path, &SessionConfig::default()).unwrap();
+    // The last Conv writes the graph output, which stays float: DequantizeLinear + Conv.
+    assert_eq!((ops.get("QLinearConv"), ops.get("Conv")), (Some(&3), Some(&1)), "{ops:?}");
+    // Two hard-swishes as QLinearAdd + QLinearMul each; the SiLU as QLinearSigmoid + QLinearMul.
+    assert_eq!((ops.get("QLinearAdd"), ops.get("QLinearMul"), ops.get("QLinearSigmoid")), (Some(&2), Some(&3), Some(&1)), "{ops:?}");
+    for float in ["HardSwish", "HardSigmoid", "Sigmoid", "Mul", "Add"] {
+        assert!(!ops.contains_key(float), "{float} left in float: {ops:?}");
+    }
+    let feeds = [("x", TensorValue::F32(wave(&[2, 4, 8, 8], 0.4).mapv(|v| v * 3.0)))];
+    let (a, b) = (&outputs(&model, &feeds)[0], &outputs(&q, &feeds)[0]);
+    let peak = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // Four uint8 layers and three activations: a few steps of the output's range.
+    assert!(max_abs_diff(a, b) <= 0.05 * peak, "{} of {peak}", max_abs_diff(a, b));
+}

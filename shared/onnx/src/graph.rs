@@ -274,6 +274,11 @@ pub fn attr_ints<'n>(node: &'n NodeProto, name: &str) -> &'n [i64] {
     attr(node, name).map_or(&[], |a| a.ints.as_slice())
 }
 
+/// A string attribute (as UTF-8), when present.
+pub fn attr_str<'n>(node: &'n NodeProto, name: &str) -> Option<&'n str> {
+    attr(node, name).and_then(|a| a.s.as_deref()).and_then(|s| std::str::from_utf8(s).ok())
+}
+
 /// A float attribute, or `default`.
 pub fn attr_float(node: &NodeProto, name: &str, default: f32) -> f32 {
     attr(node, name).and_then(|a| a.f).unwrap_or(default)

@@ -341,6 +341,10 @@ mod tests {
         assert!(e.contains("line 5") && e.contains("activation_type: int8"), "{e}");
         let r = "policy:\n  name: p\n  stages:\n    - ptq: {activation_type: int8, symmetric_activations: true}\n";
         assert!(Recipe::from_yaml(r).is_ok());
+        let r = "policy:\n  name: p\n  stages:\n    - ptq:\n        mode: static\n        smooth_activations: true\n";
+        let e = Recipe::from_yaml(r).unwrap_err().to_string();
+        assert!(e.contains("line 6") && e.contains("smooth_activations") && e.contains("mode: dynamic"), "{e}");
+        assert!(Recipe::from_yaml("policy:\n  name: p\n  stages:\n    - ptq: {mode: dynamic, smooth_activations: true}\n").is_ok());
         let e = Recipe::from_yaml("policy:\n  name: p\n  stages:\n    - ptq: {activation_type: int4}\n").unwrap_err().to_string();
         assert!(e.contains("int4") && e.contains("uint8"), "{e}");
     }

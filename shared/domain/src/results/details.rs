@@ -42,8 +42,8 @@ pub struct PtqDetails {
     pub pre_passes: PrePasses,
 }
 
-/// The passes that run before static quantization, and what each changed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The passes that run before quantization, and what each changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrePasses {
     /// BatchNormalization nodes folded into the convolution before them.
@@ -56,6 +56,23 @@ pub struct PrePasses {
     /// Why, per layer: the measured int8 and fp32 kernel times.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub float_for_speed_reasons: Vec<String>,
+    /// Dynamic int8 with `smooth_activations`: the MatMul inputs smoothed, each with its
+    /// strength and measured error ratio.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub smoothed_activations: Vec<SmoothedSite>,
+}
+
+/// One activation smoothed before dynamic int8 (SmoothQuant, strength chosen per site).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmoothedSite {
+    /// The activation divided per channel.
+    pub value: String,
+    /// The MatMuls reading it (node names), whose weight rows took the scales.
+    pub layers: Vec<String>,
+    pub alpha: f32,
+    /// Measured quantization error of the site's product after smoothing, as a share of the
+    /// error before.
+    pub error_ratio: f64,
 }
 
 /// One equalized pair of layers.
@@ -336,6 +353,7 @@ mod tests {
                 symmetric_weights: true,
                 float_for_speed: vec![],
                 float_for_speed_reasons: vec![],
+                smoothed_activations: vec![SmoothedSite { value: "ln".into(), layers: vec!["MatMul_1".into()], alpha: 0.5, error_ratio: 0.2 }],
             },
         });
         for d in [channels, iterative, ptq, cluster()] {

@@ -16,7 +16,7 @@ pub use artifact::{
 pub use details::{
     Agreement, BlockCurve, CascadeTiming, ChannelGroupLevel, ChannelPruning, ClusterDetails, ClusteredLayer, CorrectedLayer, Details, EarlyExitDetails,
     EqualizedPair, ExitCurvePoint, FactorisedLayer, GroupCurve, HeadBlockLevel, HeadPruning, IterativeGroup, IterativePruning, LayerCurve, LowrankDetails,
-    PrePasses, PtqDetails, SparseLayer, SparsityDetails, TrajectoryStep,
+    PrePasses, PtqDetails, SmoothedSite, SparseLayer, SparsityDetails, TrajectoryStep,
 };
 
 use serde::{Deserialize, Serialize};
@@ -193,6 +193,9 @@ pub struct Preparation {
     /// `Shape`/`Size` nodes left (their input has dynamic dimensions).
     #[serde(default)]
     pub shape_nodes_left: usize,
+    /// Hard-swishes spelled out as `x · clip(x + 3, 0, 6) / 6`, rewritten as one `HardSwish`.
+    #[serde(default)]
+    pub hard_swishes_fused: usize,
     /// One line per step, for logs and reports.
     #[serde(default)]
     pub steps: Vec<String>,

@@ -11,6 +11,7 @@ pub mod dynamic;
 pub mod equalize;
 pub mod exits;
 pub mod fold_bn;
+pub mod hardswish;
 pub mod heads;
 pub mod layers;
 pub mod lowrank;

@@ -6,7 +6,10 @@
 //!   absorbs (its zero point is the clip floor);
 //! - weights: int8 symmetric, per output channel (or per tensor), stored quantized with a
 //!   DequantizeLinear; biases int32 at scale s_x·s_w so the integer kernel can take them;
-//! - graph outputs and everything outside [`QUANTIZABLE`] stay float.
+//! - a SiLU `x · σ(x)` is carried in int8 as one unit ([`gates`]): ORT runs it as
+//!   QLinearSigmoid + QLinearMul, 2.8× faster than a float SiLU between a DequantizeLinear
+//!   and a QuantizeLinear (measured, 64×80×80);
+//! - graph outputs and everything outside [`QUANTIZABLE`] and the gates stay float.
 //!
 //! [`plan`] lists the activation values to calibrate; [`QuantizeQdq`] turns ranges into a patch.
 
@@ -24,8 +27,35 @@ use tamp_onnx::{GraphView, Model, OnnxError, Pass, Patch};
 use crate::calibrate::Range;
 
 /// Ops whose float inputs and outputs are carried in int8 between Q/DQ pairs.
-pub const QUANTIZABLE: &[&str] =
-    &["Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool", "MaxPool", "Relu", "Clip", "Flatten", "Reshape", "Transpose", "Concat"];
+pub const QUANTIZABLE: &[&str] = &[
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "GlobalAveragePool",
+    "AveragePool",
+    "MaxPool",
+    "Relu",
+    "Clip",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Concat",
+    "Split",
+    "Resize",
+];
+/// Ops whose outputs lie within their input's range (they move, select or interpolate
+/// values): their outputs take the input's quantization parameters, so nothing clips, and
+/// ONNX Runtime runs them on the uint8 codes (NhwcMaxPool, a uint8 Resize) instead of
+/// DequantizeLinear → float op (in NCHWc, with reorders) → QuantizeLinear: what made a
+/// MaxPool look slower in int8 than in fp32. Resize only when not cubic (which overshoots).
+fn moves(n: &NodeProto) -> bool {
+    match op(n) {
+        "Flatten" | "Reshape" | "Transpose" | "Split" | "MaxPool" => true,
+        "Resize" => tamp_onnx::graph::attr_str(n, "mode").is_none_or(|m| m != "cubic"),
+        _ => false,
+    }
+}
 /// Ops with weights quantized per channel, and the activations ORT folds into them.
 const WEIGHTED: &[&str] = &["Conv", "Gemm", "MatMul"];
 const ABSORBED: &[&str] = &["Relu", "Clip"];
@@ -86,6 +116,37 @@ fn op(n: &NodeProto) -> &str {
     n.op_type.as_deref().unwrap_or("")
 }
 
+/// The gates of SiLUs, by [`node_key`]: each `Sigmoid` of a value `x` that a `Mul`
+/// multiplies by `x` itself, and that `Mul`. Carried in int8 like
+/// [`QUANTIZABLE`] ops: the gate's output and the product get Q/DQ pairs (the product
+/// whatever reads it, like a layer's output), so ORT fuses QLinearSigmoid and QLinearMul.
+/// Anything else (a Sigmoid scoring a detector's classes, a Mul by a constant, the Muls
+/// inside a LayerNorm or GELU) stays float. A hard-swish is one `HardSwish` op after
+/// [`super::hardswish`], carried in int8 by [`hard_swishes_in_int8`].
+pub fn gates(model: &Model) -> HashSet<String> {
+    let g = model.graph();
+    let view = GraphView::new(g);
+    let mut out = HashSet::new();
+    for n in g.node.iter().filter(|n| op(n) == "Sigmoid" && n.input.len() == 1 && n.output.len() == 1) {
+        let (x, s) = (&n.input[0], &n.output[0]);
+        for &c in view.consumers(s) {
+            let m = &g.node[c];
+            let pair = matches!(m.input.as_slice(), [a, b] if (a == x && b == s) || (a == s && b == x));
+            if op(m) == "Mul" && pair {
+                out.insert(node_key(n).to_owned());
+                out.insert(node_key(m).to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Whether `n` is carried in int8: a [`QUANTIZABLE`] op or one of the [`gates`], and not
+/// excluded by the user.
+pub fn carried(n: &NodeProto, gates: &HashSet<String>, exclude: &BTreeSet<String>) -> bool {
+    (QUANTIZABLE.contains(&op(n)) || gates.contains(node_key(n))) && !exclude.contains(node_key(n))
+}
+
 /// Layers that ONNX Runtime's CPU kernels run slower in int8 than in fp32, by [`node_key`]:
 /// a Conv reading a single input channel (group 1, weight `[C_out, 1, kh, kw]`, e.g. the
 /// first layer on grayscale images). QLinearConv reduces over only kh·kw values per output
@@ -127,7 +188,9 @@ fn is_weight_slot(view: &GraphView<'_>, node: &NodeProto, slot: usize) -> bool {
 /// The float activation values to calibrate and wrap in Q/DQ, in graph order.
 pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, OnnxError> {
     let g = model.graph();
-    let quantizable = |n: &NodeProto| QUANTIZABLE.contains(&op(n)) && !exclude.contains(node_key(n));
+    let gates = gates(model);
+    let quantizable = |n: &NodeProto| carried(n, &gates, exclude);
+    let gate_mul = |n: &NodeProto| op(n) == "Mul" && gates.contains(node_key(n)) && !exclude.contains(node_key(n));
     let opset = model.opset("").unwrap_or(0);
     if opset < 13 {
         return Err(OnnxError::Graph(format!("the model imports opset {opset}; per-axis QuantizeLinear needs 13 or later (re-export at opset ≥ 13)")));
@@ -147,7 +210,8 @@ pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, On
     // QuantizeLinear after that op, as ONNX Runtime's own quantizer lays it out. Without
     // it the Conv is DequantizeLinear + float Conv, slower than either form.
     let candidates = float_inputs.into_iter().chain(view.topological_order()?.into_iter().map(|i| &g.node[i]).filter(|n| quantizable(n)).flat_map(|n| {
-        let read = (WEIGHTED.contains(&op(n)) && is_weight_slot(&view, n, 1)).then(|| n.input[0].as_str());
+        // A layer reads its input in int8, and so does a gate (its `x`).
+        let read = ((WEIGHTED.contains(&op(n)) && is_weight_slot(&view, n, 1)) || (op(n) != "Mul" && gates.contains(node_key(n)))).then(|| n.input[0].as_str());
         read.into_iter().chain(n.output.iter().map(String::as_str))
     }));
     // Integer and boolean values (shape computations, masks, indices) are never activations.
@@ -163,8 +227,9 @@ pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, On
         let quantized_readers =
             readers.iter().filter(|n| quantizable(n) && n.input.iter().enumerate().any(|(s, i)| i == v && !is_weight_slot(&view, n, s))).count();
         // A layer's output is quantized whatever reads it (ONNX Runtime fuses a Conv into
-        // QLinearConv only with a QuantizeLinear after it), and so is a Relu/Clip it absorbs.
-        let layer = |p: &NodeProto| quantizable(p) && is_weight_slot(&view, p, 1);
+        // QLinearConv only with a QuantizeLinear after it), and so is a Relu/Clip it absorbs
+        // and a gated activation's product (QLinearMul likewise).
+        let layer = |p: &NodeProto| (quantizable(p) && is_weight_slot(&view, p, 1)) || gate_mul(p);
         let layer_output = view.producer(v).map(|p| &g.node[p]).is_some_and(|p| {
             layer(p) || (ABSORBED.contains(&op(p)) && quantizable(p) && p.input.first().and_then(|x| view.producer(x)).is_some_and(|q| layer(&g.node[q])))
         });
@@ -175,6 +240,25 @@ pub fn plan(model: &Model, exclude: &BTreeSet<String>) -> Result<Vec<String>, On
         let absorbed = producer.is_some_and(|p| WEIGHTED.contains(&p) || p == "Add") && readers.iter().all(|n| ABSORBED.contains(&op(n)));
         if !absorbed {
             out.push(v.to_owned());
+        }
+    }
+    // A value whose int8 readers all compute in float anyway (a Reshape whose output is a
+    // graph output, a Concat with a float input) gains nothing from int8 and loses
+    // precision: PicoDet's class scores went through a Q/DQ pair on their way to the output
+    // (cosine 0.90 → 0.56). Such values go, until none is left; layer and gate outputs stay
+    // (ORT fuses the layer only with a QuantizeLinear after it).
+    loop {
+        let kept: HashSet<&str> = out.iter().map(String::as_str).collect();
+        let computes_in_int8 = |n: &NodeProto| WEIGHTED.contains(&op(n)) || gates.contains(node_key(n)) || n.output.iter().any(|o| kept.contains(o.as_str()));
+        let idle = |v: &str| {
+            let layer_output = view.producer(v).map(|p| &g.node[p]).is_some_and(|p| (WEIGHTED.contains(&op(p)) && is_weight_slot(&view, p, 1)) || gate_mul(p));
+            !layer_output && view.consumers(v).iter().map(|&c| &g.node[c]).filter(|n| quantizable(n)).all(|n| !computes_in_int8(n))
+        };
+        let before = out.len();
+        let drop: HashSet<String> = out.iter().filter(|v| idle(v)).cloned().collect();
+        out.retain(|v| !drop.contains(v));
+        if out.len() == before {
+            break;
         }
     }
     Ok(out)
@@ -331,9 +415,18 @@ impl Pass for QuantizeQdq {
         let exclude = &self.config.exclude;
         // Activation Q/DQ pairs, for the values the plan (with exclusions) wants.
         let wanted = plan(model, exclude)?;
+        let wanted_set: HashSet<&str> = wanted.iter().map(String::as_str).collect();
         let mut act_scale: HashMap<&str, f32> = HashMap::new();
         for v in &wanted {
-            let r = self.ranges.get(v).ok_or_else(|| OnnxError::Graph(format!("no calibrated range for '{v}' (calibrate with the same model)")))?;
+            // A moved value is quantized like its source when the source is quantized too,
+            // through chains of moves (SPPF's three MaxPools in a row share one range).
+            let source =
+                |v: &str| view.producer(v).map(|p| &g.node[p]).filter(|p| moves(p)).and_then(|p| p.input.first()).filter(|x| wanted_set.contains(x.as_str()));
+            let mut root = v.as_str();
+            while let Some(x) = source(root) {
+                root = x;
+            }
+            let r = self.ranges.get(root).ok_or_else(|| OnnxError::Graph(format!("no calibrated range for '{root}' (calibrate with the same model)")))?;
             if view.producer(v).is_none() && !g.input.iter().any(|i| i.name.as_deref() == Some(v.as_str())) {
                 return Err(OnnxError::Graph(format!("calibrated value '{v}' is not in the graph")));
             }
@@ -357,6 +450,7 @@ impl Pass for QuantizeQdq {
             }
             act_scale.insert(v.as_str(), scale);
         }
+        hard_swishes_in_int8(g, &act_scale, &mut patch);
         // Weights (and biases) of layers whose activation input is quantized.
         let mut weights = 0;
         for (i, n) in g.node.iter().enumerate() {
@@ -431,6 +525,42 @@ impl Pass for QuantizeQdq {
             }
         }
         Ok((!patch.is_empty()).then_some((patch, weights)))
+    }
+}
+
+/// Each `HardSwish` whose input and output are both quantized, carried in int8 in two integer
+/// kernels: `x · clip(x + 3, 0, 6) / 6 = (x / 6) · clip(x + 3, 0, 6)`, with
+/// - `clip(x + 3, 0, 6)` a QLinearAdd whose QuantizeLinear over [0, 6] does the clip (255
+///   steps of 6/255, as a uint8 HardSigmoid would have);
+/// - `x / 6` free: the same uint8 codes as `x`, dequantized at a sixth of its scale;
+/// - the product a QLinearMul into the output's QuantizeLinear.
+///
+/// ONNX Runtime has no HardSwish kernel (it inlines HardSigmoid + Mul), so in float between
+/// a DequantizeLinear and a QuantizeLinear it is four passes over fp32; its own quantizer
+/// makes five (QLinearAdd, a float Div between Q/DQ, QLinearMul). On PicoDet: 77 of them.
+fn hard_swishes_in_int8(g: &tamp_onnx::proto::GraphProto, act_scale: &HashMap<&str, f32>, patch: &mut Patch) {
+    for (i, n) in g.node.iter().enumerate() {
+        if op(n) != "HardSwish" || n.input.len() != 1 || n.output.len() != 1 {
+            continue;
+        }
+        let (x, y) = (&n.input[0], &n.output[0]);
+        let (Some(&sx), true) = (act_scale.get(x.as_str()), act_scale.contains_key(y.as_str())) else { continue };
+        let k = node_key(n).to_owned();
+        let name = |s: &str| format!("{k}.int8.{s}");
+        // 3 exactly: code 255 at scale 3/255.
+        patch.add_initializers.push(from_array(&name("three.q"), &ArrayD::from_elem(IxDyn(&[]), 255u8)));
+        patch.add_initializers.push(scalar_f32(&name("three.s"), 3.0 / 255.0));
+        patch.add_initializers.push(from_array(&name("zero"), &ArrayD::from_elem(IxDyn(&[]), 0u8)));
+        patch.add_initializers.push(scalar_f32(&name("six.s"), 6.0 / 255.0));
+        patch.add_initializers.push(scalar_f32(&name("x6.s"), sx / 6.0));
+        let dq = |out: String, q: String, s: String, z: String| node("DequantizeLinear", format!("{out}.DQ"), vec![q, s, z], out, vec![]);
+        patch.add_nodes.push(dq(name("three"), name("three.q"), name("three.s"), name("zero")));
+        patch.add_nodes.push(node("Add", name("Add"), vec![format!("{x}.dq"), name("three")], name("sum"), vec![]));
+        patch.add_nodes.push(node("QuantizeLinear", name("clip.Q"), vec![name("sum"), name("six.s"), name("zero")], name("clip.q"), vec![]));
+        patch.add_nodes.push(dq(name("clip"), name("clip.q"), name("six.s"), name("zero")));
+        patch.add_nodes.push(dq(name("x6"), format!("{x}.q"), name("x6.s"), format!("{x}.zp")));
+        patch.add_nodes.push(node("Mul", name("Mul"), vec![name("x6"), name("clip")], y.clone(), vec![]));
+        patch.remove_nodes.insert(i);
     }
 }
 

@@ -95,7 +95,11 @@ impl Search<'_, '_, '_, '_> {
         let mut ptq = self.s.ptq.clone();
         ptq.layers = layers.clone();
         let method = r.config.as_bytes().first().map_or(0, |c| c.saturating_sub(b'0') as usize);
-        ptq.calibration.method = self.s.calibration_methods[method.min(self.s.calibration_methods.len() - 1)];
+        if self.mixers[0].calibrated() {
+            ptq.calibration.method = self.s.calibration_methods[method.min(self.s.calibration_methods.len() - 1)];
+        } else {
+            ptq.smooth_activations = self.s.ptq.smooth_activations || method == 1;
+        }
         recipe.policy.name = format!("{}-searched", recipe.policy.name);
         recipe.policy.description = Some(format!(
             "per-layer precision found by tamp search (seed {}, trial {} of {}): {} {:.4} on {} subset rows, P50 {} ms, {} bytes",

@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tamp_domain::recipe::{FineTune, Precision, PtqMode, PtqStage, Stage};
-use tamp_domain::results::{Candidate, Details, PrePasses, PtqDetails, TrainReport};
+use tamp_domain::results::{Candidate, Details, PrePasses, PtqDetails, SmoothedSite, TrainReport};
 use tamp_engine::calibrate::Method;
 use tamp_engine::passes::{DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeConv4, QuantizeNBits, cluster, conv4, dynamic, quantize};
 use tamp_engine::ptq::{self, PtqConfig};
+use tamp_engine::smooth::SmoothConfig;
 use tamp_onnx::{Model, Pass};
 use tamp_train::graph::FourBit;
 
@@ -40,8 +41,11 @@ impl Technique for Ptq {
         let mode = if cx.fine_tune.is_some() && p.mode == PtqMode::Auto { PtqMode::Static } else { resolve_mode(model, p.mode) };
         // The CPU the artifact is for decides whether weights need 7 bits (no VNNI).
         let isa = tamp_engine::isa::choose(p.target_isa);
+        let isa_text = isa_label(isa);
         let keep: BTreeSet<String> = p.keep_float.iter().cloned().collect();
         let mut out = Vec::new();
+        // Declared before `build`, which borrows it.
+        let smoothed_model: Model;
         let build: Box<BuildFn<'_>>;
         let units: Vec<String>;
         let mut pre_passes = None;
@@ -94,13 +98,22 @@ impl Technique for Ptq {
                     symmetric_weights: p.symmetric,
                     float_for_speed: probe.float_for_speed,
                     float_for_speed_reasons: probe.float_for_speed_reasons,
+                    smoothed_activations: Vec::new(),
                 });
                 build = Box::new(move |ex| Ok(calibrated.quantize(&QuantizeConfig { exclude: ex.clone(), ..qc.clone() })?.0));
             }
             PtqMode::Dynamic | PtqMode::Auto => {
-                let base = DynamicConfig { per_channel: p.per_channel_weights, u8_weights: isa.u8_weights, ..DynamicConfig::default() };
-                units = dynamic::quantizable_nodes(model, &base)?;
-                build = Box::new(move |ex| Ok(ptq::quantize_dynamic(model, &DynamicConfig { exclude: ex.clone(), ..base.clone() })?.0));
+                let base = dynamic_config(p, isa);
+                let dyn_model: &Model = if p.smooth_activations {
+                    let (m, sites) = smooth(cx, model, p)?;
+                    pre_passes = Some(PrePasses { symmetric_weights: true, smoothed_activations: sites, ..PrePasses::default() });
+                    smoothed_model = m;
+                    &smoothed_model
+                } else {
+                    model
+                };
+                units = dynamic::quantizable_nodes(dyn_model, &base)?;
+                build = Box::new(move |ex| Ok(ptq::quantize_dynamic(dyn_model, &DynamicConfig { exclude: ex.clone(), ..base.clone() })?.0));
             }
         }
         let build4: Box<BuildFn<'_>> = Box::new(move |ex| Ok(ptq::quantize_4bit(model, &NBitsConfig { exclude: ex.clone(), ..NBitsConfig::default() })?.0));
@@ -152,7 +165,7 @@ impl Technique for Ptq {
                 cx.fine_tune = four_bit_qat;
             }
             let mut c = judged?;
-            c.target_isa = (wb == 8).then(|| isa_label(isa));
+            c.target_isa = (wb == 8).then(|| isa_text.clone());
             if wb == 8
                 && let Some(pre) = &pre_passes
             {
@@ -164,14 +177,14 @@ impl Technique for Ptq {
                 && let Some(m) = all8.take()
             {
                 let mut a = candidate(cx, &m, format!("{id}-int8-everywhere"), index, p, mode, keep.iter().cloned().collect(), (wb, ab))?;
-                a.target_isa = Some(isa_label(isa));
+                a.target_isa = Some(isa_text.clone());
                 out.push(a);
             }
             if drop_missed && let Some(float) = fallback::float_layers(cx, model, &units_for, &keep, build_fn)? {
                 let set: BTreeSet<String> = float.iter().cloned().collect();
                 let q = build_fn(&set)?;
                 let mut f = candidate(cx, &q, format!("{id}-fallback{}", float.len()), index, p, mode, float, (wb, ab))?;
-                f.target_isa = (wb == 8).then(|| isa_label(isa));
+                f.target_isa = (wb == 8).then(|| isa_text.clone());
                 out.push(f);
             }
         }
@@ -240,7 +253,7 @@ impl Mixer {
             u8_weights: isa.u8_weights,
             measure_kernels: false,
         };
-        let dc = DynamicConfig { per_channel: p.per_channel_weights, u8_weights: isa.u8_weights, ..DynamicConfig::default() };
+        let dc = dynamic_config(p, isa);
         let (base, calibrated, units8, float_for_speed) = match mode {
             PtqMode::Static => {
                 let cfg = PtqConfig {
@@ -261,6 +274,7 @@ impl Mixer {
                 (calibrated.folded.clone(), Some(calibrated), units, probe.float_for_speed)
             }
             _ => {
+                let model = if p.smooth_activations { smooth(cx, &model, p)?.0 } else { model };
                 let units = dynamic::quantizable_nodes(&model, &dc)?;
                 (model, None, units, Vec::new())
             }
@@ -353,6 +367,27 @@ impl Mixer {
         c.per_channel_weights = self.qc.per_channel;
         c.float_nodes = self.units().into_iter().filter(|u| layers.get(u).is_none_or(|p| *p == Precision::Float)).collect();
     }
+}
+
+/// The dynamic pass's settings for a stage on a target (uint8 weights without VNNI).
+fn dynamic_config(p: &PtqStage, isa: tamp_engine::isa::IsaChoice) -> DynamicConfig {
+    DynamicConfig { per_channel: p.per_channel_weights, u8_weights: isa.u8_weights, ..DynamicConfig::default() }
+}
+
+/// Dynamic int8's pre-pass: activation smoothing measured on the stage's calibration rows
+/// (at most 64, seeded). Returns the smoothed float model and the sites it smoothed.
+fn smooth(cx: &mut Context<'_, '_>, model: &Model, p: &PtqStage) -> Result<(Model, Vec<SmoothedSite>)> {
+    let cfg = SmoothConfig { rows: p.calibration.samples.min(64), seed: p.calibration.seed, ..SmoothConfig::default() };
+    cx.obs.begin(&format!("smooth activations ({} calibration rows)", cfg.rows.min(cx.job.calibration.rows)), 0);
+    let (m, report) = tamp_engine::smooth::smooth(model, cx.job.calibration, &cfg, &BTreeSet::new())?;
+    let strengths: Vec<String> = report.smoothed.iter().map(|s| format!("{:.1}", s.alpha)).collect();
+    cx.obs.end(&format!(
+        "{} of {} MatMul inputs smoothed (error at most half of unsmoothed; strengths {})",
+        report.smoothed.len(),
+        report.sites,
+        if strengths.is_empty() { "-".into() } else { strengths.join(" ") }
+    ));
+    Ok((m, report.smoothed))
 }
 
 /// 4-bit QAT: batch norms folded, the float model trained with its 4-bit weights

@@ -47,6 +47,11 @@ pub struct PtqStage {
     /// so weights are stored uint8 there (its U8U8 kernels); the choice is recorded with the
     /// artifact.
     pub target_isa: TargetIsa,
+    /// Dynamic int8 only: before quantizing, divide each MatMul input's wide channels by a
+    /// per-channel scale and multiply the weight rows by it (SmoothQuant), where the error
+    /// measured on calibration rows at least halves (strength chosen per layer; one `Mul`
+    /// in front of each smoothed layer). Needs calibration data.
+    pub smooth_activations: bool,
     /// Quantization-aware training: each candidate trains with fake quantization
     /// (straight-through gradients) and keeps exactly the layout PTQ wrote: int8 as static QDQ
     /// (activation ranges from this stage's calibration; `mode: auto` means static here), 4-bit
@@ -123,6 +128,7 @@ impl Default for PtqStage {
             activation_type: ActivationType::Uint8,
             symmetric_activations: false,
             target_isa: TargetIsa::Auto,
+            smooth_activations: false,
             fine_tune: None,
             layers: BTreeMap::new(),
         }
@@ -206,6 +212,12 @@ impl StageSettings for PtqStage {
                     format!("{b}-bit is not supported; supported: {allowed:?} (4-bit weights are weight-only: MatMul and Gemm layers as MatMulNBits, Conv weights as int4)"),
                 ));
             }
+        }
+        if self.smooth_activations && (self.mode == PtqMode::Static || self.fine_tune.is_some()) {
+            return Err(at.invalid(
+                &["smooth_activations"],
+                "smoothing is for dynamic int8 (activations quantized at run time, one range per tensor); static PTQ calibrates each activation's range: use `mode: dynamic` (or `auto` on a transformer), or drop `smooth_activations`",
+            ));
         }
         if self.symmetric_activations && self.activation_type == ActivationType::Uint8 {
             return Err(at.invalid(&["symmetric_activations"], "symmetric activations need `activation_type: int8` (uint8 has no zero-centred range)"));

@@ -46,6 +46,10 @@ pub struct SearchStage {
     /// Calibration methods the search tries (one more gene of every config; static PTQ only;
     /// at most three). `percentile` uses `ptq.calibration.percentile`.
     pub calibration_methods: Vec<CalibrationMethod>,
+    /// Dynamic int8 (transformers): the first gene also tries activation smoothing
+    /// (`ptq.smooth_activations`), which needs calibration data; without it, or when `ptq`
+    /// already smooths, the gene has one value.
+    pub smoothing: bool,
     /// Where the search runs: its trials measure latency on ONNX Runtime's CPU provider, so
     /// `auto` is the CPU queue; `gpu` puts it on the GPU queue.
     pub device: super::DeviceChoice,
@@ -69,6 +73,7 @@ impl Default for SearchStage {
             confirm: 10,
             latency_runs: 40,
             calibration_methods: vec![CalibrationMethod::Minmax, CalibrationMethod::Kl, CalibrationMethod::Percentile],
+            smoothing: true,
             device: super::DeviceChoice::Auto,
             ptq: PtqStage::default(),
         }
