@@ -473,6 +473,43 @@ fn smoothing_raises_minilm_dynamic_cosine() {
     assert!(c1 >= c0 + 0.0015 && c1 >= 0.991, "plain {c0:.5}, smoothed {c1:.5}");
 }
 
+/// 4-bit Conv weights are bias-corrected on the calibration rows (int4's steps are 16×
+/// int8's, so the weights' error moves each output channel's mean): through a recipe, the
+/// reference CNN keeps nearly all of its top-1, where `bias_correction: false` loses over half
+/// a point; `tamp quantize --weights4 --data` does the same.
+#[test]
+fn four_bit_conv_weights_are_bias_corrected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, model, eval) = reference_models().into_iter().find(|(n, ..)| n == "fmnist-resnet8").unwrap();
+    let calib = model.with_file_name("calib.npz");
+    let top1 = |extra: &str, name: &str| {
+        let recipe = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &recipe,
+            format!("policy:\n  name: w4\n  stages:\n    - ptq: {{bits: {{weights: [4]}}{extra}}}\nconstraints: {{max_metric_drop_pct: 100}}\n"),
+        )
+        .unwrap();
+        let out = dir.path().join(name);
+        let o = compress(&model, &recipe, &calib, &eval, &out);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r = outcome(&out);
+        let c = r.candidates.iter().find(|c| c.weights_bits == 4).expect("a 4-bit candidate");
+        (r.baseline.value, c.measured.value)
+    };
+    let (fp32, corrected) = top1("", "bc");
+    let (_, plain) = top1(", bias_correction: false", "plain");
+    // Measured on 10,000 rows (AVX-512-VNNI EPYC): fp32 89.25, plain 88.68, corrected 89.21.
+    // The bars sit at half the gain and at six times the corrected drop.
+    assert!(corrected >= plain + 0.25, "corrected {corrected:.2}, plain {plain:.2}");
+    assert!(corrected >= fp32 - 0.25, "corrected {corrected:.2}, fp32 {fp32:.2}");
+
+    let q = dir.path().join("cli.onnx");
+    let o = run(Command::new(tamp()).arg("quantize").arg("--weights4").arg(&model).arg("--data").arg(&calib).arg("--out").arg(&q));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Conv biases corrected"), "{}", String::from_utf8_lossy(&o.stdout));
+    check_onnx(&q);
+}
+
 /// 4-bit weight-only on all-MiniLM-L6-v2: every weight MatMul runs as ORT's MatMulNBits,
 /// the file is ≥ 4.5× smaller, cosine to fp32 stays ≥ 0.96, deterministic.
 #[test]

@@ -25,7 +25,7 @@ pub struct Args {
     /// strength chosen per layer on --data's rows; one Mul in front of each smoothed layer).
     #[arg(long, requires_all = ["dynamic", "data"])]
     smooth: bool,
-    /// 4-bit weight-only MatMuls (MatMulNBits, blocks of 32) with int8 embeddings.
+    /// 4-bit weight-only MatMuls (MatMulNBits, blocks of 32) and Conv weights (int4) with int8 embeddings; with --data, Conv biases are corrected for the weights' error.
     #[arg(long, conflicts_with = "dynamic")]
     weights4: bool,
     /// Where to write the int8 model.
@@ -94,9 +94,16 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("target ISA {:?} has no VNNI: uint8 weights (zero point 128) so ONNX Runtime runs U8U8 kernels, whose sums cannot saturate", isa.target);
     }
     if args.weights4 {
-        let (quantized, n) = tamp_engine::ptq::quantize_4bit(&model, &tamp_engine::passes::NBitsConfig::default())?;
+        // With calibration rows, 4-bit Conv weights are bias-corrected.
+        let data = args.data.as_deref().map(Dataset::load).transpose()?;
+        let rows = data.as_ref().map(|d| tamp_engine::ptq::MeanRows { data: d, samples: args.samples, seed: args.seed });
+        let (quantized, n) = tamp_engine::ptq::quantize_4bit_corrected(&model, &tamp_engine::passes::NBitsConfig::default(), rows.as_ref())?;
         quantized.save(&args.out, &SaveOptions::default())?;
-        println!("{}", summary(args, &format!("4-bit weight-only, {n} MatMul/Gemm layers as MatMulNBits"))?);
+        let corrected = match &data {
+            Some(d) => format!(", Conv biases corrected on {} calibration rows", args.samples.min(d.rows)),
+            None => String::new(),
+        };
+        println!("{}", summary(args, &format!("4-bit weight-only, {n} layers with 4-bit weights (MatMul/Gemm as MatMulNBits, Conv weights int4){corrected}"))?);
         return Ok(());
     }
     if args.dynamic {

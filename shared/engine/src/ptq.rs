@@ -327,17 +327,81 @@ pub fn quantize_dynamic(model: &Model, cfg: &DynamicConfig) -> Result<(Model, Dy
 /// 21), then int8 embedding tables as in [`quantize_dynamic`]. Returns the model and the
 /// number of layers with 4-bit weights.
 pub fn quantize_4bit(model: &Model, cfg: &NBitsConfig) -> Result<(Model, usize)> {
+    quantize_4bit_corrected(model, cfg, None)
+}
+
+/// Calibration rows for bias-correcting 4-bit Conv weights: `samples` rows drawn with `seed`.
+#[derive(Debug, Clone, Copy)]
+pub struct MeanRows<'a> {
+    pub data: &'a Dataset,
+    pub samples: usize,
+    pub seed: u64,
+}
+
+/// Per-channel means of every Conv/Gemm input of `model` over `rows`, by the reader's node
+/// key (what bias correction reads), in one streaming run.
+pub fn input_means(model: &Model, rows: &MeanRows<'_>) -> Result<BTreeMap<String, Vec<f64>>> {
+    let readers = mean_readers(model);
+    let cfg = PtqConfig::default();
+    let mut collector = Collector::new(&[], cfg.bins);
+    for (value, (_, axis)) in &readers {
+        collector = collector.with_channel_means(value, *axis);
+    }
+    let indices = rows.data.sample(rows.samples, rows.seed);
+    let (collector, _) = collect_with(model, rows.data, &indices, collector, cfg.batch_size, &cfg.session)?;
+    let mut by_node = BTreeMap::new();
+    for (value, m) in collector.finish_with_means().1 {
+        for key in &readers[&value].0 {
+            by_node.insert(key.clone(), m.clone());
+        }
+    }
+    Ok(by_node)
+}
+
+/// The float `folded` model (batch norms folded) with each Conv that [`quantize_4bit`] gives
+/// int4 weights taking the bias it would get from [`quantize_4bit_corrected`], weights left
+/// float: where 4-bit QAT starts, so that its forward pass (int4 weights fake-quantized)
+/// begins at the bias-corrected PTQ point. The trained model is then quantized without a
+/// correction (training has fitted the biases to the int4 weights).
+pub fn with_4bit_corrected_biases(folded: &Model, cfg: &NBitsConfig, rows: &MeanRows<'_>) -> Result<Model> {
+    let conv4 = QuantizeConv4 { exclude: cfg.exclude.clone(), input_means: input_means(folded, rows)?, ..QuantizeConv4::default() };
+    let Some((q, _)) = conv4.apply(folded)? else { return Ok(folded.clone()) };
+    let g = folded.graph();
+    let qg = q.graph();
+    let by_key: BTreeMap<&str, &tamp_onnx::proto::NodeProto> = qg.node.iter().map(|n| (quantize::node_key(n), n)).collect();
+    let mut patch = tamp_onnx::Patch::default();
+    for (i, n) in g.node.iter().enumerate() {
+        let Some(qn) = by_key.get(quantize::node_key(n)).filter(|qn| n.op_type.as_deref() == Some("Conv") && qn.input.len() == 3) else { continue };
+        let Some(bias) = qg.initializer.iter().find(|t| t.name.as_deref() == Some(qn.input[2].as_str())) else { continue };
+        if n.input.len() < 3 || n.input[2].is_empty() {
+            let mut m = n.clone();
+            m.input.resize(2, String::new());
+            m.input.push(qn.input[2].clone());
+            patch.remove_nodes.insert(i);
+            patch.add_nodes.push(m);
+        }
+        patch.add_initializers.push(bias.clone());
+    }
+    Ok(if patch.is_empty() { folded.clone() } else { patch.apply(folded, "4bit-bias-correction")? })
+}
+
+/// [`quantize_4bit`], with each 4-bit Conv's bias corrected for its weight error's shift of
+/// the output mean where calibration rows are given (`QuantizeConv4::input_means`).
+pub fn quantize_4bit_corrected(model: &Model, cfg: &NBitsConfig, rows: Option<&MeanRows<'_>>) -> Result<(Model, usize)> {
     let pass = QuantizeNBits { config: cfg.clone() };
     let (mut q, mut n) = match pass.build(model)? {
         Some((patch, n)) => (patch.apply(model, pass.name())?, n),
         None => (model.clone(), 0),
     };
-    let conv4 = QuantizeConv4 { exclude: cfg.exclude.clone(), ..QuantizeConv4::default() };
+    let mut conv4 = QuantizeConv4 { exclude: cfg.exclude.clone(), ..QuantizeConv4::default() };
     if conv4.build(&q)?.is_some() {
         let folded = match FoldBatchNorm.apply(&q)? {
             Some((m, _)) => m,
             None => q.clone(),
         };
+        if let Some(rows) = rows {
+            conv4.input_means = input_means(&folded, rows)?;
+        }
         if let Some((m, convs)) = conv4.apply(&folded)? {
             q = m;
             q.proto.ir_version = Some(q.proto.ir_version.unwrap_or(conv4::IR_VERSION).max(conv4::IR_VERSION));

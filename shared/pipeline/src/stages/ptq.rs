@@ -116,7 +116,15 @@ impl Technique for Ptq {
                 build = Box::new(move |ex| Ok(ptq::quantize_dynamic(dyn_model, &DynamicConfig { exclude: ex.clone(), ..base.clone() })?.0));
             }
         }
-        let build4: Box<BuildFn<'_>> = Box::new(move |ex| Ok(ptq::quantize_4bit(model, &NBitsConfig { exclude: ex.clone(), ..NBitsConfig::default() })?.0));
+        // 4-bit Conv weights are bias-corrected on the calibration rows where there are any.
+        let calibration = cx.job.calibration;
+        let rows = (p.bias_correction && calibration.rows > 0).then_some(ptq::MeanRows {
+            data: calibration,
+            samples: p.calibration.samples,
+            seed: p.calibration.seed,
+        });
+        let build4: Box<BuildFn<'_>> =
+            Box::new(move |ex| Ok(ptq::quantize_4bit_corrected(model, &NBitsConfig { exclude: ex.clone(), ..NBitsConfig::default() }, rows.as_ref())?.0));
         let mut combos: Vec<(u8, u8)> = Vec::new();
         for &wb in &p.bits.weights {
             if wb == 4 {
@@ -152,7 +160,7 @@ impl Technique for Ptq {
             // grid point, a half step — ~7 % of a channel's range — from changing code).
             let four_bit_qat = if wb == 4 { cx.fine_tune.take() } else { None };
             let prepared = match (&four_bit_qat, first8.take()) {
-                (Some(ft), _) => qat_4bit(cx, model, &keep, ft, &id).map(|(q, r)| (q, Some(r))),
+                (Some(ft), _) => qat_4bit(cx, model, &keep, ft, &id, rows.as_ref()).map(|(q, r)| (q, Some(r))),
                 (None, Some(m)) if wb == 8 => Ok((m, None)),
                 _ => build_fn(&keep).map(|q| (q, None)),
             };
@@ -336,7 +344,9 @@ impl Mixer {
             if let Some((patch, _)) = nbits.build(&m)? {
                 m = patch.apply(&m, nbits.name())?;
             }
-            let conv4 = QuantizeConv4 { exclude, ..QuantizeConv4::default() };
+            // Bias-corrected with the calibration's input means (static, `bias_correction`).
+            let input_means = self.calibrated.as_ref().and_then(|c| c.input_means.clone()).unwrap_or_default();
+            let conv4 = QuantizeConv4 { exclude, input_means, ..QuantizeConv4::default() };
             if conv4.build(&m)?.is_some() {
                 let folded = match FoldBatchNorm.apply(&m)? {
                     Some((f, _)) => f,
@@ -393,14 +403,28 @@ fn smooth(cx: &mut Context<'_, '_>, model: &Model, p: &PtqStage) -> Result<(Mode
 /// 4-bit QAT: batch norms folded, the float model trained with its 4-bit weights
 /// fake-quantized exactly as the 4-bit pass will quantize them, then that pass. Returns the
 /// 4-bit model and the training report (metric before: the 4-bit PTQ model's).
-fn qat_4bit(cx: &mut Context<'_, '_>, model: &Model, keep: &BTreeSet<String>, ft: &FineTune, id: &str) -> Result<(Model, TrainReport)> {
+///
+/// With calibration rows (`bias_correction`), training starts from the bias-corrected 4-bit
+/// point ([`ptq::with_4bit_corrected_biases`]), and "before" is that PTQ model.
+fn qat_4bit(
+    cx: &mut Context<'_, '_>,
+    model: &Model,
+    keep: &BTreeSet<String>,
+    ft: &FineTune,
+    id: &str,
+    rows: Option<&ptq::MeanRows<'_>>,
+) -> Result<(Model, TrainReport)> {
     let folded = match FoldBatchNorm.apply(model)? {
         Some((m, _)) => m,
         None => model.clone(),
     };
-    let (trained, mut report) = cx.train_with(&folded, ft, id, TrainSpec { four_bit: Some(FourBit::default()), ..TrainSpec::default() })?;
     let cfg = NBitsConfig { exclude: keep.clone(), ..NBitsConfig::default() };
-    let before = ptq::quantize_4bit(model, &cfg)?.0;
+    let start = match rows {
+        Some(rows) => ptq::with_4bit_corrected_biases(&folded, &cfg, rows)?,
+        None => folded,
+    };
+    let (trained, mut report) = cx.train_with(&start, ft, id, TrainSpec { four_bit: Some(FourBit::default()), ..TrainSpec::default() })?;
+    let before = ptq::quantize_4bit_corrected(model, &cfg, rows)?.0;
     report.metric_before = Some(cx.quick_score(&before)?);
     Ok((ptq::quantize_4bit(&trained, &cfg)?.0, report))
 }
