@@ -541,10 +541,28 @@ impl Search<'_, '_, '_, '_> {
         self.anchors = starts.iter().cloned().chain([int4]).chain(knees.iter().cloned()).collect();
         let walks = self.walks(&start, &speed, &sens, &lat, &weights, &knees);
         self.measure(&walks, Kind::Trial, "greedy curves")?;
+        // Gene 0 across the front: every walk keeps the best start's calibration method (or
+        // smoothing choice), and one that lost on all int8 can win on a mixed config (with the
+        // stem float, ResNet-8's other methods rank differently).
+        let swaps = self.gene0_swaps();
+        self.measure(&swaps, Kind::Trial, "the front under gene 0's other choices")?;
         if self.s.strategy == Strategy::Nsga2 {
             self.evolve()?;
         }
         self.write_front()
+    }
+
+    /// Each front point with gene 0 (calibration method, or plain/smoothed) set to each of
+    /// its other choices, front order.
+    fn gene0_swaps(&self) -> Vec<String> {
+        let front: Vec<String> = self.front().into_iter().map(|r| r.config.clone()).collect();
+        front
+            .iter()
+            .flat_map(|c| {
+                let (first, rest) = c.split_at(1);
+                self.allowed[0].iter().filter(move |&&m| first.as_bytes()[0] != m).map(move |&m| format!("{}{rest}", m as char))
+            })
+            .collect()
     }
 
     /// The greedy curves' points, evenly spaced along each walk within the budget:
