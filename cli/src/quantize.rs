@@ -96,8 +96,11 @@ pub fn run(args: &Args) -> Result<()> {
     if args.weights4 {
         // With calibration rows, 4-bit Conv weights are bias-corrected.
         let data = args.data.as_deref().map(Dataset::load).transpose()?;
-        let rows = data.as_ref().map(|d| tamp_engine::ptq::MeanRows { data: d, samples: args.samples, seed: args.seed });
-        let (quantized, n) = tamp_engine::ptq::quantize_4bit_corrected(&model, &tamp_engine::passes::NBitsConfig::default(), rows.as_ref())?;
+        let means = match &data {
+            Some(d) => tamp_engine::ptq::conv4_input_means(&model, &tamp_engine::ptq::MeanRows { data: d, samples: args.samples, seed: args.seed })?,
+            None => Default::default(),
+        };
+        let (quantized, n) = tamp_engine::ptq::quantize_4bit_corrected(&model, &tamp_engine::passes::NBitsConfig::default(), &means)?;
         quantized.save(&args.out, &SaveOptions::default())?;
         let corrected = match &data {
             Some(d) => format!(", Conv biases corrected on {} calibration rows", args.samples.min(d.rows)),

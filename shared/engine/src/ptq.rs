@@ -327,7 +327,7 @@ pub fn quantize_dynamic(model: &Model, cfg: &DynamicConfig) -> Result<(Model, Dy
 /// 21), then int8 embedding tables as in [`quantize_dynamic`]. Returns the model and the
 /// number of layers with 4-bit weights.
 pub fn quantize_4bit(model: &Model, cfg: &NBitsConfig) -> Result<(Model, usize)> {
-    quantize_4bit_corrected(model, cfg, None)
+    quantize_4bit_corrected(model, cfg, &BTreeMap::new())
 }
 
 /// Calibration rows for bias-correcting 4-bit Conv weights: `samples` rows drawn with `seed`.
@@ -338,9 +338,16 @@ pub struct MeanRows<'a> {
     pub seed: u64,
 }
 
-/// Per-channel means of every Conv/Gemm input of `model` over `rows`, by the reader's node
-/// key (what bias correction reads), in one streaming run.
-pub fn input_means(model: &Model, rows: &MeanRows<'_>) -> Result<BTreeMap<String, Vec<f64>>> {
+/// Per-channel means of every Conv/Gemm input of `model` with its batch norms folded (the
+/// model the 4-bit pass quantizes) over `rows`, by the reader's node key (what bias
+/// correction reads), in one streaming run. Measure once and pass them to every
+/// [`quantize_4bit_corrected`] of the same model.
+pub fn conv4_input_means(model: &Model, rows: &MeanRows<'_>) -> Result<BTreeMap<String, Vec<f64>>> {
+    let folded = match FoldBatchNorm.apply(model)? {
+        Some((m, _)) => m,
+        None => model.clone(),
+    };
+    let model = &folded;
     let readers = mean_readers(model);
     let cfg = PtqConfig::default();
     let mut collector = Collector::new(&[], cfg.bins);
@@ -363,8 +370,8 @@ pub fn input_means(model: &Model, rows: &MeanRows<'_>) -> Result<BTreeMap<String
 /// float: where 4-bit QAT starts, so that its forward pass (int4 weights fake-quantized)
 /// begins at the bias-corrected PTQ point. The trained model is then quantized without a
 /// correction (training has fitted the biases to the int4 weights).
-pub fn with_4bit_corrected_biases(folded: &Model, cfg: &NBitsConfig, rows: &MeanRows<'_>) -> Result<Model> {
-    let conv4 = QuantizeConv4 { exclude: cfg.exclude.clone(), input_means: input_means(folded, rows)?, ..QuantizeConv4::default() };
+pub fn with_4bit_corrected_biases(folded: &Model, cfg: &NBitsConfig, means: &BTreeMap<String, Vec<f64>>) -> Result<Model> {
+    let conv4 = QuantizeConv4 { exclude: cfg.exclude.clone(), input_means: means.clone(), ..QuantizeConv4::default() };
     let Some((q, _)) = conv4.apply(folded)? else { return Ok(folded.clone()) };
     let g = folded.graph();
     let qg = q.graph();
@@ -386,22 +393,19 @@ pub fn with_4bit_corrected_biases(folded: &Model, cfg: &NBitsConfig, rows: &Mean
 }
 
 /// [`quantize_4bit`], with each 4-bit Conv's bias corrected for its weight error's shift of
-/// the output mean where calibration rows are given (`QuantizeConv4::input_means`).
-pub fn quantize_4bit_corrected(model: &Model, cfg: &NBitsConfig, rows: Option<&MeanRows<'_>>) -> Result<(Model, usize)> {
+/// the output mean where `means` ([`conv4_input_means`]) has its input's (none when empty).
+pub fn quantize_4bit_corrected(model: &Model, cfg: &NBitsConfig, means: &BTreeMap<String, Vec<f64>>) -> Result<(Model, usize)> {
     let pass = QuantizeNBits { config: cfg.clone() };
     let (mut q, mut n) = match pass.build(model)? {
         Some((patch, n)) => (patch.apply(model, pass.name())?, n),
         None => (model.clone(), 0),
     };
-    let mut conv4 = QuantizeConv4 { exclude: cfg.exclude.clone(), ..QuantizeConv4::default() };
+    let conv4 = QuantizeConv4 { exclude: cfg.exclude.clone(), input_means: means.clone(), ..QuantizeConv4::default() };
     if conv4.build(&q)?.is_some() {
         let folded = match FoldBatchNorm.apply(&q)? {
             Some((m, _)) => m,
             None => q.clone(),
         };
-        if let Some(rows) = rows {
-            conv4.input_means = input_means(&folded, rows)?;
-        }
         if let Some((m, convs)) = conv4.apply(&folded)? {
             q = m;
             q.proto.ir_version = Some(q.proto.ir_version.unwrap_or(conv4::IR_VERSION).max(conv4::IR_VERSION));

@@ -75,7 +75,7 @@ pub fn output_shift(n: &NodeProto, err: &ArrayD<f32>, axis: usize, mean: &[f64])
             .collect()
     } else {
         // Gemm: y = x·B (B [K, N]) or x·Bᵀ (B [N, K]).
-        let e2 = if axis == 0 { err.clone() } else { err.clone().reversed_axes() };
+        let e2 = if axis == 0 { err.view() } else { err.view().reversed_axes() };
         e2.axis_iter(Axis(0)).map(|row| row.iter().zip(mean).map(|(&e, &m)| f64::from(e) * m).sum()).collect()
     };
     (shift.len() == err.shape()[axis]).then_some(shift)

@@ -2,6 +2,7 @@
 //! weight-only, one candidate per bit-width combination the stage lists; a candidate that
 //! misses the metric constraint gets a sibling with its most sensitive layers in float.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use tamp_domain::recipe::{FineTune, Precision, PtqMode, PtqStage, Stage};
@@ -51,6 +52,7 @@ impl Technique for Ptq {
         let mut pre_passes = None;
         let mut first8: Option<Model> = None;
         let mut all8: Option<Model> = None;
+        let means4 = OnceCell::new();
         match mode {
             PtqMode::Static => {
                 let cfg = PtqConfig {
@@ -116,15 +118,19 @@ impl Technique for Ptq {
                 build = Box::new(move |ex| Ok(ptq::quantize_dynamic(dyn_model, &DynamicConfig { exclude: ex.clone(), ..base.clone() })?.0));
             }
         }
-        // 4-bit Conv weights are bias-corrected on the calibration rows where there are any.
+        // 4-bit Conv weights are bias-corrected on the calibration rows where there are any;
+        // their input means are measured once, on the first 4-bit build.
         let calibration = cx.job.calibration;
         let rows = (p.bias_correction && calibration.rows > 0).then_some(ptq::MeanRows {
             data: calibration,
             samples: p.calibration.samples,
             seed: p.calibration.seed,
         });
-        let build4: Box<BuildFn<'_>> =
-            Box::new(move |ex| Ok(ptq::quantize_4bit_corrected(model, &NBitsConfig { exclude: ex.clone(), ..NBitsConfig::default() }, rows.as_ref())?.0));
+        let means4 = &means4;
+        let build4: Box<BuildFn<'_>> = Box::new(move |ex| {
+            let means = conv4_means(means4, model, rows.as_ref())?;
+            Ok(ptq::quantize_4bit_corrected(model, &NBitsConfig { exclude: ex.clone(), ..NBitsConfig::default() }, means)?.0)
+        });
         let mut combos: Vec<(u8, u8)> = Vec::new();
         for &wb in &p.bits.weights {
             if wb == 4 {
@@ -160,7 +166,9 @@ impl Technique for Ptq {
             // grid point, a half step — ~7 % of a channel's range — from changing code).
             let four_bit_qat = if wb == 4 { cx.fine_tune.take() } else { None };
             let prepared = match (&four_bit_qat, first8.take()) {
-                (Some(ft), _) => qat_4bit(cx, model, &keep, ft, &id, rows.as_ref()).map(|(q, r)| (q, Some(r))),
+                (Some(ft), _) => {
+                    conv4_means(means4, model, rows.as_ref()).and_then(|means| qat_4bit(cx, model, &keep, ft, &id, means)).map(|(q, r)| (q, Some(r)))
+                }
                 (None, Some(m)) if wb == 8 => Ok((m, None)),
                 _ => build_fn(&keep).map(|q| (q, None)),
             };
@@ -400,11 +408,24 @@ fn smooth(cx: &mut Context<'_, '_>, model: &Model, p: &PtqStage) -> Result<(Mode
     Ok((m, report.smoothed))
 }
 
+/// The 4-bit Convs' calibration input means for `model`, measured on first use and kept in
+/// `cell` (empty without calibration rows).
+fn conv4_means<'c>(cell: &'c OnceCell<BTreeMap<String, Vec<f64>>>, model: &Model, rows: Option<&ptq::MeanRows<'_>>) -> Result<&'c BTreeMap<String, Vec<f64>>> {
+    if let Some(m) = cell.get() {
+        return Ok(m);
+    }
+    let means = match rows {
+        Some(r) => ptq::conv4_input_means(model, r)?,
+        None => BTreeMap::new(),
+    };
+    Ok(cell.get_or_init(|| means))
+}
+
 /// 4-bit QAT: batch norms folded, the float model trained with its 4-bit weights
 /// fake-quantized exactly as the 4-bit pass will quantize them, then that pass. Returns the
 /// 4-bit model and the training report (metric before: the 4-bit PTQ model's).
 ///
-/// With calibration rows (`bias_correction`), training starts from the bias-corrected 4-bit
+/// With calibration means (`bias_correction`), training starts from the bias-corrected 4-bit
 /// point ([`ptq::with_4bit_corrected_biases`]), and "before" is that PTQ model.
 fn qat_4bit(
     cx: &mut Context<'_, '_>,
@@ -412,19 +433,16 @@ fn qat_4bit(
     keep: &BTreeSet<String>,
     ft: &FineTune,
     id: &str,
-    rows: Option<&ptq::MeanRows<'_>>,
+    means: &BTreeMap<String, Vec<f64>>,
 ) -> Result<(Model, TrainReport)> {
     let folded = match FoldBatchNorm.apply(model)? {
         Some((m, _)) => m,
         None => model.clone(),
     };
     let cfg = NBitsConfig { exclude: keep.clone(), ..NBitsConfig::default() };
-    let start = match rows {
-        Some(rows) => ptq::with_4bit_corrected_biases(&folded, &cfg, rows)?,
-        None => folded,
-    };
+    let start = if means.is_empty() { folded } else { ptq::with_4bit_corrected_biases(&folded, &cfg, means)? };
     let (trained, mut report) = cx.train_with(&start, ft, id, TrainSpec { four_bit: Some(FourBit::default()), ..TrainSpec::default() })?;
-    let before = ptq::quantize_4bit_corrected(model, &cfg, rows)?.0;
+    let before = ptq::quantize_4bit_corrected(model, &cfg, means)?.0;
     report.metric_before = Some(cx.quick_score(&before)?);
     Ok((ptq::quantize_4bit(&trained, &cfg)?.0, report))
 }
