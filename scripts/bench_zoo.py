@@ -206,10 +206,15 @@ def check_onnx(path, entry, data):
     return r
 
 
+ROW_VALUES = {}  # path -> per-row metric values, for paired intervals
+
+
 def metric_of(path, entry, data):
-    """The scored metric on eval.npz: top-1 agreement (%) or mean per-row cosine with labels."""
+    """The scored metric on eval.npz: top-1 agreement (%) or mean per-row cosine with labels.
+    Every row of eval.npz is scored (an entry's `eval_rows` may exceed its `rows`)."""
     s = session(path)
-    rows, labels = int(entry["rows"]), data["labels"]
+    labels = data["labels"]
+    rows = len(labels)
     names = {i.name for i in s.get_inputs()}
     vals = []
     for i in range(rows):
@@ -222,8 +227,20 @@ def metric_of(path, entry, data):
             y = y.astype(np.float64)
             den = np.linalg.norm(y) * np.linalg.norm(ref)
             vals.append(float(y @ ref / den) if den > 0 else float(np.allclose(y, ref)))
+    scale = 100.0 if entry["metric"] == "top1" else 1.0
+    ROW_VALUES[str(path)] = np.array(vals) * scale
     m = float(np.mean(vals))
     return round(100 * m, 2) if entry["metric"] == "top1" else round(m, 5)
+
+
+def paired_difference(a, b):
+    """Mean of per-row a - b with a 95 % interval (normal approximation over rows)."""
+    va, vb = ROW_VALUES.get(str(a)), ROW_VALUES.get(str(b))
+    if va is None or vb is None or len(va) != len(vb) or len(va) < 2:
+        return None
+    d = va - vb
+    half = 1.96 * float(np.std(d, ddof=1)) / np.sqrt(len(d))
+    return {"mean": float(np.mean(d)), "lo95": float(np.mean(d)) - half, "hi95": float(np.mean(d)) + half, "rows": len(d)}
 
 
 def latency(paths, entry, data, rounds, per_round, budget_s):
@@ -334,11 +351,12 @@ def bench_model(d, entry, a, work):
             if p.exists():
                 res["outputs_checked"][str(p.relative_to(w))] = check_onnx(p, entry, data)
         # Tamp's static int8 with its other calibrations, as ORT's side tries three methods:
-        # the default (MinMax, q.onnx), Percentile, and Percentile after cross-layer
-        # equalization; the best metric is Tamp's column (its method is printed beside it).
+        # the default (MinMax, q.onnx), Percentile, Percentile after cross-layer equalization,
+        # and auto (the method whose outputs stay closest to fp32 on held-out calibration rows,
+        # chosen without eval data); the best metric is Tamp's column (its method printed beside it).
         tamp_methods = {"MinMax": (w / "q.onnx", res["steps"].get("quantize_static"))}
         if res["steps"].get("quantize_static", {}).get("status") == "ok":
-            for label, extra in (("Percentile", ["--method", "percentile"]), ("Perc+CLE", ["--method", "percentile", "--cle"])):
+            for label, extra in (("Percentile", ["--method", "percentile"]), ("Perc+CLE", ["--method", "percentile", "--cle"]), ("Auto", ["--method", "auto"])):
                 out = w / f"q-{label.lower().replace('+', '-')}.onnx"
                 cmd = static_cmd(out, *extra)
                 r = run_step(cmd, T, cwd=str(ROOT))
@@ -391,6 +409,9 @@ def bench_model(d, entry, a, work):
             best = max(scored, key=lambda t: t[1])
             res["ort_best"] = {"method": best[0], "metric": best[1], "wall_s": res["ort"][best[0]]["wall_s"], "rss_mib": res["ort"][best[0]]["rss_mib"]}
 
+    if res.get("tamp_best") and res.get("ort_best"):
+        res["tamp_minus_ort"] = paired_difference(w / res["tamp_best"]["file"], w / f"ort-{res['ort_best']['method'].lower()}.onnx")
+
     # latency
     paths = {"fp32": model}
     if res.get("tamp_int8_metric") is not None:
@@ -428,15 +449,18 @@ def row_line(r):
     ortm = f"{fmt_metric(ob.get('metric'), r['metric'])} {ob.get('method', '')[:4]}" if ob else "-"
     tb = r.get("tamp_best") or {}
     tampm = f"{fmt_metric(tb.get('metric'), r['metric'])} {tb.get('method', '')[:8]}" if tb else fmt_metric(r.get("tamp_int8_metric"), r["metric"])
+    dq = r.get("tamp_minus_ort")
+    diff = "-" if not dq else (f"{dq['mean']:+.2f} [{dq['lo95']:+.2f},{dq['hi95']:+.2f}]" if r["metric"] == "top1"
+                               else f"{dq['mean']:+.4f} [{dq['lo95']:+.4f},{dq['hi95']:+.4f}]")
     cells = [r["name"] + ("" if r["row_model"] else "*"), str(r["opset"]), r["exporter"].split(" ")[0][:11], status, r["metric"][:3],
-             fmt_metric(r.get("fp32_metric"), r["metric"]), tampm, ortm,
+             fmt_metric(r.get("fp32_metric"), r["metric"]), tampm, ortm, diff,
              fmt_ratio(lat.get("tamp_vs_fp32")), fmt_ratio(lat.get("tamp_vs_ort")), fmt_ratio(lat.get("ort_vs_fp32")), qtime, qrss]
     return cells
 
 
-HEAD = ["model", "opset", "exporter", "insp/eval/qS/qD/cPTQ/cPrune", "met", "fp32", "tamp int8", "ORT best", "tamp/fp32 P50",
-        "tamp/ORT P50", "ORT/fp32 P50", "quant s tamp/ORT", "RSS MiB tamp/ORT"]
-WIDTHS = [16, 5, 11, 30, 4, 8, 16, 12, 18, 18, 18, 16, 16]
+HEAD = ["model", "opset", "exporter", "insp/eval/qS/qD/cPTQ/cPrune", "met", "fp32", "tamp int8", "ORT best", "tamp-ORT [95%, paired rows]",
+        "tamp/fp32 P50", "tamp/ORT P50", "ORT/fp32 P50", "quant s tamp/ORT", "RSS MiB tamp/ORT"]
+WIDTHS = [16, 5, 11, 30, 4, 8, 16, 12, 28, 18, 18, 18, 16, 16]
 
 
 def print_row(cells):
@@ -528,6 +552,13 @@ def main():
               + f"; multi-line refusals: {len(multi)}; invalid produced models: {len(bad_out)}"
               + (f" ({', '.join(f'{m}:{k}' for m, k in bad_out)})" if bad_out else "")
               + f"; ORT static quantizes {ort_ok}/{n}; CPU ISA: {', '.join(isa) or 'none of avx2/avx512f/avx512_vnni/amx_int8'}")
+        both = [r for r in done if r.get("tamp_best") and r.get("ort_best")]
+        at_or_above = [r["name"] for r in both if r["tamp_best"]["metric"] >= r["ort_best"]["metric"]]
+        below = [r for r in both if r["tamp_best"]["metric"] < r["ort_best"]["metric"]]
+        noise = [r["name"] for r in below if (r.get("tamp_minus_ort") or {}).get("hi95", -1) >= 0]
+        print(f"quality: tamp int8 >= ORT's best on {len(at_or_above)}/{len(both)} models where both run"
+              + (f"; below on {', '.join(r['name'] for r in below)}" if below else "")
+              + (f" ({', '.join(noise)} inside the paired 95 % interval of 0)" if noise else ""))
     else:
         print(f"summary: tamp not run; ORT static quantizes {ort_ok}/{n}; CPU ISA: {', '.join(isa) or 'none of avx2/avx512f/avx512_vnni/amx_int8'}")
     if a.json:

@@ -286,3 +286,48 @@ fn an_avx2_target_gets_uint8_weights_that_do_not_saturate() {
     let top1 = serde_json::from_slice::<serde_json::Value>(&e.stdout).unwrap()["metrics"]["top1"].as_f64().unwrap();
     assert!(top1 >= 98.0, "top-1 agreement {top1}");
 }
+
+/// `--method auto` on PP-OCRv4's recogniser (the best clipping differs by model: 99.99 for
+/// SLANet, 99.999 or 99.99 here depending on the rows): every candidate is judged on
+/// held-out calibration rows, the one kept is the closest to fp32, and auto only chooses —
+/// its artifact is, byte for byte, the one naming that method builds.
+#[test]
+fn auto_calibration_keeps_the_closest_method_and_builds_what_naming_it_builds() {
+    let dir = zoo("ppocr4_rec");
+    let t = tempfile::tempdir().unwrap();
+    let quantize = |name: &str, method: &[&str]| {
+        let out = t.path().join(format!("{name}.onnx"));
+        let report = t.path().join(format!("{name}.json"));
+        let r = run(Command::new(tamp())
+            .arg("quantize")
+            .arg(dir.join("model.onnx"))
+            .arg("--data")
+            .arg(dir.join("calib.npz"))
+            .args(method)
+            .arg("--int8-everywhere")
+            .arg("--report")
+            .arg(&report)
+            .arg("--out")
+            .arg(&out));
+        assert!(r.status.success(), "{}", stderr(&r));
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        (std::fs::read(&out).unwrap(), report, String::from_utf8_lossy(&r.stdout).into_owned())
+    };
+    let (auto, report, said) = quantize("auto", &["--method", "auto"]);
+    let trials = report["method_trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 5, "{report}");
+    let best = trials.iter().map(|t| t["cosine"].as_f64().unwrap()).fold(f64::NEG_INFINITY, f64::max);
+    let kept = &report["method"];
+    let kept_cosine = trials.iter().find(|t| t["method"] == *kept).unwrap()["cosine"].as_f64().unwrap();
+    assert!(kept_cosine >= best - 1e-6 && kept_cosine > 0.9, "{report}");
+    assert!(said.contains("calibration auto: kept"), "{said}");
+    let named: Vec<String> = match kept["method"].as_str().unwrap() {
+        "min_max" => vec!["--method".into(), "minmax".into()],
+        "entropy" => vec!["--method".into(), "kl".into()],
+        "percentile" => vec!["--method".into(), "percentile".into(), "--percentile".into(), kept["percentile"].to_string()],
+        other => panic!("unexpected method {other}"),
+    };
+    let (direct, direct_report, _) = quantize("named", &named.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(direct_report["method"], *kept);
+    assert!(auto == direct, "auto's artifact differs from the one `{}` builds", named.join(" "));
+}

@@ -31,7 +31,8 @@ pub struct Args {
     /// Where to write the int8 model.
     #[arg(long)]
     out: PathBuf,
-    /// How activation ranges are chosen: minmax, kl (entropy), percentile or mse.
+    /// How activation ranges are chosen: minmax, kl (entropy), percentile, mse, or auto (each of
+    /// minmax, percentile 99.9/99.99/99.999 and kl tried; the closest to fp32 on the calibration rows kept).
     #[arg(long, default_value = "minmax")]
     method: CalibrationMethod,
     /// Percentile of |x| for --method percentile.
@@ -177,6 +178,11 @@ pub fn run(args: &Args) -> Result<()> {
         crate::eval::human_bytes(after),
         before as f64 / after.max(1) as f64
     );
+    if !report.method_trials.is_empty() {
+        let tried: Vec<String> = report.method_trials.iter().map(|t| format!("{} {:.4}", t.method.label(), t.cosine)).collect();
+        let rows = report.calibration_rows.min(tamp_engine::calibrate_auto::AUTO_ROWS);
+        println!("calibration auto: kept {} (outputs' cosine to fp32 on {rows} calibration rows: {})", report.method.label(), tried.join(", "));
+    }
     if !report.float_ops.is_empty() {
         println!("left in float: {:?}", report.float_ops);
     }

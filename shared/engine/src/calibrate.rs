@@ -28,6 +28,9 @@ pub enum Method {
     Entropy,
     /// Threshold minimising expected squared quantisation error for symmetric int8.
     Mse,
+    /// Each of [`Method::AUTO_CANDIDATES`] tried on the calibration rows; the one whose
+    /// quantized model's outputs are closest to fp32's is kept ([`crate::ptq::calibrate`]).
+    Auto,
 }
 
 impl From<&tamp_domain::recipe::Calibration> for Method {
@@ -39,13 +42,35 @@ impl From<&tamp_domain::recipe::Calibration> for Method {
             M::Kl => Self::Entropy,
             M::Percentile => Self::Percentile { percentile: c.percentile },
             M::Mse => Self::Mse,
+            M::Auto => Self::Auto,
         }
     }
 }
 
 impl Method {
+    /// What `auto` chooses among: no clipping, clipping at three tail masses (the right one
+    /// differs by model: a table recogniser wants 99.99, a text recogniser 99.999), and KL.
+    pub const AUTO_CANDIDATES: [Method; 5] = [
+        Method::MinMax,
+        Method::Percentile { percentile: 99.9 },
+        Method::Percentile { percentile: 99.99 },
+        Method::Percentile { percentile: 99.999 },
+        Method::Entropy,
+    ];
+
     fn needs_histogram(self) -> bool {
         !matches!(self, Self::MinMax)
+    }
+
+    /// A short name for messages: `minmax`, `percentile 99.99`, `kl`, `mse`, `auto`.
+    pub fn label(self) -> String {
+        match self {
+            Self::MinMax => "minmax".into(),
+            Self::Percentile { percentile } => format!("percentile {percentile}"),
+            Self::Entropy => "kl".into(),
+            Self::Mse => "mse".into(),
+            Self::Auto => "auto".into(),
+        }
     }
 }
 
@@ -174,6 +199,9 @@ impl ValueStats {
             // uint8 spends all 256 levels on [0, t] for non-negative values, 128 per side otherwise.
             Method::Entropy => sym(entropy_threshold(hist()?, if self.min >= 0.0 { 256 } else { 128 })),
             Method::Mse => sym(mse_threshold(hist()?, 127.5)),
+            Method::Auto => {
+                return Err(EngineError::Config("`auto` names no range rule of its own: it is resolved to one of its candidates at calibration".into()));
+            }
         })
     }
 }
@@ -579,7 +607,11 @@ mod tests {
         assert_eq!(rule(M::Kl), Method::Entropy);
         assert_eq!(rule(M::Percentile), Method::Percentile { percentile: 99.5 });
         assert_eq!(rule(M::Mse), Method::Mse);
+        assert_eq!(rule(M::Auto), Method::Auto);
+        let stats = ValueStats { min: 1.0, max: 2.0, count: 2, histogram: None };
+        assert!(stats.range(Method::Auto).unwrap_err().to_string().contains("candidates"));
         assert_eq!("entropy".parse::<M>(), Ok(M::Kl));
+        assert_eq!("auto".parse::<M>(), Ok(M::Auto));
         assert!("magic".parse::<M>().unwrap_err().contains("minmax"));
     }
 

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod calibrate;
+pub mod calibrate_auto;
 pub mod capture;
 pub mod error;
 pub mod eval;

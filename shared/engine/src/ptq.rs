@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use tamp_onnx::patch::run_to_fixpoint;
 use tamp_onnx::{Model, Pass};
 
-use crate::calibrate::{ChannelAxis, Collector, Method, Range, StatRequest, collect_with};
+use crate::calibrate::{ChannelAxis, Collector, Method, Range, StatRequest, ValueStats, collect_with};
+use crate::calibrate_auto as auto;
 use crate::dataset::Dataset;
 use crate::error::{EngineError, Result};
 use crate::kernels::{self, LayerTiming};
@@ -92,6 +93,9 @@ pub struct PtqReport {
     #[serde(default)]
     pub bias_corrected: Vec<CorrectedLayer>,
     pub ranges: BTreeMap<String, Range>,
+    /// With `method: auto`: each candidate's output cosine to fp32 on the calibration rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub method_trials: Vec<auto::MethodTrial>,
 }
 
 fn count(model: &Model, op: &str) -> usize {
@@ -117,6 +121,8 @@ pub struct Calibrated {
     /// The per-layer timings, measured on the first `quantize` call and reused by the rest
     /// (the accuracy fallback builds many variants of one calibration).
     pub timings: std::sync::OnceLock<Vec<LayerTiming>>,
+    /// With `method: auto`: each candidate's output cosine to fp32 (`method` is the one kept).
+    pub method_trials: Vec<auto::MethodTrial>,
 }
 
 /// The values whose per-channel means bias correction needs: every non-constant input of a
@@ -163,7 +169,8 @@ pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calib
     }
     let (collector, trimmed_padding) = collect_with(&folded, data, &indices, collector, cfg.batch_size, &cfg.session)?;
     let (stats, value_means) = collector.finish_with_means();
-    let ranges = stats.iter().map(|(k, s)| Ok((k.clone(), s.range(cfg.method)?))).collect::<Result<BTreeMap<_, _>>>()?;
+    let first = if cfg.method == Method::Auto { Method::MinMax } else { cfg.method };
+    let ranges = auto::ranges_for(&stats, first)?;
     let input_means = cfg.bias_correction.then(|| {
         let mut by_node = BTreeMap::new();
         for (value, m) in value_means {
@@ -174,21 +181,69 @@ pub fn calibrate(model: &Model, data: &Dataset, cfg: &PtqConfig) -> Result<Calib
         by_node
     });
     let probe = indices.first().map(|&i| data.select(&[i])).transpose()?;
-    Ok(Calibrated {
+    let mut calibrated = Calibrated {
         folded,
         folded_batch_norms,
         calibration_rows: indices.len(),
-        method: cfg.method,
+        method: first,
         ranges,
         equalized,
         input_means,
         trimmed_padding,
         probe,
         timings: std::sync::OnceLock::new(),
-    })
+        method_trials: Vec::new(),
+    };
+    if cfg.method == Method::Auto {
+        // Two folds: each half's ranges judged on the other half's rows, so a clip that only
+        // fits the rows it was measured on is not rewarded. Too few rows for halves: one fold.
+        let folds = if indices.len() >= 2 * auto::MIN_FOLD_ROWS {
+            let (a, b): (Vec<usize>, Vec<usize>) = (indices.iter().step_by(2).copied().collect(), indices.iter().skip(1).step_by(2).copied().collect());
+            let half = |rows: &[usize]| -> Result<_> {
+                let (c, _) = collect_with(&calibrated.folded, data, rows, Collector::new(&requests, cfg.bins), cfg.batch_size, &cfg.session)?;
+                Ok(c.finish())
+            };
+            let (sa, sb) = (half(&a)?, half(&b)?);
+            vec![(sa, b), (sb, a)]
+        } else {
+            vec![(stats.clone(), indices.clone())]
+        };
+        calibrated.choose_method(&stats, &folds, data, cfg)?;
+    }
+    Ok(calibrated)
 }
 
 impl Calibrated {
+    /// `auto`: per fold (statistics, held-out rows), builds every candidate's int8 model
+    /// from those statistics (all layers int8: measured speed does not change which clipping
+    /// is closest) and runs it on the held-out rows (at most [`auto::AUTO_ROWS`] in all); the
+    /// candidate whose outputs are closest to fp32's on average keeps its ranges from `stats`.
+    fn choose_method(
+        &mut self,
+        stats: &BTreeMap<String, ValueStats>,
+        folds: &[(BTreeMap<String, ValueStats>, Vec<usize>)],
+        data: &Dataset,
+        cfg: &PtqConfig,
+    ) -> Result<()> {
+        let per_fold = (auto::AUTO_ROWS / folds.len().max(1)).max(1);
+        let rows: Vec<&[usize]> = folds.iter().map(|(_, r)| &r[..r.len().min(per_fold)]).collect();
+        let reference = rows.iter().map(|r| auto::float_outputs(&self.folded, data, r, &cfg.session)).collect::<Result<Vec<_>>>()?;
+        let build = QuantizeConfig { float_slow_layers: false, ..cfg.quantize.clone() };
+        for method in Method::AUTO_CANDIDATES {
+            let mut sum = 0.0;
+            for (((fold_stats, _), r), want) in folds.iter().zip(&rows).zip(&reference) {
+                self.ranges = auto::ranges_for(fold_stats, method)?;
+                let (model, _) = self.build(&build, Vec::new(), Vec::new())?;
+                sum += auto::fidelity(want, &auto::float_outputs(&model, data, r, &cfg.session)?);
+            }
+            self.method_trials.push(auto::MethodTrial { method, cosine: sum / folds.len().max(1) as f64 });
+        }
+        let chosen = auto::choose(&self.method_trials).unwrap_or(Method::MinMax);
+        self.method = chosen;
+        self.ranges = auto::ranges_for(stats, chosen)?;
+        Ok(())
+    }
+
     /// Applies the QDQ pass with `config` (per-channel, exclusions). With
     /// `float_slow_layers`, the layers ONNX Runtime runs slower in int8 than in float stay
     /// float: measured once per calibration ([`kernels`]: the fp32 and the all-int8 model
@@ -287,6 +342,7 @@ impl Calibrated {
             ranges: self.ranges.clone(),
             equalized: self.equalized.clone(),
             bias_corrected,
+            method_trials: self.method_trials.clone(),
         };
         Ok((quantized, report))
     }

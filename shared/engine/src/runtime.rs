@@ -371,24 +371,52 @@ pub struct NodeTime {
     pub micros: f64,
 }
 
+/// Seconds of profiled runs per model in [`profile_nodes`] beyond the three warm-ups.
+pub const PROFILE_BUDGET_S: f64 = 2.0;
+
 /// Per-node kernel times of `model` on `inputs` (ONNX Runtime's profiler, `runs` runs after
 /// three warm-ups, medians), with the optimized graph each time belongs to — what deciding
 /// float vs int8 per layer from measurements needs.
 pub fn profile_nodes(model: &Model, inputs: &[(&str, &TensorValue)], runs: usize, cfg: &SessionConfig) -> Result<Vec<NodeTime>> {
     in_scratch("profile", |dir| {
         let opt = dir.join("optimized.onnx");
-        let mut b = builder(cfg)?.with_optimized_model_path(&opt).map_err(opt_err)?.with_profiling(dir.join("profile")).map_err(opt_err)?;
+        // The profiler's own "maximum number of events reached" (a Loop body's nodes log one
+        // event per iteration) is not the user's problem: errors only.
+        let mut b = builder(cfg)?
+            .with_optimized_model_path(&opt)
+            .map_err(opt_err)?
+            .with_profiling(dir.join("profile"))
+            .map_err(opt_err)?
+            .with_log_level(ort::logging::LogLevel::Fatal)
+            .map_err(opt_err)?;
         let inner = b.commit_from_memory(&model.to_bytes()?).map_err(|e| EngineError::ort("cannot load the model", e))?;
         let mut session = Session::wrap(inner);
-        for _ in 0..3 + runs.max(1) {
+        let start = std::time::Instant::now();
+        for _ in 0..3 {
+            session.run(inputs)?;
+        }
+        // At most ~PROFILE_BUDGET of profiled runs (at least 5): a table recogniser whose Loop
+        // decoder runs 500 steps took 90 s and 9 GB for 50 runs of two models.
+        let per_run = start.elapsed().as_secs_f64() / 3.0;
+        let runs = runs.max(1).min(((PROFILE_BUDGET_S / per_run.max(1e-9)) as usize).max(5));
+        for _ in 0..runs {
             session.run(inputs)?;
         }
         let file = session.inner.end_profiling().map_err(|e| EngineError::ort("profiling", e))?;
         let text = std::fs::read_to_string(&file).map_err(|e| EngineError::Io { path: file.clone().into(), source: e })?;
-        let events: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| EngineError::Config(format!("ONNX Runtime's profile: {e}")))?;
+        // Only three fields of each event are read; the rest (args, timestamps) are skipped.
+        #[derive(serde::Deserialize)]
+        struct Event<'a> {
+            #[serde(borrow)]
+            cat: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
+            name: Option<std::borrow::Cow<'a, str>>,
+            dur: Option<f64>,
+        }
+        let events: Vec<Event<'_>> = serde_json::from_str(&text).map_err(|e| EngineError::Config(format!("ONNX Runtime's profile: {e}")))?;
         let mut times: std::collections::BTreeMap<String, Vec<f64>> = std::collections::BTreeMap::new();
         for e in &events {
-            let (Some(cat), Some(name), Some(dur)) = (e["cat"].as_str(), e["name"].as_str(), e["dur"].as_f64()) else { continue };
+            let (Some(cat), Some(name), Some(dur)) = (e.cat.as_deref(), e.name.as_deref(), e.dur) else { continue };
             if let (true, Some(node)) = (cat == "Node", name.strip_suffix("_kernel_time")) {
                 times.entry(node.to_owned()).or_default().push(dur);
             }

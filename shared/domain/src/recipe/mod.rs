@@ -318,6 +318,15 @@ mod tests {
     }
 
     #[test]
+    fn auto_calibration_loads_and_the_search_refuses_it() {
+        let r = Recipe::from_yaml(&PRD.replace("method: kl", "method: auto")).unwrap();
+        assert_eq!(r.ptq_stages().next().unwrap().calibration.method, CalibrationMethod::Auto);
+        let search = "policy:\n  name: s\n  stages:\n    - search: {calibration_methods: [minmax, auto]}\n";
+        let e = Recipe::from_yaml(search).unwrap_err().to_string();
+        assert!(e.contains("calibration_methods") && e.contains("auto"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_name_the_key_the_line_and_the_allowed_keys() {
         let bad = PRD.replace("per_channel_weights", "per_chanel_weights");
         let e = Recipe::from_yaml(&bad).unwrap_err().to_string();

@@ -53,6 +53,8 @@ impl Technique for Ptq {
         let mut first8: Option<Model> = None;
         let mut all8: Option<Model> = None;
         let means4 = OnceCell::new();
+        // `calibration: {method: auto}`: the candidates say which method it kept.
+        let mut auto_label: Option<String> = None;
         match mode {
             PtqMode::Static => {
                 let cfg = PtqConfig {
@@ -68,7 +70,16 @@ impl Technique for Ptq {
                 let rows = p.calibration.samples.min(cx.job.calibration.rows);
                 cx.obs.begin(&format!("calibrate ({:?}, {rows} rows)", cfg.method), 0);
                 let calibrated = ptq::calibrate(model, cx.job.calibration, &cfg)?;
-                cx.obs.end(&format!("{} activations calibrated on {} rows", calibrated.ranges.len(), calibrated.calibration_rows));
+                let tried: Vec<String> = calibrated.method_trials.iter().map(|t| format!("{} {:.4}", t.method.label(), t.cosine)).collect();
+                if !tried.is_empty() {
+                    auto_label = Some(format!("auto: {}", calibrated.method.label()));
+                }
+                let how = if tried.is_empty() {
+                    String::new()
+                } else {
+                    format!("; auto kept {} (outputs' cosine to fp32: {})", calibrated.method.label(), tried.join(", "))
+                };
+                cx.obs.end(&format!("{} activations calibrated on {} rows{how}", calibrated.ranges.len(), calibrated.calibration_rows));
                 units = quantize::weighted_nodes(&calibrated.folded);
                 let qc = QuantizeConfig {
                     per_channel: p.per_channel_weights,
@@ -203,6 +214,9 @@ impl Technique for Ptq {
                 f.target_isa = (wb == 8).then(|| isa_text.clone());
                 out.push(f);
             }
+        }
+        for c in out.iter_mut().filter(|c| c.calibration.as_deref() == Some("auto")) {
+            c.calibration = auto_label.clone().or(c.calibration.take());
         }
         Ok(out)
     }

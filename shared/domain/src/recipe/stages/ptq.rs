@@ -189,6 +189,10 @@ pub enum CalibrationMethod {
     Kl,
     Percentile,
     Mse,
+    /// Try minmax, percentile 99.9 / 99.99 / 99.999 and kl on the calibration rows and keep
+    /// the one whose int8 outputs are closest to fp32's (one calibration pass; each candidate
+    /// is built and run on those rows).
+    Auto,
 }
 
 impl StageSettings for PtqStage {
@@ -239,14 +243,15 @@ impl StageSettings for PtqStage {
 impl std::str::FromStr for CalibrationMethod {
     type Err = String;
 
-    /// The recipe's names: `minmax`, `kl` (or `entropy`), `percentile`, `mse`.
+    /// The recipe's names: `minmax`, `kl` (or `entropy`), `percentile`, `mse`, `auto`.
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "minmax" => Ok(Self::Minmax),
             "kl" | "entropy" => Ok(Self::Kl),
             "percentile" => Ok(Self::Percentile),
             "mse" => Ok(Self::Mse),
-            other => Err(format!("'{other}' is not a calibration method; use minmax, kl (entropy), percentile or mse")),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("'{other}' is not a calibration method; use minmax, kl (entropy), percentile, mse or auto")),
         }
     }
 }

@@ -127,6 +127,12 @@ impl StageSettings for SearchStage {
         let mut methods = self.calibration_methods.clone();
         methods.sort_by_key(|m| *m as u8);
         methods.dedup();
+        if methods.contains(&CalibrationMethod::Auto) {
+            return Err(at.invalid(
+                &["calibration_methods"],
+                "`auto` chooses a method by itself; the search measures each method it lists, so list them: [minmax, kl, percentile, mse]",
+            ));
+        }
         if methods.is_empty() || methods.len() > 3 || methods.len() != self.calibration_methods.len() {
             return Err(at.invalid(&["calibration_methods"], "list one to three different methods from [minmax, kl, percentile, mse]"));
         }
