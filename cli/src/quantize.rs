@@ -179,9 +179,12 @@ pub fn run(args: &Args) -> Result<()> {
         before as f64 / after.max(1) as f64
     );
     if !report.method_trials.is_empty() {
-        let tried: Vec<String> = report.method_trials.iter().map(|t| format!("{} {:.4}", t.method.label(), t.cosine)).collect();
         let rows = report.calibration_rows.min(tamp_engine::calibrate_auto::AUTO_ROWS);
-        println!("calibration auto: kept {} (outputs' cosine to fp32 on {rows} calibration rows: {})", report.method.label(), tried.join(", "));
+        println!(
+            "calibration auto: kept {} (outputs' cosine to fp32 on {rows} calibration rows: {})",
+            report.method.label(),
+            tamp_engine::calibrate_auto::describe(&report.method_trials)
+        );
     }
     if !report.float_ops.is_empty() {
         println!("left in float: {:?}", report.float_ops);

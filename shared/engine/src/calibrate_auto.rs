@@ -37,6 +37,11 @@ pub struct MethodTrial {
     pub cosine: f64,
 }
 
+/// The candidates and their scores as one line: `minmax 0.9614, percentile 99.99 0.9875, …`.
+pub fn describe(trials: &[MethodTrial]) -> String {
+    trials.iter().map(|t| format!("{} {:.4}", t.method.label(), t.cosine)).collect::<Vec<_>>().join(", ")
+}
+
 /// Ranges `method` picks from the statistics.
 pub fn ranges_for(stats: &BTreeMap<String, ValueStats>, method: Method) -> Result<BTreeMap<String, Range>> {
     stats.iter().map(|(k, s)| Ok((k.clone(), s.range(method)?))).collect()

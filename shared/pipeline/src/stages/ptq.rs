@@ -70,14 +70,15 @@ impl Technique for Ptq {
                 let rows = p.calibration.samples.min(cx.job.calibration.rows);
                 cx.obs.begin(&format!("calibrate ({:?}, {rows} rows)", cfg.method), 0);
                 let calibrated = ptq::calibrate(model, cx.job.calibration, &cfg)?;
-                let tried: Vec<String> = calibrated.method_trials.iter().map(|t| format!("{} {:.4}", t.method.label(), t.cosine)).collect();
-                if !tried.is_empty() {
-                    auto_label = Some(format!("auto: {}", calibrated.method.label()));
-                }
-                let how = if tried.is_empty() {
+                let how = if calibrated.method_trials.is_empty() {
                     String::new()
                 } else {
-                    format!("; auto kept {} (outputs' cosine to fp32: {})", calibrated.method.label(), tried.join(", "))
+                    auto_label = Some(format!("auto: {}", calibrated.method.label()));
+                    format!(
+                        "; auto kept {} (outputs' cosine to fp32: {})",
+                        calibrated.method.label(),
+                        tamp_engine::calibrate_auto::describe(&calibrated.method_trials)
+                    )
                 };
                 cx.obs.end(&format!("{} activations calibrated on {} rows{how}", calibrated.ranges.len(), calibrated.calibration_rows));
                 units = quantize::weighted_nodes(&calibrated.folded);
