@@ -16,6 +16,7 @@ use crate::kernels::{self, LayerTiming};
 use crate::passes::bias_correct::{self, CorrectedLayer};
 use crate::passes::dynamic::DynamicCounts;
 use crate::passes::equalize::{self, EqualizedPair};
+use crate::passes::pad_channels::PadInputChannels;
 use crate::passes::{
     DynamicConfig, FoldBatchNorm, NBitsConfig, QuantizeConfig, QuantizeConv4, QuantizeDynamic, QuantizeNBits, QuantizeQdq, QuantizeSubgraphWeights, conv4,
     quantize,
@@ -75,6 +76,10 @@ pub struct PtqReport {
     /// Weights inside If/Loop/Scan bodies stored int8 (read through DequantizeLinear).
     #[serde(default)]
     pub subgraph_weights: usize,
+    /// Convs whose one to three input channels were padded to four
+    /// ([`crate::passes::pad_channels`]: ONNX Runtime's faster integer path, same values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub padded_channels: Vec<String>,
     /// Nodes kept in float on request (accuracy-aware fallback, `keep_float`).
     pub excluded: Vec<String>,
     /// Nodes kept in float because ONNX Runtime runs them slower in int8
@@ -267,7 +272,14 @@ impl Calibrated {
                 t
             }
         };
-        let mut slow: Vec<&LayerTiming> = timings.iter().filter(|t| t.slower_in_int8() && !config.exclude.contains(&t.layer)).collect();
+        let slow: Vec<LayerTiming> = timings.iter().filter(|t| t.slower_in_int8() && !config.exclude.contains(&t.layer)).cloned().collect();
+        let mut slow = if slow.iter().any(|t| !t.unfused) {
+            let (all, _) = self.build(config, Vec::new(), Vec::new())?;
+            let cfg = SessionConfig { intra_threads: 1, ..SessionConfig::default() };
+            kernels::confirm(&all, slow, probe, &cfg, |keys| Ok(self.build(config, keys.to_vec(), Vec::new())?.0))?
+        } else {
+            slow
+        };
         slow.sort_by(|a, b| a.layer.cmp(&b.layer));
         let keys = slow.iter().map(|t| t.layer.clone()).collect();
         let reasons = slow.iter().map(|t| t.reason()).collect();
@@ -314,6 +326,10 @@ impl Calibrated {
             Some((m, n)) => (m, n),
             None => (quantized, 0),
         };
+        let (quantized, padded_channels) = match PadInputChannels.apply(&quantized)? {
+            Some((m, padded)) => (m, padded),
+            None => (quantized, Vec::new()),
+        };
         let mut float_ops = BTreeMap::new();
         let gates = quantize::gates(&self.folded);
         for n in &quantized.graph().node {
@@ -322,6 +338,8 @@ impl Calibrated {
             let bias_scale = op == "Mul" && n.name.as_deref().is_some_and(|x| x.ends_with(".bias.S"));
             // A hard-swish carried in int8 (QLinearAdd + QLinearMul).
             let bias_scale = bias_scale || n.name.as_deref().is_some_and(|x| x.ends_with(".int8.Add") || x.ends_with(".int8.Mul"));
+            // The zero channels a small Conv's input gains (`….pad4.Pad`), part of that Conv.
+            let bias_scale = bias_scale || (op == "Pad" && n.name.as_deref().is_some_and(|x| x.ends_with(".pad4.Pad")));
             if !quantize::carried(n, &gates, &config.exclude) && op != "QuantizeLinear" && op != "DequantizeLinear" && !bias_scale {
                 *float_ops.entry(op.to_owned()).or_insert(0) += 1;
             }
@@ -335,6 +353,7 @@ impl Calibrated {
             quantized_activations,
             quantized_weights,
             subgraph_weights,
+            padded_channels,
             excluded: requested.exclude.iter().cloned().collect(),
             float_for_speed,
             float_for_speed_reasons: speed_reasons,

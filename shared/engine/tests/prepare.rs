@@ -288,3 +288,30 @@ fn hard_swish_and_silu_run_on_integer_kernels() {
     // Four uint8 layers and three activations: a few steps of the output's range.
     assert!(max_abs_diff(a, b) <= 0.05 * peak, "{} of {peak}", max_abs_diff(a, b));
 }
+
+#[test]
+fn a_spectrogram_power_written_as_pow_becomes_products_with_identical_outputs() {
+    // real² + imag², as oww_melspec's STFT front end writes it.
+    let mut b = GraphBuilder::new("power", 13);
+    let x = b.input_f32("x", &[None, Some(16)]);
+    let two = b.init_f32("two", ArrayD::from_elem(IxDyn(&[]), 2.0));
+    let three = b.init_f32("three", ArrayD::from_elem(IxDyn(&[]), 3.0));
+    let wr = b.init_f32("wr", wave(&[16, 8], 0.3));
+    let wi = b.init_f32("wi", wave(&[16, 8], 0.8));
+    let re = b.op("MatMul", &[&x, &wr], &[]);
+    let im = b.op("MatMul", &[&x, &wi], &[]);
+    let r2 = b.op("Pow", &[&re, &two], &[]);
+    let i2 = b.op("Pow", &[&im, &two], &[]);
+    let cube = b.op("Pow", &[&re, &three], &[]);
+    let p = b.op("Add", &[&r2, &i2], &[]);
+    let y = b.op("Add", &[&p, &cube], &[]);
+    b.output_f32(&y, &[None, Some(8)]);
+    let model = b.build();
+    let (prepared, report) = prepare(&model).unwrap();
+    assert_eq!(report.squares_as_mul, 2, "{:?}", report.steps);
+    let pows = prepared.graph().node.iter().filter(|n| n.op_type.as_deref() == Some("Pow")).count();
+    assert_eq!(pows, 1, "the cube stays a Pow");
+    let feeds = [("x", TensorValue::F32(wave(&[3, 16], 0.1).mapv(|v| v * 7.0)))];
+    let (a, b) = (&outputs(&model, &feeds)[0], &outputs(&prepared, &feeds)[0]);
+    assert_eq!(max_abs_diff(a, b), 0.0, "x·x is the correctly rounded square, as Pow(x, 2) is");
+}

@@ -196,6 +196,10 @@ pub struct Preparation {
     /// Hard-swishes spelled out as `x · clip(x + 3, 0, 6) / 6`, rewritten as one `HardSwish`.
     #[serde(default)]
     pub hard_swishes_fused: usize,
+    /// `Pow(x, 2)` rewritten as `Mul(x, x)` (same values; ONNX Runtime's `Pow` is the
+    /// general power kernel, several times slower).
+    #[serde(default)]
+    pub squares_as_mul: usize,
     /// One line per step, for logs and reports.
     #[serde(default)]
     pub steps: Vec<String>,

@@ -17,9 +17,11 @@ pub mod layers;
 pub mod lowrank;
 pub mod nbits;
 pub mod opset;
+pub mod pad_channels;
 pub mod prune;
 pub mod quantize;
 pub mod sparsity;
+pub mod square;
 pub mod subgraph;
 
 pub use cluster::{ClusterWeights, ClusteredLayer};
