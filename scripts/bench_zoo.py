@@ -337,6 +337,9 @@ def bench_model(d, entry, a, work):
                                "--output", out_name, "--metric", metric, "--samples", str(rows), "--runs", "50", "--out", str(w / "prune")],
         }
         for k, cmd in steps.items():
+            if k in a.skip.split(","):
+                res["steps"][k] = {"status": "skipped", "cmd": " ".join(cmd)}
+                continue
             res["steps"][k] = r = run_step(cmd, T, cwd=str(ROOT))
             r["cmd"] = " ".join(cmd)
             if not entry["row_model"] and k in ("eval", "quantize_static", "compress_ptq", "compress_prune"):
@@ -480,6 +483,7 @@ def main():
     ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime's quantizer")
     ap.add_argument("--no-entropy", action="store_true", help="ONNX Runtime's MinMax and Percentile only (Entropy is its slowest calibrator)")
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--skip", default="", help="Tamp steps not to run, comma-separated (e.g. compress_prune, the slowest: a re-measure of PTQ alone)")
     ap.add_argument("--keep", help="keep the produced models under this folder (default: a temporary folder, removed)")
     a = ap.parse_args()
     if a.tamp and not (Path(a.tamp).is_file() and os.access(a.tamp, os.X_OK)):
@@ -519,7 +523,7 @@ def main():
             results.append(r)
             print_row(row_line(r))
             for k, s in r.get("steps", {}).items():
-                if s["status"] != "ok":
+                if s["status"] not in ("ok", "skipped"):
                     tag = " (expected)" if s.get("expected") and s["status"] == "refused" else ""
                     ml = " [MULTI-LINE ERROR]" if s.get("multiline_error") else ""
                     print(f"    {k}: {s['status']}{tag}{ml}: {s['message'][:200]}")
@@ -559,6 +563,13 @@ def main():
         print(f"quality: tamp int8 >= ORT's best on {len(at_or_above)}/{len(both)} models where both run"
               + (f"; below on {', '.join(r['name'] for r in below)}" if below else "")
               + (f" ({', '.join(noise)} inside the paired 95 % interval of 0)" if noise else ""))
+        timed = [r for r in done if ((r.get("latency") or {}).get("tamp_vs_ort") or {}).get("median") is not None]
+        ratio = lambda r, k: r["latency"][k]
+        faster = [r["name"] for r in timed if ratio(r, "tamp_vs_ort")["hi95"] < 1.0]
+        tied = [r["name"] for r in timed if ratio(r, "tamp_vs_ort")["lo95"] <= 1.0 <= ratio(r, "tamp_vs_ort")["hi95"]]
+        slower = [r["name"] for r in timed if ratio(r, "tamp_vs_ort")["lo95"] > 1.0]
+        print(f"speed (tamp int8 / ORT int8 P50, batch 1): faster on {len(faster)}/{len(timed)} (95 % interval below 1)"
+              + (f"; tied on {', '.join(tied)}" if tied else "") + (f"; slower on {', '.join(slower)}" if slower else ""))
     else:
         print(f"summary: tamp not run; ORT static quantizes {ort_ok}/{n}; CPU ISA: {', '.join(isa) or 'none of avx2/avx512f/avx512_vnni/amx_int8'}")
     if a.json:

@@ -35,6 +35,7 @@ use weights::{dequantize, int8_weights, symmetric_per_channel};
 
 mod nodes;
 mod shape;
+mod unpad;
 mod weights;
 
 /// What precision the `.tflite` is written in.
@@ -174,6 +175,8 @@ fn scalar_f(t: &Konst) -> Option<f32> {
 
 /// Converts `model` to a TFLite graph, or lists every node that stops it.
 pub fn convert(model: &Model, opts: &Options) -> Result<Graph, Vec<Problem>> {
+    let unpadded = unpad::undo(model);
+    let model = unpadded.as_ref().unwrap_or(model);
     let graph = model.graph();
     let view = GraphView::new(graph);
     let order = view.topological_order().map_err(|e| vec![Problem::model(format!("the graph has no topological order: {e}"))])?;

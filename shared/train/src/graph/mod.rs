@@ -85,6 +85,7 @@ pub const SUPPORTED: &[&str] = &[
     "Mul",
     "Neg",
     "Not",
+    "Pad",
     "Pow",
     "QuantizeLinear",
     "Range",

@@ -303,6 +303,32 @@ impl TrainGraph {
                 dims.extend_from_slice(&x.dims()[axis + 1..]);
                 one(picked.reshape(dims)?)
             }
+            // Constant zero padding (Tamp's int8 Convs of one to three input channels read
+            // them padded to four: `passes::pad_channels`). Differentiable: candle pads by
+            // concatenating zeros, so the gradient is the slice of the padded one.
+            "Pad" => {
+                let x = inp(0)?;
+                let mode = tamp_onnx::graph::attr_str(n, "mode").unwrap_or("constant");
+                let zero_value = match ins.get(2).and_then(Option::as_ref) {
+                    Some(c) => scalar_f(c)? == 0.0,
+                    None => true,
+                };
+                if mode != "constant" || !zero_value || ins.get(3).and_then(Option::as_ref).is_some() {
+                    return Err(node_err(n, "only constant zero padding over every axis is supported for training"));
+                }
+                let pads = ints(inp(1)?)?;
+                let r = x.rank();
+                if pads.len() != 2 * r || pads.iter().any(|&p| p < 0) {
+                    return Err(node_err(n, format!("pads {pads:?} for a rank-{r} input (negative pads crop, not supported)")));
+                }
+                let mut y = x.clone();
+                for a in 0..r {
+                    if pads[a] > 0 || pads[a + r] > 0 {
+                        y = y.pad_with_zeros(a, pads[a] as usize, pads[a + r] as usize)?;
+                    }
+                }
+                one(y)
+            }
             "Slice" => {
                 let x = inp(0)?;
                 let (starts, ends) = (ints(inp(1)?)?, ints(inp(2)?)?);
