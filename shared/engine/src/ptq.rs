@@ -339,7 +339,7 @@ impl Calibrated {
             // A hard-swish carried in int8 (QLinearAdd + QLinearMul).
             let bias_scale = bias_scale || n.name.as_deref().is_some_and(|x| x.ends_with(".int8.Add") || x.ends_with(".int8.Mul"));
             // The zero channels a small Conv's input gains (`….pad4.Pad`), part of that Conv.
-            let bias_scale = bias_scale || (op == "Pad" && n.name.as_deref().is_some_and(|x| x.ends_with(".pad4.Pad")));
+            let bias_scale = bias_scale || crate::passes::pad_channels::is_padding(n);
             if !quantize::carried(n, &gates, &config.exclude) && op != "QuantizeLinear" && op != "DequantizeLinear" && !bias_scale {
                 *float_ops.entry(op.to_owned()).or_insert(0) += 1;
             }

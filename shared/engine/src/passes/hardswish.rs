@@ -29,8 +29,8 @@ fn op(n: &NodeProto) -> &str {
     n.op_type.as_deref().unwrap_or("")
 }
 
-/// The value of a one-element float constant.
-fn scalar(view: &GraphView<'_>, name: &str) -> Option<f32> {
+/// The value of a one-element float constant (shared with [`super::square`]).
+pub(crate) fn scalar(view: &GraphView<'_>, name: &str) -> Option<f32> {
     let a = view.constant(name).and_then(|t| to_array::<f32>(t).ok())?;
     (a.len() == 1).then(|| a.iter().next().copied()).flatten()
 }

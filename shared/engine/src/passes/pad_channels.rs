@@ -40,15 +40,21 @@ fn op(n: &NodeProto) -> &str {
 
 /// `w` [cout, cin, kh, kw] with channels added up to [`CHANNELS`], each holding its output
 /// channel's zero point (`zp` per channel, one for all, or none: 0).
-fn pad_weight<T: Element>(w: &ArrayD<T>, zp: Option<&ArrayD<T>>) -> ArrayD<T> {
+fn pad_weight<T: Element>(w: &ArrayD<T>, zp: Option<&ArrayD<T>>) -> Result<ArrayD<T>, OnnxError> {
     let s = w.shape();
     let (cout, add) = (s[0], CHANNELS as usize - s[1]);
     let fill = ArrayD::from_shape_fn(IxDyn(&[cout, add, s[2], s[3]]), |i| match zp {
-        Some(z) if z.len() == cout => z.as_slice().map_or(T::default(), |z| z[i[0]]),
+        Some(z) if z.len() == cout => z.iter().nth(i[0]).copied().unwrap_or_default(),
         Some(z) => z.iter().next().copied().unwrap_or_default(),
         None => T::default(),
     });
-    concatenate(Axis(1), &[w.view(), fill.view()]).unwrap_or_else(|_| w.clone())
+    concatenate(Axis(1), &[w.view(), fill.view()]).map_err(|e| OnnxError::Graph(format!("padding a weight's input channels: {e}")))
+}
+
+/// The `Pad` this pass writes before a padded input's QuantizeLinear (its node name ends
+/// so): part of that Conv, not float compute of the model's own.
+pub fn is_padding(n: &NodeProto) -> bool {
+    n.op_type.as_deref() == Some("Pad") && n.name.as_deref().is_some_and(|x| x.ends_with(&format!(".pad{CHANNELS}.Pad")))
 }
 
 impl Pass for PadInputChannels {
@@ -83,15 +89,15 @@ impl Pass for PadInputChannels {
             }
             let zp = dw.input.get(2).and_then(|z| view.initializer(z));
             let weight = match DataType::try_from(wq.data_type.unwrap_or(0)) {
-                Ok(DataType::Int8) => from_array(&dw.input[0], &pad_weight(&to_array::<i8>(wq)?, zp.map(to_array::<i8>).transpose()?.as_ref())),
-                Ok(DataType::Uint8) => from_array(&dw.input[0], &pad_weight(&to_array::<u8>(wq)?, zp.map(to_array::<u8>).transpose()?.as_ref())),
+                Ok(DataType::Int8) => from_array(&dw.input[0], &pad_weight(&to_array::<i8>(wq)?, zp.map(to_array::<i8>).transpose()?.as_ref())?),
+                Ok(DataType::Uint8) => from_array(&dw.input[0], &pad_weight(&to_array::<u8>(wq)?, zp.map(to_array::<u8>).transpose()?.as_ref())?),
                 _ => continue,
             };
             patch.add_initializers.push(weight);
             let x = &qx.input[0];
             let x4 = made.entry((x.clone(), cin)).or_insert_with(|| {
                 let (pads, x4) = (format!("{x}.pad{CHANNELS}.pads"), format!("{x}.pad{CHANNELS}"));
-                let a = ArrayD::from_shape_vec(IxDyn(&[8]), vec![0, 0, 0, 0, 0, CHANNELS - cin, 0, 0]).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[8])));
+                let a = ndarray::arr1(&[0, 0, 0, 0, 0, CHANNELS - cin, 0, 0]).into_dyn();
                 patch.add_initializers.push(from_array(&pads, &a));
                 let mk = |op_type: &str, name: String, input: Vec<String>, output: String| NodeProto {
                     op_type: Some(op_type.into()),

@@ -11,18 +11,13 @@
 use std::collections::HashSet;
 
 use tamp_onnx::proto::NodeProto;
-use tamp_onnx::tensor::to_array;
 use tamp_onnx::{GraphView, Model, OnnxError, Pass, Patch};
+
+use super::hardswish::scalar;
 
 /// The `Pow(x, 2)` → `Mul(x, x)` pass.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SquareByMul;
-
-/// The exponent's value when it is a one-element float constant.
-fn exponent(view: &GraphView<'_>, name: &str) -> Option<f32> {
-    let a = view.constant(name).and_then(|t| to_array::<f32>(t).ok())?;
-    (a.len() == 1).then(|| a.iter().next().copied()).flatten()
-}
 
 impl Pass for SquareByMul {
     /// Squares rewritten.
@@ -40,7 +35,7 @@ impl Pass for SquareByMul {
         let mut n = 0;
         for (i, node) in g.node.iter().enumerate() {
             let [x, e] = node.input.as_slice() else { continue };
-            if node.op_type.as_deref() != Some("Pow") || exponent(&view, e) != Some(2.0) {
+            if node.op_type.as_deref() != Some("Pow") || scalar(&view, e) != Some(2.0) {
                 continue;
             }
             patch.remove_nodes.insert(i);
