@@ -35,6 +35,10 @@ pub struct Args {
     /// minmax, percentile 99.9/99.99/99.999 and kl tried; the closest to fp32 on the calibration rows kept).
     #[arg(long, default_value = "minmax")]
     method: CalibrationMethod,
+    /// The model output your quality is judged on: --method auto compares the candidates on it
+    /// alone (default: every float output).
+    #[arg(long)]
+    output: Option<String>,
     /// Percentile of |x| for --method percentile.
     #[arg(long, default_value_t = Calibration::default().percentile)]
     percentile: f64,
@@ -156,6 +160,7 @@ pub fn run(args: &Args) -> Result<()> {
             u8_weights: isa.u8_weights,
             ..QuantizeConfig::default()
         },
+        output: args.output.clone(),
         ..PtqConfig::default()
     };
     let (quantized, report) = quantize_static(&model, &data, &cfg)?;

@@ -1,6 +1,7 @@
 //! `method: auto`: each of [`Method::AUTO_CANDIDATES`] is turned into ranges, built into an
 //! int8 model and run on calibration rows; the candidate whose float outputs stay closest to
-//! fp32's (mean per-row cosine over every float output) is kept. Two folds: the ranges come
+//! fp32's (mean per-row cosine over every float output, or over the one output the user
+//! scores: `tamp quantize --output`, the recipe's `evaluation.output`) is kept. Two folds: the ranges come
 //! from one half of the calibration sample and are judged on the other half, both ways, so a
 //! tight clip that only fits the rows it was measured on is not rewarded (on 24 PP-OCR rows,
 //! judging on the same rows preferred 99.99 by 0.015, and held-out evaluation rows did not).
@@ -47,12 +48,21 @@ pub fn ranges_for(stats: &BTreeMap<String, ValueStats>, method: Method) -> Resul
     stats.iter().map(|(k, s)| Ok((k.clone(), s.range(method)?))).collect()
 }
 
-/// Every float output of `model` on `rows`, one rows × features matrix per output (batched
-/// as the model allows: a fixed batch dimension runs at that size).
-pub fn float_outputs(model: &Model, data: &Dataset, rows: &[usize], cfg: &SessionConfig) -> Result<Vec<Array2<f32>>> {
+/// Every float output of `model` on `rows` (only `scored` when the user named the output
+/// the quality is judged on), one rows × features matrix per output (batched as the model
+/// allows: a fixed batch dimension runs at that size).
+pub fn float_outputs(model: &Model, data: &Dataset, rows: &[usize], scored: Option<&str>, cfg: &SessionConfig) -> Result<Vec<Array2<f32>>> {
     let mut session = Session::from_model(model, cfg)?;
     data.check_against(&session.inputs)?;
-    let names: Vec<String> = session.outputs.iter().filter(|o| o.elem == DataType::Float).map(|o| o.name.clone()).collect();
+    let floats = || session.outputs.iter().filter(|o| o.elem == DataType::Float).map(|o| o.name.clone());
+    let names: Vec<String> = floats().filter(|n| scored.is_none_or(|s| s == n)).collect();
+    if let (Some(s), true) = (scored, names.is_empty()) {
+        let all: Vec<String> = session.outputs.iter().map(|o| o.name.clone()).collect();
+        return Err(EngineError::Config(format!(
+            "`auto` calibration scores output '{s}', which is not a float output of the model (its outputs: {}); name one of its float outputs",
+            all.join(", ")
+        )));
+    }
     if names.is_empty() {
         return Err(EngineError::Config("`auto` calibration compares float outputs, and the model has none; pick a method (minmax, percentile, kl)".into()));
     }

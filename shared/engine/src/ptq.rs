@@ -41,6 +41,10 @@ pub struct PtqConfig {
     pub bias_correction: bool,
     pub quantize: QuantizeConfig,
     pub session: SessionConfig,
+    /// The output the quality is judged on: `auto` compares candidates on it alone (every
+    /// float output when unset). SLANet's table structure and its cell boxes favour
+    /// different clippings.
+    pub output: Option<String>,
 }
 
 impl Default for PtqConfig {
@@ -58,6 +62,7 @@ impl Default for PtqConfig {
             bias_correction: true,
             quantize: QuantizeConfig::default(),
             session: SessionConfig { intra_threads: 2, intra_spinning: false, ..SessionConfig::default() },
+            output: None,
         }
     }
 }
@@ -232,14 +237,14 @@ impl Calibrated {
     ) -> Result<()> {
         let per_fold = (auto::AUTO_ROWS / folds.len().max(1)).max(1);
         let rows: Vec<&[usize]> = folds.iter().map(|(_, r)| &r[..r.len().min(per_fold)]).collect();
-        let reference = rows.iter().map(|r| auto::float_outputs(&self.folded, data, r, &cfg.session)).collect::<Result<Vec<_>>>()?;
+        let reference = rows.iter().map(|r| auto::float_outputs(&self.folded, data, r, cfg.output.as_deref(), &cfg.session)).collect::<Result<Vec<_>>>()?;
         let build = QuantizeConfig { float_slow_layers: false, ..cfg.quantize.clone() };
         for method in Method::AUTO_CANDIDATES {
             let mut sum = 0.0;
             for (((fold_stats, _), r), want) in folds.iter().zip(&rows).zip(&reference) {
                 self.ranges = auto::ranges_for(fold_stats, method)?;
                 let (model, _) = self.build(&build, Vec::new(), Vec::new())?;
-                sum += auto::fidelity(want, &auto::float_outputs(&model, data, r, &cfg.session)?);
+                sum += auto::fidelity(want, &auto::float_outputs(&model, data, r, cfg.output.as_deref(), &cfg.session)?);
             }
             self.method_trials.push(auto::MethodTrial { method, cosine: sum / folds.len().max(1) as f64 });
         }
@@ -322,7 +327,9 @@ impl Calibrated {
                 }));
             }
         };
-        let (quantized, subgraph_weights) = match QuantizeSubgraphWeights::default().apply(&quantized)? {
+        // A recurrent layer kept float (for speed, or excluded) keeps its float W and R.
+        let recurrent = QuantizeSubgraphWeights { keep_float: config.exclude.iter().cloned().collect(), ..Default::default() };
+        let (quantized, subgraph_weights) = match recurrent.apply(&quantized)? {
             Some((m, n)) => (m, n),
             None => (quantized, 0),
         };

@@ -7,6 +7,11 @@
 //! Only a scalar exponent that is a constant exactly equal to 2 is rewritten; the output
 //! keeps its name, so nothing after it is rewired. The exponent's initializer goes when the
 //! `Pow` was its only reader.
+//!
+//! A square that a `ReduceMean` reads stays a `Pow`: that is the variance of a decomposed
+//! LayerNorm (`ReduceMean → Sub → Pow → ReduceMean → Add → Sqrt → Div`) or RMSNorm, and
+//! ONNX Runtime's LayerNorm fusions match the `Pow`. Rewritten, tashkeel's 15 LayerNorms ran
+//! as their 8 separate ops (about 200 µs more per run than 15 fused `LayerNormalization`s).
 
 use std::collections::HashSet;
 
@@ -38,6 +43,10 @@ impl Pass for SquareByMul {
             if node.op_type.as_deref() != Some("Pow") || scalar(&view, e) != Some(2.0) {
                 continue;
             }
+            let variance = view.consumers(&node.output[0]).iter().any(|&c| g.node[c].op_type.as_deref() == Some("ReduceMean"));
+            if variance {
+                continue;
+            }
             patch.remove_nodes.insert(i);
             patch.add_nodes.push(NodeProto {
                 op_type: Some("Mul".into()),
@@ -58,7 +67,7 @@ impl Pass for SquareByMul {
 #[cfg(test)]
 mod tests {
     use ndarray::{ArrayD, IxDyn};
-    use tamp_onnx::builder::GraphBuilder;
+    use tamp_onnx::builder::{Attr, GraphBuilder};
 
     use super::*;
 
@@ -84,5 +93,16 @@ mod tests {
         for e in [3.0, 0.5, 2.0001] {
             assert!(SquareByMul.apply(&pow(e)).unwrap().is_none(), "Pow(x, {e}) is not a square");
         }
+    }
+
+    #[test]
+    fn a_variance_square_stays_a_pow_for_the_layernorm_fusion() {
+        let mut b = GraphBuilder::new("var", 13);
+        let x = b.input_f32("x", &[Some(1), Some(4)]);
+        let c = b.init_f32("e", ArrayD::from_elem(IxDyn(&[]), 2.0));
+        let sq = b.op("Pow", &[&x, &c], &[]);
+        let v = b.op("ReduceMean", &[&sq], &[("axes", Attr::Ints(vec![-1]))]);
+        b.output_f32(&v, &[Some(1), Some(1)]);
+        assert!(SquareByMul.apply(&b.build()).unwrap().is_none());
     }
 }

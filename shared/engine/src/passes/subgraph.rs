@@ -24,11 +24,17 @@ use super::quantize::quantize_weight;
 pub struct QuantizeSubgraphWeights {
     /// Weights with fewer elements stay float.
     pub min_elements: usize,
+    /// Top-level recurrent layers (node keys) whose weights stay float. ONNX Runtime has no
+    /// integer LSTM/GRU/RNN kernel for a QDQ model: a weight read through `DequantizeLinear`
+    /// is dequantized at every run and the layer repacks it at every run, where a float
+    /// weight is packed once at load. Static PTQ keeps those the kernel profile finds
+    /// slower ([`crate::kernels`]); bodies' weights are quantized whatever this holds.
+    pub keep_float: std::collections::BTreeSet<String>,
 }
 
 impl Default for QuantizeSubgraphWeights {
     fn default() -> Self {
-        Self { min_elements: 256 }
+        Self { min_elements: 256, keep_float: Default::default() }
     }
 }
 
@@ -66,11 +72,12 @@ fn constant_of<'g>(g: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
 
 /// Quantizes the weights of one graph (at the top level only those of recurrent layers,
 /// which no other pass touches) and, recursively, of the bodies inside it.
-fn body(g: &GraphProto, top: bool, min_elements: usize, count: &mut usize) -> Result<GraphProto, OnnxError> {
+fn body(g: &GraphProto, top: Option<&QuantizeSubgraphWeights>, min_elements: usize, count: &mut usize) -> Result<GraphProto, OnnxError> {
     let mut out = g.clone();
     let readers = |v: &str| g.node.iter().filter(|n| n.input.iter().any(|i| i == v)).count();
     let mut gone: Vec<String> = Vec::new();
-    let slots = g.node.iter().enumerate().filter(|(_, n)| !top || recurrent(n)).flat_map(|(i, n)| [1usize, 2].map(|s| (i, n, s)));
+    let at_top = |n: &NodeProto| top.is_none_or(|t| recurrent(n) && !t.keep_float.contains(super::quantize::node_key(n)));
+    let slots = g.node.iter().enumerate().filter(|(_, n)| at_top(n)).flat_map(|(i, n)| [1usize, 2].map(|s| (i, n, s)));
     for (i, n, slot) in slots {
         let Some(w) = n.input.get(slot).filter(|w| !w.is_empty()) else { continue };
         let Some(t) = constant_of(g, w).filter(|t| t.data_type == Some(DataType::Float as i32)) else { continue };
@@ -102,10 +109,10 @@ fn body(g: &GraphProto, top: bool, min_elements: usize, count: &mut usize) -> Re
     for n in &mut out.node {
         for a in &mut n.attribute {
             if let Some(sub) = &a.g {
-                a.g = Some(body(sub, false, min_elements, count)?);
+                a.g = Some(body(sub, None, min_elements, count)?);
             }
             for sub in &mut a.graphs {
-                *sub = body(sub, false, min_elements, count)?;
+                *sub = body(sub, None, min_elements, count)?;
             }
         }
     }
@@ -128,7 +135,7 @@ impl Pass for QuantizeSubgraphWeights {
         // replaces every node and initializer that changed.
         let g = model.graph();
         let mut count = 0;
-        let new = body(g, true, self.min_elements, &mut count)?;
+        let new = body(g, Some(self), self.min_elements, &mut count)?;
         if count == 0 {
             return Ok(None);
         }

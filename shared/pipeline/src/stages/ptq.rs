@@ -65,6 +65,7 @@ impl Technique for Ptq {
                     fold_batch_norm: p.fold_batch_norm,
                     cross_layer_equalization: p.cross_layer_equalization,
                     bias_correction: p.bias_correction,
+                    output: cx.eval_cfg.output.clone(),
                     ..PtqConfig::default()
                 };
                 let rows = p.calibration.samples.min(cx.job.calibration.rows);
@@ -295,6 +296,7 @@ impl Mixer {
                     fold_batch_norm: p.fold_batch_norm,
                     cross_layer_equalization: p.cross_layer_equalization,
                     bias_correction: p.bias_correction,
+                    output: cx.eval_cfg.output.clone(),
                     ..PtqConfig::default()
                 };
                 cx.obs.begin(&format!("calibrate ({:?})", cfg.method), 0);
