@@ -355,11 +355,11 @@ def bench_model(d, entry, a, work):
                 res["outputs_checked"][str(p.relative_to(w))] = check_onnx(p, entry, data)
         # Tamp's static int8 with its other calibrations, as ORT's side tries three methods:
         # the default (MinMax, q.onnx), Percentile, Percentile after cross-layer equalization,
-        # and auto (the method whose outputs stay closest to fp32 on held-out calibration rows,
-        # chosen without eval data); the best metric is Tamp's column (its method printed beside it).
+        # and auto (the method whose scored output stays closest to fp32 on held-out calibration
+        # rows, chosen without eval data); the best metric is Tamp's column (its method printed beside it).
         tamp_methods = {"MinMax": (w / "q.onnx", res["steps"].get("quantize_static"))}
         if res["steps"].get("quantize_static", {}).get("status") == "ok":
-            for label, extra in (("Percentile", ["--method", "percentile"]), ("Perc+CLE", ["--method", "percentile", "--cle"]), ("Auto", ["--method", "auto"])):
+            for label, extra in (("Percentile", ["--method", "percentile"]), ("Perc+CLE", ["--method", "percentile", "--cle"]), ("Auto", ["--method", "auto", "--output", out_name])):
                 out = w / f"q-{label.lower().replace('+', '-')}.onnx"
                 cmd = static_cmd(out, *extra)
                 r = run_step(cmd, T, cwd=str(ROOT))
