@@ -175,7 +175,9 @@ impl Dataset {
     }
 
     /// Checks the dataset against a model's inputs: every input present, element types
-    /// equal, ranks equal and fixed dimensions (other than the batch axis) equal.
+    /// equal, ranks equal and fixed dimensions (other than the batch axis) equal — or, for an
+    /// input the model gives no batch axis, rank one more with every declared dimension equal
+    /// after the rows axis (the engine's `Session::run` then makes one call per row).
     pub fn check_against(&self, inputs: &[IoSpec]) -> Result<()> {
         let err = |m: String| DataError::Dataset { path: self.path.clone(), message: m };
         for spec in inputs {
@@ -187,17 +189,24 @@ impl Dataset {
                 return Err(err(format!("input '{}' is {:?} but the model expects {:?}", spec.name, v.data_type(), spec.elem)));
             }
             let shape = v.shape();
-            if !spec.shape.is_empty() && shape.len() != spec.shape.len() {
+            // One axis more than the model declares, on an input with no batch axis: the rows
+            // have an axis of their own (each row is one call), and every declared axis, the
+            // first included, must match.
+            let own_rows = own_row_axis(&spec.shape, shape);
+            if !spec.shape.is_empty() && shape.len() != spec.shape.len() && !own_rows {
                 return Err(err(format!(
-                    "input '{}' has shape {shape:?} (rank {}) but the model expects rank {} {:?}",
+                    "input '{}' has shape {shape:?} (rank {}) but the model expects rank {} {:?} (rows stacked on its first axis), or rank {} (a row axis of their own, for an input with no batch axis)",
                     spec.name,
                     shape.len(),
                     spec.shape.len(),
-                    spec.shape
+                    spec.shape,
+                    spec.shape.len() + 1
                 )));
             }
-            for (axis, (&have, &want)) in shape.iter().zip(&spec.shape).enumerate().skip(1) {
+            let (per_row, first) = if own_rows { (&shape[1..], 0) } else { (shape, 1) };
+            for (axis, (&have, &want)) in per_row.iter().zip(&spec.shape).enumerate().skip(first) {
                 if want >= 0 && have as i64 != want {
+                    let axis = axis + usize::from(own_rows);
                     return Err(err(format!("input '{}' has size {have} on axis {axis} but the model expects {want}", spec.name)));
                 }
             }
@@ -563,6 +572,14 @@ impl Stored {
         }
         Ok(())
     }
+}
+
+/// An array of `shape` for a model input declared `declared` carries its rows on an axis of
+/// its own: it has one axis more, and the input has no batch axis to stack rows on (a scalar,
+/// or a fixed first dimension such as a recurrent state's `[4, 1, 64]` or `[2, B, 128]`). A
+/// dynamic first dimension is a batch axis, where rows stack.
+pub fn own_row_axis(declared: &[i64], shape: &[usize]) -> bool {
+    shape.len() == declared.len() + 1 && declared.first().is_none_or(|&d| d > 0)
 }
 
 /// Consecutive index batches covering `indices`.

@@ -257,6 +257,14 @@ impl Metric for Cosine {
     fn update(&mut self, out: ArrayView2<'_, f32>, t: Targets<'_>) -> Result<()> {
         let r = need("cosine", t.values, "reference values (float)")?;
         check_widths("cosine", &out, &r)?;
+        if out.ncols() == 1 {
+            // The cosine of two single numbers is ±1, their signs' agreement: a score that
+            // cannot tell a good model from a bad one.
+            return Err(EngineError::Metric {
+                metric: "cosine".into(),
+                message: "the output has one value per row, whose cosine to the reference is 1 whenever the signs agree; score it with mae or mse".into(),
+            });
+        }
         for (a, b) in out.axis_iter(Axis(0)).zip(r.axis_iter(Axis(0))) {
             let dot: f64 = a.iter().zip(b.iter()).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
             let na: f64 = a.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
@@ -339,6 +347,14 @@ mod tests {
         assert!((run("cosine", out.clone(), None, Some(reference.clone())) - 1.0).abs() < 1e-9);
         assert!((run("mse", out.clone(), None, Some(reference.clone())) - 0.5).abs() < 1e-9);
         assert!((run("mae", out, None, Some(reference)) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cosine_of_one_value_per_row_is_refused() {
+        let mut m = (lookup("cosine").unwrap().make)();
+        let (out, reference) = (array![[0.2], [0.9]], array![[0.9], [0.1]]);
+        let e = m.update(out.view(), Targets { classes: None, values: Some(reference.view()) }).unwrap_err().to_string();
+        assert!(e.contains("one value per row") && e.contains("mae"), "{e}");
     }
 
     #[test]

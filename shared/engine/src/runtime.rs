@@ -227,7 +227,59 @@ impl Session {
     }
 
     /// Runs the model on named inputs and returns every output, in the session's order.
+    ///
+    /// An input given with one more axis than the model declares carries rows on that
+    /// leading axis: the model has no batch axis there (a recurrent state `h0 [4, 1, 64]`, a
+    /// scalar sample rate), so each row is one call — those inputs give their row, the
+    /// batch-major ones their row as a batch of one — and the outputs come back rows first
+    /// ([`TensorValue::join_rows`]).
     pub fn run(&mut self, inputs: &[(&str, &TensorValue)]) -> Result<Vec<(String, TensorValue)>> {
+        match self.rows_on_own_axis(inputs)? {
+            Some(rows) => self.run_rows(inputs, rows),
+            None => self.run_once(inputs),
+        }
+    }
+
+    /// The row count when some input carries rows on an axis the model does not have.
+    fn rows_on_own_axis(&self, inputs: &[(&str, &TensorValue)]) -> Result<Option<usize>> {
+        let own = |name: &str, v: &TensorValue| self.inputs.iter().any(|s| s.name == name && tamp_data::own_row_axis(&s.shape, v.shape()));
+        let Some(rows) = inputs.iter().find(|(n, v)| own(n, v)).map(|(_, v)| v.shape()[0]) else { return Ok(None) };
+        if let Some((name, v)) = inputs.iter().find(|(_, v)| v.shape().first() != Some(&rows)) {
+            return Err(EngineError::Config(format!(
+                "input '{name}' has shape {:?}, but another input carries {rows} rows on its leading axis: every input needs the same rows first",
+                v.shape()
+            )));
+        }
+        Ok(Some(rows))
+    }
+
+    fn run_rows(&mut self, inputs: &[(&str, &TensorValue)], rows: usize) -> Result<Vec<(String, TensorValue)>> {
+        let own: Vec<bool> = inputs.iter().map(|(n, v)| self.inputs.iter().any(|s| s.name == *n && tamp_data::own_row_axis(&s.shape, v.shape()))).collect();
+        let mut per_row: Vec<(String, Vec<TensorValue>)> = Vec::new();
+        for i in 0..rows {
+            let feeds: Vec<TensorValue> = inputs
+                .iter()
+                .zip(&own)
+                .map(|((_, v), own)| if *own { v.row(i).unwrap_or_else(|| (*v).clone()) } else { tamp_data::select_rows(v, &[i]) })
+                .collect();
+            let named: Vec<(&str, &TensorValue)> = inputs.iter().map(|(n, _)| *n).zip(&feeds).collect();
+            for (k, (name, value)) in self.run_once(&named)?.into_iter().enumerate() {
+                match per_row.get_mut(k) {
+                    Some((_, parts)) => parts.push(value),
+                    None => per_row.push((name, vec![value])),
+                }
+            }
+        }
+        per_row
+            .into_iter()
+            .map(|(name, parts)| {
+                let joined = TensorValue::join_rows(&parts).map_err(|e| EngineError::Config(format!("output '{name}', run one row at a time: {e}")))?;
+                Ok((name, joined))
+            })
+            .collect()
+    }
+
+    fn run_once(&mut self, inputs: &[(&str, &TensorValue)]) -> Result<Vec<(String, TensorValue)>> {
         let mut values: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, v) in inputs {
             values.push(((*name).to_owned(), input_value(name, v)?));

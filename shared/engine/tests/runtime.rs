@@ -310,3 +310,38 @@ fn capture_trims_right_padding() {
     assert_eq!(data.sequence_lengths().unwrap(), None);
     assert!(!capture(&model, &data, &[0, 1], std::slice::from_ref(&y), 8, &SessionConfig::default(), true, |_, _| Ok(())).unwrap());
 }
+
+/// A model with an input that has no batch axis (a recurrent state `h [2, 3]`, as AECMOS's
+/// `h0 [4, 1, 64]`) takes datasets whose rows sit on an axis of their own: each row is one
+/// call, batch-major inputs give their row as a batch of one, and outputs come back rows
+/// first — stacked where the output has no batch axis, joined where it has one.
+#[test]
+fn inputs_without_a_batch_axis_run_one_row_per_call() {
+    let mut b = GraphBuilder::new("state", 17);
+    let x = b.input_f32("x", &[None, Some(4)]);
+    let h = b.input_f32("h", &[Some(2), Some(3)]);
+    let two = b.init_f32("two", ArrayD::from_elem(IxDyn(&[]), 2.0));
+    let y = b.op("Mul", &[&x, &two], &[]);
+    let s = b.op("ReduceSum", &[&h], &[("keepdims", Attr::Int(0))]);
+    b.output_f32(&y, &[None, Some(4)]);
+    b.output_f32(&s, &[]);
+    let model = b.build();
+    let mut session = Session::from_model(&model, &SessionConfig::default()).unwrap();
+    let xs = ArrayD::from_shape_fn(IxDyn(&[5, 4]), |i| (i[0] * 4 + i[1]) as f32);
+    let hs = ArrayD::from_shape_fn(IxDyn(&[5, 2, 3]), |i| (i[0] * 100 + i[1] * 3 + i[2]) as f32);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.npz");
+    write_npz(&path, &BTreeMap::from([("x".to_owned(), TensorValue::F32(xs.clone())), ("h".to_owned(), TensorValue::F32(hs.clone()))])).unwrap();
+    let data = Dataset::load(&path).unwrap();
+    data.check_against(&session.inputs).unwrap();
+    let feeds = data.select(&[0, 1, 2, 3, 4]).unwrap();
+    let named: Vec<(&str, &TensorValue)> = feeds.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let out = session.run(&named).unwrap();
+    assert_eq!(out[0].1, TensorValue::F32(xs.mapv(|v| v * 2.0)), "batch-major output joined");
+    let sums = ArrayD::from_shape_fn(IxDyn(&[5]), |i| (0..6).map(|j| (i[0] * 100 + j) as f32).sum::<f32>());
+    assert_eq!(out[1].1, TensorValue::F32(sums), "scalar output stacked");
+    let bad = dir.path().join("bad.npz");
+    write_npz(&bad, &BTreeMap::from([("x".to_owned(), TensorValue::F32(xs)), ("h".to_owned(), TensorValue::F32(ArrayD::zeros(IxDyn(&[5, 2, 4]))))])).unwrap();
+    let e = Dataset::load(&bad).unwrap().check_against(&session.inputs).unwrap_err().to_string();
+    assert!(e.contains("'h'") && e.contains("axis 2") && e.contains('3'), "{e}");
+}

@@ -226,6 +226,57 @@ impl TensorValue {
         }
     }
 
+    /// Row `i` of the leading axis, without that axis (a `[rows, 4, 1, 64]` array's row `i`
+    /// is a `[4, 1, 64]` tensor). `None` for a scalar or a row out of range.
+    pub fn row(&self, i: usize) -> Option<Self> {
+        macro_rules! at {
+            ($a:expr, $v:ident) => {
+                ($a.ndim() > 0 && i < $a.shape()[0]).then(|| Self::$v($a.index_axis(ndarray::Axis(0), i).to_owned()))
+            };
+        }
+        match self {
+            Self::F32(a) => at!(a, F32),
+            Self::F64(a) => at!(a, F64),
+            Self::I64(a) => at!(a, I64),
+            Self::I32(a) => at!(a, I32),
+            Self::I8(a) => at!(a, I8),
+            Self::U8(a) => at!(a, U8),
+            Self::Bool(a) => at!(a, Bool),
+        }
+    }
+
+    /// One tensor from per-row results, rows first: joined along their own leading axis when
+    /// every part has a leading axis of 1 (a batch-major output computed one row at a time),
+    /// stacked on a new leading axis otherwise (an output with no batch axis, as a recurrent
+    /// state `[2, 1, 64]` or a score vector `[4]`). Parts must share element type and shape.
+    pub fn join_rows(parts: &[Self]) -> Result<Self, OnnxError> {
+        let err = |reason: String| OnnxError::Tensor { tensor: "rows".into(), reason };
+        let first = parts.first().ok_or_else(|| err("no rows to join".into()))?;
+        let batch_major = parts.iter().all(|p| p.shape().first() == Some(&1));
+        macro_rules! join {
+            ($v:ident) => {{
+                let views = parts
+                    .iter()
+                    .map(|p| match p {
+                        Self::$v(a) => Ok(a.view()),
+                        other => Err(err(format!("rows of different element types ({:?} and {:?})", first.data_type(), other.data_type()))),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let joined = if batch_major { ndarray::concatenate(ndarray::Axis(0), &views) } else { ndarray::stack(ndarray::Axis(0), &views) };
+                Self::$v(joined.map_err(|e| err(format!("rows of different shapes: {e}")))?)
+            }};
+        }
+        Ok(match first {
+            Self::F32(_) => join!(F32),
+            Self::F64(_) => join!(F64),
+            Self::I64(_) => join!(I64),
+            Self::I32(_) => join!(I32),
+            Self::I8(_) => join!(I8),
+            Self::U8(_) => join!(U8),
+            Self::Bool(_) => join!(Bool),
+        })
+    }
+
     /// Encodes back into a named tensor.
     pub fn to_proto(&self, name: &str) -> TensorProto {
         match self {
@@ -253,6 +304,24 @@ mod tests {
             let back: ArrayD<f32> = to_array(&from_array("w", &a)).unwrap();
             prop_assert_eq!(a, back);
         }
+    }
+
+    #[test]
+    fn rows_split_and_join_back() {
+        let a = TensorValue::F32(ArrayD::from_shape_fn(IxDyn(&[3, 2, 1]), |i| (i[0] * 10 + i[1]) as f32));
+        let rows: Vec<TensorValue> = (0..3).map(|i| a.row(i).unwrap()).collect();
+        assert_eq!(rows[1].shape(), [2, 1]);
+        assert_eq!(TensorValue::join_rows(&rows).unwrap(), a, "no batch axis: stacked");
+        let batch: Vec<TensorValue> = rows
+            .iter()
+            .map(|r| match r {
+                TensorValue::F32(x) => TensorValue::F32(x.clone().insert_axis(ndarray::Axis(0))),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(TensorValue::join_rows(&batch).unwrap(), a.clone(), "leading 1: concatenated");
+        assert!(a.row(3).is_none());
+        assert!(TensorValue::join_rows(&[a.clone(), TensorValue::I64(ArrayD::zeros(IxDyn(&[3, 2, 1])))]).is_err());
     }
 
     #[test]
