@@ -15,8 +15,8 @@ Every .onnx produced is checked with onnx.checker and run in Python onnxruntime 
 The anchor: onnxruntime.quantization (quant_pre_process(skip_symbolic_shape=True), then
 quantize_static, QDQ, per-channel int8 weights, uint8 activations, the calib rows as the
 CalibrationDataReader) with MinMax, Percentile and (where cheap) Entropy, each in its own
-subprocess (wall time and peak RSS separable). The scored metric (cosine or top-1 agreement
-with the fp32 labels in eval.npz) is measured in Python for fp32, Tamp's static int8 (best of
+subprocess (wall time and peak RSS separable). The scored metric (cosine, top-1 agreement, or
+mean absolute error for a one-value output, with the fp32 labels in eval.npz) is measured in Python for fp32, Tamp's static int8 (best of
 MinMax, Percentile and Percentile after cross-layer equalization) and ORT's best method; P50 latency at batch 1 (1 thread) with interleaved rounds; the ratios are the
 median over rounds with a 95% interval over rounds.
 
@@ -209,9 +209,16 @@ def check_onnx(path, entry, data):
 ROW_VALUES = {}  # path -> per-row metric values, for paired intervals
 
 
+def score(metric, v):
+    """A metric value turned so that larger is better (mae is an error)."""
+    return -v if metric == "mae" else v
+
+
 def metric_of(path, entry, data):
-    """The scored metric on eval.npz: top-1 agreement (%) or mean per-row cosine with labels.
-    Every row of eval.npz is scored (an entry's `eval_rows` may exceed its `rows`)."""
+    """The scored metric on eval.npz: top-1 agreement (%), mean per-row cosine with labels, or
+    mean absolute error (an output with one value per row, whose cosine would be ±1).
+    Every row of eval.npz is scored (an entry's `eval_rows` may exceed its `rows`). The per-row
+    values kept for paired intervals are scores (larger is better: mae's rows negated)."""
     s = session(path)
     labels = data["labels"]
     rows = len(labels)
@@ -222,12 +229,14 @@ def metric_of(path, entry, data):
         y = output_row(entry, s.run([entry["output"]], feed)[0])
         if entry["metric"] == "top1":
             vals.append(float(int(np.argmax(y)) == int(labels[i])))
+        elif entry["metric"] == "mae":
+            vals.append(float(np.mean(np.abs(y.astype(np.float64) - labels[i].astype(np.float64)))))
         else:
             ref = labels[i].astype(np.float64)
             y = y.astype(np.float64)
             den = np.linalg.norm(y) * np.linalg.norm(ref)
             vals.append(float(y @ ref / den) if den > 0 else float(np.allclose(y, ref)))
-    scale = 100.0 if entry["metric"] == "top1" else 1.0
+    scale = {"top1": 100.0, "mae": -1.0}.get(entry["metric"], 1.0)
     ROW_VALUES[str(path)] = np.array(vals) * scale
     m = float(np.mean(vals))
     return round(100 * m, 2) if entry["metric"] == "top1" else round(m, 5)
@@ -377,7 +386,7 @@ def bench_model(d, entry, a, work):
                 except Exception as e:
                     res["tamp_int8_error"] = str(e).splitlines()[0][:300]
         if res["tamp_methods"]:
-            best = max(res["tamp_methods"], key=lambda k: res["tamp_methods"][k]["metric"])
+            best = max(res["tamp_methods"], key=lambda k: score(metric, res["tamp_methods"][k]["metric"]))
             res["tamp_best"] = {"method": best, **res["tamp_methods"][best]}
             res["tamp_int8_metric"] = res["tamp_best"]["metric"]
 
@@ -409,7 +418,7 @@ def bench_model(d, entry, a, work):
             res["ort"][m] = r
         scored = [(m, r["metric_value"]) for m, r in res["ort"].items() if r.get("metric_value") is not None]
         if scored:
-            best = max(scored, key=lambda t: t[1])
+            best = max(scored, key=lambda t: score(metric, t[1]))
             res["ort_best"] = {"method": best[0], "metric": best[1], "wall_s": res["ort"][best[0]]["wall_s"], "rss_mib": res["ort"][best[0]]["rss_mib"]}
 
     if res.get("tamp_best") and res.get("ort_best"):
@@ -501,6 +510,7 @@ def main():
     import onnxruntime
     print(f"zoo {zoo}; tamp {a.tamp or '(none)'}; onnxruntime {onnxruntime.__version__}; 1 thread; CPU {model_name} [{', '.join(isa) or 'no avx2'}]")
     print("status codes: ok / ref = refused (one-line message) / CRASH / T/O; * = row_model false (refusals expected for eval, static quantize, compress)")
+    print("tamp-ORT: per-row paired difference of scores, + = tamp better (mae rows negated)")
     print("latency ratios: median over rounds [95% interval over rounds], batch 1; quant s / RSS: tamp quantize (static) vs ORT's best method (subprocess)\n")
     print_row(HEAD)
     print("-" * (sum(WIDTHS) + len(WIDTHS)))
@@ -557,8 +567,8 @@ def main():
               + (f" ({', '.join(f'{m}:{k}' for m, k in bad_out)})" if bad_out else "")
               + f"; ORT static quantizes {ort_ok}/{n}; CPU ISA: {', '.join(isa) or 'none of avx2/avx512f/avx512_vnni/amx_int8'}")
         both = [r for r in done if r.get("tamp_best") and r.get("ort_best")]
-        at_or_above = [r["name"] for r in both if r["tamp_best"]["metric"] >= r["ort_best"]["metric"]]
-        below = [r for r in both if r["tamp_best"]["metric"] < r["ort_best"]["metric"]]
+        at_or_above = [r["name"] for r in both if score(r["metric"], r["tamp_best"]["metric"]) >= score(r["metric"], r["ort_best"]["metric"])]
+        below = [r for r in both if score(r["metric"], r["tamp_best"]["metric"]) < score(r["metric"], r["ort_best"]["metric"])]
         noise = [r["name"] for r in below if (r.get("tamp_minus_ort") or {}).get("hi95", -1) >= 0]
         print(f"quality: tamp int8 >= ORT's best on {len(at_or_above)}/{len(both)} models where both run"
               + (f"; below on {', '.join(r['name'] for r in below)}" if below else "")

@@ -788,7 +788,7 @@ def build(entry, corpus, wheels, out, force=False):
     if entry["metric"] == "top1":
         lab = f"top1 labels: {len(np.unique(labels))} distinct classes of {raw.shape[1]}"
     else:
-        lab = f"cosine labels {list(labels.shape)} (|y| mean {float(np.abs(labels).mean()):.3g})"
+        lab = f"{entry['metric']} labels {list(labels.shape)} (|y| mean {float(np.abs(labels).mean()):.3g})"
     summary = (f"{'row' if entry['row_model'] else 'NON-ROW'} rows={rows}" + (f" eval_rows={counts['eval']}" if counts["eval"] != rows else "") + " inputs " +
                " ".join(f"{k}:{v.dtype}{list(v.shape)}" for k, v in splits["eval"].items()) +
                f"; {lab}; model {sizes['model.onnx'] / 2**20:.1f} MiB, npz {(sizes['calib.npz'] + sizes['eval.npz']) / 2**20:.1f} MiB")
