@@ -352,7 +352,7 @@ def bench_model(d, entry, a, work):
             res["steps"][k] = r = run_step(cmd, T, cwd=str(ROOT))
             r["cmd"] = " ".join(cmd)
             if not entry["row_model"] and k in ("eval", "quantize_static", "compress_ptq", "compress_prune"):
-                r["expected"] = "refusal (row_model false)"
+                r["expected"] = "refusal allowed (row_model false)"
             if k == "eval" and r["status"] == "ok":
                 try:
                     r["metric_value"] = json.loads(r["stdout_tail"])["metrics"][metric]
@@ -509,7 +509,7 @@ def main():
     model_name, isa = cpu_isa()
     import onnxruntime
     print(f"zoo {zoo}; tamp {a.tamp or '(none)'}; onnxruntime {onnxruntime.__version__}; 1 thread; CPU {model_name} [{', '.join(isa) or 'no avx2'}]")
-    print("status codes: ok / ref = refused (one-line message) / CRASH / T/O; * = row_model false (refusals expected for eval, static quantize, compress)")
+    print("status codes: ok / ref = refused (one-line message) / CRASH / T/O; * = row_model false (inputs with no batch axis, rows on an axis of their own: a one-line refusal of eval, static quantize or compress is allowed)")
     print("tamp-ORT: per-row paired difference of scores, + = tamp better (mae rows negated)")
     print("latency ratios: median over rounds [95% interval over rounds], batch 1; quant s / RSS: tamp quantize (static) vs ORT's best method (subprocess)\n")
     print_row(HEAD)
@@ -534,7 +534,7 @@ def main():
             print_row(row_line(r))
             for k, s in r.get("steps", {}).items():
                 if s["status"] not in ("ok", "skipped"):
-                    tag = " (expected)" if s.get("expected") and s["status"] == "refused" else ""
+                    tag = " (allowed)" if s.get("expected") and s["status"] == "refused" else ""
                     ml = " [MULTI-LINE ERROR]" if s.get("multiline_error") else ""
                     print(f"    {k}: {s['status']}{tag}{ml}: {s['message'][:200]}")
             for k, c in r.get("outputs_checked", {}).items():
