@@ -54,8 +54,8 @@ pub fn ranges_for(stats: &BTreeMap<String, ValueStats>, method: Method) -> Resul
 pub fn float_outputs(model: &Model, data: &Dataset, rows: &[usize], scored: Option<&str>, cfg: &SessionConfig) -> Result<Vec<Array2<f32>>> {
     let mut session = Session::from_model(model, cfg)?;
     data.check_against(&session.inputs)?;
-    let floats = || session.outputs.iter().filter(|o| o.elem == DataType::Float).map(|o| o.name.clone());
-    let names: Vec<String> = floats().filter(|n| scored.is_none_or(|s| s == n)).collect();
+    let names: Vec<String> =
+        session.outputs.iter().filter(|o| o.elem == DataType::Float && scored.is_none_or(|s| s == o.name)).map(|o| o.name.clone()).collect();
     if let (Some(s), true) = (scored, names.is_empty()) {
         let all: Vec<String> = session.outputs.iter().map(|o| o.name.clone()).collect();
         return Err(EngineError::Config(format!(

@@ -328,8 +328,8 @@ impl Calibrated {
             }
         };
         // A recurrent layer kept float (for speed, or excluded) keeps its float W and R.
-        let recurrent = QuantizeSubgraphWeights { keep_float: config.exclude.iter().cloned().collect(), ..Default::default() };
-        let (quantized, subgraph_weights) = match recurrent.apply(&quantized)? {
+        let weights = QuantizeSubgraphWeights { keep_float: config.exclude.iter().cloned().collect(), ..Default::default() };
+        let (quantized, subgraph_weights) = match weights.apply(&quantized)? {
             Some((m, n)) => (m, n),
             None => (quantized, 0),
         };

@@ -235,31 +235,31 @@ impl Session {
     /// ([`TensorValue::join_rows`]).
     pub fn run(&mut self, inputs: &[(&str, &TensorValue)]) -> Result<Vec<(String, TensorValue)>> {
         match self.rows_on_own_axis(inputs)? {
-            Some(rows) => self.run_rows(inputs, rows),
+            Some((rows, own)) => self.run_rows(inputs, rows, &own),
             None => self.run_once(inputs),
         }
     }
 
-    /// The row count when some input carries rows on an axis the model does not have.
-    fn rows_on_own_axis(&self, inputs: &[(&str, &TensorValue)]) -> Result<Option<usize>> {
-        let own = |name: &str, v: &TensorValue| self.inputs.iter().any(|s| s.name == name && tamp_data::own_row_axis(&s.shape, v.shape()));
-        let Some(rows) = inputs.iter().find(|(n, v)| own(n, v)).map(|(_, v)| v.shape()[0]) else { return Ok(None) };
+    /// When some input carries rows on an axis the model does not have: the row count, and
+    /// which inputs carry them so (the others are batch-major).
+    fn rows_on_own_axis(&self, inputs: &[(&str, &TensorValue)]) -> Result<Option<(usize, Vec<bool>)>> {
+        let own: Vec<bool> = inputs.iter().map(|(n, v)| self.inputs.iter().any(|s| s.name == *n && tamp_data::own_row_axis(&s.shape, v.shape()))).collect();
+        let Some(rows) = inputs.iter().zip(&own).find(|(_, o)| **o).map(|((_, v), _)| v.shape()[0]) else { return Ok(None) };
         if let Some((name, v)) = inputs.iter().find(|(_, v)| v.shape().first() != Some(&rows)) {
             return Err(EngineError::Config(format!(
                 "input '{name}' has shape {:?}, but another input carries {rows} rows on its leading axis: every input needs the same rows first",
                 v.shape()
             )));
         }
-        Ok(Some(rows))
+        Ok(Some((rows, own)))
     }
 
-    fn run_rows(&mut self, inputs: &[(&str, &TensorValue)], rows: usize) -> Result<Vec<(String, TensorValue)>> {
-        let own: Vec<bool> = inputs.iter().map(|(n, v)| self.inputs.iter().any(|s| s.name == *n && tamp_data::own_row_axis(&s.shape, v.shape()))).collect();
+    fn run_rows(&mut self, inputs: &[(&str, &TensorValue)], rows: usize, own: &[bool]) -> Result<Vec<(String, TensorValue)>> {
         let mut per_row: Vec<(String, Vec<TensorValue>)> = Vec::new();
         for i in 0..rows {
             let feeds: Vec<TensorValue> = inputs
                 .iter()
-                .zip(&own)
+                .zip(own)
                 .map(|((_, v), own)| if *own { v.row(i).unwrap_or_else(|| (*v).clone()) } else { tamp_data::select_rows(v, &[i]) })
                 .collect();
             let named: Vec<(&str, &TensorValue)> = inputs.iter().map(|(n, _)| *n).zip(&feeds).collect();
